@@ -1,0 +1,42 @@
+"""Device and dtype choice: cuda, then mps, then cpu; fp32 on the CPU, half precision on GPUs."""
+
+from __future__ import annotations
+
+import torch
+
+from atelier.errors import InputError
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The device named by the user ("cuda", "cuda:1", "mps", "cpu"), or the best one available."""
+    if name is None or name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"Device {name!r} is not a device name; expected cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"Device {name!r} was asked for but this machine has no CUDA GPU; use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"Device {name!r} was asked for but MPS is not available here; use --device cpu.")
+    return device
+
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_dtype(device: torch.device, name: str | None = None) -> torch.dtype:
+    """fp32 on the CPU (half precision is slow there), fp16 on CUDA and MPS, unless the user names one."""
+    if name is not None and name != "auto":
+        if name not in _DTYPES:
+            raise InputError(f"Dtype {name!r} is not supported; expected one of {', '.join(_DTYPES)}.")
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32

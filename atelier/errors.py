@@ -1,0 +1,18 @@
+"""Errors a user can cause.
+
+Anything raised as an `AtelierError` is the user's to fix: its message is one sentence that names the input and
+what was expected, and front ends (CLI, server, lab) show that sentence instead of a traceback. Every other
+exception is a bug in Atelier.
+"""
+
+
+class AtelierError(Exception):
+    """A user-facing error: `str(error)` is one clear sentence."""
+
+
+class CheckpointError(AtelierError):
+    """A model file that cannot be loaded: missing, truncated, unsupported or inconsistent."""
+
+
+class InputError(AtelierError):
+    """A bad value for a generation parameter (sampler name, size, steps, ...)."""

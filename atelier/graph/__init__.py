@@ -1,0 +1,1 @@
+"""The node graph: schemas, core nodes, validation, execution and caching (ComfyUI-compatible)."""

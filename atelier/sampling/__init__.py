@@ -1,0 +1,1 @@
+"""How noise becomes an image: sigma schedules, samplers, guidance, seeded noise."""
