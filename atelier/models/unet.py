@@ -1,0 +1,294 @@
+"""The Stable Diffusion 1.x denoising UNet.
+
+Given a noisy latent x_t, its timestep t and the prompt's text features, the UNet predicts the noise in x_t
+(eps, Ho et al. 2020, "Denoising Diffusion Probabilistic Models") or the velocity v (Salimans & Ho 2022); the
+sampling code turns either into a denoised latent. The shape is the UNet of Ronneberger et al. 2015 ("U-Net:
+Convolutional Networks for Biomedical Image Segmentation"): a down path that halves the resolution level by
+level, a middle, and an up path that doubles it again while concatenating the down path's feature maps (skip
+connections). Latent diffusion (Rombach et al. 2022) adds timestep-conditioned ResNet blocks and, at some
+levels, spatial transformers whose cross-attention reads the text (see attention.py).
+
+Module and parameter names match diffusers' UNet2DConditionModel, so its state_dict loads without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atelier.errors import InputError
+from atelier.models.attention import SpatialTransformer
+from atelier.models.config import UNetConfig
+
+# --------------------------------------------------------------------------------------------------------------
+# Timestep embedding
+# --------------------------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of the timestep (Vaswani et al. 2017 positions; Ho et al. 2020 use them for t).
+
+    t: (B,) float timesteps (fractional ones are fine) -> (B, dim) as [cos(t*f_0..f_{d/2-1}), sin(...)], with
+    frequencies f_i = max_period^(-i / (dim/2)) from 1 down to ~1/max_period. SD1.x puts cos first.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None, :]  # (B, half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (B, dim)
+
+
+class TimestepMLP(nn.Module):
+    """Two linear layers with a SiLU between: the sinusoidal features -> the time embedding every block reads."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ResBlock(nn.Module):
+    """A ResNet block (He et al. 2016) that also hears the timestep: norm, SiLU, conv, + time, norm, SiLU, conv.
+
+    The time embedding is projected to one bias per channel and added between the two convolutions; a 1x1 conv
+    matches the channels of the residual when they change.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int, groups: int, eps: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.time_emb_proj = nn.Linear(time_dim, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv_shortcut = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
+        )
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, h, w)
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # (B, C_out) broadcast over pixels
+        h = self.conv2(F.silu(self.norm2(h)))
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return shortcut + h
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 conv: (B, C, h, w) -> (B, C, ceil(h/2), ceil(w/2))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour resize to `size` (twice the resolution, or the skip's odd size), then a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+class DownBlock(nn.Module):
+    """One level of the down path: `layers` ResBlocks (each followed by a transformer if `attention`), then a
+    downsampler unless this is the last level. Every intermediate result is kept as a skip for the up path."""
+
+    def __init__(self, cfg: UNetConfig, in_channels: int, out_channels: int, attention: bool, downsample: bool):
+        super().__init__()
+        t, g, e = cfg.time_embed_dim, cfg.norm_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList(
+            [
+                ResBlock(in_channels if j == 0 else out_channels, out_channels, t, g, e)
+                for j in range(cfg.layers_per_block)
+            ]
+        )
+        self.attentions = nn.ModuleList(
+            [
+                SpatialTransformer(out_channels, cfg.attention_heads, cfg.context_dim, cfg.transformer_depth, g)
+                for _ in range(cfg.layers_per_block if attention else 0)
+            ]
+        )
+        self.downsamplers = nn.ModuleList([Downsample(out_channels)] if downsample else [])
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for j, resnet in enumerate(self.resnets):
+            x = resnet(x, temb)
+            if self.attentions:
+                x = self.attentions[j](x, context)
+            skips.append(x)
+        for downsampler in self.downsamplers:
+            x = downsampler(x)
+            skips.append(x)
+        return x, skips
+
+
+class MidBlock(nn.Module):
+    """The bottom of the U, at the lowest resolution: ResBlock, transformer, ResBlock."""
+
+    def __init__(self, cfg: UNetConfig, channels: int):
+        super().__init__()
+        t, g, e = cfg.time_embed_dim, cfg.norm_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList([ResBlock(channels, channels, t, g, e), ResBlock(channels, channels, t, g, e)])
+        self.attentions = nn.ModuleList(
+            [SpatialTransformer(channels, cfg.attention_heads, cfg.context_dim, cfg.transformer_depth, g)]
+        )
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[0](x, temb)
+        x = self.attentions[0](x, context)
+        return self.resnets[1](x, temb)
+
+
+class UpBlock(nn.Module):
+    """One level of the up path: `layers + 1` ResBlocks, each first concatenating one skip along the channels
+    (and followed by a transformer if `attention`), then an upsampler unless this is the last level.
+
+    skip_channels[j] is the channel count of the j-th skip this block consumes (the last stored is used first).
+    """
+
+    def __init__(
+        self,
+        cfg: UNetConfig,
+        in_channels: int,
+        out_channels: int,
+        skip_channels: list[int],
+        attention: bool,
+        upsample: bool,
+    ):
+        super().__init__()
+        t, g, e = cfg.time_embed_dim, cfg.norm_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList(
+            [
+                ResBlock((in_channels if j == 0 else out_channels) + skip, out_channels, t, g, e)
+                for j, skip in enumerate(skip_channels)
+            ]
+        )
+        self.attentions = nn.ModuleList(
+            [
+                SpatialTransformer(out_channels, cfg.attention_heads, cfg.context_dim, cfg.transformer_depth, g)
+                for _ in range(len(skip_channels) if attention else 0)
+            ]
+        )
+        self.upsamplers = nn.ModuleList([Upsample(out_channels)] if upsample else [])
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        skips: list[torch.Tensor],
+        temb: torch.Tensor,
+        context: torch.Tensor,
+        upsample_size: tuple[int, int] | None,
+    ) -> torch.Tensor:
+        for j, resnet in enumerate(self.resnets):
+            x = torch.cat([x, skips.pop()], dim=1)  # (B, C + C_skip, h, w)
+            x = resnet(x, temb)
+            if self.attentions:
+                x = self.attentions[j](x, context)
+        for upsampler in self.upsamplers:
+            x = upsampler(x, upsample_size)
+        return x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The UNet
+# --------------------------------------------------------------------------------------------------------------
+
+
+class UNet(nn.Module):
+    """The SD1.x UNet: forward(x (B, C_in, h, w), timestep (B,) or scalar, context (B, T, D)) -> (B, C_out, h, w).
+
+    The output is the raw network prediction, noise or velocity as `config.prediction` says; the sampling
+    wrappers turn it into a denoised latent.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        cfg = self.config = config
+        channels, levels = list(cfg.block_channels), len(cfg.block_channels)
+        if len(cfg.cross_attention_levels) != levels:
+            raise ValueError("cross_attention_levels needs one entry per block_channels entry")
+
+        self.time_embedding = TimestepMLP(channels[0], cfg.time_embed_dim)
+        self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=3, padding=1)
+
+        # Down path. Track the channels of every skip in storage order: conv_in's output, then each ResBlock's
+        # and each downsampler's.
+        skip_channels = [channels[0]]
+        self.down_blocks = nn.ModuleList()
+        for i, out_ch in enumerate(channels):
+            in_ch = channels[max(i - 1, 0)]
+            last = i == levels - 1
+            self.down_blocks.append(DownBlock(cfg, in_ch, out_ch, cfg.cross_attention_levels[i], not last))
+            skip_channels += [out_ch] * (cfg.layers_per_block + (0 if last else 1))
+
+        self.mid_block = MidBlock(cfg, channels[-1])
+
+        # Up path: the levels in reverse, each consuming layers_per_block + 1 skips (the latest stored first).
+        self.up_blocks = nn.ModuleList()
+        for i, out_ch in enumerate(reversed(channels)):
+            level = levels - 1 - i
+            in_ch = channels[min(level + 1, levels - 1)]  # what comes up from the level below
+            consumed = [skip_channels.pop() for _ in range(cfg.layers_per_block + 1)]
+            attention = cfg.cross_attention_levels[level]
+            self.up_blocks.append(UpBlock(cfg, in_ch, out_ch, consumed, attention, upsample=level > 0))
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_groups, channels[0], eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        t = torch.as_tensor(timestep, device=x.device)
+        t = t.expand(B) if t.ndim == 0 else t
+        if t.shape != (B,):
+            raise InputError(
+                f"The timestep has shape {tuple(t.shape)}; expected a scalar or one value per image ({B})."
+            )
+        if context.ndim != 3 or context.shape[-1] != self.config.context_dim:
+            raise InputError(
+                f"The text conditioning has shape {tuple(context.shape)}; expected (batch, tokens, "
+                f"{self.config.context_dim}) from a matching text encoder."
+            )
+
+        # --- Time embedding: t -> sinusoidal features (B, C0) -> MLP -> (B, 4*C0), read by every ResBlock.
+        temb = timestep_embedding(t, self.config.block_channels[0]).to(x.dtype)
+        temb = self.time_embedding(temb)  # (B, 1280) for SD1.x
+
+        # --- Down path: each level refines, then halves the resolution; every intermediate map is kept.
+        x = self.conv_in(x)  # (B, 320, h, w)
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, temb, context)  # SD1.x at 64x64: 320@32, 640@16, 1280@8, 1280@8
+            skips += block_skips
+
+        # --- Middle: the coarsest features (SD1.x: (B, 1280, h/8, w/8)) mix globally through attention.
+        x = self.mid_block(x, temb, context)
+
+        # --- Up path: each level concatenates its skips back in, then doubles the resolution. The upsampler
+        # resizes to the size of the next skip it will meet, which is 2x except for odd sizes (9 -> 5 -> 9).
+        for block in self.up_blocks:
+            consumed = len(block.resnets)
+            block_skips, skips = skips[-consumed:], skips[:-consumed]
+            upsample_size = tuple(skips[-1].shape[-2:]) if skips else None
+            x = block(x, block_skips, temb, context, upsample_size)  # back to (B, 320, h, w) at the end
+
+        # --- Output: normalise, SiLU, and a conv down to the latent channels: the eps (or v) prediction.
+        return self.conv_out(F.silu(self.conv_norm_out(x)))  # (B, 4, h, w)
