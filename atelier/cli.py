@@ -1,0 +1,155 @@
+"""`atelier` command line: generate, info, train (and, as they land, run, serve, eval).
+
+Every user error ends as one sentence on stderr and exit code 2; nothing is written before all inputs check out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+
+from atelier.errors import AtelierError, InputError
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="make images from a prompt (txt2img, img2img, inpainting)")
+    p.add_argument("prompt", help='what to draw, e.g. "un soleil jaune au-dessus d\'une maison rouge"')
+    p.add_argument("--negative", default="", help="what to steer away from (the unconditional side of CFG)")
+    p.add_argument("--seed", type=int, default=-1, help="starting noise; the same seed gives the same image (-1: random)")
+    p.add_argument("--steps", type=int, default=20, help="number of denoising steps")
+    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (1 = no guidance)")
+    p.add_argument("--sampler", default="euler", help="sampler name, as in ComfyUI (euler, euler_ancestral, ...)")
+    p.add_argument("--scheduler", default="normal", help="sigma schedule, as in ComfyUI (normal, karras, ...)")
+    p.add_argument("--width", type=int, help="image width, a multiple of 8 (default: the model's native size)")
+    p.add_argument("--height", type=int, help="image height, a multiple of 8 (default: the model's native size)")
+    p.add_argument("--batch", type=int, default=1, help="images made at once, each with its own noise")
+    p.add_argument("--clip-skip", type=int, default=1, help="use the text encoder's N-th layer from the end")
+    p.add_argument("--model", help="checkpoint file, diffusers folder or name in the models folder (default: embedded)")
+    p.add_argument("--vae", help="a standalone VAE file that replaces the checkpoint's")
+    p.add_argument("--init-image", type=Path, help="start from this image (img2img)")
+    p.add_argument("--denoise", type=float, help="how much of the init image to redo, 0..1 (img2img default 0.6)")
+    p.add_argument("--mask", type=Path, help="inpainting mask: white = repaint, black = keep (needs --init-image)")
+    p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNGs (never overwritten)")
+    p.add_argument("--prefix", default="atelier", help="file name prefix")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
+    p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU, half on GPU)")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from atelier.generation import GenerationParams, a1111_parameters, api_graph, run
+    from atelier.images import load_image, next_free_path, save_png
+    from atelier.models.checkpoint import load_model_for_cli
+
+    if args.mask is not None and args.init_image is None:
+        raise InputError("--mask needs --init-image: a mask tells which part of that image to repaint.")
+    denoise = args.denoise if args.denoise is not None else (0.6 if args.init_image and not args.mask else 1.0)
+    params = GenerationParams(
+        prompt=args.prompt, negative=args.negative, seed=args.seed, steps=args.steps, cfg=args.cfg,
+        sampler=args.sampler, scheduler=args.scheduler, width=args.width or 8, height=args.height or 8,
+        batch=args.batch, denoise=denoise, clip_skip=args.clip_skip,
+    )
+    params.check()  # every flag is checked before the model loads
+    init = load_image(args.init_image, "init image") if args.init_image else None
+    mask = load_image(args.mask, "mask") if args.mask else None
+
+    ckpt, name = load_model_for_cli(args.model, vae=args.vae, device=args.device, dtype=args.dtype)
+    native = ckpt.native_size
+    params.width, params.height, params.model = args.width or native, args.height or native, name
+    params.check()
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=params.steps, unit="step", desc="sampling", file=sys.stderr, leave=False)
+    result = run(ckpt, params, init, mask, on_step=lambda s: bar.update(1), interrupt=threading.Event())
+    bar.close()
+
+    graph = api_graph(params if args.seed != -1 else result.params,
+                      args.init_image.name if args.init_image else None, args.mask.name if args.mask else None)
+    text = {"prompt": json.dumps(graph), "parameters": a1111_parameters(result.params)}
+    workflow = _ui_workflow(graph)
+    if workflow is not None:
+        text["workflow"] = json.dumps(workflow)
+    for i, image in enumerate(result.images):
+        path = save_png(image, next_free_path(args.out, args.prefix), text)
+        print(path)
+        if i == 0:
+            extra = " (CFG 1: the unconditional pass was skipped)" if result.skipped_uncond else ""
+            print(f"seed {result.params.seed}, {result.seconds:.2f} s{extra}", file=sys.stderr)
+    return 0
+
+
+def _ui_workflow(graph: dict) -> dict | None:
+    """The editor's UI graph for an API graph, when the node registry is available."""
+    try:
+        from atelier.graph.nodes import default_registry
+        from atelier.graph.workflow import api_to_ui
+    except ImportError:
+        return None
+    return api_to_ui(graph, default_registry())
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a model file/folder, or print the parameters stored in a PNG")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.path.suffix.lower() == ".png":
+        from atelier.images import png_metadata
+
+        meta = png_metadata(args.path)
+        if not meta:
+            raise InputError(f"{args.path} holds no generation parameters (no prompt, workflow or parameters text).")
+        if "parameters" in meta:
+            print(meta["parameters"])
+        for key in ("prompt", "workflow"):
+            if key in meta:
+                print(f"\n[{key}]")
+                print(json.dumps(meta[key], indent=1, ensure_ascii=False))
+        return 0
+    from atelier.models.info import describe_model
+
+    print(describe_model(args.path))
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the embedded model (stages vae, clip, unet); see atelier/world/train.py",
+                       add_help=False)
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from atelier.world.train import main as train_main
+
+    train_main(args.rest)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="atelier", description="Atelier : Architecture de la Diffusion")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_info(sub)
+    _add_train(sub)
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "train" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return args.func(args)
+    except AtelierError as error:
+        print(f"atelier: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("atelier: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

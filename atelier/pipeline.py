@@ -1,0 +1,301 @@
+"""From a prompt to pixels: the pieces of the models and of sampling/ put together.
+
+The same four steps as ComfyUI's classic graph, as functions the graph nodes, the lab and the CLI all call:
+
+    context  = encode_prompt(text_encoder, tokenizer, "a red circle")       # CLIPTextEncode
+    latent   = empty_latent(width, height, batch)                            # EmptyLatentImage
+    latent   = sample(model, latent, positive, negative, settings)           # KSampler
+    images   = decode(vae, latent)                                           # VAEDecode
+
+Latents passed between steps follow ComfyUI's convention: RAW VAE latents (what the VAE encoder outputs). The
+sampler works on SCALED latents (raw * scaling_factor, roughly unit variance); `sample` converts on the way in and
+out, as ComfyUI's latent format does. Every step of the sampler is reported to `on_step` (progress bars, live
+previews, film strips): nothing UI-specific happens here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from atelier.errors import AtelierError, InputError
+from atelier.sampling.denoisers import Denoiser, DiscreteSchedule, start_latent
+from atelier.sampling.guidance import GuidanceTrace, cfg_denoiser
+from atelier.sampling.noise import initial_noise, resolve_seed, seeded_noise_sampler
+from atelier.sampling.samplers import SAMPLERS
+from atelier.sampling.schedules import SCHEDULERS, sigmas_for
+
+if TYPE_CHECKING:
+    from atelier.models.clip import CLIPTextEncoder
+    from atelier.models.tokenizer import CLIPTokenizer
+    from atelier.models.unet import UNet
+    from atelier.models.vae import VAE
+
+
+class Interrupted(AtelierError):
+    """The user stopped the generation; nothing was produced."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text -> conditioning
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_prompt(text_encoder: CLIPTextEncoder, tokenizer: CLIPTokenizer, prompt: str, clip_skip: int = 1) -> Tensor:
+    """A prompt -> the context the UNet attends to: (1, 77 * chunks, width).
+
+    Long prompts are cut into 75-token chunks, each encoded in its own 77-token window, and concatenated.
+    Weights such as "(red:1.3)" scale each token's vector away from what an empty prompt gives at that position,
+    ComfyUI's rule for SD1.x: z = z_empty + weight * (z - z_empty).
+    """
+    chunks = tokenizer.tokenize_weighted(prompt)  # list of 77 (id, weight) pairs per chunk
+    device = next(text_encoder.parameters()).device
+    ids = torch.tensor([[i for i, _ in chunk] for chunk in chunks], device=device)  # (chunks, 77)
+    weights = torch.tensor([[w for _, w in chunk] for chunk in chunks], device=device)  # (chunks, 77)
+    z = text_encoder.encode(ids, clip_skip=clip_skip)  # (chunks, 77, width)
+    if not torch.all(weights == 1.0):
+        empty = torch.tensor([tokenizer.tokenize_weighted("")[0]], device=device)[..., 0].long()  # (1, 77)
+        z_empty = text_encoder.encode(empty, clip_skip=clip_skip)  # (1, 77, width)
+        z = z_empty + weights[..., None].to(z.dtype) * (z - z_empty)
+    return z.reshape(1, -1, z.shape[-1])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The denoising model as the samplers see it
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DiffusionModel:
+    """What ComfyUI calls MODEL: the UNet, the noise schedule it was trained on, and its latent scale."""
+
+    unet: UNet
+    latent_scale: float  # the VAE's scaling_factor: sampler latents = raw latents * latent_scale
+    schedule: DiscreteSchedule = dataclasses.field(default_factory=DiscreteSchedule.scaled_linear)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def denoiser(self) -> Denoiser:
+        return Denoiser(self.unet, self.schedule, self.unet.config.prediction, dtype=self.dtype)
+
+
+@dataclasses.dataclass
+class SamplerSettings:
+    """The KSampler's knobs. seed -1 draws a random seed; the one used is reported back."""
+
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 7.5
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    denoise: float = 1.0
+
+    def check(self) -> None:
+        """One clear sentence for the first bad value."""
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"Sampler {self.sampler!r} is not known; expected one of {', '.join(SAMPLERS)}.")
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"Scheduler {self.scheduler!r} is not known; expected one of {', '.join(SCHEDULERS)}.")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 10000:
+            raise InputError(f"Steps must be a whole number from 1 to 10000, got {self.steps!r}.")
+        if not isinstance(self.cfg, int | float) or not 0.0 <= self.cfg <= 100.0 or math.isnan(self.cfg):
+            raise InputError(f"CFG must be a number from 0 to 100, got {self.cfg!r}.")
+        if not isinstance(self.denoise, int | float) or not 0.0 <= self.denoise <= 1.0:
+            raise InputError(f"Denoise must be a number from 0 to 1, got {self.denoise!r}.")
+
+
+@dataclasses.dataclass
+class Step:
+    """One sampler step, as reported to `on_step`. Latents are the sampler's SCALED latents (B, 4, h, w)."""
+
+    index: int  # 0-based
+    total: int
+    sigma: float
+    x: Tensor  # the noisy latent the step started from
+    denoised: Tensor  # the model's guess of the final latent at this step (x0)
+
+
+@dataclasses.dataclass
+class SampleResult:
+    latent: Tensor  # RAW latents (B, 4, h, w), ready for the VAE
+    seed: int  # the seed actually used (differs from the request when it was -1)
+    sigmas: Tensor
+    guidance: GuidanceTrace
+
+
+OnStep = Callable[[Step], None]
+
+
+def _masked(denoise: Callable[..., Tensor], latent: Tensor, noise: Tensor, mask: Tensor) -> Callable[..., Tensor]:
+    """Inpainting with a noise mask (ComfyUI's noise_mask semantics): only where mask = 1 is denoised.
+
+    Before each call the kept region (mask = 0) is reset to the original latent noised to the current sigma, and
+    the prediction there is replaced by the original latent, so the sampler only ever changes the masked region.
+    """
+
+    def masked(x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        s = sigma.view(-1, 1, 1, 1).to(x.dtype)
+        x = x * mask + (latent + noise * s) * (1 - mask)
+        return denoise(x, sigma, **kwargs) * mask + latent * (1 - mask)
+
+    return masked
+
+
+def prepare_mask(mask: Tensor, latent: Tensor) -> Tensor:
+    """A (B or 1, H, W) pixel mask in [0, 1] -> (B, 1, h, w) at the latent's size (bilinear, as ComfyUI)."""
+    m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    m = F.interpolate(m, size=latent.shape[-2:], mode="bilinear")
+    if m.shape[0] < latent.shape[0]:
+        m = m.repeat(math.ceil(latent.shape[0] / m.shape[0]), 1, 1, 1)[: latent.shape[0]]
+    return m.to(latent.device, latent.dtype)
+
+
+@torch.no_grad()
+def sample(
+    model: DiffusionModel,
+    latent: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    settings: SamplerSettings,
+    *,
+    noise_mask: Tensor | None = None,
+    batch_index: list[int] | None = None,
+    add_noise: bool = True,
+    start_step: int | None = None,
+    end_step: int | None = None,
+    force_full_denoise: bool = True,
+    on_step: OnStep | None = None,
+    interrupt: threading.Event | None = None,
+) -> SampleResult:
+    """Denoise `latent` (RAW, (B, 4, h, w)) guided by the positive and negative contexts: ComfyUI's KSampler.
+
+    - txt2img: an all-zero latent and denoise 1: sampling starts from pure noise at sigma_max.
+    - img2img: an encoded image and denoise < 1: the image is noised to a middle sigma and sampling starts there.
+    - inpainting: `noise_mask` (B or 1, H, W) limits the change to where the mask is 1.
+    - KSamplerAdvanced: `start_step`/`end_step` cut the sigma list; `add_noise=False` skips the initial noise;
+      `force_full_denoise=False` returns the leftover noise when stopping early.
+    Noise comes from `settings.seed` on the CPU (ComfyUI's rule), so a seed means the same image on every device.
+    """
+    settings.check()
+    seed = resolve_seed(settings.seed)
+    device, dtype = model.device, torch.float32
+    sigmas = sigmas_for(settings.scheduler, model.schedule, settings.steps, settings.denoise)
+    if end_step is not None and end_step < len(sigmas) - 1:
+        sigmas = sigmas[: end_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0.0
+    if start_step is not None:
+        if start_step >= len(sigmas) - 1:  # nothing left to do
+            return SampleResult(latent, seed, sigmas[-1:], GuidanceTrace(settings.cfg, False))
+        sigmas = sigmas[start_step:]
+    sigmas = sigmas.to(device)
+
+    scaled = latent.to(device, dtype) * model.latent_scale  # (B, 4, h, w), the sampler's space
+    noise = initial_noise(seed, latent.shape, batch_index).to(device) if add_noise else torch.zeros_like(scaled)
+    x = start_latent(model.schedule, sigmas, noise, scaled) if len(sigmas) > 1 else scaled
+
+    guided = cfg_denoiser(model.denoiser(), positive.to(device), negative.to(device), settings.cfg)
+    denoise: Callable[..., Tensor] = guided
+    if noise_mask is not None:
+        mask = prepare_mask(noise_mask, scaled)
+        denoise = _masked(guided, scaled, noise, mask)
+
+    total = len(sigmas) - 1
+
+    def callback(info: dict) -> None:
+        if interrupt is not None and interrupt.is_set():
+            raise Interrupted("The generation was interrupted; no image was produced.")
+        if on_step is not None:
+            on_step(Step(info["i"], total, float(info["sigma"]), info["x"], info["denoised"]))
+
+    if total > 0:
+        if interrupt is not None and interrupt.is_set():
+            raise Interrupted("The generation was interrupted; no image was produced.")
+        # Per-step noise of ancestral/SDE samplers: its own stream, seeded from the seed (see noise.py).
+        noise_sampler = seeded_noise_sampler(x, seed)
+        sampler = SAMPLERS[settings.sampler]
+        x = sampler(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler)
+        if noise_mask is not None:
+            x = x * mask + scaled * (1 - mask)
+    return SampleResult(x / model.latent_scale, seed, sigmas.cpu(), guided.trace)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Latents <-> images
+# --------------------------------------------------------------------------------------------------------------
+
+
+def empty_latent(width: int, height: int, batch: int = 1, channels: int = 4, downscale: int = 8) -> Tensor:
+    """EmptyLatentImage: zeros (batch, 4, height/8, width/8). The sampler adds all the noise."""
+    for name, value in (("Width", width), ("Height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < downscale or value % downscale:
+            raise InputError(f"{name} must be a positive multiple of {downscale}, got {value!r}.")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
+        raise InputError(f"Batch size must be a whole number from 1 to 4096, got {batch!r}.")
+    return torch.zeros(batch, channels, height // downscale, width // downscale)
+
+
+@torch.no_grad()
+def decode(vae: VAE, latent: Tensor, tile: int | None = None) -> Tensor:
+    """RAW latents (B, 4, h, w) -> images (B, 3, 8h, 8w) clamped to [-1, 1]. Large images decode tile by tile."""
+    p = next(vae.parameters())
+    z = latent.to(p.device, p.dtype)
+    if tile is None and z.shape[-1] * z.shape[-2] > 128 * 128:
+        tile = 64
+    images = vae.decode(z) if tile is None else vae.decode_tiled(z, tile)
+    return images.float().clamp(-1, 1).cpu()
+
+
+@torch.no_grad()
+def encode(vae: VAE, images: Tensor, tile: int | None = None) -> Tensor:
+    """Images (B, 3, H, W) in [-1, 1] -> RAW latents (B, 4, H/8, W/8), the posterior's mean (deterministic)."""
+    p = next(vae.parameters())
+    x = images.to(p.device, p.dtype)
+    if tile is None and x.shape[-1] * x.shape[-2] > 1024 * 1024:
+        tile = 64
+    posterior = vae.encode(x) if tile is None else vae.encode_tiled(x, tile)
+    return posterior.mode().float().cpu()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A fast look at a latent without the VAE
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fit_latent_to_rgb(vae: VAE, size: int = 64) -> Tensor:
+    """A (5, 3) linear map latent -> RGB (4 weights + a bias per colour), fitted by least squares.
+
+    The VAE encodes a set of flat-colour images; each latent vector is paired with its colour. A linear map from
+    the 4 latent channels to RGB is then what a live preview needs: it costs nothing next to the VAE decoder and
+    shows shapes and colours while the sampler runs. (Fitted per model, so it also works for the embedded model.)
+    """
+    levels = torch.tensor([-1.0, -0.3, 0.3, 1.0])
+    colours = torch.cartesian_prod(levels, levels, levels)  # (64, 3) in [-1, 1]
+    p = next(vae.parameters())
+    images = colours[:, :, None, None].expand(-1, -1, size, size).to(p.device, p.dtype)
+    latents = vae.encode(images).mode().float().cpu()  # (64, 4, h, w)
+    z = latents.mean(dim=(2, 3))  # (64, 4): flat image -> (almost) flat latent
+    design = torch.cat([z, torch.ones(len(z), 1)], dim=1)  # (64, 5)
+    return torch.linalg.lstsq(design, colours).solution  # (5, 3)
+
+
+def latent_preview(latent: Tensor, projection: Tensor) -> Tensor:
+    """RAW latents (B, 4, h, w) -> uint8 RGB previews (B, h, w, 3) through the fitted linear map."""
+    z = latent.float().cpu().permute(0, 2, 3, 1)  # (B, h, w, 4)
+    rgb = z @ projection[:4] + projection[4]  # (B, h, w, 3) in about [-1, 1]
+    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

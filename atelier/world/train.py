@@ -1,0 +1,500 @@
+"""Training the embedded model on the procedural world, in three resumable stages: vae, clip, unet.
+
+    python -m atelier.world.train --stage vae  --out runs/embedded            # one process (CPU or one GPU)
+    torchrun --nproc_per_node 4 -m atelier.world.train --stage unet --out runs/embedded   # several GPUs (DDP)
+
+Each stage reads what the previous ones wrote in `--out` and writes its own weights there (safetensors, plus a
+`<stage>.state.pt` with optimiser state and step count, so a stage killed half-way resumes where it stopped).
+Each rank renders its own slice of the world into memory (on the GPU when there is one): the data set is never
+read from disk, and is the same for a given seed, whatever the number of ranks.
+
+The recipe follows latent diffusion (Rombach et al. 2022), scaled down:
+1. vae:  an autoencoder 128x128x3 -> 16x16x4 (L1 + edge loss + a tiny KL term), then the latent scaling factor
+         1/std so the UNet sees unit-variance latents, as SD's 0.18215.
+2. clip: the CLIP text transformer and a small image encoder trained contrastively (InfoNCE, Radford et al. 2021)
+         on the world's English and French captions, so "rouge" lands near "red".
+3. unet: eps-prediction on SD's discrete schedule, conditioned by cross-attention on the frozen text encoder's
+         hidden states, 10% caption dropout for classifier-free guidance, min-SNR loss weighting (Hang et al.
+         2023), EMA weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from atelier.models.clip import CLIPTextEncoder
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, config_from_json, config_to_json
+from atelier.models.tokenizer import CLIPTokenizer
+from atelier.models.unet import UNet
+from atelier.models.vae import VAE
+from atelier.sampling.denoisers import DiscreteSchedule
+from atelier.world.encoders import ImageEncoder
+
+# --------------------------------------------------------------------------------------------------------------
+# The shapes of the embedded model. Small versions of SD1.x's three networks; same classes, same code path.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedShapes:
+    image_size: int = 128
+    vae: VAEConfig = VAEConfig(block_channels=(32, 64, 128, 128), layers_per_block=1, norm_groups=16)
+    text: TextEncoderConfig = TextEncoderConfig(width=128, layers=4, heads=4, mlp_width=512, projection_dim=128)
+    unet: UNetConfig = UNetConfig(
+        block_channels=(64, 128, 256),
+        layers_per_block=1,
+        cross_attention_levels=(True, True, True),
+        attention_heads=4,
+        context_dim=128,
+        norm_groups=16,
+    )
+
+    @classmethod
+    def tiny(cls) -> EmbeddedShapes:
+        """For the CPU test of the training code: same structure, a few thousand parameters per network."""
+        return cls(
+            image_size=32,
+            vae=VAEConfig(block_channels=(8, 8, 16, 16), layers_per_block=1, norm_groups=4),
+            text=TextEncoderConfig(width=16, layers=1, heads=2, mlp_width=32, projection_dim=16),
+            unet=UNetConfig(block_channels=(16, 32), layers_per_block=1, cross_attention_levels=(False, True),
+                            attention_heads=2, context_dim=16, norm_groups=4),
+        )
+
+
+@dataclasses.dataclass
+class StageSettings:
+    steps: int
+    batch: int  # per rank
+    lr: float
+    warmup: int = 200
+
+
+DEFAULTS = {
+    "vae": StageSettings(steps=3000, batch=64, lr=4e-4),
+    "clip": StageSettings(steps=3000, batch=512, lr=5e-4),
+    "unet": StageSettings(steps=20000, batch=256, lr=3e-4, warmup=500),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Distributed plumbing: one process per GPU under torchrun, or a single process.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Ranks:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+
+def init_ranks(device: str | None) -> Ranks:
+    if "RANK" in os.environ:
+        rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return Ranks(rank, world, torch.device("cuda", local))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Ranks(0, 1, torch.device(device))
+
+
+def wrap_ddp(model: nn.Module, ranks: Ranks) -> nn.Module:
+    if ranks.world == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[ranks.device.index])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data: each rank renders its own slice of the world once, keeps it in memory as uint8.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class WorldData:
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    tokens: torch.Tensor  # (N, K, 77) int32: K captions per image (English and French, varied wording)
+
+    def batch(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, self.images.shape[0], (n,), generator=gen, device="cpu").to(self.images.device)
+        pick = torch.randint(0, self.tokens.shape[1], (n,), generator=gen, device="cpu").to(self.images.device)
+        images = self.images[idx].float() / 127.5 - 1.0
+        return images, self.tokens[idx, pick].long()
+
+
+def render_world(n: int, seed: int, ranks: Ranks, size: int, captions_per_image: int, workers: int) -> WorldData:
+    """This rank's slice: images [rank*n, (rank+1)*n) of the world drawn from `seed` (training split only)."""
+    from atelier.world.dataset import render_dataset
+
+    tok = CLIPTokenizer.from_default()
+    start = time.time()
+    images, captions = render_dataset(
+        seed=seed, start=ranks.rank * n, count=n, size=size, captions_per_image=captions_per_image, workers=workers
+    )
+    ids = torch.tensor([[tok(c) for c in per_image] for per_image in captions], dtype=torch.int32)
+    data = WorldData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(ranks.device), ids.to(ranks.device))
+    if ranks.main:
+        print(f"[data] {n} images x {ranks.world} ranks rendered in {time.time() - start:.1f} s", flush=True)
+    return data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoint helpers: weights as safetensors (the configs in the metadata), optimiser state as a .pt.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def save_weights(path: Path, module: nn.Module, config: object | None = None) -> None:
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+    meta = {"config": config_to_json(config)} if config is not None else {}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path, module: nn.Module) -> None:
+    module.load_state_dict(load_file(str(path)))
+
+
+def lr_at(step: int, s: StageSettings) -> float:
+    """Linear warm-up then cosine decay to 10%."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    progress = min(1.0, (step - s.warmup) / max(1, s.steps - s.warmup))
+    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Stage:
+    """Shared loop mechanics: resume, lr schedule, logging, periodic saves, time budget."""
+
+    def __init__(self, name: str, out: Path, settings: StageSettings, ranks: Ranks, budget_s: float | None):
+        self.name, self.out, self.s, self.ranks = name, out, settings, ranks
+        self.deadline = time.time() + budget_s if budget_s else None
+        self.log_path = out / f"{name}.log.jsonl"
+        self.state_path = out / f"{name}.state.pt"
+        self.step = 0
+        self.t0 = time.time()
+
+    def resume(self, modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
+        if not self.state_path.exists():
+            return
+        state = torch.load(self.state_path, map_location=self.ranks.device, weights_only=True)
+        for key, module in modules.items():
+            module.load_state_dict(state[key])
+        opt.load_state_dict(state["opt"])
+        self.step = int(state["step"])
+        if self.ranks.main:
+            print(f"[{self.name}] resumed at step {self.step}", flush=True)
+
+    def save_state(self, modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
+        if not self.ranks.main:
+            return
+        state = {key: m.state_dict() for key, m in modules.items()}
+        state["opt"], state["step"] = opt.state_dict(), self.step
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.state_path)
+
+    def set_lr(self, opt: torch.optim.Optimizer) -> None:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(self.step, self.s)
+
+    def done(self) -> bool:
+        out_of_time = self.deadline is not None and time.time() > self.deadline
+        if self.ranks.world > 1:  # every rank must stop at the same step
+            flag = torch.tensor([float(out_of_time)], device=self.ranks.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        return self.step >= self.s.steps or out_of_time
+
+    def log(self, **values: float) -> None:
+        values = {k: self.ranks.all_mean(float(v)) for k, v in values.items()}
+        if not self.ranks.main:
+            return
+        rate = self.step / max(1e-6, time.time() - self.t0)
+        record = {"step": self.step, "time_s": round(time.time() - self.t0, 1), **values}
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        text = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+        print(f"[{self.name}] step {self.step}/{self.s.steps} {text} ({rate:.1f} it/s)", flush=True)
+
+
+def autocast(ranks: Ranks):
+    if ranks.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage 1: the autoencoder.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _sobel(x: torch.Tensor) -> torch.Tensor:
+    """Horizontal and vertical finite differences: an L1 on them keeps the pictograms' edges sharp."""
+    return torch.cat([x[..., :, 1:] - x[..., :, :-1], (x[..., 1:, :] - x[..., :-1, :]).transpose(-1, -2)], dim=-1)
+
+
+class _AutoencoderPass(nn.Module):
+    """encode -> sample the posterior (reparameterisation trick) -> decode, as one forward for DDP."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(images)
+        z = posterior.mean + posterior.std * torch.randn_like(posterior.mean)
+        return self.vae.decode(z), posterior.mean, posterior.logvar
+
+
+def train_vae(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSettings, ranks: Ranks,
+              budget_s: float | None, seed: int) -> None:
+    torch.manual_seed(seed)
+    vae = VAE(shapes.vae).to(ranks.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    stage = Stage("vae", out, s, ranks, budget_s)
+    stage.resume({"vae": vae}, opt)
+    model = wrap_ddp(_AutoencoderPass(vae), ranks)
+    gen = torch.Generator().manual_seed(seed * 1000 + ranks.rank + stage.step)
+    while not stage.done():
+        stage.set_lr(opt)
+        images, _ = data.batch(s.batch, gen)
+        with autocast(ranks):
+            recon, mean, logvar = model(images)
+        recon = recon.float()
+        l1 = (recon - images).abs().mean()
+        edge = (_sobel(recon) - _sobel(images)).abs().mean()
+        kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
+        loss = l1 + 0.5 * edge + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        stage.step += 1
+        if stage.step % 100 == 0 or stage.done():
+            stage.log(loss=loss.item(), l1=l1.item(), edge=edge.item(), kl=kl.item())
+        if stage.step % 1000 == 0:
+            stage.save_state({"vae": vae}, opt)
+    stage.save_state({"vae": vae}, opt)
+
+    # The latent scaling factor: 1 / std of the latents over a sample of the data, so that the UNet's inputs have
+    # unit variance (SD1.x measured 0.18215 the same way).
+    vae.eval()
+    with torch.no_grad():
+        images, _ = data.batch(min(512, data.images.shape[0]), torch.Generator().manual_seed(seed))
+        latents = torch.cat([vae.encode(chunk).mean.float() for chunk in images.split(64)])
+    std = ranks.all_mean(latents.std().item())
+    config = dataclasses.replace(shapes.vae, scaling_factor=round(1.0 / std, 5))
+    if ranks.main:
+        save_weights(out / "vae.safetensors", vae, config)
+        print(f"[vae] latent std {std:.4f} -> scaling_factor {config.scaling_factor}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage 2: the text encoder, trained contrastively against an image encoder.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ContrastivePair(nn.Module):
+    """CLIP's two towers and its learnable temperature (initialised at 1/0.07)."""
+
+    def __init__(self, shapes: EmbeddedShapes):
+        super().__init__()
+        self.text = CLIPTextEncoder(shapes.text)
+        self.image = ImageEncoder(shapes.text.projection_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        t = F.normalize(self.text(ids).projected.float(), dim=-1)  # (B, D)
+        v = F.normalize(self.image(images).float(), dim=-1)  # (B, D)
+        logits = self.logit_scale.exp().clamp(max=100) * v @ t.T  # (B, B): image i vs caption j
+        # Scenes rendered from the same caption are true pairs too; with a large world they are rare.
+        labels = torch.arange(len(images), device=images.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def train_clip(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSettings, ranks: Ranks,
+               budget_s: float | None, seed: int) -> None:
+    torch.manual_seed(seed + 1)
+    pair = ContrastivePair(shapes).to(ranks.device)
+    opt = torch.optim.AdamW(pair.parameters(), lr=s.lr, weight_decay=0.1, betas=(0.9, 0.98))
+    stage = Stage("clip", out, s, ranks, budget_s)
+    stage.resume({"pair": pair}, opt)
+    model = wrap_ddp(pair, ranks)
+    gen = torch.Generator().manual_seed(seed * 1000 + 7 + ranks.rank + stage.step)
+    while not stage.done():
+        stage.set_lr(opt)
+        images, ids = data.batch(s.batch, gen)
+        with autocast(ranks):
+            loss = model(images, ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(pair.parameters(), 1.0)
+        opt.step()
+        stage.step += 1
+        if stage.step % 100 == 0 or stage.done():
+            stage.log(loss=loss.item(), temperature=1 / pair.logit_scale.exp().item())
+        if stage.step % 1000 == 0:
+            stage.save_state({"pair": pair}, opt)
+    stage.save_state({"pair": pair}, opt)
+    if ranks.main:
+        save_weights(out / "text_encoder.safetensors", pair.text, shapes.text)
+        save_weights(out / "image_encoder.safetensors", pair.image)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage 3: the denoising UNet on pre-encoded latents.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def encode_latents(vae: VAE, images_u8: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """All images -> their scaled latent means (N, 4, H/8, W/8), kept in bf16/fp32 on the same device."""
+    out = []
+    with torch.no_grad():
+        for chunk in images_u8.split(batch):
+            x = chunk.float() / 127.5 - 1.0
+            out.append(vae.encode(x).mean * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def train_unet(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSettings, ranks: Ranks,
+               budget_s: float | None, seed: int, ema_decay: float = 0.999, caption_dropout: float = 0.1) -> None:
+    vae_config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
+    vae = VAE(vae_config).to(ranks.device).eval()
+    load_weights(out / "vae.safetensors", vae)
+    text = CLIPTextEncoder(shapes.text).to(ranks.device).eval()
+    load_weights(out / "text_encoder.safetensors", text)
+    start = time.time()
+    latents = encode_latents(vae, data.images)  # (N, 4, 16, 16)
+    del vae
+    if ranks.main:
+        print(f"[unet] {latents.shape[0]} latents encoded in {time.time() - start:.1f} s, "
+              f"std {latents.std().item():.3f}", flush=True)
+    empty_ids = torch.tensor(CLIPTokenizer.from_default()(""), device=ranks.device)
+
+    torch.manual_seed(seed + 2)
+    unet = UNet(shapes.unet).to(ranks.device)
+    ema = UNet(shapes.unet).to(ranks.device).eval().requires_grad_(False)
+    ema.load_state_dict(unet.state_dict())
+    opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    stage = Stage("unet", out, s, ranks, budget_s)
+    stage.resume({"unet": unet, "ema": ema}, opt)
+    model = wrap_ddp(unet, ranks)
+
+    schedule = DiscreteSchedule.scaled_linear()
+    alphas_cumprod = schedule.alphas_cumprod.to(ranks.device).float()  # (1000,)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    min_snr_weight = snr.clamp(max=5.0) / snr  # min-SNR-5 weighting for eps-prediction (Hang et al. 2023)
+    gen = torch.Generator().manual_seed(seed * 1000 + 13 + ranks.rank + stage.step)
+
+    while not stage.done():
+        stage.set_lr(opt)
+        n = s.batch
+        idx = torch.randint(0, latents.shape[0], (n,), generator=gen).to(ranks.device)
+        pick = torch.randint(0, data.tokens.shape[1], (n,), generator=gen).to(ranks.device)
+        ids = data.tokens[idx, pick].long()
+        drop = torch.rand(n, generator=gen).to(ranks.device) < caption_dropout
+        ids = torch.where(drop[:, None], empty_ids[None, :], ids)
+        x0 = latents[idx].float()
+        t = torch.randint(0, 1000, (n,), generator=gen).to(ranks.device)
+        noise = torch.randn(x0.shape, generator=gen).to(ranks.device)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0), Ho et al. 2020 eq. 4
+        with torch.no_grad(), autocast(ranks):
+            context = text(ids).last_hidden_state  # (B, 77, D)
+        with autocast(ranks):
+            eps = model(x_t, t.float(), context)
+        per_item = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_item * min_snr_weight[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(ema_decay, (1 + stage.step) / (10 + stage.step))
+            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - decay)
+        stage.step += 1
+        if stage.step % 100 == 0 or stage.done():
+            stage.log(loss=loss.item(), mse=per_item.mean().item())
+        if stage.step % 2000 == 0:
+            stage.save_state({"unet": unet, "ema": ema}, opt)
+    stage.save_state({"unet": unet, "ema": ema}, opt)
+    if ranks.main:
+        save_weights(out / "unet_ema.safetensors", ema, shapes.unet)
+
+
+def _metadata(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.dumps(f.metadata())
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+STAGES = {"vae": train_vae, "clip": train_clip, "unet": train_unet}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the embedded model on the procedural world.")
+    parser.add_argument("--stage", choices=list(STAGES), action="append", required=True,
+                        help="stage(s) to run, in order; repeat the flag for several")
+    parser.add_argument("--out", type=Path, default=Path("runs/embedded"))
+    parser.add_argument("--images", type=int, default=100_000, help="rendered images per rank")
+    parser.add_argument("--captions", type=int, default=4, help="captions per image (EN and FR)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="render processes per rank")
+    parser.add_argument("--steps", type=int, help="override the stage's step count")
+    parser.add_argument("--batch", type=int, help="override the stage's per-rank batch")
+    parser.add_argument("--lr", type=float, help="override the stage's learning rate")
+    parser.add_argument("--budget", type=float, help="stop each stage after this many seconds (resumable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes, for testing the code on a CPU")
+    parser.add_argument("--device")
+    args = parser.parse_args(argv)
+
+    ranks = init_ranks(args.device)
+    shapes = EmbeddedShapes.tiny() if args.tiny else EmbeddedShapes()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if ranks.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    workers = max(1, args.workers // ranks.world)
+    data = render_world(args.images, args.seed, ranks, shapes.image_size, args.captions, workers)
+    for name in args.stage:
+        s = dataclasses.replace(DEFAULTS[name])
+        for field in ("steps", "batch", "lr"):
+            if getattr(args, field) is not None:
+                setattr(s, field, getattr(args, field))
+        STAGES[name](shapes, data, args.out, s, ranks, args.budget, args.seed)
+    if ranks.world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
