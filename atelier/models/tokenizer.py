@@ -28,6 +28,7 @@ import html
 import importlib.util
 import itertools
 import json
+import os
 from pathlib import Path
 
 import ftfy
@@ -79,7 +80,14 @@ def default_bpe_path() -> Path:
     """Path of `bpe_simple_vocab_16e6.txt.gz` inside the installed open-clip-torch package.
 
     The package is only located, never imported: its `__init__` pulls torchvision, which Atelier does not need.
+    The environment variable ATELIER_CLIP_VOCAB may point at a copy of the file instead (machines without the
+    package, such as a training machine with no package index).
     """
+    override = os.environ.get("ATELIER_CLIP_VOCAB")
+    if override:
+        if not Path(override).is_file():
+            raise CheckpointError(f"ATELIER_CLIP_VOCAB points at {override!r}, which is not a file.")
+        return Path(override)
     spec = importlib.util.find_spec("open_clip")
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in folders:
