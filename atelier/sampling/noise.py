@@ -40,9 +40,11 @@ def _generator(seed: int) -> torch.Generator:
 def initial_noise(seed: int, shape: Sequence[int], batch_index: Sequence[int] | None = None) -> Tensor:
     """Standard normal noise of `shape` (B, C, h, w), float32 on the CPU, as ComfyUI's prepare_noise makes it.
 
-    batch_index (ComfyUI's LATENT "batch_index", set by nodes that pick images out of a batch): image i of the
-    batch gets the noise that image batch_index[i] of a full batch would get. The noise is drawn one image at a
-    time, for 0 .. max(batch_index), so that picking image 3 of a batch reproduces it alone.
+    batch_index (ComfyUI's LATENT "batch_index", set by nodes that pick images out of a batch): the noise is drawn
+    one image at a time for positions 0 .. max(batch_index), and image i gets the draw at position batch_index[i],
+    so an image picked out of a batch gets its noise back. (Torch's CPU randn fills large tensors 16 numbers at a
+    time, so image-by-image draws equal slices of one batched draw only when C*h*w is a multiple of 16, as for
+    every latent of an image whose sides are multiples of 16 pixels.)
     """
     generator = _generator(seed)
     shape = tuple(int(n) for n in shape)

@@ -108,7 +108,8 @@ def beta(schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float
     last = schedule.num_timesteps - 1
     picked, previous = [], None
     for i in range(steps):
-        t = round(beta_ppf(1 - i / steps, alpha, beta) * last)  # round half to even, as numpy.rint
+        q = 1 - i * (1 / steps)  # numpy.linspace(0, 1, steps, endpoint=False) computes i * (1 / steps)
+        t = round(beta_ppf(q, alpha, beta) * last)  # round half to even, as numpy.rint
         if t != previous:
             picked.append(float(schedule.sigmas[t]))
         previous = t
