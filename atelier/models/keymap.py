@@ -1,0 +1,332 @@
+"""Weight names: the original single-file Stable Diffusion layout <-> Atelier's own names.
+
+A Stable Diffusion 1.x `.safetensors` file stores the three networks under the names of the CompVis/LDM code that
+trained them (Rombach et al. 2022):
+
+    model.diffusion_model.input_blocks.4.1.proj_in.weight          the UNet   (ours: down_blocks.1.attentions.0...)
+    first_stage_model.encoder.down.2.block.0.conv1.weight          the VAE    (ours: encoder.down_blocks.2.resnets.0...)
+    cond_stage_model.transformer.text_model.encoder.layers.0...    CLIP text  (ours: text_model.encoder.layers.0...)
+
+Atelier's modules use the diffusers / transformers names. Both layouts describe the same tensors, so converting is
+only renaming, plus one reshape: the VAE's mid-block attention is stored as 1x1 convolutions (C, C, 1, 1) in SD
+files and as linear layers (C, C) in ours.
+
+The renaming is generated from the config: a table of (our module prefix, SD module prefix, leaf renames) rows, one
+per ResNet block, attention block, resampler, ... Walking the table the other way gives the inverse, so the same
+table loads a file and saves one. Every function here is pure (dicts in, dicts out) and checks that no key is lost,
+left over or duplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+
+from atelier.errors import CheckpointError
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
+
+T = TypeVar("T")  # a tensor, or only its shape
+
+# Prefixes of the three networks inside a full single-file checkpoint.
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.transformer."
+
+
+@dataclass(frozen=True)
+class Row:
+    """One module of the table: `ours` and `sd` are module paths; `leaves` renames the first part of what follows."""
+
+    ours: str
+    sd: str
+    leaves: Mapping[str, str] = field(default_factory=dict)
+
+
+# Inside a UNet ResNet block the LDM code wraps layers in nn.Sequential, hence the numeric names.
+#   in_layers  = [GroupNorm, SiLU, Conv]          -> norm1 (0), conv1 (2)
+#   emb_layers = [SiLU, Linear]                   -> time_emb_proj (1)
+#   out_layers = [GroupNorm, SiLU, Dropout, Conv] -> norm2 (0), conv2 (3)
+UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",  # 1x1 conv, only where the channel count changes
+}
+VAE_RESNET = {"conv_shortcut": "nin_shortcut"}  # norm1/conv1/norm2/conv2 keep their names
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+# The spatial transformers (norm, proj_in, transformer_blocks.*, proj_out) have the same names in both layouts.
+SAME: Mapping[str, str] = {}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables generated from the configs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def unet_table(config: UNetConfig) -> list[Row]:
+    """The UNet's rows. LDM numbers its blocks in one flat list per path; diffusers groups them by level.
+
+    Down path, levels l = 0..L-1 with n = layers_per_block ResNets each:
+        input_blocks.0                  conv_in
+        input_blocks.1 + l(n+1) + j     ResNet j of level l (.0) and its transformer (.1), j < n
+        input_blocks.1 + l(n+1) + n     the level's downsampler (.0.op), except after the last level
+    Up path, levels u = 0..L-1 (u = 0 is the lowest resolution) with n + 1 ResNets each:
+        output_blocks.u(n+1) + j        ResNet (.0), transformer (.1), and after the last ResNet the upsampler
+                                        (.1.conv, or .2.conv when a transformer takes .1)
+    """
+    levels, n = len(config.block_channels), config.layers_per_block
+    rows = [
+        Row("time_embedding.linear_1", "time_embed.0"),
+        Row("time_embedding.linear_2", "time_embed.2"),
+        Row("conv_in", "input_blocks.0.0"),
+    ]
+    for level in range(levels):
+        has_attention = config.cross_attention_levels[level]
+        for j in range(n):
+            i = 1 + level * (n + 1) + j
+            rows.append(Row(f"down_blocks.{level}.resnets.{j}", f"input_blocks.{i}.0", UNET_RESNET))
+            if has_attention:
+                rows.append(Row(f"down_blocks.{level}.attentions.{j}", f"input_blocks.{i}.1", SAME))
+        if level < levels - 1:
+            i = 1 + level * (n + 1) + n
+            rows.append(Row(f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{i}.0.op"))
+    rows += [
+        Row("mid_block.resnets.0", "middle_block.0", UNET_RESNET),
+        Row("mid_block.attentions.0", "middle_block.1", SAME),
+        Row("mid_block.resnets.1", "middle_block.2", UNET_RESNET),
+    ]
+    for up in range(levels):
+        has_attention = config.cross_attention_levels[levels - 1 - up]
+        for j in range(n + 1):
+            i = up * (n + 1) + j
+            rows.append(Row(f"up_blocks.{up}.resnets.{j}", f"output_blocks.{i}.0", UNET_RESNET))
+            if has_attention:
+                rows.append(Row(f"up_blocks.{up}.attentions.{j}", f"output_blocks.{i}.1", SAME))
+        if up < levels - 1:
+            i = up * (n + 1) + n
+            slot = 2 if has_attention else 1
+            rows.append(Row(f"up_blocks.{up}.upsamplers.0.conv", f"output_blocks.{i}.{slot}.conv"))
+    rows += [Row("conv_norm_out", "out.0"), Row("conv_out", "out.2")]
+    return rows
+
+
+def vae_table(config: VAEConfig) -> list[Row]:
+    """The VAE's rows. The SD decoder numbers its levels from the lowest resolution up, diffusers from the top down:
+    our decoder.up_blocks.u is SD's decoder.up.(L-1-u)."""
+    levels, n = len(config.block_channels), config.layers_per_block
+    rows = [Row("quant_conv", "quant_conv"), Row("post_quant_conv", "post_quant_conv")]
+    for part in ("encoder", "decoder"):
+        rows += [
+            Row(f"{part}.conv_in", f"{part}.conv_in"),
+            Row(f"{part}.mid_block.resnets.0", f"{part}.mid.block_1", VAE_RESNET),
+            Row(f"{part}.mid_block.attentions.0", f"{part}.mid.attn_1", VAE_ATTENTION),
+            Row(f"{part}.mid_block.resnets.1", f"{part}.mid.block_2", VAE_RESNET),
+            Row(f"{part}.conv_norm_out", f"{part}.norm_out"),
+            Row(f"{part}.conv_out", f"{part}.conv_out"),
+        ]
+    for level in range(levels):
+        for j in range(n):
+            rows.append(Row(f"encoder.down_blocks.{level}.resnets.{j}", f"encoder.down.{level}.block.{j}", VAE_RESNET))
+        if level < levels - 1:
+            rows.append(
+                Row(f"encoder.down_blocks.{level}.downsamplers.0.conv", f"encoder.down.{level}.downsample.conv")
+            )
+    for up in range(levels):
+        sd_level = levels - 1 - up
+        for j in range(n + 1):
+            rows.append(Row(f"decoder.up_blocks.{up}.resnets.{j}", f"decoder.up.{sd_level}.block.{j}", VAE_RESNET))
+        if up < levels - 1:
+            rows.append(Row(f"decoder.up_blocks.{up}.upsamplers.0.conv", f"decoder.up.{sd_level}.upsample.conv"))
+    return rows
+
+
+def text_encoder_table(config: TextEncoderConfig) -> list[Row]:
+    """CLIP keeps the transformers names inside the SD file; only the `cond_stage_model.transformer.` prefix differs,
+    which `split_checkpoint` removes. The table is therefore the identity on the two top-level modules."""
+    rows = [Row("text_model", "text_model")]
+    if config.projection_dim is not None:
+        rows.append(Row("text_projection", "text_projection"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Renaming with a table
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _rename_key(key: str, index: Mapping[str, tuple[str, Mapping[str, str]]]) -> str | None:
+    """`key` renamed by the row whose source prefix it starts with (longest match), or None when no row matches."""
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:cut])
+        if prefix in index:
+            target, leaves = index[prefix]
+            rest = ".".join(parts[cut:])
+            for old, new in leaves.items():
+                if rest == old or rest.startswith(old + "."):
+                    rest = new + rest[len(old) :]
+                    break
+            return f"{target}.{rest}"
+    return None
+
+
+def rename(state: Mapping[str, torch.Tensor], rows: Iterable[Row], to_sd: bool, what: str) -> dict[str, torch.Tensor]:
+    """Every key of `state` renamed through `rows` (ours -> SD when `to_sd`, else SD -> ours).
+
+    Raises CheckpointError naming the first few keys that no row covers; the result has exactly as many keys as
+    the input. `what` names the component in messages ("the UNet").
+    """
+    index: dict[str, tuple[str, Mapping[str, str]]] = {}
+    for row in rows:
+        if to_sd:
+            index[row.ours] = (row.sd, row.leaves)
+        else:
+            index[row.sd] = (row.ours, {new: old for old, new in row.leaves.items()})
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, tensor in state.items():
+        new_key = _rename_key(key, index)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            out[new_key] = tensor
+    if unknown:
+        raise CheckpointError(
+            f"{what} has {len(unknown)} weight(s) that do not fit its layout: {_first(unknown)}; "
+            "is it a Stable Diffusion 1.x model?"
+        )
+    if len(out) != len(state):
+        raise CheckpointError(f"{what} has weights whose names collide after renaming ({len(state) - len(out)} lost).")
+    return out
+
+
+def _first(keys: Iterable[str], count: int = 3) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:count])
+    return shown + (", ..." if len(keys) > count else "")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The VAE mid-block attention: 1x1 convolution in SD files, linear layer in ours
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _is_vae_attention_weight(key: str) -> bool:
+    return ".mid_block.attentions.0.to_" in key and key.endswith(".weight")
+
+
+def vae_attention_to_linear(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """(C, C, 1, 1) conv weights of q, k, v and the output projection -> (C, C) linear weights (our names)."""
+    out = dict(state)
+    for key, tensor in state.items():
+        if _is_vae_attention_weight(key) and tensor.ndim == 4:
+            if tensor.shape[2:] != (1, 1):
+                raise CheckpointError(f"the VAE attention weight {key} has shape {tuple(tensor.shape)}; expected 1x1.")
+            out[key] = tensor[:, :, 0, 0]
+    return out
+
+
+def vae_attention_to_conv(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse: (C, C) linear weights -> (C, C, 1, 1), as the SD layout stores them (our names)."""
+    out = dict(state)
+    for key, tensor in state.items():
+        if _is_vae_attention_weight(key) and tensor.ndim == 2:
+            out[key] = tensor[:, :, None, None]
+    return out
+
+
+# Some diffusers VAE files written before 2023 still use the old attention names.
+_OLD_DIFFUSERS_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def vae_old_diffusers_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Old diffusers VAE attention names (query/key/value/proj_attn) -> current ones (to_q/to_k/to_v/to_out.0)."""
+    out = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        if ".mid_block.attentions.0." in key and len(parts) >= 2 and parts[-2] in _OLD_DIFFUSERS_ATTENTION:
+            parts[-2] = _OLD_DIFFUSERS_ATTENTION[parts[-2]]
+        out[".".join(parts)] = tensor
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Whole checkpoints: split a single file into components and join them back
+# --------------------------------------------------------------------------------------------------------------
+
+
+def text_encoder_names(state: Mapping[str, T]) -> dict[str, T]:
+    """CLIP names made uniform: `text_model.embeddings...` etc. Files saved with transformers < 4.20, and
+    transformers 5's CLIPTextModel, leave out the `text_model.` level (`embeddings.*`); it is added. The
+    `position_ids` buffer (0..76, not a weight) is dropped."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("embeddings.position_ids"):
+            continue
+        if not key.startswith(("text_model.", "text_projection.")):
+            key = "text_model." + key
+        out[key] = value
+    return out
+
+
+def split_checkpoint(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """A single-file SD state dict -> {"unet": ..., "vae": ..., "text_encoder": ..., "ignored": ...} with the
+    component prefixes removed (names still in the SD layout). Everything else (EMA copies `model_ema.*`, the
+    noise schedule buffers `betas`, `alphas_cumprod`, ...) lands in "ignored"."""
+    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "vae": {}, "text_encoder": {}, "ignored": {}}
+    prefixes = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": TEXT_PREFIX}
+    for key, tensor in state.items():
+        for name, prefix in prefixes.items():
+            if key.startswith(prefix):
+                parts[name][key[len(prefix) :]] = tensor
+                break
+        else:
+            parts["ignored"][key] = tensor
+    return parts
+
+
+def unet_from_sd(state: Mapping[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+    """UNet weights, SD names (prefix removed) -> ours."""
+    return rename(state, unet_table(config), to_sd=False, what="The UNet")
+
+
+def unet_to_sd(state: Mapping[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+    """UNet weights, ours -> SD names (without the `model.diffusion_model.` prefix)."""
+    return rename(state, unet_table(config), to_sd=True, what="The UNet")
+
+
+def vae_from_sd(state: Mapping[str, torch.Tensor], config: VAEConfig) -> dict[str, torch.Tensor]:
+    """VAE weights, SD names (prefix removed) -> ours, attention convs reshaped to linear weights."""
+    return vae_attention_to_linear(rename(state, vae_table(config), to_sd=False, what="The VAE"))
+
+
+def vae_to_sd(state: Mapping[str, torch.Tensor], config: VAEConfig) -> dict[str, torch.Tensor]:
+    """VAE weights, ours -> SD names (without the `first_stage_model.` prefix), attention stored as 1x1 convs."""
+    return rename(vae_attention_to_conv(state), vae_table(config), to_sd=True, what="The VAE")
+
+
+def text_encoder_from_sd(state: Mapping[str, torch.Tensor], config: TextEncoderConfig) -> dict[str, torch.Tensor]:
+    """CLIP weights, SD names (prefix removed) -> ours."""
+    return rename(text_encoder_names(state), text_encoder_table(config), to_sd=False, what="The text encoder")
+
+
+def text_encoder_to_sd(state: Mapping[str, torch.Tensor], config: TextEncoderConfig) -> dict[str, torch.Tensor]:
+    """CLIP weights, ours -> SD names (without the `cond_stage_model.transformer.` prefix)."""
+    return rename(state, text_encoder_table(config), to_sd=True, what="The text encoder")
+
+
+def join_checkpoint(
+    unet: Mapping[str, torch.Tensor], vae: Mapping[str, torch.Tensor], text_encoder: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Three component state dicts in SD names -> one single-file state dict with the component prefixes."""
+    out = {UNET_PREFIX + k: v for k, v in unet.items()}
+    out.update({VAE_PREFIX + k: v for k, v in vae.items()})
+    out.update({TEXT_PREFIX + k: v for k, v in text_encoder.items()})
+    if len(out) != len(unet) + len(vae) + len(text_encoder):
+        raise CheckpointError("the three components have overlapping weight names; they cannot share one file.")
+    return out
