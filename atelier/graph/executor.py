@@ -313,13 +313,13 @@ def plan(prompt: dict, registry: NodeRegistry, outputs: Sequence[str]) -> list[s
         if state.get(node_id) == "placed":
             return
         if state.get(node_id) == "walking":
-            cycle = path[path.index(node_id) :] + [node_id]
+            cycle = [*path[path.index(node_id) :], node_id]
             error = DependencyCycleError(f"Dependency cycle detected: {' -> '.join(cycle)}")
             error.node_id = node_id  # type: ignore[attr-defined]
             raise error
         state[node_id] = "walking"
         for source in _input_links(prompt, registry, node_id):
-            visit(source, path + [node_id])
+            visit(source, [*path, node_id])
         state[node_id] = "placed"
         order.append(node_id)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
@@ -103,7 +104,7 @@ class Sampler:
             Input("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
             Input("sampler_name", "COMBO", options=["euler", "heun"]),
             Input("positive", "CONDITIONING"),
-            Input("latent", "INT"),
+            Input("latent", "INT", force_input=True),
             Input("denoise", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01, optional=True),
         ],
         outputs=[Output("LATENT")],
@@ -196,7 +197,7 @@ class Slow:
     def run(self, ctx: NodeContext, value: int) -> tuple:
         _log(ctx, "Slow")
         JOURNAL.started.set()
-        for step in range(2000):
+        for _ in range(2000):
             ctx.check_interrupt()
             threading.Event().wait(0.005)
         return (value,)
@@ -208,7 +209,7 @@ class FileReader:
     SCHEMA = NodeSchema(
         name="FileReader", category="stub", inputs=[Input("path", "STRING", default="")], outputs=[Output("STRING")]
     )
-    versions: dict[str, float] = {}
+    versions: ClassVar[dict[str, float]] = {}
 
     @classmethod
     def is_changed(cls, path: str) -> float:

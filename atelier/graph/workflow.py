@@ -1,0 +1,356 @@
+"""Convert between the node editor's workflow files (UI format) and the prompts the executor runs (API format).
+
+API format: `{"3": {"class_type": "KSampler", "inputs": {"seed": 5, "model": ["4", 0]}, "_meta": {"title": ..}}}`.
+UI format (version 0.4) stores what the editor draws: nodes with positions, sockets and `widgets_values`, and links
+as `[link_id, origin_id, origin_slot, target_id, target_slot, type]`.
+
+UI -> API (what the editor does when you press Queue):
+- Note, MarkdownNote, Reroute and PrimitiveNode are drawing aids, not nodes: they never reach the prompt. A link
+  through Reroutes is followed back to the real node; a link from a PrimitiveNode becomes its value.
+- Muted nodes (mode 2) are left out; bypassed nodes (mode 4) are left out too, but a link from one is passed
+  through to whatever feeds its input of the same type (the input with the same index is tried first).
+- `widgets_values` is positional: it is matched to input names by the schema's widget order (`widget_slots`),
+  which includes UI-only entries: after a seed comes its control_after_generate mode, after an image_upload
+  combo the upload button.
+- Links into nodes that are not part of the prompt are dropped, as the editor does.
+
+API -> UI (`api_to_ui`) lays nodes out left to right by depth (a node sits one column right of its deepest input)
+so a prompt made outside the editor (CLI, script, lab) can be opened and edited there.
+
+Subgraphs (workflow `definitions`) are not supported yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atelier.errors import InputError
+from atelier.graph.registry import NodeRegistry
+from atelier.graph.schema import Input, NodeSchema, as_link, unwrap
+
+VIRTUAL_NODES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
+MODE_ALWAYS, MODE_MUTED, MODE_BYPASS = 0, 2, 4
+
+
+@dataclass(frozen=True)
+class WidgetSlot:
+    """One entry of `widgets_values`: the value of input `name`, or a UI-only companion of it."""
+
+    name: str
+    kind: str  # "value", "control" (fixed/increment/decrement/randomize after a seed) or "upload" (a button)
+
+
+def widget_slots(schema: NodeSchema) -> list[WidgetSlot]:
+    """The layout of a node's `widgets_values`, e.g. KSampler: seed, seed/control, steps, cfg, sampler_name, ..."""
+    slots = []
+    for inp in schema.visible_inputs:
+        if not inp.is_widget:
+            continue
+        slots.append(WidgetSlot(inp.name, "value"))
+        if inp.control_after_generate:
+            slots.append(WidgetSlot(inp.name, "control"))
+        if inp.image_upload:
+            slots.append(WidgetSlot(inp.name, "upload"))
+    return slots
+
+
+# ---- UI -> API ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _UILink:
+    id: int
+    origin_id: int
+    origin_slot: int
+    target_id: int
+    target_slot: int
+    type: str
+
+
+def _ui_links(workflow: dict) -> dict[int, _UILink]:
+    """Links by id; both the 0.4 list form and the 1.0 object form are accepted."""
+    links = {}
+    for raw in workflow.get("links") or []:
+        if isinstance(raw, dict):
+            keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+            link = _UILink(*(raw.get(k) for k in keys))
+        else:
+            link = _UILink(*raw[:6])
+        links[link.id] = link
+    return links
+
+
+class _UIGraph:
+    def __init__(self, workflow: dict) -> None:
+        self.nodes = {n["id"]: n for n in workflow.get("nodes") or []}
+        self.links = _ui_links(workflow)
+
+    def resolve(self, link_id: int | None, wanted_type: str) -> tuple[str, Any] | None:
+        """Follow a link back through reroutes and bypassed nodes: ("link", [origin_id, slot]), ("value", v) for
+        a PrimitiveNode, or None when it leads nowhere (a muted node, an unconnected reroute)."""
+        seen = set()
+        while link_id is not None and link_id not in seen:
+            seen.add(link_id)
+            link = self.links.get(link_id)
+            origin = None if link is None else self.nodes.get(link.origin_id)
+            if origin is None:
+                return None
+            kind, mode = origin.get("type"), origin.get("mode", MODE_ALWAYS)
+            if kind == "Reroute":
+                link_id = (origin.get("inputs") or [{}])[0].get("link")
+            elif kind == "PrimitiveNode":
+                values = origin.get("widgets_values") or []
+                return ("value", values[0]) if values else None
+            elif kind in VIRTUAL_NODES or mode == MODE_MUTED:
+                return None
+            elif mode == MODE_BYPASS:
+                link_id = self._bypass(origin, link.origin_slot, wanted_type)
+            else:
+                return ("link", [str(origin["id"]), link.origin_slot])
+        return None
+
+    @staticmethod
+    def _bypass(node: dict, output_slot: int, wanted_type: str) -> int | None:
+        """The link feeding a bypassed node's input of the wanted type (same index first), or None."""
+        inputs = node.get("inputs") or []
+        for index in [output_slot, *range(len(inputs))]:
+            if index < len(inputs) and inputs[index].get("type") == wanted_type:
+                return inputs[index].get("link")
+        return None
+
+
+def _widget_values(node: dict, schema: NodeSchema) -> dict[str, Any]:
+    """Input name -> widget value, matched by the schema's widget order."""
+    values = node.get("widgets_values")
+    if isinstance(values, dict):  # some nodes save their widgets by name
+        return {inp.name: values[inp.name] for inp in schema.visible_inputs if inp.name in values}
+    values = list(values or [])
+    slots = widget_slots(schema)
+    if len(values) != len(slots):  # older files may lack the UI-only entries
+        value_slots = [s for s in slots if s.kind == "value"]
+        if len(values) == len(value_slots):
+            slots = value_slots
+    return {slot.name: value for slot, value in zip(slots, values, strict=False) if slot.kind == "value"}
+
+
+def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
+    """An editor workflow (UI format) -> an API prompt, as the editor builds it when you queue."""
+    if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
+        raise InputError("The workflow must be a UI-format object with a 'nodes' list.")
+    subgraphs = {s.get("id") for s in (workflow.get("definitions") or {}).get("subgraphs") or []}
+    graph = _UIGraph(workflow)
+    prompt: dict[str, dict] = {}
+    for node in workflow["nodes"]:
+        kind, mode = node.get("type"), node.get("mode", MODE_ALWAYS)
+        if kind in VIRTUAL_NODES or mode in (MODE_MUTED, MODE_BYPASS):
+            continue
+        if kind in subgraphs:
+            raise InputError(f"Workflow node {node['id']} is a subgraph, which Atelier cannot run yet; unpack it.")
+        schema = registry.schema(kind)
+        inputs = _widget_values(node, schema) if schema is not None else {}
+        for slot in node.get("inputs") or []:
+            if slot.get("link") is None:
+                continue
+            found = graph.resolve(slot["link"], slot.get("type"))
+            if found is not None:
+                inputs[slot["name"]] = found[1]
+            elif "widget" not in slot:
+                inputs.pop(slot["name"], None)
+        title = node.get("title") or (schema.display_name if schema and schema.display_name else kind)
+        prompt[str(node["id"])] = {"inputs": inputs, "class_type": kind, "_meta": {"title": title}}
+
+    for node in prompt.values():  # drop links into nodes that did not make it (muted, unknown ids)
+        for name, value in list(node["inputs"].items()):
+            link = as_link(value)
+            if link is not None and link.node_id not in prompt:
+                del node["inputs"][name]
+    return prompt
+
+
+# ---- API -> UI ----------------------------------------------------------------------------------------------------
+
+
+def _depths(prompt: dict) -> dict[str, int]:
+    """Column of each node: 0 for nodes without links, else one more than its deepest input."""
+    depth: dict[str, int] = {}
+
+    def visit(node_id: str, walking: frozenset) -> int:
+        if node_id in depth:
+            return depth[node_id]
+        sources = [link.node_id for link in _links_of(prompt[node_id]) if link.node_id in prompt]
+        sources = [s for s in sources if s not in walking]  # a cycle must not loop forever
+        depth[node_id] = 1 + max((visit(s, walking | {node_id}) for s in sources), default=-1)
+        return depth[node_id]
+
+    for node_id in prompt:
+        visit(node_id, frozenset())
+    return depth
+
+
+def _links_of(node: dict) -> Iterator:
+    for value in node.get("inputs", {}).values():
+        link = as_link(value)
+        if link is not None:
+            yield link
+
+
+def _ui_ids(prompt: dict) -> dict[str, int]:
+    """UI node ids are integers: keep numeric API ids, renumber otherwise."""
+    if all(str(k).isdigit() for k in prompt):
+        return {k: int(k) for k in prompt}
+    return {k: i + 1 for i, k in enumerate(prompt)}
+
+
+def _widget_value(inp: Input, node_inputs: dict) -> Any:
+    value = node_inputs.get(inp.name)
+    if value is None or as_link(value) is not None:
+        return inp.default
+    return unwrap(value)
+
+
+def api_to_ui(prompt: dict, registry: NodeRegistry) -> dict:
+    """An API prompt -> a UI-format workflow the editor can open (left-to-right layout by depth)."""
+    ids = _ui_ids(prompt)
+    depth = _depths(prompt)
+    nodes: dict[str, dict] = {}
+    links: list[list] = []
+    column_bottom: dict[int, float] = {}
+    used_slots = {(link.node_id, link.slot) for node in prompt.values() for link in _links_of(node)}
+
+    for order, (api_id, api_node) in enumerate(sorted(prompt.items(), key=lambda item: depth[item[0]])):
+        kind = api_node["class_type"]
+        schema = registry.schema(kind)
+        if schema is not None:
+            outputs = [(o.label, o.type) for o in schema.outputs]
+            sockets = [i for i in schema.visible_inputs if not i.is_widget or as_link(api_node["inputs"].get(i.name))]
+            ui_inputs = [_ui_input(i, i.is_widget) for i in sockets]
+            widgets = []
+            for slot in widget_slots(schema):
+                if slot.kind == "value":
+                    widgets.append(_widget_value(schema.input(slot.name), api_node["inputs"]))
+                else:  # a new seed mode defaults to "fixed" so the opened graph reproduces the image
+                    widgets.append("fixed" if slot.kind == "control" else "image")
+        else:  # unknown node: keep its links so the editor can show it as missing
+            count = 1 + max((s for n, s in used_slots if n == api_id), default=-1)
+            outputs = [("*", "*")] * count
+            ui_inputs = [{"name": n, "type": "*", "link": None} for n, v in api_node["inputs"].items() if as_link(v)]
+            widgets = []
+
+        height = 46 + 22 * max(len(ui_inputs), len(outputs)) + 26 * len(widgets)
+        x = 50 + 380 * depth[api_id]
+        y = column_bottom.get(depth[api_id], 50)
+        column_bottom[depth[api_id]] = y + height + 60
+        node = {
+            "id": ids[api_id],
+            "type": kind,
+            "pos": [x, y],
+            "size": [320, height],
+            "flags": {},
+            "order": order,
+            "mode": MODE_ALWAYS,
+            "inputs": ui_inputs,
+            "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
+            "properties": {"Node name for S&R": kind},
+            "widgets_values": widgets,
+        }
+        title = (api_node.get("_meta") or {}).get("title")
+        default_title = (schema.display_name or kind) if schema is not None else kind
+        if title and title != default_title:
+            node["title"] = title
+        nodes[api_id] = node
+
+    for api_id, api_node in prompt.items():  # links, in input order of each target
+        target = nodes[api_id]
+        for target_slot, ui_input in enumerate(target["inputs"]):
+            link = as_link(api_node["inputs"].get(ui_input["name"]))
+            if link is None or link.node_id not in nodes:
+                continue
+            origin = nodes[link.node_id]
+            if link.slot >= len(origin["outputs"]):
+                continue
+            link_id = len(links) + 1
+            link_type = origin["outputs"][link.slot]["type"]
+            links.append([link_id, origin["id"], link.slot, target["id"], target_slot, link_type])
+            ui_input["link"] = link_id
+            origin["outputs"][link.slot]["links"].append(link_id)
+
+    ordered = sorted(nodes.values(), key=lambda n: n["id"])
+    return {
+        "last_node_id": max((n["id"] for n in ordered), default=0),
+        "last_link_id": len(links),
+        "nodes": ordered,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+
+
+def _ui_input(inp: Input, converted_widget: bool) -> dict:
+    entry: dict[str, Any] = {"name": inp.name, "type": inp.type, "link": None}
+    if converted_widget:
+        entry["widget"] = {"name": inp.name}
+    return entry
+
+
+# ---- loading files ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedWorkflow:
+    """A workflow file in both formats. `source` says what the file held: "api", "ui" or "png"."""
+
+    prompt: dict
+    workflow: dict
+    source: str
+
+
+def is_ui_workflow(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list)
+
+
+def is_api_prompt(data: Any) -> bool:
+    return (
+        isinstance(data, dict) and bool(data) and all(isinstance(n, dict) and "class_type" in n for n in data.values())
+    )
+
+
+def load_workflow(path: str | os.PathLike, registry: NodeRegistry) -> LoadedWorkflow:
+    """Read an API prompt (.json), an editor workflow (.json) or a PNG with an embedded workflow/prompt.
+
+    A PNG keeps both formats when it has both (the embedded prompt is what actually ran); a missing one is
+    derived from the other."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"The workflow file {str(path)!r} does not exist.")
+    with open(path, "rb") as f:
+        is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+    if is_png:
+        from atelier.images import png_metadata  # imported here: it pulls in torch, which JSON files do not need
+
+        meta = png_metadata(path)
+        prompt = meta.get("prompt") if is_api_prompt(meta.get("prompt")) else None
+        workflow = meta.get("workflow") if is_ui_workflow(meta.get("workflow")) else None
+        if prompt is None and workflow is None:
+            raise InputError(f"The image {str(path)!r} has no embedded workflow or prompt to load.")
+        if prompt is None:
+            prompt = ui_to_api(workflow, registry)
+        return LoadedWorkflow(prompt, workflow or api_to_ui(prompt, registry), "png")
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as ex:
+        raise InputError(f"The workflow file {str(path)!r} is not valid JSON ({ex}).") from None
+    if is_ui_workflow(data):
+        return LoadedWorkflow(ui_to_api(data, registry), data, "ui")
+    if isinstance(data, dict) and is_api_prompt(data.get("prompt")):  # a saved POST /prompt body
+        data = data["prompt"]
+    if is_api_prompt(data):
+        return LoadedWorkflow(data, api_to_ui(data, registry), "api")
+    raise InputError(f"The file {str(path)!r} is neither an API prompt nor an editor workflow.")
