@@ -19,7 +19,7 @@ import json
 import random
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +134,11 @@ def prerender(
     ]
     if workers == 1:
         names = [_write_shard(*job) for job in jobs]
-    else:  # "spawn": safe even when the parent process has torch threads running
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    else:
+        # "fork" where the system has it: workers start at once and need no importable __main__. They only use
+        # numpy and PIL, so torch threads in the parent do not matter. Elsewhere (macOS, Windows), "spawn".
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method)) as pool:
             names = list(pool.map(_write_shard, *zip(*jobs, strict=True)))
     manifest = {"seed": seed, "count": n, "size": size, "lang_mix": lang_mix, "train": train, "shards": names}
     path = out / "manifest.json"
