@@ -78,8 +78,8 @@ def next_free_path(folder: str | os.PathLike, prefix: str) -> Path:
 
 def png_text(path: str | os.PathLike) -> dict[str, str]:
     """The tEXt/iTXt chunks of a PNG file (empty for other formats)."""
-    img = load_image(path)
-    return {k: v for k, v in getattr(img, "text", {}).items() if isinstance(v, str)}
+    img = load_image(path)  # decoded copy: its `info` holds the text chunks (a copy has no `.text`)
+    return {k: v for k, v in img.info.items() if isinstance(v, str)}
 
 
 def png_metadata(path: str | os.PathLike) -> dict[str, Any]:
