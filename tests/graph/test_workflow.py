@@ -276,20 +276,6 @@ def test_load_workflow_files(registry, tmp_path):
         load_workflow(tmp_path / "missing.json", registry)
 
 
-def _png_metadata_drops_text() -> bool:
-    """atelier.images.png_text reads `.text` from an Image.copy(), which has none; see the report to the lead."""
-    import tempfile
-
-    from PIL import Image
-
-    from atelier.images import png_metadata, save_png
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = save_png(Image.new("RGB", (1, 1)), f"{folder}/t.png", {"prompt": "{}"})
-        return "prompt" not in png_metadata(path)
-
-
-@pytest.mark.xfail(_png_metadata_drops_text(), reason="atelier.images.png_metadata loses tEXt chunks", strict=True)
 def test_load_workflow_from_png(registry, tmp_path):
     from PIL import Image
 
