@@ -4,6 +4,10 @@ Every item is a pure function of (seed, index): item i uses its own `random.Rand
 scene, a language and a caption. So a batch, a shard or a whole pre-rendered dataset is the same whatever the
 number of worker processes, and any item can be rebuilt alone.
 
+  render_batch     n items, one caption each, with the spec of what each caption states (evaluation, tests)
+  render_dataset   n items with several captions each, in memory, on several processes (training)
+  prerender        n items written to disk as shards, on several processes
+
 On disk (`prerender`), a dataset is a folder of shards:
     manifest.json            seed, size, count, shard names
     shard-00000.npy          uint8 (N, H, W, 3) images, loadable with np.load(..., mmap_mode="r")
@@ -72,6 +76,70 @@ def _check_args(seed: int, n: int, lang_mix: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# In-memory datasets with several captions per image, for training
+
+
+def _render_chunk(seed: int, start: int, count: int, size: int, captions_per_image: int, lang_mix: float, train: bool):
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    n_french = round(captions_per_image * lang_mix)
+    langs = ["fr"] * n_french + ["en"] * (captions_per_image - n_french)
+    captions = []
+    for j in range(count):
+        rng = item_rng(seed, start + j)
+        scene = sample_scene(rng, train=train)  # drawn first, as in render_item: same picture for the same index
+        images[j] = render(scene, size)
+        captions.append([describe(scene, lang, rng)[0] for lang in langs])
+    return images, captions
+
+
+def render_dataset(
+    seed: int,
+    start: int,
+    count: int,
+    size: int = 128,
+    captions_per_image: int = 4,
+    workers: int = 1,
+    *,
+    lang_mix: float = 0.5,
+    train: bool = True,
+    chunk: int = 2048,
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Items start .. start+count-1 as uint8 images (count, size, size, 3) and `captions_per_image` captions each.
+
+    The captions of one image are independent wordings of its scene, round(captions_per_image * lang_mix) of them
+    in French and the rest in English, so a trainer can pick one at random each time it shows the image. The
+    images are those of `render_batch` for the same indices, whatever the number of worker processes.
+    """
+    _check_args(seed, count, lang_mix)
+    if captions_per_image < 1 or workers < 1:
+        raise InputError(f"Captions per image ({captions_per_image}) and workers ({workers}) must both be at least 1.")
+    jobs = [
+        (seed, s, min(chunk, start + count - s), size, captions_per_image, lang_mix, train)
+        for s in range(start, start + count, chunk)
+    ]
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    captions: list[list[str]] = []
+    if not jobs:
+        return images, captions
+    pool = ProcessPoolExecutor(workers, mp_context=get_context(_start_method())) if workers > 1 else None
+    try:
+        results = (pool.map if pool else map)(_render_chunk, *zip(*jobs, strict=True))
+        for (_, first, *_), (chunk_images, chunk_captions) in zip(jobs, results, strict=True):
+            images[first - start : first - start + len(chunk_images)] = chunk_images
+            captions += chunk_captions
+    finally:
+        if pool:
+            pool.shutdown()
+    return images, captions
+
+
+def _start_method() -> str:
+    # "fork" where the system has it: workers start at once and need no importable __main__. They only use
+    # numpy and PIL, so torch threads in the parent do not matter. Elsewhere (macOS, Windows), "spawn".
+    return "fork" if "fork" in get_all_start_methods() else "spawn"
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Serialisation of scenes and specs (JSON: tuples become lists)
 
 
@@ -135,10 +203,7 @@ def prerender(
     if workers == 1:
         names = [_write_shard(*job) for job in jobs]
     else:
-        # "fork" where the system has it: workers start at once and need no importable __main__. They only use
-        # numpy and PIL, so torch threads in the parent do not matter. Elsewhere (macOS, Windows), "spawn".
-        method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method)) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(_start_method())) as pool:
             names = list(pool.map(_write_shard, *zip(*jobs, strict=True)))
     manifest = {"seed": seed, "count": n, "size": size, "lang_mix": lang_mix, "train": train, "shards": names}
     path = out / "manifest.json"

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import random
+import re
 import time
 
 import numpy as np
@@ -21,7 +22,7 @@ from atelier.world.captions import (
     french_noun_phrase,
     random_prompt,
 )
-from atelier.world.dataset import iter_shards, prerender, render_batch, save_samples
+from atelier.world.dataset import iter_shards, prerender, render_batch, render_dataset, save_samples
 from atelier.world.scene import (
     COLOUR_RGB,
     MAX_JITTER,
@@ -63,6 +64,11 @@ def _alone(kind: str, colour: str = "red", size: str = "big", cell=(1, 1), backg
 def _mask(image: np.ndarray, background: str = "white") -> np.ndarray:
     """Pixels that differ clearly from the empty background."""
     return np.abs(image - _empty(background)).max(-1) > 40
+
+
+def _is_french(text: str) -> bool:
+    """Every French caption has an article un, une, le, la or l'; no English caption has one."""
+    return re.search(r"(^|\s)(un|une|le|la) |(^|\s)l'", text) is not None
 
 
 def _empty(background: str) -> np.ndarray:
@@ -346,11 +352,8 @@ def test_render_batch_is_deterministic_and_mixes_languages():
     tail, tail_captions, _ = render_batch(11, 10, size=64, start=30)  # items are independent of their batch
     assert np.array_equal(tail, images[30:]) and tail_captions == captions[30:]
     assert not np.array_equal(render_batch(12, 40, size=64)[0], images)
-    french_nouns = {n.word for w in KIND_WORDS.values() for n in w.fr}
-    _, all_french, _ = render_batch(0, 30, size=32, lang_mix=1.0)
-    assert all(any(noun in t for noun in french_nouns) for t in all_french)
-    _, all_english, _ = render_batch(0, 30, size=32, lang_mix=0.0)
-    assert not any(" un " in f" {t} " or " une " in f" {t} " for t in all_english)
+    assert all(_is_french(t) for t in render_batch(0, 30, size=32, lang_mix=1.0)[1])
+    assert not any(_is_french(t) for t in render_batch(0, 30, size=32, lang_mix=0.0)[1])
     with pytest.raises(InputError, match=r"Language mix 1\.5"):
         render_batch(0, 1, lang_mix=1.5)
 
@@ -371,6 +374,17 @@ def test_prerender_is_the_same_for_any_worker_count(tmp_path):
     assert np.array_equal(render(shards[1][2][0], size=32), expected_images[5])  # stored scenes re-render exactly
     with pytest.raises(InputError, match=r"has no manifest\.json"):
         next(iter_shards(tmp_path))
+
+
+def test_render_dataset_gives_several_captions_per_image_for_any_worker_count():
+    images, captions = render_dataset(seed=5, start=7, count=10, size=32, captions_per_image=4, workers=1, chunk=4)
+    images2, captions2 = render_dataset(seed=5, start=7, count=10, size=32, captions_per_image=4, workers=2, chunk=4)
+    assert np.array_equal(images, images2) and captions == captions2
+    assert np.array_equal(images, render_batch(5, 10, size=32, start=7)[0])  # same pictures for the same indices
+    assert all(len(per_image) == 4 and len(set(per_image)) >= 2 for per_image in captions)
+    is_french = [[_is_french(c) for c in per_image] for per_image in captions]
+    assert all(flags == [True, True, False, False] for flags in is_french)  # 2 French, then 2 English
+    assert render_dataset(seed=5, start=0, count=0, size=32)[0].shape == (0, 32, 32, 3)
 
 
 def test_save_samples_writes_a_contact_sheet(tmp_path):
