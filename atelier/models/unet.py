@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atelier.errors import InputError
+from atelier.errors import AtelierError, InputError
 from atelier.models.attention import SpatialTransformer
 from atelier.models.config import UNetConfig
 
@@ -225,7 +225,10 @@ class UNet(nn.Module):
         cfg = self.config = config
         channels, levels = list(cfg.block_channels), len(cfg.block_channels)
         if len(cfg.cross_attention_levels) != levels:
-            raise ValueError("cross_attention_levels needs one entry per block_channels entry")
+            raise AtelierError(
+                f"The UNet config has {len(cfg.cross_attention_levels)} cross_attention_levels for {levels} "
+                "block_channels; expected one entry per level."
+            )
 
         self.time_embedding = TimestepMLP(channels[0], cfg.time_embed_dim)
         self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=3, padding=1)

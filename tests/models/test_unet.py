@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from atelier.errors import InputError
+from atelier.errors import AtelierError, InputError
 from atelier.models.attention import capture_cross_attention, token_heatmaps
 from atelier.models.config import UNetConfig
 from atelier.models.unet import UNet, timestep_embedding
@@ -135,6 +135,8 @@ def test_bad_inputs_raise_one_sentence_errors():
         net(x, torch.ones(3), torch.randn(2, 3, 32))
     with pytest.raises(InputError, match=r"text conditioning has shape \(2, 3, 16\); expected \(batch, tokens, 32\)"):
         net(x, 1.0, torch.randn(2, 3, 16))
+    with pytest.raises(AtelierError, match="has 3 cross_attention_levels for 2 block_channels; expected one entry"):
+        UNet(dataclasses.replace(UNetConfig.tiny(), cross_attention_levels=(True, True, False)))
 
 
 # --------------------------------------------------------------------------------------------------------------
