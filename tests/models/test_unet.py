@@ -1,6 +1,7 @@
 """Parity of atelier's UNet with diffusers' UNet2DConditionModel on shared random weights, and the attention hook."""
 
 import dataclasses
+import functools
 import time
 
 import pytest
@@ -56,6 +57,7 @@ def reference_unet(cfg: UNetConfig) -> torch.nn.Module:
     ).eval()
 
 
+@functools.cache
 def paired(cfg: UNetConfig) -> tuple[UNet, torch.nn.Module]:
     ref = reference_unet(cfg)
     ours = UNet(cfg).eval()
