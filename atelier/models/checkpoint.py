@@ -1,0 +1,707 @@
+"""Loading and saving Stable Diffusion 1.x models: files in, ready-to-run Atelier modules out.
+
+Three ways a model arrives:
+    single file      `.safetensors` (or a legacy pickle `.ckpt/.pt/.pth/.bin`) in the original SD layout, the
+                     format A1111 and ComfyUI share: model.diffusion_model.* (UNet), first_stage_model.* (VAE),
+                     cond_stage_model.transformer.* (CLIP text encoder)
+    diffusers folder model_index.json + unet/ vae/ text_encoder/ tokenizer/ subfolders, each with config.json
+    standalone VAE   a VAE alone (e.g. vae-ft-mse-840000-ema-pruned.safetensors) replacing a checkpoint's VAE
+
+Loading goes: read the header (names, shapes, dtypes; no weights yet) -> say which model family it is -> work out
+the configs (stored in our metadata, or read off the shapes) -> read only the weights needed, converted to the
+target dtype -> rename to our layout (keymap.py) -> check every name and shape against freshly built modules ->
+hand the weights over. Nothing is returned half-loaded: any problem raises CheckpointError before a module is
+given out.
+
+Pickles: `.ckpt` files are Python pickles, which can run arbitrary code when opened. Atelier opens them only with
+`torch.load(weights_only=True)` (weights.py), which refuses anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from atelier import device as devices
+from atelier.errors import CheckpointError
+from atelier.models import keymap
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, config_from_json, config_to_json
+from atelier.models.weights import WeightsFile
+
+log = logging.getLogger(__name__)
+
+
+# Keys of the safetensors metadata (a str -> str dict in the header) where Atelier stores its configs.
+META_UNET, META_VAE, META_TEXT = "atelier.unet_config", "atelier.vae_config", "atelier.text_encoder_config"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model: the three networks (eval mode), the tokenizer, their configs and where they came from."""
+
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    unet_config: UNetConfig
+    vae_config: VAEConfig
+    text_encoder_config: TextEncoderConfig
+    family: str  # "sd1" or "sd1-inpaint"
+    source: Path
+    dtype: torch.dtype
+    device: torch.device
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Which model family is this?
+# --------------------------------------------------------------------------------------------------------------
+
+SUPPORTED_FAMILIES = ("sd1", "sd1-inpaint")
+
+FAMILY_NAMES = {
+    "sd1": "a Stable Diffusion 1.x checkpoint",
+    "sd1-inpaint": "a Stable Diffusion 1.x inpainting checkpoint",
+    "sd2": "a Stable Diffusion 2.x checkpoint",
+    "sdxl": "an SDXL checkpoint",
+    "sd3": "a Stable Diffusion 3 checkpoint",
+    "flux": "a Flux checkpoint",
+    "controlnet": "a ControlNet",
+    "lora": "a LoRA",
+    "embedding": "a textual-inversion embedding",
+    "vae": "a standalone VAE",
+    "unet": "a UNet without its VAE and text encoder",
+    "unknown": "an unknown kind of model",
+}
+
+
+def detect_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str]:
+    """(family, evidence) from the tensor names and shapes of a single file, e.g. ("sdxl", "conditioner.embedders.*").
+
+    Checked in order from the most specific sign; SD1.x and SD2.x share the UNet layout and differ in the text
+    encoder (CLIP ViT-L, 768 wide vs OpenCLIP ViT-H, 1024 wide), hence the cross-attention context width.
+    """
+    names = list(shapes)
+
+    def first(test: Callable[[str], bool]) -> str | None:
+        return next((n for n in names if test(n)), None)
+
+    if found := first(lambda n: "lora_down" in n or "lora_up" in n or ".lora_A." in n or n.startswith("lora_")):
+        return "lora", found
+    if found := first(lambda n: n in ("string_to_param", "emb_params", "clip_l", "clip_g") or "string_to_param" in n):
+        return "embedding", found
+    if found := first(lambda n: "double_blocks." in n):
+        return "flux", found
+    if found := first(lambda n: "joint_blocks." in n):
+        return "sd3", found
+    if first(lambda n: n.startswith("conditioner.embedders.")):
+        return "sdxl", "conditioner.embedders.*"
+    if first(lambda n: n.startswith(keymap.UNET_PREFIX + "label_emb.")):
+        return "sdxl", "model.diffusion_model.label_emb.*"
+    if first(lambda n: n.startswith("control_model.") or "zero_convs." in n or "input_hint_block." in n):
+        return "controlnet", "control_model.* / zero_convs.*"
+    if first(lambda n: n.startswith("cond_stage_model.model.")):
+        return "sd2", "an OpenCLIP text encoder, cond_stage_model.model.*"
+    if first(lambda n: n.startswith(keymap.UNET_PREFIX)):
+        context = next((s[1] for n, s in shapes.items() if n.endswith("attn2.to_k.weight") and len(s) == 2), None)
+        if context == 1024:
+            return "sd2", "cross-attention context width 1024"
+        if context in (1280, 2048):
+            return "sdxl", f"cross-attention context width {context}"
+        if not first(lambda n: n.startswith(keymap.TEXT_PREFIX)):
+            return "unet", "model.diffusion_model.* only"
+        conv_in = shapes.get(keymap.UNET_PREFIX + "input_blocks.0.0.weight")
+        if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
+            return "sd1-inpaint", "a UNet with 9 input channels"
+        return "sd1", "model.diffusion_model.* and cond_stage_model.transformer.*"
+    if _is_vae(names):
+        return "vae", "encoder.* and decoder.* only"
+    if first(lambda n: n.startswith("down_blocks.")) and first(lambda n: n.startswith("time_embedding.")):
+        return "unet", "a diffusers UNet (down_blocks.*, time_embedding.*)"
+    return "unknown", ", ".join(sorted(names)[:3]) or "no tensors"
+
+
+def _is_vae(names: list[str]) -> bool:
+    stripped = [n.removeprefix(keymap.VAE_PREFIX) for n in names]
+    return bool(stripped) and all(
+        n.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")) for n in stripped
+    )
+
+
+def require_supported(family: str, evidence: str, name: str) -> None:
+    """Raise the one-sentence error for a family Atelier cannot run."""
+    if family in SUPPORTED_FAMILIES:
+        return
+    if family == "vae":
+        raise CheckpointError(
+            f"{name} looks like a standalone VAE (found {evidence}); load it as the VAE of a full checkpoint "
+            "(vae_path / --vae)."
+        )
+    raise CheckpointError(
+        f"{name} looks like {FAMILY_NAMES[family]} (found {evidence}); Atelier supports Stable Diffusion 1.x "
+        "checkpoints only for now."
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configs read off the shapes of an SD-layout file (component prefixes removed)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _shape(shapes: Mapping[str, tuple[int, ...]], name: str, what: str) -> tuple[int, ...]:
+    if name not in shapes:
+        raise CheckpointError(f"{what} is missing the weight {name}; the file is incomplete or not SD 1.x.")
+    return shapes[name]
+
+
+def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
+    """How many consecutive i make `pattern.format(i)` a key, from 0."""
+    i = 0
+    while pattern.format(i) in shapes:
+        i += 1
+    return i
+
+
+def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "eps", what: str = "") -> UNetConfig:
+    """A UNet config from SD-layout shapes. The number of attention heads is not visible in the shapes; SD1.x
+    uses 8 everywhere (and GroupNorm with 32 groups), so those are assumed."""
+    what = what or "The UNet"
+    conv_in = _shape(shapes, "input_blocks.0.0.weight", what)  # (C0, in, 3, 3)
+    blocks = 1 + max((int(n.split(".")[1]) for n in shapes if n.startswith("input_blocks.")), default=0)
+    levels = 1 + sum(f"input_blocks.{i}.0.op.weight" in shapes for i in range(blocks))
+    n = blocks // levels - 1
+    if n < 1 or levels * (n + 1) != blocks:
+        raise CheckpointError(f"{what} has {blocks} input blocks for {levels} levels, which is not an SD UNet layout.")
+    firsts = [1 + level * (n + 1) for level in range(levels)]  # the first ResNet of each level
+    channels = tuple(_shape(shapes, f"input_blocks.{i}.0.out_layers.3.weight", what)[0] for i in firsts)
+    attention = tuple(f"input_blocks.{i}.1.proj_in.weight" in shapes for i in firsts)
+    first_attention = next((f"input_blocks.{i}.1" for i, a in zip(firsts, attention, strict=True) if a), None)
+    context_dim, depth = 768, 1
+    if first_attention is not None:
+        context_dim = _shape(shapes, f"{first_attention}.transformer_blocks.0.attn2.to_k.weight", what)[1]
+        depth = _count(shapes, first_attention + ".transformer_blocks.{}.attn1.to_q.weight")
+    return UNetConfig(
+        in_channels=conv_in[1],
+        out_channels=_shape(shapes, "out.2.weight", what)[0],
+        block_channels=channels,
+        layers_per_block=n,
+        cross_attention_levels=attention,
+        attention_heads=8,
+        transformer_depth=depth,
+        context_dim=context_dim,
+        prediction=prediction,
+    )
+
+
+def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> VAEConfig:
+    """A VAE config from SD-layout shapes (GroupNorm with 32 groups and the SD1.x scaling factor are assumed)."""
+    what = what or "The VAE"
+    levels = _count(shapes, "encoder.down.{}.block.0.conv1.weight")
+    n = _count(shapes, "encoder.down.0.block.{}.conv1.weight")
+    if levels == 0 or n == 0:
+        raise CheckpointError(f"{what} is missing the weight encoder.down.0.block.0.conv1.weight; it is not a VAE.")
+    return VAEConfig(
+        in_channels=_shape(shapes, "encoder.conv_in.weight", what)[1],
+        latent_channels=_shape(shapes, "decoder.conv_in.weight", what)[1],
+        block_channels=tuple(_shape(shapes, f"encoder.down.{i}.block.0.conv2.weight", what)[0] for i in range(levels)),
+        layers_per_block=n,
+    )
+
+
+def infer_text_encoder_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> TextEncoderConfig:
+    """A CLIP text config from shapes (our names). Heads are 64 wide in every CLIP model, so heads = width / 64."""
+    what = what or "The text encoder"
+    shapes = keymap.text_encoder_names(shapes)
+    vocab, width = _shape(shapes, "text_model.embeddings.token_embedding.weight", what)
+    projection = shapes.get("text_projection.weight")
+    return TextEncoderConfig(
+        vocab_size=vocab,
+        max_positions=_shape(shapes, "text_model.embeddings.position_embedding.weight", what)[0],
+        width=width,
+        layers=_count(shapes, "text_model.encoder.layers.{}.self_attn.q_proj.weight"),
+        heads=max(1, width // 64),
+        mlp_width=_shape(shapes, "text_model.encoder.layers.0.mlp.fc1.weight", what)[0],
+        projection_dim=projection[0] if projection is not None else None,
+    )
+
+
+def prediction_type(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """ "v" when the model says it predicts velocity (Salimans & Ho 2022), else "eps". SD files do not record this
+    in the weights; the signs used are a sibling .yaml (model.params.parameterization: "v", as A1111 reads it) and
+    a `v_pred` marker tensor (as ComfyUI reads it)."""
+    if "v_pred" in shapes:
+        return "v"
+    yaml_path = path.with_suffix(".yaml")
+    if yaml_path.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+            if data["model"]["params"].get("parameterization") == "v":
+                return "v"
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            log.warning("%s could not be read as an LDM config; assuming noise (eps) prediction.", yaml_path.name)
+    return "eps"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building modules: fresh modules, every name and shape checked, then the weights handed over
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_state(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], what: str, name: str
+) -> None:
+    """Raise CheckpointError naming the first missing, unexpected or misshaped weights (and how many there are)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k]))
+    if missing:
+        raise CheckpointError(f"{name}: {what} is missing {len(missing)} weight(s): {keymap._first(missing)}.")
+    if unexpected:
+        raise CheckpointError(
+            f"{name}: {what} has {len(unexpected)} unexpected weight(s): {keymap._first(unexpected)}."
+        )
+    if misshaped:
+        k = misshaped[0]
+        raise CheckpointError(
+            f"{name}: {what} has {len(misshaped)} weight(s) of the wrong shape, e.g. {k} is "
+            f"{tuple(state[k].shape)} where {tuple(expected[k])} was expected."
+        )
+
+
+def build_module(
+    make: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], device: torch.device, what: str, name: str
+) -> nn.Module:
+    """`make()` built on the meta device (no memory, no random init), checked against `state`, then given the
+    tensors of `state` (already in the target dtype) moved to `device`. Returns the module in eval mode."""
+    with torch.device("meta"):
+        module = make()
+    check_state(state, {k: tuple(v.shape) for k, v in module.state_dict().items()}, what, name)
+    state = {k: v.to(device) for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in module.buffers()):
+        # A buffer that is computed at construction, not stored (e.g. position ids): build the module for real.
+        with torch.device(device):
+            module = make()
+        module.to(next(iter(state.values())).dtype).load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def _new_unet(config: UNetConfig) -> Callable[[], nn.Module]:
+    from atelier.models.unet import UNet
+
+    return lambda: UNet(config)
+
+
+def _new_vae(config: VAEConfig) -> Callable[[], nn.Module]:
+    from atelier.models.vae import VAE
+
+    return lambda: VAE(config)
+
+
+def _new_text_encoder(config: TextEncoderConfig) -> Callable[[], nn.Module]:
+    from atelier.models.clip import CLIPTextEncoder
+
+    return lambda: CLIPTextEncoder(config)
+
+
+def _pick(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    dev = device if isinstance(device, torch.device) else devices.pick_device(device)
+    return dev, dtype if isinstance(dtype, torch.dtype) else devices.pick_dtype(dev, dtype)
+
+
+def _metadata_config(cls: type, metadata: Mapping[str, str], key: str, name: str) -> Any:
+    if key not in metadata:
+        return None
+    try:
+        return config_from_json(cls, metadata[key])
+    except (json.JSONDecodeError, TypeError, ValueError):
+        raise CheckpointError(f"{name} has an unreadable {key} entry in its metadata.") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Single files
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Parts:
+    """Weights in our names and their configs, before any module is built."""
+
+    unet: dict[str, torch.Tensor]
+    vae: dict[str, torch.Tensor] | None
+    text_encoder: dict[str, torch.Tensor]
+    unet_config: UNetConfig
+    vae_config: VAEConfig | None
+    text_encoder_config: TextEncoderConfig
+    family: str
+    tokenizer_dir: Path | None = None
+
+
+def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
+    file = WeightsFile(path)
+    shapes, meta = file.index.shapes, file.index.metadata
+    family, evidence = detect_family(shapes)
+    require_supported(family, evidence, file.name)
+    split = keymap.split_checkpoint(shapes)
+    if need_vae and not split["vae"]:
+        raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*); give a VAE file with vae_path / --vae.")
+
+    unet_config = _metadata_config(UNetConfig, meta, META_UNET, file.name) or infer_unet_config(
+        split["unet"], prediction_type(path, shapes), f"{file.name}: the UNet"
+    )
+    text_config = _metadata_config(TextEncoderConfig, meta, META_TEXT, file.name) or infer_text_encoder_config(
+        split["text_encoder"], f"{file.name}: the text encoder"
+    )
+    vae_config = None
+    if need_vae:
+        vae_config = _metadata_config(VAEConfig, meta, META_VAE, file.name) or infer_vae_config(
+            split["vae"], f"{file.name}: the VAE"
+        )
+
+    prefixes = (keymap.UNET_PREFIX, keymap.TEXT_PREFIX) + ((keymap.VAE_PREFIX,) if need_vae else ())
+    tensors = keymap.split_checkpoint(file.read([n for n in shapes if n.startswith(prefixes)], dtype))
+    return _Parts(
+        unet=_renamed(keymap.unet_from_sd, tensors["unet"], unet_config, file.name),
+        vae=_renamed(keymap.vae_from_sd, tensors["vae"], vae_config, file.name) if need_vae else None,
+        text_encoder=_renamed(keymap.text_encoder_from_sd, tensors["text_encoder"], text_config, file.name),
+        unet_config=unet_config,
+        vae_config=vae_config,
+        text_encoder_config=text_config,
+        family=family,
+    )
+
+
+def _renamed(fn: Callable, state: dict, config: Any, name: str) -> dict[str, torch.Tensor]:
+    try:
+        return fn(state, config)
+    except CheckpointError as error:
+        raise CheckpointError(f"{name}: {error}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Diffusers folders: configs from each component's config.json, weights already in our names
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, folder: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{folder.name} has no {path.relative_to(folder)}; the diffusers folder is incomplete."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{folder.name}: {path.relative_to(folder)} is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{folder.name}: {path.relative_to(folder)} is not a JSON object.")
+    return data
+
+
+def _weights_in(sub: Path, stem: str, folder: Path) -> Path:
+    """The weights file of a diffusers component folder, preferring safetensors and full precision."""
+    for suffix in (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin"):
+        candidate = sub / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    if (sub / f"{stem}.safetensors.index.json").is_file():
+        raise CheckpointError(f"{folder.name}/{sub.name} holds sharded weights, which Atelier does not read yet.")
+    raise CheckpointError(f"{folder.name}/{sub.name} has no weights file ({stem}.safetensors or .bin).")
+
+
+def _single(value: Any, field: str, folder: str) -> int:
+    """A diffusers field that may be one int or a list of them; Atelier's configs take one value for all levels."""
+    if isinstance(value, list | tuple):
+        if len(set(value)) != 1:
+            raise CheckpointError(
+                f"{folder}/unet/config.json has {field}={value}; Atelier needs one value for all levels."
+            )
+        return int(value[0])
+    return int(value)
+
+
+def unet_config_from_diffusers(cfg: Mapping[str, Any], folder: str = "model", prediction: str = "eps") -> UNetConfig:
+    """Our UNetConfig from a diffusers UNet2DConditionModel config.json (SD1.x settings only)."""
+    context = cfg.get("cross_attention_dim", 768)
+    if cfg.get("addition_embed_type") or context in (1280, 2048):
+        require_supported("sdxl", f"cross_attention_dim {context} in unet/config.json", folder)
+    if context == 1024 or cfg.get("use_linear_projection"):
+        require_supported("sd2", f"cross_attention_dim {context} in unet/config.json", folder)
+    for field in ("class_embed_type", "time_cond_proj_dim", "encoder_hid_dim", "num_class_embeds"):
+        if cfg.get(field) is not None:
+            raise CheckpointError(f"{folder}/unet/config.json sets {field}, which SD1.x UNets do not use.")
+    # diffusers' `attention_head_dim` historically holds the number of heads for SD1.x; `num_attention_heads`
+    # (newer files) says the same when present.
+    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
+    return UNetConfig(
+        in_channels=cfg.get("in_channels", 4),
+        out_channels=cfg.get("out_channels", 4),
+        block_channels=tuple(cfg["block_out_channels"]),
+        layers_per_block=_single(cfg.get("layers_per_block", 2), "layers_per_block", folder),
+        cross_attention_levels=tuple("CrossAttn" in t for t in cfg["down_block_types"]),
+        attention_heads=_single(heads, "attention_head_dim", folder),
+        transformer_depth=_single(cfg.get("transformer_layers_per_block", 1), "transformer_layers_per_block", folder),
+        context_dim=context,
+        norm_groups=cfg.get("norm_num_groups", 32),
+        norm_eps=cfg.get("norm_eps", 1e-5),
+        prediction=prediction,
+    )
+
+
+def vae_config_from_diffusers(cfg: Mapping[str, Any], folder: str = "model") -> VAEConfig:
+    """Our VAEConfig from a diffusers AutoencoderKL config.json."""
+    if cfg.get("out_channels", 3) != cfg.get("in_channels", 3):
+        raise CheckpointError(
+            f"{folder}: the VAE has different input and output channels, which Atelier does not support."
+        )
+    return VAEConfig(
+        in_channels=cfg.get("in_channels", 3),
+        latent_channels=cfg.get("latent_channels", 4),
+        block_channels=tuple(cfg["block_out_channels"]),
+        layers_per_block=cfg.get("layers_per_block", 2),
+        norm_groups=cfg.get("norm_num_groups", 32),
+        scaling_factor=cfg.get("scaling_factor", 0.18215),
+    )
+
+
+def text_encoder_config_from_diffusers(cfg: Mapping[str, Any]) -> TextEncoderConfig:
+    """Our TextEncoderConfig from a transformers CLIPTextConfig config.json."""
+    with_projection = any("WithProjection" in a for a in cfg.get("architectures") or [])
+    return TextEncoderConfig(
+        vocab_size=cfg.get("vocab_size", 49408),
+        max_positions=cfg.get("max_position_embeddings", 77),
+        width=cfg.get("hidden_size", 512),
+        layers=cfg.get("num_hidden_layers", 12),
+        heads=cfg.get("num_attention_heads", 8),
+        mlp_width=cfg.get("intermediate_size", 2048),
+        activation=cfg.get("hidden_act", "quick_gelu"),
+        layer_norm_eps=cfg.get("layer_norm_eps", 1e-5),
+        projection_dim=cfg.get("projection_dim", 512) if with_projection else None,
+    )
+
+
+def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
+    if not (folder / "model_index.json").is_file():
+        raise CheckpointError(f"{folder.name} is a folder without model_index.json; expected a diffusers model folder.")
+    index = _read_json(folder / "model_index.json", folder)
+    pipeline = str(index.get("_class_name", ""))
+    if "XL" in pipeline or "StableDiffusion3" in pipeline or "Flux" in pipeline:
+        raise CheckpointError(
+            f"{folder.name} is a {pipeline} folder; Atelier supports Stable Diffusion 1.x only for now."
+        )
+    prediction = "eps"
+    if (folder / "scheduler" / "scheduler_config.json").is_file():
+        scheduler = _read_json(folder / "scheduler" / "scheduler_config.json", folder)
+        prediction = "v" if scheduler.get("prediction_type") == "v_prediction" else "eps"
+
+    unet_config = unet_config_from_diffusers(
+        _read_json(folder / "unet" / "config.json", folder), folder.name, prediction
+    )
+    text_config = text_encoder_config_from_diffusers(_read_json(folder / "text_encoder" / "config.json", folder))
+    unet_file = WeightsFile(_weights_in(folder / "unet", "diffusion_pytorch_model", folder))
+    text_file = WeightsFile(_weights_in(folder / "text_encoder", "model", folder))
+    vae_state, vae_config = None, None
+    if need_vae:
+        vae_config = vae_config_from_diffusers(_read_json(folder / "vae" / "config.json", folder), folder.name)
+        vae_file = WeightsFile(_weights_in(folder / "vae", "diffusion_pytorch_model", folder))
+        vae_state = _vae_state_any_layout(vae_file.read(list(vae_file.index.shapes), dtype))
+    text_state = text_file.read(list(text_file.index.shapes), dtype)
+    return _Parts(
+        unet=unet_file.read(list(unet_file.index.shapes), dtype),
+        vae=vae_state,
+        text_encoder=keymap.text_encoder_names(text_state),
+        unet_config=unet_config,
+        vae_config=vae_config,
+        text_encoder_config=text_config,
+        family="sd1-inpaint" if unet_config.in_channels == 9 else "sd1",
+        tokenizer_dir=folder / "tokenizer",
+    )
+
+
+def _vae_state_any_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers VAE state dict in current names, whatever diffusers version wrote it."""
+    return keymap.vae_attention_to_linear(keymap.vae_old_diffusers_names(state))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The public entry points
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    vae_path: str | Path | None = None,
+) -> Checkpoint:
+    """Load a Stable Diffusion 1.x model from a single file or a diffusers folder, ready to run.
+
+    `device`/`dtype`: names ("cuda", "fp16") or torch objects; by default the best device and its dtype (fp32 on
+    the CPU), see atelier/device.py. `vae_path` replaces the checkpoint's VAE with a standalone one.
+    Pickled files (.ckpt/.pt/.pth/.bin) are opened with torch.load(weights_only=True) only, never running code.
+    Raises CheckpointError (one sentence naming the file) on any problem; nothing is returned half-loaded.
+    """
+    path = Path(path)
+    device, dtype = _pick(device, dtype)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; expected a .safetensors file or a diffusers model folder.")
+    need_vae = vae_path is None
+    read = _read_diffusers_folder if path.is_dir() else _read_single_file
+    parts = read(path, dtype, need_vae)
+
+    if vae_path is not None:
+        vae_config, vae_state = read_vae(vae_path, dtype)
+    else:
+        assert parts.vae is not None and parts.vae_config is not None
+        vae_config, vae_state = parts.vae_config, parts.vae
+    name = path.name
+    vae_name = Path(vae_path).name if vae_path is not None else name
+    unet = build_module(_new_unet(parts.unet_config), parts.unet, device, "the UNet", name)
+    vae = build_module(_new_vae(vae_config), vae_state, device, "the VAE", vae_name)
+    text_encoder = build_module(
+        _new_text_encoder(parts.text_encoder_config), parts.text_encoder, device, "the text encoder", name
+    )
+    return Checkpoint(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_tokenizer(parts.tokenizer_dir),
+        unet_config=parts.unet_config,
+        vae_config=vae_config,
+        text_encoder_config=parts.text_encoder_config,
+        family=parts.family,
+        source=path,
+        dtype=dtype,
+        device=device,
+    )
+
+
+def _tokenizer(folder: Path | None) -> Any:
+    from atelier.models.tokenizer import CLIPTokenizer
+
+    if folder is not None and (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return CLIPTokenizer.from_files(folder / "vocab.json", folder / "merges.txt")
+    return CLIPTokenizer.from_default()
+
+
+def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
+    """A standalone VAE file's config and weights (our names). Accepts the SD layout (encoder.*, decoder.*), the
+    same with the first_stage_model. prefix, and diffusers AutoencoderKL files (encoder.down_blocks.*)."""
+    file = WeightsFile(path)
+    shapes = {k.removeprefix(keymap.VAE_PREFIX): v for k, v in file.index.shapes.items()}
+    if not _is_vae(list(shapes)):
+        family, evidence = detect_family(file.index.shapes)
+        if family == "sd1":  # a full checkpoint given as the VAE: take its VAE
+            shapes = keymap.split_checkpoint(file.index.shapes)["vae"]
+        else:
+            raise CheckpointError(f"{file.name} is not a VAE: it looks like {FAMILY_NAMES[family]} (found {evidence}).")
+    names = [k for k in file.index.shapes if k.removeprefix(keymap.VAE_PREFIX) in shapes]
+    state = {k.removeprefix(keymap.VAE_PREFIX): v for k, v in file.read(names, dtype).items()}
+    if "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:  # diffusers names
+        return _metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name) or _diffusers_vae_config(
+            shapes
+        ), _vae_state_any_layout(state)
+    config = _metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name) or infer_vae_config(
+        shapes, f"{file.name}: the VAE"
+    )
+    return config, _renamed(keymap.vae_from_sd, state, config, file.name)
+
+
+def _diffusers_vae_config(shapes: Mapping[str, tuple[int, ...]]) -> VAEConfig:
+    """A VAE config from the shapes of a diffusers-named VAE file (no config.json beside it)."""
+    levels = _count(shapes, "encoder.down_blocks.{}.resnets.0.conv1.weight")
+    return VAEConfig(
+        in_channels=shapes["encoder.conv_in.weight"][1],
+        latent_channels=shapes["decoder.conv_in.weight"][1],
+        block_channels=tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(levels)),
+        layers_per_block=_count(shapes, "encoder.down_blocks.0.resnets.{}.conv1.weight"),
+    )
+
+
+def load_vae(
+    path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> nn.Module:
+    """A standalone VAE file as an Atelier VAE module (eval mode); see `read_vae` for the layouts accepted."""
+    device, dtype = _pick(device, dtype)
+    config, state = read_vae(path, dtype)
+    return build_module(_new_vae(config), state, device, "the VAE", Path(path).name)
+
+
+def save_checkpoint(
+    path: str | Path,
+    unet: nn.Module,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the three networks as one `.safetensors` file in the original SD layout, which A1111, ComfyUI and
+    diffusers' from_single_file read, with our configs as JSON in the metadata so it reloads exactly.
+
+    The modules may be Atelier's or diffusers'/transformers' (same weight names). The file is written to a
+    temporary name and renamed into place, so a crash never leaves a half-written model behind.
+    """
+    path = Path(path)
+    unet_config, vae_config, text_config = (
+        _config_of(unet, "unet"),
+        _config_of(vae, "vae"),
+        _config_of(text_encoder, "text"),
+    )
+    state = keymap.join_checkpoint(
+        keymap.unet_to_sd(unet.state_dict(), unet_config),
+        keymap.vae_to_sd(vae.state_dict(), vae_config),
+        keymap.text_encoder_to_sd(keymap.text_encoder_names(text_encoder.state_dict()), text_config),
+    )
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta[META_UNET], meta[META_VAE], meta[META_TEXT] = (
+        config_to_json(c) for c in (unet_config, vae_config, text_config)
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+_CONFIG_TYPES = {"unet": UNetConfig, "vae": VAEConfig, "text": TextEncoderConfig}
+
+
+def _config_of(module: nn.Module, kind: str) -> Any:
+    """Our config for an Atelier module (its `.config`), or one translated from a diffusers/transformers model."""
+    config = getattr(module, "config", None)
+    if config is not None and not isinstance(config, UNetConfig | VAEConfig | TextEncoderConfig):
+        if hasattr(config, "to_dict"):  # transformers
+            config = text_encoder_config_from_diffusers(dict(config.to_dict(), architectures=[type(module).__name__]))
+        elif isinstance(config, Mapping):  # diffusers' FrozenDict
+            config = unet_config_from_diffusers(config) if kind == "unet" else vae_config_from_diffusers(config)
+    if not isinstance(config, _CONFIG_TYPES[kind]):
+        raise TypeError(f"save_checkpoint got a {type(module).__name__} where a {kind} model belongs")
+    return config
+
+
+def parameter_counts(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Number of values in tensors of these shapes."""
+    total = 0
+    for shape in shapes.values():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
+def dtype_counts(dtypes: Mapping[str, torch.dtype]) -> Counter:
+    """How many tensors of each dtype, e.g. Counter({torch.float16: 1131})."""
+    return Counter(dtypes.values())
