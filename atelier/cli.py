@@ -42,7 +42,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from atelier.generation import GenerationParams, a1111_parameters, api_graph, run
     from atelier.images import load_image, next_free_path, save_png
-    from atelier.models.checkpoint import load_model_for_cli
+    from atelier.models.checkpoint import load_checkpoint
+    from atelier.models.library import native_size, resolve_model
 
     if args.mask is not None and args.init_image is None:
         raise InputError("--mask needs --init-image: a mask tells which part of that image to repaint.")
@@ -56,9 +57,10 @@ def _generate(args: argparse.Namespace) -> int:
     init = load_image(args.init_image, "init image") if args.init_image else None
     mask = load_image(args.mask, "mask") if args.mask else None
 
-    ckpt, name = load_model_for_cli(args.model, vae=args.vae, device=args.device, dtype=args.dtype)
-    native = ckpt.native_size
-    params.width, params.height, params.model = args.width or native, args.height or native, name
+    path = resolve_model(args.model)
+    ckpt = load_checkpoint(path, device=args.device, dtype=args.dtype, vae_path=args.vae)
+    native = native_size(path)
+    params.width, params.height, params.model = args.width or native, args.height or native, path.name
     params.check()
 
     from tqdm import tqdm

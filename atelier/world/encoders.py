@@ -79,8 +79,9 @@ class AttributeClassifier(nn.Module):
     The 8x8 feature map is pooled to the 3x3 grid of the world; each cell's features go through small heads.
     """
 
-    def __init__(self, n_kinds: int, n_colours: int, n_sizes: int, n_backgrounds: int,
-                 config: BackboneConfig = BackboneConfig()):
+    def __init__(
+        self, n_kinds: int, n_colours: int, n_sizes: int, n_backgrounds: int, config: BackboneConfig = BackboneConfig()
+    ):
         super().__init__()
         self.backbone = Backbone(config)
         c = self.backbone.out_channels

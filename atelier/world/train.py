@@ -26,8 +26,11 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -53,7 +56,7 @@ class EmbeddedShapes:
     vae: VAEConfig = VAEConfig(block_channels=(32, 64, 128, 128), layers_per_block=1, norm_groups=16)
     text: TextEncoderConfig = TextEncoderConfig(width=128, layers=4, heads=4, mlp_width=512, projection_dim=128)
     unet: UNetConfig = UNetConfig(
-        block_channels=(64, 128, 256),
+        block_channels=(64, 128, 224),  # 13.8M parameters: all shipped weights stay under 60 MB in fp16
         layers_per_block=1,
         cross_attention_levels=(True, True, True),
         attention_heads=4,
@@ -68,8 +71,14 @@ class EmbeddedShapes:
             image_size=32,
             vae=VAEConfig(block_channels=(8, 8, 16, 16), layers_per_block=1, norm_groups=4),
             text=TextEncoderConfig(width=16, layers=1, heads=2, mlp_width=32, projection_dim=16),
-            unet=UNetConfig(block_channels=(16, 32), layers_per_block=1, cross_attention_levels=(False, True),
-                            attention_heads=2, context_dim=16, norm_groups=4),
+            unet=UNetConfig(
+                block_channels=(16, 32),
+                layers_per_block=1,
+                cross_attention_levels=(False, True),
+                attention_heads=2,
+                context_dim=16,
+                norm_groups=4,
+            ),
         )
 
 
@@ -85,6 +94,7 @@ DEFAULTS = {
     "vae": StageSettings(steps=3000, batch=64, lr=4e-4),
     "clip": StageSettings(steps=3000, batch=512, lr=5e-4),
     "unet": StageSettings(steps=20000, batch=256, lr=3e-4, warmup=500),
+    "classifier": StageSettings(steps=3000, batch=256, lr=1e-3),
 }
 
 
@@ -145,16 +155,30 @@ class WorldData:
         return images, self.tokens[idx, pick].long()
 
 
+def _tokenize_chunk(captions: list[list[str]]) -> np.ndarray:
+    tok = CLIPTokenizer.from_default()
+    return np.array([[tok(c) for c in per_image] for per_image in captions], dtype=np.int32)
+
+
+def tokenize_all(captions: list[list[str]], workers: int) -> np.ndarray:
+    """Every caption -> its 77 token ids, (N, K, 77) int32, with a pool of processes (BPE in Python is ~0.3 ms)."""
+    step = max(1, -(-len(captions) // max(1, workers)))
+    chunks = [captions[i : i + step] for i in range(0, len(captions), step)]
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            return np.concatenate(list(pool.map(_tokenize_chunk, chunks)))
+    return _tokenize_chunk(captions)
+
+
 def render_world(n: int, seed: int, ranks: Ranks, size: int, captions_per_image: int, workers: int) -> WorldData:
     """This rank's slice: images [rank*n, (rank+1)*n) of the world drawn from `seed` (training split only)."""
     from atelier.world.dataset import render_dataset
 
-    tok = CLIPTokenizer.from_default()
     start = time.time()
     images, captions = render_dataset(
         seed=seed, start=ranks.rank * n, count=n, size=size, captions_per_image=captions_per_image, workers=workers
     )
-    ids = torch.tensor([[tok(c) for c in per_image] for per_image in captions], dtype=torch.int32)
+    ids = torch.from_numpy(tokenize_all(captions, workers))  # (N, K, 77)
     data = WorldData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(ranks.device), ids.to(ranks.device))
     if ranks.main:
         print(f"[data] {n} images x {ranks.world} ranks rendered in {time.time() - start:.1f} s", flush=True)
@@ -270,8 +294,15 @@ class _AutoencoderPass(nn.Module):
         return self.vae.decode(z), posterior.mean, posterior.logvar
 
 
-def train_vae(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSettings, ranks: Ranks,
-              budget_s: float | None, seed: int) -> None:
+def train_vae(
+    shapes: EmbeddedShapes,
+    data: WorldData,
+    out: Path,
+    s: StageSettings,
+    ranks: Ranks,
+    budget_s: float | None,
+    seed: int,
+) -> None:
     torch.manual_seed(seed)
     vae = VAE(shapes.vae).to(ranks.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -336,8 +367,15 @@ class ContrastivePair(nn.Module):
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
-def train_clip(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSettings, ranks: Ranks,
-               budget_s: float | None, seed: int) -> None:
+def train_clip(
+    shapes: EmbeddedShapes,
+    data: WorldData,
+    out: Path,
+    s: StageSettings,
+    ranks: Ranks,
+    budget_s: float | None,
+    seed: int,
+) -> None:
     torch.manual_seed(seed + 1)
     pair = ContrastivePair(shapes).to(ranks.device)
     opt = torch.optim.AdamW(pair.parameters(), lr=s.lr, weight_decay=0.1, betas=(0.9, 0.98))
@@ -380,8 +418,17 @@ def encode_latents(vae: VAE, images_u8: torch.Tensor, batch: int = 256) -> torch
     return torch.cat(out)
 
 
-def train_unet(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSettings, ranks: Ranks,
-               budget_s: float | None, seed: int, ema_decay: float = 0.999, caption_dropout: float = 0.1) -> None:
+def train_unet(
+    shapes: EmbeddedShapes,
+    data: WorldData,
+    out: Path,
+    s: StageSettings,
+    ranks: Ranks,
+    budget_s: float | None,
+    seed: int,
+    ema_decay: float = 0.999,
+    caption_dropout: float = 0.1,
+) -> None:
     vae_config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
     vae = VAE(vae_config).to(ranks.device).eval()
     load_weights(out / "vae.safetensors", vae)
@@ -391,8 +438,10 @@ def train_unet(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSetti
     latents = encode_latents(vae, data.images)  # (N, 4, 16, 16)
     del vae
     if ranks.main:
-        print(f"[unet] {latents.shape[0]} latents encoded in {time.time() - start:.1f} s, "
-              f"std {latents.std().item():.3f}", flush=True)
+        print(
+            f"[unet] {latents.shape[0]} latents encoded in {time.time() - start:.1f} s, std {latents.std().item():.3f}",
+            flush=True,
+        )
     empty_ids = torch.tensor(CLIPTokenizer.from_default()(""), device=ranks.device)
 
     torch.manual_seed(seed + 2)
@@ -447,6 +496,59 @@ def train_unet(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSetti
         save_weights(out / "unet_ema.safetensors", ema, shapes.unet)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# The attribute classifier used by `atelier eval` (trained on rendered scenes, every kind-colour pair).
+# --------------------------------------------------------------------------------------------------------------
+
+
+def train_classifier(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSettings, ranks: Ranks,
+                     budget_s: float | None, seed: int, images_per_rank: int = 50_000, workers: int = 1) -> None:
+    from atelier.world.evaluate import (
+        classifier_accuracy,
+        classifier_loss,
+        new_classifier,
+        read_images,
+        render_labelled,
+    )
+
+    start = time.time()
+    images, labels, _ = render_labelled(seed + 5, images_per_rank, shapes.image_size, workers,
+                                        start=ranks.rank * images_per_rank)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(ranks.device)
+    labels = torch.from_numpy(labels).to(ranks.device)
+    if ranks.main:
+        print(f"[classifier] {len(images)} labelled scenes per rank in {time.time() - start:.1f} s", flush=True)
+    torch.manual_seed(seed + 3)
+    classifier = new_classifier().to(ranks.device)
+    opt = torch.optim.AdamW(classifier.parameters(), lr=s.lr, weight_decay=0.05)
+    stage = Stage("classifier", out, s, ranks, budget_s)
+    stage.resume({"classifier": classifier}, opt)
+    model = wrap_ddp(classifier, ranks)
+    gen = torch.Generator().manual_seed(seed * 1000 + 21 + ranks.rank + stage.step)
+    while not stage.done():
+        stage.set_lr(opt)
+        idx = torch.randint(0, len(images), (s.batch,), generator=gen).to(ranks.device)
+        with autocast(ranks):
+            logits = model(images[idx].float() / 127.5 - 1.0)
+        loss = classifier_loss({k: v.float() for k, v in logits.items()}, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        stage.step += 1
+        if stage.step % 100 == 0 or stage.done():
+            stage.log(loss=loss.item())
+    stage.save_state({"classifier": classifier}, opt)
+    if ranks.main:
+        classifier.eval()
+        fresh, _, scenes = render_labelled(seed + 999, 2000, shapes.image_size, workers, start=10**9)
+        fresh_t = torch.from_numpy(fresh).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        acc = classifier_accuracy(read_images(classifier, fresh_t), scenes)
+        print(f"[classifier] accuracy on 2000 fresh renders: {acc}", flush=True)
+        with (out / "classifier.log.jsonl").open("a") as f:
+            f.write(json.dumps({"fresh_accuracy": acc}) + "\n")
+        save_weights(out / "classifier.safetensors", classifier)
+
+
 def _metadata(path: Path) -> str:
     from safetensors import safe_open
 
@@ -455,15 +557,60 @@ def _metadata(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Packing: the stages' weights -> the shipped files.
+# --------------------------------------------------------------------------------------------------------------
 
 
-STAGES = {"vae": train_vae, "clip": train_clip, "unet": train_unet}
+def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dict | None = None) -> tuple[Path, Path]:
+    """Write `dest` (the model: one single-file checkpoint in SD's layout, fp16, configs in its metadata) and
+    `<dest stem>-extras.safetensors` (the image encoder for the concept map and the attribute classifier)."""
+    from atelier.models.checkpoint import save_checkpoint
+    from atelier.pipeline import fit_latent_to_rgb
+    from atelier.world.evaluate import new_classifier
+
+    shapes = shapes or EmbeddedShapes()
+    vae_config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
+    vae, text, unet = VAE(vae_config), CLIPTextEncoder(shapes.text), UNet(shapes.unet)
+    load_weights(out / "vae.safetensors", vae)
+    load_weights(out / "text_encoder.safetensors", text)
+    load_weights(out / "unet_ema.safetensors", unet)
+    projection = fit_latent_to_rgb(vae.eval())
+    meta = {
+        "atelier.native_size": str(shapes.image_size),
+        "atelier.latent_rgb": json.dumps([[round(v, 5) for v in row] for row in projection.tolist()]),
+        "atelier.description": "Atelier's embedded model, trained on the procedural EN/FR world (see docs/).",
+        **{f"atelier.train.{k}": str(v) for k, v in (notes or {}).items()},
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dest, unet.half(), vae.half(), text.half(), meta)
+
+    extras = {}
+    image_encoder = ImageEncoder(shapes.text.projection_dim)
+    load_weights(out / "image_encoder.safetensors", image_encoder)
+    extras.update({f"image_encoder.{k}": v.half() for k, v in image_encoder.state_dict().items()})
+    if (out / "classifier.safetensors").exists():
+        classifier = new_classifier()
+        load_weights(out / "classifier.safetensors", classifier)
+        extras.update({f"classifier.{k}": v.half() for k, v in classifier.state_dict().items()})
+    extras_path = dest.with_name(dest.stem + "-extras.safetensors")
+    tmp = extras_path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in extras.items()}, str(tmp))
+    os.replace(tmp, extras_path)
+    return dest, extras_path
+
+
+STAGES = {"vae": train_vae, "clip": train_clip, "unet": train_unet, "classifier": train_classifier}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the embedded model on the procedural world.")
-    parser.add_argument("--stage", choices=list(STAGES), action="append", required=True,
-                        help="stage(s) to run, in order; repeat the flag for several")
+    parser.add_argument(
+        "--stage",
+        choices=list(STAGES),
+        action="append",
+        default=[],
+        help="stage(s) to run, in order; repeat the flag for several",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/embedded"))
     parser.add_argument("--images", type=int, default=100_000, help="rendered images per rank")
     parser.add_argument("--captions", type=int, default=4, help="captions per image (EN and FR)")
@@ -475,6 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for testing the code on a CPU")
     parser.add_argument("--device")
+    parser.add_argument("--pack", type=Path, help="after the stages, write the shipped checkpoint to this path")
     args = parser.parse_args(argv)
 
     ranks = init_ranks(args.device)
@@ -485,13 +633,21 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     workers = max(1, args.workers // ranks.world)
-    data = render_world(args.images, args.seed, ranks, shapes.image_size, args.captions, workers)
+    needs_world = any(name != "classifier" for name in args.stage)
+    data = None
+    if needs_world:
+        data = render_world(args.images, args.seed, ranks, shapes.image_size, args.captions, workers)
     for name in args.stage:
         s = dataclasses.replace(DEFAULTS[name])
         for field in ("steps", "batch", "lr"):
             if getattr(args, field) is not None:
                 setattr(s, field, getattr(args, field))
-        STAGES[name](shapes, data, args.out, s, ranks, args.budget, args.seed)
+        extra = {"workers": workers, "images_per_rank": args.images} if name == "classifier" else {}
+        STAGES[name](shapes, data, args.out, s, ranks, args.budget, args.seed, **extra)
+    if args.pack is not None and ranks.main:
+        notes = {"seed": args.seed, "images_per_rank": args.images, "ranks": ranks.world}
+        for path in pack(args.out, args.pack, shapes, notes):
+            print(f"[pack] wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
     if ranks.world > 1:
         dist.destroy_process_group()
 
