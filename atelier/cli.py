@@ -18,7 +18,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="make images from a prompt (txt2img, img2img, inpainting)")
     p.add_argument("prompt", help='what to draw, e.g. "un soleil jaune au-dessus d\'une maison rouge"')
     p.add_argument("--negative", default="", help="what to steer away from (the unconditional side of CFG)")
-    p.add_argument("--seed", type=int, default=-1, help="starting noise; the same seed gives the same image (-1: random)")
+    p.add_argument("--seed", type=int, default=-1, help="starting noise: same seed, same image (-1: random)")
     p.add_argument("--steps", type=int, default=20, help="number of denoising steps")
     p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (1 = no guidance)")
     p.add_argument("--sampler", default="euler", help="sampler name, as in ComfyUI (euler, euler_ancestral, ...)")

@@ -105,7 +105,8 @@ def main() -> None:
         rows.append(("VAE decode, 512x512", name, _time(lambda m=model, c=call: c(m), args.repeat, device)))
         model.to("cpu")
 
-    header = f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor()})"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    header = f"device {device} ({name})"
     print(f"{header}, dtype {dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'what':28} {'impl':10} {'ms (median)':>12}")
     for what, impl, ms in rows:

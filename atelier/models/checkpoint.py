@@ -348,36 +348,49 @@ class _Parts:
     tokenizer_dir: Path | None = None
 
 
+@dataclass(frozen=True)
+class Configs:
+    """The three configs of a model and where they were found."""
+
+    unet: UNetConfig
+    vae: VAEConfig | None  # None when the file holds no VAE
+    text_encoder: TextEncoderConfig
+    origin: str  # "file metadata", "tensor shapes" or "config.json files"
+
+
+def single_file_configs(file: WeightsFile) -> Configs:
+    """Configs of an SD1.x single file: those in our metadata where present, else read off the tensor shapes."""
+    shapes, meta, name = file.index.shapes, file.index.metadata, file.name
+    split = keymap.split_checkpoint(shapes)
+    unet = _metadata_config(UNetConfig, meta, META_UNET, name) or infer_unet_config(
+        split["unet"], prediction_type(file.path, shapes), f"{name}: the UNet"
+    )
+    text = _metadata_config(TextEncoderConfig, meta, META_TEXT, name) or infer_text_encoder_config(
+        split["text_encoder"], f"{name}: the text encoder"
+    )
+    vae = None
+    if split["vae"]:
+        vae = _metadata_config(VAEConfig, meta, META_VAE, name) or infer_vae_config(split["vae"], f"{name}: the VAE")
+    return Configs(unet, vae, text, "file metadata" if META_UNET in meta else "tensor shapes")
+
+
 def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
     file = WeightsFile(path)
-    shapes, meta = file.index.shapes, file.index.metadata
-    family, evidence = detect_family(shapes)
+    family, evidence = detect_family(file.index.shapes)
     require_supported(family, evidence, file.name)
-    split = keymap.split_checkpoint(shapes)
-    if need_vae and not split["vae"]:
+    configs = single_file_configs(file)
+    if need_vae and configs.vae is None:
         raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*); give a VAE file with vae_path / --vae.")
 
-    unet_config = _metadata_config(UNetConfig, meta, META_UNET, file.name) or infer_unet_config(
-        split["unet"], prediction_type(path, shapes), f"{file.name}: the UNet"
-    )
-    text_config = _metadata_config(TextEncoderConfig, meta, META_TEXT, file.name) or infer_text_encoder_config(
-        split["text_encoder"], f"{file.name}: the text encoder"
-    )
-    vae_config = None
-    if need_vae:
-        vae_config = _metadata_config(VAEConfig, meta, META_VAE, file.name) or infer_vae_config(
-            split["vae"], f"{file.name}: the VAE"
-        )
-
     prefixes = (keymap.UNET_PREFIX, keymap.TEXT_PREFIX) + ((keymap.VAE_PREFIX,) if need_vae else ())
-    tensors = keymap.split_checkpoint(file.read([n for n in shapes if n.startswith(prefixes)], dtype))
+    tensors = keymap.split_checkpoint(file.read([n for n in file.index.shapes if n.startswith(prefixes)], dtype))
     return _Parts(
-        unet=_renamed(keymap.unet_from_sd, tensors["unet"], unet_config, file.name),
-        vae=_renamed(keymap.vae_from_sd, tensors["vae"], vae_config, file.name) if need_vae else None,
-        text_encoder=_renamed(keymap.text_encoder_from_sd, tensors["text_encoder"], text_config, file.name),
-        unet_config=unet_config,
-        vae_config=vae_config,
-        text_encoder_config=text_config,
+        unet=_renamed(keymap.unet_from_sd, tensors["unet"], configs.unet, file.name),
+        vae=_renamed(keymap.vae_from_sd, tensors["vae"], configs.vae, file.name) if need_vae else None,
+        text_encoder=_renamed(keymap.text_encoder_from_sd, tensors["text_encoder"], configs.text_encoder, file.name),
+        unet_config=configs.unet,
+        vae_config=configs.vae if need_vae else None,
+        text_encoder_config=configs.text_encoder,
         family=family,
     )
 
@@ -490,7 +503,17 @@ def text_encoder_config_from_diffusers(cfg: Mapping[str, Any]) -> TextEncoderCon
     )
 
 
-def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
+# The weights file name (before .safetensors / .fp16.safetensors / .bin) in each component folder.
+DIFFUSERS_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+
+
+def diffusers_weights_file(folder: Path, component: str) -> Path:
+    """The weights file of `component` ("unet", "vae", "text_encoder") in a diffusers folder."""
+    return _weights_in(folder / component, DIFFUSERS_WEIGHTS[component], folder)
+
+
+def diffusers_folder_configs(folder: Path) -> Configs:
+    """Configs of a diffusers folder, from model_index.json and each component's config.json."""
     if not (folder / "model_index.json").is_file():
         raise CheckpointError(f"{folder.name} is a folder without model_index.json; expected a diffusers model folder.")
     index = _read_json(folder / "model_index.json", folder)
@@ -503,27 +526,26 @@ def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> 
     if (folder / "scheduler" / "scheduler_config.json").is_file():
         scheduler = _read_json(folder / "scheduler" / "scheduler_config.json", folder)
         prediction = "v" if scheduler.get("prediction_type") == "v_prediction" else "eps"
-
-    unet_config = unet_config_from_diffusers(
-        _read_json(folder / "unet" / "config.json", folder), folder.name, prediction
+    return Configs(
+        unet=unet_config_from_diffusers(_read_json(folder / "unet" / "config.json", folder), folder.name, prediction),
+        vae=vae_config_from_diffusers(_read_json(folder / "vae" / "config.json", folder), folder.name),
+        text_encoder=text_encoder_config_from_diffusers(_read_json(folder / "text_encoder" / "config.json", folder)),
+        origin="config.json files",
     )
-    text_config = text_encoder_config_from_diffusers(_read_json(folder / "text_encoder" / "config.json", folder))
-    unet_file = WeightsFile(_weights_in(folder / "unet", "diffusion_pytorch_model", folder))
-    text_file = WeightsFile(_weights_in(folder / "text_encoder", "model", folder))
-    vae_state, vae_config = None, None
-    if need_vae:
-        vae_config = vae_config_from_diffusers(_read_json(folder / "vae" / "config.json", folder), folder.name)
-        vae_file = WeightsFile(_weights_in(folder / "vae", "diffusion_pytorch_model", folder))
-        vae_state = _vae_state_any_layout(vae_file.read(list(vae_file.index.shapes), dtype))
-    text_state = text_file.read(list(text_file.index.shapes), dtype)
+
+
+def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
+    configs = diffusers_folder_configs(folder)
+    files = {c: WeightsFile(diffusers_weights_file(folder, c)) for c in DIFFUSERS_WEIGHTS if need_vae or c != "vae"}
+    state = {c: f.read(list(f.index.shapes), dtype) for c, f in files.items()}
     return _Parts(
-        unet=unet_file.read(list(unet_file.index.shapes), dtype),
-        vae=vae_state,
-        text_encoder=keymap.text_encoder_names(text_state),
-        unet_config=unet_config,
-        vae_config=vae_config,
-        text_encoder_config=text_config,
-        family="sd1-inpaint" if unet_config.in_channels == 9 else "sd1",
+        unet=state["unet"],
+        vae=_vae_state_any_layout(state["vae"]) if need_vae else None,
+        text_encoder=keymap.text_encoder_names(state["text_encoder"]),
+        unet_config=configs.unet,
+        vae_config=configs.vae if need_vae else None,
+        text_encoder_config=configs.text_encoder,
+        family="sd1-inpaint" if configs.unet.in_channels == 9 else "sd1",
         tokenizer_dir=folder / "tokenizer",
     )
 

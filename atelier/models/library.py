@@ -41,7 +41,9 @@ def resolve_model(name: str | None, models_root: Path | None = None) -> Path:
         from atelier.models.paths import ModelPaths
 
         return ModelPaths(models_root).resolve("checkpoints", name)
-    raise CheckpointError(f"Model {name!r} was not found; expected a checkpoint file, a diffusers folder or 'embedded'.")
+    raise CheckpointError(
+        f"Model {name!r} was not found; expected a checkpoint file, a diffusers folder or 'embedded'."
+    )
 
 
 def file_metadata(path: Path) -> dict[str, str]:
