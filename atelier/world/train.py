@@ -92,8 +92,8 @@ class StageSettings:
 
 DEFAULTS = {
     "vae": StageSettings(steps=3000, batch=64, lr=4e-4),
-    "clip": StageSettings(steps=3000, batch=512, lr=5e-4),
-    "unet": StageSettings(steps=20000, batch=256, lr=3e-4, warmup=500),
+    "clip": StageSettings(steps=2000, batch=512, lr=5e-4),
+    "unet": StageSettings(steps=30000, batch=256, lr=3e-4, warmup=500),
     "classifier": StageSettings(steps=3000, batch=256, lr=1e-3),
 }
 
@@ -450,6 +450,11 @@ def train_unet(
     ema.load_state_dict(unet.state_dict())
     opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.99))
     stage = Stage("unet", out, s, ranks, budget_s)
+    if not stage.state_path.exists() and (out / "unet_ema.safetensors").exists():
+        load_weights(out / "unet_ema.safetensors", unet)  # continue from shipped weights (fresh optimiser)
+        ema.load_state_dict(unet.state_dict())
+        if ranks.main:
+            print("[unet] starting from the existing unet_ema.safetensors", flush=True)
     stage.resume({"unet": unet, "ema": ema}, opt)
     model = wrap_ddp(unet, ranks)
 
@@ -561,6 +566,24 @@ def _metadata(path: Path) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def unpack(checkpoint: Path, out: Path) -> None:
+    """The inverse of `pack`: a shipped checkpoint (+ extras) -> the stage files in `out`, to continue training."""
+    from atelier.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint, device="cpu", dtype="fp32")
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(out / "vae.safetensors", ckpt.vae, ckpt.vae_config)
+    save_weights(out / "text_encoder.safetensors", ckpt.text_encoder, ckpt.text_encoder_config)
+    save_weights(out / "unet_ema.safetensors", ckpt.unet, ckpt.unet_config)
+    extras_path = checkpoint.with_name(checkpoint.stem + "-extras.safetensors")
+    if extras_path.exists():
+        extras = load_file(str(extras_path))
+        for prefix in ("image_encoder", "classifier"):
+            part = {k[len(prefix) + 1 :]: v.float() for k, v in extras.items() if k.startswith(prefix + ".")}
+            if part:
+                save_file(part, str(out / f"{prefix}.safetensors"))
+
+
 def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dict | None = None) -> tuple[Path, Path]:
     """Write `dest` (the model: one single-file checkpoint in SD's layout, fp16, configs in its metadata) and
     `<dest stem>-extras.safetensors` (the image encoder for the concept map and the attribute classifier)."""
@@ -618,13 +641,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="override the stage's step count")
     parser.add_argument("--batch", type=int, help="override the stage's per-rank batch")
     parser.add_argument("--lr", type=float, help="override the stage's learning rate")
-    parser.add_argument("--budget", type=float, help="stop each stage after this many seconds (resumable)")
+    parser.add_argument("--budget", type=float, help="stop after this many seconds in all (stages resume later)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for testing the code on a CPU")
     parser.add_argument("--device")
+    parser.add_argument("--init", type=Path, help="start from this shipped checkpoint (see unpack)")
     parser.add_argument("--pack", type=Path, help="after the stages, write the shipped checkpoint to this path")
     args = parser.parse_args(argv)
 
+    started = time.time()
     ranks = init_ranks(args.device)
     shapes = EmbeddedShapes.tiny() if args.tiny else EmbeddedShapes()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -633,6 +658,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     workers = max(1, args.workers // ranks.world)
+    if args.init is not None and ranks.main:
+        unpack(args.init, args.out)
+    if ranks.world > 1:
+        dist.barrier()
     needs_world = any(name != "classifier" for name in args.stage)
     data = None
     if needs_world:
@@ -643,7 +672,10 @@ def main(argv: list[str] | None = None) -> None:
             if getattr(args, field) is not None:
                 setattr(s, field, getattr(args, field))
         extra = {"workers": workers, "images_per_rank": args.images} if name == "classifier" else {}
-        STAGES[name](shapes, data, args.out, s, ranks, args.budget, args.seed, **extra)
+        budget = None if args.budget is None else max(1.0, args.budget - (time.time() - started))
+        STAGES[name](shapes, data, args.out, s, ranks, budget, args.seed, **extra)
+        if ranks.world > 1:
+            dist.barrier()  # the next stage reads what rank 0 just wrote
     if args.pack is not None and ranks.main:
         notes = {"seed": args.seed, "images_per_rank": args.images, "ranks": ranks.world}
         for path in pack(args.out, args.pack, shapes, notes):
