@@ -30,6 +30,7 @@ from atelier.models.checkpoint import (
 )
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
+from atelier.models.info import describe_model
 from atelier.models.unet import UNet
 from atelier.models.vae import VAE
 
@@ -393,3 +394,47 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     with pytest.raises(CheckpointError, match=r"^evil\.ckpt needs to run code from the pickle"):
         load_checkpoint(path, device="cpu")
     assert not marker.exists()
+
+
+# -- describe_model (atelier info) ------------------------------------------------------------------------------
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_describe_single_file(models, sd_file, tmp_path):
+    unet, vae, text = models
+
+    def add_ema(state):
+        state["model_ema.decay"] = torch.tensor(0.9999)
+
+    plain = strip_metadata(sd_file, tmp_path / "described.safetensors", add_ema)
+    lines = describe_model(plain).splitlines()
+    assert lines[0] == "described.safetensors"
+    assert lines[1] == "  kind          Stable Diffusion 1.x checkpoint (sd1), predicts noise (eps)"
+    n = len(load_file(plain))
+    assert lines[2] == f"  file          {plain.stat().st_size / 1e6:.2f} MB, safetensors, {n} tensors: {n} float32"
+    assert lines[3] == f"  unet          {count(unet) / 1e6:.2f} M parameters in {len(unet.state_dict())} tensors"
+    assert lines[4] == f"  vae           {count(vae) / 1e6:.2f} M parameters in {len(vae.state_dict())} tensors"
+    assert lines[5] == f"  text encoder  {count(text) / 1e6:.2f} M parameters in {len(text.state_dict())} tensors"
+    assert lines[6] == "  other         1 tensor not used, 1 of them EMA copies (model_ema.*) (e.g. model_ema.decay)"
+    assert lines[7].startswith("  configs       from the tensor shapes")
+    assert lines[8] == f"    unet          {UNET}"
+
+
+def test_describe_unsupported_and_folder(models, tmp_path):
+    save_file({"conditioner.embedders.0.x": torch.zeros(2, dtype=torch.float16)}, tmp_path / "xl.safetensors")
+    assert describe_model(tmp_path / "xl.safetensors").splitlines()[1:] == [
+        "  kind          SDXL checkpoint (found conditioner.embedders.*)",
+        f"  file          {(tmp_path / 'xl.safetensors').stat().st_size} B, safetensors, 1 tensor: 1 float16",
+        "  note          xl.safetensors looks like an SDXL checkpoint (found conditioner.embedders.*); Atelier "
+        "supports Stable Diffusion 1.x checkpoints only for now.",
+    ]
+    folder = write_diffusers_folder(tmp_path / "sdfolder", models)
+    text = describe_model(folder)
+    assert text.splitlines()[1] == "  kind          Stable Diffusion 1.x checkpoint (sd1), predicts noise (eps)"
+    assert f"{count(models[0]) / 1e6:.2f} M parameters in" in text
+    assert "(unet/diffusion_pytorch_model.safetensors, " in text and "configs       from the config.json files" in text
+    with pytest.raises(CheckpointError, match="does not exist"):
+        describe_model(tmp_path / "gone.safetensors")
