@@ -79,7 +79,7 @@ FAMILY_NAMES = {
     "lora": "a LoRA",
     "embedding": "a textual-inversion embedding",
     "vae": "a standalone VAE",
-    "unet": "a UNet without its VAE and text encoder",
+    "unet": "a UNet without its CLIP text encoder",
     "unknown": "an unknown kind of model",
 }
 
@@ -118,23 +118,29 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str]:
         if context in (1280, 2048):
             return "sdxl", f"cross-attention context width {context}"
         if not first(lambda n: n.startswith(keymap.TEXT_PREFIX)):
-            return "unet", "model.diffusion_model.* only"
+            return "unet", "model.diffusion_model.* but no cond_stage_model.transformer.*"
         conv_in = shapes.get(keymap.UNET_PREFIX + "input_blocks.0.0.weight")
         if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
             return "sd1-inpaint", "a UNet with 9 input channels"
         return "sd1", "model.diffusion_model.* and cond_stage_model.transformer.*"
-    if _is_vae(names):
+    if _vae_names(names):
         return "vae", "encoder.* and decoder.* only"
     if first(lambda n: n.startswith("down_blocks.")) and first(lambda n: n.startswith("time_embedding.")):
         return "unet", "a diffusers UNet (down_blocks.*, time_embedding.*)"
     return "unknown", ", ".join(sorted(names)[:3]) or "no tensors"
 
 
-def _is_vae(names: list[str]) -> bool:
-    stripped = [n.removeprefix(keymap.VAE_PREFIX) for n in names]
-    return bool(stripped) and all(
-        n.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")) for n in stripped
-    )
+# The parts of a VAE file, and what VAE training files may carry besides (the GAN/LPIPS loss, EMA copies).
+_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+_VAE_EXTRAS = ("loss.", "model_ema.")
+
+
+def _vae_names(names: list[str]) -> list[str]:
+    """The names of a standalone VAE's weights among `names`, or [] when the file is more (or less) than a VAE."""
+    vae = [n for n in names if n.removeprefix(keymap.VAE_PREFIX).startswith(_VAE_PARTS)]
+    others = [n for n in names if n not in set(vae) and not n.startswith(_VAE_EXTRAS)]
+    has_both = any(".encoder." in "." + n for n in vae) and any(".decoder." in "." + n for n in vae)
+    return vae if has_both and not others else []
 
 
 def require_supported(family: str, evidence: str, name: str) -> None:
@@ -617,25 +623,24 @@ def _tokenizer(folder: Path | None) -> Any:
 
 
 def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
-    """A standalone VAE file's config and weights (our names). Accepts the SD layout (encoder.*, decoder.*), the
-    same with the first_stage_model. prefix, and diffusers AutoencoderKL files (encoder.down_blocks.*)."""
+    """A VAE file's config and weights (our names). Accepts the SD layout (encoder.*, decoder.*, as in
+    vae-ft-mse-840000-ema-pruned), the same under first_stage_model., diffusers AutoencoderKL files
+    (encoder.down_blocks.*), and a full SD1.x checkpoint (its VAE is taken)."""
     file = WeightsFile(path)
-    shapes = {k.removeprefix(keymap.VAE_PREFIX): v for k, v in file.index.shapes.items()}
-    if not _is_vae(list(shapes)):
+    names = _vae_names(list(file.index.shapes))
+    if not names:
         family, evidence = detect_family(file.index.shapes)
-        if family == "sd1":  # a full checkpoint given as the VAE: take its VAE
-            shapes = keymap.split_checkpoint(file.index.shapes)["vae"]
-        else:
+        if family not in SUPPORTED_FAMILIES:
             raise CheckpointError(f"{file.name} is not a VAE: it looks like {FAMILY_NAMES[family]} (found {evidence}).")
-    names = [k for k in file.index.shapes if k.removeprefix(keymap.VAE_PREFIX) in shapes]
-    state = {k.removeprefix(keymap.VAE_PREFIX): v for k, v in file.read(names, dtype).items()}
+        names = [n for n in file.index.shapes if n.startswith(keymap.VAE_PREFIX)]
+        if not names:
+            raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*).")
+    shapes = {n.removeprefix(keymap.VAE_PREFIX): file.index.shapes[n] for n in names}
+    state = {n.removeprefix(keymap.VAE_PREFIX): t for n, t in file.read(names, dtype).items()}
+    stored = _metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name)
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:  # diffusers names
-        return _metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name) or _diffusers_vae_config(
-            shapes
-        ), _vae_state_any_layout(state)
-    config = _metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name) or infer_vae_config(
-        shapes, f"{file.name}: the VAE"
-    )
+        return stored or _diffusers_vae_config(shapes), _vae_state_any_layout(state)
+    config = stored or infer_vae_config(shapes, f"{file.name}: the VAE")
     return config, _renamed(keymap.vae_from_sd, state, config, file.name)
 
 

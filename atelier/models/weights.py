@@ -130,7 +130,10 @@ class WeightsFile:
             self.name,
         )
         try:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True)
+            # Zip-format pickles (torch >= 1.6) can be memory-mapped: tensors are read from disk when used.
+            with open(self.path, "rb") as f:
+                is_zip = f.read(4) == b"PK\x03\x04"
+            obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable pickle"
             if "weights_only" in str(error) or "global" in str(error).lower():

@@ -209,16 +209,40 @@ def test_standalone_vae_replaces_the_checkpoint_vae(sd_file, tmp_path):
         "sd.safetensors": sd_names,
         "prefixed.safetensors": {keymap.VAE_PREFIX + k: v for k, v in sd_names.items()},
         "diffusers.safetensors": other.state_dict(),
+        "full-checkpoint.safetensors": load_file(save_checkpoint(tmp_path / "donor.safetensors", *models_with(other))),
+        # A VAE training checkpoint: the LPIPS/GAN loss weights ride along and are left out.
+        "with-loss.ckpt": {
+            **sd_names,
+            "loss.discriminator.main.0.weight": torch.zeros(2),
+            "loss.logvar": torch.zeros(()),
+        },
     }
     with torch.no_grad():
         expected = other.decode(LATENTS).sample
     for name, state in layouts.items():
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / name)
+        state = {k: v.contiguous() for k, v in state.items()}
+        if name.endswith(".ckpt"):
+            torch.save({"state_dict": state}, tmp_path / name)
+        else:
+            save_file(state, tmp_path / name)
         ckpt = load_checkpoint(sd_file, device="cpu", vae_path=tmp_path / name)
         assert ckpt.vae_config == VAE_CFG
         with torch.no_grad():
             assert (ckpt.vae.decode(LATENTS) - expected).abs().max().item() <= TOL, name
         assert isinstance(load_vae(tmp_path / name, device="cpu"), VAE)
+
+
+def models_with(vae):
+    unet, _, text = make_diffusers_models(seed=6)
+    return unet, vae, text
+
+
+def test_a_vae_path_must_hold_a_vae(sd_file, tmp_path):
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2)}, tmp_path / "lora.safetensors")
+    with pytest.raises(
+        CheckpointError, match=r"^lora\.safetensors is not a VAE: it looks like a LoRA \(found lora_unet_x"
+    ):
+        load_checkpoint(sd_file, device="cpu", vae_path=tmp_path / "lora.safetensors")
 
 
 def test_v_prediction_from_sibling_yaml(sd_file, tmp_path):
@@ -337,6 +361,8 @@ UNSUPPORTED = {
     "lora": ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 4)}, "a LoRA"),
     "embedding": ({"emb_params": (2, 768)}, "a textual-inversion embedding"),
     "vae": ({"encoder.conv_in.weight": (4, 3, 3, 3), "decoder.conv_in.weight": (4, 4, 3, 3)}, "a standalone VAE"),
+    "unet": ({"model.diffusion_model.out.2.bias": (4,), "first_stage_model.encoder.conv_in.bias": (4,)},
+             "a UNet without its CLIP text encoder (found model.diffusion_model.* but no cond_stage_model"),
     "unknown": ({"weird.tensor": (1,)}, "an unknown kind of model"),
 }  # fmt: skip
 
