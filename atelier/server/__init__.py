@@ -1,1 +1,18 @@
-"""The HTTP + WebSocket server that speaks ComfyUI's protocol and serves the lab and the node editor."""
+"""The HTTP + WebSocket server that speaks ComfyUI's protocol and serves the lab and the node editor.
+
+The official ComfyUI frontend (comfyui-frontend-package 1.27.10) runs against it unchanged. One file per job:
+
+    app.py             create_app / serve / run_server: wiring, lifecycle, the --listen warning
+    files.py           the data directory, safe paths, OutputFiles (the file API nodes write outputs with)
+    store.py           queue and history in SQLite (they survive a restart)
+    prompt_queue.py    the queue, its worker thread running the graph Executor, executor events -> messages
+    hub.py             WebSocket clients, ordered delivery from any thread, binary preview frames
+    websocket.py       GET /ws: status + sid, feature_flags
+    routes_system.py   users, settings, object_info, system_stats, models, interrupt, free...
+    routes_queue.py    prompt, queue, history, jobs
+    routes_files.py    view, upload/image, upload/mask
+    routes_userdata.py the editor's saved files under user/default/
+    frontend.py        index.html + static assets, workflow templates
+    settings.py        settings storage and the defaults that keep the editor private and offline
+    security.py        cross-origin and DNS-rebinding guards
+"""

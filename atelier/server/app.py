@@ -1,0 +1,146 @@
+"""Build and run the server: `create_app` for tests and embedding, `serve` / `run_server` for the command line.
+
+    registry = default_registry(models_root, files=OutputFiles(DataDir("atelier-data")))
+    app = create_app(registry, "atelier-data")             # an aiohttp Application
+    serve(registry=registry, data_dir="atelier-data")      # blocks; http://127.0.0.1:8188/
+
+The server binds 127.0.0.1 unless told to listen on the network (then anyone who can reach the machine can queue
+prompts, read every image and overwrite saved workflows: a warning says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from atelier.graph.executor import Executor
+from atelier.graph.registry import NodeRegistry
+from atelier.server import frontend, routes_files, routes_queue, routes_system, routes_userdata, websocket
+from atelier.server.files import DataDir, OutputFiles
+from atelier.server.hub import Hub
+from atelier.server.prompt_queue import PromptQueue
+from atelier.server.security import guard_middleware, is_loopback
+from atelier.server.settings import Settings
+from atelier.server.state import STATE, Limits, ServerState
+from atelier.server.store import PromptStore
+
+log = logging.getLogger("atelier.server")
+
+DEFAULT_DATA_DIR = Path("atelier-data")
+LISTEN_WARNING = (
+    "WARNING: listening on all network interfaces ({host}:{port}). Anyone who can reach this machine can use "
+    "Atelier: queue prompts, see every image and overwrite saved workflows. Use this only on a network you trust."
+)
+
+
+def create_app(
+    registry: NodeRegistry,
+    data_dir: str | os.PathLike,
+    *,
+    listen_host: str = "127.0.0.1",
+    static_root: Path | str | None = "auto",
+    templates_dir: Path | None = None,
+    limits: Limits | None = None,
+    settings_defaults: dict | None = None,
+    on_free: Callable[[bool, bool], None] | None = None,
+    argv: list[str] | None = None,
+) -> web.Application:
+    """The aiohttp application: routes, WebSocket, the prompt queue and its worker (started with the app).
+
+    - registry: the node classes prompts may use (tests pass stub nodes).
+    - data_dir: input/, output/, temp/, user/, models/ and atelier.sqlite live here (created if missing).
+    - listen_host: the interface the server binds; a loopback host turns on the Host-name check (security.py).
+    - static_root: the frontend's static/ folder; "auto" finds the installed comfyui-frontend-package.
+    - settings_defaults: replaces settings.PRIVATE_DEFAULTS (what the editor sees before the user changes it).
+    - on_free: called by POST /free with (unload_models, free_memory), e.g. to drop loaded checkpoints.
+    """
+    data = DataDir(data_dir)
+    data.clear_temp()
+    store = PromptStore(data.database)
+    hub = Hub()
+    queue = PromptQueue(Executor(registry), store, hub)
+    if static_root == "auto":
+        static_root = frontend.frontend_root()
+    st = ServerState(
+        registry=registry,
+        data=data,
+        files=OutputFiles(data),
+        store=store,
+        queue=queue,
+        hub=hub,
+        settings=Settings(data.user, settings_defaults),
+        limits=limits or Limits(),
+        static_root=Path(static_root) if static_root is not None else None,
+        templates_dir=templates_dir or frontend.TEMPLATES_DIR,
+        on_free=on_free,
+        # "--disable-api-nodes" is how the frontend learns not to fetch release notes from api.comfy.org.
+        argv=argv if argv is not None else ["atelier", "serve", "--disable-api-nodes"],
+    )
+    # Bodies (userdata files, prompts) may be as large as an upload; uploads themselves are streamed and checked.
+    app = web.Application(
+        middlewares=[guard_middleware(local_only=is_loopback(listen_host))],
+        client_max_size=st.limits.max_upload_bytes + 1024 * 1024,
+    )
+    app[STATE] = st
+    websocket.setup(app)
+    routes_system.setup(app)
+    routes_queue.setup(app)
+    routes_files.setup(app)
+    routes_userdata.setup(app)
+    frontend.setup(app)  # last: its catch-all static route must not shadow the others
+
+    async def start(app: web.Application) -> None:
+        hub.loop = asyncio.get_running_loop()
+        queue.start()
+
+    async def close_sockets(app: web.Application) -> None:
+        await hub.close_all()
+
+    async def stop(app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, queue.stop)
+        store.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(close_sockets)
+    app.on_cleanup.append(stop)
+    return app
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8188,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    registry: NodeRegistry | None = None,
+    listen: bool = False,
+) -> None:
+    """Run the server until Ctrl+C. `listen=True` binds 0.0.0.0 (every interface) and prints a warning."""
+    if listen:
+        host = "0.0.0.0"
+        print(LISTEN_WARNING.format(host=host, port=port), file=sys.stderr)
+    if registry is None:
+        registry = default_registry(DataDir(data_dir))
+    app = create_app(registry, data_dir, listen_host=host)
+    shown = "127.0.0.1" if host == "0.0.0.0" else host
+    web.run_app(app, host=host, port=port, print=lambda _: print(f"Atelier is running at http://{shown}:{port}/"))
+
+
+def default_registry(data: DataDir) -> NodeRegistry:
+    """The real SD nodes (atelier/graph/nodes.py), writing their files through this data directory."""
+    from atelier.graph.nodes import default_registry as build  # heavy (torch, models): imported only to serve
+
+    return build(data.models, files=OutputFiles(data))
+
+
+def run_server(
+    port: int = 8188, listen: bool = False, data_dir: str | os.PathLike | None = None, host: str = "127.0.0.1"
+) -> int:
+    """What `atelier serve [--port N] [--listen] [--data-dir DIR]` calls; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    serve(host=host, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, listen=listen)
+    return 0

@@ -1,0 +1,220 @@
+"""The data directory, safe paths inside it, and the file API that nodes use to write their outputs.
+
+    <data_dir>/
+        input/            images uploaded by the editor (LoadImage reads them)
+        output/           what SaveImage writes: <prefix>_00001_.png, never overwritten
+        temp/             PreviewImage files; emptied when the server starts
+        user/default/     the editor's settings (comfy.settings.json) and saved workflows (workflows/)
+        models/           checkpoints/, vae/, loras/, embeddings/ (ComfyUI's layout)
+        atelier.sqlite    the queue and the history, so both survive a restart
+
+Every path that comes from a request goes through `safe_join`: it refuses absolute paths, `..` and symlinks that
+lead out of their folder. Nodes never build output paths themselves; they ask `OutputFiles`:
+
+    files = OutputFiles(DataDir("~/atelier-data"))
+    ref = files.save_image(pil_image, "Atelier", text={"prompt": json.dumps(prompt)})
+    # ref == {"filename": "Atelier_00001_.png", "subfolder": "", "type": "output"}: put it in the node's UI output
+    return NodeOutput(result=(), ui={"images": [ref]})
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from PIL import Image, PngImagePlugin
+
+from atelier.errors import AtelierError
+
+FILE_KINDS = ("input", "output", "temp")  # the `type` of a file reference {"filename", "subfolder", "type"}
+MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings")
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+
+
+class UnsafePathError(AtelierError):
+    """A path from a request that points outside its folder. `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DataDir:
+    """The folders of one Atelier data directory (created on first use)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.input = self.root / "input"
+        self.output = self.root / "output"
+        self.temp = self.root / "temp"
+        self.user = self.root / "user" / "default"
+        self.models = self.root / "models"
+        self.database = self.root / "atelier.sqlite"
+        for folder in (self.input, self.output, self.temp, self.user / "workflows"):
+            folder.mkdir(parents=True, exist_ok=True)
+        for name in MODEL_FOLDERS:
+            (self.models / name).mkdir(parents=True, exist_ok=True)
+
+    def folder(self, kind: str) -> Path:
+        """The folder of a file kind: "input", "output" or "temp"."""
+        if kind not in FILE_KINDS:
+            raise UnsafePathError(f"The file type {kind!r} is not known; expected one of {', '.join(FILE_KINDS)}.")
+        return getattr(self, kind)
+
+    def model_folder(self, name: str) -> Path | None:
+        """models/<name>, or None when `name` is not one of MODEL_FOLDERS."""
+        return self.models / name if name in MODEL_FOLDERS else None
+
+    def clear_temp(self) -> None:
+        """Empty temp/ (previews of an earlier session), as ComfyUI does on start."""
+        shutil.rmtree(self.temp, ignore_errors=True)
+        self.temp.mkdir(parents=True, exist_ok=True)
+
+
+def _parts(relative: str, what: str) -> list[str]:
+    """The components of a relative path from a request, or an UnsafePathError (absolute paths, drives, `..`)."""
+    if not relative:
+        return []
+    if "\x00" in relative:
+        raise UnsafePathError(f"The {what} {relative!r} contains a NUL character; expected a plain relative path.")
+    if (
+        PurePosixPath(relative).is_absolute()
+        or PureWindowsPath(relative).is_absolute()
+        or PureWindowsPath(relative).drive
+    ):
+        raise UnsafePathError(f"The {what} {relative!r} is an absolute path; expected a path relative to its folder.")
+    parts = [p for p in re.split(r"[\\/]+", relative) if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafePathError(f"The {what} {relative!r} contains '..'; expected a path inside its folder.")
+    return parts
+
+
+def safe_join(base: Path, *relative: str, what: str = "path") -> Path:
+    """`base / relative...`, refusing absolute paths, `..`, and symlinks that resolve outside `base` (403)."""
+    parts = [p for rel in relative for p in _parts(rel, what)]
+    candidate = base.joinpath(*parts)
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(base.resolve()):
+        shown = "/".join(parts)
+        raise UnsafePathError(f"The {what} {shown!r} leads outside its folder through a symbolic link.", status=403)
+    return candidate
+
+
+def files_under(folder: Path, extensions: tuple[str, ...] | None = None) -> Iterator[Path]:
+    """Every file below `folder` (sorted, symlinks that leave the folder skipped), optionally by extension."""
+    if not folder.is_dir():
+        return
+    root = folder.resolve()
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or not path.resolve().is_relative_to(root):
+            continue
+        if extensions is None or path.suffix.lower() in extensions:
+            yield path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file next to `path`, then rename it over `path` (readers never see half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_new(folder: Path, name_for: Callable[[int], str], data: bytes, start: int = 1) -> Path:
+    """Write `data` under the first free name `name_for(counter)` (counter = start, start+1, ...), atomically.
+
+    The data goes to a temporary file that is then hard-linked to the final name: a link fails if the name exists,
+    so two writers can never overwrite each other's file, and no half-written file is ever visible."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        counter = start
+        while True:
+            target = folder / name_for(counter)
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                counter += 1
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def encode_png(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes with each entry of `text` as a tEXt chunk (ComfyUI stores `prompt` and `workflow` this way)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    return buffer.getvalue()
+
+
+class OutputFiles:
+    """The file API for nodes: numbered output files that are never overwritten, written atomically.
+
+    A `prefix` is ComfyUI's filename_prefix: it may hold a subfolder ("portraits/cat" writes
+    output/portraits/cat_00001_.png). Numbering continues after the highest number already used by that prefix."""
+
+    def __init__(self, data: DataDir) -> None:
+        self.data = data
+
+    def _split_prefix(self, prefix: str, kind: str) -> tuple[Path, str, str]:
+        """(folder, subfolder as the editor writes it, file stem) for a filename prefix."""
+        parts = _parts(prefix.strip() or "Atelier", "filename prefix")
+        if not parts:
+            raise UnsafePathError(f"The filename prefix {prefix!r} has no file name; expected e.g. 'Atelier'.")
+        subfolder = "/".join(parts[:-1])
+        folder = safe_join(self.data.folder(kind), subfolder, what="filename prefix")
+        return folder, subfolder, parts[-1]
+
+    def next_number(self, prefix: str, kind: str = "output") -> int:
+        """The counter the next file written with this prefix will get (1 for a new prefix)."""
+        folder, _, stem = self._split_prefix(prefix, kind)
+        pattern = re.compile(re.escape(stem) + r"_(\d{5,})_\.[A-Za-z0-9]+$")
+        used = [int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_.*") if (m := pattern.match(p.name))]
+        return max(used, default=0) + 1
+
+    def write(self, data: bytes, prefix: str, ext: str = "png", kind: str = "output") -> dict:
+        """Write bytes as `<prefix>_NNNNN_.<ext>`; returns the file reference {"filename", "subfolder", "type"}."""
+        folder, subfolder, stem = self._split_prefix(prefix, kind)
+        ext = ext.lstrip(".")
+        path = write_new(folder, lambda n: f"{stem}_{n:05d}_.{ext}", data, start=self.next_number(prefix, kind))
+        return {"filename": path.name, "subfolder": subfolder, "type": kind}
+
+    def save_image(
+        self, image: Image.Image, prefix: str, kind: str = "output", text: dict[str, str] | None = None
+    ) -> dict:
+        """Save a PIL image as PNG (with tEXt chunks) and return its file reference for the node's UI output."""
+        return self.write(encode_png(image, text), prefix, "png", kind)
+
+    def path(self, ref: dict) -> Path:
+        """The file on disk for a reference {"filename", "subfolder", "type"} (e.g. LoadImage's input image)."""
+        folder = self.data.folder(ref.get("type", "input"))
+        return safe_join(folder, ref.get("subfolder", ""), ref["filename"], what="file")
+
+    def input_path(self, name: str) -> Path:
+        """input/<name>, where `name` is what LoadImage's combo shows ("photo.png" or "pasted/image.png")."""
+        return safe_join(self.data.input, name, what="input image")
+
+    def input_images(self) -> list[str]:
+        """The images in input/ as LoadImage's combo lists them: relative paths with '/', sorted."""
+        exts = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+        return [p.relative_to(self.data.input).as_posix() for p in files_under(self.data.input, exts)]
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob metacharacters so a prefix like 'a[1]' matches literally."""
+    return re.sub(r"([*?\[])", r"[\1]", text)

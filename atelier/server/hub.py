@@ -1,0 +1,111 @@
+"""The connected editors (WebSocket clients) and how messages reach them, from any thread, in order.
+
+Text frames are JSON `{"type": T, "data": D}`. Preview images go as binary frames, big-endian:
+
+    event 1 PREVIEW_IMAGE                  [u32 1][u32 format: 1 = JPEG, 2 = PNG][image bytes]
+    event 4 PREVIEW_IMAGE_WITH_METADATA    [u32 4][u32 n][n bytes of JSON metadata][image bytes]
+
+Event 4 is used for clients that announced `supports_preview_metadata` in their first `feature_flags` message.
+
+The worker thread calls `send(...)`; each client has a FIFO queue drained by one task on the event loop, so
+messages arrive in the order they were sent even when a slow client makes a write wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from typing import Any
+
+from aiohttp import web
+
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+IMAGE_FORMATS = {"image/jpeg": 1, "image/png": 2}
+
+
+def preview_frame(image: bytes, mime: str, metadata: dict | None) -> bytes:
+    """One binary preview frame: event 4 with its JSON metadata, or event 1 when `metadata` is None."""
+    if metadata is None:
+        return struct.pack(">II", PREVIEW_IMAGE, IMAGE_FORMATS.get(mime, 1)) + image
+    meta = json.dumps({**metadata, "image_type": mime}).encode()
+    return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + image
+
+
+class Client:
+    """One open WebSocket: its id (sid), the feature flags it announced, and its outgoing queue."""
+
+    def __init__(self, sid: str, ws: web.WebSocketResponse) -> None:
+        self.sid = sid
+        self.ws = ws
+        self.flags: dict = {}
+        self.outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.sender = asyncio.ensure_future(self._drain())
+
+    @property
+    def wants_metadata(self) -> bool:
+        return self.flags.get("supports_preview_metadata") is True
+
+    async def _drain(self) -> None:
+        while (message := await self.outbox.get()) is not None:
+            try:
+                if isinstance(message, bytes):
+                    await self.ws.send_bytes(message)
+                else:
+                    await self.ws.send_str(message)
+            except (ConnectionError, RuntimeError):
+                return  # the socket closed under us; the handler will remove the client
+
+
+class Hub:
+    """Clients by sid. `send` and `send_preview` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, Client] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def connect(self, sid: str, ws: web.WebSocketResponse) -> Client:
+        """Register a socket (runs on the loop). A reconnect with the same sid replaces the old socket."""
+        self.loop = asyncio.get_running_loop()
+        old = self.clients.get(sid)
+        if old is not None:
+            old.outbox.put_nowait(None)
+        client = Client(sid, ws)
+        self.clients[sid] = client
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        client.outbox.put_nowait(None)
+        if self.clients.get(client.sid) is client:
+            del self.clients[client.sid]
+
+    def send(self, event: str, data: Any, sid: str | None = None) -> None:
+        """Send `{"type": event, "data": data}` to client `sid`, or to everyone when sid is None."""
+        self._post(json.dumps({"type": event, "data": data}), sid)
+
+    def send_preview(self, image: bytes, mime: str, metadata: dict, sid: str | None) -> None:
+        """Send a preview frame to `sid` (event 4 if it supports metadata, else event 1)."""
+        if self.loop is None or sid is None:
+            return
+        self.loop.call_soon_threadsafe(self._preview_now, image, mime, metadata, sid)
+
+    def _preview_now(self, image: bytes, mime: str, metadata: dict, sid: str) -> None:
+        client = self.clients.get(sid)
+        if client is not None:
+            client.outbox.put_nowait(preview_frame(image, mime, metadata if client.wants_metadata else None))
+
+    def _post(self, message: str, sid: str | None) -> None:
+        if self.loop is None or self.loop.is_closed():
+            return  # nobody has ever connected
+        self.loop.call_soon_threadsafe(self._post_now, message, sid)
+
+    def _post_now(self, message: str, sid: str | None) -> None:
+        targets = list(self.clients.values()) if sid is None else [c for c in [self.clients.get(sid)] if c]
+        for client in targets:
+            client.outbox.put_nowait(message)
+
+    async def close_all(self) -> None:
+        for client in list(self.clients.values()):
+            self.disconnect(client)
+            await client.ws.close()

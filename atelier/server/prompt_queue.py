@@ -1,0 +1,259 @@
+"""The prompt queue and its worker: one thread that runs queued prompts one at a time with the graph Executor.
+
+    POST /prompt ──► PromptQueue.put ──► pending (sorted by number) ──► worker thread ──► Executor.execute
+                          │                                                    │
+                          └── status broadcast                 PromptListener: WebSocket messages to the
+                                                               prompt's client + history messages
+
+What a node sends while it runs reaches the editor like this (see executor.py for the listener calls):
+  ctx.progress(v, n)  -> "progress" {value, max, prompt_id, node} and "progress_state"
+  ctx.preview(image)  -> a binary preview frame (image: a PIL image, or encoded JPEG/PNG bytes), at most 512 px
+  NodeOutput(ui=...)  -> "executed" {node, display_node, output: ui, prompt_id}, and the history's outputs
+A node that raises ends its prompt with "execution_error"; the worker then moves on to the next prompt.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from atelier.graph.executor import ExecutionListener, Executor
+from atelier.server.hub import Hub
+from atelier.server.store import PromptRecord, PromptStore, now_ms
+
+log = logging.getLogger("atelier.server")
+
+PREVIEW_MAX_SIDE = 512  # previews are shrunk to this size before they are sent (they are only a glimpse)
+
+
+def encode_preview(image: Any) -> tuple[bytes, str] | None:
+    """(bytes, mime type) for a preview: a PIL image becomes a JPEG; JPEG/PNG bytes pass through; else None."""
+    if isinstance(image, (bytes, bytearray)):
+        data = bytes(image)
+        if data.startswith(b"\x89PNG"):
+            return data, "image/png"
+        if data.startswith(b"\xff\xd8"):
+            return data, "image/jpeg"
+        return None
+    if isinstance(image, Image.Image):
+        img = image.convert("RGB")
+        img.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=90)
+        return buffer.getvalue(), "image/jpeg"
+    return None
+
+
+class PromptListener(ExecutionListener):
+    """Turns executor events into ComfyUI WebSocket messages for one prompt, and keeps its history messages."""
+
+    def __init__(self, hub: Hub, rec: PromptRecord) -> None:
+        self.hub = hub
+        self.rec = rec
+        self.sid = rec.client_id
+        self.states: dict[str, dict] = {}  # node id -> its progress_state entry
+
+    def _send(self, event: str, data: dict, keep: bool = False) -> None:
+        data = {**data, "prompt_id": self.rec.prompt_id}
+        if keep:  # ComfyUI's history keeps the start, cached and end messages
+            self.rec.messages.append([event, data])
+        self.hub.send(event, data, self.sid)
+
+    def _progress_state(self, node_id: str, value: float, total: float, state: str) -> None:
+        self.states[node_id] = {
+            "value": value,
+            "max": total,
+            "state": state,
+            "node_id": node_id,
+            "prompt_id": self.rec.prompt_id,
+            "display_node_id": node_id,
+            "parent_node_id": None,
+            "real_node_id": node_id,
+        }
+        self._send("progress_state", {"nodes": dict(self.states)})
+
+    def _finish_running(self) -> None:
+        for node_id, entry in self.states.items():
+            if entry["state"] == "running":
+                self.states[node_id] = {**entry, "state": "finished", "value": entry["max"]}
+
+    def execution_start(self) -> None:
+        self._send("execution_start", {"timestamp": now_ms()}, keep=True)
+
+    def execution_cached(self, node_ids: list[str]) -> None:
+        self._send("execution_cached", {"nodes": list(node_ids), "timestamp": now_ms()}, keep=True)
+
+    def executing(self, node_id: str) -> None:
+        self._finish_running()
+        self._send("executing", {"node": node_id, "display_node": node_id})
+        self._progress_state(node_id, 0, 1, "running")
+
+    def progress(self, node_id: str, value: float, total: float) -> None:
+        self._send("progress", {"value": value, "max": total, "node": node_id})
+        self._progress_state(node_id, value, total, "running")
+
+    def preview(self, node_id: str, image: Any) -> None:
+        try:
+            encoded = encode_preview(image)
+        except Exception:  # a preview is a courtesy: never let it fail the node
+            log.exception("Could not encode a preview image from node %s.", node_id)
+            return
+        if encoded is None:
+            log.warning("Node %s sent a preview of type %s; expected a PIL image.", node_id, type(image).__name__)
+            return
+        meta = {
+            "node_id": node_id,
+            "prompt_id": self.rec.prompt_id,
+            "display_node_id": node_id,
+            "parent_node_id": None,
+            "real_node_id": node_id,
+        }
+        self.hub.send_preview(encoded[0], encoded[1], meta, self.sid)
+
+    def executed(self, node_id: str, ui: dict) -> None:
+        self.rec.outputs[node_id] = ui
+        self._send("executed", {"node": node_id, "display_node": node_id, "output": ui})
+
+    def execution_success(self) -> None:
+        self._finish_running()
+        self._send("execution_success", {"timestamp": now_ms()}, keep=True)
+
+    def execution_error(self, error: dict) -> None:
+        self.rec.error = error
+        self._send("execution_error", {**error, "timestamp": now_ms()}, keep=True)
+
+    def execution_interrupted(self, info: dict) -> None:
+        self._send("execution_interrupted", {**info, "timestamp": now_ms()}, keep=True)
+
+
+class PromptQueue:
+    """Pending prompts in priority order, the running one, and the worker thread that runs them."""
+
+    def __init__(self, executor: Executor, store: PromptStore, hub: Hub) -> None:
+        self.executor = executor
+        self.store = store
+        self.hub = hub
+        self.pending: list[PromptRecord] = []
+        self.running: PromptRecord | None = None
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._number = store.next_number()
+        self.on_finished: Callable[[PromptRecord], None] | None = None  # for tests and logging
+        for rec in store.recover():  # prompts that were waiting when the server stopped
+            self.pending.append(rec)
+
+    # ---- the queue, used by the HTTP handlers ----
+
+    def next_number(self, front: bool = False) -> int:
+        with self._cond:
+            number = self._number
+            self._number += 1
+        return -number if front else number
+
+    def put(self, rec: PromptRecord) -> None:
+        self.store.add(rec)
+        with self._cond:
+            self.pending.append(rec)
+            self.pending.sort(key=lambda r: (r.number, r.created_at))
+            self._cond.notify()
+        self.broadcast_status()
+
+    def remaining(self) -> int:
+        with self._cond:
+            return len(self.pending) + (self.running is not None)
+
+    def status(self) -> dict:
+        """The `status` message body: {"exec_info": {"queue_remaining": N}}."""
+        return {"exec_info": {"queue_remaining": self.remaining()}}
+
+    def broadcast_status(self) -> None:
+        self.hub.send("status", {"status": self.status()})
+
+    def snapshot(self) -> tuple[list[PromptRecord], list[PromptRecord]]:
+        """(running, pending) as lists, for /queue and /jobs."""
+        with self._cond:
+            return ([self.running] if self.running else []), list(self.pending)
+
+    def cancel(self, prompt_ids: list[str]) -> list[str]:
+        """Remove pending prompts; returns the ids that were removed."""
+        wanted = set(prompt_ids)
+        with self._cond:
+            removed = [r.prompt_id for r in self.pending if r.prompt_id in wanted]
+            self.pending = [r for r in self.pending if r.prompt_id not in wanted]
+        if removed:
+            self.store.mark_cancelled(removed)
+            self.broadcast_status()
+        return removed
+
+    def clear(self) -> list[str]:
+        with self._cond:
+            ids = [r.prompt_id for r in self.pending]
+        return self.cancel(ids)
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Stop the running prompt (only if it is `prompt_id`, when given). True when something was asked to stop."""
+        with self._cond:
+            running = self.running
+        if running is None or (prompt_id is not None and running.prompt_id != prompt_id):
+            return False
+        self.executor.interrupt()
+        return True
+
+    # ---- the worker ----
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="atelier-prompt-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to stop after the running prompt (which is interrupted) and wait for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self.executor.interrupt()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _take(self) -> PromptRecord | None:
+        with self._cond:
+            while not self.pending and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            self.running = self.pending.pop(0)
+            return self.running
+
+    def _work(self) -> None:
+        while (rec := self._take()) is not None:
+            try:
+                self._run(rec)
+            except Exception:  # a bug in the engine must not stop the queue
+                log.exception("Prompt %s failed outside any node.", rec.prompt_id)
+                rec.state = "error"
+                rec.error = {"exception_message": traceback.format_exc(limit=3), "node_id": None}
+                rec.ended_at = now_ms()
+                self.store.finish(rec)
+            finally:
+                with self._cond:
+                    self.running = None
+                self.hub.send("executing", {"node": None, "prompt_id": rec.prompt_id}, rec.client_id)
+                self.broadcast_status()
+                if self.on_finished is not None:
+                    self.on_finished(rec)
+
+    def _run(self, rec: PromptRecord) -> None:
+        rec.started_at = now_ms()
+        self.store.mark_running(rec.prompt_id, rec.started_at)
+        listener = PromptListener(self.hub, rec)
+        result = self.executor.execute(rec.prompt, rec.outputs_to_execute, listener, rec.extra_data)
+        rec.state = result.status
+        rec.outputs = {node_id: ui for node_id, ui in result.ui.items()}
+        rec.ended_at = now_ms()
+        self.store.finish(rec)

@@ -1,0 +1,302 @@
+"""Routes the editor needs to start and to describe the machine: users, settings, node definitions, models, stats.
+
+Shapes follow ComfyUI's server (see shared/reference/comfyui-api.md, section 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import struct
+import sys
+
+from aiohttp import web
+
+import atelier
+from atelier.server.files import MODEL_EXTENSIONS, MODEL_FOLDERS, UnsafePathError, files_under, safe_join
+from atelier.server.state import ServerState, add_api, error_text, state
+
+
+def feature_flags(st: ServerState) -> dict:
+    """What this server supports, sent as the WebSocket `feature_flags` reply and by GET /features."""
+    return {"supports_preview_metadata": True, "max_upload_size": st.limits.max_upload_bytes}
+
+
+# ---- users and settings ----
+
+
+async def users(request: web.Request) -> web.Response:
+    # A "users" key would switch the editor into multi-user mode with a login screen; Atelier has one local user.
+    return web.json_response({"storage": "server", "migrated": True})
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    return web.json_response(state(request).settings.all())
+
+
+async def post_settings(request: web.Request) -> web.Response:
+    try:
+        values = await request.json()
+    except ValueError:
+        return error_text(400, "The settings body is not JSON; expected an object of setting ids and values.")
+    if not isinstance(values, dict):
+        return error_text(400, "The settings body must be a JSON object of setting ids and values.")
+    state(request).settings.update(values)
+    return web.Response(status=200)
+
+
+async def get_setting(request: web.Request) -> web.Response:
+    return web.json_response(state(request).settings.get(request.match_info["id"]))
+
+
+async def post_setting(request: web.Request) -> web.Response:
+    try:
+        value = await request.json()
+    except ValueError:
+        return error_text(400, "The setting value is not JSON.")
+    state(request).settings.update({request.match_info["id"]: value})
+    return web.Response(status=200)
+
+
+async def extensions(request: web.Request) -> web.Response:
+    return web.json_response([])  # no custom-node scripts: the editor loads only its own core extensions
+
+
+# ---- nodes ----
+
+
+async def object_info(request: web.Request) -> web.Response:
+    return web.json_response(state(request).registry.object_info())
+
+
+async def object_info_one(request: web.Request) -> web.Response:
+    return web.json_response(state(request).registry.object_info(request.match_info["cls"]))
+
+
+# ---- machine ----
+
+
+def _memory() -> tuple[int, int]:
+    """(total, available) RAM in bytes, from sysconf (0, 0 where the platform does not tell)."""
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
+
+
+def _devices() -> list[dict]:
+    import torch  # imported here: the server itself does not need torch, only the nodes do
+
+    if torch.cuda.is_available():
+        found = []
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            found.append(
+                {
+                    "name": f"cuda:{index} {torch.cuda.get_device_name(index)}",
+                    "type": "cuda",
+                    "index": index,
+                    "vram_total": total,
+                    "vram_free": free,
+                    "torch_vram_total": torch.cuda.memory_reserved(index),
+                    "torch_vram_free": torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index),
+                }
+            )
+        return found
+    total, free = _memory()
+    kind = "mps" if torch.backends.mps.is_available() else "cpu"
+    return [
+        {
+            "name": kind,
+            "type": kind,
+            "index": None,
+            "vram_total": total,
+            "vram_free": free,
+            "torch_vram_total": total,
+            "torch_vram_free": free,
+        }
+    ]
+
+
+async def system_stats(request: web.Request) -> web.Response:
+    import torch
+
+    total, free = _memory()
+    system = {
+        "os": sys.platform,
+        "ram_total": total,
+        "ram_free": free,
+        "comfyui_version": atelier.__version__,
+        "atelier_version": atelier.__version__,
+        "python_version": sys.version,
+        "pytorch_version": torch.__version__,
+        "embedded_python": False,
+        "argv": state(request).argv,
+        "platform": platform.platform(),
+    }
+    return web.json_response({"system": system, "devices": _devices()})
+
+
+async def features(request: web.Request) -> web.Response:
+    return web.json_response(feature_flags(state(request)))
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    prompt_id = None
+    if request.can_read_body:
+        try:
+            body = await request.json()
+            prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        except ValueError:
+            pass  # the editor may post an empty body: interrupt whatever runs
+    state(request).queue.interrupt(prompt_id)
+    return web.Response(status=200)
+
+
+async def free(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = {}
+    unload, free_memory = bool(body.get("unload_models")), bool(body.get("free_memory"))
+    st = state(request)
+    if free_memory:
+        st.queue.executor.cache.clear()  # forget cached node outputs: the next prompt recomputes everything
+    if st.on_free is not None and (unload or free_memory):
+        st.on_free(unload, free_memory)
+    return web.Response(status=200)
+
+
+# ---- models ----
+
+
+def _model_names(request: web.Request, folder: str) -> list[str] | None:
+    path = state(request).data.model_folder(folder)
+    if path is None:
+        return None
+    return [p.relative_to(path).as_posix() for p in files_under(path, MODEL_EXTENSIONS)]
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response(list(MODEL_FOLDERS))
+
+
+async def models_in(request: web.Request) -> web.Response:
+    names = _model_names(request, request.match_info["folder"])
+    if names is None:
+        return error_text(404, f"No model folder {request.match_info['folder']!r}; expected one of {MODEL_FOLDERS}.")
+    return web.json_response(names)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    names = _model_names(request, "embeddings") or []
+    return web.json_response([os.path.splitext(n)[0] for n in names])
+
+
+async def experiment_models(request: web.Request) -> web.Response:
+    models_dir = state(request).data.models
+    return web.json_response([{"name": f, "folders": [str(models_dir / f)]} for f in MODEL_FOLDERS])
+
+
+async def experiment_models_in(request: web.Request) -> web.Response:
+    folder = state(request).data.model_folder(request.match_info["folder"])
+    if folder is None:
+        return error_text(404, f"No model folder {request.match_info['folder']!r}; expected one of {MODEL_FOLDERS}.")
+    entries = []
+    for path in files_under(folder, MODEL_EXTENSIONS):
+        info = path.stat()
+        entries.append(
+            {
+                "name": path.relative_to(folder).as_posix(),
+                "pathIndex": 0,
+                "modified": info.st_mtime,
+                "created": info.st_ctime,
+                "size": info.st_size,
+            }
+        )
+    return web.json_response(entries)
+
+
+def safetensors_metadata(path: os.PathLike) -> dict | None:
+    """The `__metadata__` of a .safetensors header (8-byte little-endian length, then JSON), or None."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            return None
+        (length,) = struct.unpack("<Q", head)
+        if length > 100 * 1024 * 1024:
+            return None
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+async def view_metadata(request: web.Request) -> web.Response:
+    folder = state(request).data.model_folder(request.match_info["folder"])
+    filename = request.query.get("filename", "")
+    if folder is None or not filename.endswith(".safetensors"):
+        return error_text(404, "Metadata is only read from .safetensors files in a model folder.")
+    try:
+        path = safe_join(folder, filename, what="model file")
+    except UnsafePathError as ex:
+        return error_text(ex.status, str(ex))
+    if not path.is_file():
+        return error_text(404, f"The model file {filename!r} does not exist.")
+    meta = safetensors_metadata(path)
+    return web.json_response(meta) if meta is not None else error_text(404, f"{filename!r} has no metadata.")
+
+
+# ---- small things the editor asks for ----
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error_text(404, "Not provided by Atelier.")
+
+
+async def logs(request: web.Request) -> web.Response:
+    return web.json_response("")
+
+
+async def raw_logs(request: web.Request) -> web.Response:
+    return web.json_response({"entries": [], "size": {"cols": 80, "rows": 24}})
+
+
+async def subscribe_logs(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def folder_paths(request: web.Request) -> web.Response:
+    models_dir = state(request).data.models
+    return web.json_response({f: [str(models_dir / f)] for f in MODEL_FOLDERS})
+
+
+def setup(app: web.Application) -> None:
+    add_api(app, "GET", "/users", users)
+    add_api(app, "GET", "/settings", get_settings)
+    add_api(app, "POST", "/settings", post_settings)
+    add_api(app, "GET", "/settings/{id}", get_setting)
+    add_api(app, "POST", "/settings/{id}", post_setting)
+    add_api(app, "GET", "/extensions", extensions)
+    add_api(app, "GET", "/object_info", object_info)
+    add_api(app, "GET", "/object_info/{cls}", object_info_one)
+    add_api(app, "GET", "/system_stats", system_stats)
+    add_api(app, "GET", "/features", features)
+    add_api(app, "POST", "/interrupt", interrupt)
+    add_api(app, "POST", "/free", free)
+    add_api(app, "GET", "/embeddings", embeddings)
+    add_api(app, "GET", "/models", models)
+    add_api(app, "GET", "/models/{folder}", models_in)
+    add_api(app, "GET", "/experiment/models", experiment_models)
+    add_api(app, "GET", "/experiment/models/{folder}", experiment_models_in)
+    add_api(app, "GET", "/view_metadata/{folder}", view_metadata)
+    add_api(app, "GET", "/i18n", not_found)  # the editor's own translations are enough (404 is tolerated)
+    add_api(app, "GET", "/global_subgraphs", not_found)  # no shared subgraph blueprints (non-200 = none)
+    app.router.add_get("/internal/logs", logs)
+    app.router.add_get("/internal/logs/raw", raw_logs)
+    app.router.add_patch("/internal/logs/subscribe", subscribe_logs)
+    app.router.add_get("/internal/folder_paths", folder_paths)

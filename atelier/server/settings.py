@@ -1,0 +1,66 @@
+"""The editor's settings: stored in user/default/comfy.settings.json, served over Atelier's private defaults.
+
+The ComfyUI frontend (1.27.10) talks to servers other than ours unless some settings say otherwise. Each default
+below was found by reading the frontend bundle (assets/GraphView-*.js, index-*.js); a setting the user changes in
+the editor is stored and wins over the default.
+
+- "Comfy.Notification.ShowVersionUpdates": False
+    The release store asks https://api.comfy.org/releases for news on every start (fetchReleases returns early
+    when this is off). /system_stats also lists "--disable-api-nodes" in argv, the frontend's second off switch.
+- "Comfy.Workflow.ShowMissingNodesWarning": False
+    The "missing nodes" dialog looks the missing node types up in the Comfy registry (api.comfy.org/nodes...).
+    Our /prompt still answers missing_node_type, and the editor still outlines unknown nodes in red.
+- "Comfy.Workflow.ShowMissingModelsWarning": False
+    The "missing models" dialog sends a HEAD request to every model URL a workflow mentions (huggingface.co...)
+    to show download sizes.
+- "Comfy.NodeBadge.ShowApiPricing": False
+    Price badges belong to paid API nodes, which Atelier does not have.
+
+Two outbound calls are not governed by settings: the error reporter (Sentry, to sentry.io, on Vue errors) and
+Firebase sign-in. frontend.py serves index.html with a Content-Security-Policy whose connect-src allows only this
+server, so the browser refuses both.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from atelier.server.files import write_atomic
+
+PRIVATE_DEFAULTS: dict[str, Any] = {
+    "Comfy.Notification.ShowVersionUpdates": False,
+    "Comfy.Workflow.ShowMissingNodesWarning": False,
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.NodeBadge.ShowApiPricing": False,
+}
+
+
+class Settings:
+    """Settings of the single local user: defaults overlaid with what the user stored."""
+
+    def __init__(self, user_dir: Path, defaults: dict[str, Any] | None = None) -> None:
+        self.path = user_dir / "comfy.settings.json"
+        self.defaults = dict(PRIVATE_DEFAULTS if defaults is None else defaults)
+        self._lock = threading.Lock()
+
+    def stored(self) -> dict[str, Any]:
+        """What the user changed (an unreadable file counts as empty rather than stopping the editor)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def all(self) -> dict[str, Any]:
+        return {**self.defaults, **self.stored()}
+
+    def get(self, setting_id: str) -> Any:
+        return self.all().get(setting_id)
+
+    def update(self, values: dict[str, Any]) -> None:
+        with self._lock:
+            merged = {**self.stored(), **values}
+            write_atomic(self.path, json.dumps(merged, indent=4).encode())
