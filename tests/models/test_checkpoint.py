@@ -464,3 +464,63 @@ def test_describe_unsupported_and_folder(models, tmp_path):
     assert "(unet/diffusion_pytorch_model.safetensors, " in text and "configs       from the config.json files" in text
     with pytest.raises(CheckpointError, match="does not exist"):
         describe_model(tmp_path / "gone.safetensors")
+
+
+# -- full size (run on purpose: pytest -m slow) -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_size_sd15_layout_round_trip(tmp_path):
+    """SD1.5-sized random models -> fp16 single file (1130 tensors, ~2.1 GB) -> Atelier (fp32) -> same outputs."""
+    import time
+
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512,
+    ).eval()
+    text = CLIPTextModel(
+        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+    ).eval()
+    for model in (unet, vae, text):  # fp16-representable weights, so the fp16 file holds them exactly
+        model.half().float()
+    path = save_checkpoint(tmp_path / "sd15.safetensors", *[m.half() for m in (unet, vae, text)])
+    for model in (unet, vae, text):
+        model.float()
+    plain = strip_metadata(path, tmp_path / "plain.safetensors")  # configs from the shapes, as for a real file
+    path.unlink()
+    assert len(load_file(plain)) == 686 + 248 + 196
+
+    start = time.perf_counter()
+    ckpt = load_checkpoint(plain, device="cpu")
+    seconds = time.perf_counter() - start
+    assert ckpt.unet_config == UNetConfig() and ckpt.vae_config == VAEConfig()
+    assert ckpt.text_encoder_config == TextEncoderConfig()
+    x, ctx = torch.randn(1, 4, 32, 32), torch.randn(1, 77, 768)
+    ids = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407] + [49407] * 70])
+    with torch.no_grad():
+        diffs = [
+            (ckpt.unet(x, T[:1], ctx) - unet(x, T[:1], ctx).sample).abs().max().item(),
+            (ckpt.vae.decode(LATENTS) - vae.decode(LATENTS).sample).abs().max().item(),
+            (ckpt.text_encoder(ids).last_hidden_state - text(ids).last_hidden_state).abs().max().item(),
+        ]
+    print(f"\nfull-size load: {seconds:.1f} s from {plain.stat().st_size / 1e9:.2f} GB; max abs diffs {diffs}")
+    assert max(diffs) <= 1e-4
+
+
+def test_diffusers_folder_problems(models, tmp_path):
+    folder = write_diffusers_folder(tmp_path / "sd2ish", models)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "cross_attention_dim": 1024}))
+    with pytest.raises(CheckpointError, match=r"^sd2ish looks like a Stable Diffusion 2\.x checkpoint \(found cross_"):
+        load_checkpoint(folder, device="cpu")
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"^sd2ish/vae has no weights file"):
+        load_checkpoint(folder, device="cpu")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(CheckpointError, match=r"^sd2ish is a StableDiffusionXLPipeline folder"):
+        load_checkpoint(folder, device="cpu")
