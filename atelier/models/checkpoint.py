@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +137,8 @@ _VAE_EXTRAS = ("loss.", "model_ema.")
 def _vae_names(names: list[str]) -> list[str]:
     """The names of a standalone VAE's weights among `names`, or [] when the file is more (or less) than a VAE."""
     vae = [n for n in names if n.removeprefix(keymap.VAE_PREFIX).startswith(_VAE_PARTS)]
-    others = [n for n in names if n not in set(vae) and not n.startswith(_VAE_EXTRAS)]
+    vae_set = set(vae)
+    others = [n for n in names if n not in vae_set and not n.startswith(_VAE_EXTRAS)]
     has_both = any(".encoder." in "." + n for n in vae) and any(".decoder." in "." + n for n in vae)
     return vae if has_both and not others else []
 
@@ -241,9 +241,10 @@ def infer_text_encoder_config(shapes: Mapping[str, tuple[int, ...]], what: str =
 
 
 def prediction_type(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> str:
-    """ "v" when the model says it predicts velocity (Salimans & Ho 2022), else "eps". SD files do not record this
-    in the weights; the signs used are a sibling .yaml (model.params.parameterization: "v", as A1111 reads it) and
-    a `v_pred` marker tensor (as ComfyUI reads it)."""
+    """The prediction target: "v" when the model says it predicts velocity (Salimans & Ho 2022), else "eps".
+
+    SD files do not record this in the weights; the signs used are a sibling .yaml (model.params.parameterization:
+    "v", as A1111 reads it) and a `v_pred` marker tensor (as ComfyUI reads it)."""
     if "v_pred" in shapes:
         return "v"
     yaml_path = path.with_suffix(".yaml")
@@ -272,10 +273,10 @@ def check_state(
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k]))
     if missing:
-        raise CheckpointError(f"{name}: {what} is missing {len(missing)} weight(s): {keymap._first(missing)}.")
+        raise CheckpointError(f"{name}: {what} is missing {len(missing)} weight(s): {keymap.first_names(missing)}.")
     if unexpected:
         raise CheckpointError(
-            f"{name}: {what} has {len(unexpected)} unexpected weight(s): {keymap._first(unexpected)}."
+            f"{name}: {what} has {len(unexpected)} unexpected weight(s): {keymap.first_names(unexpected)}."
         )
     if misshaped:
         k = misshaped[0]
@@ -290,8 +291,11 @@ def build_module(
 ) -> nn.Module:
     """`make()` built on the meta device (no memory, no random init), checked against `state`, then given the
     tensors of `state` (already in the target dtype) moved to `device`. Returns the module in eval mode."""
-    with torch.device("meta"):
-        module = make()
+    try:
+        with torch.device("meta"):
+            module = make()
+    except (ValueError, AssertionError, RuntimeError) as error:  # e.g. channels that GroupNorm cannot divide
+        raise CheckpointError(f"{name}: {what} cannot be built from its config ({error}).") from None
     check_state(state, {k: tuple(v.shape) for k, v in module.state_dict().items()}, what, name)
     state = {k: v.to(device) for k, v in state.items()}
     module.load_state_dict(state, strict=True, assign=True)
@@ -727,8 +731,3 @@ def parameter_counts(shapes: Mapping[str, tuple[int, ...]]) -> int:
             n *= d
         total += n
     return total
-
-
-def dtype_counts(dtypes: Mapping[str, torch.dtype]) -> Counter:
-    """How many tensors of each dtype, e.g. Counter({torch.float16: 1131})."""
-    return Counter(dtypes.values())

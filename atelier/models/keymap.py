@@ -197,7 +197,7 @@ def rename(state: Mapping[str, torch.Tensor], rows: Iterable[Row], to_sd: bool, 
             out[new_key] = tensor
     if unknown:
         raise CheckpointError(
-            f"{what} has {len(unknown)} weight(s) that do not fit its layout: {_first(unknown)}; "
+            f"{what} has {len(unknown)} weight(s) that do not fit its layout: {first_names(unknown)}; "
             "is it a Stable Diffusion 1.x model?"
         )
     if len(out) != len(state):
@@ -205,7 +205,8 @@ def rename(state: Mapping[str, torch.Tensor], rows: Iterable[Row], to_sd: bool, 
     return out
 
 
-def _first(keys: Iterable[str], count: int = 3) -> str:
+def first_names(keys: Iterable[str], count: int = 3) -> str:
+    """The first `count` of `keys` in sorted order, comma-separated, with "..." when there are more."""
     keys = sorted(keys)
     shown = ", ".join(keys[:count])
     return shown + (", ..." if len(keys) > count else "")

@@ -34,7 +34,12 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 # First bytes of files that are often given by mistake.
-_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"RIFF": "a WebP image"}
+_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"RIFF": "a RIFF media file (WebP, WAV or AVI)",
+}
 
 
 @dataclass(frozen=True)
