@@ -159,11 +159,11 @@ class PromptQueue:
 
     def put(self, rec: PromptRecord) -> None:
         self.store.add(rec)
-        with self._cond:
+        with self._cond:  # (a re-entrant lock: status() takes it again)
             self.pending.append(rec)
             self.pending.sort(key=lambda r: (r.number, r.created_at))
+            self.broadcast_status()  # posted before the worker wakes, so editors see "queued" before "started"
             self._cond.notify()
-        self.broadcast_status()
 
     def remaining(self) -> int:
         with self._cond:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import mimetypes
+import warnings
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
@@ -126,16 +127,18 @@ async def _read_form(request: web.Request, limit: int) -> tuple[dict[str, str], 
 
 def check_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
     """Open uploaded bytes as an image (size read from the header first), or raise an UploadError sentence."""
+    limit = f"the {max_pixels / 1e6:.0f} megapixel limit for uploads"
     try:
-        image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        with warnings.catch_warnings():  # PIL warns above its own limit; ours is checked just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only: no pixel is decoded yet
+    except Image.DecompressionBombError:  # PIL's own guard, for sizes far above ours
+        raise UploadError(400, f"The image {filename!r} has far more pixels than {limit}.") from None
+    except (UnidentifiedImageError, OSError):
         raise UploadError(400, f"The file {filename!r} is not an image; expected a PNG, JPEG or WebP file.") from None
     width, height = image.size
     if width * height > max_pixels:
-        mp = max_pixels / 1e6
-        raise UploadError(
-            400, f"The image {filename!r} is {width}x{height}, more than the {mp:.0f} megapixel limit for uploads."
-        )
+        raise UploadError(400, f"The image {filename!r} is {width}x{height}, more than {limit}.")
     try:
         image.load()  # decode fully: a truncated or corrupt file is refused now, not when a node reads it
     except (OSError, SyntaxError, ValueError):

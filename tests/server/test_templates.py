@@ -1,0 +1,103 @@
+"""The txt2img template: a valid UI workflow whose graph converts to the prompt one expects, with no placeholder."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from atelier.graph.registry import NodeRegistry
+from atelier.graph.schema import Input, NodeSchema, Output
+from atelier.graph.validation import validate_prompt
+from atelier.graph.workflow import ui_to_api
+from atelier.server.frontend import TEMPLATES_DIR, template_index
+
+
+def _node(name, inputs, outputs=(), output_node=False):
+    schema = NodeSchema(name=name, inputs=inputs, outputs=outputs, output_node=output_node)
+    return type(name, (), {"SCHEMA": schema, "run": lambda self, ctx, **kw: ()})
+
+
+def comfy_like_registry() -> NodeRegistry:
+    """The seven core nodes with ComfyUI's input names, order and ranges (reference section 5), no behaviour."""
+    return NodeRegistry(
+        [
+            _node(
+                "CheckpointLoaderSimple",
+                [Input("ckpt_name", "COMBO", options=["embedded.safetensors"])],
+                [Output("MODEL"), Output("CLIP"), Output("VAE")],
+            ),
+            _node(
+                "CLIPTextEncode",
+                [Input("text", "STRING", multiline=True), Input("clip", "CLIP")],
+                [Output("CONDITIONING")],
+            ),
+            _node(
+                "EmptyLatentImage",
+                [
+                    Input("width", "INT", default=512, min=16, max=16384),
+                    Input("height", "INT", default=512, min=16, max=16384),
+                    Input("batch_size", "INT", default=1, min=1, max=4096),
+                ],
+                [Output("LATENT")],
+            ),
+            _node(
+                "KSampler",
+                [
+                    Input("model", "MODEL"),
+                    Input("seed", "INT", default=0, min=0, max=2**64 - 1, control_after_generate=True),
+                    Input("steps", "INT", default=20, min=1, max=10000),
+                    Input("cfg", "FLOAT", default=8.0, min=0.0, max=100.0),
+                    Input("sampler_name", "COMBO", options=["euler", "heun"]),
+                    Input("scheduler", "COMBO", options=["normal", "karras"]),
+                    Input("positive", "CONDITIONING"),
+                    Input("negative", "CONDITIONING"),
+                    Input("latent_image", "LATENT"),
+                    Input("denoise", "FLOAT", default=1.0, min=0.0, max=1.0),
+                ],
+                [Output("LATENT")],
+            ),
+            _node("VAEDecode", [Input("samples", "LATENT"), Input("vae", "VAE")], [Output("IMAGE")]),
+            _node("SaveImage", [Input("images", "IMAGE"), Input("filename_prefix", "STRING")], output_node=True),
+        ]
+    )
+
+
+def test_txt2img_template_converts_to_the_classic_prompt():
+    workflow = json.loads((TEMPLATES_DIR / "atelier_txt2img.json").read_text())
+    prompt = ui_to_api(workflow, comfy_like_registry())
+    assert prompt["4"]["inputs"] == {"ckpt_name": "embedded.safetensors"}
+    assert prompt["5"]["inputs"] == {"width": 128, "height": 128, "batch_size": 1}
+    sampler = prompt["3"]["inputs"]
+    assert {k: sampler[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == {
+        "seed": 42,
+        "steps": 20,
+        "cfg": 7.5,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "denoise": 1.0,
+    }
+    assert sampler["model"] == ["4", 0] and sampler["positive"] == ["6", 0] and sampler["negative"] == ["7", 0]
+    assert sampler["latent_image"] == ["5", 0]
+    assert prompt["8"]["inputs"] == {"samples": ["3", 0], "vae": ["4", 2]}
+    assert prompt["9"]["inputs"] == {"images": ["8", 0], "filename_prefix": "Atelier"}
+    assert prompt["6"]["inputs"]["text"] and prompt["7"]["inputs"]["clip"] == ["4", 1]
+    result = validate_prompt(prompt, comfy_like_registry())
+    assert result.ok and result.outputs == ["9"] and result.node_errors == {}
+    # Node ids, link ids and the links listed on both ends agree.
+    assert workflow["last_node_id"] == max(n["id"] for n in workflow["nodes"])
+    assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
+    for link_id, origin, slot, target, target_slot, kind in workflow["links"]:
+        src = next(n for n in workflow["nodes"] if n["id"] == origin)
+        dst = next(n for n in workflow["nodes"] if n["id"] == target)
+        assert link_id in src["outputs"][slot]["links"] and dst["inputs"][target_slot]["link"] == link_id
+        assert src["outputs"][slot]["type"] == kind == dst["inputs"][target_slot]["type"]
+
+
+def test_every_listed_template_has_a_thumbnail():
+    index = template_index(TEMPLATES_DIR)
+    names = [t["name"] for t in index[0]["templates"]]
+    assert names == ["atelier_txt2img"]
+    for name in names:
+        with Image.open(TEMPLATES_DIR / f"{name}-1.webp") as thumb:
+            assert thumb.format == "WEBP" and thumb.size == (512, 512)
