@@ -6,6 +6,7 @@ import json
 import struct
 
 from atelier.server.frontend import frontend_root
+from atelier.server.state import STATE
 from tests.server.harness import async_test, post_prompt, server, wait_history
 from tests.server.stub_nodes import graph
 
@@ -247,3 +248,17 @@ async def test_api_only_server_without_frontend(tmp_path):
         resp = await client.get("/")
         assert resp.status == 404 and "comfyui-frontend-package" in await resp.text()
         assert (await client.get("/api/users")).status == 200
+
+
+@async_test
+async def test_free_and_interrupt_routes(tmp_path):
+    calls = []
+    async with server(tmp_path, on_free=lambda unload, free: calls.append((unload, free))) as client:
+        await wait_history(client, (await post_prompt(client, graph()))["prompt_id"])
+        executor = client.server.app[STATE].queue.executor
+        assert len(executor.cache) == 3
+        assert (await client.post("/api/free", json={"unload_models": True})).status == 200
+        assert len(executor.cache) == 3  # unloading models keeps the node outputs
+        assert (await client.post("/free", json={"unload_models": True, "free_memory": True})).status == 200
+        assert len(executor.cache) == 0 and calls == [(True, False), (True, True)]
+        assert (await client.post("/api/interrupt")).status == 200  # nothing running: nothing happens
