@@ -83,12 +83,14 @@ FAMILY_NAMES = {
 }
 
 
-def detect_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str]:
+def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None) -> tuple[str, str]:
     """(family, evidence) from the tensor names and shapes of a single file, e.g. ("sdxl", "conditioner.embedders.*").
 
     Checked in order from the most specific sign; SD1.x and SD2.x share the UNet layout and differ in the text
-    encoder (CLIP ViT-L, 768 wide vs OpenCLIP ViT-H, 1024 wide), hence the cross-attention context width.
+    encoder (CLIP ViT-L, 768 wide vs OpenCLIP ViT-H, 1024 wide), hence the cross-attention context width. A file
+    written by Atelier (its UNet config in `metadata`) is SD1.x-shaped whatever its widths.
     """
+    ours = metadata is not None and META_UNET in metadata
     names = list(shapes)
 
     def first(test: Callable[[str], bool]) -> str | None:
@@ -112,9 +114,9 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str]:
         return "sd2", "an OpenCLIP text encoder, cond_stage_model.model.*"
     if first(lambda n: n.startswith(keymap.UNET_PREFIX)):
         context = next((s[1] for n, s in shapes.items() if n.endswith("attn2.to_k.weight") and len(s) == 2), None)
-        if context == 1024:
+        if context == 1024 and not ours:
             return "sd2", "cross-attention context width 1024"
-        if context in (1280, 2048):
+        if context in (1280, 2048) and not ours:
             return "sdxl", f"cross-attention context width {context}"
         if not first(lambda n: n.startswith(keymap.TEXT_PREFIX)):
             return "unet", "model.diffusion_model.* but no cond_stage_model.transformer.*"
@@ -386,7 +388,7 @@ def single_file_configs(file: WeightsFile) -> Configs:
 
 def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
     file = WeightsFile(path)
-    family, evidence = detect_family(file.index.shapes)
+    family, evidence = detect_family(file.index.shapes, file.index.metadata)
     require_supported(family, evidence, file.name)
     configs = single_file_configs(file)
     if need_vae and configs.vae is None:

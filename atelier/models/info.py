@@ -41,7 +41,7 @@ def describe_model(path: str | Path) -> str:
 def _describe_file(path: Path) -> list[str]:
     file = WeightsFile(path)
     shapes = file.index.shapes
-    family, evidence = checkpoint.detect_family(shapes)
+    family, evidence = checkpoint.detect_family(shapes, file.index.metadata)
     lines = [
         path.name,
         _row("file", f"{_size(path.stat().st_size)}, {file.format}, {_tensor_summary(file.index.dtypes)}"),
@@ -67,7 +67,8 @@ def _describe_file(path: Path) -> list[str]:
     if split["ignored"]:
         lines.append(_row("other", _ignored(split["ignored"])))
     lines += _config_lines(configs)
-    extra = {k: v for k, v in file.index.metadata.items() if not k.startswith("atelier.")}
+    configs_keys = (checkpoint.META_UNET, checkpoint.META_VAE, checkpoint.META_TEXT)
+    extra = {k: v for k, v in file.index.metadata.items() if k not in configs_keys}
     if extra:
         lines.append(_row("metadata", ", ".join(f"{k}={_short(v)}" for k, v in sorted(extra.items()))))
     return lines

@@ -167,8 +167,14 @@ def test_single_file_matches_source_models_and_diffusers_converter(models, sd_fi
 
 
 def test_metadata_round_trip_with_our_modules(tmp_path):
-    """Our own modules with configs the shapes cannot reveal (2 heads, 8 GroupNorm groups) reload exactly."""
-    unet, vae, text = UNet(UNetConfig.tiny()), VAE(VAEConfig.tiny()), CLIPTextEncoder(TextEncoderConfig.tiny())
+    """Our own modules with configs the shapes cannot reveal (2 heads, 8 GroupNorm groups) reload exactly, here
+    with the embedded model's particulars: a text projection, attention at the lowest level, context width 1024
+    (which in a file without our metadata would mean SD 2.x)."""
+    unet_config = dataclasses.replace(UNetConfig.tiny(), cross_attention_levels=(False, True), context_dim=1024)
+    text_config = dataclasses.replace(
+        TextEncoderConfig.tiny(), width=1024, mlp_width=64, projection_dim=16, vocab_size=1000
+    )
+    unet, vae, text = UNet(unet_config), VAE(VAEConfig.tiny()), CLIPTextEncoder(text_config)
     path = save_checkpoint(tmp_path / "ours.safetensors", unet, vae, text, metadata={"note": "hello"})
     assert sorted(os.listdir(tmp_path)) == ["ours.safetensors"]  # no temporary file left behind
     ckpt = load_checkpoint(path, device="cpu")
