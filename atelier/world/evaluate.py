@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from atelier.errors import InputError
 from atelier.world.encoders import AttributeClassifier
 from atelier.world.scene import Scene, SceneObject, SceneSpec, relations_between
 from atelier.world.vocab import BACKGROUNDS, COLOURS, KINDS, SIZES
@@ -81,7 +82,8 @@ def read_images(classifier: AttributeClassifier, images: torch.Tensor, batch: in
         for b in range(len(chunk)):
             objects = [
                 SceneObject(KINDS[kind[b, i] - 1], COLOURS[colour[b, i]], SIZES[size[b, i]], CELLS[i])
-                for i in range(9) if kind[b, i] > 0
+                for i in range(9)
+                if kind[b, i] > 0
             ]
             readings.append(Reading(objects, BACKGROUNDS[bg[b]]))
     return readings
@@ -111,61 +113,80 @@ def classifier_accuracy(readings: Sequence[Reading], scenes: Sequence[Scene]) ->
 # Scoring a reading against what a prompt asked for
 # --------------------------------------------------------------------------------------------------------------
 
+POINTS = ("kind", "colour", "size", "cell", "background", "relation")  # the kinds of points a prompt can earn
 
-def _object_points(want, got: SceneObject) -> tuple[int, int]:
-    """(points scored, points possible) for one requested object matched to one seen object."""
-    possible, scored = 2, 1 + (got.colour == want.colour)  # kind (matched on kind), colour
-    if want.size is not None:
-        possible += 1
-        scored += got.size == want.size
-    if want.cell is not None:
-        possible += 1
-        scored += tuple(got.cell) == tuple(want.cell)
-    return scored, possible
+
+def _pairings(reading: Reading, spec: SceneSpec, chosen: tuple = ()) -> Iterator[tuple[SceneObject | None, ...]]:
+    """Every way to give each requested object a distinct seen object of its kind, or None (not found)."""
+    if len(chosen) == len(spec.objects):
+        yield chosen
+        return
+    want = spec.objects[len(chosen)]
+    for got in reading.objects:
+        if got.kind == want.kind and all(got is not c for c in chosen):
+            yield from _pairings(reading, spec, (*chosen, got))
+    yield from _pairings(reading, spec, (*chosen, None))
+
+
+def _points(reading: Reading, spec: SceneSpec, paired: tuple[SceneObject | None, ...]) -> dict[str, list[int]]:
+    """{point kind: [scored, possible]} for one pairing of requested objects with seen ones."""
+    points = {name: [0, 0] for name in POINTS}
+
+    def check(name: str, ok: bool) -> None:
+        points[name][0] += bool(ok)
+        points[name][1] += 1
+
+    for want, got in zip(spec.objects, paired, strict=True):
+        check("kind", got is not None)
+        check("colour", got is not None and got.colour == want.colour)
+        if want.size is not None:
+            check("size", got is not None and got.size == want.size)
+        if want.cell is not None:
+            check("cell", got is not None and tuple(got.cell) == tuple(want.cell))
+    if spec.background is not None:
+        check("background", reading.background == spec.background)
+    for rel in spec.relations:
+        a, b = paired[rel.subject], paired[rel.object]
+        check("relation", a is not None and b is not None and rel.relation in relations_between(a, b))
+    return points
+
+
+def score_points(reading: Reading, spec: SceneSpec) -> dict[str, tuple[int, int]]:
+    """{point kind: (scored, possible)} for one generated image and the spec of its prompt.
+
+    Each requested object is paired with a distinct seen object of its kind, choosing the pairing that scores
+    most in all (relations included); a missing object scores none of its points, and so do the relations that
+    name it. Objects the prompt did not ask for cost nothing.
+    """
+    best = max(
+        (_points(reading, spec, p) for p in _pairings(reading, spec)), key=lambda pts: sum(s for s, _ in pts.values())
+    )
+    return {name: (s, p) for name, (s, p) in best.items()}
 
 
 def score(reading: Reading, spec: SceneSpec) -> tuple[int, int]:
-    """(points scored, points possible) for one generated image and the spec of its prompt.
-
-    Each requested object is paired with a distinct seen object of its kind, choosing the pairing that scores
-    most (a missing object scores 0 of its points); then the background and the relations are checked.
-    """
-    best: tuple[int, list[SceneObject | None]] = (-1, [])
-
-    def assign(i: int, used: set[int], chosen: list[SceneObject | None], total: int) -> None:
-        nonlocal best
-        if i == len(spec.objects):
-            if total > best[0]:
-                best = (total, list(chosen))
-            return
-        want = spec.objects[i]
-        options = [j for j, o in enumerate(reading.objects) if j not in used and o.kind == want.kind]
-        for j in options:
-            got = reading.objects[j]
-            assign(i + 1, used | {j}, [*chosen, got], total + _object_points(want, got)[0])
-        assign(i + 1, used, [*chosen, None], total)
-
-    assign(0, set(), [], 0)
-    scored, possible = 0, 0
-    for want, got in zip(spec.objects, best[1], strict=True):
-        s, p = _object_points(want, got) if got is not None else (0, _object_points(want, want)[1])
-        scored, possible = scored + s, possible + p
-    if spec.background is not None:
-        possible += 1
-        scored += reading.background == spec.background
-    for rel in spec.relations:
-        possible += 1
-        a, b = best[1][rel.subject], best[1][rel.object]
-        scored += a is not None and b is not None and rel.relation in relations_between(a, b)
-    return scored, possible
+    """(points scored, points possible) for one generated image and the spec of its prompt."""
+    points = score_points(reading, spec).values()
+    return sum(s for s, _ in points), sum(p for _, p in points)
 
 
 def adherence(readings: Sequence[Reading], specs: Sequence[SceneSpec]) -> float:
+    """The fraction of all stated attributes that the images show (points scored / points possible)."""
     scored = possible = 0
     for reading, spec in zip(readings, specs, strict=True):
         s, p = score(reading, spec)
         scored, possible = scored + s, possible + p
     return scored / max(1, possible)
+
+
+def adherence_by_point(readings: Sequence[Reading], specs: Sequence[SceneSpec]) -> dict[str, float | None]:
+    """Adherence per kind of point (kind, colour, size, cell, background, relation); None where none was asked."""
+    totals = {name: [0, 0] for name in POINTS}
+    for reading, spec in zip(readings, specs, strict=True):
+        for name, (s, p) in score_points(reading, spec).items():
+            totals[name][0] += s
+            totals[name][1] += p
+    return {name: (s / p if p else None) for name, (s, p) in totals.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,13 +196,18 @@ def adherence(readings: Sequence[Reading], specs: Sequence[SceneSpec]) -> float:
 
 @torch.no_grad()
 def features(classifier: AttributeClassifier, images: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """Images (N, 3, H, W) in [-1, 1] -> (N, C) float64: the classifier backbone's feature map, averaged."""
     device = next(classifier.parameters()).device
     out = [classifier.backbone(c.to(device).float()).mean(dim=(2, 3)).double().cpu() for c in images.split(batch)]
     return torch.cat(out).numpy()
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2), the FID formula on any features."""
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2), the FID formula on any features (N, D) and (M, D)."""
+    if len(a) < 2 or len(b) < 2 or a.shape[1:] != b.shape[1:]:
+        raise InputError(
+            f"A Fréchet distance needs two sets of at least 2 feature vectors of one size, got {a.shape} and {b.shape}."
+        )
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     # (S_a S_b)^1/2 via the symmetric form S_a^1/2 S_b S_a^1/2, whose square root has the same trace.
@@ -192,34 +218,45 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_sqrt)
 
 
-def _render_labelled_chunk(seed: int, start: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray, list]:
+def _render_labelled_chunk(
+    seed: int, start: int, count: int, size: int, train: bool
+) -> tuple[np.ndarray, np.ndarray, list]:
     from atelier.world.scene import render, sample_scene
 
     images = np.empty((count, size, size, 3), np.uint8)
     labels = np.empty((count, 28), np.int64)
     scenes = []
     for j in range(count):
-        scene = sample_scene(random.Random(seed * 1_000_003 + start + j), train=False)  # all pairs, held-out too
+        scene = sample_scene(random.Random(seed * 1_000_003 + start + j), train=train)
         images[j], labels[j] = render(scene, size), scene_labels(scene)
         scenes.append(scene)
     return images, labels, scenes
 
 
-def render_labelled(seed: int, count: int, size: int = 128, workers: int = 1, start: int = 0):
-    """`count` random scenes (every kind-colour pair, held-out ones included: the classifier must know them all)
-    as uint8 images (N, size, size, 3), their labels (N, 28) and the scenes."""
+def render_labelled(
+    seed: int, count: int, size: int = 128, workers: int = 1, start: int = 0, train: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[Scene]]:
+    """`count` random scenes as uint8 images (N, size, size, 3), their labels (N, 28) and the scenes.
+
+    By default every kind-colour pair may appear, held-out ones included (the classifier must know them all);
+    `train=True` draws only training pairs, as the English eval prompts do (the reference set of the Fréchet
+    distance).
+    """
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     step = max(1, min(4096, -(-count // max(1, workers))))
-    jobs = [(seed, s, min(step, start + count - s), size) for s in range(start, start + count, step)]
+    jobs = [(seed, s, min(step, start + count - s), size, train) for s in range(start, start + count, step)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
             parts = list(pool.map(_render_labelled_chunk, *zip(*jobs, strict=True)))
     else:
         parts = [_render_labelled_chunk(*job) for job in jobs]
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            [s for p in parts for s in p[2]])
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        [s for p in parts for s in p[2]],
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -242,4 +279,3 @@ def prompt_pairs(n: int, seed: int, held_out: bool = False) -> list[tuple[str, s
         assert spec == spec_fr, "captions.describe must make the same choices in both languages"
         out.append((en, fr, spec))
     return out
-
