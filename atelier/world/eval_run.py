@@ -1,0 +1,623 @@
+"""`atelier eval`: how well does the embedded model draw what it is asked? Seven figures, each with its bar.
+
+1. The judge first: the attribute classifier's accuracy on fresh renders, per attribute (bar: every one >= 98%).
+2. Prompt adherence (evaluate.py: one point per stated attribute) on fresh English prompts at CFG 7.5 (>= 90%).
+3. The same on held-out (kind, colour) pairs the model never saw in training (>= 80%): does it compose?
+4. French prompts of the very same scenes, same seeds (within 3 points of English): is it bilingual?
+5. A CFG sweep 1..30 on a subset of the English prompts; CFG 1 (no guidance) must be clearly lower than 7.5.
+6. Fréchet distance on classifier features, generated vs rendered, next to rendered vs rendered (its floor).
+7. Seconds per image on the device used, batched and alone.
+
+Writes report.json (every figure and per-prompt score), report.md (tables), cfg_sweep.png and samples.png.
+
+Prompts are generated many at a time: their contexts are stacked along the batch, and each prompt starts from
+the noise of its own seed, so image k is the one `atelier generate "<prompt k>" --seed <seed + k>` makes alone
+(up to the rounding that a different batch size brings on some devices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from atelier.errors import CheckpointError, InputError
+from atelier.images import tensor_to_pil
+from atelier.pipeline import DiffusionModel, SamplerSettings, decode, empty_latent, encode_prompt
+from atelier.sampling.denoisers import start_latent
+from atelier.sampling.guidance import cfg_denoiser
+from atelier.sampling.noise import check_seed, initial_noise, seeded_noise_sampler
+from atelier.sampling.samplers import SAMPLERS
+from atelier.sampling.schedules import sigmas_for
+from atelier.world.encoders import AttributeClassifier
+from atelier.world.evaluate import (
+    adherence,
+    adherence_by_point,
+    classifier_accuracy,
+    features,
+    frechet_distance,
+    new_classifier,
+    prompt_pairs,
+    read_images,
+    render_labelled,
+    score,
+)
+
+if TYPE_CHECKING:
+    from atelier.models.checkpoint import Checkpoint
+    from atelier.world.scene import SceneSpec
+
+# The bars of the issue "The embedded default model".
+CLASSIFIER_BAR = 0.98  # every attribute
+ENGLISH_BAR = 0.90
+HELD_OUT_BAR = 0.80
+FRENCH_GAP_BAR = 0.03  # |French - English|, in adherence (3 points of percentage)
+CFG1_GAP_BAR = 0.05  # "clearly lower": CFG 1 at least 5 points below the main CFG
+
+# Each set of scenes has its own stream (evaluate.py seeds scene k of stream t with t * 1_000_003 + k). Streams
+# start at 7e6 so their scenes are not those of training: dataset.py seeds training item i with seed * 2**32 + i
+# and the classifier stage renders streams seed + 5 (seed + 999 for its own check).
+_STREAMS = ("prompts", "held_out", "classifier", "reference_a", "reference_b")
+
+
+def stream(seed: int, name: str) -> int:
+    return 7_000_000 + 16 * seed + _STREAMS.index(name)
+
+
+def log(message: str) -> None:
+    print(f"[eval] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_classifier(extras: Path, device: torch.device) -> AttributeClassifier:
+    """The attribute classifier stored as `classifier.*` in the model's extras file (see train.pack), in fp32."""
+    from safetensors.torch import load_file
+
+    if not extras.is_file():
+        raise CheckpointError(f"{extras} does not exist; expected the model's extras file with the classifier.")
+    state = {
+        k[len("classifier.") :]: v.float() for k, v in load_file(str(extras)).items() if k.startswith("classifier.")
+    }
+    if not state:
+        raise CheckpointError(f"{extras} holds no classifier.* weights; pack the model after its classifier stage.")
+    classifier = new_classifier()
+    classifier.load_state_dict(state)
+    return classifier.to(device).eval()
+
+
+def to_unit(images: np.ndarray) -> Tensor:
+    """uint8 images (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], what the classifier reads."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Many prompts per sampler call
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_seeded(
+    model: DiffusionModel,
+    positive: Tensor,
+    negative: Tensor,
+    seeds: Sequence[int],
+    settings: SamplerSettings,
+    size: int,
+) -> Tensor:
+    """txt2img for B prompts at once, prompt i from the noise of seeds[i]: RAW latents (B, 4, size/8, size/8).
+
+    The same steps as pipeline.sample (denoise 1), except for the noise: `sample` draws one (B, 4, h, w) tensor from
+    one seed, here each image draws its own (1, 4, h, w) from its own seed, as it would alone, and so does the
+    per-step noise of ancestral and SDE samplers.
+    """
+    latent = empty_latent(size, size, len(seeds))  # (B, 4, h, w) zeros
+    sigmas = sigmas_for(settings.scheduler, model.schedule, settings.steps, 1.0).to(model.device)
+    noise = torch.cat([initial_noise(check_seed(s), (1, *latent.shape[1:])) for s in seeds]).to(model.device)
+    x = start_latent(model.schedule, sigmas, noise, latent.to(model.device))  # (B, 4, h, w), sigma_max noise
+    streams = [seeded_noise_sampler(x[i : i + 1], s) for i, s in enumerate(seeds)]
+
+    def noise_sampler(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        return torch.cat([draw(sigma, sigma_next) for draw in streams])  # (B, 4, h, w)
+
+    # positive (B, 77, D), negative (1, 77, D): the guidance wrapper runs [cond; uncond] as one batch of 2B.
+    guided = cfg_denoiser(model.denoiser(), positive.to(model.device), negative.to(model.device), settings.cfg)
+    x = SAMPLERS[settings.sampler](guided, x, sigmas, noise_sampler=noise_sampler)
+    return x / model.latent_scale
+
+
+@torch.no_grad()
+def generate_many(
+    ckpt: Checkpoint,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    settings: SamplerSettings,
+    size: int,
+    batch: int = 100,
+    negative: str = "",
+) -> np.ndarray:
+    """One image per prompt, `batch` prompts per sampler call: uint8 (N, size, size, 3), as the saved PNGs hold."""
+    settings.check()
+    model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor)
+    uncond = encode_prompt(ckpt.text_encoder, ckpt.tokenizer, negative)  # (1, 77, D), shared by every prompt
+    contexts = [encode_prompt(ckpt.text_encoder, ckpt.tokenizer, p) for p in prompts]  # each (1, 77 * chunks, D)
+    # Contexts stack only at equal length: prompts longer than 75 tokens (never in this world) go in batches apart.
+    by_length: dict[int, list[int]] = {}
+    for i, c in enumerate(contexts):
+        by_length.setdefault(c.shape[1], []).append(i)
+    out = np.empty((len(prompts), size, size, 3), np.uint8)
+    for group in by_length.values():
+        for start in range(0, len(group), batch):
+            idx = group[start : start + batch]
+            positive = torch.cat([contexts[i] for i in idx])  # (B, 77, D)
+            latent = sample_seeded(model, positive, uncond, [seeds[i] for i in idx], settings, size)
+            out[idx] = np.stack([np.asarray(im) for im in tensor_to_pil(decode(ckpt.vae, latent))])
+    return out
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scoring sets of prompts
+# --------------------------------------------------------------------------------------------------------------
+
+
+def score_set(
+    classifier: AttributeClassifier,
+    images: np.ndarray,
+    prompts: Sequence[str],
+    specs: Sequence[SceneSpec],
+    seeds: Sequence[int],
+) -> dict[str, Any]:
+    """Adherence of generated images to their prompts, in all and per kind of point, and each prompt's score."""
+    readings = read_images(classifier, to_unit(images))
+    rows = [[p, s, *score(r, spec)] for p, s, r, spec in zip(prompts, seeds, readings, specs, strict=True)]
+    return {
+        "prompts": len(prompts),
+        "adherence": adherence(readings, specs),
+        "by_point": adherence_by_point(readings, specs),
+        "per_prompt": rows,  # [prompt, seed, points scored, points possible]
+    }
+
+
+def bar(name: str, value: float | None, target: str, passed: bool | None) -> dict[str, Any]:
+    return {"name": name, "value": value, "target": target, "passed": passed}
+
+
+def bars(report: dict[str, Any], cfg: float) -> list[dict[str, Any]]:
+    """Each bar of the issue with its measured value and pass/fail (None: not measured in this run)."""
+    acc = report["classifier"]["accuracy"]
+    adh = report["adherence"]
+    en, fr, ho = adh["english"]["adherence"], adh["french"]["adherence"], adh["held_out"]["adherence"]
+    sweep = {row["cfg"]: row["adherence"] for row in report["cfg_sweep"]}
+    low = sweep.get(1.0)
+    gap = None if low is None or cfg not in sweep else sweep[cfg] - low
+    return [
+        bar(
+            "classifier accuracy, lowest attribute",
+            min(acc.values()),
+            f">= {CLASSIFIER_BAR:.0%}",
+            min(acc.values()) >= CLASSIFIER_BAR,
+        ),
+        bar(f"adherence, English, CFG {cfg:g}", en, f">= {ENGLISH_BAR:.0%}", en >= ENGLISH_BAR),
+        bar("adherence, held-out pairs", ho, f">= {HELD_OUT_BAR:.0%}", ho >= HELD_OUT_BAR),
+        bar("French minus English", fr - en, f"within {FRENCH_GAP_BAR * 100:g} points", abs(fr - en) <= FRENCH_GAP_BAR),
+        bar(
+            f"CFG {cfg:g} minus CFG 1",
+            gap,
+            f">= {CFG1_GAP_BAR * 100:g} points",
+            None if gap is None else gap >= CFG1_GAP_BAR,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pictures: the CFG sweep plot and a contact sheet of samples, drawn with PIL
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans when the system has it (Pillow's built-in font lacks accented letters such as "à")."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size)
+
+
+def plot_cfg_sweep(cfgs: Sequence[float], values: Sequence[float], path: Path, title: str, target: float) -> None:
+    """Adherence (%) against CFG: axes, ticks, labels, the bar as a dashed line, the points joined by a line."""
+    w, h, left, right, top, bottom = 720, 440, 80, 30, 50, 70
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    small, font = _font(14), _font(16)
+    # CFG spans 1..30: a log axis spaces the usual values (1, 3, 5, 7.5, 10) evenly enough to read.
+    log_x = min(cfgs) > 0
+    fx = (lambda c: math.log(c)) if log_x else (lambda c: c)
+    lo, hi = fx(min(cfgs)), fx(max(cfgs))
+    pad = 0.05 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+
+    def px(c: float) -> float:
+        return left + (fx(c) - lo) / (hi - lo) * (w - left - right)
+
+    def py(v: float) -> float:
+        return h - bottom - v / 100 * (h - top - bottom)
+
+    for v in range(0, 101, 20):  # y grid, ticks and labels
+        d.line([(left, py(v)), (w - right, py(v))], fill=(228, 228, 228))
+        d.line([(left - 5, py(v)), (left, py(v))], fill="black")
+        d.text((left - 9, py(v)), f"{v}", fill="black", font=small, anchor="rm")
+    for c in cfgs:  # x ticks at the measured CFG values
+        d.line([(px(c), h - bottom), (px(c), h - bottom + 5)], fill="black")
+        d.text((px(c), h - bottom + 9), f"{c:g}", fill="black", font=small, anchor="mt")
+    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black", width=2)
+    for x0 in range(left, w - right, 12):  # the bar, dashed
+        d.line([(x0, py(target * 100)), (min(x0 + 6, w - right), py(target * 100))], fill=(200, 40, 40), width=1)
+    d.text((left + 6, py(target * 100) - 4), f"bar {target:.0%}", fill=(200, 40, 40), font=small, anchor="lb")
+    points = [(px(c), py(v * 100)) for c, v in zip(cfgs, values, strict=True)]
+    if len(points) > 1:
+        d.line(points, fill=(40, 90, 200), width=3)
+    for (x, y), v in zip(points, values, strict=True):
+        d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(40, 90, 200), outline="white")
+        d.text((x, y - 9), f"{v:.0%}", fill=(40, 90, 200), font=small, anchor="mb")
+    d.text((w / 2, 14), title, fill="black", font=font, anchor="mt")
+    d.text(
+        ((left + w - right) / 2, h - 22),
+        "CFG scale" + (" (log axis)" if log_x else ""),
+        fill="black",
+        font=font,
+        anchor="mm",
+    )
+    label = Image.new("RGB", (200, 24), "white")
+    ImageDraw.Draw(label).text((100, 12), "adherence (%)", fill="black", font=font, anchor="mm")
+    img.paste(label.rotate(90, expand=True), (8, (top + h - bottom) // 2 - 100))
+    img.save(path)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line]
+
+
+def sample_sheet(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], path: Path, cell: int = 192) -> None:
+    """A contact sheet: one row per (title, images (N, H, W, 3), captions), each image above its caption."""
+    font, title_font = _font(13), _font(16)
+    text_h, title_h, gap = 72, 26, 8
+    cols = max(len(images) for _, images, _ in rows)
+    img = Image.new("RGB", (gap + cols * (cell + gap), len(rows) * (title_h + cell + text_h + gap)), "white")
+    d = ImageDraw.Draw(img)
+    y = 0
+    for title, images, captions in rows:
+        d.text((gap, y + 5), title, fill="black", font=title_font)
+        y += title_h
+        for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
+            x = gap + i * (cell + gap)
+            resample = Image.Resampling.NEAREST if image.shape[0] * 2 <= cell else Image.Resampling.LANCZOS
+            img.paste(Image.fromarray(image).resize((cell, cell), resample), (x, y))
+            for j, line in enumerate(_wrap(d, caption, font, cell)[:4]):
+                d.text((x, y + cell + 3 + 16 * j), line, fill=(40, 40, 40), font=font)
+        y += cell + text_h + gap
+    img.save(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The report as Markdown tables
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def _points(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:+.1f} points"
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    out = [
+        "# Evaluation of the embedded model",
+        "",
+        f"Model `{r['model']}`, classifier from `{r['extras']}`; {r['speed']['device']}. Images {r['image_size']} px,"
+        f" CFG {s['cfg']:g}, {s['steps']} steps, {s['sampler']}/{s['scheduler']}, seed {s['seed']},"
+        f" batch {s['batch']}. Made by `atelier eval` ({r['seconds_total']:.0f} s in all).",
+        "",
+        "## Bars",
+        "",
+        "| figure | measured | bar | result |",
+        "|---|---|---|---|",
+    ]
+    for b in r["bars"]:
+        shown = _points(b["value"]) if "minus" in b["name"] else _pct(b["value"])
+        result = {True: "pass", False: "**FAIL**", None: "not measured"}[b["passed"]]
+        out.append(f"| {b['name']} | {shown} | {b['target']} | {result} |")
+    acc = r["classifier"]["accuracy"]
+    out += [
+        "",
+        f"## 1. The judge: classifier accuracy on {r['classifier']['renders']} fresh renders",
+        "",
+        "| " + " | ".join(acc) + " |",
+        "|" + "---|" * len(acc),
+        "| " + " | ".join(_pct(v) for v in acc.values()) + " |",
+        "",
+        "Kind is scored on all 9 cells (empty included); colour and size on the occupied cells.",
+        "",
+        f"## 2-4. Prompt adherence at CFG {s['cfg']:g} (one point per stated attribute)",
+        "",
+        "| prompt set | prompts | adherence | kind | colour | size | cell | background | relation |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"english": "English", "french": "French (same scenes and seeds)", "held_out": "held-out pairs (English)"}
+    for key, name in names.items():
+        a = r["adherence"][key]
+        by = " | ".join(_pct(a["by_point"][k]) for k in ("kind", "colour", "size", "cell", "background", "relation"))
+        out.append(f"| {name} | {a['prompts']} | {_pct(a['adherence'])} | {by} |")
+    out += [
+        "",
+        f"## 5. CFG sweep (the first {s['sweep_prompts']} English prompts, same seeds)",
+        "",
+        "| CFG | " + " | ".join(f"{row['cfg']:g}" for row in r["cfg_sweep"]) + " |",
+        "|---|" + "---|" * len(r["cfg_sweep"]),
+        "| adherence | " + " | ".join(_pct(row["adherence"]) for row in r["cfg_sweep"]) + " |",
+        "",
+        "![adherence against CFG](cfg_sweep.png)",
+        "",
+        "## 6. Image quality: Fréchet distance on the classifier's features",
+        "",
+        f"| generated (English, CFG {s['cfg']:g}) vs rendered | rendered vs rendered (the floor) | images per set |",
+        "|---|---|---|",
+        f"| {r['frechet']['generated_vs_rendered']:.3f} | {r['frechet']['rendered_vs_rendered']:.3f} |"
+        f" {r['frechet']['images']} |",
+        "",
+        "Rendered sets are independent draws of scenes with training pairs, as the English prompts have. The same",
+        "formula as FID (Heusel et al. 2017), on the 256 pooled features of the classifier instead of Inception's.",
+        "",
+        "## 7. Speed",
+        "",
+        f"| device | seconds per image, batches of {s['batch']} | seconds for one image alone |",
+        "|---|---|---|",
+        f"| {r['speed']['device']} | {r['speed']['seconds_per_image']:.4f}"
+        f" | {r['speed']['single_image_seconds']:.3f} |",
+        "",
+        "Batched time covers prompt encoding, sampling and decoding (not loading); one image alone is timed after a"
+        " warm-up run.",
+        "",
+        "## Samples",
+        "",
+        "![samples](samples.png)",
+        "",
+        f'English image k is `atelier generate "<prompt k>" --seed {s["seed"]}+k --cfg {s["cfg"]:g}'
+        f" --steps {s['steps']}`; every prompt and its score is in report.json.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _cfg_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 <= v <= 100 for v in values):
+        raise InputError(f"--cfg-sweep must list CFG values from 0 to 100 separated by commas, got {text!r}.")
+    return sorted(set(values))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="atelier eval", description=__doc__.split("\n")[0])
+    p.add_argument("--model", help="checkpoint to evaluate (default: the embedded model)")
+    p.add_argument("--extras", type=Path, help="file with the classifier (default: <model stem>-extras.safetensors)")
+    p.add_argument("--prompts", type=int, default=500, help="prompts per set (English, French, held-out)")
+    p.add_argument("--renders", type=int, default=2000, help="fresh renders for the classifier's accuracy")
+    p.add_argument("--cfg", type=float, default=7.5, help="CFG of the main sets")
+    p.add_argument("--cfg-sweep", default="1,3,5,7.5,10,15,30", help="CFG values of the sweep, comma-separated")
+    p.add_argument("--sweep-prompts", type=int, default=200, help="English prompts per CFG value of the sweep")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sampler", default="euler")
+    p.add_argument("--scheduler", default="normal")
+    p.add_argument("--batch", type=int, default=100, help="prompts per sampler call")
+    p.add_argument("--seed", type=int, default=0, help="image k of a set uses seed + k; the prompt sets follow it")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
+    p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU, half on GPU)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="render processes")
+    p.add_argument("--samples", type=int, default=8, help="images per row of samples.png")
+    p.add_argument("--out", type=Path, default=Path("docs/eval"), help="folder for the report files")
+    args = p.parse_args(argv)
+    args.cfg_sweep = _cfg_list(args.cfg_sweep)
+    if args.prompts < 2:
+        raise InputError(f"--prompts must be at least 2 (a Fréchet distance needs two images), got {args.prompts}.")
+    if not 1 <= args.sweep_prompts <= args.prompts:
+        raise InputError(f"--sweep-prompts must be from 1 to --prompts ({args.prompts}), got {args.sweep_prompts}.")
+    for name in ("renders", "batch", "workers"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    return args
+
+
+def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure of the report, as a dict (what report.json holds)."""
+    from atelier.device import pick_device
+    from atelier.models.checkpoint import load_checkpoint
+    from atelier.models.library import native_size, resolve_model
+
+    started = time.perf_counter()
+    settings = SamplerSettings(
+        seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler, scheduler=args.scheduler
+    )
+    settings.check()
+    check_seed(args.seed)
+    device = pick_device(args.device)
+    path = resolve_model(args.model)
+    extras = args.extras or path.with_name(path.stem + "-extras.safetensors")
+    ckpt = load_checkpoint(path, device=device, dtype=args.dtype)
+    classifier = load_classifier(extras, device)
+    size = native_size(path)
+    n = args.prompts
+    log(f"{path.name} on {device} ({ckpt.dtype}), {size} px images; classifier from {extras.name}")
+
+    # 1. The judge on fresh renders of every kind-colour pair.
+    renders, _, scenes = render_labelled(stream(args.seed, "classifier"), args.renders, size, args.workers)
+    accuracy = classifier_accuracy(read_images(classifier, to_unit(renders)), scenes)
+    log(f"classifier accuracy on {args.renders} renders: {accuracy}")
+
+    # 7 (part): one image alone, timed after a warm-up run of the same size.
+    pairs, held = prompt_pairs(n, stream(args.seed, "prompts")), prompt_pairs(n, stream(args.seed, "held_out"), True)
+    english, french, specs = (list(x) for x in zip(*pairs, strict=True))
+    held_prompts, _, held_specs = (list(x) for x in zip(*held, strict=True))
+    seeds = [args.seed + k for k in range(n)]
+    generate_many(ckpt, english[:1], seeds[:1], settings, size, 1)
+    _, single = timed(lambda: generate_many(ckpt, english[:1], seeds[:1], settings, size, 1))
+
+    # 2-4. English, French (same scenes, same seeds), held-out pairs.
+    images, seconds = {}, {}
+    for key, prompts in (("english", english), ("french", french), ("held_out", held_prompts)):
+        images[key], seconds[key] = timed(lambda p=prompts: generate_many(ckpt, p, seeds, settings, size, args.batch))
+        log(f"{key}: {n} images in {seconds[key]:.1f} s")
+    scored = {
+        "english": score_set(classifier, images["english"], english, specs, seeds),
+        "french": score_set(classifier, images["french"], french, specs, seeds),
+        "held_out": score_set(classifier, images["held_out"], held_prompts, held_specs, seeds),
+    }
+    log("adherence: " + ", ".join(f"{k} {v['adherence']:.3f}" for k, v in scored.items()))
+
+    # 5. The CFG sweep on the first English prompts; the main CFG's images are those already made.
+    m = args.sweep_prompts
+    sweep = []
+    for cfg in args.cfg_sweep:
+        if cfg == args.cfg:
+            made = images["english"][:m]
+        else:
+            swept = SamplerSettings(
+                seed=args.seed, steps=args.steps, cfg=cfg, sampler=args.sampler, scheduler=args.scheduler
+            )
+            made = generate_many(ckpt, english[:m], seeds[:m], swept, size, args.batch)
+        value = adherence(read_images(classifier, to_unit(made)), specs[:m])
+        sweep.append({"cfg": cfg, "adherence": value, "prompts": m})
+        log(f"CFG {cfg:g}: adherence {value:.3f}")
+
+    # 6. Fréchet distance on classifier features: generated vs rendered, and two rendered sets (the floor).
+    ref_a, _, _ = render_labelled(stream(args.seed, "reference_a"), n, size, args.workers, train=True)
+    ref_b, _, _ = render_labelled(stream(args.seed, "reference_b"), n, size, args.workers, train=True)
+    f_gen, f_a, f_b = (features(classifier, to_unit(x)) for x in (images["english"], ref_a, ref_b))
+    frechet = {
+        "generated_vs_rendered": frechet_distance(f_gen, f_a),
+        "rendered_vs_rendered": frechet_distance(f_b, f_a),
+        "images": n,
+    }
+    log(f"Fréchet distance: {frechet}")
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    report: dict[str, Any] = {
+        "model": str(path),
+        "extras": str(extras),
+        "image_size": size,
+        "settings": {
+            "cfg": args.cfg,
+            "steps": args.steps,
+            "sampler": args.sampler,
+            "scheduler": args.scheduler,
+            "seed": args.seed,
+            "batch": args.batch,
+            "prompts": n,
+            "sweep_prompts": m,
+            "renders": args.renders,
+        },
+        "classifier": {"renders": args.renders, "accuracy": accuracy},
+        "adherence": scored,
+        "cfg_sweep": sweep,
+        "frechet": frechet,
+        "speed": {
+            "device": f"{device_name} ({str(ckpt.dtype).removeprefix('torch.')})",
+            "seconds_per_image": seconds["english"] / n,
+            "batch": args.batch,
+            "single_image_seconds": single,
+        },
+    }
+    report["bars"] = bars(report, args.cfg)
+    report["seconds_total"] = time.perf_counter() - started
+    report["_images"] = images  # for the pictures; dropped before writing
+    return report
+
+
+def write_report(report: dict[str, Any], out: Path, samples: int = 8) -> list[Path]:
+    """report.json, report.md, cfg_sweep.png and samples.png in `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = report.pop("_images", None)
+    paths = [out / "report.json", out / "report.md", out / "cfg_sweep.png"]
+    paths[0].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths[1].write_text(report_markdown(report), encoding="utf-8")
+    s = report["settings"]
+    plot_cfg_sweep(
+        [row["cfg"] for row in report["cfg_sweep"]],
+        [row["adherence"] for row in report["cfg_sweep"]],
+        paths[2],
+        f"Prompt adherence vs CFG ({s['sweep_prompts']} English prompts, {s['steps']} steps, {s['sampler']})",
+        ENGLISH_BAR,
+    )
+    if images is not None:
+        rows = []
+        for key, title in (
+            ("english", "English"),
+            ("french", "French, same scenes and seeds"),
+            ("held_out", "Held-out kind-colour pairs"),
+        ):
+            k = min(samples, len(images[key]))
+            captions = [f"{p} [{sc}/{po}]" for p, _, sc, po in report["adherence"][key]["per_prompt"][:k]]
+            rows.append(
+                (
+                    f"{title} (CFG {s['cfg']:g}, seeds {s['seed']}..{s['seed'] + k - 1}; [points scored/possible])",
+                    images[key][:k],
+                    captions,
+                )
+            )
+        paths.append(out / "samples.png")
+        sample_sheet(rows, paths[-1])
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = evaluate_model(args)
+    for path in write_report(report, args.out, args.samples):
+        print(path)
+    for b in report["bars"]:
+        result = {True: "pass", False: "FAIL", None: "not measured"}[b["passed"]]
+        value = "-" if b["value"] is None else f"{b['value']:.3f}"
+        log(f"{b['name']}: {value} (bar {b['target']}): {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
