@@ -18,6 +18,7 @@ the noise of its own seed, so image k is the one `atelier generate "<prompt k>" 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -481,14 +482,20 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     path = resolve_model(args.model)
     extras = args.extras or path.with_name(path.stem + "-extras.safetensors")
+    size, n = native_size(path), args.prompts
+
+    # Every render first, before the GPU is touched (the render workers are forked): the classifier's test set
+    # (every kind-colour pair) and two reference sets for the Fréchet distance (training pairs, as the prompts).
+    renders, _, scenes = render_labelled(stream(args.seed, "classifier"), args.renders, size, args.workers)
+    ref_a, _, _ = render_labelled(stream(args.seed, "reference_a"), n, size, args.workers, train=True)
+    ref_b, _, _ = render_labelled(stream(args.seed, "reference_b"), n, size, args.workers, train=True)
+    log(f"rendered {args.renders} + 2 x {n} scenes at {size} px in {time.perf_counter() - started:.1f} s")
+
     ckpt = load_checkpoint(path, device=device, dtype=args.dtype)
     classifier = load_classifier(extras, device)
-    size = native_size(path)
-    n = args.prompts
-    log(f"{path.name} on {device} ({ckpt.dtype}), {size} px images; classifier from {extras.name}")
+    log(f"{path.name} on {device} ({ckpt.dtype}); classifier from {extras.name}")
 
     # 1. The judge on fresh renders of every kind-colour pair.
-    renders, _, scenes = render_labelled(stream(args.seed, "classifier"), args.renders, size, args.workers)
     accuracy = classifier_accuracy(read_images(classifier, to_unit(renders)), scenes)
     log(f"classifier accuracy on {args.renders} renders: {accuracy}")
 
@@ -519,17 +526,13 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         if cfg == args.cfg:
             made = images["english"][:m]
         else:
-            swept = SamplerSettings(
-                seed=args.seed, steps=args.steps, cfg=cfg, sampler=args.sampler, scheduler=args.scheduler
-            )
+            swept = dataclasses.replace(settings, cfg=cfg)
             made = generate_many(ckpt, english[:m], seeds[:m], swept, size, args.batch)
         value = adherence(read_images(classifier, to_unit(made)), specs[:m])
         sweep.append({"cfg": cfg, "adherence": value, "prompts": m})
         log(f"CFG {cfg:g}: adherence {value:.3f}")
 
     # 6. Fréchet distance on classifier features: generated vs rendered, and two rendered sets (the floor).
-    ref_a, _, _ = render_labelled(stream(args.seed, "reference_a"), n, size, args.workers, train=True)
-    ref_b, _, _ = render_labelled(stream(args.seed, "reference_b"), n, size, args.workers, train=True)
     f_gen, f_a, f_b = (features(classifier, to_unit(x)) for x in (images["english"], ref_a, ref_b))
     frechet = {
         "generated_vs_rendered": frechet_distance(f_gen, f_a),
