@@ -3,7 +3,7 @@
 
 start:
 	@scripts/setup.sh
-	.venv/bin/atelier serve
+	.venv/bin/atelier serve --data-dir atelier-data
 
 test:
 	@scripts/setup.sh test

@@ -1,4 +1,4 @@
-"""`atelier` command line: generate, info, train (and, as they land, run, serve, eval).
+"""`atelier` command line: generate, serve, run, info, train, eval.
 
 Every user error ends as one sentence on stderr and exit code 2; nothing is written before all inputs check out.
 """
@@ -71,10 +71,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     graph = api_graph(params if args.seed != -1 else result.params,
                       args.init_image.name if args.init_image else None, args.mask.name if args.mask else None)
-    text = {"prompt": json.dumps(graph), "parameters": a1111_parameters(result.params)}
-    workflow = _ui_workflow(graph)
-    if workflow is not None:
-        text["workflow"] = json.dumps(workflow)
+    text = {
+        "prompt": json.dumps(graph),
+        "workflow": json.dumps(_ui_workflow(graph)),
+        "parameters": a1111_parameters(result.params),
+    }
     for i, image in enumerate(result.images):
         path = save_png(image, next_free_path(args.out, args.prefix), text)
         print(path)
@@ -84,14 +85,116 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ui_workflow(graph: dict) -> dict | None:
-    """The editor's UI graph for an API graph, when the node registry is available."""
+def _ui_workflow(graph: dict) -> dict:
+    """The editor's UI graph for an API graph (node layout, links, widget values in the editor's order)."""
+    from atelier.graph.nodes import default_registry
+    from atelier.graph.workflow import api_to_ui
+
+    return api_to_ui(graph, default_registry(Path.cwd(), files=None))
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the web server: the lab and the node editor, on the embedded model")
+    p.add_argument("--port", type=int, default=8188)
+    p.add_argument("--listen", action="store_true", help="accept connections from other machines (0.0.0.0)")
+    p.add_argument("--data-dir", type=Path, default=Path("atelier-data"),
+                   help="inputs, outputs, history, user workflows and models/ (ComfyUI layout)")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from atelier.server.app import run_server
+
+    return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir)
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a workflow (API or editor JSON, or a PNG made by Atelier/ComfyUI) headless")
+    p.add_argument("workflow", type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="change an input before running, e.g. --set 3.seed=42 or --set KSampler.steps=30")
+    p.add_argument("--data-dir", type=Path, default=Path("atelier-data"),
+                   help="where inputs are read and outputs written (as for serve)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_run)
+
+
+def _apply_set(prompt: dict, assignment: str) -> None:
+    """`NODE.INPUT=VALUE`: NODE is a node id or a class name used once; VALUE is JSON or plain text."""
+    target, sep, raw = assignment.partition("=")
+    node, dot, name = target.rpartition(".")
+    if not sep or not dot or not node or not name:
+        raise InputError(f"--set {assignment!r} is not of the form NODE.INPUT=VALUE (e.g. 3.seed=42).")
+    ids = [node] if node in prompt else [i for i, n in prompt.items() if n.get("class_type") == node]
+    if len(ids) != 1:
+        found = "no node" if not ids else f"{len(ids)} nodes ({', '.join(ids)})"
+        raise InputError(f"--set {assignment!r}: {found} match {node!r}; use a node id.")
     try:
-        from atelier.graph.nodes import default_registry
-        from atelier.graph.workflow import api_to_ui
-    except ImportError:
-        return None
-    return api_to_ui(graph, default_registry())
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    prompt[ids[0]].setdefault("inputs", {})[name] = value
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from atelier.graph.executor import ExecutionListener, Executor
+    from atelier.graph.nodes import default_registry
+    from atelier.graph.validation import validate_prompt
+    from atelier.graph.workflow import load_workflow
+    from atelier.server.files import DataDir, OutputFiles
+
+    data = DataDir(args.data_dir)
+    registry = default_registry(data.root, OutputFiles(data), device=args.device)
+    loaded = load_workflow(args.workflow, registry)
+    prompt = loaded.prompt
+    for assignment in args.set:
+        _apply_set(prompt, assignment)
+    check = validate_prompt(prompt, registry)
+    if not check.ok:
+        details = "; ".join(
+            f"node {n} ({e['class_type']}): {err['message']} {err['details']}".strip()
+            for n, e in check.node_errors.items() for err in e["errors"]
+        ) or check.error["message"]
+        raise InputError(f"The workflow {args.workflow} does not validate: {details}.")
+
+    class Progress(ExecutionListener):
+        bar = None
+
+        def executing(self, node_id: str) -> None:
+            print(f"node {node_id} {prompt[node_id]['class_type']}", file=sys.stderr)
+
+        def progress(self, node_id: str, value: float, total: float) -> None:
+            if self.bar is None or self.bar.total != total or value <= 1:
+                if self.bar is not None:
+                    self.bar.close()
+                self.bar = tqdm(total=total, unit="step", file=sys.stderr, leave=False)
+            self.bar.update(value - self.bar.n)
+
+    listener = Progress()
+    result = Executor(registry).execute(check.prompt, check.outputs, listener,
+                                        {"extra_pnginfo": {"workflow": loaded.workflow}})
+    if listener.bar is not None:
+        listener.bar.close()
+    if result.status != "success":
+        message = (result.error or {}).get("exception_message", result.status)
+        raise InputError(f"The workflow stopped at node {(result.error or {}).get('node_id')}: {message}")
+    for ui in result.ui.values():
+        for ref in ui.get("images", []):
+            print(data.folder(ref["type"]) / ref.get("subfolder", "") / ref["filename"])
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score the embedded model (see atelier/world/eval_run.py)", add_help=False)
+    p.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from atelier.world.eval_run import main as eval_main
+
+    return eval_main(args.rest)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -137,10 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="atelier", description="Atelier : Architecture de la Diffusion")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_serve(sub)
+    _add_run(sub)
     _add_info(sub)
     _add_train(sub)
+    _add_eval(sub)
     args, rest = parser.parse_known_args(argv)
-    if args.command != "train" and rest:
+    if args.command not in ("train", "eval") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -80,6 +80,7 @@ class DiffusionModel:
     unet: UNet
     latent_scale: float  # the VAE's scaling_factor: sampler latents = raw latents * latent_scale
     schedule: DiscreteSchedule = dataclasses.field(default_factory=DiscreteSchedule.scaled_linear)
+    preview: Tensor | None = None  # (5, 3) raw latent -> RGB map for live previews (see fit_latent_to_rgb)
 
     @property
     def device(self) -> torch.device:
@@ -91,6 +92,86 @@ class DiffusionModel:
 
     def denoiser(self) -> Denoiser:
         return Denoiser(self.unet, self.schedule, self.unet.config.prediction, dtype=self.dtype)
+
+
+@dataclasses.dataclass
+class Cond:
+    """One entry of a conditioning (ComfyUI's CONDITIONING is a list of them).
+
+    A context the UNet attends to, optionally limited to a rectangle of the image (ConditioningSetArea) with a
+    strength. Entries are combined at every step by averaging their predictions where they overlap (weighted by
+    strength, with soft 8-pixel edges), which is how area composition places different prompts in different parts.
+    """
+
+    context: Tensor  # (1, T, D)
+    area: tuple[int, int, int, int] | None = None  # (height, width, y, x) in LATENT pixels; None: everywhere
+    strength: float = 1.0
+
+
+def _area_weight(cond: Cond, x: Tensor) -> tuple[tuple[slice, slice], Tensor]:
+    """Where a Cond applies in x (B, C, h, w) and its weight there, feathered over 8 latent pixels at inner edges."""
+    h, w = x.shape[-2:]
+    if cond.area is None:
+        return (slice(0, h), slice(0, w)), torch.full((1, 1, h, w), float(cond.strength))
+    ah, aw, y, x0 = cond.area
+    y, x0 = min(y, h - 1), min(x0, w - 1)
+    ah, aw = min(ah, h - y), min(aw, w - x0)
+    weight = torch.full((1, 1, ah, aw), float(cond.strength))
+    ramp = 8
+    for t in range(min(ramp, ah, aw)):
+        f = (t + 1) / ramp
+        if y != 0:
+            weight[:, :, t, :] *= f
+        if y + ah < h:
+            weight[:, :, ah - 1 - t, :] *= f
+        if x0 != 0:
+            weight[:, :, :, t] *= f
+        if x0 + aw < w:
+            weight[:, :, :, aw - 1 - t] *= f
+    return (slice(y, y + ah), slice(x0, x0 + aw)), weight
+
+
+def composed_denoiser(denoise: Callable[..., Tensor], conds: list[Cond]) -> Callable[..., Tensor]:
+    """x0 for a list of Conds: each predicts on its area, predictions are averaged with their weights."""
+
+    def combined(x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        total = torch.zeros_like(x)
+        count = torch.full_like(x, 1e-37)  # a pixel no Cond covers keeps x0 = 0 instead of dividing by zero
+        for cond in conds:
+            (ys, xs), weight = _area_weight(cond, x)
+            weight = weight.to(x.device, x.dtype)
+            crop = x[:, :, ys, xs]
+            context = cond.context.to(x.device).expand(x.shape[0], -1, -1)
+            total[:, :, ys, xs] += denoise(crop, sigma, context=context, **kwargs) * weight
+            count[:, :, ys, xs] += weight
+        return total / count
+
+    return combined
+
+
+def _as_conds(conditioning: Tensor | Sequence[Cond]) -> list[Cond]:
+    return [Cond(conditioning)] if isinstance(conditioning, Tensor) else list(conditioning)
+
+
+def guide(denoise: Callable[..., Tensor], positive: list[Cond], negative: list[Cond], scale: float):
+    """Classifier-free guidance over conditionings. The common case, one full-image context on each side, runs
+    cond and uncond as one batch (guidance.cfg_denoiser); area compositions combine their entries first."""
+    simple = all(len(c) == 1 and c[0].area is None and c[0].strength == 1.0 for c in (positive, negative))
+    if simple:
+        return cfg_denoiser(denoise, positive[0].context, negative[0].context, scale)
+    cond_fn, uncond_fn = composed_denoiser(denoise, positive), composed_denoiser(denoise, negative)
+    trace = GuidanceTrace(scale=float(scale), skipped_uncond=math.isclose(scale, 1.0))
+
+    def guided(x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        trace.calls += 1
+        cond = cond_fn(x, sigma, **kwargs)
+        if trace.skipped_uncond:
+            return cond
+        uncond = uncond_fn(x, sigma, **kwargs)
+        return uncond + (cond - uncond) * scale
+
+    guided.trace = trace  # type: ignore[attr-defined]
+    return guided
 
 
 @dataclasses.dataclass
@@ -168,8 +249,8 @@ def prepare_mask(mask: Tensor, latent: Tensor) -> Tensor:
 def sample(
     model: DiffusionModel,
     latent: Tensor,
-    positive: Tensor,
-    negative: Tensor,
+    positive: Tensor | Sequence[Cond],
+    negative: Tensor | Sequence[Cond],
     settings: SamplerSettings,
     *,
     noise_mask: Tensor | None = None,
@@ -181,7 +262,9 @@ def sample(
     on_step: OnStep | None = None,
     interrupt: threading.Event | None = None,
 ) -> SampleResult:
-    """Denoise `latent` (RAW, (B, 4, h, w)) guided by the positive and negative contexts: ComfyUI's KSampler.
+    """Denoise `latent` (RAW, (B, 4, h, w)) guided by the positive and negative conditionings: ComfyUI's KSampler.
+
+    A conditioning is a context tensor (1, T, D) from `encode_prompt`, or a list of `Cond` (areas, strengths).
 
     - txt2img: an all-zero latent and denoise 1: sampling starts from pure noise at sigma_max.
     - img2img: an encoded image and denoise < 1: the image is noised to a middle sigma and sampling starts there.
@@ -208,7 +291,7 @@ def sample(
     noise = initial_noise(seed, latent.shape, batch_index).to(device) if add_noise else torch.zeros_like(scaled)
     x = start_latent(model.schedule, sigmas, noise, scaled) if len(sigmas) > 1 else scaled
 
-    guided = cfg_denoiser(model.denoiser(), positive.to(device), negative.to(device), settings.cfg)
+    guided = guide(model.denoiser(), _as_conds(positive), _as_conds(negative), settings.cfg)
     denoise: Callable[..., Tensor] = guided
     if noise_mask is not None:
         mask = prepare_mask(noise_mask, scaled)

@@ -133,8 +133,13 @@ def serve(
 def default_registry(data: DataDir) -> NodeRegistry:
     """The real SD nodes (atelier/graph/nodes.py), writing their files through this data directory."""
     from atelier.graph.nodes import default_registry as build  # heavy (torch, models): imported only to serve
+    from atelier.models.paths import ModelPaths
 
-    return build(data.models, files=OutputFiles(data))
+    models = ModelPaths(data.root)
+    extra = data.root / "extra_model_paths.yaml"  # as ComfyUI: reuse the model folders of other tools
+    if extra.is_file():
+        models.add_extra_paths_yaml(extra)
+    return build(models, files=OutputFiles(data))
 
 
 def run_server(

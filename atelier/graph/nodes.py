@@ -1,0 +1,810 @@
+"""The core Stable Diffusion nodes, with ComfyUI's class names, input names, defaults and ranges.
+
+Each node is a thin, readable wrapper around atelier/pipeline.py: the graph is the same engine as the CLI and the
+lab. Value types follow ComfyUI so saved workflows run unchanged:
+
+    MODEL         pipeline.DiffusionModel (UNet + schedule + latent scale)
+    CLIP          ClipModel (text encoder + tokenizer + which layer to stop at)
+    VAE           models.vae.VAE
+    CONDITIONING  list[pipeline.Cond]
+    LATENT        {"samples": RAW latents (B, 4, h, w), "noise_mask"?: (B, 1, H, W), "batch_index"?: [int]}
+    IMAGE         float (B, H, W, 3) in [0, 1]
+    MASK          float (B, H, W) in [0, 1]
+
+Nodes need files and models; `default_registry(models, files)` binds them to an environment (a subclass per node
+with `env` set), so the registry holds no global state and tests can build one per temporary folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from atelier.graph.registry import NodeRegistry
+from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
+from atelier.models.library import EMBEDDED_NAME, embedded_model_path, latent_rgb
+from atelier.models.paths import ModelPaths
+from atelier.pipeline import (
+    Cond,
+    DiffusionModel,
+    SamplerSettings,
+    Step,
+    decode,
+    encode,
+    encode_prompt,
+    fit_latent_to_rgb,
+    sample,
+)
+from atelier.sampling.samplers import SAMPLERS
+from atelier.sampling.schedules import SCHEDULERS
+
+MAX_RESOLUTION = 16384
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+UPSCALE_LATENT = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
+UPSCALE_IMAGE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+
+
+@dataclasses.dataclass
+class NodeEnvironment:
+    """What nodes reach outside the graph: model folders, the file API of the server, device and dtype."""
+
+    models: ModelPaths
+    files: Any  # atelier.server.files.OutputFiles: save_image, input_path, input_images
+    device: str | None = None
+    dtype: str | None = None
+
+    def checkpoint_names(self) -> list[str]:
+        names = self.models.list("checkpoints")
+        return [EMBEDDED_NAME, *[n for n in names if n != EMBEDDED_NAME]]
+
+    def checkpoint_path(self, name: str) -> Path:
+        if name == EMBEDDED_NAME and EMBEDDED_NAME not in self.models.list("checkpoints"):
+            return embedded_model_path()
+        return self.models.resolve("checkpoints", name)
+
+
+@dataclasses.dataclass
+class ClipModel:
+    """What ComfyUI calls CLIP: the text encoder, its tokenizer, and the layer to stop at (1 = last)."""
+
+    text_encoder: Any
+    tokenizer: Any
+    clip_skip: int = 1
+
+
+class _Node:
+    env: NodeEnvironment  # set on the bound subclass made by default_registry
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tensor conventions
+# --------------------------------------------------------------------------------------------------------------
+
+
+def image_to_vae(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B, H, W, 3) in [0, 1] -> (B, 3, H, W) in [-1, 1], cropped to multiples of 8 (as ComfyUI)."""
+    h, w = image.shape[1] // 8 * 8, image.shape[2] // 8 * 8
+    return image[:, :h, :w, :3].permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+def vae_to_image(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> IMAGE (B, H, W, 3) in [0, 1]."""
+    return ((images.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
+def image_to_pil(image: torch.Tensor) -> list[Image.Image]:
+    array = (image.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    return [Image.fromarray(a[..., :3]) for a in array]
+
+
+def pil_to_image(pil: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def _resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, height, width); width or height 0 keeps the aspect ratio; crop "center" fills."""
+    h, w = x.shape[-2:]
+    if width == 0 and height == 0:
+        return x
+    if width == 0:
+        width = max(1, round(w * height / h))
+    if height == 0:
+        height = max(1, round(h * width / w))
+    if crop == "center":
+        old, new = w / h, width / height
+        if old > new:
+            cut = round(w - w * new / old) // 2
+            x = x[..., :, cut : w - cut]
+        elif old < new:
+            cut = round(h - h * old / new) // 2
+            x = x[..., cut : h - cut, :]
+    if method == "lanczos":
+        pils = [Image.fromarray((c.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)) for c in x]
+        out = [np.asarray(p.resize((width, height), Image.Resampling.LANCZOS), np.float32) / 255.0 for p in pils]
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    if method == "bislerp":
+        return _bislerp(x, width, height)
+    mode = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}[method]
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(x, size=(height, width), mode=mode, **kwargs)
+
+
+def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of channel vectors (dim 1): keeps the latent's norm, unlike a plain lerp."""
+    na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    ua, ub = a / na.clamp_min(1e-8), b / nb.clamp_min(1e-8)
+    dot = (ua * ub).sum(dim=1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+    omega = torch.acos(dot)
+    so = torch.sin(omega).clamp_min(1e-8)
+    direction = torch.sin((1 - t) * omega) / so * ua + torch.sin(t * omega) / so * ub
+    direction = torch.where(dot > 1 - 1e-5, (1 - t) * ua + t * ub, direction)
+    return direction * ((1 - t) * na + t * nb)
+
+
+def _bislerp(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Bilinear resampling with slerp instead of lerp, along rows then columns (ComfyUI's "bislerp" idea)."""
+
+    def along(v: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+        n = v.shape[dim]
+        pos = (torch.arange(size, dtype=torch.float32) + 0.5) * n / size - 0.5
+        pos = pos.clamp(0, n - 1)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=n - 1)
+        t = (pos - lo).view(*([1] * dim), size, *([1] * (v.ndim - dim - 1)))
+        return _slerp(v.index_select(dim, lo), v.index_select(dim, hi), t)
+
+    return along(along(x.float(), height, 2), width, 3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------------------------
+
+
+class CheckpointLoaderSimple(_Node):
+    SCHEMA = NodeSchema(
+        name="CheckpointLoaderSimple",
+        display_name="Load Checkpoint",
+        category="loaders",
+        description="Loads a diffusion model checkpoint: the UNet (MODEL), the text encoder (CLIP) and the VAE.",
+        inputs=[Input("ckpt_name", "COMBO", options=(), tooltip="The checkpoint to load.")],
+        outputs=[
+            Output("MODEL", tooltip="The denoising UNet."),
+            Output("CLIP", tooltip="The text encoder that turns prompts into conditioning."),
+            Output("VAE", tooltip="The autoencoder between images and latents."),
+        ],
+    )
+
+    def run(self, ctx: NodeContext, ckpt_name: str) -> tuple:
+        from atelier.models.checkpoint import load_checkpoint
+
+        path = self.env.checkpoint_path(ckpt_name)
+        ckpt = load_checkpoint(path, device=self.env.device, dtype=self.env.dtype)
+        stored = latent_rgb(path)
+        preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
+        model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor, preview=preview)
+        return model, ClipModel(ckpt.text_encoder, ckpt.tokenizer), ckpt.vae
+
+
+class VAELoader(_Node):
+    SCHEMA = NodeSchema(
+        name="VAELoader",
+        display_name="Load VAE",
+        category="loaders",
+        inputs=[Input("vae_name", "COMBO", options=())],
+        outputs=[Output("VAE")],
+    )
+
+    def run(self, ctx: NodeContext, vae_name: str) -> tuple:
+        from atelier.models.checkpoint import load_vae
+
+        return (load_vae(self.env.models.resolve("vae", vae_name), device=self.env.device, dtype=self.env.dtype),)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Conditioning
+# --------------------------------------------------------------------------------------------------------------
+
+
+class CLIPTextEncode(_Node):
+    SCHEMA = NodeSchema(
+        name="CLIPTextEncode",
+        display_name="CLIP Text Encode (Prompt)",
+        category="conditioning",
+        description="Encodes a prompt with the text encoder into the conditioning the UNet attends to.",
+        inputs=[
+            Input("text", "STRING", multiline=True, dynamic_prompts=True, tooltip="The text to be encoded."),
+            Input("clip", "CLIP", tooltip="The CLIP model used for encoding the text."),
+        ],
+        outputs=[Output("CONDITIONING", tooltip="The prompt's token vectors, (1, 77 x chunks, width).")],
+    )
+
+    def run(self, ctx: NodeContext, text: str, clip: ClipModel) -> tuple:
+        context = encode_prompt(clip.text_encoder, clip.tokenizer, text, clip.clip_skip)
+        return ([Cond(context)],)
+
+
+class CLIPSetLastLayer(_Node):
+    SCHEMA = NodeSchema(
+        name="CLIPSetLastLayer",
+        display_name="CLIP Set Last Layer",
+        category="conditioning",
+        inputs=[
+            Input("clip", "CLIP"),
+            Input("stop_at_clip_layer", "INT", default=-1, min=-24, max=-1, step=1),
+        ],
+        outputs=[Output("CLIP")],
+    )
+
+    def run(self, ctx: NodeContext, clip: ClipModel, stop_at_clip_layer: int) -> tuple:
+        layers = clip.text_encoder.config.layers
+        skip = min(-stop_at_clip_layer, layers)  # -1 = the last layer = clip skip 1
+        return (dataclasses.replace(clip, clip_skip=skip),)
+
+
+class ConditioningCombine(_Node):
+    SCHEMA = NodeSchema(
+        name="ConditioningCombine",
+        display_name="Conditioning (Combine)",
+        category="conditioning",
+        inputs=[Input("conditioning_1", "CONDITIONING"), Input("conditioning_2", "CONDITIONING")],
+        outputs=[Output("CONDITIONING")],
+    )
+
+    def run(self, ctx: NodeContext, conditioning_1: list[Cond], conditioning_2: list[Cond]) -> tuple:
+        return (conditioning_1 + conditioning_2,)
+
+
+class ConditioningSetArea(_Node):
+    SCHEMA = NodeSchema(
+        name="ConditioningSetArea",
+        display_name="Conditioning (Set Area)",
+        category="conditioning",
+        inputs=[
+            Input("conditioning", "CONDITIONING"),
+            Input("width", "INT", default=64, min=64, max=MAX_RESOLUTION, step=8),
+            Input("height", "INT", default=64, min=64, max=MAX_RESOLUTION, step=8),
+            Input("x", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+            Input("y", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+            Input("strength", "FLOAT", default=1.0, min=0.0, max=10.0, step=0.01),
+        ],
+        outputs=[Output("CONDITIONING")],
+    )
+
+    def run(self, ctx: NodeContext, conditioning: list[Cond], width: int, height: int, x: int, y: int,
+            strength: float) -> tuple:
+        area = (height // 8, width // 8, y // 8, x // 8)
+        return ([dataclasses.replace(c, area=area, strength=strength) for c in conditioning],)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Latents
+# --------------------------------------------------------------------------------------------------------------
+
+
+class EmptyLatentImage(_Node):
+    SCHEMA = NodeSchema(
+        name="EmptyLatentImage",
+        display_name="Empty Latent Image",
+        category="latent",
+        description="A batch of all-zero latents: txt2img starts here and the sampler adds all the noise.",
+        inputs=[
+            Input("width", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, tooltip="Image width in pixels."),
+            Input("height", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, tooltip="Image height in pixels."),
+            Input("batch_size", "INT", default=1, min=1, max=4096, tooltip="Images made at once."),
+        ],
+        outputs=[Output("LATENT", tooltip="Zeros of shape (batch, 4, height/8, width/8).")],
+    )
+
+    def run(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple:
+        return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
+
+
+class RepeatLatentBatch(_Node):
+    SCHEMA = NodeSchema(
+        name="RepeatLatentBatch",
+        display_name="Repeat Latent Batch",
+        category="latent/batch",
+        inputs=[Input("samples", "LATENT"), Input("amount", "INT", default=1, min=1, max=64)],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, amount: int) -> tuple:
+        out = dict(samples)
+        out["samples"] = samples["samples"].repeat(amount, 1, 1, 1)
+        if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
+            out["noise_mask"] = samples["noise_mask"].repeat(amount, 1, 1, 1)
+        if "batch_index" in samples:
+            n, top = len(samples["batch_index"]), max(samples["batch_index"]) + 1
+            out["batch_index"] = [i + top * k for k in range(amount) for i in samples["batch_index"][:n]]
+        return (out,)
+
+
+class LatentUpscale(_Node):
+    SCHEMA = NodeSchema(
+        name="LatentUpscale",
+        display_name="Upscale Latent",
+        category="latent",
+        inputs=[
+            Input("samples", "LATENT"),
+            Input("upscale_method", "COMBO", options=UPSCALE_LATENT),
+            Input("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
+            Input("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
+            Input("crop", "COMBO", options=["disabled", "center"]),
+        ],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str) -> tuple:
+        out = dict(samples)
+        out["samples"] = _resize(samples["samples"], width // 8, height // 8, upscale_method, crop)
+        out.pop("noise_mask", None)
+        return (out,)
+
+
+class LatentUpscaleBy(_Node):
+    SCHEMA = NodeSchema(
+        name="LatentUpscaleBy",
+        display_name="Upscale Latent By",
+        category="latent",
+        inputs=[
+            Input("samples", "LATENT"),
+            Input("upscale_method", "COMBO", options=UPSCALE_LATENT),
+            Input("scale_by", "FLOAT", default=1.5, min=0.01, max=8.0, step=0.01),
+        ],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, upscale_method: str, scale_by: float) -> tuple:
+        h, w = samples["samples"].shape[-2:]
+        out = dict(samples)
+        out["samples"] = _resize(samples["samples"], round(w * scale_by), round(h * scale_by), upscale_method,
+                                 "disabled")
+        out.pop("noise_mask", None)
+        return (out,)
+
+
+class SetLatentNoiseMask(_Node):
+    SCHEMA = NodeSchema(
+        name="SetLatentNoiseMask",
+        display_name="Set Latent Noise Mask",
+        category="latent/inpaint",
+        inputs=[Input("samples", "LATENT"), Input("mask", "MASK")],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, mask: torch.Tensor) -> tuple:
+        out = dict(samples)
+        out["noise_mask"] = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+        return (out,)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------------------------
+
+_SAMPLER_INPUTS = [
+    Input("steps", "INT", default=20, min=1, max=10000, tooltip="Denoising steps."),
+    Input("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+          tooltip="Classifier-free guidance: how strongly the prompt pushes the image (1 = no guidance)."),
+    Input("sampler_name", "COMBO", options=list(SAMPLERS), tooltip="The algorithm that walks down the sigmas."),
+    Input("scheduler", "COMBO", options=list(SCHEDULERS), tooltip="How the noise levels (sigmas) are spaced."),
+    Input("positive", "CONDITIONING", tooltip="What the image should show."),
+    Input("negative", "CONDITIONING", tooltip="What guidance steers away from."),
+    Input("latent_image", "LATENT", tooltip="The latent to denoise (zeros for txt2img)."),
+]
+
+
+def _run_sampler(ctx: NodeContext, model: DiffusionModel, latent: dict, positive: list[Cond],
+                 negative: list[Cond], settings: SamplerSettings, **options: Any) -> dict:
+    """Shared by KSampler and KSamplerAdvanced: progress and live previews through the node context."""
+    preview_map = _preview_map(model)
+
+    def on_step(step: Step) -> None:
+        ctx.progress(step.index + 1, step.total)
+        if preview_map is not None:
+            rgb = ((step.denoised[:1].float().cpu().permute(0, 2, 3, 1) @ preview_map[:4] + preview_map[4]) + 1) / 2
+            ctx.preview(image_to_pil(F.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8).permute(0, 2, 3, 1))[0])
+
+    result = sample(
+        model, latent["samples"], positive, negative, settings,
+        noise_mask=latent.get("noise_mask"), batch_index=latent.get("batch_index"),
+        on_step=on_step, interrupt=_InterruptFlag(ctx), **options,
+    )
+    out = dict(latent)
+    out["samples"] = result.latent.cpu()
+    return out
+
+
+def _preview_map(model: DiffusionModel) -> torch.Tensor | None:
+    """The (5, 3) latent -> RGB map in SCALED latent units, or None (no preview) when unknown."""
+    if model.preview is None:
+        return None
+    scaled = model.preview.clone().float()
+    scaled[:4] /= model.latent_scale  # the map was fitted on raw latents; the sampler hands scaled ones
+    return scaled
+
+
+class _InterruptFlag:
+    """Adapts the node context's check_interrupt() to the pipeline's `interrupt.is_set()`."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+
+    def is_set(self) -> bool:
+        self.ctx.check_interrupt()  # raises the executor's Interrupted when the user stopped the prompt
+        return False
+
+
+class KSampler(_Node):
+    SCHEMA = NodeSchema(
+        name="KSampler",
+        display_name="KSampler",
+        category="sampling",
+        description="Denoises a latent step by step, guided by the positive and negative conditioning.",
+        inputs=[
+            Input("model", "MODEL", tooltip="The model used for denoising the input latent."),
+            Input("seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                  tooltip="The random seed used for creating the noise."),
+            *_SAMPLER_INPUTS,
+            Input("denoise", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01,
+                  tooltip="How much of the latent is redone: 1 for txt2img, less for img2img."),
+        ],
+        outputs=[Output("LATENT", tooltip="The denoised latent.")],
+    )
+
+    def run(self, ctx: NodeContext, model: DiffusionModel, seed: int, steps: int, cfg: float, sampler_name: str,
+            scheduler: str, positive: list[Cond], negative: list[Cond], latent_image: dict,
+            denoise: float = 1.0) -> tuple:
+        settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
+        return (_run_sampler(ctx, model, latent_image, positive, negative, settings),)
+
+
+class KSamplerAdvanced(_Node):
+    SCHEMA = NodeSchema(
+        name="KSamplerAdvanced",
+        display_name="KSampler (Advanced)",
+        category="sampling",
+        inputs=[
+            Input("model", "MODEL"),
+            Input("add_noise", "COMBO", options=["enable", "disable"]),
+            Input("noise_seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True),
+            *_SAMPLER_INPUTS,
+            Input("start_at_step", "INT", default=0, min=0, max=10000),
+            Input("end_at_step", "INT", default=10000, min=0, max=10000),
+            Input("return_with_leftover_noise", "COMBO", options=["disable", "enable"]),
+        ],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, model: DiffusionModel, add_noise: str, noise_seed: int, steps: int, cfg: float,
+            sampler_name: str, scheduler: str, positive: list[Cond], negative: list[Cond], latent_image: dict,
+            start_at_step: int, end_at_step: int, return_with_leftover_noise: str) -> tuple:
+        settings = SamplerSettings(noise_seed, steps, cfg, sampler_name, scheduler, 1.0)
+        out = _run_sampler(ctx, model, latent_image, positive, negative, settings,
+                           add_noise=add_noise == "enable", start_step=start_at_step, end_step=end_at_step,
+                           force_full_denoise=return_with_leftover_noise != "enable")
+        return (out,)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# VAE
+# --------------------------------------------------------------------------------------------------------------
+
+
+class VAEDecode(_Node):
+    SCHEMA = NodeSchema(
+        name="VAEDecode",
+        display_name="VAE Decode",
+        category="latent",
+        description="Decodes latents into images with the VAE decoder (8x larger).",
+        inputs=[Input("samples", "LATENT", tooltip="The latent to be decoded."),
+                Input("vae", "VAE", tooltip="The VAE model used for decoding the latent.")],
+        outputs=[Output("IMAGE", tooltip="The decoded image.")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, vae: Any) -> tuple:
+        return (vae_to_image(decode(vae, samples["samples"])),)
+
+
+class VAEEncode(_Node):
+    SCHEMA = NodeSchema(
+        name="VAEEncode",
+        display_name="VAE Encode",
+        category="latent",
+        inputs=[Input("pixels", "IMAGE"), Input("vae", "VAE")],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any) -> tuple:
+        return ({"samples": encode(vae, image_to_vae(pixels))},)
+
+
+class VAEEncodeForInpaint(_Node):
+    SCHEMA = NodeSchema(
+        name="VAEEncodeForInpaint",
+        display_name="VAE Encode (for Inpainting)",
+        category="latent/inpaint",
+        inputs=[
+            Input("pixels", "IMAGE"),
+            Input("vae", "VAE"),
+            Input("mask", "MASK"),
+            Input("grow_mask_by", "INT", default=6, min=0, max=64, step=1),
+        ],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any, mask: torch.Tensor, grow_mask_by: int) -> tuple:
+        h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
+        m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+        m = F.interpolate(m, size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")[:, :, :h, :w]
+        pixels = pixels[:, :h, :w, :3].clone()
+        if grow_mask_by > 0:  # dilate the mask so the seam is repainted too
+            kernel = torch.ones(1, 1, grow_mask_by, grow_mask_by)
+            grown = F.conv2d(m.round(), kernel, padding=math.ceil((grow_mask_by - 1) / 2)).clamp(0, 1)[:, :, :h, :w]
+        else:
+            grown = m.round()
+        keep = (1.0 - m.round()).permute(0, 2, 3, 1)  # (B, H, W, 1): 1 where the picture is kept
+        pixels = (pixels - 0.5) * keep + 0.5  # the region to repaint becomes neutral grey before encoding
+        return ({"samples": encode(vae, image_to_vae(pixels)), "noise_mask": grown},)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class LoadImage(_Node):
+    SCHEMA = NodeSchema(
+        name="LoadImage",
+        display_name="Load Image",
+        category="image",
+        inputs=[Input("image", "COMBO", options=(), image_upload=True)],
+        outputs=[Output("IMAGE"), Output("MASK")],
+    )
+
+    def run(self, ctx: NodeContext, image: str) -> tuple:
+        with Image.open(self.env.files.input_path(image)) as img:
+            img = ImageOps.exif_transpose(img)
+            rgb = pil_to_image(img)
+            if "A" in img.getbands():
+                alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+                mask = 1.0 - torch.from_numpy(alpha)[None]  # transparent = to be repainted
+            else:
+                mask = torch.zeros(1, 64, 64)
+        return rgb, mask
+
+    @classmethod
+    def is_changed(cls, image: str) -> str:
+        return _file_hash(cls.env.files.input_path(image))
+
+    @classmethod
+    def validate_inputs(cls, image: str) -> bool | str:
+        try:
+            path = cls.env.files.input_path(image)
+        except Exception as error:  # an unsafe name: the file API says why
+            return str(error)
+        return True if path.is_file() else f"Invalid image file: {image}"
+
+
+class LoadImageMask(_Node):
+    SCHEMA = NodeSchema(
+        name="LoadImageMask",
+        display_name="Load Image (as Mask)",
+        category="mask",
+        inputs=[
+            Input("image", "COMBO", options=(), image_upload=True),
+            Input("channel", "COMBO", options=["alpha", "red", "green", "blue"]),
+        ],
+        outputs=[Output("MASK")],
+    )
+
+    def run(self, ctx: NodeContext, image: str, channel: str) -> tuple:
+        band = {"alpha": "A", "red": "R", "green": "G", "blue": "B"}[channel]
+        with Image.open(self.env.files.input_path(image)) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode not in ("RGBA", "RGB"):
+                img = img.convert("RGBA")
+            if band not in img.getbands():
+                return (torch.zeros(1, 64, 64),)
+            values = torch.from_numpy(np.asarray(img.getchannel(band), dtype=np.float32) / 255.0)[None]
+        return (1.0 - values if band == "A" else values,)
+
+    is_changed = LoadImage.is_changed
+    validate_inputs = LoadImage.validate_inputs
+
+
+class ImageScale(_Node):
+    SCHEMA = NodeSchema(
+        name="ImageScale",
+        display_name="Upscale Image",
+        category="image/upscaling",
+        inputs=[
+            Input("image", "IMAGE"),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
+            Input("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=1),
+            Input("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=1),
+            Input("crop", "COMBO", options=["disabled", "center"]),
+        ],
+        outputs=[Output("IMAGE")],
+    )
+
+    def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int,
+            crop: str) -> tuple:
+        x = _resize(image.permute(0, 3, 1, 2), width, height, upscale_method, crop)
+        return (x.permute(0, 2, 3, 1).clamp(0, 1),)
+
+
+class ImageScaleBy(_Node):
+    SCHEMA = NodeSchema(
+        name="ImageScaleBy",
+        display_name="Upscale Image By",
+        category="image/upscaling",
+        inputs=[
+            Input("image", "IMAGE"),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
+            Input("scale_by", "FLOAT", default=1.0, min=0.01, max=8.0, step=0.01),
+        ],
+        outputs=[Output("IMAGE")],
+    )
+
+    def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
+        h, w = image.shape[1:3]
+        x = _resize(image.permute(0, 3, 1, 2), round(w * scale_by), round(h * scale_by), upscale_method, "disabled")
+        return (x.permute(0, 2, 3, 1).clamp(0, 1),)
+
+
+class ImageScaleToTotalPixels(_Node):
+    SCHEMA = NodeSchema(
+        name="ImageScaleToTotalPixels",
+        display_name="Scale Image to Total Pixels",
+        category="image/upscaling",
+        inputs=[
+            Input("image", "IMAGE"),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
+            Input("megapixels", "FLOAT", default=1.0, min=0.01, max=16.0, step=0.01),
+        ],
+        outputs=[Output("IMAGE")],
+    )
+
+    def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple:
+        h, w = image.shape[1:3]
+        scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
+        x = _resize(image.permute(0, 3, 1, 2), round(w * scale), round(h * scale), upscale_method, "disabled")
+        return (x.permute(0, 2, 3, 1).clamp(0, 1),)
+
+
+class ImagePadForOutpaint(_Node):
+    SCHEMA = NodeSchema(
+        name="ImagePadForOutpaint",
+        display_name="Pad Image for Outpainting",
+        category="image",
+        inputs=[
+            Input("image", "IMAGE"),
+            Input("left", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+            Input("top", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+            Input("right", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+            Input("bottom", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+            Input("feathering", "INT", default=40, min=0, max=MAX_RESOLUTION, step=1),
+        ],
+        outputs=[Output("IMAGE"), Output("MASK")],
+    )
+
+    def run(self, ctx: NodeContext, image: torch.Tensor, left: int, top: int, right: int, bottom: int,
+            feathering: int) -> tuple:
+        b, h, w, c = image.shape
+        out = torch.full((b, h + top + bottom, w + left + right, c), 0.5)
+        out[:, top : top + h, left : left + w, :] = image
+        mask = torch.ones(h + top + bottom, w + left + right)
+        inner = torch.zeros(h, w)
+        if feathering > 0 and feathering * 2 < min(h, w):
+            ys = torch.arange(h, dtype=torch.float32)[:, None]
+            xs = torch.arange(w, dtype=torch.float32)[None, :]
+            # distance to each padded side; sides without padding do not fade
+            dist = torch.full((h, w), float("inf"))
+            for pad, d in ((top, ys), (bottom, h - 1 - ys), (left, xs), (right, w - 1 - xs)):
+                if pad:
+                    dist = torch.minimum(dist, d.expand(h, w))
+            fade = ((feathering - dist) / feathering).clamp(0, 1)
+            inner = fade * fade
+        mask[top : top + h, left : left + w] = inner
+        return out, mask[None]
+
+
+class SaveImage(_Node):
+    SCHEMA = NodeSchema(
+        name="SaveImage",
+        display_name="Save Image",
+        category="image",
+        description="Saves the images to the output folder, with the graph in the PNG so it can be reopened.",
+        inputs=[
+            Input("images", "IMAGE", tooltip="The images to save."),
+            Input("filename_prefix", "STRING", default="ComfyUI",
+                  tooltip="The prefix for the file to save; may hold a subfolder (e.g. 'atelier/cat')."),
+            Input("prompt", "PROMPT", hidden=True),
+            Input("extra_pnginfo", "EXTRA_PNGINFO", hidden=True),
+        ],
+        output_node=True,
+    )
+    kind = "output"
+
+    def run(self, ctx: NodeContext, images: torch.Tensor, filename_prefix: str = "ComfyUI", prompt: Any = None,
+            extra_pnginfo: Any = None) -> NodeOutput:
+        text = {}
+        if prompt is not None:
+            text["prompt"] = json.dumps(prompt)
+        for key, value in (extra_pnginfo or {}).items():
+            text[key] = json.dumps(value)
+        refs = [self.env.files.save_image(pil, filename_prefix, self.kind, text) for pil in image_to_pil(images)]
+        return NodeOutput(result=(), ui={"images": refs})
+
+
+class PreviewImage(SaveImage):
+    SCHEMA = dataclasses.replace(
+        SaveImage.SCHEMA,
+        name="PreviewImage",
+        display_name="Preview Image",
+        description="Shows the images in the editor without keeping them (temporary files).",
+        inputs=[Input("images", "IMAGE"), Input("prompt", "PROMPT", hidden=True),
+                Input("extra_pnginfo", "EXTRA_PNGINFO", hidden=True)],
+    )
+    kind = "temp"
+
+    def run(self, ctx: NodeContext, images: torch.Tensor, prompt: Any = None, extra_pnginfo: Any = None) -> NodeOutput:
+        return super().run(ctx, images, "ComfyUI_temp", prompt, extra_pnginfo)
+
+
+CORE_NODES: tuple[type[_Node], ...] = (
+    CheckpointLoaderSimple, VAELoader, CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea,
+    EmptyLatentImage, RepeatLatentBatch, LatentUpscale, LatentUpscaleBy, SetLatentNoiseMask, KSampler,
+    KSamplerAdvanced, VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, LoadImageMask, ImageScale,
+    ImageScaleBy, ImageScaleToTotalPixels, ImagePadForOutpaint, SaveImage, PreviewImage,
+)
+
+# Combo inputs whose options depend on the environment (files on disk), filled in by default_registry.
+def _input_images(env: NodeEnvironment):
+    return env.files.input_images if env.files is not None else list
+
+
+_DYNAMIC_OPTIONS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): lambda env: env.checkpoint_names,
+    ("VAELoader", "vae_name"): lambda env: lambda: env.models.list("vae"),
+    ("LoadImage", "image"): _input_images,
+    ("LoadImageMask", "image"): _input_images,
+}
+
+
+def bind(node_cls: type[_Node], env: NodeEnvironment) -> type[_Node]:
+    """A subclass of `node_cls` that sees `env`, with its file- and model-list combos pointing at it."""
+    schema = node_cls.SCHEMA
+    inputs = [
+        dataclasses.replace(i, options=_DYNAMIC_OPTIONS[(schema.name, i.name)](env))
+        if (schema.name, i.name) in _DYNAMIC_OPTIONS else i
+        for i in schema.inputs
+    ]
+    return type(node_cls.__name__, (node_cls,), {"env": env, "SCHEMA": dataclasses.replace(schema, inputs=inputs)})
+
+
+def default_registry(models: ModelPaths | Path | str, files: Any, device: str | None = None,
+                     dtype: str | None = None, extra_nodes: tuple[type, ...] = ()) -> NodeRegistry:
+    """Every core node (and `extra_nodes`), bound to one set of model folders and one file API."""
+    paths = models if isinstance(models, ModelPaths) else ModelPaths(Path(models))
+    env = NodeEnvironment(paths, files, device, dtype)
+    registry = NodeRegistry()
+    for node_cls in (*CORE_NODES, *extra_nodes):
+        registry.add(bind(node_cls, env))
+    return registry
+
