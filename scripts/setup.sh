@@ -30,6 +30,10 @@ fi
 
 if [ "$extra" = "test" ]; then
     "${pip[@]}" -e ".[test]"
+    # End-to-end tests drive the system Chromium (Debian's package); browser downloads are not possible here.
+    if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+    fi
 else
     "${pip[@]}" -e .
 fi
