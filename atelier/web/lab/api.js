@@ -1,0 +1,193 @@
+// Talking to the Atelier server with ComfyUI's protocol, as the node editor does:
+//   POST /api/prompt        queue an API-format graph; the answer holds its prompt_id
+//   WebSocket /ws           progress, executed (node outputs), errors, and binary preview frames
+//   GET /api/history/{id}   what a finished prompt produced (also read when a socket message was missed)
+//   GET /api/view?...       the image files named in node outputs
+// plus the lab's own routes under /atelier/lab/ (atelier/server/lab.py).
+
+export class ServerError extends Error {}
+export class Interrupted extends Error {}
+
+const clientId = (sessionStorage.getItem("atelier.lab.client") || crypto.randomUUID());
+sessionStorage.setItem("atelier.lab.client", clientId);
+
+// ---- plain requests ----
+
+async function readError(resp) {
+  const text = await resp.text();
+  try {
+    const body = JSON.parse(text);
+    if (body.error && typeof body.error === "string") return body.error;
+    if (body.error && body.error.message) {
+      // A rejected prompt: the general message plus the first node's first problem.
+      const nodes = Object.values(body.node_errors || {});
+      const detail = nodes.length ? nodes[0].errors?.[0] : null;
+      return detail ? `${body.error.message}: ${detail.message} (${detail.details || ""})` : body.error.message;
+    }
+  } catch { /* not JSON: plain-text sentence */ }
+  return text || `${resp.status} ${resp.statusText}`;
+}
+
+export async function getJSON(url) {
+  let resp;
+  try {
+    resp = await fetch(url);
+  } catch {
+    throw new ServerError("offline");
+  }
+  if (!resp.ok) throw new ServerError(await readError(resp));
+  return resp.json();
+}
+
+export async function postJSON(url, body) {
+  let resp;
+  try {
+    resp = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  } catch {
+    throw new ServerError("offline");
+  }
+  if (!resp.ok) throw new ServerError(await readError(resp));
+  const text = await resp.text();
+  return text ? JSON.parse(text) : {};
+}
+
+/** Upload an image file into input/ (POST /api/upload/image); returns its file reference. */
+export async function uploadImage(file) {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  form.append("type", "input");
+  form.append("overwrite", "true");
+  const resp = await fetch("/api/upload/image", { method: "POST", body: form });
+  if (!resp.ok) throw new ServerError(await readError(resp));
+  const ref = await resp.json();  // {name, subfolder, type}
+  return { filename: ref.name, subfolder: ref.subfolder || "", type: ref.type || "input" };
+}
+
+/** The URL of an output file reference {filename, subfolder, type}. */
+export function viewUrl(ref) {
+  const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || "", type: ref.type || "output" });
+  return `/api/view?${q}`;
+}
+
+/** The name LoadImage reads for an input reference ("photo.png" or "sub/photo.png"). */
+export function inputName(ref) {
+  return ref.subfolder ? `${ref.subfolder}/${ref.filename}` : ref.filename;
+}
+
+// ---- the live channel ----
+
+const running = new Map();  // prompt_id -> handlers of the run in flight
+let socket = null;
+let queueRemaining = 0;
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/ws?clientId=${clientId}`);
+  socket.binaryType = "arraybuffer";
+  socket.addEventListener("open", () => {
+    socket.send(JSON.stringify({ type: "feature_flags", data: { supports_preview_metadata: true } }));
+  });
+  socket.addEventListener("message", (event) => {
+    if (typeof event.data === "string") onMessage(JSON.parse(event.data));
+    else onBinary(event.data);
+  });
+  socket.addEventListener("close", () => setTimeout(connect, 1000));  // the server restarted: try again
+}
+
+function onMessage({ type, data }) {
+  if (type === "status") {
+    queueRemaining = data.status?.exec_info?.queue_remaining ?? 0;
+    for (const run of running.values()) run.onQueue?.(queueRemaining);
+    return;
+  }
+  const run = running.get(data?.prompt_id);
+  if (!run) return;
+  if (type === "execution_start") run.started = true, run.onStart?.();
+  else if (type === "execution_cached") run.cached = data.nodes || [];
+  else if (type === "progress") run.onProgress?.(data.value, data.max, data.node);
+  else if (type === "executed") run.outputs[data.node] = data.output, run.onExecuted?.(data.node, data.output);
+  else if (type === "execution_success") finish(data.prompt_id);
+  else if (type === "execution_error") run.fail(new ServerError(data.exception_message || data.exception_type));
+  else if (type === "execution_interrupted") run.fail(new Interrupted("interrupted"));
+}
+
+function onBinary(buffer) {
+  // [u32 event][...]: event 4 = [u32 n][n bytes JSON metadata][image], event 1 = [u32 format][image]
+  const view = new DataView(buffer);
+  const event = view.getUint32(0);
+  let meta = {}, offset = 8, mime = "image/jpeg";
+  if (event === 4) {
+    const n = view.getUint32(4);
+    meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 8, n)));
+    offset = 8 + n;
+    mime = meta.image_type || mime;
+  } else if (event === 1) {
+    mime = view.getUint32(4) === 2 ? "image/png" : "image/jpeg";
+  } else return;
+  const run = meta.prompt_id ? running.get(meta.prompt_id) : [...running.values()][0];
+  if (!run?.onPreview) return;
+  run.onPreview(URL.createObjectURL(new Blob([buffer.slice(offset)], { type: mime })), meta.node_id);
+}
+
+async function finish(promptId) {
+  const run = running.get(promptId);
+  if (!run) return;
+  // The history is the record: it holds every output even if a socket message was lost.
+  try {
+    const found = await getJSON(`/api/history/${promptId}`);
+    if (found[promptId]) Object.assign(run.outputs, found[promptId].outputs);
+  } catch { /* keep what the socket delivered */ }
+  run.done({ promptId, outputs: run.outputs, cached: run.cached || [] });
+}
+
+/**
+ * Queue a prompt and wait for it. Resolves with {promptId, outputs: {node_id: ui}, cached: [node ids]}; rejects
+ * with ServerError (rejected graph, node error) or Interrupted. `handlers`: onQueue(n), onStart(), onProgress(v,
+ * max, node), onPreview(url, node), onExecuted(node, output).
+ */
+export async function runPrompt(prompt, extraData = {}, handlers = {}) {
+  if (!socket) connect();
+  const body = { prompt, client_id: clientId, extra_data: extraData };
+  const queued = await postJSON("/api/prompt", body);
+  const promptId = queued.prompt_id;
+  return new Promise((resolve, reject) => {
+    const run = { ...handlers, outputs: {}, started: false };
+    const poll = setInterval(async () => {  // a safety net for a lost socket: the history says how it ended
+      try {
+        const found = await getJSON(`/api/history/${promptId}`);
+        const entry = found[promptId];
+        if (!entry) return;
+        if (entry.status?.completed) finish(promptId);
+        else {
+          const msgs = entry.status?.messages || [];
+          const interrupted = msgs.some(([kind]) => kind === "execution_interrupted");
+          const err = msgs.find(([kind]) => kind === "execution_error");
+          run.fail(interrupted ? new Interrupted("interrupted") : new ServerError(err?.[1]?.exception_message || "error"));
+        }
+      } catch { /* the server is busy or restarting: try again later */ }
+    }, 3000);
+    const end = () => { clearInterval(poll); running.delete(promptId); };
+    run.done = (result) => { end(); resolve(result); };
+    run.fail = (error) => { end(); reject(error); };
+    run.promptId = promptId;
+    running.set(promptId, run);
+    handlers.onQueued?.(promptId, queueRemaining);
+  });
+}
+
+/** Stop our prompts: drop the pending ones from the queue, interrupt the running one (only if it is ours). */
+export async function interrupt() {
+  const runs = [...running.values()];
+  await postJSON("/api/queue", { delete: runs.map((r) => r.promptId) }).catch(() => {});
+  for (const run of runs) {
+    await postJSON("/api/interrupt", { prompt_id: run.promptId }).catch(() => {});
+    run.fail(new Interrupted("interrupted"));
+  }
+}
+
+/** Forget cached node outputs so that the next prompt really runs every node again (POST /api/free). */
+export async function forgetCache() {
+  await postJSON("/api/free", { free_memory: true });
+}
+
+connect();

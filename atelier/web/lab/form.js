@@ -1,0 +1,140 @@
+// The parameter panel: reading it into the parameters that run, writing parameters back (defaults, history),
+// the seed's controls and the img2img upload. What the panel shows is exactly what the graph gets.
+
+import { inputName, uploadImage, viewUrl } from "./api.js";
+import { t } from "./i18n.js";
+
+const $ = (id) => document.getElementById(id);
+const FIELDS = ["model", "prompt", "negative", "seed", "steps", "cfg", "sampler", "scheduler", "width", "height",
+  "batch", "denoise"];
+const INTEGER = { seed: [-1, 2 ** 53], steps: [1, 200], width: [8, 2048], height: [8, 2048], batch: [1, 16] };
+
+export const state = {
+  defaults: null,
+  lastSeed: null,  // the seed the last run actually used
+  init: null,  // the uploaded img2img image {filename, subfolder, type}, or null
+};
+
+function fill(select, values) {
+  select.replaceChildren(...values.map((v) => new Option(v, v)));
+}
+
+export function setup(options, onChange) {
+  state.defaults = options.defaults;
+  fill($("f-model"), options.models);
+  fill($("f-sampler"), options.samplers);
+  fill($("f-scheduler"), options.schedulers);
+  write(options.defaults);
+  $("f-denoise").addEventListener("input", showDenoise);
+  $("seed-random").addEventListener("click", () => setSeed(-1));
+  $("seed-last").addEventListener("click", () => state.lastSeed !== null && setSeed(state.lastSeed));
+  $("seed-lock").addEventListener("change", lockSeed);
+  $("reset").addEventListener("click", () => { write(state.defaults); clearInit(); onChange?.(); });
+  $("f-init").addEventListener("change", uploadInit);
+  $("init-clear").addEventListener("click", clearInit);
+  $("params").addEventListener("change", () => onChange?.());
+}
+
+function setSeed(value) {
+  if ($("seed-lock").checked) return;
+  $("f-seed").value = value;
+}
+
+function lockSeed() {
+  // Locking a random seed keeps the one the last image used, so "lock" always means "this image's noise".
+  const locked = $("seed-lock").checked;
+  if (locked && Number($("f-seed").value) === -1 && state.lastSeed !== null) $("f-seed").value = state.lastSeed;
+  $("f-seed").readOnly = locked;
+  $("seed-random").disabled = locked;
+  $("seed-last").disabled = locked;
+}
+
+function showDenoise() {
+  const value = Number($("f-denoise").value);
+  $("denoise-out").textContent = value.toFixed(2);
+  $("f-denoise").disabled = !state.init;
+  $("f-denoise").title = state.init ? "" : t("form.denoise_needs_image");
+}
+
+async function uploadInit() {
+  const file = $("f-init").files[0];
+  if (!file) return;
+  state.init = await uploadImage(file);
+  $("init-thumb").src = viewUrl(state.init);
+  $("init-thumb").hidden = false;
+  $("init-clear").hidden = false;
+  if (Number($("f-denoise").value) >= 1) $("f-denoise").value = 0.6;
+  showDenoise();
+}
+
+export function clearInit() {
+  state.init = null;
+  $("f-init").value = "";
+  $("init-thumb").hidden = true;
+  $("init-clear").hidden = true;
+  $("f-denoise").value = 1;
+  showDenoise();
+}
+
+/** The parameters as they will run, or an Error naming the first bad field (in the page's language). */
+export function read() {
+  const p = {};
+  for (const name of FIELDS) {
+    const input = $(`f-${name}`);
+    const raw = input.value.trim();
+    if (name in INTEGER || ["cfg", "denoise"].includes(name)) {
+      const value = Number(raw);
+      const [lo, hi] = INTEGER[name] || (name === "cfg" ? [0, 100] : [0, 1]);
+      const whole = name in INTEGER;
+      if (raw === "" || !Number.isFinite(value) || value < lo || value > hi || (whole && !Number.isInteger(value))) {
+        input.focus();
+        throw new Error(t(whole ? "err.integer" : "err.number", { field: t(`form.${name}`), lo, hi }));
+      }
+      if ((name === "width" || name === "height") && value % 8) {
+        input.focus();
+        throw new Error(t("err.multiple8", { field: t(`form.${name}`), value }));
+      }
+      p[name] = value;
+    } else {
+      p[name] = input.value;
+    }
+  }
+  if (!state.init) p.denoise = 1;
+  return p;
+}
+
+/** The init image's name for LoadImage, or null for txt2img. */
+export function initImage() {
+  return state.init ? inputName(state.init) : null;
+}
+
+/** Put parameters into the panel (defaults, or an image from the history). */
+export function write(params) {
+  for (const name of FIELDS) {
+    if (params[name] === undefined) continue;
+    const input = $(`f-${name}`);
+    if (input.tagName === "SELECT" && ![...input.options].some((o) => o.value === String(params[name]))) {
+      input.append(new Option(params[name], params[name]));  // a model or sampler this server may no longer list
+    }
+    if (name === "seed" && $("seed-lock").checked) continue;
+    input.value = params[name];
+  }
+  showDenoise();
+}
+
+/** Restore an img2img image by its input name (from the history). */
+export function writeInit(name) {
+  if (!name) return clearInit();
+  const slash = name.lastIndexOf("/");
+  state.init = { filename: name.slice(slash + 1), subfolder: slash > 0 ? name.slice(0, slash) : "", type: "input" };
+  $("init-thumb").src = viewUrl(state.init);
+  $("init-thumb").hidden = false;
+  $("init-clear").hidden = false;
+  showDenoise();
+}
+
+/** The seed to run with: the panel's, or a fresh random one for -1 (shown back, so nothing is hidden). */
+export function drawSeed(params) {
+  if (params.seed !== -1) return params.seed;
+  return Math.floor(Math.random() * 2 ** 32);
+}

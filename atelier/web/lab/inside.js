@@ -1,0 +1,316 @@
+// "Look inside": eight views of what happens between the prompt and the picture. Each uses the parameters of
+// the panel; the ones that sample run a graph of teaching nodes (atelier/graph/teaching.py) through the queue.
+
+import { getJSON, postJSON, uploadImage, viewUrl } from "./api.js";
+import * as form from "./form.js";
+import { t } from "./i18n.js";
+import { lineChart, scatter } from "./plot.js";
+import { runView } from "./runner.js";
+import { busy, el, errorText, figure, hideMessage, outputImages, showMessage } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+const STOP_WORDS = new Set(("a an the of on in at to and with is there image picture drawing " +
+  "un une le la les l de du des d sur sous à au aux et avec il y a image dessin").split(" "));
+const TEACHING_NODES = ["AtelierFilmStripSampler", "AtelierLatentChannels", "AtelierCrossAttentionMap",
+  "SaveAnimatedWEBP", "PreviewAny"];
+let nodeTypes = new Set();
+let shownView = "filmstrip";
+
+function needsTeaching(out) {
+  const missing = TEACHING_NODES.filter((n) => !nodeTypes.has(n));
+  if (missing.length) throw new Error(t("err.no_teaching", { nodes: missing.join(", ") }));
+  void out;
+}
+
+/** The panel's parameters for a look-inside run: one image (the teaching nodes film the first of a batch). */
+function viewParams() {
+  const params = form.read();
+  params.seed = form.drawSeed(params);
+  form.state.lastSeed = params.seed;
+  return { ...params, batch: 1 };
+}
+
+async function sigmasFor(params) {
+  const q = new URLSearchParams({ steps: params.steps, scheduler: params.scheduler, denoise: params.denoise });
+  return (await getJSON(`/atelier/lab/schedules?${q}`)).schedulers[params.scheduler];
+}
+
+function download(ref, label) {
+  return el("a.button.small", { href: viewUrl(ref), download: ref.filename }, label);
+}
+
+// ---- Film strip ----
+
+async function filmstrip(out) {
+  needsTeaching(out);
+  const params = viewParams();
+  const result = await runView(params, { view: "filmstrip", init: form.initImage(), label: t("in.filmstrip.title") });
+  const sigmas = await sigmasFor(params);
+  const noisy = outputImages(result.outputs, ["23"]), predicted = outputImages(result.outputs, ["21"]);
+  const [noisyAnim] = outputImages(result.outputs, ["24"]), [predAnim] = outputImages(result.outputs, ["22"]);
+  const row = (frames, key) => el("div.filmrow", {},
+    el("h4", {}, t(key)),
+    el("div.strip.film", { dataset: { frames: frames.length } }, frames.map(({ ref }, i) =>
+      figure(ref, t("in.filmstrip.frame", { n: i + 1, sigma: sigmas[i]?.toFixed(3) ?? "?" })))));
+  out.replaceChildren(
+    row(noisy, "in.filmstrip.noisy"), row(predicted, "in.filmstrip.predicted"),
+    el("div.anims", {},
+      el("figure.fig.anim", {}, el("img", { src: viewUrl(noisyAnim.ref), alt: t("in.filmstrip.noisy") }),
+        el("figcaption", {}, t("in.filmstrip.noisy"), " ", download(noisyAnim.ref, t("in.download_webp")))),
+      el("figure.fig.anim", {}, el("img", { src: viewUrl(predAnim.ref), alt: t("in.filmstrip.predicted") }),
+        el("figcaption", {}, t("in.filmstrip.predicted"), " ", download(predAnim.ref, t("in.download_webp"))))),
+    el("p.help", {}, t("in.filmstrip.after", { steps: params.steps, sampler: params.sampler, seed: params.seed })));
+}
+
+// ---- Sampler convergence: Euler vs Euler a, frame by frame in step ----
+
+/** Mean absolute change (0-255) between consecutive frames, measured on the pictures themselves. */
+async function changes(urls) {
+  const images = await Promise.all(urls.map((src) => new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = reject;
+    img.src = src;
+  })));
+  const canvas = document.createElement("canvas");
+  canvas.width = images[0].naturalWidth;
+  canvas.height = images[0].naturalHeight;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const pixels = images.map((img) => {
+    ctx.drawImage(img, 0, 0);
+    return ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  });
+  const out = [NaN];
+  for (let i = 1; i < pixels.length; i++) {
+    let sum = 0;
+    for (let k = 0; k < pixels[i].length; k += 4) {
+      sum += Math.abs(pixels[i][k] - pixels[i - 1][k]) + Math.abs(pixels[i][k + 1] - pixels[i - 1][k + 1]) +
+        Math.abs(pixels[i][k + 2] - pixels[i - 1][k + 2]);
+    }
+    out.push(sum / ((pixels[i].length / 4) * 3));
+  }
+  return out;
+}
+
+let player = null;
+
+async function convergence(out) {
+  needsTeaching(out);
+  const steps = Number($("conv-steps").value);
+  if (!Number.isInteger(steps) || steps < 2 || steps > 200) throw new Error(t("err.integer", { field: t("form.steps"), lo: 2, hi: 200 }));
+  const params = { ...viewParams(), steps };
+  const result = await runView(params, { view: "convergence", init: form.initImage(), label: t("in.convergence.title") });
+  const runs = [["euler", "21", "22"], ["euler_ancestral", "31", "32"]].map(([name, frames, anim]) => ({
+    name, frames: outputImages(result.outputs, [frames]).map(({ ref }) => viewUrl(ref)),
+    anim: outputImages(result.outputs, [anim])[0].ref,
+  }));
+  const n = Math.min(...runs.map((r) => r.frames.length));
+  const slider = el("input", { type: "range", min: 1, max: n, value: n, "aria-label": t("in.convergence.frame") });
+  const label = el("output", {});
+  const pictures = runs.map((r) => el("img", { src: r.frames[n - 1], alt: r.name }));
+  const show = (i) => {
+    slider.value = i;
+    label.textContent = t("in.convergence.step", { n: i, total: n });
+    runs.forEach((r, k) => { pictures[k].src = r.frames[i - 1]; });
+  };
+  const play = el("button", { type: "button" }, t("in.convergence.play"));
+  if (player) clearInterval(player);
+  player = null;
+  play.addEventListener("click", () => {
+    if (player) {
+      clearInterval(player);
+      player = null;
+      play.textContent = t("in.convergence.play");
+      return;
+    }
+    play.textContent = t("in.convergence.pause");
+    let i = Number(slider.value) >= n ? 0 : Number(slider.value);
+    player = setInterval(() => { i = (i % n) + 1; show(i); }, 160);
+  });
+  slider.addEventListener("input", () => show(Number(slider.value)));
+  out.replaceChildren(
+    el("div.pair", {}, runs.map((r, k) => el("figure.fig.big", { dataset: { sampler: r.name } }, pictures[k],
+      el("figcaption", {}, t(`in.convergence.${r.name}`), " ", download(r.anim, t("in.download_webp")))))),
+    el("div.row.player", {}, play, slider, label));
+  show(n);
+  const curves = await Promise.all(runs.map((r) => changes(r.frames)));
+  out.append(lineChart(runs.map((r, k) => ({ name: t(`in.convergence.${r.name}`), values: curves[k], highlight: k === 1 })),
+    { height: 240, xLabel: t("in.step"), yLabel: t("in.convergence.change"), title: t("in.convergence.change") }),
+  el("p.help", {}, t("in.convergence.after", {
+    euler: curves[0].at(-1).toFixed(2), ancestral: curves[1].at(-1).toFixed(2), seed: params.seed,
+  })));
+}
+
+// ---- Latent space ----
+
+async function latent(out) {
+  needsTeaching(out);
+  const params = viewParams();
+  const result = await runView(params, { view: "latent", init: form.initImage(), label: t("in.latent.title") });
+  const [image] = outputImages(result.outputs, ["9"]);
+  const channels = outputImages(result.outputs, ["21"]);
+  const stats = result.outputs["22"]?.text?.[0] || "";
+  out.replaceChildren(
+    el("div.strip", {}, figure(image.ref, t("in.latent.image", { w: params.width, h: params.height })),
+      channels.map(({ ref }, i) => figure(ref, t("in.latent.channel", { n: i, w: params.width / 8, h: params.height / 8 }),
+        { class: "fig channel" }))),
+    el("pre.stats", {}, stats),
+    el("p.help", {}, t("in.latent.after", { n: (params.width * params.height * 3) / ((params.width / 8) * (params.height / 8) * 4) })));
+}
+
+// ---- VAE round trip ----
+
+async function vaeRoundtrip(out) {
+  const file = $("vae-file").files[0];
+  if (!file) return;
+  out.replaceChildren(el("p.placeholder", {}, t("in.working")));
+  const ref = await uploadImage(file);
+  const r = await postJSON("/atelier/lab/vae-roundtrip", { image: ref });
+  const [c, h, w] = r.image_shape, [lc, lh, lw] = r.latent_shape;
+  out.replaceChildren(
+    el("div.strip", {}, figure(r.original, t("in.vae.original", { w, h })),
+      figure(r.reconstruction, t("in.vae.reconstruction")),
+      r.channels.map((ref, i) => figure(ref, t("in.latent.channel", { n: i, w: lw, h: lh }), { class: "fig channel" }))),
+    el("p.figures", { dataset: { ratio: String(r.ratio_values) } }, t("in.vae.ratio", {
+      c, h, w, pixels: r.pixel_values.toLocaleString(), lc, lh, lw, latents: r.latent_values.toLocaleString(),
+      ratio: r.ratio_values.toFixed(0), bytes: r.ratio_bytes_fp16.toFixed(0),
+    })),
+    el("p.figures", {}, t("in.vae.error", { psnr: Number.isFinite(r.psnr_db) ? r.psnr_db.toFixed(1) : "∞", mae: r.mean_abs_error.toFixed(2) })));
+}
+
+// ---- Text: tokens and the 77-token window ----
+
+let tokenTimer = null;
+
+async function tokens(out) {
+  const prompt = $("f-prompt").value;
+  const r = await getJSON(`/atelier/lab/tokens?${new URLSearchParams({ text: prompt })}`);
+  const chips = r.tokens.map((tok, i) => el("span.token", { dataset: { id: tok.id }, title: `id ${tok.id}` },
+    el("b", {}, tok.text), el("small", {}, String(tok.id)), i >= r.text_slots ? el("em", {}, "!") : null));
+  const windows = r.windows.map((win, k) => el("div.window", {},
+    el("h4", {}, t("in.text.window", { n: k + 1, of: r.windows.length, size: r.window })),
+    el("div.cells", {}, win.map((cell, i) => {
+      const kind = i === 0 ? "start" : cell.id === r.end_id ? "end" : "text";
+      return el(`span.cell.${kind}`, { title: `${i}: ${cell.text} (${cell.id})` }, kind === "text" ? cell.text : kind === "start" ? "⟨s⟩" : "·");
+    }))));
+  const warn = r.over > 0 ? el("p.warning", { role: "status" }, t("in.text.over", { count: r.count, slots: r.text_slots, over: r.over, windows: r.windows.length })) : null;
+  out.replaceChildren(
+    el("p.figures", { dataset: { count: r.count } }, t("in.text.count", { count: r.count, slots: r.text_slots })),
+    warn, el("div.tokens", {}, chips), ...windows,
+    el("p.help", {}, t("in.text.after")));
+}
+
+// ---- Attention ----
+
+function defaultWords() {
+  const words = $("f-prompt").value.toLowerCase().split(/[^\p{L}\p{N}'-]+/u).filter((w) => w && !STOP_WORDS.has(w));
+  return [...new Set(words)].slice(0, 4).join(", ");
+}
+
+async function attention(out) {
+  needsTeaching(out);
+  const params = viewParams();
+  const words = $("att-words").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (!words.length) throw new Error(t("err.list_empty"));
+  const result = await runView(params, { view: "attention", words, label: t("in.attention.title") });
+  const [image] = outputImages(result.outputs, ["19"]);
+  const maps = words.map((word, k) => ({ word, ref: outputImages(result.outputs, [String(21 + 10 * k)])[0].ref }));
+  out.replaceChildren(
+    el("div.strip", {}, figure(image.ref, t("in.attention.image")),
+      maps.map(({ word, ref }) => figure(ref, `“${word}”`, { class: "fig heat", dataset: { word } }))),
+    el("p.help", {}, t("in.attention.after", { seed: params.seed, steps: params.steps })));
+}
+
+// ---- Schedules ----
+
+async function schedules(out) {
+  const steps = Number($("f-steps").value) || 20;
+  const scheduler = $("f-scheduler").value;
+  const q = new URLSearchParams({ steps, scheduler });
+  const r = await getJSON(`/atelier/lab/schedules?${q}`);
+  const series = Object.entries(r.schedulers).map(([name, values]) => ({ name, values, highlight: name === scheduler }));
+  const chosen = r.schedulers[scheduler];
+  out.replaceChildren(
+    lineChart(series, { log: $("sched-log").checked, xLabel: t("in.step"), yLabel: "σ", title: t("in.schedules.title") }),
+    el("p.figures", { dataset: { scheduler } }, t("in.schedules.chosen", { scheduler, steps, values: chosen.map((s) => s.toFixed(3)).join(" → ") })),
+    el("p.help", {}, t("in.schedules.after", { max: r.sigma_max.toFixed(2), min: r.sigma_min.toFixed(3) })));
+}
+
+// ---- Concept map ----
+
+async function recentImages(limit = 6) {
+  const history = await getJSON("/api/history?max_items=50");
+  return Object.values(history).reverse().filter((h) => h.prompt?.[3]?.atelier_lab && h.status?.completed)
+    .map((h) => ({ ...outputImages(h.outputs, ["9"])[0]?.ref, label: `🖼 ${h.prompt[3].atelier_lab.params.prompt}` }))
+    .filter((ref) => ref.filename).slice(0, limit);
+}
+
+async function concepts(out) {
+  const words = $("concept-words").value.split(",").map((s) => s.trim()).filter(Boolean);
+  const images = $("concept-images").checked ? await recentImages() : [];
+  const r = await postJSON("/atelier/lab/concepts", { words, images });
+  const pairs = r.points.map((p) => el("li", {}, el("b", {}, p.label), ` → ${p.nearest} (${p.nearest_similarity.toFixed(2)})`));
+  out.replaceChildren(
+    el("div.concepts", {},
+      scatter(r.points, { title: t("in.concepts.title") }),
+      el("div", {}, el("h4", {}, t("in.concepts.nearest")), el("ul.nearest", {}, pairs))),
+    el("p.help", {}, t("in.concepts.after", { dim: r.dim, a: (r.explained[0] * 100).toFixed(0), b: (r.explained[1] * 100).toFixed(0) })));
+}
+
+// ---- wiring ----
+
+const RUNS = { filmstrip, convergence, latent, attention, concepts };
+
+function showView(name) {
+  shownView = name;
+  for (const button of document.querySelectorAll(".subnav button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.view === name));
+  }
+  for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
+  refresh();
+}
+
+/** Views that follow the panel live (tokens, schedules) are redrawn when it changes. */
+function refresh() {
+  const out = $(`view-${shownView}`).querySelector(".out");
+  const live = { text: tokens, schedules }[shownView];
+  if (live) live(out).catch((error) => out.replaceChildren(el("p.placeholder", {}, errorText(error))));
+}
+
+export function shown() {
+  if (!$("att-words").value) $("att-words").value = defaultWords();
+  refresh();
+}
+
+export function paramsChanged() {
+  if (!$("panel-inside").hidden) refresh();
+}
+
+export function languageChanged() {
+  if (!$("panel-inside").hidden) refresh();
+}
+
+export function setup(options) {
+  nodeTypes = new Set(options.node_types);
+  for (const button of document.querySelectorAll(".subnav button")) {
+    button.addEventListener("click", () => showView(button.dataset.view));
+  }
+  for (const [name, run] of Object.entries(RUNS)) {
+    const view = $(`view-${name}`);
+    const button = view.querySelector(".run");
+    button.addEventListener("click", () => {
+      hideMessage();
+      busy(button, () => run(view.querySelector(".out")));
+    });
+  }
+  $("vae-file").addEventListener("change", () => {
+    hideMessage();
+    vaeRoundtrip($("view-vae").querySelector(".out")).catch((error) => showMessage(errorText(error)));
+  });
+  $("sched-log").addEventListener("change", refresh);
+  $("f-prompt").addEventListener("input", () => {
+    clearTimeout(tokenTimer);
+    tokenTimer = setTimeout(paramsChanged, 250);
+  });
+  $("concept-words").value = t("in.concepts.default");
+}

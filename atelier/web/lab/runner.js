@@ -1,0 +1,55 @@
+// One place that turns parameters into a queued graph and reports its progress: every button of the lab that
+// generates (Generate, the exercises, the look-inside views) goes through `runView`.
+
+import { postJSON, runPrompt } from "./api.js";
+import { t } from "./i18n.js";
+
+const $ = (id) => document.getElementById(id);
+let active = 0;
+
+export function isBusy() {
+  return active > 0;
+}
+
+function setProgress(value, max, text) {
+  $("progress").max = max || 1;
+  $("progress").value = value;
+  $("progress-text").textContent = text;
+}
+
+/** The graph (API prompt) and the editor workflow for parameters and a view, from the server (lab.py). */
+export async function buildGraph(params, view = "generate", extra = {}) {
+  return postJSON("/atelier/lab/graph", { params, view, ...extra });
+}
+
+/**
+ * Build, queue and wait for one view's graph. Returns {prompt, workflow, outputs, cached, params}.
+ * `label` names the run in the progress line ("CFG 7"); onPreview(url) gets the live step previews.
+ */
+export async function runView(params, { view = "generate", init = null, words = null, label = "", prefix = "lab",
+  onPreview = null, onExecuted = null, record = null } = {}) {
+  const { prompt, workflow } = await buildGraph(params, view, { init_image: init, words, filename_prefix: prefix });
+  const extra = { extra_pnginfo: { workflow } };
+  if (record) extra.atelier_lab = { ...record, params, init_image: init };
+  active += 1;
+  $("stop").disabled = false;
+  const name = label ? `${label} · ` : "";
+  setProgress(0, 1, `${name}${t("run.queued")}`);
+  try {
+    const result = await runPrompt(prompt, extra, {
+      onQueued: (_, ahead) => ahead > 0 && setProgress(0, 1, `${name}${t("run.waiting", { n: ahead })}`),
+      onStart: () => setProgress(0, 1, `${name}${t("run.started")}`),
+      onProgress: (value, max) => setProgress(value, max, `${name}${t("run.step", { value, max })}`),
+      onPreview,
+      onExecuted,
+    });
+    setProgress(1, 1, `${name}${t("run.done")}`);
+    return { prompt, workflow, params, ...result };
+  } catch (error) {
+    setProgress(0, 1, "");
+    throw error;
+  } finally {
+    active -= 1;
+    if (!active) $("stop").disabled = true;
+  }
+}
