@@ -134,7 +134,8 @@ async function convergence(out) {
     el("div.row.player", {}, play, slider, label));
   show(n);
   const curves = await Promise.all(runs.map((r) => changes(r.frames)));
-  out.append(lineChart(runs.map((r, k) => ({ name: t(`in.convergence.${r.name}`), values: curves[k], highlight: k === 1 })),
+  const colours = ["#1a5fb4", "#b3391b"];
+  out.append(lineChart(runs.map((r, k) => ({ name: t(`in.convergence.${r.name}`), values: curves[k], color: colours[k] })),
     { height: 240, xLabel: t("in.step"), yLabel: t("in.convergence.change"), title: t("in.convergence.change") }),
   el("p.help", {}, t("in.convergence.after", {
     euler: curves[0].at(-1).toFixed(2), ancestral: curves[1].at(-1).toFixed(2), seed: params.seed,
