@@ -36,6 +36,7 @@ from atelier.models.paths import ModelPaths
 from atelier.pipeline import (
     Cond,
     DiffusionModel,
+    OnStep,
     SamplerSettings,
     Step,
     decode,
@@ -405,8 +406,10 @@ _SAMPLER_INPUTS = [
 
 
 def _run_sampler(ctx: NodeContext, model: DiffusionModel, latent: dict, positive: list[Cond],
-                 negative: list[Cond], settings: SamplerSettings, **options: Any) -> dict:
-    """Shared by KSampler and KSamplerAdvanced: progress and live previews through the node context."""
+                 negative: list[Cond], settings: SamplerSettings, also_on_step: OnStep | None = None,
+                 **options: Any) -> dict:
+    """Shared by KSampler, KSamplerAdvanced and the teaching nodes: progress and live previews through the node
+    context; `also_on_step(step)`, when given, sees every step too (film strips, attention maps)."""
     preview_map = _preview_map(model)
 
     def on_step(step: Step) -> None:
@@ -414,6 +417,8 @@ def _run_sampler(ctx: NodeContext, model: DiffusionModel, latent: dict, positive
         if preview_map is not None:
             rgb = ((step.denoised[:1].float().cpu().permute(0, 2, 3, 1) @ preview_map[:4] + preview_map[4]) + 1) / 2
             ctx.preview(image_to_pil(F.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8).permute(0, 2, 3, 1))[0])
+        if also_on_step is not None:
+            also_on_step(step)
 
     result = sample(
         model, latent["samples"], positive, negative, settings,
@@ -800,11 +805,14 @@ def bind(node_cls: type[_Node], env: NodeEnvironment) -> type[_Node]:
 
 def default_registry(models: ModelPaths | Path | str, files: Any, device: str | None = None,
                      dtype: str | None = None, extra_nodes: tuple[type, ...] = ()) -> NodeRegistry:
-    """Every core node (and `extra_nodes`), bound to one set of model folders and one file API."""
+    """Every core node, the teaching nodes (graph/teaching.py) and `extra_nodes`, bound to one set of model
+    folders and one file API."""
     paths = models if isinstance(models, ModelPaths) else ModelPaths(Path(models))
     env = NodeEnvironment(paths, files, device, dtype)
+    from atelier.graph.teaching import TEACHING_NODES  # imported here: teaching.py imports this module
+
     registry = NodeRegistry()
-    for node_cls in (*CORE_NODES, *extra_nodes):
+    for node_cls in (*CORE_NODES, *TEACHING_NODES, *extra_nodes):
         registry.add(bind(node_cls, env))
     return registry
 
