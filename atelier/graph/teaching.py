@@ -143,7 +143,7 @@ class AtelierFilmStripSampler(_Node):
         if not predicted:  # denoise 0: no step was taken, the strip is the input itself
             noisy.append(latent["samples"][:1].float() * model.latent_scale)
             predicted.append(noisy[-1])
-        # Both strips go through the decoder as one batch of frames, back in RAW latent units.
+        # Both strips go through the decoder together (DECODE_BATCH frames at a time), back in RAW latent units.
         frames = torch.cat(noisy + predicted) / model.latent_scale  # (2N, 4, h, w)
         images = latents_to_images(frames, vae, model)
         return latent, images[: len(noisy)], images[len(noisy) :]
