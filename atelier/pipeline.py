@@ -360,21 +360,25 @@ def encode(vae: VAE, images: Tensor, tile: int | None = None) -> Tensor:
 
 
 @torch.no_grad()
-def fit_latent_to_rgb(vae: VAE, size: int = 64) -> Tensor:
+def fit_latent_to_rgb(vae: VAE, size: int = 64, images: Tensor | None = None) -> Tensor:
     """A (5, 3) linear map latent -> RGB (4 weights + a bias per colour), fitted by least squares.
 
-    The VAE encodes a set of flat-colour images; each latent vector is paired with its colour. A linear map from
-    the 4 latent channels to RGB is then what a live preview needs: it costs nothing next to the VAE decoder and
-    shows shapes and colours while the sampler runs. (Fitted per model, so it also works for the embedded model.)
+    Each latent pixel stands for an 8x8 block of the image; a linear map from its 4 channels to the block's mean
+    colour is what a live preview needs: it costs nothing next to the VAE decoder and shows shapes and colours
+    while the sampler runs. Fitted on `images` (B, 3, H, W) in [-1, 1] when given (pictures like the model's own:
+    the embedded model is fitted on rendered scenes), else on flat colours (fine for SD's VAE). Only a sketch: a
+    VAE's decoder is far from linear.
     """
-    levels = torch.tensor([-1.0, -0.3, 0.3, 1.0])
-    colours = torch.cartesian_prod(levels, levels, levels)  # (64, 3) in [-1, 1]
     p = next(vae.parameters())
-    images = colours[:, :, None, None].expand(-1, -1, size, size).to(p.device, p.dtype)
-    latents = vae.encode(images).mode().float().cpu()  # (64, 4, h, w)
-    z = latents.mean(dim=(2, 3))  # (64, 4): flat image -> (almost) flat latent
-    design = torch.cat([z, torch.ones(len(z), 1)], dim=1)  # (64, 5)
-    return torch.linalg.lstsq(design, colours).solution  # (5, 3)
+    if images is None:
+        levels = torch.tensor([-1.0, -0.3, 0.3, 1.0])
+        colours = torch.cartesian_prod(levels, levels, levels)  # (64, 3) in [-1, 1]
+        images = colours[:, :, None, None].expand(-1, -1, size, size)
+    latents = torch.cat([vae.encode(chunk.to(p.device, p.dtype)).mode().float().cpu() for chunk in images.split(64)])
+    blocks = F.avg_pool2d(images.float().cpu(), vae.config.downscale)  # (B, 3, h, w): the colour under each latent
+    z = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # (B*h*w, 4)
+    design = torch.cat([z, torch.ones(len(z), 1)], dim=1)  # (B*h*w, 5)
+    return torch.linalg.lstsq(design, blocks.permute(0, 2, 3, 1).reshape(-1, 3)).solution  # (5, 3)
 
 
 def latent_preview(latent: Tensor, projection: Tensor) -> Tensor:

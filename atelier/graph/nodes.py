@@ -139,6 +139,11 @@ def _resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) ->
     return F.interpolate(x, size=(height, width), mode=mode, **kwargs)
 
 
+def _resize_image(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
+    """IMAGE (B, H, W, 3) -> IMAGE (B, height, width, 3), see `_resize`."""
+    return _resize(image.permute(0, 3, 1, 2), width, height, method, crop).permute(0, 2, 3, 1).clamp(0, 1)
+
+
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of channel vectors (dim 1): keeps the latent's norm, unlike a plain lerp."""
     na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
@@ -649,8 +654,7 @@ class ImageScale(_Node):
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int,
             crop: str) -> tuple:
-        x = _resize(image.permute(0, 3, 1, 2), width, height, upscale_method, crop)
-        return (x.permute(0, 2, 3, 1).clamp(0, 1),)
+        return (_resize_image(image, width, height, upscale_method, crop),)
 
 
 class ImageScaleBy(_Node):
@@ -668,8 +672,7 @@ class ImageScaleBy(_Node):
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
         h, w = image.shape[1:3]
-        x = _resize(image.permute(0, 3, 1, 2), round(w * scale_by), round(h * scale_by), upscale_method, "disabled")
-        return (x.permute(0, 2, 3, 1).clamp(0, 1),)
+        return (_resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
 
 
 class ImageScaleToTotalPixels(_Node):
@@ -688,8 +691,7 @@ class ImageScaleToTotalPixels(_Node):
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple:
         h, w = image.shape[1:3]
         scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
-        x = _resize(image.permute(0, 3, 1, 2), round(w * scale), round(h * scale), upscale_method, "disabled")
-        return (x.permute(0, 2, 3, 1).clamp(0, 1),)
+        return (_resize_image(image, round(w * scale), round(h * scale), upscale_method),)
 
 
 class ImagePadForOutpaint(_Node):

@@ -589,6 +589,7 @@ def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dic
     `<dest stem>-extras.safetensors` (the image encoder for the concept map and the attribute classifier)."""
     from atelier.models.checkpoint import save_checkpoint
     from atelier.pipeline import fit_latent_to_rgb
+    from atelier.world.dataset import render_dataset
     from atelier.world.evaluate import new_classifier
 
     shapes = shapes or EmbeddedShapes()
@@ -597,7 +598,8 @@ def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dic
     load_weights(out / "vae.safetensors", vae)
     load_weights(out / "text_encoder.safetensors", text)
     load_weights(out / "unet_ema.safetensors", unet)
-    projection = fit_latent_to_rgb(vae.eval())
+    scenes = torch.from_numpy(render_dataset(seed=7, start=0, count=256, size=shapes.image_size)[0])
+    projection = fit_latent_to_rgb(vae.eval(), images=scenes.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
     meta = {
         "atelier.native_size": str(shapes.image_size),
         "atelier.latent_rgb": json.dumps([[round(v, 5) for v in row] for row in projection.tolist()]),
