@@ -110,9 +110,11 @@ def _first_prompt_problem(prompt: Any, registry: NodeRegistry) -> dict | None:
         class_type = node["class_type"]
         if class_type not in registry:
             title = (node.get("_meta") or {}).get("title", class_type)
+            named = f"'{title}'" if title == class_type else f"'{title}' ({class_type})"
             return error_entry(
                 "missing_node_type",
-                f"Node '{title}' not found. The custom node may not be installed.",
+                f"Node {named} is not supported by Atelier: it is not one of the core Stable "
+                "Diffusion 1.x nodes Atelier runs (custom node packs cannot be installed).",
                 f"Node ID '#{node_id}'",
                 node_id=node_id,
                 class_type=class_type,

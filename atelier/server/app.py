@@ -62,6 +62,7 @@ def create_app(
     """
     data = DataDir(data_dir)
     data.clear_temp()
+    data.install_inputs((templates_dir or frontend.TEMPLATES_DIR) / "inputs")  # the templates' example images
     store = PromptStore(data.database)
     hub = Hub()
     queue = PromptQueue(Executor(registry), store, hub)
@@ -134,13 +135,15 @@ def serve(
 def default_registry(data: DataDir) -> NodeRegistry:
     """The real SD nodes (atelier/graph/nodes.py), writing their files through this data directory."""
     from atelier.graph.nodes import default_registry as build  # heavy (torch, models): imported only to serve
+    from atelier.graph.unsupported import UNSUPPORTED_NODES
     from atelier.models.paths import ModelPaths
 
     models = ModelPaths(data.root)
     extra = data.root / "extra_model_paths.yaml"  # as ComfyUI: reuse the model folders of other tools
     if extra.is_file():
         models.add_extra_paths_yaml(extra)
-    return build(models, files=OutputFiles(data))
+    # UNSUPPORTED_NODES: ComfyUI loaders the editor expects to exist (LoRA, ControlNet, ...); they refuse to run.
+    return build(models, files=OutputFiles(data), extra_nodes=UNSUPPORTED_NODES)
 
 
 def run_server(

@@ -15,6 +15,10 @@ the editor is stored and wins over the default.
     to show download sizes.
 - "Comfy.NodeBadge.ShowApiPricing": False
     Price badges belong to paid API nodes, which Atelier does not have.
+- "Comfy.Canvas.LeftMouseClickBehavior": "panning", "Comfy.Canvas.MouseWheelScroll": "zoom"
+    The editor's own defaults, stored so that start-up does not throw: registering "Comfy.Canvas.NavigationMode"
+    ("legacy") sets these two before they are registered, and setting an unregistered one raises a TypeError
+    (settingsById[key].id) unless the value is already there. Seen as an uncaught page error in headless Chromium.
 
 Two outbound calls are not governed by settings: the error reporter (Sentry, to sentry.io, on Vue errors) and
 Firebase sign-in. frontend.py serves index.html with a Content-Security-Policy whose connect-src allows only this
@@ -35,6 +39,8 @@ PRIVATE_DEFAULTS: dict[str, Any] = {
     "Comfy.Workflow.ShowMissingNodesWarning": False,
     "Comfy.Workflow.ShowMissingModelsWarning": False,
     "Comfy.NodeBadge.ShowApiPricing": False,
+    "Comfy.Canvas.LeftMouseClickBehavior": "panning",
+    "Comfy.Canvas.MouseWheelScroll": "zoom",
 }
 
 

@@ -57,7 +57,8 @@ def test_missing_node_type(registry):
     assert not result.ok and result.node_errors == {} and result.outputs == []
     assert result.error == {
         "type": "missing_node_type",
-        "message": "Node 'My node' not found. The custom node may not be installed.",
+        "message": "Node 'My node' (Nope) is not supported by Atelier: it is not one of the core Stable Diffusion "
+        "1.x nodes Atelier runs (custom node packs cannot be installed).",
         "details": "Node ID '#9'",
         "extra_info": {"node_id": "9", "class_type": "Nope", "node_title": "My node"},
     }

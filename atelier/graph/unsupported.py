@@ -1,0 +1,191 @@
+"""ComfyUI core nodes that Atelier knows by name but cannot run yet: LoRA, upscale models, ControlNet, ...
+
+Why list nodes that do nothing? Two reasons.
+
+1. The official editor (comfyui-frontend-package 1.27.10) assumes ComfyUI's model loaders exist. On the first
+   combo widget named ckpt_name, vae_name or lora_name it maps model folders to loader nodes (LoraLoader,
+   UpscaleModelLoader, ControlNetLoader, ...) and reads `nodeDef.name` of each; a loader missing from
+   /object_info makes that throw, and the Load Checkpoint node is drawn without its ckpt_name widget.
+2. A workflow saved with ComfyUI that uses one of them should open in the editor as it was drawn, and queueing it
+   should say plainly what is missing ("Load LoRA (LoraLoader) is not supported by Atelier yet ..."), instead
+   of the generic "node not found".
+
+Each class below copies ComfyUI's input names and order (so `widgets_values` map correctly) and refuses in
+`validate_inputs`, which the validator reports as `custom_validation_failed` before anything runs. Their
+category is empty: the editor treats such nodes as deprecated and leaves them out of its node library.
+
+    registry = default_registry(models, files, extra_nodes=UNSUPPORTED_NODES)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atelier.errors import AtelierError
+from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
+
+
+class NotSupportedYet:
+    """A node Atelier cannot run: `validate_inputs` (defined per class, naming one input so that the validator
+    reports exactly one error) returns `refusal()`."""
+
+    SCHEMA: NodeSchema
+    WHY = ""  # what the node would do, for the sentence
+
+    @classmethod
+    def refusal(cls) -> str:
+        title = (cls.SCHEMA.display_name or cls.SCHEMA.name).removesuffix(" (not in Atelier yet)")
+        return (
+            f"{title} ({cls.SCHEMA.name}) is not supported by Atelier yet: it {cls.WHY}; "
+            "bypass or delete it to run the rest of the graph."
+        )
+
+    def run(self, ctx: NodeContext, **inputs: Any) -> tuple:
+        raise AtelierError(self.refusal())
+
+
+def _schema(name: str, title: str, inputs: list[Input], outputs: list[Output]) -> NodeSchema:
+    return NodeSchema(
+        name=name,
+        display_name=f"{title} (not in Atelier yet)",
+        category="",  # = deprecated for the editor: hidden from the node library, still drawn when loaded
+        description="A ComfyUI node that Atelier does not support yet; it is listed so that workflows open.",
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def _file(name: str) -> Input:
+    return Input(name, "COMBO", options=())
+
+
+def _strength(name: str) -> Input:
+    return Input(name, "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01)
+
+
+class LoraLoader(NotSupportedYet):
+    SCHEMA = _schema(
+        "LoraLoader",
+        "Load LoRA",
+        [
+            Input("model", "MODEL"),
+            Input("clip", "CLIP"),
+            _file("lora_name"),
+            _strength("strength_model"),
+            _strength("strength_clip"),
+        ],
+        [Output("MODEL"), Output("CLIP")],
+    )
+    WHY = "would add low-rank weight updates (LoRA) to the UNet and the text encoder"
+
+    @classmethod
+    def validate_inputs(cls, lora_name: str) -> str:
+        return cls.refusal()
+
+
+class LoraLoaderModelOnly(NotSupportedYet):
+    SCHEMA = _schema(
+        "LoraLoaderModelOnly",
+        "LoraLoaderModelOnly",
+        [Input("model", "MODEL"), _file("lora_name"), _strength("strength_model")],
+        [Output("MODEL")],
+    )
+    WHY = "would add low-rank weight updates (LoRA) to the UNet"
+
+    @classmethod
+    def validate_inputs(cls, lora_name: str) -> str:
+        return cls.refusal()
+
+
+class UpscaleModelLoader(NotSupportedYet):
+    SCHEMA = _schema("UpscaleModelLoader", "Load Upscale Model", [_file("model_name")], [Output("UPSCALE_MODEL")])
+    WHY = "would load a super-resolution network (ESRGAN and the like)"
+
+    @classmethod
+    def validate_inputs(cls, model_name: str) -> str:
+        return cls.refusal()
+
+
+class ImageUpscaleWithModel(NotSupportedYet):
+    SCHEMA = _schema(
+        "ImageUpscaleWithModel",
+        "Upscale Image (using Model)",
+        [Input("upscale_model", "UPSCALE_MODEL"), Input("image", "IMAGE")],
+        [Output("IMAGE")],
+    )
+    WHY = "would enlarge the image with a super-resolution network; Upscale Image or Upscale Latent By can instead"
+
+    @classmethod
+    def validate_inputs(cls, upscale_model: Any) -> str:
+        return cls.refusal()
+
+
+class ControlNetLoader(NotSupportedYet):
+    SCHEMA = _schema("ControlNetLoader", "Load ControlNet Model", [_file("control_net_name")], [Output("CONTROL_NET")])
+    WHY = "would load a ControlNet, which steers the UNet with an edge map, a pose or a depth map"
+
+    @classmethod
+    def validate_inputs(cls, control_net_name: str) -> str:
+        return cls.refusal()
+
+
+class UNETLoader(NotSupportedYet):
+    SCHEMA = _schema(
+        "UNETLoader",
+        "Load Diffusion Model",
+        [
+            _file("unet_name"),
+            Input("weight_dtype", "COMBO", options=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]),
+        ],
+        [Output("MODEL")],
+    )
+    WHY = "would load a diffusion model on its own; use Load Checkpoint, which holds the UNet, CLIP and VAE"
+
+    @classmethod
+    def validate_inputs(cls, unet_name: str) -> str:
+        return cls.refusal()
+
+
+class ImageOnlyCheckpointLoader(NotSupportedYet):
+    SCHEMA = _schema(
+        "ImageOnlyCheckpointLoader",
+        "Image Only Checkpoint Loader (img2vid model)",
+        [_file("ckpt_name")],
+        [Output("MODEL"), Output("CLIP_VISION"), Output("VAE")],
+    )
+    WHY = "would load an image-to-video model (Stable Video Diffusion)"
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name: str) -> str:
+        return cls.refusal()
+
+
+class StyleModelLoader(NotSupportedYet):
+    SCHEMA = _schema("StyleModelLoader", "Load Style Model", [_file("style_model_name")], [Output("STYLE_MODEL")])
+    WHY = "would load a style adapter that conditions on an image"
+
+    @classmethod
+    def validate_inputs(cls, style_model_name: str) -> str:
+        return cls.refusal()
+
+
+class GLIGENLoader(NotSupportedYet):
+    SCHEMA = _schema("GLIGENLoader", "GLIGENLoader", [_file("gligen_name")], [Output("GLIGEN")])
+    WHY = "would load GLIGEN, which places objects in boxes"
+
+    @classmethod
+    def validate_inputs(cls, gligen_name: str) -> str:
+        return cls.refusal()
+
+
+UNSUPPORTED_NODES: tuple[type[NotSupportedYet], ...] = (
+    LoraLoader,
+    LoraLoaderModelOnly,
+    UpscaleModelLoader,
+    ImageUpscaleWithModel,
+    ControlNetLoader,
+    UNETLoader,
+    ImageOnlyCheckpointLoader,
+    StyleModelLoader,
+    GLIGENLoader,
+)
