@@ -135,7 +135,13 @@ def _widget_values(node: dict, schema: NodeSchema) -> dict[str, Any]:
         value_slots = [s for s in slots if s.kind == "value"]
         if len(values) == len(value_slots):
             slots = value_slots
-    return {slot.name: value for slot, value in zip(slots, values, strict=False) if slot.kind == "value"}
+    found = {slot.name: value for slot, value in zip(slots, values, strict=False) if slot.kind == "value"}
+    # A widget the file does not list keeps its default, as in the editor: the frontend's own default graph saves
+    # SaveImage without widgets_values and queues filename_prefix "ComfyUI".
+    for inp in schema.visible_inputs:
+        if inp.is_widget and inp.name not in found and inp.default is not None:
+            found[inp.name] = inp.default
+    return found
 
 
 def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:

@@ -1,0 +1,197 @@
+"""Workflows that ComfyUI itself ships run unchanged on Atelier's real nodes (tests/fixtures/comfyui_workflows/).
+
+For each saved workflow (UI format, as the editor stores it):
+1. ui_to_api gives the prompt ComfyUI queued (the `prompt` text chunk of the same PNG, kept as <name>.api.json);
+2. the prompt validates against Atelier's registry (every node type, input name, range and option);
+3. it runs through the executor, with the checkpoint swapped for the embedded model, sizes divided by 4 and
+   4 sampling steps, and saves images of the expected sizes.
+Workflows with LoRA or upscale-model nodes are refused with a sentence that names the node.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from atelier.graph.executor import EventLog, Executor
+from atelier.graph.nodes import default_registry
+from atelier.graph.registry import NodeRegistry
+from atelier.graph.unsupported import UNSUPPORTED_NODES
+from atelier.graph.validation import validate_prompt
+from atelier.graph.workflow import ui_to_api
+from atelier.models.library import embedded_model_path
+from atelier.server.files import DataDir, OutputFiles
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "comfyui_workflows"
+SHRINK = 8  # every size in the workflow is divided by this (rounded to a multiple of 8, kept above its min)
+STEPS = 4
+
+# Inputs measured in pixels, by node type.
+SIZE_INPUTS = {
+    "EmptyLatentImage": ("width", "height"),
+    "LatentUpscale": ("width", "height"),
+    "ConditioningSetArea": ("width", "height", "x", "y"),
+    "ImageScale": ("width", "height"),
+    "ImagePadForOutpaint": ("left", "top", "right", "bottom"),
+}
+
+
+def load(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+
+
+def shrink(prompt: dict, registry: NodeRegistry) -> dict:
+    """The prompt on a small budget: the embedded model, sizes / SHRINK, STEPS steps."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = "embedded.safetensors"
+        elif kind == "VAELoader":
+            inputs["vae_name"] = "embedded_vae.safetensors"
+        elif kind in ("KSampler", "KSamplerAdvanced"):
+            inputs["steps"] = STEPS
+        for name in SIZE_INPUTS.get(kind, ()):
+            if not isinstance(inputs.get(name), list):  # a constant, not a link
+                smallest = registry.schema(kind).input(name).min
+                inputs[name] = max(smallest, round(inputs[name] / SHRINK / 8) * 8)
+    return prompt
+
+
+def example_image(path: Path, size: tuple[int, int], hole: tuple[int, int, int, int] | None = None) -> None:
+    """A small stand-in for ComfyUI's example inputs: sky, grass, a sun; `hole` is made transparent (the mask)."""
+    image = Image.new("RGBA", size, (120, 170, 230, 255))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, size[1] * 2 // 3, size[0], size[1]), fill=(70, 150, 60, 255))
+    draw.ellipse((size[0] // 2, 8, size[0] // 2 + 32, 40), fill=(250, 210, 40, 255))
+    if hole is not None:
+        draw.rectangle(hole, fill=(0, 0, 0, 0))
+    image.save(path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One registry and one executor for the module: the embedded checkpoint is loaded once and cached."""
+    data = DataDir(tmp_path_factory.mktemp("data"))
+    shutil.copyfile(embedded_model_path(), data.models / "vae" / "embedded_vae.safetensors")  # VAELoader reads it
+    example_image(data.input / "example.png", (64, 48))
+    example_image(data.input / "yosemite_inpaint_example.png", (64, 48), hole=(8, 8, 40, 32))
+    example_image(data.input / "yosemite_outpaint_example.png", (64, 48))
+    files = OutputFiles(data)
+    registry = default_registry(data.root, files, extra_nodes=UNSUPPORTED_NODES)
+    return registry, Executor(registry), files
+
+
+def saved_sizes(log: EventLog, files: OutputFiles) -> dict[str, tuple[int, int]]:
+    sizes = {}
+    for node_id, ui in log.payloads("executed"):
+        for ref in ui.get("images", []):
+            with Image.open(files.path(ref)) as image:
+                sizes[node_id] = image.size
+    return sizes
+
+
+# name -> {SaveImage node id: (width, height) after shrinking}
+RUNS = {
+    "default_graph.json": {"9": (64, 64)},  # 512 / SHRINK
+    "img2img.json": {"9": (64, 48)},  # the size of the input image
+    "inpaint.json": {"9": (64, 48)},
+    "outpaint.json": {"9": (64, 80)},  # 16 px of padding above and below (128 / SHRINK)
+    "hiresfix_latent.json": {"9": (96, 96), "12": (144, 144)},  # 768 and 1152 / SHRINK
+    "area_composition.json": {"9": (88, 160), "32": (136, 240)},  # 704x1280 and 1088x1920 / SHRINK
+}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_comfyui_workflow_runs(env, name):
+    registry, executor, files = env
+    prompt = ui_to_api(load(name), registry)
+    api_file = FIXTURES / name.replace(".json", ".api.json")
+    if api_file.exists():  # what ComfyUI itself queued for this workflow
+        queued = load(api_file.name)
+        assert sorted(prompt) == sorted(queued)
+        for node_id, node in queued.items():
+            # Old ComfyUI versions also sent the upload button's label ("choose file to upload": "image"), and
+            # widgets added since (VAEEncodeForInpaint's grow_mask_by) are missing there: today's editor queues
+            # their defaults, as ui_to_api does.
+            expected = {k: v for k, v in node["inputs"].items() if k != "choose file to upload"}
+            schema = registry.schema(node["class_type"])
+            added = {k: schema.input(k).default for k in prompt[node_id]["inputs"].keys() - expected.keys()}
+            assert prompt[node_id]["class_type"] == node["class_type"]
+            assert prompt[node_id]["inputs"] == {**expected, **added}, node_id
+            assert added in ({}, {"grow_mask_by": 6})
+
+    checked = validate_prompt(shrink(prompt, registry), registry)
+    assert checked.ok and checked.node_errors == {}, checked.node_errors
+    assert sorted(checked.outputs) == sorted(RUNS[name])
+
+    log = EventLog()
+    executor.execute(checked.prompt, checked.outputs, listener=log)
+    assert log.names()[-1] == "execution_success", log.payloads("execution_error")
+    assert saved_sizes(log, files) == RUNS[name]
+    steps = [value for node, value, total in log.payloads("progress") if total == STEPS]
+    assert steps.count(STEPS) == sum(1 for n in checked.prompt.values() if n["class_type"] == "KSampler")
+
+
+def test_the_default_graph_is_the_classic_seven_nodes(env):
+    registry, _, _ = env
+    prompt = ui_to_api(load("default_graph.json"), registry)
+    assert sorted(n["class_type"] for n in prompt.values()) == sorted(
+        [
+            "CheckpointLoaderSimple",
+            "CLIPTextEncode",
+            "CLIPTextEncode",
+            "EmptyLatentImage",
+            "KSampler",
+            "VAEDecode",
+            "SaveImage",
+        ]
+    )
+    assert prompt["4"]["inputs"] == {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}
+    assert prompt["3"]["inputs"]["latent_image"] == ["5", 0] and prompt["8"]["inputs"]["vae"] == ["4", 2]
+
+
+def test_lora_workflow_is_refused_with_a_clear_sentence(env):
+    registry, _, _ = env
+    prompt = shrink(ui_to_api(load("lora.json"), registry), registry)
+    queued = {k: {**v, "_meta": prompt[k]["_meta"]} for k, v in load("lora.api.json").items()}
+    assert prompt == shrink(queued, registry)
+    checked = validate_prompt(prompt, registry)
+    assert not checked.ok and checked.error["type"] == "prompt_outputs_failed_validation"
+    [error] = checked.node_errors["10"]["errors"]
+    assert error["type"] == "custom_validation_failed"
+    assert error["details"] == (
+        "lora_name - Load LoRA (LoraLoader) is not supported by Atelier yet: it would add low-rank weight updates "
+        "(LoRA) to the UNet and the text encoder; bypass or delete it to run the rest of the graph."
+    )
+
+
+def test_upscale_model_workflow_runs_only_its_first_pass(env):
+    """As in ComfyUI, outputs that validate still run: the first pass is saved, the ESRGAN branch is refused."""
+    registry, _, _ = env
+    checked = validate_prompt(shrink(ui_to_api(load("hiresfix_esrgan.json"), registry), registry), registry)
+    assert checked.ok and checked.outputs == ["9"]
+    assert sorted(checked.node_errors) == ["22", "23"]
+    assert checked.node_errors["23"]["errors"][0]["details"].startswith(
+        "model_name - Load Upscale Model (UpscaleModelLoader) is not supported by Atelier yet"
+    )
+    assert (
+        "Upscale Image (using Model) (ImageUpscaleWithModel) is not supported by Atelier yet"
+        in (checked.node_errors["22"]["errors"][0]["details"])
+    )
+    assert checked.node_errors["22"]["dependent_outputs"] == ["12"]
+
+
+def test_without_the_placeholders_an_unknown_node_is_named(tmp_path):
+    data = DataDir(tmp_path)
+    registry = default_registry(data.root, OutputFiles(data))  # core nodes only: LoraLoader is unknown
+    checked = validate_prompt(ui_to_api(load("lora.json"), registry), registry)
+    assert checked.error["type"] == "missing_node_type"
+    assert checked.error["message"] == (
+        "Node 'LoraLoader' is not supported by Atelier: it is not one of the core Stable Diffusion 1.x "
+        "nodes Atelier runs (custom node packs cannot be installed)."
+    )
