@@ -75,6 +75,18 @@ class DataDir:
         shutil.rmtree(self.temp, ignore_errors=True)
         self.temp.mkdir(parents=True, exist_ok=True)
 
+    def install_inputs(self, source: Path) -> list[str]:
+        """Copy the images of `source` (the templates' example inputs) into input/ where no file has their name,
+        so a fresh data directory can run the img2img and inpainting templates. The user's files are never
+        overwritten. Returns the names copied."""
+        copied = []
+        for path in sorted(source.glob("*.png")) if source.is_dir() else []:
+            target = self.input / path.name
+            if not target.exists():
+                shutil.copyfile(path, target)
+                copied.append(path.name)
+        return copied
+
 
 def _parts(relative: str, what: str) -> list[str]:
     """The components of a relative path from a request, or an UnsafePathError (absolute paths, drives, `..`)."""

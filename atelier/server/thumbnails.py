@@ -1,49 +1,129 @@
-"""Placeholder thumbnails for the workflow templates: a card with the template's title and a sketch of its graph.
+"""Thumbnails and example inputs of the workflow templates, made by running the templates on the embedded model.
 
-python -m atelier.server.thumbnails      # (re)draws templates/<name>-1.webp for every entry of templates.json
+    python -m atelier.server.thumbnails      # makes templates/inputs/*.png if missing, then every <name>-1.webp
+
+1. Example inputs (templates/inputs/): the images that the img2img and inpainting templates load. They are drawn
+   by the embedded model from EXAMPLE_INPUTS; the inpainting one gets a transparent hole, which LoadImage turns
+   into its MASK output (mask = 1 - alpha). The server copies them into a data directory's input/ at start.
+2. Thumbnails (templates/<name>-1.webp, 512x512): each template of templates.json is converted to a prompt and
+   run through the executor in a temporary data directory; the last image it saves becomes the thumbnail. A
+   template with a "solution" (the puzzle, whose links are cut) is run with the links of that other template.
+
+It takes about ten seconds on a laptop CPU. The images depend on the embedded model: rerun it after retraining.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from atelier.graph.executor import EventLog, Executor
+from atelier.graph.registry import NodeRegistry
+from atelier.graph.validation import validate_prompt
+from atelier.graph.workflow import ui_to_api
+from atelier.server.files import DataDir, OutputFiles
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+INPUTS_DIR = TEMPLATES_DIR / "inputs"
 SIZE = (512, 512)
-BACKGROUND, BOX, LINE, TEXT = (32, 34, 44), (70, 90, 130), (200, 170, 90), (235, 235, 240)
+
+# name -> (prompt, seed, transparent box (left, top, right, bottom) or None), at the embedded model's 128x128.
+EXAMPLE_INPUTS: dict[str, tuple[str, int, tuple[int, int, int, int] | None]] = {
+    "atelier_example.png": ("a yellow sun above a green tree on the grass", 3, None),
+    "atelier_inpaint_example.png": ("a small blue house on the right on the grass", 8, (8, 24, 64, 104)),
+}
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        return ImageFont.load_default()
+def txt2img_prompt(text: str, seed: int, size: int = 128, steps: int = 20) -> dict:
+    """The classic seven-node API prompt (checkpoint, two text encoders, empty latent, KSampler, decode, save)."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "embedded.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": 7.5,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "example"}},
+    }
 
 
-def draw_thumbnail(title: str, subtitle: str = "") -> Image.Image:
-    """A 512x512 card: the title, an optional subtitle, and five boxes linked left to right (a node graph)."""
-    image = Image.new("RGB", SIZE, BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    boxes = [(40, 300), (150, 250), (150, 350), (260, 300), (370, 300)]  # loader, 2 encoders, sampler, save
-    for a, b in [(0, 1), (0, 2), (1, 3), (2, 3), (3, 4)]:
-        (x0, y0), (x1, y1) = boxes[a], boxes[b]
-        draw.line([(x0 + 80, y0 + 20), (x1, y1 + 20)], fill=LINE, width=4)
-    for x, y in boxes:
-        draw.rounded_rectangle([x, y, x + 80, y + 40], radius=8, fill=BOX)
-    draw.text((40, 80), title, font=_font(44), fill=TEXT)
-    if subtitle:
-        draw.text((40, 150), subtitle, font=_font(24), fill=TEXT)
-    draw.text((40, 450), "Atelier", font=_font(22), fill=LINE)
-    return image
+def run_prompt(prompt: dict, registry: NodeRegistry, files: OutputFiles) -> list[Path]:
+    """Validate and execute an API prompt; the paths of the images it saved to output/ (previews left out)."""
+    checked = validate_prompt(prompt, registry)
+    if not checked.ok:
+        raise RuntimeError(f"The prompt does not validate: {checked.error} {checked.node_errors}")
+    log = EventLog()
+    Executor(registry).execute(checked.prompt, checked.outputs, listener=log)
+    if "execution_success" not in log.names():
+        raise RuntimeError(f"The prompt failed: {log.payloads('execution_error')}")
+    refs = [ref for _, ui in log.payloads("executed") for ref in ui.get("images", [])]
+    return [files.path(ref) for ref in refs if ref["type"] == "output"]
+
+
+def with_links_of(workflow: dict, solution: dict) -> dict:
+    """`workflow` (same node ids as `solution`, links cut) with the links of `solution` put back."""
+    solved = json.loads(json.dumps(workflow))
+    nodes = {n["id"]: n for n in solved["nodes"]}
+    for link_id, origin, slot, target, target_slot, _ in solution["links"]:
+        nodes[target]["inputs"][target_slot]["link"] = link_id
+        nodes[origin]["outputs"][slot]["links"].append(link_id)
+    solved["links"] = solution["links"]
+    return solved
+
+
+def make_inputs(registry: NodeRegistry, files: OutputFiles, folder: Path = INPUTS_DIR) -> None:
+    """Draw the example inputs that are missing from `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (text, seed, hole) in EXAMPLE_INPUTS.items():
+        if (folder / name).exists():
+            continue
+        [path] = run_prompt(txt2img_prompt(text, seed), registry, files)
+        with Image.open(path) as img:
+            image = img.convert("RGBA")
+        if hole is not None:  # alpha 0 = the part to repaint
+            alpha = Image.new("L", image.size, 255)
+            ImageDraw.Draw(alpha).rectangle(hole, fill=0)
+            image.putalpha(alpha)
+        image.save(folder / name)
+        print(f"wrote {folder / name}")
 
 
 def main() -> None:
-    for entry in json.loads((TEMPLATES_DIR / "templates.json").read_text(encoding="utf-8")):
-        path = TEMPLATES_DIR / f"{entry['name']}-1.webp"
-        draw_thumbnail(entry.get("title", entry["name"]), entry.get("subtitle", "")).save(path, quality=80)
-        print(f"wrote {path}")
+    from atelier.graph.nodes import default_registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = DataDir(tmp)
+        files = OutputFiles(data)
+        registry = default_registry(data.models, files)
+        make_inputs(registry, files)
+        data.install_inputs(INPUTS_DIR)
+        for entry in json.loads((TEMPLATES_DIR / "templates.json").read_text(encoding="utf-8")):
+            workflow = json.loads((TEMPLATES_DIR / f"{entry['name']}.json").read_text(encoding="utf-8"))
+            if entry.get("solution"):
+                solution = json.loads((TEMPLATES_DIR / f"{entry['solution']}.json").read_text(encoding="utf-8"))
+                workflow = with_links_of(workflow, solution)
+            saved = run_prompt(ui_to_api(workflow, registry), registry, files)
+            path = TEMPLATES_DIR / f"{entry['name']}-1.webp"
+            with Image.open(saved[-1]) as image:
+                image.convert("RGB").resize(SIZE, Image.Resampling.LANCZOS).save(path, quality=85)
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

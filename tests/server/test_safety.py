@@ -167,7 +167,9 @@ async def test_upload_refuses_big_files_bombs_and_non_images(tmp_path):
         huge = with_claimed_size(png_bytes(), 30_000, 30_000)  # PIL itself refuses this one on open
         resp = await client.post("/api/upload/image", data=upload_form(huge, "huge.png"))
         assert resp.status == 400 and "far more pixels than the 67 megapixel limit" in await resp.text()
-        assert sorted(p.name for p in (tmp_path / "input").iterdir()) == []
+        # Only the templates' example images (copied at start-up) are there: nothing refused was written.
+        assert sorted(p.name for p in (tmp_path / "input").iterdir()) == ["atelier_example.png",
+                                                                          "atelier_inpaint_example.png"]
         resp = await client.post("/api/upload/image", data={"subfolder": "x"})
         assert resp.status == 400
 

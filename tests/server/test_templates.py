@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
+from atelier.graph.executor import EventLog, Executor
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Input, NodeSchema, Output
 from atelier.graph.validation import validate_prompt
 from atelier.graph.workflow import ui_to_api
+from atelier.server.files import DataDir, OutputFiles
 from atelier.server.frontend import TEMPLATES_DIR, template_index
+from atelier.server.thumbnails import INPUTS_DIR, with_links_of
 
 
 def _node(name, inputs, outputs=(), output_node=False):
@@ -97,7 +101,67 @@ def test_txt2img_template_converts_to_the_classic_prompt():
 def test_every_listed_template_has_a_thumbnail():
     index = template_index(TEMPLATES_DIR)
     names = [t["name"] for t in index[0]["templates"]]
-    assert names == ["atelier_txt2img"]
+    assert names == ["atelier_txt2img", "atelier_img2img", "atelier_inpaint", "atelier_hires_fix", "atelier_puzzle"]
     for name in names:
         with Image.open(TEMPLATES_DIR / f"{name}-1.webp") as thumb:
             assert thumb.format == "WEBP" and thumb.size == (512, 512)
+
+
+# name -> the size of the image each SaveImage node writes
+TEMPLATE_OUTPUTS = {
+    "atelier_txt2img": {"9": (128, 128)},
+    "atelier_img2img": {"9": (128, 128)},
+    "atelier_inpaint": {"9": (128, 128)},
+    "atelier_hires_fix": {"12": (256, 256)},
+}
+
+
+@pytest.fixture(scope="module")
+def real_env(tmp_path_factory):
+    """The real nodes on the embedded model, in a data directory set up as the server does (example inputs)."""
+    from atelier.graph.nodes import default_registry
+
+    data = DataDir(tmp_path_factory.mktemp("data"))
+    assert data.install_inputs(INPUTS_DIR) == ["atelier_example.png", "atelier_inpaint_example.png"]
+    assert data.install_inputs(INPUTS_DIR) == []  # never twice, never over the user's files
+    files = OutputFiles(data)
+    registry = default_registry(data.root, files)
+    return registry, Executor(registry), files
+
+
+@pytest.mark.parametrize("name", list(TEMPLATE_OUTPUTS))
+def test_template_runs_on_the_embedded_model(real_env, name):
+    """Each template validates against the real nodes and runs (with 2 steps per sampler to stay fast)."""
+    registry, executor, files = real_env
+    prompt = ui_to_api(json.loads((TEMPLATES_DIR / f"{name}.json").read_text()), registry)
+    for node in prompt.values():
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = 2
+    checked = validate_prompt(prompt, registry)
+    assert checked.ok and checked.node_errors == {}, checked.node_errors
+    log = EventLog()
+    executor.execute(checked.prompt, checked.outputs, listener=log)
+    assert log.names()[-1] == "execution_success", log.payloads("execution_error")
+    sizes = {}
+    for node_id, ui in log.payloads("executed"):
+        for ref in ui["images"]:
+            if ref["type"] == "output":
+                with Image.open(files.path(ref)) as image:
+                    sizes[node_id] = image.size
+    assert sizes == TEMPLATE_OUTPUTS[name]
+
+
+def test_inpaint_example_has_a_transparent_hole():
+    with Image.open(INPUTS_DIR / "atelier_inpaint_example.png") as image:
+        alpha = image.getchannel("A")
+        assert image.size == (128, 128) and alpha.getpixel((30, 60)) == 0 and alpha.getpixel((100, 60)) == 255
+
+
+def test_puzzle_has_the_txt2img_nodes_and_no_link():
+    puzzle = json.loads((TEMPLATES_DIR / "atelier_puzzle.json").read_text())
+    txt2img = json.loads((TEMPLATES_DIR / "atelier_txt2img.json").read_text())
+    assert puzzle["links"] == [] and all(i["link"] is None for n in puzzle["nodes"] for i in n.get("inputs", []))
+    nodes = {n["id"]: (n["type"], n["widgets_values"]) for n in puzzle["nodes"] if n["type"] != "Note"}
+    assert nodes == {n["id"]: (n["type"], n["widgets_values"]) for n in txt2img["nodes"]}
+    solved = with_links_of(puzzle, txt2img)
+    assert ui_to_api(solved, comfy_like_registry()) == ui_to_api(txt2img, comfy_like_registry())
