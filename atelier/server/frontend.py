@@ -145,7 +145,21 @@ async def workflow_templates(request: web.Request) -> web.Response:
     return web.json_response({})  # templates of custom-node packs: none (a failure here breaks the browser)
 
 
+FAVICON = Path(__file__).resolve().parent.parent / "web" / "favicon.png"
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(FAVICON, headers={"Content-Type": "image/png"})
+
+
+async def user_css(request: web.Request) -> web.Response:
+    """The editor asks for /user.css (a place for users' own styles); an empty sheet instead of a 404."""
+    return web.Response(text="", content_type="text/css")
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/user.css", user_css)
     app.router.add_get("/templates/index.json", templates_index)
     app.router.add_get("/templates/{name}", template_file)
     add_api(app, "GET", "/workflow_templates", workflow_templates)

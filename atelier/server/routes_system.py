@@ -275,6 +275,10 @@ async def folder_paths(request: web.Request) -> web.Response:
     return web.json_response({f: [str(models_dir / f)] for f in MODEL_FOLDERS})
 
 
+async def no_translations(request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
 def setup(app: web.Application) -> None:
     add_api(app, "GET", "/users", users)
     add_api(app, "GET", "/settings", get_settings)
@@ -294,7 +298,7 @@ def setup(app: web.Application) -> None:
     add_api(app, "GET", "/experiment/models", experiment_models)
     add_api(app, "GET", "/experiment/models/{folder}", experiment_models_in)
     add_api(app, "GET", "/view_metadata/{folder}", view_metadata)
-    add_api(app, "GET", "/i18n", not_found)  # the editor's own translations are enough (404 is tolerated)
+    add_api(app, "GET", "/i18n", no_translations)  # custom nodes' translations: none; the editor keeps its own
     add_api(app, "GET", "/global_subgraphs", not_found)  # no shared subgraph blueprints (non-200 = none)
     app.router.add_get("/internal/logs", logs)
     app.router.add_get("/internal/logs/raw", raw_logs)

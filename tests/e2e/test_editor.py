@@ -14,16 +14,10 @@ from atelier.server.frontend import TEMPLATES_DIR, template_manifest
 # Console errors the editor prints for requests that ComfyUI answers with 404 as well: optional user files and
 # folders that do not exist yet. Each entry is the exact text Chromium logs.
 EXPECTED_404S = {
-    "Failed to load resource: the server responded with a status of 404 (No file 'user.css' here.)",
     "Failed to load resource: the server responded with a status of 404 (The user file 'user.css' does not exist.)",
     "Failed to load resource: the server responded with a status of 404 "
     "(The user file 'comfy.templates.json' does not exist.)",
     "Failed to load resource: the server responded with a status of 404 (The user folder 'subgraphs/' does not exist.)",
-    # Chromium asks for /favicon.ico on its own; the frontend package ships none.
-    "Failed to load resource: the server responded with a status of 404 (No file 'favicon.ico' here.)",
-    # GET /i18n answers 404 (routes_system.py); the editor logs it and keeps its own translations.
-    "Failed to load resource: the server responded with a status of 404 (Not provided by Atelier.)",
-    "Failed to load custom nodes i18n AxiosError$1",
 }
 
 SAVE_IMAGE_SHOWN = """id => {
