@@ -38,9 +38,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(tmp_path_factory) -> str:
-    """The base URL of a fresh `atelier serve` (its own empty data directory), stopped after the session."""
+    """The base URL of a fresh `atelier serve` (its own empty data directory), stopped after the module."""
     if not CHROMIUM.exists():
         pytest.skip("End-to-end tests need Debian's Chromium at /usr/bin/chromium (apt-get install chromium).")
     port = _free_port()
@@ -83,7 +83,7 @@ def artifacts(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(server):
     from playwright.sync_api import sync_playwright
 
