@@ -7,6 +7,7 @@ printed at the end). Skipped when Chromium or Playwright is missing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -186,6 +187,18 @@ def test_bad_value_shows_a_message_and_nothing_runs(page):
     shot(page, "error")
 
 
+def test_stop_interrupts_the_run_with_a_message(page):
+    page.fill("#f-steps", "200")  # the most the lab allows: long enough to be stopped half-way
+    page.click("#generate")
+    page.wait_for_function("/step [1-9][0-9]*\\/200/.test(document.querySelector('#progress-text').innerText)",
+                           timeout=RUN_TIMEOUT)
+    page.click("#stop")
+    page.wait_for_function("document.querySelector('#message-text').innerText.length > 0", timeout=RUN_TIMEOUT)
+    assert page.inner_text("#message-text") == "Stopped: the run was interrupted."
+    assert page.locator("#result-images img").count() == 0  # nothing half-made is shown
+    shot(page, "stopped")
+
+
 def test_french_interface(browser, server):
     context = browser.new_context(viewport={"width": 1366, "height": 768}, locale="fr-FR")
     pg = context.new_page()
@@ -294,6 +307,18 @@ def test_sampler_convergence(page):
     assert page.inner_text("#view-convergence .player output") == "step 2 / 6"
     assert page.locator("#view-convergence path.line").count() == 2  # one curve of change per sampler
     shot(page, "inside-convergence")
+
+
+def test_euler_settles_while_euler_a_keeps_moving_at_40_steps(page):
+    """The workshop's point, at the workshop's step count: the last-step change of Euler a stays large."""
+    open_view(page, "convergence")
+    page.fill("#conv-steps", "40")
+    page.click("#view-convergence .run")
+    page.wait_for_selector("#view-convergence svg.chart", timeout=RUN_TIMEOUT)
+    text = page.inner_text("#view-convergence p.help")
+    euler, ancestral = (float(v) for v in re.findall(r"Euler a? ?([0-9.]+)", text)[:2])
+    assert ancestral > 3 * euler, text
+    shot(page, "inside-convergence-40")
 
 
 def test_latent_channels(page):

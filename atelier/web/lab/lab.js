@@ -85,14 +85,20 @@ async function generate(event) {
   await busy($("generate"), async () => {
     const live = el("img.live", { alt: t("result.preview_alt") });
     $("result-images").replaceChildren(el("figure.fig.big", {}, live, el("figcaption", {}, t("result.preview"))));
-    const result = await runView(params, {
-      init: form.initImage(),
-      record: { kind: "generate" },
-      onPreview: (url) => {
-        if (live.src.startsWith("blob:")) URL.revokeObjectURL(live.src);
-        live.src = url;
-      },
-    });
+    let result;
+    try {
+      result = await runView(params, {
+        init: form.initImage(),
+        record: { kind: "generate" },
+        onPreview: (url) => {
+          if (live.src.startsWith("blob:")) URL.revokeObjectURL(live.src);
+          live.src = url;
+        },
+      });
+    } catch (error) {
+      $("result-images").replaceChildren(); // stopped or failed: no half-made picture stays on screen
+      throw error;
+    }
     form.state.lastSeed = params.seed;
     showResult(result);
   });
