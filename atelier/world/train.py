@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -253,6 +254,37 @@ class Stage:
             out_of_time = bool(flag.item())
         return self.step >= self.s.steps or out_of_time
 
+    def run(
+        self,
+        modules: dict[str, nn.Module],
+        opt: torch.optim.Optimizer,
+        loss_fn: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor | float]]],
+        clip_norm: float | None = 1.0,
+        after_step: Callable[[], None] | None = None,
+        save_every: int = 1000,
+    ) -> None:
+        """The loop all stages share: `loss_fn()` gives (loss, values to log); one optimiser step per call, with the
+        learning-rate schedule, gradient clipping, a log line every 100 steps and a resumable save every
+        `save_every`. Stops at the step count or when the time budget is spent, then saves."""
+        params = [p for m in modules.values() for p in m.parameters()]
+        while not self.done():
+            self.set_lr(opt)
+            loss, logged = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            opt.step()
+            if after_step is not None:
+                after_step()
+            self.step += 1
+            if self.step % 100 == 0 or self.done():
+                values = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in logged.items()}
+                self.log(loss=loss.item(), **values)
+            if self.step % save_every == 0:
+                self.save_state(modules, opt)
+        self.save_state(modules, opt)
+
     def log(self, **values: float) -> None:
         values = {k: self.ranks.all_mean(float(v)) for k, v in values.items()}
         if not self.ranks.main:
@@ -310,8 +342,8 @@ def train_vae(
     stage.resume({"vae": vae}, opt)
     model = wrap_ddp(_AutoencoderPass(vae), ranks)
     gen = torch.Generator().manual_seed(seed * 1000 + ranks.rank + stage.step)
-    while not stage.done():
-        stage.set_lr(opt)
+
+    def loss_fn() -> tuple[torch.Tensor, dict]:
         images, _ = data.batch(s.batch, gen)
         with autocast(ranks):
             recon, mean, logvar = model(images)
@@ -319,17 +351,9 @@ def train_vae(
         l1 = (recon - images).abs().mean()
         edge = (_sobel(recon) - _sobel(images)).abs().mean()
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
-        loss = l1 + 0.5 * edge + 1e-6 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        stage.step += 1
-        if stage.step % 100 == 0 or stage.done():
-            stage.log(loss=loss.item(), l1=l1.item(), edge=edge.item(), kl=kl.item())
-        if stage.step % 1000 == 0:
-            stage.save_state({"vae": vae}, opt)
-    stage.save_state({"vae": vae}, opt)
+        return l1 + 0.5 * edge + 1e-6 * kl, {"l1": l1, "edge": edge, "kl": kl}
+
+    stage.run({"vae": vae}, opt, loss_fn)
 
     # The latent scaling factor: 1 / std of the latents over a sample of the data, so that the UNet's inputs have
     # unit variance (SD1.x measured 0.18215 the same way).
@@ -383,21 +407,14 @@ def train_clip(
     stage.resume({"pair": pair}, opt)
     model = wrap_ddp(pair, ranks)
     gen = torch.Generator().manual_seed(seed * 1000 + 7 + ranks.rank + stage.step)
-    while not stage.done():
-        stage.set_lr(opt)
+
+    def loss_fn() -> tuple[torch.Tensor, dict]:
         images, ids = data.batch(s.batch, gen)
         with autocast(ranks):
             loss = model(images, ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(pair.parameters(), 1.0)
-        opt.step()
-        stage.step += 1
-        if stage.step % 100 == 0 or stage.done():
-            stage.log(loss=loss.item(), temperature=1 / pair.logit_scale.exp().item())
-        if stage.step % 1000 == 0:
-            stage.save_state({"pair": pair}, opt)
-    stage.save_state({"pair": pair}, opt)
+        return loss, {"temperature": 1 / pair.logit_scale.exp().item()}
+
+    stage.run({"pair": pair}, opt, loss_fn)
     if ranks.main:
         save_weights(out / "text_encoder.safetensors", pair.text, shapes.text)
         save_weights(out / "image_encoder.safetensors", pair.image)
@@ -464,8 +481,7 @@ def train_unet(
     min_snr_weight = snr.clamp(max=5.0) / snr  # min-SNR-5 weighting for eps-prediction (Hang et al. 2023)
     gen = torch.Generator().manual_seed(seed * 1000 + 13 + ranks.rank + stage.step)
 
-    while not stage.done():
-        stage.set_lr(opt)
+    def loss_fn() -> tuple[torch.Tensor, dict]:
         n = s.batch
         idx = torch.randint(0, latents.shape[0], (n,), generator=gen).to(ranks.device)
         pick = torch.randint(0, data.tokens.shape[1], (n,), generator=gen).to(ranks.device)
@@ -482,21 +498,15 @@ def train_unet(
         with autocast(ranks):
             eps = model(x_t, t.float(), context)
         per_item = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (per_item * min_snr_weight[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(ema_decay, (1 + stage.step) / (10 + stage.step))
-            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
-        stage.step += 1
-        if stage.step % 100 == 0 or stage.done():
-            stage.log(loss=loss.item(), mse=per_item.mean().item())
-        if stage.step % 2000 == 0:
-            stage.save_state({"unet": unet, "ema": ema}, opt)
-    stage.save_state({"unet": unet, "ema": ema}, opt)
+        return (per_item * min_snr_weight[t]).mean(), {"mse": per_item.mean().detach()}
+
+    @torch.no_grad()
+    def update_ema() -> None:
+        decay = min(ema_decay, (1 + stage.step) / (10 + stage.step))  # short warm-up of the average
+        for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
+            p_ema.lerp_(p, 1 - decay)
+
+    stage.run({"unet": unet, "ema": ema}, opt, loss_fn, after_step=update_ema, save_every=2000)
     if ranks.main:
         save_weights(out / "unet_ema.safetensors", ema, shapes.unet)
 
@@ -506,8 +516,17 @@ def train_unet(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def train_classifier(shapes: EmbeddedShapes, data: WorldData, out: Path, s: StageSettings, ranks: Ranks,
-                     budget_s: float | None, seed: int, images_per_rank: int = 50_000, workers: int = 1) -> None:
+def train_classifier(
+    shapes: EmbeddedShapes,
+    data: WorldData,
+    out: Path,
+    s: StageSettings,
+    ranks: Ranks,
+    budget_s: float | None,
+    seed: int,
+    images_per_rank: int = 50_000,
+    workers: int = 1,
+) -> None:
     from atelier.world.evaluate import (
         classifier_accuracy,
         classifier_loss,
@@ -517,8 +536,9 @@ def train_classifier(shapes: EmbeddedShapes, data: WorldData, out: Path, s: Stag
     )
 
     start = time.time()
-    images, labels, _ = render_labelled(seed + 5, images_per_rank, shapes.image_size, workers,
-                                        start=ranks.rank * images_per_rank)
+    images, labels, _ = render_labelled(
+        seed + 5, images_per_rank, shapes.image_size, workers, start=ranks.rank * images_per_rank
+    )
     images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(ranks.device)
     labels = torch.from_numpy(labels).to(ranks.device)
     if ranks.main:
@@ -530,19 +550,14 @@ def train_classifier(shapes: EmbeddedShapes, data: WorldData, out: Path, s: Stag
     stage.resume({"classifier": classifier}, opt)
     model = wrap_ddp(classifier, ranks)
     gen = torch.Generator().manual_seed(seed * 1000 + 21 + ranks.rank + stage.step)
-    while not stage.done():
-        stage.set_lr(opt)
+
+    def loss_fn() -> tuple[torch.Tensor, dict]:
         idx = torch.randint(0, len(images), (s.batch,), generator=gen).to(ranks.device)
         with autocast(ranks):
             logits = model(images[idx].float() / 127.5 - 1.0)
-        loss = classifier_loss({k: v.float() for k, v in logits.items()}, labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        stage.step += 1
-        if stage.step % 100 == 0 or stage.done():
-            stage.log(loss=loss.item())
-    stage.save_state({"classifier": classifier}, opt)
+        return classifier_loss({k: v.float() for k, v in logits.items()}, labels[idx]), {}
+
+    stage.run({"classifier": classifier}, opt, loss_fn, clip_norm=None)
     if ranks.main:
         classifier.eval()
         fresh, _, scenes = render_labelled(seed + 999, 2000, shapes.image_size, workers, start=10**9)
