@@ -36,6 +36,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default="atelier", help="file name prefix")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU, half on GPU)")
+    p.add_argument("--no-fast", action="store_true",
+                   help="run the readable modules as written (default on CUDA: the fast path, atelier/models/fast.py, "
+                        "same result to rounding, compiled on first use)")
     p.set_defaults(func=_generate)
 
 
@@ -43,6 +46,7 @@ def _generate(args: argparse.Namespace) -> int:
     from atelier.generation import GenerationParams, a1111_parameters, api_graph, run
     from atelier.images import load_image, next_free_path, save_png
     from atelier.models.checkpoint import load_checkpoint
+    from atelier.models.fast import accelerate, fast_path_default
     from atelier.models.library import native_size, resolve_model
 
     if args.mask is not None and args.init_image is None:
@@ -59,6 +63,10 @@ def _generate(args: argparse.Namespace) -> int:
 
     path = resolve_model(args.model)
     ckpt = load_checkpoint(path, device=args.device, dtype=args.dtype, vae_path=args.vae)
+    fast = not args.no_fast and fast_path_default(ckpt.device)
+    ckpt = accelerate(ckpt, enabled=fast)
+    if fast:
+        print("fast path on: the first run compiles for a while (--no-fast: the readable modules)", file=sys.stderr)
     native = native_size(path)
     params.width, params.height, params.model = args.width or native, args.height or native, path.name
     params.check()

@@ -1,0 +1,449 @@
+"""The fast path: the same networks and weights as the readable modules, computed faster on a GPU.
+
+The readable modules (unet.py, attention.py, vae.py, clip.py) document what Stable Diffusion computes. This file
+changes only how it is computed, never what; each trick can be switched off on its own (`FastOptions`):
+
+    trick               what it saves                                                      option
+    fused projections   one matrix product for q, k, v (self-attention) and one for k, v   fuse_projections
+                        (cross-attention), instead of three or two: fewer launches and
+                        the input read once
+    channels_last       activations stored (B, h, w, C): cuDNN's tensor-core convolutions  channels_last
+                        need no layout transposes, and a feature map's token view
+                        (B, h*w, C) costs nothing
+    attention kernel    which fused softmax(QK^T/sqrt(d))V kernel SDPA uses: flash         attention
+                        (Dao 2023, FlashAttention-2) or cuDNN's; the (N, N) matrix is
+                        never stored either way
+    torch.compile       GroupNorm + SiLU, GEGLU's gate, LayerNorms and residual adds       compile
+                        fused into generated kernels (Ansel et al. 2024, "PyTorch 2");
+                        "blocks" compiles each ResBlock and transformer separately
+                        (quick to compile), "full" the whole forward (more fusion,
+                        slower to compile), "max-autotune" also benchmarks GEMM kernels
+    CUDA graphs         the whole UNet call replayed as one recorded graph, with no        cuda_graphs
+                        per-kernel launch cost on the host (sampling/graphs.py)
+    prompt cache        the same token ids are encoded once                                cache_prompts
+
+Batched classifier-free guidance (cond and uncond as one batch of 2B) is already what the readable path does
+(sampling/guidance.py).
+
+Every fast module subclasses its readable one: same config, same call, same `state_dict` keys and shapes
+(diffusers' names) and same outputs up to float rounding. `accelerate(ckpt)` converts a loaded checkpoint without
+copying its weights; tests/models/test_fast.py compares both paths.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from atelier.errors import InputError
+from atelier.models.attention import Attention, SpatialTransformer, TransformerBlock
+from atelier.models.clip import CLIPTextEncoder
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
+from atelier.models.layers import multi_head_attention
+from atelier.models.unet import ResBlock, UNet
+from atelier.models.vae import VAE, ResnetBlock, SpatialSelfAttention
+from atelier.sampling.graphs import GraphedCall
+
+if TYPE_CHECKING:
+    from atelier.models.checkpoint import Checkpoint
+
+# --------------------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------------------
+
+# SDPA backends in the order tried: the named one first, then the ones that cover what it cannot (flash and cuDNN
+# stop at head width 256; the VAE's single attention head is 512 wide).
+_ATTENTION = {
+    "auto": None,  # PyTorch's own order
+    "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "math": [SDPBackend.MATH],
+}
+COMPILE_MODES = ("none", "blocks", "full", "max-autotune")
+
+
+@dataclasses.dataclass(frozen=True)
+class FastOptions:
+    """Which speed-ups the fast modules use. The defaults are the fast path `accelerate` switches on for CUDA."""
+
+    fuse_projections: bool = True
+    channels_last: bool = True
+    attention: str = "auto"  # "auto", "flash", "cudnn", "efficient" or "math"
+    compile: str = "blocks"  # "none", "blocks", "full" or "max-autotune"
+    cuda_graphs: bool = True  # UNet only: the VAE runs once per image, where capturing would not pay
+    cache_prompts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attention not in _ATTENTION:
+            raise InputError(
+                f"Attention kernel {self.attention!r} is not known; expected one of {', '.join(_ATTENTION)}."
+            )
+        if self.compile not in COMPILE_MODES:
+            raise InputError(f"Compile mode {self.compile!r} is not known; expected one of {', '.join(COMPILE_MODES)}.")
+
+    @classmethod
+    def eager(cls) -> FastOptions:
+        """Only the module-level changes (fused projections, channels_last): no compiler, no graphs."""
+        return cls(compile="none", cuda_graphs=False)
+
+
+# Dynamo keeps at most 8 compiled versions of one function by default; the SD1.5 UNet has ~14 differently shaped
+# ResBlocks, each needing its own when compiled per block.
+_RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+
+@contextlib.contextmanager
+def kernel_choices(options: FastOptions) -> Iterator[None]:
+    """While active: the chosen SDPA kernel, cuDNN autotuning of convolutions, room for per-block compiles.
+
+    Everything is restored on exit; nothing global stays changed.
+    """
+    with contextlib.ExitStack() as stack:
+        backends = _ATTENTION[options.attention]
+        if backends is not None:
+            stack.enter_context(sdpa_kernel(backends, set_priority=True))
+        if options.compile != "none":
+            stack.enter_context(torch._dynamo.config.patch(**{_RECOMPILE_LIMIT: 128}))
+        autotune = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True  # time a few convolution algorithms per shape, keep the fastest
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = autotune
+
+
+def _compile(fn: Callable, options: FastOptions) -> Callable:
+    """torch.compile for one shape at a time (a new shape compiles again rather than going dynamic)."""
+    mode = "max-autotune-no-cudagraphs" if options.compile == "max-autotune" else None
+    return torch.compile(fn, dynamic=False, mode=mode)
+
+
+def _compile_blocks(model: nn.Module, kinds: tuple[type, ...], options: FastOptions) -> None:
+    """Regional compilation: each block of the given kinds gets its own compiled forward (blocks of the same
+    shape share one compilation); the glue between blocks stays eager."""
+    if options.compile == "none":
+        return
+    for module in model.modules():
+        if isinstance(module, kinds):
+            module.compile(dynamic=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fused projections that save and load as the separate ones
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _stack_on_load(module: nn.Module, fused: str, parts: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+    """Make `module.<fused>` (a Linear whose output rows are `parts` stacked in order) save and load as `parts`.
+
+    On load, e.g. to_q.weight, to_k.weight, to_v.weight (C, C) each -> to_qkv.weight (3C, C); on save the reverse,
+    in the original key order, so a fast module's state_dict is the readable module's.
+    """
+
+    def load(module: nn.Module, state: dict, prefix: str, *args) -> None:
+        for kind in kinds:
+            names = [f"{prefix}{part}.{kind}" for part in parts]
+            if all(name in state for name in names):
+                state[f"{prefix}{fused}.{kind}"] = torch.cat([state.pop(name) for name in names])
+
+    def save(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+        mine = [(key, state.pop(key)) for key in [k for k in state if k.startswith(prefix)]]
+        stacked = {
+            key[len(prefix) + len(fused) + 1 :]: value for key, value in mine if key.startswith(prefix + fused + ".")
+        }
+        for key, value in mine:
+            if key.startswith(prefix + fused + "."):
+                if key == f"{prefix}{fused}.{kinds[0]}":  # the parts go where the fused tensors were, part by part
+                    for i, part in enumerate(parts):
+                        for kind in kinds:
+                            # A copy, so that each saved tensor owns its memory (safetensors refuses shared memory).
+                            state[f"{prefix}{part}.{kind}"] = stacked[kind].chunk(len(parts))[i].clone()
+            else:
+                state[key] = value
+
+    module.register_load_state_dict_pre_hook(load)
+    module.register_state_dict_post_hook(save)
+
+
+class FusedAttention(Attention):
+    """`Attention` with its input projections fused: to_qkv (self) or to_q + to_kv (cross) instead of three.
+
+    Loads and saves to_q/to_k/to_v, like the readable module, and records probabilities for
+    `capture_cross_attention` the same way.
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        nn.Module.__init__(self)  # not Attention.__init__: the three separate projections are not built
+        self.heads = heads
+        self.is_cross = context_dim is not None
+        self.record = None
+        if self.is_cross:
+            self.to_q = nn.Linear(dim, dim, bias=False)
+            self.to_kv = nn.Linear(context_dim, 2 * dim, bias=False)  # rows: [to_k; to_v]
+            _stack_on_load(self, "to_kv", ("to_k", "to_v"), ("weight",))
+        else:
+            self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)  # rows: [to_q; to_k; to_v]
+            _stack_on_load(self, "to_qkv", ("to_q", "to_k", "to_v"), ("weight",))
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+
+    @classmethod
+    def like(cls, attention: Attention) -> FusedAttention:
+        context_dim = attention.to_k.in_features if attention.is_cross else None
+        return cls(attention.to_q.in_features, attention.heads, context_dim)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        if self.is_cross:
+            q = self.to_q(x)  # (B, N, dim)
+            k, v = self.to_kv(context).chunk(2, dim=-1)  # (B, T, dim) each, from one product
+        else:
+            q, k, v = self.to_qkv(x).chunk(3, dim=-1)  # (B, N, dim) each, from one product
+        q, k, v = (p.unflatten(-1, (self.heads, -1)).transpose(1, 2) for p in (q, k, v))  # (B, heads, *, head_dim)
+        if self.record is None:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
+        else:  # written out as in Attention.forward, so the probabilities can be recorded
+            if size is None:
+                raise ValueError("recording attention probabilities needs the spatial size (h, w) of the tokens")
+            probs = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).float().softmax(dim=-1)  # (B, heads, N, T)
+            self.record(probs.detach().unflatten(2, size))
+            out = probs.to(v.dtype) @ v
+        return self.to_out[0](out.transpose(1, 2).flatten(2))  # (B, N, dim)
+
+
+class FusedSpatialSelfAttention(SpatialSelfAttention):
+    """The VAE's single-head self-attention with q, k, v (and their biases) from one product."""
+
+    def __init__(self, channels: int, groups: int, eps: float):
+        nn.Module.__init__(self)  # not SpatialSelfAttention.__init__: no separate projections
+        self.group_norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.to_qkv = nn.Linear(channels, 3 * channels)
+        _stack_on_load(self, "to_qkv", ("to_q", "to_k", "to_v"), ("weight", "bias"))
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+
+    @classmethod
+    def like(cls, attention: SpatialSelfAttention) -> FusedSpatialSelfAttention:
+        norm = attention.group_norm
+        return cls(norm.num_channels, norm.num_groups, norm.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, h, w)
+        B, C, h, w = x.shape
+        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, h*w, C); free when x is channels_last
+        q, k, v = self.to_qkv(tokens).chunk(3, dim=-1)
+        out = self.to_out[0](multi_head_attention(q, k, v, heads=1))  # (B, h*w, C)
+        return x + out.transpose(1, 2).reshape(B, C, h, w)
+
+
+def _contiguous_on_save(module: nn.Module) -> None:
+    """state_dict() hands out contiguous tensors, as the readable module's, even where weights are channels_last."""
+
+    def save(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+        for key, value in state.items():
+            if not value.is_contiguous():
+                state[key] = value.contiguous()
+
+    module.register_state_dict_post_hook(save)
+
+
+def _channels_last(x: torch.Tensor, options: FastOptions) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if options.channels_last and x.ndim == 4 else x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The UNet
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FastUNet(UNet):
+    """The SD1.x UNet computed the fast way; same config, call, state_dict and outputs (to rounding) as `UNet`.
+
+    forward(x, timestep, context) runs, in order of preference: a replayed CUDA graph (CUDA, no autograd, well-
+    formed inputs), the compiled network, the eager network. While `capture_cross_attention` is recording, it
+    runs eagerly (the recording is Python code that graphs and compiled code would skip).
+    """
+
+    def __init__(self, config: UNetConfig, options: FastOptions | None = None):
+        super().__init__(config)
+        self.options = options = options or FastOptions()
+        if options.fuse_projections:
+            for block in [m for m in self.modules() if isinstance(m, TransformerBlock)]:
+                block.attn1, block.attn2 = FusedAttention.like(block.attn1), FusedAttention.like(block.attn2)
+        self._cross = tuple(m for m in self.modules() if isinstance(m, Attention) and m.is_cross)
+        _compile_blocks(self, (ResBlock, SpatialTransformer), options)
+        full = options.compile in ("full", "max-autotune")
+        self._network = _compile(self._readable_forward, options) if full else self._readable_forward
+        self.graphs = GraphedCall(self._network, max_graphs=2)
+        _contiguous_on_save(self)
+
+    def _readable_forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return UNet.forward(self, x, t, context)
+
+    @property
+    def recording(self) -> bool:
+        """True while `capture_cross_attention` is active on this model."""
+        return any(m.record is not None for m in self._cross)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        x = _channels_last(x, self.options)
+        if self.recording:
+            with torch.compiler.set_stance("force_eager"):
+                return UNet.forward(self, x, timestep, context).contiguous()
+        with kernel_choices(self.options):
+            t = self._graphable_timesteps(x, timestep, context)
+            if t is not None:
+                return self.graphs(x, t, context).contiguous()
+            return self._network(x, timestep, context).contiguous()
+
+    def _graphable_timesteps(
+        self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The timesteps as a (B,) tensor on x's device when a CUDA graph may run this call, else None.
+
+        Malformed inputs return None so that the readable forward raises its own error message.
+        """
+        if not (self.options.cuda_graphs and x.is_cuda and not torch.is_grad_enabled()):
+            return None
+        t = torch.as_tensor(timestep, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        ok = t.shape == (x.shape[0],) and context.ndim == 3 and context.shape[-1] == self.config.context_dim
+        return t.float() if ok and context.device == x.device else None
+
+
+def fast_unet(unet: UNet, options: FastOptions | None = None) -> FastUNet:
+    """The readable `unet` as a FastUNet sharing its weights (nothing is copied but the fused projections).
+
+    With channels_last, the readable module's convolution weights are first switched to that layout in place
+    (same values, so it computes the same thing), so that both modules share them instead of holding two copies.
+    """
+    options = options or FastOptions()
+    if options.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    with torch.device("meta"):
+        fast = FastUNet(unet.config, options)
+    fast.load_state_dict(unet.state_dict(), assign=True)
+    return fast.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The VAE
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FastVAE(VAE):
+    """The autoencoder computed the fast way: fused attention projections, channels_last, compiled blocks.
+
+    Overrides the two raw network calls every public method goes through (`_moments`, `_image`), so plain,
+    tiled, scaled and unscaled encodes and decodes are all fast. No CUDA graphs: it runs once per image.
+    """
+
+    def __init__(self, config: VAEConfig, options: FastOptions | None = None):
+        super().__init__(config)
+        self.options = options = options or FastOptions()
+        if options.fuse_projections:
+            for mid in (self.encoder.mid_block, self.decoder.mid_block):
+                mid.attentions[0] = FusedSpatialSelfAttention.like(mid.attentions[0])
+        _compile_blocks(self, (ResnetBlock, SpatialSelfAttention), options)
+        full = options.compile in ("full", "max-autotune")
+        self._encode_net = _compile(self._readable_moments, options) if full else self._readable_moments
+        self._decode_net = _compile(self._readable_image, options) if full else self._readable_image
+        _contiguous_on_save(self)
+
+    def _readable_moments(self, images: torch.Tensor) -> torch.Tensor:
+        return VAE._moments(self, images)
+
+    def _readable_image(self, z: torch.Tensor) -> torch.Tensor:
+        return VAE._image(self, z)
+
+    def _moments(self, images: torch.Tensor) -> torch.Tensor:
+        with kernel_choices(self.options):
+            return self._encode_net(_channels_last(images, self.options)).contiguous()
+
+    def _image(self, z: torch.Tensor) -> torch.Tensor:
+        with kernel_choices(self.options):
+            return self._decode_net(_channels_last(z, self.options)).contiguous()
+
+
+def fast_vae(vae: VAE, options: FastOptions | None = None) -> FastVAE:
+    """The readable `vae` as a FastVAE sharing its weights (see `fast_unet`)."""
+    options = options or FastOptions()
+    if options.channels_last:
+        vae.to(memory_format=torch.channels_last)
+    with torch.device("meta"):
+        fast = FastVAE(vae.config, options)
+    fast.load_state_dict(vae.state_dict(), assign=True)
+    return fast.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The text encoder: a prompt cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FastTextEncoder(CLIPTextEncoder):
+    """The CLIP text encoder with `encode` remembered per token ids and clip_skip (the last `cache_size` ones).
+
+    A sampling loop never calls the text encoder, but a server or a lab session encodes the same prompts (and the
+    empty negative one) again and again. Loading weights (load_state_dict) empties the cache.
+    """
+
+    def __init__(self, config: TextEncoderConfig, options: FastOptions | None = None, cache_size: int = 32):
+        super().__init__(config)
+        self.options = options or FastOptions()
+        self.cache_size = cache_size
+        self._cache: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
+        self.register_load_state_dict_pre_hook(lambda *args: self._cache.clear())
+
+    def encode(self, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        if not self.options.cache_prompts or torch.is_grad_enabled():
+            return super().encode(input_ids, clip_skip)
+        key = (str(input_ids.device), tuple(input_ids.shape), clip_skip, tuple(input_ids.flatten().tolist()))
+        if key not in self._cache:
+            self._cache[key] = super().encode(input_ids, clip_skip)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key].clone()  # a copy: the caller may change it in place
+
+
+def fast_text_encoder(text_encoder: CLIPTextEncoder, options: FastOptions | None = None) -> FastTextEncoder:
+    """The readable text encoder as a FastTextEncoder sharing its weights."""
+    with torch.device("meta"):
+        fast = FastTextEncoder(text_encoder.config, options)
+    fast.load_state_dict(text_encoder.state_dict(), assign=True)
+    return fast.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A whole checkpoint
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fast_path_default(device: torch.device) -> bool:
+    """The fast path is on by default on CUDA GPUs only (on a CPU, compiling costs more than it saves)."""
+    return torch.device(device).type == "cuda"
+
+
+def accelerate(ckpt: Checkpoint, enabled: bool | None = None, options: FastOptions | None = None) -> Checkpoint:
+    """The checkpoint with its UNet, VAE and text encoder replaced by their fast versions (weights shared).
+
+    `enabled` None: on for a CUDA checkpoint, off elsewhere (`fast_path_default`). Off: `ckpt` itself.
+    A new Checkpoint is returned; the readable modules in `ckpt` stay usable (see `fast_unet` on their layout).
+    """
+    if enabled is None:
+        enabled = fast_path_default(ckpt.device)
+    if not enabled:
+        return ckpt
+    return dataclasses.replace(
+        ckpt,
+        unet=fast_unet(ckpt.unet, options),
+        vae=fast_vae(ckpt.vae, options),
+        text_encoder=fast_text_encoder(ckpt.text_encoder, options),
+    )

@@ -1,0 +1,306 @@
+"""The fast path computes what the readable modules compute: same outputs, same state_dict, same hooks.
+
+CPU checks use small configs in float32 (max abs difference <= 1e-5). torch.compile on the CPU takes about a
+minute here, so that check is marked slow; the full-size CUDA comparison is marked gpu and run by hand:
+    pytest -m gpu tests/models/test_fast.py -s
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from atelier.cli import main as cli_main
+from atelier.errors import InputError
+from atelier.generation import GenerationParams, run
+from atelier.models.attention import Attention, capture_cross_attention
+from atelier.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from atelier.models.clip import CLIPTextEncoder
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
+from atelier.models.fast import (
+    FastOptions,
+    FastTextEncoder,
+    FastUNet,
+    FastVAE,
+    FusedAttention,
+    accelerate,
+    fast_text_encoder,
+    fast_unet,
+    fast_vae,
+)
+from atelier.models.unet import UNet
+from atelier.models.vae import VAE
+from atelier.sampling.graphs import GraphedCall
+
+DEEP = dataclasses.replace(
+    UNetConfig.tiny(),
+    block_channels=(32, 64, 64),
+    layers_per_block=2,
+    cross_attention_levels=(False, True, True),
+    transformer_depth=2,
+)
+UNET_CONFIGS = {"tiny": UNetConfig.tiny(), "deep": DEEP}
+EAGER_OPTIONS = {
+    "fused+channels_last": FastOptions.eager(),
+    "fused": dataclasses.replace(FastOptions.eager(), channels_last=False),
+    "channels_last": dataclasses.replace(FastOptions.eager(), fuse_projections=False),
+}
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one thread is faster than two (no OpenMP hand-offs) on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def unet_inputs(cfg: UNetConfig, size: tuple[int, int] = (16, 12)):
+    x = torch.randn(2, cfg.in_channels, *size)
+    return x, torch.tensor([10.0, 733.5]), torch.randn(2, 7, cfg.context_dim)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# UNet
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", EAGER_OPTIONS.values(), ids=EAGER_OPTIONS.keys())
+@pytest.mark.parametrize("name", UNET_CONFIGS)
+@torch.no_grad()
+def test_fast_unet_matches_readable(name, options):
+    cfg = UNET_CONFIGS[name]
+    readable = UNet(cfg).eval()
+    x, t, context = unet_inputs(cfg)
+    expected = readable(x, t, context)
+    fast = fast_unet(readable, options)
+    assert isinstance(fast, FastUNet)
+    out = fast(x, t, context)
+    assert out.shape == expected.shape and out.is_contiguous()
+    assert max_diff(out, expected) <= TOL
+    # Odd sizes go through the upsampler's size matching the same way.
+    x9, t9, c9 = unet_inputs(cfg, (9, 13))
+    assert max_diff(fast(x9, t9, c9), readable(x9, t9, c9)) <= TOL
+
+
+@torch.no_grad()
+def test_fused_projections_replace_every_attention_and_keep_the_readable_state_dict():
+    readable = UNet(DEEP).eval()
+    expected = {k: v.clone() for k, v in readable.state_dict().items()}
+    fast = fast_unet(readable, FastOptions.eager())
+    attentions = [m for m in fast.modules() if isinstance(m, Attention)]
+    assert attentions and all(isinstance(m, FusedAttention) for m in attentions)
+    self_attn = next(m for m in attentions if not m.is_cross)
+    assert self_attn.to_qkv.weight.shape == (3 * 64, 64)  # [to_q; to_k; to_v] of the first 64-wide level
+
+    state = fast.state_dict()
+    assert list(state) == list(expected)  # same names in the same order
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key
+        assert state[key].is_contiguous(), key
+    # A FastUNet built from scratch loads the readable state_dict strictly, and the readable one loads its.
+    fresh = FastUNet(DEEP, FastOptions.eager())
+    fresh.load_state_dict(expected)
+    back = UNet(DEEP)
+    back.load_state_dict(fresh.state_dict())
+    x, t, context = unet_inputs(DEEP)
+    assert max_diff(fresh(x, t, context), back.eval()(x, t, context)) <= TOL
+
+
+@torch.no_grad()
+def test_readable_unet_still_computes_the_same_after_conversion():
+    readable = UNet(UNetConfig.tiny()).eval()
+    x, t, context = unet_inputs(readable.config)
+    before = readable(x, t, context)
+    fast_unet(readable, FastOptions.eager())  # switches its conv weights to channels_last in place, to share them
+    assert max_diff(readable(x, t, context), before) <= TOL
+
+
+@torch.no_grad()
+def test_capture_cross_attention_on_the_fast_unet_records_what_the_readable_records():
+    readable = UNet(DEEP).eval()
+    x, t, context = unet_inputs(DEEP)
+    with capture_cross_attention(readable) as expected_maps:
+        expected = readable(x, t, context)
+    fast = fast_unet(readable, FastOptions.eager())
+    with capture_cross_attention(fast) as maps:
+        assert fast.recording
+        out = fast(x, t, context)
+    assert not fast.recording
+    assert max_diff(out, expected) <= TOL
+    assert [m.layer for m in maps] == [m.layer for m in expected_maps]
+    assert len(maps) == len(expected_maps) == 22
+    for got, want in zip(maps, expected_maps, strict=True):
+        assert got.probs.shape == want.probs.shape
+        assert max_diff(got.probs, want.probs) <= 1e-6
+    fast(x, t, context)  # outside the context nothing more is recorded
+    assert len(maps) == 22
+
+
+@torch.no_grad()
+def test_capture_also_works_without_fused_projections():
+    readable = UNet(UNetConfig.tiny()).eval()
+    x, t, context = unet_inputs(readable.config)
+    fast = fast_unet(readable, dataclasses.replace(FastOptions.eager(), fuse_projections=False))
+    with capture_cross_attention(fast, average_heads=True) as maps:
+        fast(x, t, context)
+    assert len(maps) == 7 and maps[0].probs.shape == (2, 1, 16, 12, 7)
+
+
+def test_fast_unet_raises_the_readable_errors():
+    fast = fast_unet(UNet(UNetConfig.tiny()).eval(), FastOptions.eager())
+    x, _, context = unet_inputs(fast.config)
+    with pytest.raises(InputError, match="timestep has shape"):
+        fast(x, torch.ones(3), context)
+    with pytest.raises(InputError, match="text conditioning has shape"):
+        fast(x, torch.ones(2), context[..., :5])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# VAE and text encoder
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", EAGER_OPTIONS.values(), ids=EAGER_OPTIONS.keys())
+@torch.no_grad()
+def test_fast_vae_decodes_and_encodes_like_the_readable(options):
+    readable = VAE(VAEConfig.tiny()).eval()
+    z = torch.randn(1, 4, 12, 10)
+    images = torch.rand(1, 3, 48, 40) * 2 - 1
+    expected_image, expected_moments = readable.decode(z), readable.encode(images).mean
+    expected_tiled = readable.decode_tiled(z, tile=8, overlap=2)
+    state = {k: v.clone() for k, v in readable.state_dict().items()}
+
+    fast = fast_vae(readable, options)
+    assert isinstance(fast, FastVAE)
+    assert max_diff(fast.decode(z), expected_image) <= TOL
+    assert max_diff(fast.encode(images).mean, expected_moments) <= TOL
+    assert max_diff(fast.decode_tiled(z, tile=8, overlap=2), expected_tiled) <= TOL
+    got = fast.state_dict()
+    assert list(got) == list(state) and all(torch.equal(got[k], v) for k, v in state.items())
+
+
+@torch.no_grad()
+def test_fast_text_encoder_caches_prompts_and_returns_copies():
+    readable = CLIPTextEncoder(TextEncoderConfig.tiny()).eval()
+    ids = torch.randint(0, 1000, (1, 77))
+    expected = readable.encode(ids, clip_skip=2)
+    fast = fast_text_encoder(readable)
+    assert isinstance(fast, FastTextEncoder)
+    first = fast.encode(ids, clip_skip=2)
+    assert torch.equal(first, expected)
+    first.add_(1.0)  # a caller changing its copy does not change the cache
+    assert torch.equal(fast.encode(ids, clip_skip=2), expected)
+    assert len(fast._cache) == 1
+    assert torch.equal(fast.encode(ids, clip_skip=1), readable.encode(ids))  # another key
+    assert len(fast._cache) == 2
+    fast.load_state_dict(readable.state_dict())
+    assert len(fast._cache) == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Options, the whole checkpoint, the CLI flag
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_options_reject_unknown_values_in_one_sentence():
+    with pytest.raises(InputError, match=r"Attention kernel 'fast' is not known; expected one of auto, flash"):
+        FastOptions(attention="fast")
+    with pytest.raises(InputError, match=r"Compile mode 'turbo' is not known; expected one of none, blocks"):
+        FastOptions(compile="turbo")
+
+
+def test_graphs_refuse_cpu_tensors():
+    call = GraphedCall(lambda x: x * 2)
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        call(torch.ones(2))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Checkpoint:
+    torch.manual_seed(99)
+    unet = UNet(dataclasses.replace(UNetConfig.tiny(), cross_attention_levels=(False, True)))
+    vae = VAE(dataclasses.replace(VAEConfig.tiny(), block_channels=(16, 16, 32, 32), scaling_factor=0.5))
+    text = CLIPTextEncoder(TextEncoderConfig(width=32, layers=2, heads=2, mlp_width=64))
+    path = save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", unet, vae, text)
+    return load_checkpoint(path, device="cpu", dtype="fp32")
+
+
+def test_accelerate_is_off_on_the_cpu_by_default_and_converts_when_asked(tiny_ckpt):
+    assert accelerate(tiny_ckpt) is tiny_ckpt
+    assert accelerate(tiny_ckpt, enabled=False) is tiny_ckpt
+    fast = accelerate(tiny_ckpt, enabled=True, options=FastOptions.eager())
+    assert isinstance(fast.unet, FastUNet) and isinstance(fast.vae, FastVAE)
+    assert isinstance(fast.text_encoder, FastTextEncoder)
+    assert fast.unet_config == tiny_ckpt.unet_config and fast.tokenizer is tiny_ckpt.tokenizer
+    # Weights are shared, not copied: the readable UNet's conv weight is the fast one's.
+    assert fast.unet.conv_in.weight.data_ptr() == tiny_ckpt.unet.conv_in.weight.data_ptr()
+
+
+def test_a_generation_on_the_fast_path_equals_the_readable_one(tiny_ckpt):
+    params = GenerationParams("a red circle", negative="blue", seed=7, steps=4, cfg=5.0, width=32, height=24)
+    expected = run(tiny_ckpt, params)
+    got = run(accelerate(tiny_ckpt, enabled=True, options=FastOptions.eager()), params)
+    assert max_diff(got.latent, expected.latent) <= TOL
+
+
+def test_cli_accepts_no_fast(capsys):
+    # --no-fast parses (argparse would exit on an unknown flag); the bad --steps then stops before any loading.
+    assert cli_main(["generate", "a house", "--no-fast", "--steps", "0"]) == 2
+    assert "Steps must be a whole number" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch.compile (slow on a CPU) and the full-size CUDA check (by hand)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_fast_unet_matches_readable_on_the_cpu():
+    readable = UNet(UNetConfig.tiny()).eval()
+    x, t, context = unet_inputs(readable.config)
+    expected = readable(x, t, context)
+    fast = fast_unet(readable, FastOptions(compile="full", cuda_graphs=False))
+    assert max_diff(fast(x, t, context), expected) <= TOL
+    with capture_cross_attention(fast) as maps:  # recording falls back to the eager modules
+        assert max_diff(fast(x, t, context), expected) <= TOL
+    assert len(maps) == 7
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@torch.no_grad()
+def test_full_size_fast_path_matches_readable_on_cuda():
+    """SD1.5 sizes in half precision on random weights: the default fast path (compiled blocks, CUDA graphs) and
+    the readable modules; relative error of half precision (~1e-3), well under 1e-2."""
+    device, dtype = torch.device("cuda"), torch.float16
+    readable = UNet(UNetConfig()).to(device, dtype).eval()
+    x = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)
+    t = torch.tensor([999.0, 500.0], device=device)
+    context = torch.randn(2, 77, 768, device=device, dtype=dtype)
+    expected = readable(x, t, context).float()
+    fast = fast_unet(readable)
+    for _ in range(3):  # the first call captures the graph, the others replay it
+        out = fast(x, t, context)
+        assert _relative(out, expected) < 1e-2 and torch.isfinite(out).all()
+    assert fast.graphs.captured == 1
+    x2 = torch.randn_like(x)  # a replay with new inputs computes the new answer
+    assert _relative(fast(x2, t, context), readable(x2, t, context)) < 1e-2
+
+    vae = VAE(VAEConfig()).to(device, dtype).eval()
+    z = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
+    expected_image = vae.decode(z).float()
+    assert _relative(fast_vae(vae).decode(z), expected_image) < 1e-2
