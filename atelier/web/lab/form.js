@@ -20,11 +20,12 @@ function fill(select, values) {
 }
 
 export function setup(options, onChange) {
-  state.defaults = options.defaults;
+  // The starting prompt is in the interface's language: the embedded model reads English and French alike.
+  state.defaults = { ...options.defaults, prompt: t("form.default_prompt") };
   fill($("f-model"), options.models);
   fill($("f-sampler"), options.samplers);
   fill($("f-scheduler"), options.schedulers);
-  write(options.defaults);
+  write(state.defaults);
   $("f-denoise").addEventListener("input", showDenoise);
   $("seed-random").addEventListener("click", () => setSeed(-1));
   $("seed-last").addEventListener("click", () => state.lastSeed !== null && setSeed(state.lastSeed));
