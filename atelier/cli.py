@@ -46,7 +46,6 @@ def _generate(args: argparse.Namespace) -> int:
     from atelier.generation import GenerationParams, a1111_parameters, api_graph, run
     from atelier.images import load_image, next_free_path, save_png
     from atelier.models.checkpoint import load_checkpoint
-    from atelier.models.fast import accelerate, fast_path_default
     from atelier.models.library import native_size, resolve_model
 
     if args.mask is not None and args.init_image is None:
@@ -63,9 +62,10 @@ def _generate(args: argparse.Namespace) -> int:
 
     path = resolve_model(args.model)
     ckpt = load_checkpoint(path, device=args.device, dtype=args.dtype, vae_path=args.vae)
-    fast = not args.no_fast and fast_path_default(ckpt.device)
-    ckpt = accelerate(ckpt, enabled=fast)
-    if fast:
+    if not args.no_fast and ckpt.device.type == "cuda":  # imported only here: torch.compile's import costs ~1 s
+        from atelier.models.fast import accelerate
+
+        ckpt = accelerate(ckpt, enabled=True)
         print("fast path on: the first run compiles for a while (--no-fast: the readable modules)", file=sys.stderr)
     native = native_size(path)
     params.width, params.height, params.model = args.width or native, args.height or native, path.name
