@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from atelier.errors import InputError
 from atelier.graph.nodes import (
@@ -42,6 +42,7 @@ from atelier.graph.nodes import (
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.models.attention import capture_cross_attention, token_heatmaps
 from atelier.pipeline import Cond, DiffusionModel, SamplerSettings, Step, decode, encode_prompt, latent_preview
+from atelier.plots import line_chart
 from atelier.sampling.schedules import SCHEDULERS, sigmas_for
 
 CATEGORY = "atelier"
@@ -437,99 +438,17 @@ class AtelierCrossAttentionMap(_Node):
 # --------------------------------------------------------------------------------------------------------------
 
 PLOT_SIZE = (800, 480)
-AXIS_COLOUR, GRID_COLOUR, NOTE_COLOUR = (60, 60, 60), (236, 236, 236), (150, 150, 150)
-# One colour per curve (matplotlib's "tab10" cycle); curves that are not chosen are drawn half-way to white.
-PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
-
-
-def faint(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(round(c + (255 - c) * 0.55) for c in colour)  # type: ignore[return-value]
-
-
-def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
-    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
-    raw = (hi - lo) / max(count, 1)
-    power = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
 def plot_sigmas(curves: dict[str, list[float]], chosen: str, log_scale: bool, title: str) -> Image.Image:
-    """A line plot of sigma against step: every curve faint, `chosen` bold with a dot per step, a legend.
+    """Sigma against step: every scheduler faint, `chosen` bold with a dot per step, a legend.
 
     On a log axis sigma = 0 (the end of every schedule) cannot be drawn; those points are left out.
     """
-    width, height = PLOT_SIZE
-    left, right, top, bottom = 70, 165, 56, 50
-    font = ImageFont.load_default(size=13)
-    image = Image.new("RGB", PLOT_SIZE, "white")
-    draw = ImageDraw.Draw(image)
-
-    x_max = max(len(values) for values in curves.values()) - 1
-    positive = [v for values in curves.values() for v in values if v > 0] or [1.0]  # denoise 0: only sigma 0
-    y_top = max(positive)
-    if log_scale:  # whole decades, at least one
-        y_lo = math.floor(math.log10(min(positive)))
-        y_hi = max(math.ceil(math.log10(y_top)), y_lo + 1)
-    else:
-        y_lo, y_hi = 0.0, y_top * 1.05
-
-    def px(step: float, sigma: float) -> tuple[float, float]:
-        v = math.log10(sigma) if log_scale else sigma
-        x = left + (width - left - right) * step / max(x_max, 1)
-        y = height - bottom - (height - top - bottom) * (v - y_lo) / (y_hi - y_lo)
-        return x, y
-
-    # Axes, ticks and labels.
-    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill=AXIS_COLOUR, width=1)
-    y_ticks = [10.0**e for e in range(int(y_lo), int(y_hi) + 1)] if log_scale else nice_ticks(y_lo, y_hi)
-    for value in y_ticks:
-        _, y = px(0, value)
-        draw.line([(left - 4, y), (left, y)], fill=AXIS_COLOUR)
-        draw.line([(left + 1, y), (width - right, y)], fill=GRID_COLOUR)
-        draw.text((left - 8, y), f"{value:g}", fill=AXIS_COLOUR, font=font, anchor="rm")
-    for step in nice_ticks(0, x_max, 10) if x_max > 0 else [0]:
-        x, _ = px(step, y_top)
-        draw.line([(x, height - bottom), (x, height - bottom + 4)], fill=AXIS_COLOUR)
-        draw.text((x, height - bottom + 8), f"{step:g}", fill=AXIS_COLOUR, font=font, anchor="mt")
-    draw.text(((left + width - right) / 2, height - 14), "step", fill=AXIS_COLOUR, font=font, anchor="ms")
-    draw.text((8, top - 26), "sigma (log scale)" if log_scale else "sigma", fill=AXIS_COLOUR, font=font)
-    draw.text((8, 10), title, fill=(0, 0, 0), font=font)
-
-    # Curves: the others first, faint, then the chosen one on top.
-    colours = {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(curves)}
-    for name in [n for n in curves if n != chosen] + [chosen]:
-        points = [px(i, s) for i, s in enumerate(curves[name]) if s > 0 or not log_scale]
-        colour, line_width = (colours[name], 3) if name == chosen else (faint(colours[name]), 1)
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=line_width, joint="curve")
-        if name == chosen:
-            for x, y in points:
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-
-    # Legend.
-    for row, name in enumerate(curves):
-        y = top + 8 + 18 * row
-        colour = colours[name] if name == chosen else faint(colours[name])
-        draw.line([(width - right + 12, y), (width - right + 32, y)], fill=colour, width=3 if name == chosen else 1)
-        draw.text((width - right + 38, y), name, fill=colour, font=font, anchor="lm")
-    if log_scale:
-        draw.text(
-            (width - right + 12, height - bottom), "sigma = 0 not drawn", fill=NOTE_COLOUR, font=font, anchor="ls"
-        )
-    return image
+    series = {name: (list(range(len(values))), values) for name, values in curves.items()}
+    return line_chart(series, title=title, x_label="step", y_label="sigma (log scale)" if log_scale else "sigma",
+                      log_y=log_scale, size=PLOT_SIZE, highlight=chosen,
+                      note="sigma = 0 not drawn" if log_scale else "")
 
 
 class AtelierSigmaSchedule(_Node):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -30,12 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from atelier.errors import CheckpointError, InputError
 from atelier.images import tensor_to_pil
 from atelier.pipeline import DiffusionModel, SamplerSettings, decode, empty_latent, encode_prompt
+from atelier.plots import font as plot_font
+from atelier.plots import line_chart
 from atelier.sampling.denoisers import start_latent
 from atelier.sampling.guidance import cfg_denoiser
 from atelier.sampling.noise import check_seed, initial_noise, seeded_noise_sampler
@@ -237,62 +238,11 @@ def bars(report: dict[str, Any], cfg: float) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """DejaVu Sans when the system has it (Pillow's built-in font lacks accented letters such as "à")."""
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        return ImageFont.load_default(size)
-
-
 def plot_cfg_sweep(cfgs: Sequence[float], values: Sequence[float], path: Path, title: str, target: float) -> None:
-    """Adherence (%) against CFG: axes, ticks, labels, the bar as a dashed line, the points joined by a line."""
-    w, h, left, right, top, bottom = 720, 440, 80, 30, 50, 70
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    small, font = _font(14), _font(16)
-    # CFG spans 1..30: a log axis spaces the usual values (1, 3, 5, 7.5, 10) evenly enough to read.
-    log_x = min(cfgs) > 0
-    fx = (lambda c: math.log(c)) if log_x else (lambda c: c)
-    lo, hi = fx(min(cfgs)), fx(max(cfgs))
-    pad = 0.05 * (hi - lo or 1.0)
-    lo, hi = lo - pad, hi + pad
-
-    def px(c: float) -> float:
-        return left + (fx(c) - lo) / (hi - lo) * (w - left - right)
-
-    def py(v: float) -> float:
-        return h - bottom - v / 100 * (h - top - bottom)
-
-    for v in range(0, 101, 20):  # y grid, ticks and labels
-        d.line([(left, py(v)), (w - right, py(v))], fill=(228, 228, 228))
-        d.line([(left - 5, py(v)), (left, py(v))], fill="black")
-        d.text((left - 9, py(v)), f"{v}", fill="black", font=small, anchor="rm")
-    for c in cfgs:  # x ticks at the measured CFG values
-        d.line([(px(c), h - bottom), (px(c), h - bottom + 5)], fill="black")
-        d.text((px(c), h - bottom + 9), f"{c:g}", fill="black", font=small, anchor="mt")
-    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black", width=2)
-    for x0 in range(left, w - right, 12):  # the bar, dashed
-        d.line([(x0, py(target * 100)), (min(x0 + 6, w - right), py(target * 100))], fill=(200, 40, 40), width=1)
-    d.text((left + 6, py(target * 100) - 4), f"bar {target:.0%}", fill=(200, 40, 40), font=small, anchor="lb")
-    points = [(px(c), py(v * 100)) for c, v in zip(cfgs, values, strict=True)]
-    if len(points) > 1:
-        d.line(points, fill=(40, 90, 200), width=3)
-    for (x, y), v in zip(points, values, strict=True):
-        d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(40, 90, 200), outline="white")
-        d.text((x, y - 9), f"{v:.0%}", fill=(40, 90, 200), font=small, anchor="mb")
-    d.text((w / 2, 14), title, fill="black", font=font, anchor="mt")
-    d.text(
-        ((left + w - right) / 2, h - 22),
-        "CFG scale" + (" (log axis)" if log_x else ""),
-        fill="black",
-        font=font,
-        anchor="mm",
-    )
-    label = Image.new("RGB", (200, 24), "white")
-    ImageDraw.Draw(label).text((100, 12), "adherence (%)", fill="black", font=font, anchor="mm")
-    img.paste(label.rotate(90, expand=True), (8, (top + h - bottom) // 2 - 100))
-    img.save(path)
+    """Adherence (%) against CFG on a log axis (1, 3, 5, 7.5, 10 spaced evenly enough to read), the bar dashed."""
+    line_chart({"adherence": (list(cfgs), [100 * v for v in values])}, path, title=title,
+               x_label="CFG scale (log axis)", y_label="adherence (%)", log_x=min(cfgs) > 0, x_ticks=list(cfgs),
+               y_range=(0, 100), reference=(100 * target, f"bar {target:.0%}"), label_points="{:.0f}%")
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
@@ -309,7 +259,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[s
 
 def sample_sheet(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], path: Path, cell: int = 192) -> None:
     """A contact sheet: one row per (title, images (N, H, W, 3), captions), each image above its caption."""
-    font, title_font = _font(13), _font(16)
+    font, title_font = plot_font(13), plot_font(16)
     text_h, title_h, gap = 72, 26, 8
     cols = max(len(images) for _, images, _ in rows)
     img = Image.new("RGB", (gap + cols * (cell + gap), len(rows) * (title_h + cell + text_h + gap)), "white")

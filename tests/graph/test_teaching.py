@@ -13,7 +13,6 @@ from atelier.errors import InputError
 from atelier.graph.executor import EventLog, Executor
 from atelier.graph.nodes import ClipModel, default_registry
 from atelier.graph.teaching import (
-    PALETTE,
     PLOT_SIZE,
     TEACHING_NODES,
     channel_images,
@@ -22,6 +21,7 @@ from atelier.graph.teaching import (
 )
 from atelier.graph.validation import validate_prompt
 from atelier.pipeline import latent_preview
+from atelier.plots import PALETTE
 from atelier.sampling.denoisers import DiscreteSchedule
 from atelier.sampling.schedules import SCHEDULERS, sigmas_for
 from atelier.server.files import DataDir, OutputFiles
