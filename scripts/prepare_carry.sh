@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Prepare .carry/ (ignored by git) for the lent GPU machines, which have Python 3.12 + torch but no package index:
+#   .carry/wheels/*.whl                 pure-Python deps they lack (ftfy, wcwidth, regex, tqdm) and, for
+#                                       benchmarks/gpu.py, diffusers without its pipelines (the full wheel would push
+#                                       the travelling working tree over its 64 MiB limit)
+#   .carry/bpe_simple_vocab_16e6.txt.gz the CLIP vocabulary (from the open-clip-torch package)
+# Then name ".carry" in the device call's `carry` and read it as scripts/gpu_train.sh does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .carry/wheels
+pip=(.venv/bin/python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .carry/wheels)
+"${pip[@]}" ftfy wcwidth regex tqdm importlib_metadata zipp
+"${pip[@]}" diffusers==0.42.1
+# Drop diffusers' pipeline subpackages (models, schedulers and loaders stay): ~3 MB instead of ~5 MB.
+.venv/bin/python - <<'PY'
+import glob, zipfile, os
+src = glob.glob(".carry/wheels/diffusers-0.42.1-*.whl")[0]
+tmp = src + ".tmp"
+with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+    for item in zin.infolist():
+        parts = item.filename.split("/")
+        if parts[:2] == ["diffusers", "pipelines"] and len(parts) > 3:
+            continue
+        zout.writestr(item, zin.read(item.filename))
+os.replace(tmp, src)
+PY
+cp .venv/lib/python3.11/site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz .carry/
+ls -la .carry .carry/wheels
