@@ -153,6 +153,17 @@ def reference_vae(config: VAEConfig) -> nn.Module:
     return _reference_vae(config)
 
 
+def paired_unets(s: Setup) -> tuple[UNet, nn.Module | None]:
+    """Our UNet and diffusers' (None without diffusers) on the same random weights, on the device, frozen."""
+    torch.manual_seed(0)
+    readable = UNet(s.unet_config).eval().requires_grad_(False)
+    reference = reference_unet(s.unet_config).eval().requires_grad_(False) if diffusers_available() else None
+    if reference is not None:
+        readable.load_state_dict(reference.state_dict())
+        reference.to(s.device, s.dtype)
+    return readable.to(s.device, s.dtype), reference
+
+
 class NoNetwork(nn.Module):
     """Stands in for the UNet to time everything else in a sampling step: returns 0.5 * x."""
 
@@ -201,13 +212,7 @@ class Setup:
 
 
 def section_unet(s: Setup, variants: list[str]) -> list[dict]:
-    torch.manual_seed(0)
-    readable = UNet(s.unet_config).eval().requires_grad_(False)
-    reference = reference_unet(s.unet_config).eval().requires_grad_(False) if diffusers_available() else None
-    if reference is not None:
-        readable.load_state_dict(reference.state_dict())
-        reference.to(s.device, s.dtype)
-    readable.to(s.device, s.dtype)
+    readable, reference = paired_unets(s)
     x, t, context = s.inputs()
     with torch.no_grad():
         expected = readable(x, t, context)
@@ -304,13 +309,7 @@ def _diffusers_loop(s: Setup, reference: nn.Module, steps: int = 20) -> Callable
 
 def section_loop(s: Setup) -> list[dict]:
     steps = 20
-    torch.manual_seed(0)
-    readable = UNet(s.unet_config).eval().requires_grad_(False)
-    reference = reference_unet(s.unet_config).eval().requires_grad_(False) if diffusers_available() else None
-    if reference is not None:
-        readable.load_state_dict(reference.state_dict())
-        reference.to(s.device, s.dtype)
-    readable.to(s.device, s.dtype)
+    readable, reference = paired_unets(s)
     loops: dict[str, Callable[[], object]] = {}
     if reference is not None:
         loops["diffusers"] = _diffusers_loop(s, reference, steps)
