@@ -246,13 +246,20 @@ class Stage:
         for group in opt.param_groups:
             group["lr"] = lr_at(self.step, self.s)
 
-    def done(self) -> bool:
-        out_of_time = self.deadline is not None and time.time() > self.deadline
+    def done(self, check_clock_every: int = 25) -> bool:
+        """The step count is reached, or the time budget is spent. The clock is read every `check_clock_every`
+        steps only: agreeing on it across ranks is a blocking all-reduce, and a GPU kept waiting for the host
+        at every step loses the queue of kernels the host had launched ahead."""
+        if self.step >= self.s.steps:
+            return True
+        if self.deadline is None or self.step % check_clock_every:
+            return False
+        out_of_time = time.time() > self.deadline
         if self.ranks.world > 1:  # every rank must stop at the same step
             flag = torch.tensor([float(out_of_time)], device=self.ranks.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
-        return self.step >= self.s.steps or out_of_time
+        return out_of_time
 
     def run(
         self,
@@ -266,8 +273,9 @@ class Stage:
         """The loop all stages share: `loss_fn()` gives (loss, values to log); one optimiser step per call, with the
         learning-rate schedule, gradient clipping, a log line every 100 steps and a resumable save every
         `save_every`. Stops at the step count or when the time budget is spent, then saves."""
-        params = [p for m in modules.values() for p in m.parameters()]
-        while not self.done():
+        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        finished = self.done()
+        while not finished:
             self.set_lr(opt)
             loss, logged = loss_fn()
             opt.zero_grad(set_to_none=True)
@@ -278,7 +286,8 @@ class Stage:
             if after_step is not None:
                 after_step()
             self.step += 1
-            if self.step % 100 == 0 or self.done():
+            finished = self.done()
+            if self.step % 100 == 0 or finished:
                 values = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in logged.items()}
                 self.log(loss=loss.item(), **values)
             if self.step % save_every == 0:
@@ -430,9 +439,21 @@ def encode_latents(vae: VAE, images_u8: torch.Tensor, batch: int = 256) -> torch
     out = []
     with torch.no_grad():
         for chunk in images_u8.split(batch):
-            x = chunk.float() / 127.5 - 1.0
-            out.append(vae.encode(x).mean * vae.config.scaling_factor)
+            out.append(vae.encode(chunk.float() / 127.5 - 1.0).mean * vae.config.scaling_factor)
     return torch.cat(out)
+
+
+def encode_captions(text: CLIPTextEncoder, tokens: torch.Tensor, dtype: torch.dtype, batch: int = 4096) -> torch.Tensor:
+    """Every caption -> the frozen text encoder's last hidden state, once: (N, K, 77) ids -> (N, K, 77, D).
+
+    The text encoder is frozen during the UNet stage, so running it at every step (as a pipeline does) would only
+    repeat the same arithmetic; 400k captions at width 128 take ~8 GB of GPU memory in bf16."""
+    flat = tokens.flatten(0, 1)
+    out = []
+    with torch.no_grad():
+        for chunk in flat.split(batch):
+            out.append(text(chunk.long()).last_hidden_state.to(dtype))
+    return torch.cat(out).unflatten(0, tokens.shape[:2])
 
 
 def train_unet(
@@ -445,6 +466,7 @@ def train_unet(
     seed: int,
     ema_decay: float = 0.999,
     caption_dropout: float = 0.1,
+    compile_model: bool = False,
 ) -> None:
     vae_config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
     vae = VAE(vae_config).to(ranks.device).eval()
@@ -452,20 +474,26 @@ def train_unet(
     text = CLIPTextEncoder(shapes.text).to(ranks.device).eval()
     load_weights(out / "text_encoder.safetensors", text)
     start = time.time()
-    latents = encode_latents(vae, data.images)  # (N, 4, 16, 16)
-    del vae
+    latents = encode_latents(vae, data.images)  # (N, 4, 16, 16) fp32
+    dtype = torch.bfloat16 if ranks.device.type == "cuda" else torch.float32
+    empty_ids = torch.tensor([[CLIPTokenizer.from_default()("")]], device=ranks.device)
+    with autocast(ranks):
+        contexts = encode_captions(text, data.tokens, dtype)  # (N, K, 77, D)
+        empty = encode_captions(text, empty_ids, dtype)[0]  # (1, 77, D): the dropped caption
+    del vae, text
     if ranks.main:
         print(
-            f"[unet] {latents.shape[0]} latents encoded in {time.time() - start:.1f} s, std {latents.std().item():.3f}",
+            f"[unet] {latents.shape[0]} latents and {contexts.shape[0] * contexts.shape[1]} captions encoded in "
+            f"{time.time() - start:.1f} s, latent std {latents.std().item():.3f}",
             flush=True,
         )
-    empty_ids = torch.tensor(CLIPTokenizer.from_default()(""), device=ranks.device)
 
     torch.manual_seed(seed + 2)
     unet = UNet(shapes.unet).to(ranks.device)
     ema = UNet(shapes.unet).to(ranks.device).eval().requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
-    opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    cuda = ranks.device.type == "cuda"
+    opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=cuda or None)
     stage = Stage("unet", out, s, ranks, budget_s)
     if not stage.state_path.exists() and (out / "unet_ema.safetensors").exists():
         load_weights(out / "unet_ema.safetensors", unet)  # continue from shipped weights (fresh optimiser)
@@ -474,37 +502,38 @@ def train_unet(
             print("[unet] starting from the existing unet_ema.safetensors", flush=True)
     stage.resume({"unet": unet, "ema": ema}, opt)
     model = wrap_ddp(unet, ranks)
+    if compile_model:
+        model = torch.compile(model)  # fuses GroupNorm+SiLU and the elementwise tails; fewer kernel launches
 
     schedule = DiscreteSchedule.scaled_linear()
     alphas_cumprod = schedule.alphas_cumprod.to(ranks.device).float()  # (1000,)
     snr = alphas_cumprod / (1 - alphas_cumprod)
     min_snr_weight = snr.clamp(max=5.0) / snr  # min-SNR-5 weighting for eps-prediction (Hang et al. 2023)
-    gen = torch.Generator().manual_seed(seed * 1000 + 13 + ranks.rank + stage.step)
+    # Drawn on the training device: no host-to-device copy, and the host never waits for the GPU.
+    gen = torch.Generator(ranks.device).manual_seed(seed * 1000 + 13 + ranks.rank + stage.step)
+    n, dev = s.batch, ranks.device
 
     def loss_fn() -> tuple[torch.Tensor, dict]:
-        n = s.batch
-        idx = torch.randint(0, latents.shape[0], (n,), generator=gen).to(ranks.device)
-        pick = torch.randint(0, data.tokens.shape[1], (n,), generator=gen).to(ranks.device)
-        ids = data.tokens[idx, pick].long()
-        drop = torch.rand(n, generator=gen).to(ranks.device) < caption_dropout
-        ids = torch.where(drop[:, None], empty_ids[None, :], ids)
-        x0 = latents[idx].float()
-        t = torch.randint(0, 1000, (n,), generator=gen).to(ranks.device)
-        noise = torch.randn(x0.shape, generator=gen).to(ranks.device)
+        idx = torch.randint(0, latents.shape[0], (n,), generator=gen, device=dev)
+        pick = torch.randint(0, contexts.shape[1], (n,), generator=gen, device=dev)
+        drop = torch.rand(n, generator=gen, device=dev) < caption_dropout
+        context = torch.where(drop[:, None, None], empty, contexts[idx, pick])  # (B, 77, D)
+        x0 = latents[idx]
+        t = torch.randint(0, 1000, (n,), generator=gen, device=dev)
+        noise = torch.randn(x0.shape, generator=gen, device=dev)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0), Ho et al. 2020 eq. 4
-        with torch.no_grad(), autocast(ranks):
-            context = text(ids).last_hidden_state  # (B, 77, D)
         with autocast(ranks):
             eps = model(x_t, t.float(), context)
         per_item = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))
         return (per_item * min_snr_weight[t]).mean(), {"mse": per_item.mean().detach()}
 
+    ema_params, params = list(ema.parameters()), list(unet.parameters())
+
     @torch.no_grad()
     def update_ema() -> None:
         decay = min(ema_decay, (1 + stage.step) / (10 + stage.step))  # short warm-up of the average
-        for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
-            p_ema.lerp_(p, 1 - decay)
+        torch._foreach_lerp_(ema_params, params, 1 - decay)
 
     stage.run({"unet": unet, "ema": ema}, opt, loss_fn, after_step=update_ema, save_every=2000)
     if ranks.main:
@@ -664,6 +693,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device")
     parser.add_argument("--init", type=Path, help="start from this shipped checkpoint (see unpack)")
     parser.add_argument("--pack", type=Path, help="after the stages, write the shipped checkpoint to this path")
+    parser.add_argument("--warmup", type=int, help="override the stage's learning-rate warm-up steps")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (unet stage)")
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -685,10 +716,12 @@ def main(argv: list[str] | None = None) -> None:
         data = render_world(args.images, args.seed, ranks, shapes.image_size, args.captions, workers)
     for name in args.stage:
         s = dataclasses.replace(DEFAULTS[name])
-        for field in ("steps", "batch", "lr"):
+        for field in ("steps", "batch", "lr", "warmup"):
             if getattr(args, field) is not None:
                 setattr(s, field, getattr(args, field))
         extra = {"workers": workers, "images_per_rank": args.images} if name == "classifier" else {}
+        if name == "unet":
+            extra["compile_model"] = args.compile
         budget = None if args.budget is None else max(1.0, args.budget - (time.time() - started))
         STAGES[name](shapes, data, args.out, s, ranks, budget, args.seed, **extra)
         if ranks.world > 1:
