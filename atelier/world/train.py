@@ -502,8 +502,17 @@ def train_unet(
             print("[unet] starting from the existing unet_ema.safetensors", flush=True)
     stage.resume({"unet": unet, "ema": ema}, opt)
     model = wrap_ddp(unet, ranks)
-    if compile_model:
-        model = torch.compile(model)  # fuses GroupNorm+SiLU and the elementwise tails; fewer kernel launches
+    compiled = torch.compile(model) if compile_model else None  # fuses GroupNorm+SiLU, elementwise tails
+
+    def forward(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        nonlocal compiled
+        if compiled is not None:
+            try:
+                return compiled(x_t, t, context)
+            except Exception as error:  # a compiler failure costs the speed-up, not the training run
+                print(f"[unet] torch.compile failed ({type(error).__name__}: {error}); training eagerly", flush=True)
+                compiled = None
+        return model(x_t, t, context)
 
     schedule = DiscreteSchedule.scaled_linear()
     alphas_cumprod = schedule.alphas_cumprod.to(ranks.device).float()  # (1000,)
@@ -524,7 +533,7 @@ def train_unet(
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0), Ho et al. 2020 eq. 4
         with autocast(ranks):
-            eps = model(x_t, t.float(), context)
+            eps = forward(x_t, t.float(), context)
         per_item = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))
         return (per_item * min_snr_weight[t]).mean(), {"mse": per_item.mean().detach()}
 
