@@ -37,10 +37,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default="atelier", help="file name prefix")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU, half on GPU)")
+    _add_no_fast(p)
+    p.set_defaults(func=_generate)
+
+
+def _add_no_fast(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fast", action="store_true",
                    help="run the readable modules as written (default on CUDA: the fast path, atelier/models/fast.py, "
                         "same result to rounding, compiled on first use)")
-    p.set_defaults(func=_generate)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -108,13 +112,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", action="store_true", help="accept connections from other machines (0.0.0.0)")
     p.add_argument("--data-dir", type=Path, default=Path("atelier-data"),
                    help="inputs, outputs, history, user workflows and models/ (ComfyUI layout)")
+    _add_no_fast(p)
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from atelier.server.app import run_server
 
-    return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir)
+    return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir, fast=False if args.no_fast else None)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -125,6 +130,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=Path("atelier-data"),
                    help="where inputs are read and outputs written (as for serve)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+    _add_no_fast(p)
     p.set_defaults(func=_run)
 
 
@@ -155,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
     from atelier.server.files import DataDir, OutputFiles
 
     data = DataDir(args.data_dir)
-    registry = default_registry(data.root, OutputFiles(data), device=args.device)
+    registry = default_registry(data.root, OutputFiles(data), device=args.device, fast=False if args.no_fast else None)
     loaded = load_workflow(args.workflow, registry)
     prompt = loaded.prompt
     for assignment in args.set:
@@ -245,15 +251,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description="Atelier : Architecture de la Diffusion")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_generate(sub)
-    _add_serve(sub)
-    _add_run(sub)
-    _add_info(sub)
-    _add_train(sub)
-    _add_eval(sub)
+    for add in (_add_generate, _add_serve, _add_run, _add_info, _add_train, _add_eval):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command not in ("train", "eval") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

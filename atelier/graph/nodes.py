@@ -56,12 +56,14 @@ UPSCALE_IMAGE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 
 @dataclasses.dataclass
 class NodeEnvironment:
-    """What nodes reach outside the graph: model folders, the file API of the server, device and dtype."""
+    """What nodes reach outside the graph: model folders, the file API of the server, device, dtype, and whether
+    loaded checkpoints run the fast path (atelier/models/fast.py; None: on CUDA GPUs, off elsewhere)."""
 
     models: ModelPaths
     files: Any  # atelier.server.files.OutputFiles: save_image, input_path, input_images
     device: str | None = None
     dtype: str | None = None
+    fast: bool | None = None
 
     def checkpoint_names(self) -> list[str]:
         names = self.models.list("checkpoints")
@@ -195,6 +197,10 @@ class CheckpointLoaderSimple(_Node):
 
         path = self.env.checkpoint_path(ckpt_name)
         ckpt = load_checkpoint(path, device=self.env.device, dtype=self.env.dtype)
+        if self.env.fast is not False and ckpt.device.type == "cuda":  # imported here: torch.compile costs ~1 s
+            from atelier.models.fast import accelerate
+
+            ckpt = accelerate(ckpt, enabled=self.env.fast)
         stored = latent_rgb(path)
         preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
         model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor, preview=preview)
@@ -806,11 +812,12 @@ def bind(node_cls: type[_Node], env: NodeEnvironment) -> type[_Node]:
 
 
 def default_registry(models: ModelPaths | Path | str, files: Any, device: str | None = None,
-                     dtype: str | None = None, extra_nodes: tuple[type, ...] = ()) -> NodeRegistry:
+                     dtype: str | None = None, extra_nodes: tuple[type, ...] = (),
+                     fast: bool | None = None) -> NodeRegistry:
     """Every core node, the teaching nodes (graph/teaching.py) and `extra_nodes`, bound to one set of model
     folders and one file API."""
     paths = models if isinstance(models, ModelPaths) else ModelPaths(Path(models))
-    env = NodeEnvironment(paths, files, device, dtype)
+    env = NodeEnvironment(paths, files, device, dtype, fast)
     from atelier.graph.teaching import TEACHING_NODES  # imported here: teaching.py imports this module
 
     registry = NodeRegistry()

@@ -120,20 +120,22 @@ def serve(
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     registry: NodeRegistry | None = None,
     listen: bool = False,
+    fast: bool | None = None,
 ) -> None:
     """Run the server until Ctrl+C. `listen=True` binds 0.0.0.0 (every interface) and prints a warning."""
     if listen:
         host = "0.0.0.0"
         print(LISTEN_WARNING.format(host=host, port=port), file=sys.stderr)
     if registry is None:
-        registry = default_registry(DataDir(data_dir))
+        registry = default_registry(DataDir(data_dir), fast=fast)
     app = create_app(registry, data_dir, listen_host=host)
     shown = "127.0.0.1" if host == "0.0.0.0" else host
     web.run_app(app, host=host, port=port, print=lambda _: print(f"Atelier is running at http://{shown}:{port}/"))
 
 
-def default_registry(data: DataDir) -> NodeRegistry:
-    """The real SD nodes (atelier/graph/nodes.py), writing their files through this data directory."""
+def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
+    """The real SD nodes (atelier/graph/nodes.py), writing their files through this data directory; `fast`: see
+    NodeEnvironment."""
     from atelier.graph.nodes import default_registry as build  # heavy (torch, models): imported only to serve
     from atelier.graph.unsupported import UNSUPPORTED_NODES
     from atelier.models.paths import ModelPaths
@@ -143,13 +145,17 @@ def default_registry(data: DataDir) -> NodeRegistry:
     if extra.is_file():
         models.add_extra_paths_yaml(extra)
     # UNSUPPORTED_NODES: ComfyUI loaders the editor expects to exist (LoRA, ControlNet, ...); they refuse to run.
-    return build(models, files=OutputFiles(data), extra_nodes=UNSUPPORTED_NODES)
+    return build(models, files=OutputFiles(data), extra_nodes=UNSUPPORTED_NODES, fast=fast)
 
 
 def run_server(
-    port: int = 8188, listen: bool = False, data_dir: str | os.PathLike | None = None, host: str = "127.0.0.1"
+    port: int = 8188,
+    listen: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    fast: bool | None = None,
 ) -> int:
-    """What `atelier serve [--port N] [--listen] [--data-dir DIR]` calls; returns the exit code."""
+    """What `atelier serve [--port N] [--listen] [--data-dir DIR] [--no-fast]` calls; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    serve(host=host, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, listen=listen)
+    serve(host=host, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, listen=listen, fast=fast)
     return 0

@@ -258,6 +258,35 @@ def test_cli_accepts_no_fast(capsys):
     assert "Steps must be a whole number" in capsys.readouterr().err
 
 
+def test_serve_and_run_accept_no_fast():
+    from atelier.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--no-fast"]).no_fast
+    assert parser.parse_args(["run", "workflow.json", "--no-fast"]).no_fast
+    assert not parser.parse_args(["serve"]).no_fast
+
+
+def _load_through_the_node(tmp_path, **registry_options):
+    from atelier.graph.nodes import default_registry
+
+    registry = default_registry(tmp_path, files=None, **registry_options)
+    model, _, _ = registry.get("CheckpointLoaderSimple")().run(None, "embedded.safetensors")
+    return model
+
+
+def test_the_checkpoint_node_keeps_the_readable_modules_on_the_cpu(tmp_path):
+    model = _load_through_the_node(tmp_path, device="cpu")
+    assert type(model.unet) is UNet
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_checkpoint_node_runs_the_fast_path_on_cuda_unless_told_not_to(tmp_path):
+    assert isinstance(_load_through_the_node(tmp_path, device="cuda").unet, FastUNet)
+    assert type(_load_through_the_node(tmp_path, device="cuda", fast=False).unet) is UNet
+
+
 # --------------------------------------------------------------------------------------------------------------
 # torch.compile (slow on a CPU) and the full-size CUDA check (by hand)
 # --------------------------------------------------------------------------------------------------------------
