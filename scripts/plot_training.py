@@ -19,9 +19,12 @@ def main(logs: Path, out: Path) -> None:
             continue
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         records = [r for r in records if "step" in r]
-        series = {k: ([r["step"] for r in records], [r[k] for r in records]) for k in keys}
+        # Runs of several sessions with other batch sizes are compared by training images seen, when logged.
+        x_key, x_label, scale = ("images", "training images seen (millions)", 1e-6) if "images" in records[0] else (
+            "step", "step", 1)
+        series = {k: ([r[x_key] * scale for r in records], [r[k] for r in records]) for k in keys}
         target = out / f"{stage}-loss.png"
-        line_chart(series, target, title=f"{stage}: training loss", x_label="step", y_label="loss", log_y=True)
+        line_chart(series, target, title=f"{stage}: training loss", x_label=x_label, y_label="loss", log_y=True)
         print(target)
 
 

@@ -50,6 +50,7 @@ from atelier.world.evaluate import (
     features,
     frechet_distance,
     new_classifier,
+    object_kind_accuracy,
     prompt_pairs,
     read_images,
     render_labelled,
@@ -169,6 +170,16 @@ def generate_many(
             latent = sample_seeded(model, positive, uncond, [seeds[i] for i in idx], settings, size)
             out[idx] = np.stack([np.asarray(im) for im in tensor_to_pil(decode(ckpt.vae, latent))])
     return out
+
+
+@torch.no_grad()
+def vae_round_trip(ckpt: Checkpoint, images: Tensor, batch: int) -> Tensor:
+    """Images in [-1, 1] -> encoded (posterior mean), decoded and rounded to 8 bits, as a generated PNG is."""
+    out = []
+    for chunk in images.split(batch):
+        z = ckpt.vae.encode(chunk.to(ckpt.device, ckpt.dtype)).mean
+        out.append(ckpt.vae.decode(z).float().clamp(-1, 1).cpu())
+    return ((torch.cat(out) + 1) * 127.5).round() / 127.5 - 1
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -291,6 +302,21 @@ def _points(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:+.1f} points"
 
 
+def _round_trip_lines(ceiling: dict[str, float] | None) -> list[str]:
+    """The judge on renders passed through the VAE: no generated image can be read better than these."""
+    if ceiling is None:
+        return []
+    return [
+        "The same renders encoded and decoded by the model's VAE (8-bit), read by the same judge: the best a",
+        "generated image can score, whatever the UNet does.",
+        "",
+        "| kind (9 cells) | colour | size | background | kind of each drawn object |",
+        "|---|---|---|---|---|",
+        "| " + " | ".join(_pct(ceiling[k]) for k in ("kind", "colour", "size", "background", "object_kind")) + " |",
+        "",
+    ]
+
+
 def report_markdown(r: dict[str, Any]) -> str:
     s = r["settings"]
     out = [
@@ -320,6 +346,7 @@ def report_markdown(r: dict[str, Any]) -> str:
         "",
         "Kind is scored on all 9 cells (empty included); colour and size on the occupied cells.",
         "",
+        *_round_trip_lines(r["classifier"].get("vae_round_trip")),
         f"## 2-4. Prompt adherence at CFG {s['cfg']:g} (one point per stated attribute)",
         "",
         "| prompt set | prompts | adherence | kind | colour | size | cell | background | relation |",
@@ -445,9 +472,14 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     classifier = load_classifier(extras, device)
     log(f"{path.name} on {device} ({ckpt.dtype}); classifier from {extras.name}")
 
-    # 1. The judge on fresh renders of every kind-colour pair.
+    # 1. The judge on fresh renders of every kind-colour pair, then on the same renders after a trip through the
+    # model's VAE: what the judge can read in the best image the decoder could make (the ceiling of generation).
     accuracy = classifier_accuracy(read_images(classifier, to_unit(renders)), scenes)
     log(f"classifier accuracy on {args.renders} renders: {accuracy}")
+    round_trips = vae_round_trip(ckpt, to_unit(renders), args.batch)
+    seen = read_images(classifier, round_trips)
+    ceiling = classifier_accuracy(seen, scenes) | {"object_kind": object_kind_accuracy(seen, scenes)}
+    log(f"classifier accuracy on the same renders through the VAE: {ceiling}")
 
     # 7 (part): one image alone, timed after a warm-up run of the same size.
     pairs, held = prompt_pairs(n, stream(args.seed, "prompts")), prompt_pairs(n, stream(args.seed, "held_out"), True)
@@ -507,7 +539,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             "sweep_prompts": m,
             "renders": args.renders,
         },
-        "classifier": {"renders": args.renders, "accuracy": accuracy},
+        "classifier": {"renders": args.renders, "accuracy": accuracy, "vae_round_trip": ceiling},
         "adherence": scored,
         "cfg_sweep": sweep,
         "frechet": frechet,

@@ -109,6 +109,16 @@ def classifier_accuracy(readings: Sequence[Reading], scenes: Sequence[Scene]) ->
     return {k: hits[k] / max(1, counts[k]) for k in hits}
 
 
+def object_kind_accuracy(readings: Sequence[Reading], scenes: Sequence[Scene]) -> float:
+    """Share of the drawn objects whose kind is read right in their cell (empty cells left out)."""
+    hits = total = 0
+    for reading, scene in zip(readings, scenes, strict=True):
+        seen = {o.cell: o.kind for o in reading.objects}
+        hits += sum(seen.get(o.cell) == o.kind for o in scene.objects)
+        total += len(scene.objects)
+    return hits / max(1, total)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Scoring a reading against what a prompt asked for
 # --------------------------------------------------------------------------------------------------------------

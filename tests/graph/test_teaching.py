@@ -367,7 +367,7 @@ def test_cross_attention_map_of_red(registry, embedded):
     # A share of attention: between 0 and 1, small on average (77 tokens share every pixel's attention).
     assert float(heat.min()) >= 0.0 and float(heat.max()) < 0.5
     # The word "red" is looked at where the red circle was drawn.
-    red = (image[0, ..., 0] > 0.5) & (image[0, ..., 1] < 0.35)
+    red = (image[0, ..., 0] - image[0, ..., 1:].amax(-1)) > 0.15  # red clearly above green and blue
     assert 0.05 < float(red.float().mean()) < 0.5
     assert float(heat[0][red].mean()) > 1.5 * float(heat[0][~red].mean())
     # Failing on a missing word happens before any sampling.

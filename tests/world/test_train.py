@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+from safetensors.torch import load_file
 
 from atelier.models.checkpoint import load_checkpoint
 from atelier.models.library import native_size
@@ -20,6 +21,13 @@ def test_all_stages_run_resume_and_pack_into_a_loadable_checkpoint(tmp_path):
     unet_log = [json.loads(line) for line in (out / "unet.log.jsonl").read_text().splitlines()]
     assert unet_log[-1]["step"] == 3 and unet_log[-1]["loss"] > 0
 
+    # the decoder-only stage keeps the encoder, hence every latent the UNet was trained on
+    before = load_file(str(out / "vae.safetensors"))
+    main(["--stage", "decoder", "--steps", "2", *common])
+    after = load_file(str(out / "vae.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert not torch.equal(before["decoder.conv_out.weight"], after["decoder.conv_out.weight"])
+
     # a second call with more steps resumes at step 3 instead of starting over
     main(["--stage", "unet", "--steps", "5", "--pack", str(packed), *common])
     unet_log = [json.loads(line) for line in (out / "unet.log.jsonl").read_text().splitlines()]
@@ -30,7 +38,5 @@ def test_all_stages_run_resume_and_pack_into_a_loadable_checkpoint(tmp_path):
     assert native_size(packed) == 32
     assert packed.with_name("model-extras.safetensors").exists()
     # the shipped weights are fp16 and equal the EMA weights the last stage wrote
-    from safetensors.torch import load_file
-
     ema = load_file(str(out / "unet_ema.safetensors"))
     torch.testing.assert_close(ckpt.unet.state_dict()["conv_in.weight"], ema["conv_in.weight"].half().float())

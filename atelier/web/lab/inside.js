@@ -135,10 +135,13 @@ async function convergence(out) {
   show(n);
   const curves = await Promise.all(runs.map((r) => changes(r.frames)));
   const colours = ["#1a5fb4", "#b3391b"];
+  // The last quarter of the steps: Euler's guesses have settled there, Euler a's new noise keeps moving them.
+  const count = Math.max(1, Math.round((n - 1) / 4));
+  const tail = (values) => values.slice(-count).reduce((a, b) => a + b, 0) / count;
   out.append(lineChart(runs.map((r, k) => ({ name: t(`in.convergence.${r.name}`), values: curves[k], color: colours[k] })),
     { height: 240, xLabel: t("in.step"), yLabel: t("in.convergence.change"), title: t("in.convergence.change") }),
   el("p.help", {}, t("in.convergence.after", {
-    euler: curves[0].at(-1).toFixed(2), ancestral: curves[1].at(-1).toFixed(2), seed: params.seed,
+    count, euler: tail(curves[0]).toFixed(2), ancestral: tail(curves[1]).toFixed(2), seed: params.seed,
   })));
 }
 
