@@ -9,7 +9,13 @@ from pathlib import Path
 
 from atelier.plots import line_chart
 
-CURVES = {"vae": ["l1", "edge"], "clip": ["loss"], "classifier": ["loss"], "unet": ["loss", "mse"]}
+CURVES = {
+    "vae": ["l1", "edge"],
+    "decoder": ["l1", "edge"],
+    "clip": ["loss"],
+    "classifier": ["loss"],
+    "unet": ["loss", "mse"],
+}
 
 
 def main(logs: Path, out: Path) -> None:
