@@ -324,6 +324,12 @@ def _sobel(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., :, 1:] - x[..., :, :-1], (x[..., 1:, :] - x[..., :-1, :]).transpose(-1, -2)], dim=-1)
 
 
+def _reconstruction_errors(recon: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1, L1 of the edges) between decoded and true images, both (B, 3, H, W) in [-1, 1]."""
+    recon = recon.float()
+    return (recon - images).abs().mean(), (_sobel(recon) - _sobel(images)).abs().mean()
+
+
 class _AutoencoderPass(nn.Module):
     """encode -> sample the posterior (reparameterisation trick) -> decode, as one forward for DDP."""
 
@@ -358,9 +364,7 @@ def train_vae(
         images, _ = data.batch(s.batch, gen)
         with autocast(ranks):
             recon, mean, logvar = model(images)
-        recon = recon.float()
-        l1 = (recon - images).abs().mean()
-        edge = (_sobel(recon) - _sobel(images)).abs().mean()
+        l1, edge = _reconstruction_errors(recon, images)
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
         return l1 + 0.5 * edge + 1e-6 * kl, {"l1": l1, "edge": edge, "kl": kl}
 
@@ -416,9 +420,8 @@ def train_decoder(
             z = vae.encode(images).mean.float()
         z = z + noise_std * torch.randn(z.shape, generator=gen).to(z.device)
         with autocast(ranks):
-            recon = decoder(z).float()
-        l1 = (recon - images).abs().mean()
-        edge = (_sobel(recon) - _sobel(images)).abs().mean()
+            recon = decoder(z)
+        l1, edge = _reconstruction_errors(recon, images)
         return l1 + edge, {"l1": l1, "edge": edge}
 
     stage.run({"vae": vae}, opt, loss_fn)
