@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ from atelier.pipeline import (
 )
 from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import SCHEDULERS
+
+log = logging.getLogger(__name__)
 
 MAX_RESOLUTION = 16384
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -201,6 +204,7 @@ class CheckpointLoaderSimple(_Node):
             from atelier.models.fast import accelerate
 
             ckpt = accelerate(ckpt, enabled=self.env.fast)
+            log.info("%s: fast path on; its first image compiles for a while (--no-fast: readable modules)", ckpt_name)
         stored = latent_rgb(path)
         preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
         model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor, preview=preview)
