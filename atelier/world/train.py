@@ -356,6 +356,11 @@ def train_vae(
     vae = VAE(shapes.vae).to(ranks.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
     stage = Stage("vae", out, s, ranks, budget_s)
+    if not stage.state_path.exists() and (out / "vae.safetensors").exists():
+        # Continue from shipped weights (--init): the latents move little, so the UNet can follow by fine-tuning.
+        load_weights(out / "vae.safetensors", vae)
+        if ranks.main:
+            print("[vae] starting from the existing vae.safetensors", flush=True)
     stage.resume({"vae": vae}, opt)
     model = wrap_ddp(_AutoencoderPass(vae), ranks)
     gen = torch.Generator().manual_seed(seed * 1000 + ranks.rank + stage.step)

@@ -21,6 +21,13 @@ def test_all_stages_run_resume_and_pack_into_a_loadable_checkpoint(tmp_path):
     unet_log = [json.loads(line) for line in (out / "unet.log.jsonl").read_text().splitlines()]
     assert unet_log[-1]["step"] == 3 and unet_log[-1]["loss"] > 0
 
+    # without its optimiser state, the vae stage starts from the weights in --out (what --init unpacks)
+    (out / "vae.state.pt").unlink()
+    before = load_file(str(out / "vae.safetensors"))
+    main(["--stage", "vae", "--steps", "0", *common])
+    after = load_file(str(out / "vae.safetensors"))
+    assert torch.equal(before["encoder.conv_in.weight"], after["encoder.conv_in.weight"])
+
     # the decoder-only stage keeps the encoder, hence every latent the UNet was trained on
     before = load_file(str(out / "vae.safetensors"))
     main(["--stage", "decoder", "--steps", "2", *common])
