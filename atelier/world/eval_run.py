@@ -44,6 +44,7 @@ from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import sigmas_for
 from atelier.world.encoders import AttributeClassifier
 from atelier.world.evaluate import (
+    POINTS,
     adherence,
     adherence_by_point,
     classifier_accuracy,
@@ -364,6 +365,11 @@ def report_markdown(r: dict[str, Any]) -> str:
         "| CFG | " + " | ".join(f"{row['cfg']:g}" for row in r["cfg_sweep"]) + " |",
         "|---|" + "---|" * len(r["cfg_sweep"]),
         "| adherence | " + " | ".join(_pct(row["adherence"]) for row in r["cfg_sweep"]) + " |",
+        *(
+            f"| {point} | " + " | ".join(_pct(row["by_point"][point]) for row in r["cfg_sweep"]) + " |"
+            for point in POINTS
+            if all("by_point" in row for row in r["cfg_sweep"])
+        ),
         "",
         "![adherence against CFG](cfg_sweep.png)",
         "",
@@ -510,8 +516,10 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         else:
             swept = dataclasses.replace(settings, cfg=cfg)
             made = generate_many(ckpt, english[:m], seeds[:m], swept, size, args.batch)
-        value = adherence(read_images(classifier, to_unit(made)), specs[:m])
-        sweep.append({"cfg": cfg, "adherence": value, "prompts": m})
+        readings = read_images(classifier, to_unit(made))
+        value = adherence(readings, specs[:m])
+        by_point = adherence_by_point(readings, specs[:m])  # which attributes guidance buys
+        sweep.append({"cfg": cfg, "adherence": value, "prompts": m, "by_point": by_point})
         log(f"CFG {cfg:g}: adherence {value:.3f}")
 
     # 6. Fréchet distance on classifier features: generated vs rendered, and two rendered sets (the floor).

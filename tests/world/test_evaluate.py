@@ -289,6 +289,11 @@ def test_eval_run_writes_the_report(tiny_model, tmp_path):
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["classifier"]["accuracy"]) == {"kind", "colour", "size", "background"}
     assert [row["cfg"] for row in report["cfg_sweep"]] == [1.0, 7.5]
+    assert all(set(row["by_point"]) == {"kind", "colour", "size", "cell", "background", "relation"}
+               for row in report["cfg_sweep"])
+    ceiling = report["classifier"]["vae_round_trip"]  # the judge on renders passed through the VAE
+    assert set(ceiling) == {"kind", "colour", "size", "background", "object_kind"}
+    assert all(0.0 <= v <= 1.0 for v in ceiling.values())
     for key in ("english", "french", "held_out"):
         part = report["adherence"][key]
         assert part["prompts"] == 4 and 0.0 <= part["adherence"] <= 1.0 and len(part["per_prompt"]) == 4
