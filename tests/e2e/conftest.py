@@ -8,34 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-VIEWPORT = {"width": 1366, "height": 768}
+from tests.browser import CHROMIUM, VIEWPORT, atelier_server, chromium
+
 _artifacts: list[Path] = []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,36 +23,8 @@ def server(tmp_path_factory) -> str:
     """The base URL of a fresh `atelier serve` (its own empty data directory), stopped after the module."""
     if not CHROMIUM.exists():
         pytest.skip("End-to-end tests need Debian's Chromium at /usr/bin/chromium (apt-get install chromium).")
-    port = _free_port()
-    data_dir = tmp_path_factory.mktemp("atelier-data")
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 (closed by the finalizer below)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "atelier.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/system_stats", timeout=2) as response:
-                json.load(response)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                log.close()
-                raise RuntimeError(
-                    f"atelier serve did not start: {(data_dir / 'server.log').read_text()[-2000:]}"
-                ) from None
-            time.sleep(0.3)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with atelier_server(tmp_path_factory.mktemp("atelier-data")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -85,12 +37,8 @@ def artifacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @dataclass
