@@ -270,7 +270,7 @@ def test_sampler_convergence(page):
 
 def test_euler_settles_while_euler_a_keeps_moving_at_40_steps(page):
     """The workshop's point, at the workshop's step count: over the last quarter of the steps, Euler's guesses
-    have settled while Euler a's keep moving (2.2x on the embedded model, seed 42)."""
+    have settled while Euler a's keep moving (2.7x on the embedded model, seed 42)."""
     open_view(page, "convergence")
     page.fill("#conv-steps", "40")
     page.click("#view-convergence .run")
