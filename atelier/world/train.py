@@ -205,6 +205,15 @@ def load_weights(path: Path, module: nn.Module) -> None:
     module.load_state_dict(load_file(str(path)))
 
 
+def load_trained_vae(out: Path) -> VAE:
+    """The autoencoder the vae (or decoder) stage wrote in `out`, built from the config stored with it (its
+    scaling factor was measured at the end of that stage), on the CPU."""
+    config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
+    vae = VAE(config)
+    load_weights(out / "vae.safetensors", vae)
+    return vae
+
+
 def lr_at(step: int, s: StageSettings) -> float:
     """Linear warm-up then cosine decay to 10%."""
     if step < s.warmup:
@@ -405,9 +414,8 @@ def train_decoder(
     Gaussian noise (`latent_noise` in units of the latents' std) so that it also cleans up the small errors of a
     generated latent. The edge term weighs as much as L1 here: thin parts (rays, masts, star points) are what the
     first stage blurred."""
-    config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
-    vae = VAE(config).to(ranks.device)
-    load_weights(out / "vae.safetensors", vae)
+    vae = load_trained_vae(out).to(ranks.device)
+    config = vae.config
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     trained = [vae.post_quant_conv, vae.decoder]
@@ -536,9 +544,7 @@ def train_unet(
     caption_dropout: float = 0.1,
     compile_model: bool = False,
 ) -> None:
-    vae_config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
-    vae = VAE(vae_config).to(ranks.device).eval()
-    load_weights(out / "vae.safetensors", vae)
+    vae = load_trained_vae(out).to(ranks.device).eval()
     text = CLIPTextEncoder(shapes.text).to(ranks.device).eval()
     load_weights(out / "text_encoder.safetensors", text)
     start = time.time()
@@ -714,9 +720,7 @@ def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dic
     from atelier.world.evaluate import new_classifier
 
     shapes = shapes or EmbeddedShapes()
-    vae_config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
-    vae, text, unet = VAE(vae_config), CLIPTextEncoder(shapes.text), UNet(shapes.unet)
-    load_weights(out / "vae.safetensors", vae)
+    vae, text, unet = load_trained_vae(out), CLIPTextEncoder(shapes.text), UNet(shapes.unet)
     load_weights(out / "text_encoder.safetensors", text)
     load_weights(out / "unet_ema.safetensors", unet)
     scenes = torch.from_numpy(render_dataset(seed=7, start=0, count=256, size=shapes.image_size)[0])
