@@ -323,12 +323,16 @@ def fast_unet(unet: UNet, options: FastOptions | None = None) -> FastUNet:
     With channels_last, the readable module's convolution weights are first switched to that layout in place
     (same values, so it computes the same thing), so that both modules share them instead of holding two copies.
     """
-    options = options or FastOptions()
+    return _sharing_weights(unet, FastUNet, options or FastOptions())
+
+
+def _sharing_weights(readable: nn.Module, fast_class: type, options: FastOptions) -> nn.Module:
+    """A `fast_class` built on the meta device (no memory) that takes over `readable`'s weight tensors."""
     if options.channels_last:
-        unet.to(memory_format=torch.channels_last)
+        readable.to(memory_format=torch.channels_last)
     with torch.device("meta"):
-        fast = FastUNet(unet.config, options)
-    fast.load_state_dict(unet.state_dict(), assign=True)
+        fast = fast_class(readable.config, options)
+    fast.load_state_dict(readable.state_dict(), assign=True)
     return fast.eval().requires_grad_(False)
 
 
@@ -373,13 +377,7 @@ class FastVAE(VAE):
 
 def fast_vae(vae: VAE, options: FastOptions | None = None) -> FastVAE:
     """The readable `vae` as a FastVAE sharing its weights (see `fast_unet`)."""
-    options = options or FastOptions()
-    if options.channels_last:
-        vae.to(memory_format=torch.channels_last)
-    with torch.device("meta"):
-        fast = FastVAE(vae.config, options)
-    fast.load_state_dict(vae.state_dict(), assign=True)
-    return fast.eval().requires_grad_(False)
+    return _sharing_weights(vae, FastVAE, options or FastOptions())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -414,11 +412,8 @@ class FastTextEncoder(CLIPTextEncoder):
 
 
 def fast_text_encoder(text_encoder: CLIPTextEncoder, options: FastOptions | None = None) -> FastTextEncoder:
-    """The readable text encoder as a FastTextEncoder sharing its weights."""
-    with torch.device("meta"):
-        fast = FastTextEncoder(text_encoder.config, options)
-    fast.load_state_dict(text_encoder.state_dict(), assign=True)
-    return fast.eval().requires_grad_(False)
+    """The readable text encoder as a FastTextEncoder sharing its weights (it has no 4-D weights to relayout)."""
+    return _sharing_weights(text_encoder, FastTextEncoder, options or FastOptions())
 
 
 # --------------------------------------------------------------------------------------------------------------
