@@ -271,6 +271,21 @@ def ui_workflow(request: web.Request, prompt: dict) -> dict:
 VIEWS = ("generate", "filmstrip", "convergence", "latent", "attention")
 
 
+def _animation(images: list, filename_prefix: str) -> dict:
+    """A SaveAnimatedWEBP node: the frames of a film strip as one animated picture (6 frames/s)."""
+    return {
+        "class_type": "SaveAnimatedWEBP",
+        "inputs": {
+            "images": images,
+            "filename_prefix": filename_prefix,
+            "fps": 6.0,
+            "lossless": False,
+            "quality": 90,
+            "method": "default",
+        },
+    }
+
+
 def view_graph(
     params: Any, view: str, init_image: str | None = None, words: list[str] | None = None, prefix: str = "lab"
 ) -> dict:
@@ -301,30 +316,10 @@ def view_graph(
                 "inputs": {**sampler_inputs, "sampler_name": name, "vae": ["4", 2]},
             }
             g[str(21 + 10 * n)] = {"class_type": "PreviewImage", "inputs": {"images": [node, 2]}}
-            g[str(22 + 10 * n)] = {
-                "class_type": "SaveAnimatedWEBP",
-                "inputs": {
-                    "images": [node, 2],
-                    "filename_prefix": f"{prefix}/{name}_predicted",
-                    "fps": 6.0,
-                    "lossless": False,
-                    "quality": 90,
-                    "method": "default",
-                },
-            }
+            g[str(22 + 10 * n)] = _animation([node, 2], f"{prefix}/{name}_predicted")
             if view == "filmstrip":
                 g[str(23 + 10 * n)] = {"class_type": "PreviewImage", "inputs": {"images": [node, 1]}}
-                g[str(24 + 10 * n)] = {
-                    "class_type": "SaveAnimatedWEBP",
-                    "inputs": {
-                        "images": [node, 1],
-                        "filename_prefix": f"{prefix}/{name}_noisy",
-                        "fps": 6.0,
-                        "lossless": False,
-                        "quality": 90,
-                        "method": "default",
-                    },
-                }
+                g[str(24 + 10 * n)] = _animation([node, 1], f"{prefix}/{name}_noisy")
     elif view == "latent":
         g["20"] = {
             "class_type": "AtelierLatentChannels",
