@@ -177,15 +177,23 @@ def reference_vae(config: VAEConfig) -> nn.Module:
     return _reference_vae(config)
 
 
-def paired_unets(s: Setup) -> tuple[UNet, nn.Module | None]:
-    """Our UNet and diffusers' (None without diffusers) on the same random weights, on the device, frozen."""
+def _paired(s: Setup, ours: Callable[[], nn.Module], theirs: Callable[[], nn.Module]) -> tuple:
+    """Our module and diffusers' (None without diffusers) on the same random weights, on the device, frozen."""
     torch.manual_seed(0)
-    readable = UNet(s.unet_config).eval().requires_grad_(False)
-    reference = reference_unet(s.unet_config).eval().requires_grad_(False) if diffusers_available() else None
+    readable = ours().eval().requires_grad_(False)
+    reference = theirs().eval().requires_grad_(False) if diffusers_available() else None
     if reference is not None:
         readable.load_state_dict(reference.state_dict())
         reference.to(s.device, s.dtype)
     return readable.to(s.device, s.dtype), reference
+
+
+def paired_unets(s: Setup) -> tuple[UNet, nn.Module | None]:
+    return _paired(s, lambda: UNet(s.unet_config), lambda: reference_unet(s.unet_config))
+
+
+def paired_vaes(s: Setup) -> tuple[VAE, nn.Module | None]:
+    return _paired(s, lambda: VAE(s.vae_config), lambda: reference_vae(s.vae_config))
 
 
 class NoNetwork(nn.Module):
@@ -340,13 +348,7 @@ def section_loop(s: Setup) -> list[dict]:
 
 
 def section_vae(s: Setup) -> list[dict]:
-    torch.manual_seed(0)
-    readable = VAE(s.vae_config).eval().requires_grad_(False)
-    reference = reference_vae(s.vae_config).eval().requires_grad_(False) if diffusers_available() else None
-    if reference is not None:
-        readable.load_state_dict(reference.state_dict())
-        reference.to(s.device, s.dtype)
-    readable.to(s.device, s.dtype)
+    readable, reference = paired_vaes(s)
     z = torch.randn(1, 4, s.latent, s.latent, device=s.device, dtype=s.dtype)
     rows = []
     with torch.no_grad():
