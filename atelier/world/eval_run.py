@@ -56,6 +56,7 @@ from atelier.world.evaluate import (
     read_images,
     render_labelled,
     score,
+    vae_round_trip,
 )
 
 if TYPE_CHECKING:
@@ -173,16 +174,6 @@ def generate_many(
     return out
 
 
-@torch.no_grad()
-def vae_round_trip(ckpt: Checkpoint, images: Tensor, batch: int) -> Tensor:
-    """Images in [-1, 1] -> encoded (posterior mean), decoded and rounded to 8 bits, as a generated PNG is."""
-    out = []
-    for chunk in images.split(batch):
-        z = ckpt.vae.encode(chunk.to(ckpt.device, ckpt.dtype)).mean
-        out.append(ckpt.vae.decode(z).float().clamp(-1, 1).cpu())
-    return ((torch.cat(out) + 1) * 127.5).round() / 127.5 - 1
-
-
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn()
@@ -252,9 +243,18 @@ def bars(report: dict[str, Any], cfg: float) -> list[dict[str, Any]]:
 
 def plot_cfg_sweep(cfgs: Sequence[float], values: Sequence[float], path: Path, title: str, target: float) -> None:
     """Adherence (%) against CFG on a log axis (1, 3, 5, 7.5, 10 spaced evenly enough to read), the bar dashed."""
-    line_chart({"adherence": (list(cfgs), [100 * v for v in values])}, path, title=title,
-               x_label="CFG scale (log axis)", y_label="adherence (%)", log_x=min(cfgs) > 0, x_ticks=list(cfgs),
-               y_range=(0, 100), reference=(100 * target, f"bar {target:.0%}"), label_points="{:.0f}%")
+    line_chart(
+        {"adherence": (list(cfgs), [100 * v for v in values])},
+        path,
+        title=title,
+        x_label="CFG scale (log axis)",
+        y_label="adherence (%)",
+        log_x=min(cfgs) > 0,
+        x_ticks=list(cfgs),
+        y_range=(0, 100),
+        reference=(100 * target, f"bar {target:.0%}"),
+        label_points="{:.0f}%",
+    )
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
@@ -482,7 +482,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     # model's VAE: what the judge can read in the best image the decoder could make (the ceiling of generation).
     accuracy = classifier_accuracy(read_images(classifier, to_unit(renders)), scenes)
     log(f"classifier accuracy on {args.renders} renders: {accuracy}")
-    round_trips = vae_round_trip(ckpt, to_unit(renders), args.batch)
+    round_trips = vae_round_trip(ckpt.vae, to_unit(renders), args.batch)
     seen = read_images(classifier, round_trips)
     ceiling = classifier_accuracy(seen, scenes) | {"object_kind": object_kind_accuracy(seen, scenes)}
     log(f"classifier accuracy on the same renders through the VAE: {ceiling}")

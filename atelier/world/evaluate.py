@@ -119,6 +119,18 @@ def object_kind_accuracy(readings: Sequence[Reading], scenes: Sequence[Scene]) -
     return hits / max(1, total)
 
 
+@torch.no_grad()
+def vae_round_trip(vae: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Images (N, 3, H, W) in [-1, 1] -> encoded (posterior mean), decoded and rounded to 8 bits, as a generated PNG
+    is; on the CPU. Read by the judge, these are the best a generated image can score, whatever the UNet does."""
+    param = next(vae.parameters())
+    out = []
+    for chunk in images.split(batch):
+        z = vae.encode(chunk.to(param.device, param.dtype)).mean
+        out.append(vae.decode(z).float().clamp(-1, 1).cpu())
+    return ((torch.cat(out) + 1) * 127.5).round() / 127.5 - 1
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Scoring a reading against what a prompt asked for
 # --------------------------------------------------------------------------------------------------------------

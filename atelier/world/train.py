@@ -10,13 +10,14 @@ read from disk, and is the same for a given seed, whatever the number of ranks.
 
 The recipe follows latent diffusion (Rombach et al. 2022), scaled down:
 1. vae:  an autoencoder 128x128x3 -> 16x16x4 (L1 + edge loss + a tiny KL term), then the latent scaling factor
-         1/std so the UNet sees unit-variance latents, as SD's 0.18215.
+         1/std so the UNet sees unit-variance latents, as SD's 0.18215. Continued from existing weights, it keeps
+         them unless the judge (the classifier) reads more object kinds through the new autoencoder.
    decoder (optional, later): the decoder alone sharpened with the encoder frozen; the latents do not move.
 2. clip: the CLIP text transformer and a small image encoder trained contrastively (InfoNCE, Radford et al. 2021)
          on the world's English and French captions, so "rouge" lands near "red".
 3. unet: eps-prediction on SD's discrete schedule, conditioned by cross-attention on the frozen text encoder's
-         hidden states, 10% caption dropout for classifier-free guidance, min-SNR loss weighting (Hang et al.
-         2023), EMA weights.
+         hidden states, 10% caption dropout for classifier-free guidance, optionally noisy captions (another
+         image's, as web alt-text often is), min-SNR loss weighting (Hang et al. 2023), EMA weights.
 """
 
 from __future__ import annotations
@@ -360,16 +361,20 @@ def train_vae(
     ranks: Ranks,
     budget_s: float | None,
     seed: int,
+    edge_weight: float = 0.5,
+    workers: int = 1,
 ) -> None:
     torch.manual_seed(seed)
     vae = VAE(shapes.vae).to(ranks.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
     stage = Stage("vae", out, s, ranks, budget_s)
+    before = None  # the judge's reading of round trips through the VAE we start from, when there is one
     if not stage.state_path.exists() and (out / "vae.safetensors").exists():
         # Continue from shipped weights (--init): the latents move little, so the UNet can follow by fine-tuning.
         load_weights(out / "vae.safetensors", vae)
         if ranks.main:
             print("[vae] starting from the existing vae.safetensors", flush=True)
+            before = judge_round_trips(vae, out, shapes.image_size, workers)
     stage.resume({"vae": vae}, opt)
     model = wrap_ddp(_AutoencoderPass(vae), ranks)
     gen = torch.Generator().manual_seed(seed * 1000 + ranks.rank + stage.step)
@@ -380,7 +385,7 @@ def train_vae(
             recon, mean, logvar = model(images)
         l1, edge = _reconstruction_errors(recon, images)
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
-        return l1 + 0.5 * edge + 1e-6 * kl, {"l1": l1, "edge": edge, "kl": kl}
+        return l1 + edge_weight * edge + 1e-6 * kl, {"l1": l1, "edge": edge, "kl": kl}
 
     stage.run({"vae": vae}, opt, loss_fn)
 
@@ -392,9 +397,42 @@ def train_vae(
         latents = torch.cat([vae.encode(chunk).mean.float() for chunk in images.split(64)])
     std = ranks.all_mean(latents.std().item())
     config = dataclasses.replace(shapes.vae, scaling_factor=round(1.0 / std, 5))
-    if ranks.main:
-        save_weights(out / "vae.safetensors", vae, config)
-        print(f"[vae] latent std {std:.4f} -> scaling_factor {config.scaling_factor}", flush=True)
+    if not ranks.main:
+        return
+    after = judge_round_trips(vae, out, shapes.image_size, workers)
+    if after is not None:
+        with stage.log_path.open("a") as f:
+            f.write(json.dumps({"step": stage.step, "judge_kind_before": before, "judge_kind_after": after}) + "\n")
+        print(f"[vae] the judge reads the kind of {after:.1%} of drawn objects after a round trip", flush=True)
+    if before is not None and after is not None and after < before:
+        print(f"[vae] it read {before:.1%} through the VAE we started from: that one stays", flush=True)
+        return
+    save_weights(out / "vae.safetensors", vae, config)
+    print(f"[vae] latent std {std:.4f} -> scaling_factor {config.scaling_factor}", flush=True)
+
+
+def judge_round_trips(vae: VAE, out: Path, size: int, workers: int, count: int = 1000) -> float | None:
+    """The ceiling of generation for this VAE: the share of objects drawn in `count` fresh renders whose kind the
+    judge (the classifier stage's network in `out`) still reads after a trip through the VAE (as `atelier eval`'s
+    section 1 measures it). None when there is no trained classifier yet."""
+    from atelier.world.evaluate import (
+        new_classifier,
+        object_kind_accuracy,
+        read_images,
+        render_labelled,
+        vae_round_trip,
+    )
+
+    if not (out / "classifier.safetensors").exists():
+        return None
+    device = next(vae.parameters()).device
+    classifier = new_classifier()
+    load_weights(out / "classifier.safetensors", classifier)
+    images, _, scenes = render_labelled(seed=10_007, count=count, size=size, workers=workers)
+    unit = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, H, W) in [-1, 1]
+    readings = read_images(classifier.to(device).eval(), vae_round_trip(vae.eval(), unit))
+    vae.train()
+    return object_kind_accuracy(readings, scenes)
 
 
 def train_decoder(
@@ -532,6 +570,28 @@ def encode_captions(text: CLIPTextEncoder, tokens: torch.Tensor, dtype: torch.dt
     return torch.cat(out).unflatten(0, tokens.shape[:2])
 
 
+def pick_captions(
+    idx: torch.Tensor, shape: tuple[int, int], gen: torch.Generator, dropout: float, noise: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The caption each training image of a batch (indices `idx` into the data, (B,)) is paired with, among the
+    data's `shape` = (images, captions per image):
+    (the image whose caption it is, which of its captions, dropped?), each (B,).
+
+    `dropout`: the share of empty captions, which teach the unconditional model that classifier-free guidance
+    needs (Ho & Salimans 2022). `noise`: the share of captions that belong to another random image. Web alt-text,
+    on which SD was trained, often describes something else than its picture; a model that learns from such pairs
+    follows its prompt loosely on its own (CFG 1) and needs guidance to follow it well, which is the lesson of
+    CFG that the lab teaches. With perfect captions this world's model already follows them at CFG 1."""
+    images, captions_per_image = shape
+    pick = torch.randint(0, captions_per_image, idx.shape, generator=gen, device=idx.device)
+    drop = torch.rand(idx.shape, generator=gen, device=idx.device) < dropout
+    if noise <= 0:  # no extra draws: the random streams of runs without noise stay as they were
+        return idx, pick, drop
+    other = torch.randint(0, images, idx.shape, generator=gen, device=idx.device)
+    mislabelled = torch.rand(idx.shape, generator=gen, device=idx.device) < noise
+    return torch.where(mislabelled, other, idx), pick, drop
+
+
 def train_unet(
     shapes: EmbeddedShapes,
     data: WorldData,
@@ -543,6 +603,7 @@ def train_unet(
     ema_decay: float = 0.999,
     caption_dropout: float = 0.1,
     compile_model: bool = False,
+    caption_noise: float = 0.0,
 ) -> None:
     vae = load_trained_vae(out).to(ranks.device).eval()
     text = CLIPTextEncoder(shapes.text).to(ranks.device).eval()
@@ -598,9 +659,8 @@ def train_unet(
 
     def loss_fn() -> tuple[torch.Tensor, dict]:
         idx = torch.randint(0, latents.shape[0], (n,), generator=gen, device=dev)
-        pick = torch.randint(0, contexts.shape[1], (n,), generator=gen, device=dev)
-        drop = torch.rand(n, generator=gen, device=dev) < caption_dropout
-        context = torch.where(drop[:, None, None], empty, contexts[idx, pick])  # (B, 77, D)
+        said, pick, drop = pick_captions(idx, contexts.shape[:2], gen, caption_dropout, caption_noise)
+        context = torch.where(drop[:, None, None], empty, contexts[said, pick])  # (B, 77, D)
         x0 = latents[idx]
         t = torch.randint(0, 1000, (n,), generator=gen, device=dev)
         noise = torch.randn(x0.shape, generator=gen, device=dev)
@@ -782,6 +842,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pack", type=Path, help="after the stages, write the shipped checkpoint to this path")
     parser.add_argument("--warmup", type=int, help="override the stage's learning-rate warm-up steps")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (unet stage)")
+    parser.add_argument(
+        "--caption-noise", type=float, default=0.0, help="unet stage: share of captions taken from another image"
+    )
+    parser.add_argument("--edge-weight", type=float, default=0.5, help="vae stage: weight of the edge L1 term")
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -806,9 +870,11 @@ def main(argv: list[str] | None = None) -> None:
         for field in ("steps", "batch", "lr", "warmup"):
             if getattr(args, field) is not None:
                 setattr(s, field, getattr(args, field))
-        extra = {"workers": workers, "images_per_rank": args.images} if name == "classifier" else {}
-        if name == "unet":
-            extra["compile_model"] = args.compile
+        extra = {
+            "classifier": {"workers": workers, "images_per_rank": args.images},
+            "vae": {"workers": workers, "edge_weight": args.edge_weight},
+            "unet": {"compile_model": args.compile, "caption_noise": args.caption_noise},
+        }.get(name, {})
         budget = None if args.budget is None else max(1.0, args.budget - (time.time() - started))
         STAGES[name](shapes, data, args.out, s, ranks, budget, args.seed, **extra)
         if ranks.world > 1:

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from atelier.models.checkpoint import load_checkpoint
 from atelier.models.library import native_size
-from atelier.world.train import main
+from atelier.world.train import judge_round_trips, load_trained_vae, main, pick_captions
 
 
 def test_all_stages_run_resume_and_pack_into_a_loadable_checkpoint(tmp_path):
@@ -47,3 +47,46 @@ def test_all_stages_run_resume_and_pack_into_a_loadable_checkpoint(tmp_path):
     # the shipped weights are fp16 and equal the EMA weights the last stage wrote
     ema = load_file(str(out / "unet_ema.safetensors"))
     torch.testing.assert_close(ckpt.unet.state_dict()["conv_in.weight"], ema["conv_in.weight"].half().float())
+
+
+def test_caption_noise_pairs_images_with_other_captions_and_leaves_clean_runs_as_they_were():
+    idx = torch.arange(1000) % 50
+    said, pick, drop = pick_captions(idx, (50, 4), torch.Generator().manual_seed(0), dropout=0.1, noise=0.0)
+    assert torch.equal(said, idx)
+    # without noise, the draws are exactly those of the code before the option existed: pick, then drop
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(pick, torch.randint(0, 4, (1000,), generator=gen))
+    assert torch.equal(drop, torch.rand(1000, generator=gen) < 0.1)
+    assert 0.05 < drop.float().mean() < 0.15
+
+    said, pick, drop = pick_captions(idx, (50, 4), torch.Generator().manual_seed(0), dropout=0.0, noise=0.4)
+    wrong = (said != idx).float().mean()
+    assert 0.3 < wrong < 0.45  # 40% draw another image, which is the same one 1 time in 50
+    assert said.min() >= 0 and said.max() < 50 and not drop.any() and pick.max() < 4
+
+
+def test_vae_stage_keeps_the_autoencoder_the_judge_reads_better(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    common = ["--tiny", "--images", "16", "--workers", "1", "--batch", "4", "--device", "cpu", "--out", str(out)]
+    main(["--stage", "vae", "--stage", "classifier", "--steps", "2", *common])
+    (out / "vae.state.pt").unlink()  # as after --init: the stage starts from vae.safetensors
+    before = load_file(str(out / "vae.safetensors"))
+    vae = load_trained_vae(out)
+    ceiling = judge_round_trips(vae, out, size=32, workers=1, count=8)
+    assert 0.0 <= ceiling <= 1.0 and vae.training  # a share of objects; the VAE is left in training mode
+
+    readings = iter([0.9, 0.5])  # the judge reads worse after training: the first VAE stays
+    monkeypatch.setattr("atelier.world.train.judge_round_trips", lambda *args, **kw: next(readings))
+    main(["--stage", "vae", "--steps", "2", "--edge-weight", "1.0", *common])
+    assert torch.equal(
+        before["decoder.conv_out.weight"], load_file(str(out / "vae.safetensors"))["decoder.conv_out.weight"]
+    )
+    last = json.loads((out / "vae.log.jsonl").read_text().splitlines()[-1])
+    assert last == {"step": 2, "judge_kind_before": 0.9, "judge_kind_after": 0.5}
+
+    (out / "vae.state.pt").unlink()
+    readings = iter([0.5, 0.9])  # better: the new one is written
+    main(["--stage", "vae", "--steps", "2", *common])
+    assert not torch.equal(
+        before["decoder.conv_out.weight"], load_file(str(out / "vae.safetensors"))["decoder.conv_out.weight"]
+    )
