@@ -9,6 +9,7 @@ and the sigma-schedule node of the lab.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,9 +35,24 @@ def faint(colour: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(round(c + (255 - c) * 0.55) for c in colour)  # type: ignore[return-value]
 
 
+# Fonts with the accents of French captions (PIL's built-in font lacks "à", "é"...): $ATELIER_FONT first, then the
+# usual places on Linux, macOS and Windows.
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:/Windows/Fonts/arial.ttf",
+    "DejaVuSans.ttf",
+)
+
+
 def font(size: int) -> ImageFont.ImageFont:
-    """DejaVu Sans when the system has it (accents and symbols), else PIL's built-in font."""
-    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
+    """A TrueType font with accents when the system has one (see FONT_CANDIDATES), else PIL's built-in font."""
+    for path in (os.environ.get("ATELIER_FONT"), *FONT_CANDIDATES):
+        if not path:
+            continue
         try:
             return ImageFont.truetype(path, size)
         except OSError:

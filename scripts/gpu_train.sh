@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # NVLink multicast stays off on shared hosts (see the device notes).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 python3 -c "import ftfy, regex" 2>/dev/null || python3 -m pip install -q --no-index --no-deps .carry/wheels/*.whl
-export ATELIER_CLIP_VOCAB="$PWD/.carry/bpe_simple_vocab_16e6.txt.gz" PYTHONPATH="$PWD"
+export ATELIER_CLIP_VOCAB="$PWD/.carry/bpe_simple_vocab_16e6.txt.gz" ATELIER_FONT="$PWD/.carry/DejaVuSans.ttf" PYTHONPATH="$PWD"
 ngpu=$(nvidia-smi -L | wc -l)
 nvidia-smi -L
 torchrun --standalone --nproc_per_node="$ngpu" -m atelier.world.train "$@"

@@ -24,7 +24,7 @@ def main(logs: Path, out: Path) -> None:
         if not path.exists():
             continue
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        records = [r for r in records if "step" in r]
+        records = [r for r in records if "step" in r and all(k in r for k in keys)]  # loss lines, not notes
         # Runs of several sessions with other batch sizes are compared by training images seen, when logged.
         x_key, x_label, scale = ("images", "training images seen (millions)", 1e-6) if "images" in records[0] else (
             "step", "step", 1)

@@ -4,6 +4,7 @@
 #                                       benchmarks/gpu.py, diffusers without its pipelines (the full wheel would push
 #                                       the travelling working tree over its 64 MiB limit)
 #   .carry/bpe_simple_vocab_16e6.txt.gz the CLIP vocabulary (from the open-clip-torch package)
+#   .carry/DejaVuSans.ttf               a font with accents for the French captions of `atelier eval`'s sample sheet
 # Then name ".carry" in the device call's `carry` and read it as scripts/gpu_train.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,5 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED
 os.replace(tmp, src)
 PY
 cp .venv/lib/python3.11/site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz .carry/
+cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf .carry/
 ls -la .carry .carry/wheels
