@@ -272,20 +272,23 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[s
 def sample_sheet(rows: Sequence[tuple[str, np.ndarray, Sequence[str]]], path: Path, cell: int = 192) -> None:
     """A contact sheet: one row per (title, images (N, H, W, 3), captions), each image above its caption."""
     font, title_font = plot_font(13), plot_font(16)
-    text_h, title_h, gap = 72, 26, 8
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [[_wrap(measure, caption, font, cell) for caption in captions] for _, _, captions in rows]
+    line_h, title_h, gap = 16, 26, 8
+    text_h = 8 + line_h * max(len(lines) for row in wrapped for lines in row)  # the longest caption, whole
     cols = max(len(images) for _, images, _ in rows)
     img = Image.new("RGB", (gap + cols * (cell + gap), len(rows) * (title_h + cell + text_h + gap)), "white")
     d = ImageDraw.Draw(img)
     y = 0
-    for title, images, captions in rows:
+    for (title, images, _), row_lines in zip(rows, wrapped, strict=True):
         d.text((gap, y + 5), title, fill="black", font=title_font)
         y += title_h
-        for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        for i, (image, lines) in enumerate(zip(images, row_lines, strict=True)):
             x = gap + i * (cell + gap)
             resample = Image.Resampling.NEAREST if image.shape[0] * 2 <= cell else Image.Resampling.LANCZOS
             img.paste(Image.fromarray(image).resize((cell, cell), resample), (x, y))
-            for j, line in enumerate(_wrap(d, caption, font, cell)[:4]):
-                d.text((x, y + cell + 3 + 16 * j), line, fill=(40, 40, 40), font=font)
+            for j, line in enumerate(lines):
+                d.text((x, y + cell + 3 + line_h * j), line, fill=(40, 40, 40), font=font)
         y += cell + text_h + gap
     img.save(path)
 

@@ -289,8 +289,10 @@ def test_eval_run_writes_the_report(tiny_model, tmp_path):
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["classifier"]["accuracy"]) == {"kind", "colour", "size", "background"}
     assert [row["cfg"] for row in report["cfg_sweep"]] == [1.0, 7.5]
-    assert all(set(row["by_point"]) == {"kind", "colour", "size", "cell", "background", "relation"}
-               for row in report["cfg_sweep"])
+    assert all(
+        set(row["by_point"]) == {"kind", "colour", "size", "cell", "background", "relation"}
+        for row in report["cfg_sweep"]
+    )
     ceiling = report["classifier"]["vae_round_trip"]  # the judge on renders passed through the VAE
     assert set(ceiling) == {"kind", "colour", "size", "background", "object_kind"}
     assert all(0.0 <= v <= 1.0 for v in ceiling.values())
@@ -336,3 +338,16 @@ def test_eval_arguments_are_checked(tiny_model, tmp_path):
     save_file({"image_encoder.w": torch.zeros(2)}, str(tmp_path / "x-extras.safetensors"))
     with pytest.raises(CheckpointError, match="holds no classifier"):
         load_classifier(tmp_path / "x-extras.safetensors", torch.device("cpu"))
+
+
+def test_sample_sheet_shows_every_line_of_the_longest_caption(tmp_path):
+    from atelier.world.eval_run import sample_sheet
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    long = "un grand cercle rouge à gauche au-dessus d'une petite maison bleue, sur fond de ciel étoilé [9/9] " * 2
+    sample_sheet([("short", image[None], ["a red circle [2/2]"])], tmp_path / "short.png", cell=96)
+    sample_sheet([("long", image[None], [long])], tmp_path / "long.png", cell=96)
+    short, tall = Image.open(tmp_path / "short.png"), Image.open(tmp_path / "long.png")
+    assert tall.height > short.height + 5 * 16  # room for many more lines, not a cut at 4
+    bottom = np.asarray(tall.convert("L"))[-24:-8, 8:104]
+    assert (bottom < 128).any()  # the caption's last line is drawn inside the sheet
