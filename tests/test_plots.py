@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,15 @@ def _drawn(text: str, size: int = 24) -> np.ndarray:
     return np.asarray(image)
 
 
-def test_atelier_font_comes_first_and_a_missing_one_is_skipped(monkeypatch):
+def test_atelier_font_comes_first_and_a_missing_one_is_skipped(monkeypatch, tmp_path):
     available = next((p for p in FONT_CANDIDATES if Path(p).exists()), None)
     if available is None:
         pytest.skip("no TrueType font on this machine")
-    monkeypatch.setenv("ATELIER_FONT", available)
-    assert font(12).path == available
-    monkeypatch.setenv("ATELIER_FONT", "/nonexistent/font.ttf")
+    mine = tmp_path / "mine.ttf"
+    shutil.copy(available, mine)
+    monkeypatch.setenv("ATELIER_FONT", str(mine))
+    assert font(12).path == str(mine)
+    monkeypatch.setenv("ATELIER_FONT", str(tmp_path / "missing.ttf"))
     assert font(12).path == available  # falls through to the system font
 
 

@@ -11,7 +11,7 @@ read from disk, and is the same for a given seed, whatever the number of ranks.
 The recipe follows latent diffusion (Rombach et al. 2022), scaled down:
 1. vae:  an autoencoder 128x128x3 -> 16x16x4 (L1 + edge loss + a tiny KL term), then the latent scaling factor
          1/std so the UNet sees unit-variance latents, as SD's 0.18215. Continued from existing weights, it keeps
-         them unless the judge (the classifier) reads more object kinds through the new autoencoder.
+         the new ones only if the judge (the classifier) reads at least as many object kinds through them.
    decoder (optional, later): the decoder alone sharpened with the encoder frozen; the latents do not move.
 2. clip: the CLIP text transformer and a small image encoder trained contrastively (InfoNCE, Radford et al. 2021)
          on the world's English and French captions, so "rouge" lands near "red".
@@ -364,17 +364,25 @@ def train_vae(
     edge_weight: float = 0.5,
     workers: int = 1,
 ) -> None:
+    """Stage 1, the autoencoder; `edge_weight` weighs the L1 of the edges next to the L1 of the pixels.
+
+    When `out` already holds a vae.safetensors (from --init or an earlier run), training continues from it, and at
+    the end the judge reads object kinds through both autoencoders (`judge_round_trips`): the new one is written
+    only if it reads at least as many. During training only vae.state.pt is written, so a stage resumed after a
+    time budget still compares with the weights it first started from."""
     torch.manual_seed(seed)
     vae = VAE(shapes.vae).to(ranks.device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    stage = Stage("vae", out, s, ranks, budget_s)
-    before = None  # the judge's reading of round trips through the VAE we start from, when there is one
-    if not stage.state_path.exists() and (out / "vae.safetensors").exists():
-        # Continue from shipped weights (--init): the latents move little, so the UNet can follow by fine-tuning.
+    before = None  # the judge's reading through the VAE we start from, when there is one
+    if (out / "vae.safetensors").exists():
+        # Continue from existing weights: the latents move little, so the UNet can follow by fine-tuning. A resumed
+        # stage loads its own state over them below.
         load_weights(out / "vae.safetensors", vae)
         if ranks.main:
-            print("[vae] starting from the existing vae.safetensors", flush=True)
             before = judge_round_trips(vae, out, shapes.image_size, workers)
+    opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    stage = Stage("vae", out, s, ranks, budget_s)  # its clock starts after the judge
+    if ranks.main and before is not None and not stage.state_path.exists():
+        print("[vae] starting from the existing vae.safetensors", flush=True)
     stage.resume({"vae": vae}, opt)
     model = wrap_ddp(_AutoencoderPass(vae), ranks)
     gen = torch.Generator().manual_seed(seed * 1000 + ranks.rank + stage.step)
@@ -411,6 +419,11 @@ def train_vae(
     print(f"[vae] latent std {std:.4f} -> scaling_factor {config.scaling_factor}", flush=True)
 
 
+# The scenes judge_round_trips draws: a seed of its own, far from the small data seeds of the stages (--seed and the
+# streams derived from it) and from atelier eval's streams.
+JUDGE_SCENES_SEED = 7_000_001
+
+
 def judge_round_trips(vae: VAE, out: Path, size: int, workers: int, count: int = 1000) -> float | None:
     """The ceiling of generation for this VAE: the share of objects drawn in `count` fresh renders whose kind the
     judge (the classifier stage's network in `out`) still reads after a trip through the VAE (as `atelier eval`'s
@@ -425,13 +438,14 @@ def judge_round_trips(vae: VAE, out: Path, size: int, workers: int, count: int =
 
     if not (out / "classifier.safetensors").exists():
         return None
-    device = next(vae.parameters()).device
-    classifier = new_classifier()
+    device, was_training = next(vae.parameters()).device, vae.training
+    with torch.random.fork_rng(devices=[]):  # the classifier's initialisation leaves training's CPU stream alone
+        classifier = new_classifier()
     load_weights(out / "classifier.safetensors", classifier)
-    images, _, scenes = render_labelled(seed=10_007, count=count, size=size, workers=workers)
+    images, _, scenes = render_labelled(seed=JUDGE_SCENES_SEED, count=count, size=size, workers=workers)
     unit = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, H, W) in [-1, 1]
     readings = read_images(classifier.to(device).eval(), vae_round_trip(vae.eval(), unit))
-    vae.train()
+    vae.train(was_training)
     return object_kind_accuracy(readings, scenes)
 
 
@@ -847,6 +861,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--edge-weight", type=float, default=0.5, help="vae stage: weight of the edge L1 term")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.caption_noise <= 1.0:
+        parser.error(f"--caption-noise is a share of the captions, from 0 to 1; got {args.caption_noise}")
+    if args.edge_weight < 0:
+        parser.error(f"--edge-weight is a loss weight, 0 or more; got {args.edge_weight}")
 
     started = time.time()
     ranks = init_ranks(args.device)
@@ -881,6 +899,10 @@ def main(argv: list[str] | None = None) -> None:
             dist.barrier()  # the next stage reads what rank 0 just wrote
     if args.pack is not None and ranks.main:
         notes = {"seed": args.seed, "images_per_rank": args.images, "ranks": ranks.world}
+        if "unet" in args.stage:
+            notes["caption_noise"] = args.caption_noise
+        if "vae" in args.stage:
+            notes["edge_weight"] = args.edge_weight
         for path in pack(args.out, args.pack, shapes, notes):
             print(f"[pack] wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
     if ranks.world > 1:

@@ -25,6 +25,7 @@ from atelier.world.evaluate import (
     scene_labels,
     score,
     score_points,
+    vae_round_trip,
 )
 from atelier.world.scene import ObjectSpec, RelationSpec, Scene, SceneObject, SceneSpec, sample_scene
 from atelier.world.splits import is_held_out
@@ -351,3 +352,18 @@ def test_sample_sheet_shows_every_line_of_the_longest_caption(tmp_path):
     assert tall.height > short.height + 5 * 16  # room for many more lines, not a cut at 4
     bottom = np.asarray(tall.convert("L"))[-24:-8, 8:104]
     assert (bottom < 128).any()  # the caption's last line is drawn inside the sheet
+
+
+def test_vae_round_trip_gives_8_bit_images_on_the_cpu_whatever_the_batch():
+    from atelier.models.vae import VAE
+    from atelier.world.train import EmbeddedShapes
+
+    torch.manual_seed(0)
+    vae = VAE(EmbeddedShapes.tiny().vae).eval()
+    images = torch.rand(5, 3, 32, 32) * 2 - 1
+    out = vae_round_trip(vae, images, batch=2)
+    assert out.shape == images.shape and out.device.type == "cpu"
+    assert out.min() >= -1 and out.max() <= 1
+    levels = (out + 1) * 127.5
+    torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)  # on the grid of a PNG's 256 levels
+    torch.testing.assert_close(out, vae_round_trip(vae, images, batch=5))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -71,22 +72,39 @@ def test_vae_stage_keeps_the_autoencoder_the_judge_reads_better(tmp_path, monkey
     main(["--stage", "vae", "--stage", "classifier", "--steps", "2", *common])
     (out / "vae.state.pt").unlink()  # as after --init: the stage starts from vae.safetensors
     before = load_file(str(out / "vae.safetensors"))
-    vae = load_trained_vae(out)
+    vae = load_trained_vae(out).eval()
     ceiling = judge_round_trips(vae, out, size=32, workers=1, count=8)
-    assert 0.0 <= ceiling <= 1.0 and vae.training  # a share of objects; the VAE is left in training mode
+    assert 0.0 <= ceiling <= 1.0 and not vae.training  # a share of objects; the VAE's mode is left as it was
 
     readings = iter([0.9, 0.5])  # the judge reads worse after training: the first VAE stays
     monkeypatch.setattr("atelier.world.train.judge_round_trips", lambda *args, **kw: next(readings))
     main(["--stage", "vae", "--steps", "2", "--edge-weight", "1.0", *common])
-    assert torch.equal(
-        before["decoder.conv_out.weight"], load_file(str(out / "vae.safetensors"))["decoder.conv_out.weight"]
-    )
-    last = json.loads((out / "vae.log.jsonl").read_text().splitlines()[-1])
-    assert last == {"step": 2, "judge_kind_before": 0.9, "judge_kind_after": 0.5}
+    conv_out = "decoder.conv_out.weight"
+    assert torch.equal(before[conv_out], load_file(str(out / "vae.safetensors"))[conv_out])
+    *_, loss, judged = (json.loads(line) for line in (out / "vae.log.jsonl").read_text().splitlines())
+    assert judged == {"step": 2, "judge_kind_before": 0.9, "judge_kind_after": 0.5}
+    assert loss["loss"] == pytest.approx(loss["l1"] + 1.0 * loss["edge"] + 1e-6 * loss["kl"], rel=1e-4)
 
-    (out / "vae.state.pt").unlink()
-    readings = iter([0.5, 0.9])  # better: the new one is written
-    main(["--stage", "vae", "--steps", "2", *common])
-    assert not torch.equal(
-        before["decoder.conv_out.weight"], load_file(str(out / "vae.safetensors"))["decoder.conv_out.weight"]
-    )
+    # resumed (its state says step 2 of 4) after the first VAE was kept: still compared with that one, and better
+    readings = iter([0.5, 0.9])
+    main(["--stage", "vae", "--steps", "4", *common])
+    assert not torch.equal(before[conv_out], load_file(str(out / "vae.safetensors"))[conv_out])
+    *_, loss, judged = (json.loads(line) for line in (out / "vae.log.jsonl").read_text().splitlines())
+    assert judged == {"step": 4, "judge_kind_before": 0.5, "judge_kind_after": 0.9}
+    assert loss["loss"] == pytest.approx(loss["l1"] + 0.5 * loss["edge"] + 1e-6 * loss["kl"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--caption-noise", "40", "from 0 to 1"),
+        ("--caption-noise", "-0.1", "from 0 to 1"),
+        ("--edge-weight", "-1", "0 or more"),
+    ],
+)
+def test_training_flags_out_of_range_are_refused_with_one_sentence(flag, value, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--stage", "unet", flag, value, "--tiny", "--device", "cpu", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} is a" in err and expected in err and value in err
