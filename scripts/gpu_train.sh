@@ -4,6 +4,7 @@
 # Runs one process per GPU with torchrun (DDP). Needs .carry/ (ignored by git) prepared on the workstation:
 #   .carry/wheels/*.whl                 pure-Python deps missing there (ftfy, wcwidth, regex, tqdm) for its Python
 #   .carry/bpe_simple_vocab_16e6.txt.gz the CLIP vocabulary (from the open-clip-torch package)
+#   .carry/DejaVuSans.ttf               a font with accents, for sample sheets drawn there
 # When $OUT is set, the packed checkpoint (split in 15 MB parts), its extras and the logs are copied there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
