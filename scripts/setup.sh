@@ -37,5 +37,8 @@ if [ "$extra" = "test" ]; then
 else
     "${pip[@]}" -e .
 fi
+# Byte-compiled once here, Atelier's modules load ~0.2 s sooner on every command, also where PYTHONDONTWRITEBYTECODE
+# keeps Python from caching them itself (measured on `atelier generate` with the embedded model, 2 CPU cores).
+.venv/bin/python -m compileall -q atelier >/dev/null
 rm -f .venv/.setup-stamp-"${extra:-run}"-*
 touch "$stamp"
