@@ -56,6 +56,7 @@ from atelier.world.evaluate import (
     read_images,
     render_labelled,
     score,
+    to_unit,
     vae_round_trip,
 )
 
@@ -103,11 +104,6 @@ def load_classifier(extras: Path, device: torch.device) -> AttributeClassifier:
     classifier = new_classifier()
     classifier.load_state_dict(state)
     return classifier.to(device).eval()
-
-
-def to_unit(images: np.ndarray) -> Tensor:
-    """uint8 images (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], what the classifier reads."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ class Reading:
     background: str
 
 
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], what the classifier and the VAE read."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 @torch.no_grad()
 def read_images(classifier: AttributeClassifier, images: torch.Tensor, batch: int = 256) -> list[Reading]:
     """Images (N, 3, 128, 128) in [-1, 1] -> what is in each."""

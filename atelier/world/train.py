@@ -433,6 +433,7 @@ def judge_round_trips(vae: VAE, out: Path, size: int, workers: int, count: int =
         object_kind_accuracy,
         read_images,
         render_labelled,
+        to_unit,
         vae_round_trip,
     )
 
@@ -443,8 +444,7 @@ def judge_round_trips(vae: VAE, out: Path, size: int, workers: int, count: int =
         classifier = new_classifier()
     load_weights(out / "classifier.safetensors", classifier)
     images, _, scenes = render_labelled(seed=JUDGE_SCENES_SEED, count=count, size=size, workers=workers)
-    unit = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, H, W) in [-1, 1]
-    readings = read_images(classifier.to(device).eval(), vae_round_trip(vae.eval(), unit))
+    readings = read_images(classifier.to(device).eval(), vae_round_trip(vae.eval(), to_unit(images)))
     vae.train(was_training)
     return object_kind_accuracy(readings, scenes)
 
@@ -719,6 +719,7 @@ def train_classifier(
         new_classifier,
         read_images,
         render_labelled,
+        to_unit,
     )
 
     start = time.time()
@@ -747,8 +748,7 @@ def train_classifier(
     if ranks.main:
         classifier.eval()
         fresh, _, scenes = render_labelled(seed + 999, 2000, shapes.image_size, workers, start=10**9)
-        fresh_t = torch.from_numpy(fresh).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        acc = classifier_accuracy(read_images(classifier, fresh_t), scenes)
+        acc = classifier_accuracy(read_images(classifier, to_unit(fresh)), scenes)
         print(f"[classifier] accuracy on 2000 fresh renders: {acc}", flush=True)
         with (out / "classifier.log.jsonl").open("a") as f:
             f.write(json.dumps({"fresh_accuracy": acc}) + "\n")
