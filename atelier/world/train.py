@@ -367,21 +367,22 @@ def train_vae(
     """Stage 1, the autoencoder; `edge_weight` weighs the L1 of the edges next to the L1 of the pixels.
 
     When `out` already holds a vae.safetensors (from --init or an earlier run), training continues from it, and at
-    the end the judge reads object kinds through both autoencoders (`judge_round_trips`): the new one is written
+    the end the judge reads object kinds through both autoencoders (`round_trip_judge`): the new one is written
     only if it reads at least as many. During training only vae.state.pt is written, so a stage resumed after a
     time budget still compares with the weights it first started from."""
     torch.manual_seed(seed)
     vae = VAE(shapes.vae).to(ranks.device)
+    judge = round_trip_judge(out, shapes.image_size, workers) if ranks.main else None  # None: no classifier yet
     before = None  # the judge's reading through the VAE we start from, when there is one
-    if (out / "vae.safetensors").exists():
+    existing = (out / "vae.safetensors").exists()
+    if existing:
         # Continue from existing weights: the latents move little, so the UNet can follow by fine-tuning. A resumed
         # stage loads its own state over them below.
         load_weights(out / "vae.safetensors", vae)
-        if ranks.main:
-            before = judge_round_trips(vae, out, shapes.image_size, workers)
+        before = judge(vae) if judge is not None else None
     opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
     stage = Stage("vae", out, s, ranks, budget_s)  # its clock starts after the judge
-    if ranks.main and before is not None and not stage.state_path.exists():
+    if ranks.main and existing and not stage.state_path.exists():
         print("[vae] starting from the existing vae.safetensors", flush=True)
     stage.resume({"vae": vae}, opt)
     model = wrap_ddp(_AutoencoderPass(vae), ranks)
@@ -407,7 +408,7 @@ def train_vae(
     config = dataclasses.replace(shapes.vae, scaling_factor=round(1.0 / std, 5))
     if not ranks.main:
         return
-    after = judge_round_trips(vae, out, shapes.image_size, workers)
+    after = judge(vae) if judge is not None else None
     if after is not None:
         with stage.log_path.open("a") as f:
             f.write(json.dumps({"step": stage.step, "judge_kind_before": before, "judge_kind_after": after}) + "\n")
@@ -419,15 +420,16 @@ def train_vae(
     print(f"[vae] latent std {std:.4f} -> scaling_factor {config.scaling_factor}", flush=True)
 
 
-# The scenes judge_round_trips draws: a seed of its own, far from the small data seeds of the stages (--seed and the
+# The scenes round_trip_judge draws: a seed of its own, far from the small data seeds of the stages (--seed and the
 # streams derived from it) and from atelier eval's streams.
 JUDGE_SCENES_SEED = 7_000_001
 
 
-def judge_round_trips(vae: VAE, out: Path, size: int, workers: int, count: int = 1000) -> float | None:
-    """The ceiling of generation for this VAE: the share of objects drawn in `count` fresh renders whose kind the
-    judge (the classifier stage's network in `out`) still reads after a trip through the VAE (as `atelier eval`'s
-    section 1 measures it). None when there is no trained classifier yet."""
+def round_trip_judge(out: Path, size: int, workers: int, count: int = 1000) -> Callable[[VAE], float] | None:
+    """A function that measures the ceiling of generation for a VAE: the share of objects drawn in `count` fresh
+    renders whose kind the judge (the classifier stage's network in `out`) still reads after a trip through the VAE
+    (as `atelier eval`'s section 1 measures it). The classifier is loaded and the scenes rendered once, for all the
+    VAEs it is given. None when there is no trained classifier yet."""
     from atelier.world.evaluate import (
         new_classifier,
         object_kind_accuracy,
@@ -439,14 +441,18 @@ def judge_round_trips(vae: VAE, out: Path, size: int, workers: int, count: int =
 
     if not (out / "classifier.safetensors").exists():
         return None
-    device, was_training = next(vae.parameters()).device, vae.training
     with torch.random.fork_rng(devices=[]):  # the classifier's initialisation leaves training's CPU stream alone
-        classifier = new_classifier()
+        classifier = new_classifier().eval()
     load_weights(out / "classifier.safetensors", classifier)
     images, _, scenes = render_labelled(seed=JUDGE_SCENES_SEED, count=count, size=size, workers=workers)
-    readings = read_images(classifier.to(device).eval(), vae_round_trip(vae.eval(), to_unit(images)))
-    vae.train(was_training)
-    return object_kind_accuracy(readings, scenes)
+
+    def judge(vae: VAE) -> float:
+        device, was_training = next(vae.parameters()).device, vae.training
+        readings = read_images(classifier.to(device), vae_round_trip(vae.eval(), to_unit(images)))
+        vae.train(was_training)
+        return object_kind_accuracy(readings, scenes)
+
+    return judge
 
 
 def train_decoder(
