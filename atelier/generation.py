@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from atelier.errors import InputError
-from atelier.images import pil_to_tensor, tensor_to_pil
+from atelier.imaging import bchw_signed_to_pil, pil_to_bchw_signed, pil_to_hw_unit
 from atelier.pipeline import (
     DiffusionModel,
     OnStep,
@@ -99,14 +98,14 @@ def run(
         latent = empty_latent(params.width, params.height, params.batch)
     else:
         image = init_image.convert("RGB").resize((params.width, params.height), Image.Resampling.LANCZOS)
-        latent = encode(ckpt.vae, pil_to_tensor(image)).repeat(params.batch, 1, 1, 1)
+        latent = encode(ckpt.vae, pil_to_bchw_signed(image)).repeat(params.batch, 1, 1, 1)
         if mask is not None:
             m = mask.convert("L").resize((params.width, params.height), Image.Resampling.BILINEAR)
-            noise_mask = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None]  # (1, H, W)
+            noise_mask = pil_to_hw_unit(m)[None]  # (1, H, W)
     model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor)
     result = sample(model, latent, positive, negative, params.sampler_settings(), noise_mask=noise_mask,
                     on_step=on_step, interrupt=interrupt)
-    images = tensor_to_pil(decode(ckpt.vae, result.latent))
+    images = bchw_signed_to_pil(decode(ckpt.vae, result.latent))
     used = dataclasses.replace(params, seed=result.seed)
     return Generation(images, used, result.latent, result.guidance.skipped_uncond, time.perf_counter() - start)
 

@@ -1,4 +1,4 @@
-"""Images in and out: tensors <-> PIL, and PNG files that carry their generation parameters.
+"""Image files in and out: PNG files that carry their generation parameters (tensor conversions: imaging.py).
 
 A PNG written by Atelier holds the parameters twice, as the two tools people share images with expect:
 - ComfyUI: tEXt `prompt` (the API graph, JSON) and `workflow` (the editor's UI graph, JSON), so dropping the file
@@ -15,24 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from PIL import Image, PngImagePlugin
 
 from atelier.errors import InputError
+from atelier.imaging import bchw_signed_to_pil
 
-
-def tensor_to_pil(image: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images (rounded to the nearest 8-bit value)."""
-    array = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    array = array.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-    return [Image.fromarray(a, "RGB") for a in array]
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image -> (1, 3, H, W) float tensor in [-1, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+# The old name of imaging.bchw_signed_to_pil, which atelier/world/eval_run.py imports.
+tensor_to_pil = bchw_signed_to_pil
 
 
 def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:

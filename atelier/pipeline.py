@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atelier.errors import AtelierError, InputError
+from atelier.imaging import signed_to_uint8
 from atelier.sampling.denoisers import Denoiser, DiscreteSchedule, start_latent
 from atelier.sampling.guidance import GuidanceTrace, cfg_denoiser
 from atelier.sampling.noise import initial_noise, resolve_seed, seeded_noise_sampler
@@ -385,4 +386,4 @@ def latent_preview(latent: Tensor, projection: Tensor) -> Tensor:
     """RAW latents (B, 4, h, w) -> uint8 RGB previews (B, h, w, 3) through the fitted linear map."""
     z = latent.float().cpu().permute(0, 2, 3, 1)  # (B, h, w, 4)
     rgb = z @ projection[:4] + projection[4]  # (B, h, w, 3) in about [-1, 1]
-    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return signed_to_uint8(rgb)

@@ -32,6 +32,15 @@ from PIL import Image, ImageOps
 
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
+from atelier.imaging import (
+    bchw_signed_to_bhwc_unit,
+    bhwc_unit_to_bchw_signed,
+    bhwc_unit_to_pil,
+    pil_to_bhwc_unit,
+    pil_to_hw_unit,
+    uint8_to_unit,
+    unit_to_uint8,
+)
 from atelier.models.library import EMBEDDED_NAME, embedded_model_path, latent_rgb
 from atelier.models.paths import ModelPaths
 from atelier.pipeline import (
@@ -99,21 +108,7 @@ class _Node:
 def image_to_vae(image: torch.Tensor) -> torch.Tensor:
     """IMAGE (B, H, W, 3) in [0, 1] -> (B, 3, H, W) in [-1, 1], cropped to multiples of 8 (as ComfyUI)."""
     h, w = image.shape[1] // 8 * 8, image.shape[2] // 8 * 8
-    return image[:, :h, :w, :3].permute(0, 3, 1, 2) * 2.0 - 1.0
-
-
-def vae_to_image(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> IMAGE (B, H, W, 3) in [0, 1]."""
-    return ((images.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu()
-
-
-def image_to_pil(image: torch.Tensor) -> list[Image.Image]:
-    array = (image.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
-    return [Image.fromarray(a[..., :3]) for a in array]
-
-
-def pil_to_image(pil: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0)[None]
+    return bhwc_unit_to_bchw_signed(image[:, :h, :w, :3])
 
 
 def _resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
@@ -134,9 +129,9 @@ def _resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) ->
             cut = round(h - h * old / new) // 2
             x = x[..., cut : h - cut, :]
     if method == "lanczos":
-        pils = [Image.fromarray((c.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)) for c in x]
-        out = [np.asarray(p.resize((width, height), Image.Resampling.LANCZOS), np.float32) / 255.0 for p in pils]
-        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+        pils = [Image.fromarray(unit_to_uint8(c.permute(1, 2, 0)).numpy()) for c in x]
+        out = [torch.from_numpy(np.array(p.resize((width, height), Image.Resampling.LANCZOS))) for p in pils]
+        return uint8_to_unit(torch.stack(out)).permute(0, 3, 1, 2)
     if method == "bislerp":
         return _bislerp(x, width, height)
     mode = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}[method]
@@ -430,8 +425,9 @@ def _run_sampler(ctx: NodeContext, model: DiffusionModel, latent: dict, positive
     def on_step(step: Step) -> None:
         ctx.progress(step.index + 1, step.total)
         if preview_map is not None:
-            rgb = ((step.denoised[:1].float().cpu().permute(0, 2, 3, 1) @ preview_map[:4] + preview_map[4]) + 1) / 2
-            ctx.preview(image_to_pil(F.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8).permute(0, 2, 3, 1))[0])
+            rgb = step.denoised[:1].float().cpu().permute(0, 2, 3, 1) @ preview_map[:4] + preview_map[4]  # [-1, 1]
+            big = F.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8)  # (1, 3, 8h, 8w), nearest
+            ctx.preview(bhwc_unit_to_pil(bchw_signed_to_bhwc_unit(big))[0])
         if also_on_step is not None:
             also_on_step(step)
 
@@ -533,7 +529,7 @@ class VAEDecode(_Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict, vae: Any) -> tuple:
-        return (vae_to_image(decode(vae, samples["samples"])),)
+        return (bchw_signed_to_bhwc_unit(decode(vae, samples["samples"])),)
 
 
 class VAEEncode(_Node):
@@ -599,12 +595,9 @@ class LoadImage(_Node):
     def run(self, ctx: NodeContext, image: str) -> tuple:
         with Image.open(self.env.files.input_path(image)) as img:
             img = ImageOps.exif_transpose(img)
-            rgb = pil_to_image(img)
-            if "A" in img.getbands():
-                alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
-                mask = 1.0 - torch.from_numpy(alpha)[None]  # transparent = to be repainted
-            else:
-                mask = torch.zeros(1, 64, 64)
+            rgb = pil_to_bhwc_unit(img)
+            # transparent = to be repainted; no alpha: a 64x64 mask of zeros, as ComfyUI
+            mask = 1.0 - pil_to_hw_unit(img.getchannel("A"))[None] if "A" in img.getbands() else torch.zeros(1, 64, 64)
         return rgb, mask
 
     @classmethod
@@ -640,7 +633,7 @@ class LoadImageMask(_Node):
                 img = img.convert("RGBA")
             if band not in img.getbands():
                 return (torch.zeros(1, 64, 64),)
-            values = torch.from_numpy(np.asarray(img.getchannel(band), dtype=np.float32) / 255.0)[None]
+            values = pil_to_hw_unit(img.getchannel(band))[None]
         return (1.0 - values if band == "A" else values,)
 
     is_changed = LoadImage.is_changed
@@ -765,7 +758,7 @@ class SaveImage(_Node):
             text["prompt"] = json.dumps(prompt)
         for key, value in (extra_pnginfo or {}).items():
             text[key] = json.dumps(value)
-        refs = [self.env.files.save_image(pil, filename_prefix, self.kind, text) for pil in image_to_pil(images)]
+        refs = [self.env.files.save_image(pil, filename_prefix, self.kind, text) for pil in bhwc_unit_to_pil(images)]
         return NodeOutput(result=(), ui={"images": refs})
 
 

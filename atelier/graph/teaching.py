@@ -35,11 +35,9 @@ from atelier.graph.nodes import (
     KSampler,
     _Node,
     _run_sampler,
-    image_to_pil,
-    pil_to_image,
-    vae_to_image,
 )
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
+from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_pil, pil_to_bhwc_unit, uint8_to_unit
 from atelier.models.attention import capture_cross_attention, token_heatmaps
 from atelier.pipeline import Cond, DiffusionModel, SamplerSettings, Step, decode, encode_prompt, latent_preview
 from atelier.plots import line_chart
@@ -63,10 +61,10 @@ def latents_to_images(latents: torch.Tensor, vae: Any, model: DiffusionModel) ->
     """RAW latents (N, 4, h, w) -> IMAGE (N, 8h, 8w, 3): the VAE decoder when given (in batches of DECODE_BATCH),
     else the model's linear latent -> RGB map (`pipeline.fit_latent_to_rgb`), enlarged 8x by nearest neighbour."""
     if vae is not None:
-        return torch.cat([vae_to_image(decode(vae, chunk)) for chunk in latents.split(DECODE_BATCH)])
+        return torch.cat([bchw_signed_to_bhwc_unit(decode(vae, chunk)) for chunk in latents.split(DECODE_BATCH)])
     if model.preview is None:
         raise InputError("This model has no latent -> RGB preview map; connect a VAE to the vae input.")
-    rgb = latent_preview(latents, model.preview.float()).float() / 255.0  # (N, h, w, 3)
+    rgb = uint8_to_unit(latent_preview(latents, model.preview.float()))  # (N, h, w, 3)
     return nearest_up(rgb, 8)
 
 
@@ -423,7 +421,7 @@ class AtelierCrossAttentionMap(_Node):
             latent = {"samples": torch.zeros(1, 4, h, w)}
             out = _run_sampler(ctx, model, latent, [Cond(positive)], [Cond(negative)], settings, also_on_step=fold)
 
-        image = vae_to_image(decode(vae, out["samples"]))  # (1, H, W, 3)
+        image = bchw_signed_to_bhwc_unit(decode(vae, out["samples"]))  # (1, H, W, 3)
         heat = total[positions].sum(dim=0) / max(folded, 1)  # (h, w): the word's share of attention
         heat = F.interpolate(heat[None, None], size=image.shape[1:3], mode="bilinear", align_corners=False)[0]
         heat = heat.clamp(0, 1)  # (1, H, W)
@@ -503,7 +501,7 @@ class AtelierSigmaSchedule(_Node):
         curves = {name: sigmas_for(name, model.schedule, steps, denoise).tolist() for name in SCHEDULERS}
         values = curves[scheduler]
         title = f"{scheduler}, {steps} steps, denoise {denoise:g}: sigma {values[0]:.3f} -> {values[-1]:g}"
-        plot = pil_to_image(plot_sigmas(curves, scheduler, log_scale, title))
+        plot = pil_to_bhwc_unit(plot_sigmas(curves, scheduler, log_scale, title))
         lines = [f"{scheduler}, {steps} steps, denoise {denoise:g}: {len(values)} sigmas"]
         lines += [f"{i:>4}  {sigma:.6f}" for i, sigma in enumerate(values)]
         return plot, "\n".join(lines)
@@ -580,7 +578,7 @@ class SaveAnimatedWEBP(_Node):
             exif[0x0110] = "prompt:" + json.dumps(prompt)
         for tag, (key, value) in zip(range(0x010F, 0, -1), (extra_pnginfo or {}).items(), strict=False):
             exif[tag] = f"{key}:{json.dumps(value)}"
-        frames = image_to_pil(images)
+        frames = bhwc_unit_to_pil(images)
         data = animated_webp(frames, fps, lossless, quality, method, exif)
         ref = self.env.files.write(data, filename_prefix, "webp", "output")
         return NodeOutput(result=(), ui={"images": [ref], "animated": [len(frames) != 1]})
