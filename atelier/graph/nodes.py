@@ -25,150 +25,47 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from atelier.graph.kit import (
+    KSAMPLER_INPUTS,
+    MAX_RESOLUTION,
+    SAMPLER_INPUTS,
+    SEED_MAX,
+    ClipModel,
+    Node,
+    NodeEnvironment,
+    run_sampler,
+    vae_pixels,
+)
 from atelier.graph.registry import NodeRegistry
+from atelier.graph.resize import UPSCALE_IMAGE, UPSCALE_LATENT, resize, resize_image
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import (
     bchw_signed_to_bhwc_unit,
-    bhwc_unit_to_bchw_signed,
     bhwc_unit_to_pil,
     pil_to_bhwc_unit,
     pil_to_hw_unit,
-    uint8_to_unit,
-    unit_to_uint8,
 )
-from atelier.models.library import EMBEDDED_NAME, embedded_model_path, latent_rgb
+from atelier.models.library import latent_rgb
 from atelier.models.paths import ModelPaths
 from atelier.pipeline import (
     Cond,
     DiffusionModel,
-    OnStep,
     SamplerSettings,
-    Step,
     decode,
     encode,
     encode_prompt,
     fit_latent_to_rgb,
-    sample,
 )
-from atelier.sampling.samplers import SAMPLERS
-from atelier.sampling.schedules import SCHEDULERS
 
 log = logging.getLogger(__name__)
-
-MAX_RESOLUTION = 16384
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
-UPSCALE_LATENT = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
-UPSCALE_IMAGE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
-
-
-@dataclasses.dataclass
-class NodeEnvironment:
-    """What nodes reach outside the graph: model folders, the file API of the server, device, dtype, and whether
-    loaded checkpoints run the fast path (atelier/models/fast.py; None: on CUDA GPUs, off elsewhere)."""
-
-    models: ModelPaths
-    files: Any  # atelier.server.files.OutputFiles: save_image, input_path, input_images
-    device: str | None = None
-    dtype: str | None = None
-    fast: bool | None = None
-
-    def checkpoint_names(self) -> list[str]:
-        names = self.models.list("checkpoints")
-        return [EMBEDDED_NAME, *[n for n in names if n != EMBEDDED_NAME]]
-
-    def checkpoint_path(self, name: str) -> Path:
-        if name == EMBEDDED_NAME and EMBEDDED_NAME not in self.models.list("checkpoints"):
-            return embedded_model_path()
-        return self.models.resolve("checkpoints", name)
-
-
-@dataclasses.dataclass
-class ClipModel:
-    """What ComfyUI calls CLIP: the text encoder, its tokenizer, and the layer to stop at (1 = last)."""
-
-    text_encoder: Any
-    tokenizer: Any
-    clip_skip: int = 1
-
-
-class _Node:
-    env: NodeEnvironment  # set on the bound subclass made by default_registry
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Tensor conventions
 # --------------------------------------------------------------------------------------------------------------
-
-
-def image_to_vae(image: torch.Tensor) -> torch.Tensor:
-    """IMAGE (B, H, W, 3) in [0, 1] -> (B, 3, H, W) in [-1, 1], cropped to multiples of 8 (as ComfyUI)."""
-    h, w = image.shape[1] // 8 * 8, image.shape[2] // 8 * 8
-    return bhwc_unit_to_bchw_signed(image[:, :h, :w, :3])
-
-
-def _resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, height, width); width or height 0 keeps the aspect ratio; crop "center" fills."""
-    h, w = x.shape[-2:]
-    if width == 0 and height == 0:
-        return x
-    if width == 0:
-        width = max(1, round(w * height / h))
-    if height == 0:
-        height = max(1, round(h * width / w))
-    if crop == "center":
-        old, new = w / h, width / height
-        if old > new:
-            cut = round(w - w * new / old) // 2
-            x = x[..., :, cut : w - cut]
-        elif old < new:
-            cut = round(h - h * old / new) // 2
-            x = x[..., cut : h - cut, :]
-    if method == "lanczos":
-        pils = [Image.fromarray(unit_to_uint8(c.permute(1, 2, 0)).numpy()) for c in x]
-        out = [torch.from_numpy(np.array(p.resize((width, height), Image.Resampling.LANCZOS))) for p in pils]
-        return uint8_to_unit(torch.stack(out)).permute(0, 3, 1, 2)
-    if method == "bislerp":
-        return _bislerp(x, width, height)
-    mode = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}[method]
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(x, size=(height, width), mode=mode, **kwargs)
-
-
-def _resize_image(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
-    """IMAGE (B, H, W, 3) -> IMAGE (B, height, width, 3), see `_resize`."""
-    return _resize(image.permute(0, 3, 1, 2), width, height, method, crop).permute(0, 2, 3, 1).clamp(0, 1)
-
-
-def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation of channel vectors (dim 1): keeps the latent's norm, unlike a plain lerp."""
-    na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
-    ua, ub = a / na.clamp_min(1e-8), b / nb.clamp_min(1e-8)
-    dot = (ua * ub).sum(dim=1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
-    omega = torch.acos(dot)
-    so = torch.sin(omega).clamp_min(1e-8)
-    direction = torch.sin((1 - t) * omega) / so * ua + torch.sin(t * omega) / so * ub
-    direction = torch.where(dot > 1 - 1e-5, (1 - t) * ua + t * ub, direction)
-    return direction * ((1 - t) * na + t * nb)
-
-
-def _bislerp(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Bilinear resampling with slerp instead of lerp, along rows then columns (ComfyUI's "bislerp" idea)."""
-
-    def along(v: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-        n = v.shape[dim]
-        pos = (torch.arange(size, dtype=torch.float32) + 0.5) * n / size - 0.5
-        pos = pos.clamp(0, n - 1)
-        lo = pos.floor().long()
-        hi = (lo + 1).clamp(max=n - 1)
-        t = (pos - lo).view(*([1] * dim), size, *([1] * (v.ndim - dim - 1)))
-        return _slerp(v.index_select(dim, lo), v.index_select(dim, hi), t)
-
-    return along(along(x.float(), height, 2), width, 3)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -176,7 +73,7 @@ def _bislerp(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class CheckpointLoaderSimple(_Node):
+class CheckpointLoaderSimple(Node):
     SCHEMA = NodeSchema(
         name="CheckpointLoaderSimple",
         display_name="Load Checkpoint",
@@ -206,7 +103,7 @@ class CheckpointLoaderSimple(_Node):
         return model, ClipModel(ckpt.text_encoder, ckpt.tokenizer), ckpt.vae
 
 
-class VAELoader(_Node):
+class VAELoader(Node):
     SCHEMA = NodeSchema(
         name="VAELoader",
         display_name="Load VAE",
@@ -226,7 +123,7 @@ class VAELoader(_Node):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class CLIPTextEncode(_Node):
+class CLIPTextEncode(Node):
     SCHEMA = NodeSchema(
         name="CLIPTextEncode",
         display_name="CLIP Text Encode (Prompt)",
@@ -244,7 +141,7 @@ class CLIPTextEncode(_Node):
         return ([Cond(context)],)
 
 
-class CLIPSetLastLayer(_Node):
+class CLIPSetLastLayer(Node):
     SCHEMA = NodeSchema(
         name="CLIPSetLastLayer",
         display_name="CLIP Set Last Layer",
@@ -262,7 +159,7 @@ class CLIPSetLastLayer(_Node):
         return (dataclasses.replace(clip, clip_skip=skip),)
 
 
-class ConditioningCombine(_Node):
+class ConditioningCombine(Node):
     SCHEMA = NodeSchema(
         name="ConditioningCombine",
         display_name="Conditioning (Combine)",
@@ -275,7 +172,7 @@ class ConditioningCombine(_Node):
         return (conditioning_1 + conditioning_2,)
 
 
-class ConditioningSetArea(_Node):
+class ConditioningSetArea(Node):
     SCHEMA = NodeSchema(
         name="ConditioningSetArea",
         display_name="Conditioning (Set Area)",
@@ -302,7 +199,7 @@ class ConditioningSetArea(_Node):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class EmptyLatentImage(_Node):
+class EmptyLatentImage(Node):
     SCHEMA = NodeSchema(
         name="EmptyLatentImage",
         display_name="Empty Latent Image",
@@ -320,7 +217,7 @@ class EmptyLatentImage(_Node):
         return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
 
 
-class RepeatLatentBatch(_Node):
+class RepeatLatentBatch(Node):
     SCHEMA = NodeSchema(
         name="RepeatLatentBatch",
         display_name="Repeat Latent Batch",
@@ -340,7 +237,7 @@ class RepeatLatentBatch(_Node):
         return (out,)
 
 
-class LatentUpscale(_Node):
+class LatentUpscale(Node):
     SCHEMA = NodeSchema(
         name="LatentUpscale",
         display_name="Upscale Latent",
@@ -357,12 +254,12 @@ class LatentUpscale(_Node):
 
     def run(self, ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str) -> tuple:
         out = dict(samples)
-        out["samples"] = _resize(samples["samples"], width // 8, height // 8, upscale_method, crop)
+        out["samples"] = resize(samples["samples"], width // 8, height // 8, upscale_method, crop)
         out.pop("noise_mask", None)
         return (out,)
 
 
-class LatentUpscaleBy(_Node):
+class LatentUpscaleBy(Node):
     SCHEMA = NodeSchema(
         name="LatentUpscaleBy",
         display_name="Upscale Latent By",
@@ -378,13 +275,13 @@ class LatentUpscaleBy(_Node):
     def run(self, ctx: NodeContext, samples: dict, upscale_method: str, scale_by: float) -> tuple:
         h, w = samples["samples"].shape[-2:]
         out = dict(samples)
-        out["samples"] = _resize(samples["samples"], round(w * scale_by), round(h * scale_by), upscale_method,
+        out["samples"] = resize(samples["samples"], round(w * scale_by), round(h * scale_by), upscale_method,
                                  "disabled")
         out.pop("noise_mask", None)
         return (out,)
 
 
-class SetLatentNoiseMask(_Node):
+class SetLatentNoiseMask(Node):
     SCHEMA = NodeSchema(
         name="SetLatentNoiseMask",
         display_name="Set Latent Noise Mask",
@@ -403,78 +300,13 @@ class SetLatentNoiseMask(_Node):
 # Sampling
 # --------------------------------------------------------------------------------------------------------------
 
-_SAMPLER_INPUTS = [
-    Input("steps", "INT", default=20, min=1, max=10000, tooltip="Denoising steps."),
-    Input("cfg", "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
-          tooltip="Classifier-free guidance: how strongly the prompt pushes the image (1 = no guidance)."),
-    Input("sampler_name", "COMBO", options=list(SAMPLERS), tooltip="The algorithm that walks down the sigmas."),
-    Input("scheduler", "COMBO", options=list(SCHEDULERS), tooltip="How the noise levels (sigmas) are spaced."),
-    Input("positive", "CONDITIONING", tooltip="What the image should show."),
-    Input("negative", "CONDITIONING", tooltip="What guidance steers away from."),
-    Input("latent_image", "LATENT", tooltip="The latent to denoise (zeros for txt2img)."),
-]
-
-
-def _run_sampler(ctx: NodeContext, model: DiffusionModel, latent: dict, positive: list[Cond],
-                 negative: list[Cond], settings: SamplerSettings, also_on_step: OnStep | None = None,
-                 **options: Any) -> dict:
-    """Shared by KSampler, KSamplerAdvanced and the teaching nodes: progress and live previews through the node
-    context; `also_on_step(step)`, when given, sees every step too (film strips, attention maps)."""
-    preview_map = _preview_map(model)
-
-    def on_step(step: Step) -> None:
-        ctx.progress(step.index + 1, step.total)
-        if preview_map is not None:
-            rgb = step.denoised[:1].float().cpu().permute(0, 2, 3, 1) @ preview_map[:4] + preview_map[4]  # [-1, 1]
-            big = F.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8)  # (1, 3, 8h, 8w), nearest
-            ctx.preview(bhwc_unit_to_pil(bchw_signed_to_bhwc_unit(big))[0])
-        if also_on_step is not None:
-            also_on_step(step)
-
-    result = sample(
-        model, latent["samples"], positive, negative, settings,
-        noise_mask=latent.get("noise_mask"), batch_index=latent.get("batch_index"),
-        on_step=on_step, interrupt=_InterruptFlag(ctx), **options,
-    )
-    out = dict(latent)
-    out["samples"] = result.latent.cpu()
-    return out
-
-
-def _preview_map(model: DiffusionModel) -> torch.Tensor | None:
-    """The (5, 3) latent -> RGB map in SCALED latent units, or None (no preview) when unknown."""
-    if model.preview is None:
-        return None
-    scaled = model.preview.clone().float()
-    scaled[:4] /= model.latent_scale  # the map was fitted on raw latents; the sampler hands scaled ones
-    return scaled
-
-
-class _InterruptFlag:
-    """Adapts the node context's check_interrupt() to the pipeline's `interrupt.is_set()`."""
-
-    def __init__(self, ctx: NodeContext) -> None:
-        self.ctx = ctx
-
-    def is_set(self) -> bool:
-        self.ctx.check_interrupt()  # raises the executor's Interrupted when the user stopped the prompt
-        return False
-
-
-class KSampler(_Node):
+class KSampler(Node):
     SCHEMA = NodeSchema(
         name="KSampler",
         display_name="KSampler",
         category="sampling",
         description="Denoises a latent step by step, guided by the positive and negative conditioning.",
-        inputs=[
-            Input("model", "MODEL", tooltip="The model used for denoising the input latent."),
-            Input("seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                  tooltip="The random seed used for creating the noise."),
-            *_SAMPLER_INPUTS,
-            Input("denoise", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01,
-                  tooltip="How much of the latent is redone: 1 for txt2img, less for img2img."),
-        ],
+        inputs=KSAMPLER_INPUTS,
         outputs=[Output("LATENT", tooltip="The denoised latent.")],
     )
 
@@ -482,10 +314,10 @@ class KSampler(_Node):
             scheduler: str, positive: list[Cond], negative: list[Cond], latent_image: dict,
             denoise: float = 1.0) -> tuple:
         settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
-        return (_run_sampler(ctx, model, latent_image, positive, negative, settings),)
+        return (run_sampler(ctx, model, latent_image, positive, negative, settings),)
 
 
-class KSamplerAdvanced(_Node):
+class KSamplerAdvanced(Node):
     SCHEMA = NodeSchema(
         name="KSamplerAdvanced",
         display_name="KSampler (Advanced)",
@@ -494,7 +326,7 @@ class KSamplerAdvanced(_Node):
             Input("model", "MODEL"),
             Input("add_noise", "COMBO", options=["enable", "disable"]),
             Input("noise_seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True),
-            *_SAMPLER_INPUTS,
+            *SAMPLER_INPUTS,
             Input("start_at_step", "INT", default=0, min=0, max=10000),
             Input("end_at_step", "INT", default=10000, min=0, max=10000),
             Input("return_with_leftover_noise", "COMBO", options=["disable", "enable"]),
@@ -506,7 +338,7 @@ class KSamplerAdvanced(_Node):
             sampler_name: str, scheduler: str, positive: list[Cond], negative: list[Cond], latent_image: dict,
             start_at_step: int, end_at_step: int, return_with_leftover_noise: str) -> tuple:
         settings = SamplerSettings(noise_seed, steps, cfg, sampler_name, scheduler, 1.0)
-        out = _run_sampler(ctx, model, latent_image, positive, negative, settings,
+        out = run_sampler(ctx, model, latent_image, positive, negative, settings,
                            add_noise=add_noise == "enable", start_step=start_at_step, end_step=end_at_step,
                            force_full_denoise=return_with_leftover_noise != "enable")
         return (out,)
@@ -517,7 +349,7 @@ class KSamplerAdvanced(_Node):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class VAEDecode(_Node):
+class VAEDecode(Node):
     SCHEMA = NodeSchema(
         name="VAEDecode",
         display_name="VAE Decode",
@@ -532,7 +364,7 @@ class VAEDecode(_Node):
         return (bchw_signed_to_bhwc_unit(decode(vae, samples["samples"])),)
 
 
-class VAEEncode(_Node):
+class VAEEncode(Node):
     SCHEMA = NodeSchema(
         name="VAEEncode",
         display_name="VAE Encode",
@@ -542,10 +374,10 @@ class VAEEncode(_Node):
     )
 
     def run(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any) -> tuple:
-        return ({"samples": encode(vae, image_to_vae(pixels))},)
+        return ({"samples": encode(vae, vae_pixels(pixels))},)
 
 
-class VAEEncodeForInpaint(_Node):
+class VAEEncodeForInpaint(Node):
     SCHEMA = NodeSchema(
         name="VAEEncodeForInpaint",
         display_name="VAE Encode (for Inpainting)",
@@ -571,7 +403,7 @@ class VAEEncodeForInpaint(_Node):
             grown = m.round()
         keep = (1.0 - m.round()).permute(0, 2, 3, 1)  # (B, H, W, 1): 1 where the picture is kept
         pixels = (pixels - 0.5) * keep + 0.5  # the region to repaint becomes neutral grey before encoding
-        return ({"samples": encode(vae, image_to_vae(pixels)), "noise_mask": grown},)
+        return ({"samples": encode(vae, vae_pixels(pixels)), "noise_mask": grown},)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -583,7 +415,7 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class LoadImage(_Node):
+class LoadImage(Node):
     SCHEMA = NodeSchema(
         name="LoadImage",
         display_name="Load Image",
@@ -613,7 +445,7 @@ class LoadImage(_Node):
         return True if path.is_file() else f"Invalid image file: {image}"
 
 
-class LoadImageMask(_Node):
+class LoadImageMask(Node):
     SCHEMA = NodeSchema(
         name="LoadImageMask",
         display_name="Load Image (as Mask)",
@@ -640,7 +472,7 @@ class LoadImageMask(_Node):
     validate_inputs = LoadImage.validate_inputs
 
 
-class ImageScale(_Node):
+class ImageScale(Node):
     SCHEMA = NodeSchema(
         name="ImageScale",
         display_name="Upscale Image",
@@ -657,10 +489,10 @@ class ImageScale(_Node):
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int,
             crop: str) -> tuple:
-        return (_resize_image(image, width, height, upscale_method, crop),)
+        return (resize_image(image, width, height, upscale_method, crop),)
 
 
-class ImageScaleBy(_Node):
+class ImageScaleBy(Node):
     SCHEMA = NodeSchema(
         name="ImageScaleBy",
         display_name="Upscale Image By",
@@ -675,10 +507,10 @@ class ImageScaleBy(_Node):
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
         h, w = image.shape[1:3]
-        return (_resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
+        return (resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
 
 
-class ImageScaleToTotalPixels(_Node):
+class ImageScaleToTotalPixels(Node):
     SCHEMA = NodeSchema(
         name="ImageScaleToTotalPixels",
         display_name="Scale Image to Total Pixels",
@@ -694,10 +526,10 @@ class ImageScaleToTotalPixels(_Node):
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple:
         h, w = image.shape[1:3]
         scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
-        return (_resize_image(image, round(w * scale), round(h * scale), upscale_method),)
+        return (resize_image(image, round(w * scale), round(h * scale), upscale_method),)
 
 
-class ImagePadForOutpaint(_Node):
+class ImagePadForOutpaint(Node):
     SCHEMA = NodeSchema(
         name="ImagePadForOutpaint",
         display_name="Pad Image for Outpainting",
@@ -734,7 +566,7 @@ class ImagePadForOutpaint(_Node):
         return out, mask[None]
 
 
-class SaveImage(_Node):
+class SaveImage(Node):
     SCHEMA = NodeSchema(
         name="SaveImage",
         display_name="Save Image",
@@ -777,7 +609,7 @@ class PreviewImage(SaveImage):
         return super().run(ctx, images, "ComfyUI_temp", prompt, extra_pnginfo)
 
 
-CORE_NODES: tuple[type[_Node], ...] = (
+CORE_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, VAELoader, CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea,
     EmptyLatentImage, RepeatLatentBatch, LatentUpscale, LatentUpscaleBy, SetLatentNoiseMask, KSampler,
     KSamplerAdvanced, VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, LoadImageMask, ImageScale,
@@ -797,7 +629,7 @@ _DYNAMIC_OPTIONS = {
 }
 
 
-def bind(node_cls: type[_Node], env: NodeEnvironment) -> type[_Node]:
+def bind(node_cls: type[Node], env: NodeEnvironment) -> type[Node]:
     """A subclass of `node_cls` that sees `env`, with its file- and model-list combos pointing at it."""
     schema = node_cls.SCHEMA
     inputs = [

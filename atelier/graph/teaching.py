@@ -13,7 +13,7 @@ SaveAnimatedWEBP (an IMAGE batch as an animated WebP) and PreviewAny (shows any 
 editor draws a text box for that node name only).
 
 They are ordinary nodes (see schema.py): they call atelier/pipeline.py like the core nodes do, and the sampling
-ones reuse the KSampler's own loop (`nodes._run_sampler`), so progress, previews and Cancel behave the same.
+ones reuse the KSampler's own loop (`kit.run_sampler`), so progress, previews and Cancel behave the same.
 """
 
 from __future__ import annotations
@@ -28,14 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from atelier.errors import InputError
-from atelier.graph.nodes import (
-    MAX_RESOLUTION,
-    SEED_MAX,
-    ClipModel,
-    KSampler,
-    _Node,
-    _run_sampler,
-)
+from atelier.graph.kit import KSAMPLER_INPUTS, MAX_RESOLUTION, SEED_MAX, ClipModel, Node, run_sampler
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_pil, pil_to_bhwc_unit, uint8_to_unit
 from atelier.models.attention import capture_cross_attention, token_heatmaps
@@ -73,7 +66,7 @@ def latents_to_images(latents: torch.Tensor, vae: Any, model: DiffusionModel) ->
 # --------------------------------------------------------------------------------------------------------------
 
 
-class AtelierFilmStripSampler(_Node):
+class AtelierFilmStripSampler(Node):
     """The KSampler, keeping a picture of every step: the noisy latent it started from and the model's guess."""
 
     SCHEMA = NodeSchema(
@@ -88,7 +81,7 @@ class AtelierFilmStripSampler(_Node):
             "ones sharpen, and the last guess is the final image. Only the first image of a batch is filmed."
         ),
         inputs=[
-            *KSampler.SCHEMA.inputs,
+            *KSAMPLER_INPUTS,
             Input(
                 "vae",
                 "VAE",
@@ -138,7 +131,7 @@ class AtelierFilmStripSampler(_Node):
             predicted.append(step.denoised[:1].float().cpu())
 
         settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
-        latent = _run_sampler(ctx, model, latent_image, positive, negative, settings, also_on_step=film)
+        latent = run_sampler(ctx, model, latent_image, positive, negative, settings, also_on_step=film)
         if not predicted:  # denoise 0: no step was taken, the strip is the input itself
             noisy.append(latent["samples"][:1].float() * model.latent_scale)
             predicted.append(noisy[-1])
@@ -175,7 +168,7 @@ def channel_images(latent: torch.Tensor, normalize: str) -> torch.Tensor:
     return nearest_up(grey[..., None].expand(-1, -1, -1, 3), 8)  # (C, 8h, 8w, 3)
 
 
-class AtelierLatentChannels(_Node):
+class AtelierLatentChannels(Node):
     SCHEMA = NodeSchema(
         name="AtelierLatentChannels",
         display_name="Latent Channels",
@@ -262,7 +255,7 @@ def token_table(tokenizer: Any, text: str) -> str:
     return "\n".join(lines)
 
 
-class AtelierTokenInspector(_Node):
+class AtelierTokenInspector(Node):
     SCHEMA = NodeSchema(
         name="AtelierTokenInspector",
         display_name="Token Inspector",
@@ -316,7 +309,7 @@ def hot_colours(heat: torch.Tensor) -> torch.Tensor:
     return torch.stack([(3 * heat).clamp(0, 1), (3 * heat - 1).clamp(0, 1), (3 * heat - 2).clamp(0, 1)], dim=-1)
 
 
-class AtelierCrossAttentionMap(_Node):
+class AtelierCrossAttentionMap(Node):
     SCHEMA = NodeSchema(
         name="AtelierCrossAttentionMap",
         display_name="Cross-Attention Map",
@@ -419,7 +412,7 @@ class AtelierCrossAttentionMap(_Node):
 
             settings = SamplerSettings(seed, steps, cfg, "euler", "normal", 1.0)
             latent = {"samples": torch.zeros(1, 4, h, w)}
-            out = _run_sampler(ctx, model, latent, [Cond(positive)], [Cond(negative)], settings, also_on_step=fold)
+            out = run_sampler(ctx, model, latent, [Cond(positive)], [Cond(negative)], settings, also_on_step=fold)
 
         image = bchw_signed_to_bhwc_unit(decode(vae, out["samples"]))  # (1, H, W, 3)
         heat = total[positions].sum(dim=0) / max(folded, 1)  # (h, w): the word's share of attention
@@ -449,7 +442,7 @@ def plot_sigmas(curves: dict[str, list[float]], chosen: str, log_scale: bool, ti
                       note="sigma = 0 not drawn" if log_scale else "")
 
 
-class AtelierSigmaSchedule(_Node):
+class AtelierSigmaSchedule(Node):
     SCHEMA = NodeSchema(
         name="AtelierSigmaSchedule",
         display_name="Sigma Schedule",
@@ -533,7 +526,7 @@ def animated_webp(
     return buffer.getvalue()
 
 
-class SaveAnimatedWEBP(_Node):
+class SaveAnimatedWEBP(Node):
     SCHEMA = NodeSchema(
         name="SaveAnimatedWEBP",
         display_name="Save Animated WEBP",
@@ -605,7 +598,7 @@ def preview_text(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
-class PreviewAny(_Node):
+class PreviewAny(Node):
     SCHEMA = NodeSchema(
         name="PreviewAny",
         display_name="Preview Any",
@@ -619,7 +612,7 @@ class PreviewAny(_Node):
         return NodeOutput(result=(), ui={"text": [preview_text(source)]})
 
 
-TEACHING_NODES: tuple[type[_Node], ...] = (
+TEACHING_NODES: tuple[type[Node], ...] = (
     AtelierFilmStripSampler,
     AtelierLatentChannels,
     AtelierTokenInspector,

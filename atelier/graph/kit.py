@@ -1,0 +1,188 @@
+"""What every node file builds on: the node base class, the environment nodes reach, the value types and limits
+they share, and the sampler glue of every node that samples.
+
+This module is a leaf of graph/: it imports nothing of graph/ but schema.py. The core nodes (graph/nodes/) and the
+teaching nodes (graph/teaching.py) import it; graph/catalog.py imports them all and binds them to one
+environment. Value types follow ComfyUI so saved workflows run unchanged:
+
+    MODEL         pipeline.DiffusionModel (UNet + schedule + latent scale)
+    CLIP          ClipModel (text encoder + tokenizer + which layer to stop at)
+    VAE           models.vae.VAE
+    CONDITIONING  list[pipeline.Cond]
+    LATENT        {"samples": RAW latents (B, 4, h, w), "noise_mask"?: (B, 1, H, W), "batch_index"?: [int]}
+    IMAGE         float (B, H, W, 3) in [0, 1]
+    MASK          float (B, H, W) in [0, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from atelier.graph.schema import Input, NodeContext
+from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_bchw_signed, bhwc_unit_to_pil
+from atelier.models.library import EMBEDDED_NAME, embedded_model_path
+from atelier.models.paths import ModelPaths
+from atelier.pipeline import Cond, DiffusionModel, OnStep, SamplerSettings, Step, sample
+from atelier.sampling.noise import SEED_MAX
+from atelier.sampling.samplers import SAMPLERS
+from atelier.sampling.schedules import SCHEDULERS
+
+MAX_RESOLUTION = 16384  # the largest width or height a node takes, in pixels (ComfyUI's limit)
+
+
+@dataclasses.dataclass
+class NodeEnvironment:
+    """What nodes reach outside the graph: model folders, the file API of the server, device, dtype, and whether
+    loaded checkpoints run the fast path (atelier/models/fast.py; None: on CUDA GPUs, off elsewhere)."""
+
+    models: ModelPaths
+    files: Any  # atelier.server.files.OutputFiles: save_image, input_path, input_images
+    device: str | None = None
+    dtype: str | None = None
+    fast: bool | None = None
+
+    def checkpoint_names(self) -> list[str]:
+        names = self.models.list("checkpoints")
+        return [EMBEDDED_NAME, *[n for n in names if n != EMBEDDED_NAME]]
+
+    def checkpoint_path(self, name: str) -> Path:
+        if name == EMBEDDED_NAME and EMBEDDED_NAME not in self.models.list("checkpoints"):
+            return embedded_model_path()
+        return self.models.resolve("checkpoints", name)
+
+
+class Node:
+    """The base of Atelier's nodes: a `SCHEMA` and a `run` method (see schema.py), plus `env`, set on the bound
+    subclass that graph/catalog.py makes for each registry."""
+
+    env: NodeEnvironment
+
+
+@dataclasses.dataclass
+class ClipModel:
+    """What ComfyUI calls CLIP: the text encoder, its tokenizer, and the layer to stop at (1 = last)."""
+
+    text_encoder: Any
+    tokenizer: Any
+    clip_skip: int = 1
+
+
+def vae_pixels(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B, H, W, C) in [0, 1] -> the VAE encoder's input (B, 3, H', W') in [-1, 1]: alpha dropped, cropped
+    to multiples of 8 (the VAE halves the size three times), as ComfyUI's VAEEncode does."""
+    h, w = image.shape[1] // 8 * 8, image.shape[2] // 8 * 8
+    return bhwc_unit_to_bchw_signed(image[:, :h, :w, :3])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampler glue: the KSampler's inputs and loop, shared by every node that samples
+# --------------------------------------------------------------------------------------------------------------
+
+SAMPLER_INPUTS = (
+    Input("steps", "INT", default=20, min=1, max=10000, tooltip="Denoising steps."),
+    Input(
+        "cfg",
+        "FLOAT",
+        default=8.0,
+        min=0.0,
+        max=100.0,
+        step=0.1,
+        round=0.01,
+        tooltip="Classifier-free guidance: how strongly the prompt pushes the image (1 = no guidance).",
+    ),
+    Input("sampler_name", "COMBO", options=list(SAMPLERS), tooltip="The algorithm that walks down the sigmas."),
+    Input("scheduler", "COMBO", options=list(SCHEDULERS), tooltip="How the noise levels (sigmas) are spaced."),
+    Input("positive", "CONDITIONING", tooltip="What the image should show."),
+    Input("negative", "CONDITIONING", tooltip="What guidance steers away from."),
+    Input("latent_image", "LATENT", tooltip="The latent to denoise (zeros for txt2img)."),
+)
+
+# The KSampler's inputs in its order; nodes that sample like it (the film strip) take exactly these.
+KSAMPLER_INPUTS = (
+    Input("model", "MODEL", tooltip="The model used for denoising the input latent."),
+    Input(
+        "seed",
+        "INT",
+        default=0,
+        min=0,
+        max=SEED_MAX,
+        control_after_generate=True,
+        tooltip="The random seed used for creating the noise.",
+    ),
+    *SAMPLER_INPUTS,
+    Input(
+        "denoise",
+        "FLOAT",
+        default=1.0,
+        min=0.0,
+        max=1.0,
+        step=0.01,
+        tooltip="How much of the latent is redone: 1 for txt2img, less for img2img.",
+    ),
+)
+
+
+def run_sampler(
+    ctx: NodeContext,
+    model: DiffusionModel,
+    latent: dict,
+    positive: list[Cond],
+    negative: list[Cond],
+    settings: SamplerSettings,
+    also_on_step: OnStep | None = None,
+    **options: Any,
+) -> dict:
+    """The KSampler's loop, shared by KSampler, KSamplerAdvanced and the teaching nodes: progress and live
+    previews through the node context; `also_on_step(step)`, when given, sees every step too (film strips,
+    attention maps). `options` go to `pipeline.sample` (add_noise, start_step, ...). Returns the LATENT."""
+    preview_map = _preview_map(model)
+
+    def on_step(step: Step) -> None:
+        ctx.progress(step.index + 1, step.total)
+        if preview_map is not None:
+            rgb = step.denoised[:1].float().cpu().permute(0, 2, 3, 1) @ preview_map[:4] + preview_map[4]  # [-1, 1]
+            big = F.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8)  # (1, 3, 8h, 8w), nearest
+            ctx.preview(bhwc_unit_to_pil(bchw_signed_to_bhwc_unit(big))[0])
+        if also_on_step is not None:
+            also_on_step(step)
+
+    result = sample(
+        model,
+        latent["samples"],
+        positive,
+        negative,
+        settings,
+        noise_mask=latent.get("noise_mask"),
+        batch_index=latent.get("batch_index"),
+        on_step=on_step,
+        interrupt=_InterruptFlag(ctx),
+        **options,
+    )
+    out = dict(latent)
+    out["samples"] = result.latent.cpu()
+    return out
+
+
+def _preview_map(model: DiffusionModel) -> torch.Tensor | None:
+    """The (5, 3) latent -> RGB map in SCALED latent units, or None (no preview) when unknown."""
+    if model.preview is None:
+        return None
+    scaled = model.preview.clone().float()
+    scaled[:4] /= model.latent_scale  # the map was fitted on raw latents; the sampler hands scaled ones
+    return scaled
+
+
+class _InterruptFlag:
+    """Adapts the node context's check_interrupt() to the pipeline's `interrupt.is_set()`."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+
+    def is_set(self) -> bool:
+        self.ctx.check_interrupt()  # raises the executor's Interrupted when the user stopped the prompt
+        return False
