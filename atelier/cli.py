@@ -100,7 +100,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _ui_workflow(graph: dict) -> dict:
     """The editor's UI graph for an API graph (node layout, links, widget values in the editor's order)."""
-    from atelier.graph.nodes import default_registry
+    from atelier.graph.catalog import default_registry
     from atelier.graph.workflow import api_to_ui
 
     return api_to_ui(graph, default_registry(Path.cwd(), files=None))
@@ -154,8 +154,8 @@ def _apply_set(prompt: dict, assignment: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from atelier.graph.catalog import default_registry
     from atelier.graph.executor import ExecutionListener, Executor
-    from atelier.graph.nodes import default_registry
     from atelier.graph.validation import validate_prompt
     from atelier.graph.workflow import load_workflow
     from atelier.server.files import DataDir, OutputFiles

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from atelier.graph.schema import Input, NodeContext
+from atelier.graph.schema import Input, NodeContext, NodeSchema
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_bchw_signed, bhwc_unit_to_pil
 from atelier.models.library import EMBEDDED_NAME, embedded_model_path
 from atelier.models.paths import ModelPaths
@@ -60,6 +60,7 @@ class Node:
     """The base of Atelier's nodes: a `SCHEMA` and a `run` method (see schema.py), plus `env`, set on the bound
     subclass that graph/catalog.py makes for each registry."""
 
+    SCHEMA: NodeSchema
     env: NodeEnvironment
 
 

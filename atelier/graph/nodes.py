@@ -11,8 +11,7 @@ lab. Value types follow ComfyUI so saved workflows run unchanged:
     IMAGE         float (B, H, W, 3) in [0, 1]
     MASK          float (B, H, W) in [0, 1]
 
-Nodes need files and models; `default_registry(models, files)` binds them to an environment (a subclass per node
-with `env` set), so the registry holds no global state and tests can build one per temporary folder.
+The node classes need files and models: graph/catalog.py binds them to an environment and registers them.
 """
 
 from __future__ import annotations
@@ -36,11 +35,9 @@ from atelier.graph.kit import (
     SEED_MAX,
     ClipModel,
     Node,
-    NodeEnvironment,
     run_sampler,
     vae_pixels,
 )
-from atelier.graph.registry import NodeRegistry
 from atelier.graph.resize import UPSCALE_IMAGE, UPSCALE_LATENT, resize, resize_image
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import (
@@ -50,7 +47,6 @@ from atelier.imaging import (
     pil_to_hw_unit,
 )
 from atelier.models.library import latent_rgb
-from atelier.models.paths import ModelPaths
 from atelier.pipeline import (
     Cond,
     DiffusionModel,
@@ -607,50 +603,3 @@ class PreviewImage(SaveImage):
 
     def run(self, ctx: NodeContext, images: torch.Tensor, prompt: Any = None, extra_pnginfo: Any = None) -> NodeOutput:
         return super().run(ctx, images, "ComfyUI_temp", prompt, extra_pnginfo)
-
-
-CORE_NODES: tuple[type[Node], ...] = (
-    CheckpointLoaderSimple, VAELoader, CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea,
-    EmptyLatentImage, RepeatLatentBatch, LatentUpscale, LatentUpscaleBy, SetLatentNoiseMask, KSampler,
-    KSamplerAdvanced, VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, LoadImageMask, ImageScale,
-    ImageScaleBy, ImageScaleToTotalPixels, ImagePadForOutpaint, SaveImage, PreviewImage,
-)
-
-# Combo inputs whose options depend on the environment (files on disk), filled in by default_registry.
-def _input_images(env: NodeEnvironment):
-    return env.files.input_images if env.files is not None else list
-
-
-_DYNAMIC_OPTIONS = {
-    ("CheckpointLoaderSimple", "ckpt_name"): lambda env: env.checkpoint_names,
-    ("VAELoader", "vae_name"): lambda env: lambda: env.models.list("vae"),
-    ("LoadImage", "image"): _input_images,
-    ("LoadImageMask", "image"): _input_images,
-}
-
-
-def bind(node_cls: type[Node], env: NodeEnvironment) -> type[Node]:
-    """A subclass of `node_cls` that sees `env`, with its file- and model-list combos pointing at it."""
-    schema = node_cls.SCHEMA
-    inputs = [
-        dataclasses.replace(i, options=_DYNAMIC_OPTIONS[(schema.name, i.name)](env))
-        if (schema.name, i.name) in _DYNAMIC_OPTIONS else i
-        for i in schema.inputs
-    ]
-    return type(node_cls.__name__, (node_cls,), {"env": env, "SCHEMA": dataclasses.replace(schema, inputs=inputs)})
-
-
-def default_registry(models: ModelPaths | Path | str, files: Any, device: str | None = None,
-                     dtype: str | None = None, extra_nodes: tuple[type, ...] = (),
-                     fast: bool | None = None) -> NodeRegistry:
-    """Every core node, the teaching nodes (graph/teaching.py) and `extra_nodes`, bound to one set of model
-    folders and one file API."""
-    paths = models if isinstance(models, ModelPaths) else ModelPaths(Path(models))
-    env = NodeEnvironment(paths, files, device, dtype, fast)
-    from atelier.graph.teaching import TEACHING_NODES  # imported here: teaching.py imports this module
-
-    registry = NodeRegistry()
-    for node_cls in (*CORE_NODES, *TEACHING_NODES, *extra_nodes):
-        registry.add(bind(node_cls, env))
-    return registry
-

@@ -134,9 +134,9 @@ def serve(
 
 
 def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
-    """The real SD nodes (atelier/graph/nodes.py), writing their files through this data directory; `fast`: see
+    """The real SD nodes (atelier/graph/catalog.py), writing their files through this data directory; `fast`: see
     NodeEnvironment."""
-    from atelier.graph.nodes import default_registry as build  # heavy (torch, models): imported only to serve
+    from atelier.graph.catalog import default_registry as build  # heavy (torch, models): imported only to serve
     from atelier.graph.unsupported import UNSUPPORTED_NODES
     from atelier.models.paths import ModelPaths
 

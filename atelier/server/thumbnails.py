@@ -106,7 +106,7 @@ def make_inputs(registry: NodeRegistry, files: OutputFiles, folder: Path = INPUT
 
 
 def main() -> None:
-    from atelier.graph.nodes import default_registry
+    from atelier.graph.catalog import default_registry
 
     with tempfile.TemporaryDirectory() as tmp:
         data = DataDir(tmp)

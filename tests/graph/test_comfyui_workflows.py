@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from atelier.graph.catalog import default_registry
 from atelier.graph.executor import EventLog, Executor
-from atelier.graph.nodes import default_registry
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.unsupported import UNSUPPORTED_NODES
 from atelier.graph.validation import validate_prompt

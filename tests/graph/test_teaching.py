@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from atelier.errors import InputError
+from atelier.graph.catalog import default_registry
 from atelier.graph.executor import EventLog, Executor
-from atelier.graph.nodes import ClipModel, default_registry
+from atelier.graph.kit import ClipModel
 from atelier.graph.teaching import (
     PLOT_SIZE,
     TEACHING_NODES,

@@ -268,7 +268,7 @@ def test_serve_and_run_accept_no_fast():
 
 
 def _load_through_the_node(tmp_path, **registry_options):
-    from atelier.graph.nodes import default_registry
+    from atelier.graph.catalog import default_registry
 
     registry = default_registry(tmp_path, files=None, **registry_options)
     model, _, _ = registry.get("CheckpointLoaderSimple")().run(None, "embedded.safetensors")

@@ -119,7 +119,7 @@ TEMPLATE_OUTPUTS = {
 @pytest.fixture(scope="module")
 def real_env(tmp_path_factory):
     """The real nodes on the embedded model, in a data directory set up as the server does (example inputs)."""
-    from atelier.graph.nodes import default_registry
+    from atelier.graph.catalog import default_registry
 
     data = DataDir(tmp_path_factory.mktemp("data"))
     assert data.install_inputs(INPUTS_DIR) == ["atelier_example.png", "atelier_inpaint_example.png"]

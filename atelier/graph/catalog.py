@@ -1,0 +1,122 @@
+"""The catalog: every node Atelier ships, bound to one environment in a `NodeRegistry`.
+
+The one module of graph/ that imports all the node modules; imports go one way, and nothing in graph/ imports this:
+
+    kit.py  <-  nodes/*.py (the core nodes), teaching.py  <-  catalog.py  <-  the server, the CLI, tests
+
+    registry = default_registry(models_root, files=OutputFiles(DataDir("atelier-data")))
+
+Nodes need files and models; `default_registry` binds each node class to one `NodeEnvironment` (a subclass per
+node with `env` set, and its file-list combos pointing at the environment's folders), so no registry holds global
+state and tests can build one per temporary folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from atelier.graph.kit import Node, NodeEnvironment
+from atelier.graph.nodes import (
+    CheckpointLoaderSimple,
+    CLIPSetLastLayer,
+    CLIPTextEncode,
+    ConditioningCombine,
+    ConditioningSetArea,
+    EmptyLatentImage,
+    ImagePadForOutpaint,
+    ImageScale,
+    ImageScaleBy,
+    ImageScaleToTotalPixels,
+    KSampler,
+    KSamplerAdvanced,
+    LatentUpscale,
+    LatentUpscaleBy,
+    LoadImage,
+    LoadImageMask,
+    PreviewImage,
+    RepeatLatentBatch,
+    SaveImage,
+    SetLatentNoiseMask,
+    VAEDecode,
+    VAEEncode,
+    VAEEncodeForInpaint,
+    VAELoader,
+)
+from atelier.graph.registry import NodeRegistry
+from atelier.graph.schema import Options
+from atelier.graph.teaching import TEACHING_NODES
+from atelier.models.paths import ModelPaths
+
+# ComfyUI's core nodes that Atelier runs, in the order /object_info lists them.
+CORE_NODES: tuple[type[Node], ...] = (
+    CheckpointLoaderSimple,
+    VAELoader,
+    CLIPTextEncode,
+    CLIPSetLastLayer,
+    ConditioningCombine,
+    ConditioningSetArea,
+    EmptyLatentImage,
+    RepeatLatentBatch,
+    LatentUpscale,
+    LatentUpscaleBy,
+    SetLatentNoiseMask,
+    KSampler,
+    KSamplerAdvanced,
+    VAEDecode,
+    VAEEncode,
+    VAEEncodeForInpaint,
+    LoadImage,
+    LoadImageMask,
+    ImageScale,
+    ImageScaleBy,
+    ImageScaleToTotalPixels,
+    ImagePadForOutpaint,
+    SaveImage,
+    PreviewImage,
+)
+
+
+def _input_images(env: NodeEnvironment) -> Options:
+    return env.files.input_images if env.files is not None else list
+
+
+# Combo inputs whose options depend on the environment (files on disk), by (node name, input name): each entry
+# gives the function that lists them, evaluated again on every /object_info.
+_DYNAMIC_OPTIONS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): lambda env: env.checkpoint_names,
+    ("VAELoader", "vae_name"): lambda env: lambda: env.models.list("vae"),
+    ("LoadImage", "image"): _input_images,
+    ("LoadImageMask", "image"): _input_images,
+}
+
+
+def bind(node_cls: type[Node], env: NodeEnvironment) -> type[Node]:
+    """A subclass of `node_cls` that sees `env`, with its file- and model-list combos pointing at it."""
+    schema = node_cls.SCHEMA
+    inputs = [
+        dataclasses.replace(i, options=_DYNAMIC_OPTIONS[(schema.name, i.name)](env))
+        if (schema.name, i.name) in _DYNAMIC_OPTIONS
+        else i
+        for i in schema.inputs
+    ]
+    return type(node_cls.__name__, (node_cls,), {"env": env, "SCHEMA": dataclasses.replace(schema, inputs=inputs)})
+
+
+def default_registry(
+    models: ModelPaths | Path | str,
+    files: Any,
+    device: str | None = None,
+    dtype: str | None = None,
+    extra_nodes: tuple[type, ...] = (),
+    fast: bool | None = None,
+) -> NodeRegistry:
+    """Every core node, the teaching nodes (graph/teaching.py) and `extra_nodes`, bound to one set of model
+    folders and one file API."""
+    paths = models if isinstance(models, ModelPaths) else ModelPaths(Path(models))
+    env = NodeEnvironment(paths, files, device, dtype, fast)
+    registry = NodeRegistry()
+    for node_cls in (*CORE_NODES, *TEACHING_NODES, *extra_nodes):
+        registry.add(bind(node_cls, env))
+    return registry
