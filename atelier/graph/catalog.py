@@ -18,32 +18,27 @@ from pathlib import Path
 from typing import Any
 
 from atelier.graph.kit import Node, NodeEnvironment
-from atelier.graph.nodes import (
-    CheckpointLoaderSimple,
-    CLIPSetLastLayer,
-    CLIPTextEncode,
-    ConditioningCombine,
-    ConditioningSetArea,
-    EmptyLatentImage,
-    ImagePadForOutpaint,
+from atelier.graph.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea
+from atelier.graph.nodes.image import (
     ImageScale,
     ImageScaleBy,
     ImageScaleToTotalPixels,
-    KSampler,
-    KSamplerAdvanced,
-    LatentUpscale,
-    LatentUpscaleBy,
     LoadImage,
     LoadImageMask,
     PreviewImage,
-    RepeatLatentBatch,
     SaveImage,
-    SetLatentNoiseMask,
+)
+from atelier.graph.nodes.inpaint import ImagePadForOutpaint, SetLatentNoiseMask, VAEEncodeForInpaint
+from atelier.graph.nodes.latent import (
+    EmptyLatentImage,
+    LatentUpscale,
+    LatentUpscaleBy,
+    RepeatLatentBatch,
     VAEDecode,
     VAEEncode,
-    VAEEncodeForInpaint,
-    VAELoader,
 )
+from atelier.graph.nodes.loaders import CheckpointLoaderSimple, VAELoader
+from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
 from atelier.graph.teaching import TEACHING_NODES

@@ -1,0 +1,81 @@
+"""Conditioning: a prompt -> the CONDITIONING the UNet attends to; combining entries and placing them in areas."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from atelier.graph.kit import MAX_RESOLUTION, ClipModel, Node
+from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
+from atelier.pipeline import Cond, encode_prompt
+
+
+class CLIPTextEncode(Node):
+    SCHEMA = NodeSchema(
+        name="CLIPTextEncode",
+        display_name="CLIP Text Encode (Prompt)",
+        category="conditioning",
+        description="Encodes a prompt with the text encoder into the conditioning the UNet attends to.",
+        inputs=[
+            Input("text", "STRING", multiline=True, dynamic_prompts=True, tooltip="The text to be encoded."),
+            Input("clip", "CLIP", tooltip="The CLIP model used for encoding the text."),
+        ],
+        outputs=[Output("CONDITIONING", tooltip="The prompt's token vectors, (1, 77 x chunks, width).")],
+    )
+
+    def run(self, ctx: NodeContext, text: str, clip: ClipModel) -> tuple:
+        context = encode_prompt(clip.text_encoder, clip.tokenizer, text, clip.clip_skip)
+        return ([Cond(context)],)
+
+
+class CLIPSetLastLayer(Node):
+    SCHEMA = NodeSchema(
+        name="CLIPSetLastLayer",
+        display_name="CLIP Set Last Layer",
+        category="conditioning",
+        inputs=[
+            Input("clip", "CLIP"),
+            Input("stop_at_clip_layer", "INT", default=-1, min=-24, max=-1, step=1),
+        ],
+        outputs=[Output("CLIP")],
+    )
+
+    def run(self, ctx: NodeContext, clip: ClipModel, stop_at_clip_layer: int) -> tuple:
+        layers = clip.text_encoder.config.layers
+        skip = min(-stop_at_clip_layer, layers)  # -1 = the last layer = clip skip 1
+        return (dataclasses.replace(clip, clip_skip=skip),)
+
+
+class ConditioningCombine(Node):
+    SCHEMA = NodeSchema(
+        name="ConditioningCombine",
+        display_name="Conditioning (Combine)",
+        category="conditioning",
+        inputs=[Input("conditioning_1", "CONDITIONING"), Input("conditioning_2", "CONDITIONING")],
+        outputs=[Output("CONDITIONING")],
+    )
+
+    def run(self, ctx: NodeContext, conditioning_1: list[Cond], conditioning_2: list[Cond]) -> tuple:
+        return (conditioning_1 + conditioning_2,)
+
+
+class ConditioningSetArea(Node):
+    SCHEMA = NodeSchema(
+        name="ConditioningSetArea",
+        display_name="Conditioning (Set Area)",
+        category="conditioning",
+        inputs=[
+            Input("conditioning", "CONDITIONING"),
+            Input("width", "INT", default=64, min=64, max=MAX_RESOLUTION, step=8),
+            Input("height", "INT", default=64, min=64, max=MAX_RESOLUTION, step=8),
+            Input("x", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+            Input("y", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+            Input("strength", "FLOAT", default=1.0, min=0.0, max=10.0, step=0.01),
+        ],
+        outputs=[Output("CONDITIONING")],
+    )
+
+    def run(
+        self, ctx: NodeContext, conditioning: list[Cond], width: int, height: int, x: int, y: int, strength: float
+    ) -> tuple:
+        area = (height // 8, width // 8, y // 8, x // 8)
+        return ([dataclasses.replace(c, area=area, strength=strength) for c in conditioning],)

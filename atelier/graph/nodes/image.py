@@ -1,0 +1,193 @@
+"""Images: loading them and masks from the input folder, scaling them, saving and previewing them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+
+from atelier.graph.kit import MAX_RESOLUTION, Node
+from atelier.graph.resize import CROP, UPSCALE_IMAGE, resize_image
+from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
+from atelier.imaging import bhwc_unit_to_pil, pil_to_bhwc_unit, pil_to_hw_unit
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class LoadImage(Node):
+    SCHEMA = NodeSchema(
+        name="LoadImage",
+        display_name="Load Image",
+        category="image",
+        inputs=[Input("image", "COMBO", options=(), image_upload=True)],
+        outputs=[Output("IMAGE"), Output("MASK")],
+    )
+
+    def run(self, ctx: NodeContext, image: str) -> tuple:
+        with Image.open(self.env.files.input_path(image)) as img:
+            img = ImageOps.exif_transpose(img)
+            rgb = pil_to_bhwc_unit(img)
+            # transparent = to be repainted; no alpha: a 64x64 mask of zeros, as ComfyUI
+            mask = 1.0 - pil_to_hw_unit(img.getchannel("A"))[None] if "A" in img.getbands() else torch.zeros(1, 64, 64)
+        return rgb, mask
+
+    @classmethod
+    def is_changed(cls, image: str) -> str:
+        return _file_hash(cls.env.files.input_path(image))
+
+    @classmethod
+    def validate_inputs(cls, image: str) -> bool | str:
+        try:
+            path = cls.env.files.input_path(image)
+        except Exception as error:  # an unsafe name: the file API says why
+            return str(error)
+        return True if path.is_file() else f"Invalid image file: {image}"
+
+
+class LoadImageMask(Node):
+    SCHEMA = NodeSchema(
+        name="LoadImageMask",
+        display_name="Load Image (as Mask)",
+        category="mask",
+        inputs=[
+            Input("image", "COMBO", options=(), image_upload=True),
+            Input("channel", "COMBO", options=["alpha", "red", "green", "blue"]),
+        ],
+        outputs=[Output("MASK")],
+    )
+
+    def run(self, ctx: NodeContext, image: str, channel: str) -> tuple:
+        band = {"alpha": "A", "red": "R", "green": "G", "blue": "B"}[channel]
+        with Image.open(self.env.files.input_path(image)) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode not in ("RGBA", "RGB"):
+                img = img.convert("RGBA")
+            if band not in img.getbands():
+                return (torch.zeros(1, 64, 64),)
+            values = pil_to_hw_unit(img.getchannel(band))[None]
+        return (1.0 - values if band == "A" else values,)
+
+    is_changed = LoadImage.is_changed
+    validate_inputs = LoadImage.validate_inputs
+
+
+class ImageScale(Node):
+    SCHEMA = NodeSchema(
+        name="ImageScale",
+        display_name="Upscale Image",
+        category="image/upscaling",
+        inputs=[
+            Input("image", "IMAGE"),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
+            Input("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=1),
+            Input("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=1),
+            Input("crop", "COMBO", options=CROP),
+        ],
+        outputs=[Output("IMAGE")],
+    )
+
+    def run(
+        self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str
+    ) -> tuple:
+        return (resize_image(image, width, height, upscale_method, crop),)
+
+
+class ImageScaleBy(Node):
+    SCHEMA = NodeSchema(
+        name="ImageScaleBy",
+        display_name="Upscale Image By",
+        category="image/upscaling",
+        inputs=[
+            Input("image", "IMAGE"),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
+            Input("scale_by", "FLOAT", default=1.0, min=0.01, max=8.0, step=0.01),
+        ],
+        outputs=[Output("IMAGE")],
+    )
+
+    def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
+        h, w = image.shape[1:3]
+        return (resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
+
+
+class ImageScaleToTotalPixels(Node):
+    SCHEMA = NodeSchema(
+        name="ImageScaleToTotalPixels",
+        display_name="Scale Image to Total Pixels",
+        category="image/upscaling",
+        inputs=[
+            Input("image", "IMAGE"),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
+            Input("megapixels", "FLOAT", default=1.0, min=0.01, max=16.0, step=0.01),
+        ],
+        outputs=[Output("IMAGE")],
+    )
+
+    def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple:
+        h, w = image.shape[1:3]
+        scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
+        return (resize_image(image, round(w * scale), round(h * scale), upscale_method),)
+
+
+class SaveImage(Node):
+    SCHEMA = NodeSchema(
+        name="SaveImage",
+        display_name="Save Image",
+        category="image",
+        description="Saves the images to the output folder, with the graph in the PNG so it can be reopened.",
+        inputs=[
+            Input("images", "IMAGE", tooltip="The images to save."),
+            Input(
+                "filename_prefix",
+                "STRING",
+                default="ComfyUI",
+                tooltip="The prefix for the file to save; may hold a subfolder (e.g. 'atelier/cat').",
+            ),
+            Input("prompt", "PROMPT", hidden=True),
+            Input("extra_pnginfo", "EXTRA_PNGINFO", hidden=True),
+        ],
+        output_node=True,
+    )
+    kind = "output"
+
+    def run(
+        self,
+        ctx: NodeContext,
+        images: torch.Tensor,
+        filename_prefix: str = "ComfyUI",
+        prompt: Any = None,
+        extra_pnginfo: Any = None,
+    ) -> NodeOutput:
+        text = {}
+        if prompt is not None:
+            text["prompt"] = json.dumps(prompt)
+        for key, value in (extra_pnginfo or {}).items():
+            text[key] = json.dumps(value)
+        refs = [self.env.files.save_image(pil, filename_prefix, self.kind, text) for pil in bhwc_unit_to_pil(images)]
+        return NodeOutput(result=(), ui={"images": refs})
+
+
+class PreviewImage(SaveImage):
+    SCHEMA = dataclasses.replace(
+        SaveImage.SCHEMA,
+        name="PreviewImage",
+        display_name="Preview Image",
+        description="Shows the images in the editor without keeping them (temporary files).",
+        inputs=[
+            Input("images", "IMAGE"),
+            Input("prompt", "PROMPT", hidden=True),
+            Input("extra_pnginfo", "EXTRA_PNGINFO", hidden=True),
+        ],
+    )
+    kind = "temp"
+
+    def run(self, ctx: NodeContext, images: torch.Tensor, prompt: Any = None, extra_pnginfo: Any = None) -> NodeOutput:
+        return super().run(ctx, images, "ComfyUI_temp", prompt, extra_pnginfo)

@@ -1,0 +1,126 @@
+"""Latents: empty ones for txt2img, batches, upscaling, and the VAE between latents and images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from atelier.graph.kit import MAX_RESOLUTION, Node, vae_pixels
+from atelier.graph.resize import CROP, UPSCALE_LATENT, resize
+from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
+from atelier.imaging import bchw_signed_to_bhwc_unit
+from atelier.pipeline import decode, encode
+
+
+class EmptyLatentImage(Node):
+    SCHEMA = NodeSchema(
+        name="EmptyLatentImage",
+        display_name="Empty Latent Image",
+        category="latent",
+        description="A batch of all-zero latents: txt2img starts here and the sampler adds all the noise.",
+        inputs=[
+            Input("width", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, tooltip="Image width in pixels."),
+            Input("height", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, tooltip="Image height in pixels."),
+            Input("batch_size", "INT", default=1, min=1, max=4096, tooltip="Images made at once."),
+        ],
+        outputs=[Output("LATENT", tooltip="Zeros of shape (batch, 4, height/8, width/8).")],
+    )
+
+    def run(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple:
+        return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
+
+
+class RepeatLatentBatch(Node):
+    SCHEMA = NodeSchema(
+        name="RepeatLatentBatch",
+        display_name="Repeat Latent Batch",
+        category="latent/batch",
+        inputs=[Input("samples", "LATENT"), Input("amount", "INT", default=1, min=1, max=64)],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, amount: int) -> tuple:
+        out = dict(samples)
+        out["samples"] = samples["samples"].repeat(amount, 1, 1, 1)
+        if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
+            out["noise_mask"] = samples["noise_mask"].repeat(amount, 1, 1, 1)
+        if "batch_index" in samples:
+            n, top = len(samples["batch_index"]), max(samples["batch_index"]) + 1
+            out["batch_index"] = [i + top * k for k in range(amount) for i in samples["batch_index"][:n]]
+        return (out,)
+
+
+class LatentUpscale(Node):
+    SCHEMA = NodeSchema(
+        name="LatentUpscale",
+        display_name="Upscale Latent",
+        category="latent",
+        inputs=[
+            Input("samples", "LATENT"),
+            Input("upscale_method", "COMBO", options=UPSCALE_LATENT),
+            Input("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
+            Input("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
+            Input("crop", "COMBO", options=CROP),
+        ],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str) -> tuple:
+        out = dict(samples)
+        out["samples"] = resize(samples["samples"], width // 8, height // 8, upscale_method, crop)
+        out.pop("noise_mask", None)
+        return (out,)
+
+
+class LatentUpscaleBy(Node):
+    SCHEMA = NodeSchema(
+        name="LatentUpscaleBy",
+        display_name="Upscale Latent By",
+        category="latent",
+        inputs=[
+            Input("samples", "LATENT"),
+            Input("upscale_method", "COMBO", options=UPSCALE_LATENT),
+            Input("scale_by", "FLOAT", default=1.5, min=0.01, max=8.0, step=0.01),
+        ],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, upscale_method: str, scale_by: float) -> tuple:
+        h, w = samples["samples"].shape[-2:]
+        out = dict(samples)
+        out["samples"] = resize(
+            samples["samples"], round(w * scale_by), round(h * scale_by), upscale_method, "disabled"
+        )
+        out.pop("noise_mask", None)
+        return (out,)
+
+
+class VAEDecode(Node):
+    SCHEMA = NodeSchema(
+        name="VAEDecode",
+        display_name="VAE Decode",
+        category="latent",
+        description="Decodes latents into images with the VAE decoder (8x larger).",
+        inputs=[
+            Input("samples", "LATENT", tooltip="The latent to be decoded."),
+            Input("vae", "VAE", tooltip="The VAE model used for decoding the latent."),
+        ],
+        outputs=[Output("IMAGE", tooltip="The decoded image.")],
+    )
+
+    def run(self, ctx: NodeContext, samples: dict, vae: Any) -> tuple:
+        return (bchw_signed_to_bhwc_unit(decode(vae, samples["samples"])),)
+
+
+class VAEEncode(Node):
+    SCHEMA = NodeSchema(
+        name="VAEEncode",
+        display_name="VAE Encode",
+        category="latent",
+        inputs=[Input("pixels", "IMAGE"), Input("vae", "VAE")],
+        outputs=[Output("LATENT")],
+    )
+
+    def run(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any) -> tuple:
+        return ({"samples": encode(vae, vae_pixels(pixels))},)
