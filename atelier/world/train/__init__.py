@@ -41,57 +41,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from atelier.models.clip import CLIPTextEncoder
-from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, config_from_json, config_to_json
 from atelier.models.tokenizer import CLIPTokenizer
 from atelier.models.unet import UNet
 from atelier.models.vae import VAE
 from atelier.sampling.denoisers import DiscreteSchedule
 from atelier.world.encoders import ImageEncoder
-
-# --------------------------------------------------------------------------------------------------------------
-# The shapes of the embedded model. Small versions of SD1.x's three networks; same classes, same code path.
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddedShapes:
-    image_size: int = 128
-    vae: VAEConfig = VAEConfig(block_channels=(32, 64, 128, 128), layers_per_block=1, norm_groups=16)
-    text: TextEncoderConfig = TextEncoderConfig(width=128, layers=4, heads=4, mlp_width=512, projection_dim=128)
-    unet: UNetConfig = UNetConfig(
-        block_channels=(64, 128, 224),  # 13.8M parameters: all shipped weights stay under 60 MB in fp16
-        layers_per_block=1,
-        cross_attention_levels=(True, True, True),
-        attention_heads=4,
-        context_dim=128,
-        norm_groups=16,
-    )
-
-    @classmethod
-    def tiny(cls) -> EmbeddedShapes:
-        """For the CPU test of the training code: same structure, a few thousand parameters per network."""
-        return cls(
-            image_size=32,
-            vae=VAEConfig(block_channels=(8, 8, 16, 16), layers_per_block=1, norm_groups=4),
-            text=TextEncoderConfig(width=16, layers=1, heads=2, mlp_width=32, projection_dim=16),
-            unet=UNetConfig(
-                block_channels=(16, 32),
-                layers_per_block=1,
-                cross_attention_levels=(False, True),
-                attention_heads=2,
-                context_dim=16,
-                norm_groups=4,
-            ),
-        )
-
-
-@dataclasses.dataclass
-class StageSettings:
-    steps: int
-    batch: int  # per rank
-    lr: float
-    warmup: int = 200
-
+from atelier.world.train.loop import Stage, StageSettings
+from atelier.world.train.ranks import Ranks, autocast, init_ranks, wrap_ddp
+from atelier.world.train.shapes import EmbeddedShapes
+from atelier.world.train.weights import load_trained_vae, load_weights, save_weights
 
 DEFAULTS = {
     "vae": StageSettings(steps=3000, batch=64, lr=4e-4),
@@ -100,47 +58,6 @@ DEFAULTS = {
     "unet": StageSettings(steps=30000, batch=256, lr=3e-4, warmup=500),
     "classifier": StageSettings(steps=3000, batch=256, lr=1e-3),
 }
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Distributed plumbing: one process per GPU under torchrun, or a single process.
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Ranks:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_mean(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], device=self.device)
-        dist.all_reduce(t)
-        return t.item() / self.world
-
-
-def init_ranks(device: str | None) -> Ranks:
-    if "RANK" in os.environ:
-        rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return Ranks(rank, world, torch.device("cuda", local))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Ranks(0, 1, torch.device(device))
-
-
-def wrap_ddp(model: nn.Module, ranks: Ranks) -> nn.Module:
-    if ranks.world == 1:
-        return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[ranks.device.index])
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Data: each rank renders its own slice of the world once, keeps it in memory as uint8.
@@ -187,141 +104,6 @@ def render_world(n: int, seed: int, ranks: Ranks, size: int, captions_per_image:
     if ranks.main:
         print(f"[data] {n} images x {ranks.world} ranks rendered in {time.time() - start:.1f} s", flush=True)
     return data
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Checkpoint helpers: weights as safetensors (the configs in the metadata), optimiser state as a .pt.
-# --------------------------------------------------------------------------------------------------------------
-
-
-def save_weights(path: Path, module: nn.Module, config: object | None = None) -> None:
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
-    meta = {"config": config_to_json(config)} if config is not None else {}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
-def load_weights(path: Path, module: nn.Module) -> None:
-    module.load_state_dict(load_file(str(path)))
-
-
-def load_trained_vae(out: Path) -> VAE:
-    """The autoencoder the vae (or decoder) stage wrote in `out`, built from the config stored with it (its
-    scaling factor was measured at the end of that stage), on the CPU."""
-    config = config_from_json(VAEConfig, json.loads(_metadata(out / "vae.safetensors"))["config"])
-    vae = VAE(config)
-    load_weights(out / "vae.safetensors", vae)
-    return vae
-
-
-def lr_at(step: int, s: StageSettings) -> float:
-    """Linear warm-up then cosine decay to 10%."""
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    progress = min(1.0, (step - s.warmup) / max(1, s.steps - s.warmup))
-    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-class Stage:
-    """Shared loop mechanics: resume, lr schedule, logging, periodic saves, time budget."""
-
-    def __init__(self, name: str, out: Path, settings: StageSettings, ranks: Ranks, budget_s: float | None):
-        self.name, self.out, self.s, self.ranks = name, out, settings, ranks
-        self.deadline = time.time() + budget_s if budget_s else None
-        self.log_path = out / f"{name}.log.jsonl"
-        self.state_path = out / f"{name}.state.pt"
-        self.step = self.first_step = 0  # first_step: where this process started (after a resume)
-        self.t0 = time.time()
-
-    def resume(self, modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
-        if not self.state_path.exists():
-            return
-        state = torch.load(self.state_path, map_location=self.ranks.device, weights_only=True)
-        for key, module in modules.items():
-            module.load_state_dict(state[key])
-        opt.load_state_dict(state["opt"])
-        self.step = self.first_step = int(state["step"])
-        if self.ranks.main:
-            print(f"[{self.name}] resumed at step {self.step}", flush=True)
-
-    def save_state(self, modules: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
-        if not self.ranks.main:
-            return
-        state = {key: m.state_dict() for key, m in modules.items()}
-        state["opt"], state["step"] = opt.state_dict(), self.step
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.state_path)
-
-    def set_lr(self, opt: torch.optim.Optimizer) -> None:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(self.step, self.s)
-
-    def done(self, check_clock_every: int = 25) -> bool:
-        """The step count is reached, or the time budget is spent. The clock is read every `check_clock_every`
-        steps only: agreeing on it across ranks is a blocking all-reduce, and a GPU kept waiting for the host
-        at every step loses the queue of kernels the host had launched ahead."""
-        if self.step >= self.s.steps:
-            return True
-        if self.deadline is None or self.step % check_clock_every:
-            return False
-        out_of_time = time.time() > self.deadline
-        if self.ranks.world > 1:  # every rank must stop at the same step
-            flag = torch.tensor([float(out_of_time)], device=self.ranks.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        return out_of_time
-
-    def run(
-        self,
-        modules: dict[str, nn.Module],
-        opt: torch.optim.Optimizer,
-        loss_fn: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor | float]]],
-        clip_norm: float | None = 1.0,
-        after_step: Callable[[], None] | None = None,
-        save_every: int = 1000,
-    ) -> None:
-        """The loop all stages share: `loss_fn()` gives (loss, values to log); one optimiser step per call, with the
-        learning-rate schedule, gradient clipping, a log line every 100 steps and a resumable save every
-        `save_every`. Stops at the step count or when the time budget is spent, then saves."""
-        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-        finished = self.done()
-        while not finished:
-            self.set_lr(opt)
-            loss, logged = loss_fn()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            opt.step()
-            if after_step is not None:
-                after_step()
-            self.step += 1
-            finished = self.done()
-            if self.step % 100 == 0 or finished:
-                values = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in logged.items()}
-                self.log(loss=loss.item(), **values)
-            if self.step % save_every == 0:
-                self.save_state(modules, opt)
-        self.save_state(modules, opt)
-
-    def log(self, **values: float) -> None:
-        values = {k: self.ranks.all_mean(float(v)) for k, v in values.items()}
-        if not self.ranks.main:
-            return
-        rate = (self.step - self.first_step) / max(1e-6, time.time() - self.t0)
-        record = {"step": self.step, "time_s": round(time.time() - self.t0, 1), **values}
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        text = " ".join(f"{k}={v:.4f}" for k, v in values.items())
-        print(f"[{self.name}] step {self.step}/{self.s.steps} {text} ({rate:.1f} it/s)", flush=True)
-
-
-def autocast(ranks: Ranks):
-    if ranks.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -761,13 +543,6 @@ def train_classifier(
         save_weights(out / "classifier.safetensors", classifier)
 
 
-def _metadata(path: Path) -> str:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return json.dumps(f.metadata())
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Packing: the stages' weights -> the shipped files.
 # --------------------------------------------------------------------------------------------------------------
@@ -913,7 +688,3 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[pack] wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
     if ranks.world > 1:
         dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
