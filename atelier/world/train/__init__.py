@@ -29,11 +29,8 @@ import math
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -46,6 +43,7 @@ from atelier.models.unet import UNet
 from atelier.models.vae import VAE
 from atelier.sampling.denoisers import DiscreteSchedule
 from atelier.world.encoders import ImageEncoder
+from atelier.world.train.data import WorldData, render_world
 from atelier.world.train.loop import Stage, StageSettings
 from atelier.world.train.ranks import Ranks, autocast, init_ranks, wrap_ddp
 from atelier.world.train.shapes import EmbeddedShapes
@@ -58,53 +56,6 @@ DEFAULTS = {
     "unet": StageSettings(steps=30000, batch=256, lr=3e-4, warmup=500),
     "classifier": StageSettings(steps=3000, batch=256, lr=1e-3),
 }
-
-# --------------------------------------------------------------------------------------------------------------
-# Data: each rank renders its own slice of the world once, keeps it in memory as uint8.
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class WorldData:
-    images: torch.Tensor  # (N, 3, H, W) uint8
-    tokens: torch.Tensor  # (N, K, 77) int32: K captions per image (English and French, varied wording)
-
-    def batch(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, self.images.shape[0], (n,), generator=gen, device="cpu").to(self.images.device)
-        pick = torch.randint(0, self.tokens.shape[1], (n,), generator=gen, device="cpu").to(self.images.device)
-        images = self.images[idx].float() / 127.5 - 1.0
-        return images, self.tokens[idx, pick].long()
-
-
-def _tokenize_chunk(captions: list[list[str]]) -> np.ndarray:
-    tok = CLIPTokenizer.from_default()
-    return np.array([[tok(c) for c in per_image] for per_image in captions], dtype=np.int32)
-
-
-def tokenize_all(captions: list[list[str]], workers: int) -> np.ndarray:
-    """Every caption -> its 77 token ids, (N, K, 77) int32, with a pool of processes (BPE in Python is ~0.3 ms)."""
-    step = max(1, -(-len(captions) // max(1, workers)))
-    chunks = [captions[i : i + step] for i in range(0, len(captions), step)]
-    if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            return np.concatenate(list(pool.map(_tokenize_chunk, chunks)))
-    return _tokenize_chunk(captions)
-
-
-def render_world(n: int, seed: int, ranks: Ranks, size: int, captions_per_image: int, workers: int) -> WorldData:
-    """This rank's slice: images [rank*n, (rank+1)*n) of the world drawn from `seed` (training split only)."""
-    from atelier.world.dataset import render_dataset
-
-    start = time.time()
-    images, captions = render_dataset(
-        seed=seed, start=ranks.rank * n, count=n, size=size, captions_per_image=captions_per_image, workers=workers
-    )
-    ids = torch.from_numpy(tokenize_all(captions, workers))  # (N, K, 77)
-    data = WorldData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(ranks.device), ids.to(ranks.device))
-    if ranks.main:
-        print(f"[data] {n} images x {ranks.world} ranks rendered in {time.time() - start:.1f} s", flush=True)
-    return data
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Stage 1: the autoencoder.
