@@ -25,16 +25,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.tokenizer import CLIPTokenizer
@@ -42,6 +39,7 @@ from atelier.models.unet import UNet
 from atelier.models.vae import VAE
 from atelier.sampling.denoisers import DiscreteSchedule
 from atelier.world.encoders import ImageEncoder
+from atelier.world.train.clip import train_clip
 from atelier.world.train.data import WorldData, render_world
 from atelier.world.train.decoder import train_decoder
 from atelier.world.train.loop import Stage, StageSettings
@@ -57,58 +55,6 @@ DEFAULTS = {
     "unet": StageSettings(steps=30000, batch=256, lr=3e-4, warmup=500),
     "classifier": StageSettings(steps=3000, batch=256, lr=1e-3),
 }
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Stage 2: the text encoder, trained contrastively against an image encoder.
-# --------------------------------------------------------------------------------------------------------------
-
-
-class ContrastivePair(nn.Module):
-    """CLIP's two towers and its learnable temperature (initialised at 1/0.07)."""
-
-    def __init__(self, shapes: EmbeddedShapes):
-        super().__init__()
-        self.text = CLIPTextEncoder(shapes.text)
-        self.image = ImageEncoder(shapes.text.projection_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        t = F.normalize(self.text(ids).projected.float(), dim=-1)  # (B, D)
-        v = F.normalize(self.image(images).float(), dim=-1)  # (B, D)
-        logits = self.logit_scale.exp().clamp(max=100) * v @ t.T  # (B, B): image i vs caption j
-        # Scenes rendered from the same caption are true pairs too; with a large world they are rare.
-        labels = torch.arange(len(images), device=images.device)
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-
-
-def train_clip(
-    shapes: EmbeddedShapes,
-    data: WorldData,
-    out: Path,
-    s: StageSettings,
-    ranks: Ranks,
-    budget_s: float | None,
-    seed: int,
-) -> None:
-    torch.manual_seed(seed + 1)
-    pair = ContrastivePair(shapes).to(ranks.device)
-    opt = torch.optim.AdamW(pair.parameters(), lr=s.lr, weight_decay=0.1, betas=(0.9, 0.98))
-    stage = Stage("clip", out, s, ranks, budget_s)
-    stage.resume({"pair": pair}, opt)
-    model = wrap_ddp(pair, ranks)
-    gen = torch.Generator().manual_seed(seed * 1000 + 7 + ranks.rank + stage.step)
-
-    def loss_fn() -> tuple[torch.Tensor, dict]:
-        images, ids = data.batch(s.batch, gen)
-        with autocast(ranks):
-            loss = model(images, ids)
-        return loss, {"temperature": 1 / pair.logit_scale.exp().item()}
-
-    stage.run({"pair": pair}, opt, loss_fn)
-    if ranks.main:
-        save_weights(out / "text_encoder.safetensors", pair.text, shapes.text)
-        save_weights(out / "image_encoder.safetensors", pair.image)
 
 
 # --------------------------------------------------------------------------------------------------------------
