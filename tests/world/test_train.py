@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from atelier.models.checkpoint import load_checkpoint
 from atelier.models.library import native_size
-from atelier.world.train import load_trained_vae, main, pick_captions
+from atelier.world.train import load_trained_vae, main
+from atelier.world.train.unet import pick_captions
 from atelier.world.train.vae import round_trip_judge
 
 
