@@ -10,9 +10,10 @@ from safetensors.torch import load_file
 
 from atelier.models.checkpoint import load_checkpoint
 from atelier.models.library import native_size
-from atelier.world.train import load_trained_vae, main
+from atelier.world.train import main
 from atelier.world.train.unet import pick_captions
 from atelier.world.train.vae import round_trip_judge
+from atelier.world.train.weights import load_trained_vae
 
 
 def test_all_stages_run_resume_and_pack_into_a_loadable_checkpoint(tmp_path):
