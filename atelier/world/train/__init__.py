@@ -35,7 +35,7 @@ from atelier.world.train.classifier import train_classifier
 from atelier.world.train.clip import train_clip
 from atelier.world.train.data import render_world
 from atelier.world.train.decoder import train_decoder
-from atelier.world.train.loop import StageSettings
+from atelier.world.train.loop import StageJob, StageSettings
 from atelier.world.train.pack import pack, unpack
 from atelier.world.train.ranks import init_ranks
 from atelier.world.train.shapes import EmbeddedShapes
@@ -117,12 +117,12 @@ def main(argv: list[str] | None = None) -> None:
             if getattr(args, field) is not None:
                 setattr(s, field, getattr(args, field))
         extra = {
-            "classifier": {"workers": workers, "images_per_rank": args.images},
-            "vae": {"workers": workers, "edge_weight": args.edge_weight},
+            "classifier": {"images_per_rank": args.images},
+            "vae": {"edge_weight": args.edge_weight},
             "unet": {"compile_model": args.compile, "caption_noise": args.caption_noise},
         }.get(name, {})
         budget = None if args.budget is None else max(1.0, args.budget - (time.time() - started))
-        STAGES[name](shapes, data, args.out, s, ranks, budget, args.seed, **extra)
+        STAGES[name](StageJob(shapes, data, args.out, s, ranks, budget, args.seed, workers), **extra)
         if ranks.world > 1:
             dist.barrier()  # the next stage reads what rank 0 just wrote
     if args.pack is not None and ranks.main:

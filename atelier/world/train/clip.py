@@ -4,7 +4,6 @@ Radford et al. 2021) on the world's English and French captions, so that "rouge"
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +11,8 @@ from torch import nn
 
 from atelier.models.clip import CLIPTextEncoder
 from atelier.world.encoders import ImageEncoder
-from atelier.world.train.data import WorldData
-from atelier.world.train.loop import Stage, StageSettings
-from atelier.world.train.ranks import Ranks, autocast, wrap_ddp
+from atelier.world.train.loop import Stage, StageJob
+from atelier.world.train.ranks import autocast, wrap_ddp
 from atelier.world.train.shapes import EmbeddedShapes
 from atelier.world.train.weights import save_weights
 
@@ -37,30 +35,22 @@ class ContrastivePair(nn.Module):
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
-def train_clip(
-    shapes: EmbeddedShapes,
-    data: WorldData,
-    out: Path,
-    s: StageSettings,
-    ranks: Ranks,
-    budget_s: float | None,
-    seed: int,
-) -> None:
-    torch.manual_seed(seed + 1)
-    pair = ContrastivePair(shapes).to(ranks.device)
-    opt = torch.optim.AdamW(pair.parameters(), lr=s.lr, weight_decay=0.1, betas=(0.9, 0.98))
-    stage = Stage("clip", out, s, ranks, budget_s)
+def train_clip(job: StageJob) -> None:
+    torch.manual_seed(job.seed + 1)
+    pair = ContrastivePair(job.shapes).to(job.ranks.device)
+    opt = torch.optim.AdamW(pair.parameters(), lr=job.settings.lr, weight_decay=0.1, betas=(0.9, 0.98))
+    stage = Stage("clip", job)
     stage.resume({"pair": pair}, opt)
-    model = wrap_ddp(pair, ranks)
-    gen = torch.Generator().manual_seed(seed * 1000 + 7 + ranks.rank + stage.step)
+    model = wrap_ddp(pair, job.ranks)
+    gen = torch.Generator().manual_seed(job.seed * 1000 + 7 + job.ranks.rank + stage.step)
 
     def loss_fn() -> tuple[torch.Tensor, dict]:
-        images, ids = data.batch(s.batch, gen)
-        with autocast(ranks):
+        images, ids = job.data.batch(job.settings.batch, gen)
+        with autocast(job.ranks):
             loss = model(images, ids)
         return loss, {"temperature": 1 / pair.logit_scale.exp().item()}
 
     stage.run({"pair": pair}, opt, loss_fn)
-    if ranks.main:
-        save_weights(out / "text_encoder.safetensors", pair.text, shapes.text)
-        save_weights(out / "image_encoder.safetensors", pair.image)
+    if job.ranks.main:
+        save_weights(job.out / "text_encoder.safetensors", pair.text, job.shapes.text)
+        save_weights(job.out / "image_encoder.safetensors", pair.image)

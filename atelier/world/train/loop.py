@@ -18,7 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from atelier.world.train.data import WorldData
 from atelier.world.train.ranks import Ranks
+from atelier.world.train.shapes import EmbeddedShapes
 
 
 @dataclasses.dataclass
@@ -37,14 +39,29 @@ def lr_at(step: int, s: StageSettings) -> float:
     return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-class Stage:
-    """Shared loop mechanics: resume, lr schedule, logging, periodic saves, time budget."""
+@dataclasses.dataclass(frozen=True)
+class StageJob:
+    """What every stage takes; each stage's own options (edge weight, caption noise, ...) come apart, typed."""
 
-    def __init__(self, name: str, out: Path, settings: StageSettings, ranks: Ranks, budget_s: float | None):
-        self.name, self.out, self.s, self.ranks = name, out, settings, ranks
-        self.deadline = time.time() + budget_s if budget_s else None
-        self.log_path = out / f"{name}.log.jsonl"
-        self.state_path = out / f"{name}.state.pt"
+    shapes: EmbeddedShapes
+    data: WorldData | None  # the rendered world; None when only the classifier runs (it renders scenes of its own)
+    out: Path  # the run folder: the earlier stages' weights are read there, this stage's written there
+    settings: StageSettings
+    ranks: Ranks
+    budget_s: float | None  # seconds this stage may run (None: no limit); it stops there and resumes later
+    seed: int
+    workers: int = 1  # render processes per rank
+
+
+class Stage:
+    """Shared loop mechanics: resume, lr schedule, logging, periodic saves, time budget. Its clock starts when it is
+    made."""
+
+    def __init__(self, name: str, job: StageJob):
+        self.name, self.out, self.s, self.ranks = name, job.out, job.settings, job.ranks
+        self.deadline = time.time() + job.budget_s if job.budget_s else None
+        self.log_path = job.out / f"{name}.log.jsonl"
+        self.state_path = job.out / f"{name}.state.pt"
         self.step = self.first_step = 0  # first_step: where this process started (after a resume)
         self.t0 = time.time()
 

@@ -6,7 +6,6 @@ EMA weights."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
@@ -15,10 +14,8 @@ from atelier.models.tokenizer import CLIPTokenizer
 from atelier.models.unet import UNet
 from atelier.models.vae import VAE
 from atelier.sampling.denoisers import DiscreteSchedule
-from atelier.world.train.data import WorldData
-from atelier.world.train.loop import Stage, StageSettings
-from atelier.world.train.ranks import Ranks, autocast, wrap_ddp
-from atelier.world.train.shapes import EmbeddedShapes
+from atelier.world.train.loop import Stage, StageJob
+from atelier.world.train.ranks import autocast, wrap_ddp
 from atelier.world.train.weights import load_trained_vae, load_weights, save_weights
 
 
@@ -67,50 +64,46 @@ def pick_captions(
 
 
 def train_unet(
-    shapes: EmbeddedShapes,
-    data: WorldData,
-    out: Path,
-    s: StageSettings,
-    ranks: Ranks,
-    budget_s: float | None,
-    seed: int,
+    job: StageJob,
     ema_decay: float = 0.999,
     caption_dropout: float = 0.1,
     compile_model: bool = False,
     caption_noise: float = 0.0,
 ) -> None:
-    vae = load_trained_vae(out).to(ranks.device).eval()
-    text = CLIPTextEncoder(shapes.text).to(ranks.device).eval()
-    load_weights(out / "text_encoder.safetensors", text)
+    vae = load_trained_vae(job.out).to(job.ranks.device).eval()
+    text = CLIPTextEncoder(job.shapes.text).to(job.ranks.device).eval()
+    load_weights(job.out / "text_encoder.safetensors", text)
     start = time.time()
-    latents = encode_latents(vae, data.images)  # (N, 4, 16, 16) fp32
-    dtype = torch.bfloat16 if ranks.device.type == "cuda" else torch.float32
-    empty_ids = torch.tensor([[CLIPTokenizer.from_default()("")]], device=ranks.device)
-    with autocast(ranks):
-        contexts = encode_captions(text, data.tokens, dtype)  # (N, K, 77, D)
+    latents = encode_latents(vae, job.data.images)  # (N, 4, 16, 16) fp32
+    dtype = torch.bfloat16 if job.ranks.device.type == "cuda" else torch.float32
+    empty_ids = torch.tensor([[CLIPTokenizer.from_default()("")]], device=job.ranks.device)
+    with autocast(job.ranks):
+        contexts = encode_captions(text, job.data.tokens, dtype)  # (N, K, 77, D)
         empty = encode_captions(text, empty_ids, dtype)[0]  # (1, 77, D): the dropped caption
     del vae, text
-    if ranks.main:
+    if job.ranks.main:
         print(
             f"[unet] {latents.shape[0]} latents and {contexts.shape[0] * contexts.shape[1]} captions encoded in "
             f"{time.time() - start:.1f} s, latent std {latents.std().item():.3f}",
             flush=True,
         )
 
-    torch.manual_seed(seed + 2)
-    unet = UNet(shapes.unet).to(ranks.device)
-    ema = UNet(shapes.unet).to(ranks.device).eval().requires_grad_(False)
+    torch.manual_seed(job.seed + 2)
+    unet = UNet(job.shapes.unet).to(job.ranks.device)
+    ema = UNet(job.shapes.unet).to(job.ranks.device).eval().requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
-    cuda = ranks.device.type == "cuda"
-    opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=cuda or None)
-    stage = Stage("unet", out, s, ranks, budget_s)
-    if not stage.state_path.exists() and (out / "unet_ema.safetensors").exists():
-        load_weights(out / "unet_ema.safetensors", unet)  # continue from shipped weights (fresh optimiser)
+    cuda = job.ranks.device.type == "cuda"
+    opt = torch.optim.AdamW(
+        unet.parameters(), lr=job.settings.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=cuda or None
+    )
+    stage = Stage("unet", job)
+    if not stage.state_path.exists() and (job.out / "unet_ema.safetensors").exists():
+        load_weights(job.out / "unet_ema.safetensors", unet)  # continue from shipped weights (fresh optimiser)
         ema.load_state_dict(unet.state_dict())
-        if ranks.main:
+        if job.ranks.main:
             print("[unet] starting from the existing unet_ema.safetensors", flush=True)
     stage.resume({"unet": unet, "ema": ema}, opt)
-    model = wrap_ddp(unet, ranks)
+    model = wrap_ddp(unet, job.ranks)
     compiled = torch.compile(model) if compile_model else None  # fuses GroupNorm+SiLU, elementwise tails
 
     def forward(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -124,12 +117,12 @@ def train_unet(
         return model(x_t, t, context)
 
     schedule = DiscreteSchedule.scaled_linear()
-    alphas_cumprod = schedule.alphas_cumprod.to(ranks.device).float()  # (1000,)
+    alphas_cumprod = schedule.alphas_cumprod.to(job.ranks.device).float()  # (1000,)
     snr = alphas_cumprod / (1 - alphas_cumprod)
     min_snr_weight = snr.clamp(max=5.0) / snr  # min-SNR-5 weighting for eps-prediction (Hang et al. 2023)
     # Drawn on the training device: no host-to-device copy, and the host never waits for the GPU.
-    gen = torch.Generator(ranks.device).manual_seed(seed * 1000 + 13 + ranks.rank + stage.step)
-    n, dev = s.batch, ranks.device
+    gen = torch.Generator(job.ranks.device).manual_seed(job.seed * 1000 + 13 + job.ranks.rank + stage.step)
+    n, dev = job.settings.batch, job.ranks.device
 
     def loss_fn() -> tuple[torch.Tensor, dict]:
         idx = torch.randint(0, latents.shape[0], (n,), generator=gen, device=dev)
@@ -140,7 +133,7 @@ def train_unet(
         noise = torch.randn(x0.shape, generator=gen, device=dev)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0), Ho et al. 2020 eq. 4
-        with autocast(ranks):
+        with autocast(job.ranks):
             eps = forward(x_t, t.float(), context)
         per_item = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))
         return (per_item * min_snr_weight[t]).mean(), {"mse": per_item.mean().detach()}
@@ -153,5 +146,5 @@ def train_unet(
         torch._foreach_lerp_(ema_params, params, 1 - decay)
 
     stage.run({"unet": unet, "ema": ema}, opt, loss_fn, after_step=update_ema, save_every=2000)
-    if ranks.main:
-        save_weights(out / "unet_ema.safetensors", ema, shapes.unet)
+    if job.ranks.main:
+        save_weights(job.out / "unet_ema.safetensors", ema, job.shapes.unet)

@@ -16,10 +16,8 @@ import torch
 from torch import nn
 
 from atelier.models.vae import VAE
-from atelier.world.train.data import WorldData
-from atelier.world.train.loop import Stage, StageSettings
-from atelier.world.train.ranks import Ranks, autocast, wrap_ddp
-from atelier.world.train.shapes import EmbeddedShapes
+from atelier.world.train.loop import Stage, StageJob
+from atelier.world.train.ranks import autocast, wrap_ddp
 from atelier.world.train.weights import load_weights, save_weights
 
 
@@ -47,44 +45,36 @@ class _AutoencoderPass(nn.Module):
         return self.vae.decode(z), posterior.mean, posterior.logvar
 
 
-def train_vae(
-    shapes: EmbeddedShapes,
-    data: WorldData,
-    out: Path,
-    s: StageSettings,
-    ranks: Ranks,
-    budget_s: float | None,
-    seed: int,
-    edge_weight: float = 0.5,
-    workers: int = 1,
-) -> None:
+def train_vae(job: StageJob, edge_weight: float = 0.5) -> None:
     """Stage 1, the autoencoder; `edge_weight` weighs the L1 of the edges next to the L1 of the pixels.
 
-    When `out` already holds a vae.safetensors (from --init or an earlier run), training continues from it, and at
+    When `job.out` already holds a vae.safetensors (from --init or an earlier run), training continues from it, and at
     the end the judge reads object kinds through both autoencoders (`round_trip_judge`): the new one is written
     only if it reads at least as many. During training only vae.state.pt is written, so a stage resumed after a
     time budget still compares with the weights it first started from."""
-    torch.manual_seed(seed)
-    vae = VAE(shapes.vae).to(ranks.device)
-    judge = round_trip_judge(out, shapes.image_size, workers) if ranks.main else None  # None: no classifier yet
+    torch.manual_seed(job.seed)
+    vae = VAE(job.shapes.vae).to(job.ranks.device)
+    judge = (
+        round_trip_judge(job.out, job.shapes.image_size, job.workers) if job.ranks.main else None
+    )  # None: no classifier yet
     before = None  # the judge's reading through the VAE we start from, when there is one
-    existing = (out / "vae.safetensors").exists()
+    existing = (job.out / "vae.safetensors").exists()
     if existing:
         # Continue from existing weights: the latents move little, so the UNet can follow by fine-tuning. A resumed
         # stage loads its own state over them below.
-        load_weights(out / "vae.safetensors", vae)
+        load_weights(job.out / "vae.safetensors", vae)
         before = judge(vae) if judge is not None else None
-    opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    stage = Stage("vae", out, s, ranks, budget_s)  # its clock starts after the judge
-    if ranks.main and existing and not stage.state_path.exists():
+    opt = torch.optim.AdamW(vae.parameters(), lr=job.settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    stage = Stage("vae", job)  # its clock starts after the judge
+    if job.ranks.main and existing and not stage.state_path.exists():
         print("[vae] starting from the existing vae.safetensors", flush=True)
     stage.resume({"vae": vae}, opt)
-    model = wrap_ddp(_AutoencoderPass(vae), ranks)
-    gen = torch.Generator().manual_seed(seed * 1000 + ranks.rank + stage.step)
+    model = wrap_ddp(_AutoencoderPass(vae), job.ranks)
+    gen = torch.Generator().manual_seed(job.seed * 1000 + job.ranks.rank + stage.step)
 
     def loss_fn() -> tuple[torch.Tensor, dict]:
-        images, _ = data.batch(s.batch, gen)
-        with autocast(ranks):
+        images, _ = job.data.batch(job.settings.batch, gen)
+        with autocast(job.ranks):
             recon, mean, logvar = model(images)
         l1, edge = reconstruction_errors(recon, images)
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
@@ -96,11 +86,11 @@ def train_vae(
     # unit variance (SD1.x measured 0.18215 the same way).
     vae.eval()
     with torch.no_grad():
-        images, _ = data.batch(min(512, data.images.shape[0]), torch.Generator().manual_seed(seed))
+        images, _ = job.data.batch(min(512, job.data.images.shape[0]), torch.Generator().manual_seed(job.seed))
         latents = torch.cat([vae.encode(chunk).mean.float() for chunk in images.split(64)])
-    std = ranks.all_mean(latents.std().item())
-    config = dataclasses.replace(shapes.vae, scaling_factor=round(1.0 / std, 5))
-    if not ranks.main:
+    std = job.ranks.all_mean(latents.std().item())
+    config = dataclasses.replace(job.shapes.vae, scaling_factor=round(1.0 / std, 5))
+    if not job.ranks.main:
         return
     after = judge(vae) if judge is not None else None
     if after is not None:
@@ -110,7 +100,7 @@ def train_vae(
     if before is not None and after is not None and after < before:
         print(f"[vae] it read {before:.1%} through the VAE we started from: that one stays", flush=True)
         return
-    save_weights(out / "vae.safetensors", vae, config)
+    save_weights(job.out / "vae.safetensors", vae, config)
     print(f"[vae] latent std {std:.4f} -> scaling_factor {config.scaling_factor}", flush=True)
 
 
