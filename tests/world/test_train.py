@@ -10,7 +10,10 @@ from safetensors.torch import load_file
 
 from atelier.models.checkpoint import load_checkpoint
 from atelier.models.library import native_size
-from atelier.world.train import load_trained_vae, main, pick_captions, round_trip_judge
+from atelier.world.train import main
+from atelier.world.train.unet import pick_captions
+from atelier.world.train.vae import round_trip_judge
+from atelier.world.train.weights import load_trained_vae
 
 
 def test_all_stages_run_resume_and_pack_into_a_loadable_checkpoint(tmp_path):
@@ -80,7 +83,7 @@ def test_vae_stage_keeps_the_autoencoder_the_judge_reads_better(tmp_path, monkey
     assert round_trip_judge(tmp_path / "no-classifier", size=32, workers=1) is None
 
     readings = iter([0.9, 0.5])  # the judge reads worse after training: the first VAE stays
-    monkeypatch.setattr("atelier.world.train.round_trip_judge", lambda *args, **kw: lambda vae: next(readings))
+    monkeypatch.setattr("atelier.world.train.vae.round_trip_judge", lambda *args, **kw: lambda vae: next(readings))
     main(["--stage", "vae", "--steps", "2", "--edge-weight", "1.0", *common])
     conv_out = "decoder.conv_out.weight"
     assert torch.equal(before[conv_out], load_file(str(out / "vae.safetensors"))[conv_out])

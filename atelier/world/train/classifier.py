@@ -1,0 +1,56 @@
+"""The attribute classifier that `atelier eval` and the vae stage's judge read images with, trained on rendered
+scenes whose contents are known (every kind-colour pair, held-out ones included)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from atelier.world.train.loop import Stage, StageJob
+from atelier.world.train.ranks import autocast, wrap_ddp
+from atelier.world.train.weights import save_weights
+
+
+def train_classifier(job: StageJob, images_per_rank: int = 50_000) -> None:
+    from atelier.world.evaluate import (
+        classifier_accuracy,
+        classifier_loss,
+        new_classifier,
+        read_images,
+        render_labelled,
+        to_unit,
+    )
+
+    start = time.time()
+    images, labels, _ = render_labelled(
+        job.seed + 5, images_per_rank, job.shapes.image_size, job.workers, start=job.ranks.rank * images_per_rank
+    )
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(job.ranks.device)
+    labels = torch.from_numpy(labels).to(job.ranks.device)
+    if job.ranks.main:
+        print(f"[classifier] {len(images)} labelled scenes per rank in {time.time() - start:.1f} s", flush=True)
+    torch.manual_seed(job.seed + 3)
+    classifier = new_classifier().to(job.ranks.device)
+    opt = torch.optim.AdamW(classifier.parameters(), lr=job.settings.lr, weight_decay=0.05)
+    stage = Stage("classifier", job)
+    stage.resume({"classifier": classifier}, opt)
+    model = wrap_ddp(classifier, job.ranks)
+    gen = torch.Generator().manual_seed(job.seed * 1000 + 21 + job.ranks.rank + stage.step)
+
+    def loss_fn() -> tuple[torch.Tensor, dict]:
+        idx = torch.randint(0, len(images), (job.settings.batch,), generator=gen).to(job.ranks.device)
+        with autocast(job.ranks):
+            logits = model(images[idx].float() / 127.5 - 1.0)
+        return classifier_loss({k: v.float() for k, v in logits.items()}, labels[idx]), {}
+
+    stage.run({"classifier": classifier}, opt, loss_fn, clip_norm=None)
+    if job.ranks.main:
+        classifier.eval()
+        fresh, _, scenes = render_labelled(job.seed + 999, 2000, job.shapes.image_size, job.workers, start=10**9)
+        acc = classifier_accuracy(read_images(classifier, to_unit(fresh)), scenes)
+        print(f"[classifier] accuracy on 2000 fresh renders: {acc}", flush=True)
+        with (job.out / "classifier.log.jsonl").open("a") as f:
+            f.write(json.dumps({"fresh_accuracy": acc}) + "\n")
+        save_weights(job.out / "classifier.safetensors", classifier)
