@@ -407,9 +407,9 @@ def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
     prefixes = (keymap.UNET_PREFIX, keymap.TEXT_PREFIX) + ((keymap.VAE_PREFIX,) if need_vae else ())
     tensors = keymap.split_checkpoint(file.read([n for n in file.index.shapes if n.startswith(prefixes)], dtype))
     return _Parts(
-        unet=_renamed(keymap.unet_from_sd, tensors["unet"], configs.unet, file.name),
-        vae=_renamed(keymap.vae_from_sd, tensors["vae"], configs.vae, file.name) if need_vae else None,
-        text_encoder=_renamed(keymap.text_encoder_from_sd, tensors["text_encoder"], configs.text_encoder, file.name),
+        unet=_renamed(file.name, keymap.unet_from_sd, tensors["unet"], configs.unet),
+        vae=_renamed(file.name, keymap.vae_from_sd, tensors["vae"], configs.vae) if need_vae else None,
+        text_encoder=_renamed(file.name, keymap.text_encoder_from_sd, tensors["text_encoder"], configs.text_encoder),
         unet_config=configs.unet,
         vae_config=configs.vae if need_vae else None,
         text_encoder_config=configs.text_encoder,
@@ -417,9 +417,10 @@ def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
     )
 
 
-def _renamed(fn: Callable, state: dict, config: Any, name: str) -> dict[str, torch.Tensor]:
+def _renamed(name: str, rename: Callable[..., dict], *args: Any) -> dict:
+    """`rename(*args)`, a keymap function, with the file's name put in front of its errors."""
     try:
-        return fn(state, config)
+        return rename(*args)
     except CheckpointError as error:
         raise CheckpointError(f"{name}: {error}") from None
 
@@ -562,7 +563,7 @@ def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> 
     state = {c: f.read(list(f.index.shapes), dtype) for c, f in files.items()}
     return _Parts(
         unet=state["unet"],
-        vae=_vae_state_any_layout(state["vae"]) if need_vae else None,
+        vae=keymap.vae_from_diffusers(state["vae"]) if need_vae else None,
         text_encoder=keymap.text_encoder_names(state["text_encoder"]),
         unet_config=configs.unet,
         vae_config=configs.vae if need_vae else None,
@@ -570,11 +571,6 @@ def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> 
         family="sd1-inpaint" if configs.unet.in_channels == 9 else "sd1",
         tokenizer_dir=folder / "tokenizer",
     )
-
-
-def _vae_state_any_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A diffusers VAE state dict in current names, whatever diffusers version wrote it."""
-    return keymap.vae_attention_to_linear(keymap.vae_old_diffusers_names(state))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -651,13 +647,13 @@ def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAECon
         names = [n for n in file.index.shapes if n.startswith(keymap.VAE_PREFIX)]
         if not names:
             raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*).")
-    shapes = {n.removeprefix(keymap.VAE_PREFIX): file.index.shapes[n] for n in names}
-    state = {n.removeprefix(keymap.VAE_PREFIX): t for n, t in file.read(names, dtype).items()}
+    shapes = _renamed(file.name, keymap.vae_without_prefix, {n: file.index.shapes[n] for n in names})
+    state = keymap.vae_without_prefix(file.read(names, dtype))
     stored = _metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name)
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:  # diffusers names
-        return stored or _diffusers_vae_config(shapes), _vae_state_any_layout(state)
+        return stored or _diffusers_vae_config(shapes), keymap.vae_from_diffusers(state)
     config = stored or infer_vae_config(shapes, f"{file.name}: the VAE")
-    return config, _renamed(keymap.vae_from_sd, state, config, file.name)
+    return config, _renamed(file.name, keymap.vae_from_sd, state, config)
 
 
 def _diffusers_vae_config(shapes: Mapping[str, tuple[int, ...]]) -> VAEConfig:
