@@ -35,14 +35,27 @@ from torch import nn
 from atelier import device as devices
 from atelier.errors import CheckpointError
 from atelier.models import keymap
-from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, config_from_json, config_to_json
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, config_to_json
+from atelier.models.detect import (
+    FAMILY_NAMES,
+    META_TEXT,
+    META_UNET,
+    META_VAE,
+    SUPPORTED_FAMILIES,
+    Configs,
+    Parts,
+    detect_family,
+    infer_diffusers_vae_config,
+    infer_text_encoder_config,
+    infer_unet_config,
+    infer_vae_config,
+    metadata_config,
+    require_supported,
+    vae_names,
+)
 from atelier.models.weights import WeightsFile
 
 log = logging.getLogger(__name__)
-
-
-# Keys of the safetensors metadata (a str -> str dict in the header) where Atelier stores its configs.
-META_UNET, META_VAE, META_TEXT = "atelier.unet_config", "atelier.vae_config", "atelier.text_encoder_config"
 
 
 @dataclass
@@ -60,187 +73,6 @@ class Checkpoint:
     source: Path
     dtype: torch.dtype
     device: torch.device
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Which model family is this?
-# --------------------------------------------------------------------------------------------------------------
-
-SUPPORTED_FAMILIES = ("sd1", "sd1-inpaint")
-
-FAMILY_NAMES = {
-    "sd1": "a Stable Diffusion 1.x checkpoint",
-    "sd1-inpaint": "a Stable Diffusion 1.x inpainting checkpoint",
-    "sd2": "a Stable Diffusion 2.x checkpoint",
-    "sdxl": "an SDXL checkpoint",
-    "sd3": "a Stable Diffusion 3 checkpoint",
-    "flux": "a Flux checkpoint",
-    "controlnet": "a ControlNet",
-    "lora": "a LoRA",
-    "embedding": "a textual-inversion embedding",
-    "vae": "a standalone VAE",
-    "unet": "a UNet without its CLIP text encoder",
-    "unknown": "an unknown kind of model",
-}
-
-
-def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """(family, evidence) from the tensor names and shapes of a single file, e.g. ("sdxl", "conditioner.embedders.*").
-
-    Checked in order from the most specific sign; SD1.x and SD2.x share the UNet layout and differ in the text
-    encoder (CLIP ViT-L, 768 wide vs OpenCLIP ViT-H, 1024 wide), hence the cross-attention context width. A file
-    written by Atelier (its UNet config in `metadata`) is SD1.x-shaped whatever its widths.
-    """
-    ours = metadata is not None and META_UNET in metadata
-    names = list(shapes)
-
-    def first(test: Callable[[str], bool]) -> str | None:
-        return next((n for n in names if test(n)), None)
-
-    if found := first(lambda n: "lora_down" in n or "lora_up" in n or ".lora_A." in n or n.startswith("lora_")):
-        return "lora", found
-    if found := first(lambda n: n in ("string_to_param", "emb_params", "clip_l", "clip_g") or "string_to_param" in n):
-        return "embedding", found
-    if found := first(lambda n: "double_blocks." in n):
-        return "flux", found
-    if found := first(lambda n: "joint_blocks." in n):
-        return "sd3", found
-    if first(lambda n: n.startswith("conditioner.embedders.")):
-        return "sdxl", "conditioner.embedders.*"
-    if first(lambda n: n.startswith(keymap.UNET_PREFIX + "label_emb.")):
-        return "sdxl", "model.diffusion_model.label_emb.*"
-    if first(lambda n: n.startswith("control_model.") or "zero_convs." in n or "input_hint_block." in n):
-        return "controlnet", "control_model.* / zero_convs.*"
-    if first(lambda n: n.startswith("cond_stage_model.model.")):
-        return "sd2", "an OpenCLIP text encoder, cond_stage_model.model.*"
-    if first(lambda n: n.startswith(keymap.UNET_PREFIX)):
-        context = next((s[1] for n, s in shapes.items() if n.endswith("attn2.to_k.weight") and len(s) == 2), None)
-        if context == 1024 and not ours:
-            return "sd2", "cross-attention context width 1024"
-        if context in (1280, 2048) and not ours:
-            return "sdxl", f"cross-attention context width {context}"
-        if not first(lambda n: n.startswith(keymap.TEXT_PREFIX)):
-            return "unet", "model.diffusion_model.* but no cond_stage_model.transformer.*"
-        conv_in = shapes.get(keymap.UNET_PREFIX + "input_blocks.0.0.weight")
-        if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
-            return "sd1-inpaint", "a UNet with 9 input channels"
-        return "sd1", "model.diffusion_model.* and cond_stage_model.transformer.*"
-    if _vae_names(names):
-        return "vae", "encoder.* and decoder.* only"
-    if first(lambda n: n.startswith("down_blocks.")) and first(lambda n: n.startswith("time_embedding.")):
-        return "unet", "a diffusers UNet (down_blocks.*, time_embedding.*)"
-    return "unknown", ", ".join(sorted(names)[:3]) or "no tensors"
-
-
-# The parts of a VAE file, and what VAE training files may carry besides (the GAN/LPIPS loss, EMA copies).
-_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-_VAE_EXTRAS = ("loss.", "model_ema.")
-
-
-def _vae_names(names: list[str]) -> list[str]:
-    """The names of a standalone VAE's weights among `names`, or [] when the file is more (or less) than a VAE."""
-    vae = [n for n in names if n.removeprefix(keymap.VAE_PREFIX).startswith(_VAE_PARTS)]
-    vae_set = set(vae)
-    others = [n for n in names if n not in vae_set and not n.startswith(_VAE_EXTRAS)]
-    has_both = any(".encoder." in "." + n for n in vae) and any(".decoder." in "." + n for n in vae)
-    return vae if has_both and not others else []
-
-
-def require_supported(family: str, evidence: str, name: str) -> None:
-    """Raise the one-sentence error for a family Atelier cannot run."""
-    if family in SUPPORTED_FAMILIES:
-        return
-    if family == "vae":
-        raise CheckpointError(
-            f"{name} looks like a standalone VAE (found {evidence}); load it as the VAE of a full checkpoint "
-            "(vae_path / --vae)."
-        )
-    raise CheckpointError(
-        f"{name} looks like {FAMILY_NAMES[family]} (found {evidence}); Atelier supports Stable Diffusion 1.x "
-        "checkpoints only for now."
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Configs read off the shapes of an SD-layout file (component prefixes removed)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _shape(shapes: Mapping[str, tuple[int, ...]], name: str, what: str) -> tuple[int, ...]:
-    if name not in shapes:
-        raise CheckpointError(f"{what} is missing the weight {name}; the file is incomplete or not SD 1.x.")
-    return shapes[name]
-
-
-def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
-    """How many consecutive i make `pattern.format(i)` a key, from 0."""
-    i = 0
-    while pattern.format(i) in shapes:
-        i += 1
-    return i
-
-
-def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "eps", what: str = "") -> UNetConfig:
-    """A UNet config from SD-layout shapes. The number of attention heads is not visible in the shapes; SD1.x
-    uses 8 everywhere (and GroupNorm with 32 groups), so those are assumed."""
-    what = what or "The UNet"
-    conv_in = _shape(shapes, "input_blocks.0.0.weight", what)  # (C0, in, 3, 3)
-    blocks = 1 + max((int(n.split(".")[1]) for n in shapes if n.startswith("input_blocks.")), default=0)
-    levels = 1 + sum(f"input_blocks.{i}.0.op.weight" in shapes for i in range(blocks))
-    n = blocks // levels - 1
-    if n < 1 or levels * (n + 1) != blocks:
-        raise CheckpointError(f"{what} has {blocks} input blocks for {levels} levels, which is not an SD UNet layout.")
-    firsts = [1 + level * (n + 1) for level in range(levels)]  # the first ResNet of each level
-    channels = tuple(_shape(shapes, f"input_blocks.{i}.0.out_layers.3.weight", what)[0] for i in firsts)
-    attention = tuple(f"input_blocks.{i}.1.proj_in.weight" in shapes for i in firsts)
-    first_attention = next((f"input_blocks.{i}.1" for i, a in zip(firsts, attention, strict=True) if a), None)
-    context_dim, depth = 768, 1
-    if first_attention is not None:
-        context_dim = _shape(shapes, f"{first_attention}.transformer_blocks.0.attn2.to_k.weight", what)[1]
-        depth = _count(shapes, first_attention + ".transformer_blocks.{}.attn1.to_q.weight")
-    return UNetConfig(
-        in_channels=conv_in[1],
-        out_channels=_shape(shapes, "out.2.weight", what)[0],
-        block_channels=channels,
-        layers_per_block=n,
-        cross_attention_levels=attention,
-        attention_heads=8,
-        transformer_depth=depth,
-        context_dim=context_dim,
-        prediction=prediction,
-    )
-
-
-def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> VAEConfig:
-    """A VAE config from SD-layout shapes (GroupNorm with 32 groups and the SD1.x scaling factor are assumed)."""
-    what = what or "The VAE"
-    levels = _count(shapes, "encoder.down.{}.block.0.conv1.weight")
-    n = _count(shapes, "encoder.down.0.block.{}.conv1.weight")
-    if levels == 0 or n == 0:
-        raise CheckpointError(f"{what} is missing the weight encoder.down.0.block.0.conv1.weight; it is not a VAE.")
-    return VAEConfig(
-        in_channels=_shape(shapes, "encoder.conv_in.weight", what)[1],
-        latent_channels=_shape(shapes, "decoder.conv_in.weight", what)[1],
-        block_channels=tuple(_shape(shapes, f"encoder.down.{i}.block.0.conv2.weight", what)[0] for i in range(levels)),
-        layers_per_block=n,
-    )
-
-
-def infer_text_encoder_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> TextEncoderConfig:
-    """A CLIP text config from shapes (our names). Heads are 64 wide in every CLIP model, so heads = width / 64."""
-    what = what or "The text encoder"
-    shapes = keymap.text_encoder_names(shapes)
-    vocab, width = _shape(shapes, "text_model.embeddings.token_embedding.weight", what)
-    projection = shapes.get("text_projection.weight")
-    return TextEncoderConfig(
-        vocab_size=vocab,
-        max_positions=_shape(shapes, "text_model.embeddings.position_embedding.weight", what)[0],
-        width=width,
-        layers=_count(shapes, "text_model.encoder.layers.{}.self_attn.q_proj.weight"),
-        heads=max(1, width // 64),
-        mlp_width=_shape(shapes, "text_model.encoder.layers.0.mlp.fc1.weight", what)[0],
-        projection_dim=projection[0] if projection is not None else None,
-    )
 
 
 def prediction_type(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> str:
@@ -342,61 +174,28 @@ def _pick(device: str | torch.device | None, dtype: str | torch.dtype | None) ->
     return dev, dtype if isinstance(dtype, torch.dtype) else devices.pick_dtype(dev, dtype)
 
 
-def _metadata_config(cls: type, metadata: Mapping[str, str], key: str, name: str) -> Any:
-    if key not in metadata:
-        return None
-    try:
-        return config_from_json(cls, metadata[key])
-    except (json.JSONDecodeError, TypeError, ValueError):
-        raise CheckpointError(f"{name} has an unreadable {key} entry in its metadata.") from None
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Single files
 # --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Parts:
-    """Weights in our names and their configs, before any module is built."""
-
-    unet: dict[str, torch.Tensor]
-    vae: dict[str, torch.Tensor] | None
-    text_encoder: dict[str, torch.Tensor]
-    unet_config: UNetConfig
-    vae_config: VAEConfig | None
-    text_encoder_config: TextEncoderConfig
-    family: str
-    tokenizer_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class Configs:
-    """The three configs of a model and where they were found."""
-
-    unet: UNetConfig
-    vae: VAEConfig | None  # None when the file holds no VAE
-    text_encoder: TextEncoderConfig
-    origin: str  # "file metadata", "tensor shapes" or "config.json files"
 
 
 def single_file_configs(file: WeightsFile) -> Configs:
     """Configs of an SD1.x single file: those in our metadata where present, else read off the tensor shapes."""
     shapes, meta, name = file.index.shapes, file.index.metadata, file.name
     split = keymap.split_checkpoint(shapes)
-    unet = _metadata_config(UNetConfig, meta, META_UNET, name) or infer_unet_config(
+    unet = metadata_config(UNetConfig, meta, META_UNET, name) or infer_unet_config(
         split["unet"], prediction_type(file.path, shapes), f"{name}: the UNet"
     )
-    text = _metadata_config(TextEncoderConfig, meta, META_TEXT, name) or infer_text_encoder_config(
+    text = metadata_config(TextEncoderConfig, meta, META_TEXT, name) or infer_text_encoder_config(
         split["text_encoder"], f"{name}: the text encoder"
     )
     vae = None
     if split["vae"]:
-        vae = _metadata_config(VAEConfig, meta, META_VAE, name) or infer_vae_config(split["vae"], f"{name}: the VAE")
+        vae = metadata_config(VAEConfig, meta, META_VAE, name) or infer_vae_config(split["vae"], f"{name}: the VAE")
     return Configs(unet, vae, text, "file metadata" if META_UNET in meta else "tensor shapes")
 
 
-def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
+def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> Parts:
     file = WeightsFile(path)
     family, evidence = detect_family(file.index.shapes, file.index.metadata)
     require_supported(family, evidence, file.name)
@@ -406,7 +205,7 @@ def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
 
     prefixes = (keymap.UNET_PREFIX, keymap.TEXT_PREFIX) + ((keymap.VAE_PREFIX,) if need_vae else ())
     tensors = keymap.split_checkpoint(file.read([n for n in file.index.shapes if n.startswith(prefixes)], dtype))
-    return _Parts(
+    return Parts(
         unet=_renamed(file.name, keymap.unet_from_sd, tensors["unet"], configs.unet),
         vae=_renamed(file.name, keymap.vae_from_sd, tensors["vae"], configs.vae) if need_vae else None,
         text_encoder=_renamed(file.name, keymap.text_encoder_from_sd, tensors["text_encoder"], configs.text_encoder),
@@ -557,11 +356,11 @@ def diffusers_folder_configs(folder: Path) -> Configs:
     )
 
 
-def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
+def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> Parts:
     configs = diffusers_folder_configs(folder)
     files = {c: WeightsFile(diffusers_weights_file(folder, c)) for c in DIFFUSERS_WEIGHTS if need_vae or c != "vae"}
     state = {c: f.read(list(f.index.shapes), dtype) for c, f in files.items()}
-    return _Parts(
+    return Parts(
         unet=state["unet"],
         vae=keymap.vae_from_diffusers(state["vae"]) if need_vae else None,
         text_encoder=keymap.text_encoder_names(state["text_encoder"]),
@@ -639,7 +438,7 @@ def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAECon
     vae-ft-mse-840000-ema-pruned), the same under first_stage_model., diffusers AutoencoderKL files
     (encoder.down_blocks.*), and a full SD1.x checkpoint (its VAE is taken)."""
     file = WeightsFile(path)
-    names = _vae_names(list(file.index.shapes))
+    names = vae_names(list(file.index.shapes))
     if not names:
         family, evidence = detect_family(file.index.shapes)
         if family not in SUPPORTED_FAMILIES:
@@ -649,22 +448,11 @@ def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAECon
             raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*).")
     shapes = _renamed(file.name, keymap.vae_without_prefix, {n: file.index.shapes[n] for n in names})
     state = keymap.vae_without_prefix(file.read(names, dtype))
-    stored = _metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name)
+    stored = metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name)
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:  # diffusers names
-        return stored or _diffusers_vae_config(shapes), keymap.vae_from_diffusers(state)
+        return stored or infer_diffusers_vae_config(shapes), keymap.vae_from_diffusers(state)
     config = stored or infer_vae_config(shapes, f"{file.name}: the VAE")
     return config, _renamed(file.name, keymap.vae_from_sd, state, config)
-
-
-def _diffusers_vae_config(shapes: Mapping[str, tuple[int, ...]]) -> VAEConfig:
-    """A VAE config from the shapes of a diffusers-named VAE file (no config.json beside it)."""
-    levels = _count(shapes, "encoder.down_blocks.{}.resnets.0.conv1.weight")
-    return VAEConfig(
-        in_channels=shapes["encoder.conv_in.weight"][1],
-        latent_channels=shapes["decoder.conv_in.weight"][1],
-        block_channels=tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(levels)),
-        layers_per_block=_count(shapes, "encoder.down_blocks.0.resnets.{}.conv1.weight"),
-    )
 
 
 def load_vae(
@@ -728,14 +516,3 @@ def _config_of(module: nn.Module, kind: str) -> Any:
     if not isinstance(config, _CONFIG_TYPES[kind]):
         raise TypeError(f"save_checkpoint got a {type(module).__name__} where a {kind} model belongs")
     return config
-
-
-def parameter_counts(shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """Number of values in tensors of these shapes."""
-    total = 0
-    for shape in shapes.values():
-        n = 1
-        for d in shape:
-            n *= d
-        total += n
-    return total

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from atelier.errors import CheckpointError
-from atelier.models import checkpoint, keymap
+from atelier.models import checkpoint, detect, keymap
 from atelier.models.weights import WeightsFile
 
 _COMPONENT_LABELS = {"unet": "unet", "vae": "vae", "text_encoder": "text encoder"}
@@ -41,15 +41,15 @@ def describe_model(path: str | Path) -> str:
 def _describe_file(path: Path) -> list[str]:
     file = WeightsFile(path)
     shapes = file.index.shapes
-    family, evidence = checkpoint.detect_family(shapes, file.index.metadata)
+    family, evidence = detect.detect_family(shapes, file.index.metadata)
     lines = [
         path.name,
         _row("file", f"{_size(path.stat().st_size)}, {file.format}, {_tensor_summary(file.index.dtypes)}"),
     ]
-    if family not in checkpoint.SUPPORTED_FAMILIES:
+    if family not in detect.SUPPORTED_FAMILIES:
         lines.insert(1, _row("kind", f"{_family_label(family)} (found {evidence})"))
         try:
-            checkpoint.require_supported(family, evidence, path.name)
+            detect.require_supported(family, evidence, path.name)
         except CheckpointError as error:
             lines.append(_row("note", str(error)))
         return lines
@@ -67,7 +67,7 @@ def _describe_file(path: Path) -> list[str]:
     if split["ignored"]:
         lines.append(_row("other", _ignored(split["ignored"])))
     lines += _config_lines(configs)
-    configs_keys = (checkpoint.META_UNET, checkpoint.META_VAE, checkpoint.META_TEXT)
+    configs_keys = (detect.META_UNET, detect.META_VAE, detect.META_TEXT)
     extra = {k: v for k, v in file.index.metadata.items() if k not in configs_keys}
     if extra:
         lines.append(_row("metadata", ", ".join(f"{k}={_short(v)}" for k, v in sorted(extra.items()))))
@@ -100,7 +100,7 @@ def _row(label: str, text: str) -> str:
 
 
 def _family_label(family: str) -> str:
-    label = checkpoint.FAMILY_NAMES[family]
+    label = detect.FAMILY_NAMES[family]
     label = label.removeprefix("an ").removeprefix("a ")
     return label[0].upper() + label[1:]
 
@@ -110,7 +110,7 @@ def _prediction(prediction: str) -> str:
 
 
 def _params(shapes: dict[str, tuple[int, ...]]) -> str:
-    count = checkpoint.parameter_counts(shapes)
+    count = detect.parameter_counts(shapes)
     return f"{count / 1e6:.2f} M parameters in {len(shapes)} tensors"
 
 
@@ -141,7 +141,7 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _config_lines(configs: checkpoint.Configs) -> list[str]:
+def _config_lines(configs: detect.Configs) -> list[str]:
     origin = configs.origin
     if origin == "tensor shapes":
         origin += " (attention heads and norm groups are not stored: SD1.x values assumed)"
