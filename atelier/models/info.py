@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from atelier.errors import CheckpointError
-from atelier.models import checkpoint, detect, keymap
+from atelier.models import checkpoint, detect, diffusers_folder, keymap
 from atelier.models.weights import WeightsFile
 
 _COMPONENT_LABELS = {"unet": "unet", "vae": "vae", "text_encoder": "text encoder"}
@@ -75,15 +75,15 @@ def _describe_file(path: Path) -> list[str]:
 
 
 def _describe_folder(folder: Path) -> list[str]:
-    configs = checkpoint.diffusers_folder_configs(folder)
-    family = "sd1-inpaint" if configs.unet.in_channels == 9 else "sd1"
+    configs = diffusers_folder.diffusers_folder_configs(folder)
+    family = diffusers_folder.folder_family(configs)
     lines = [
         folder.name + "/",
         _row("kind", f"{_family_label(family)} ({family}), {_prediction(configs.unet.prediction)}"),
     ]
     total_size = 0
     for component, label in _COMPONENT_LABELS.items():
-        weights = checkpoint.diffusers_weights_file(folder, component)
+        weights = diffusers_folder.diffusers_weights_file(folder, component)
         file = WeightsFile(weights)
         total_size += weights.stat().st_size
         where = f"{component}/{weights.name}, {_size(weights.stat().st_size)}, {_tensor_summary(file.index.dtypes)}"
