@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from atelier.errors import CheckpointError
-from atelier.models import checkpoint, detect, diffusers_folder, keymap
+from atelier.models import detect, diffusers_folder, keymap, single_file
 from atelier.models.weights import WeightsFile
 
 _COMPONENT_LABELS = {"unet": "unet", "vae": "vae", "text_encoder": "text encoder"}
@@ -54,7 +54,7 @@ def _describe_file(path: Path) -> list[str]:
             lines.append(_row("note", str(error)))
         return lines
 
-    configs = checkpoint.single_file_configs(file)
+    configs = single_file.single_file_configs(file)
     lines.insert(1, _row("kind", f"{_family_label(family)} ({family}), {_prediction(configs.unet.prediction)}"))
     split = keymap.split_checkpoint(shapes)
     split["text_encoder"] = keymap.text_encoder_names(split["text_encoder"])  # position_ids is not a weight
