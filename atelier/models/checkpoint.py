@@ -20,8 +20,6 @@ Pickles: `.ckpt` files are Python pickles, which can run arbitrary code when ope
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,14 +33,15 @@ from torch import nn
 from atelier import device as devices
 from atelier.errors import CheckpointError
 from atelier.models import keymap
-from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, config_from_json, config_to_json
-from atelier.models.weights import WeightsFile
-
-log = logging.getLogger(__name__)
-
-
-# Keys of the safetensors metadata (a str -> str dict in the header) where Atelier stores its configs.
-META_UNET, META_VAE, META_TEXT = "atelier.unet_config", "atelier.vae_config", "atelier.text_encoder_config"
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, config_to_json
+from atelier.models.detect import META_TEXT, META_UNET, META_VAE
+from atelier.models.diffusers_folder import (
+    read_diffusers_folder,
+    text_encoder_config_from_diffusers,
+    unet_config_from_diffusers,
+    vae_config_from_diffusers,
+)
+from atelier.models.single_file import read_single_file, read_vae
 
 
 @dataclass
@@ -60,207 +59,6 @@ class Checkpoint:
     source: Path
     dtype: torch.dtype
     device: torch.device
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Which model family is this?
-# --------------------------------------------------------------------------------------------------------------
-
-SUPPORTED_FAMILIES = ("sd1", "sd1-inpaint")
-
-FAMILY_NAMES = {
-    "sd1": "a Stable Diffusion 1.x checkpoint",
-    "sd1-inpaint": "a Stable Diffusion 1.x inpainting checkpoint",
-    "sd2": "a Stable Diffusion 2.x checkpoint",
-    "sdxl": "an SDXL checkpoint",
-    "sd3": "a Stable Diffusion 3 checkpoint",
-    "flux": "a Flux checkpoint",
-    "controlnet": "a ControlNet",
-    "lora": "a LoRA",
-    "embedding": "a textual-inversion embedding",
-    "vae": "a standalone VAE",
-    "unet": "a UNet without its CLIP text encoder",
-    "unknown": "an unknown kind of model",
-}
-
-
-def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """(family, evidence) from the tensor names and shapes of a single file, e.g. ("sdxl", "conditioner.embedders.*").
-
-    Checked in order from the most specific sign; SD1.x and SD2.x share the UNet layout and differ in the text
-    encoder (CLIP ViT-L, 768 wide vs OpenCLIP ViT-H, 1024 wide), hence the cross-attention context width. A file
-    written by Atelier (its UNet config in `metadata`) is SD1.x-shaped whatever its widths.
-    """
-    ours = metadata is not None and META_UNET in metadata
-    names = list(shapes)
-
-    def first(test: Callable[[str], bool]) -> str | None:
-        return next((n for n in names if test(n)), None)
-
-    if found := first(lambda n: "lora_down" in n or "lora_up" in n or ".lora_A." in n or n.startswith("lora_")):
-        return "lora", found
-    if found := first(lambda n: n in ("string_to_param", "emb_params", "clip_l", "clip_g") or "string_to_param" in n):
-        return "embedding", found
-    if found := first(lambda n: "double_blocks." in n):
-        return "flux", found
-    if found := first(lambda n: "joint_blocks." in n):
-        return "sd3", found
-    if first(lambda n: n.startswith("conditioner.embedders.")):
-        return "sdxl", "conditioner.embedders.*"
-    if first(lambda n: n.startswith(keymap.UNET_PREFIX + "label_emb.")):
-        return "sdxl", "model.diffusion_model.label_emb.*"
-    if first(lambda n: n.startswith("control_model.") or "zero_convs." in n or "input_hint_block." in n):
-        return "controlnet", "control_model.* / zero_convs.*"
-    if first(lambda n: n.startswith("cond_stage_model.model.")):
-        return "sd2", "an OpenCLIP text encoder, cond_stage_model.model.*"
-    if first(lambda n: n.startswith(keymap.UNET_PREFIX)):
-        context = next((s[1] for n, s in shapes.items() if n.endswith("attn2.to_k.weight") and len(s) == 2), None)
-        if context == 1024 and not ours:
-            return "sd2", "cross-attention context width 1024"
-        if context in (1280, 2048) and not ours:
-            return "sdxl", f"cross-attention context width {context}"
-        if not first(lambda n: n.startswith(keymap.TEXT_PREFIX)):
-            return "unet", "model.diffusion_model.* but no cond_stage_model.transformer.*"
-        conv_in = shapes.get(keymap.UNET_PREFIX + "input_blocks.0.0.weight")
-        if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
-            return "sd1-inpaint", "a UNet with 9 input channels"
-        return "sd1", "model.diffusion_model.* and cond_stage_model.transformer.*"
-    if _vae_names(names):
-        return "vae", "encoder.* and decoder.* only"
-    if first(lambda n: n.startswith("down_blocks.")) and first(lambda n: n.startswith("time_embedding.")):
-        return "unet", "a diffusers UNet (down_blocks.*, time_embedding.*)"
-    return "unknown", ", ".join(sorted(names)[:3]) or "no tensors"
-
-
-# The parts of a VAE file, and what VAE training files may carry besides (the GAN/LPIPS loss, EMA copies).
-_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-_VAE_EXTRAS = ("loss.", "model_ema.")
-
-
-def _vae_names(names: list[str]) -> list[str]:
-    """The names of a standalone VAE's weights among `names`, or [] when the file is more (or less) than a VAE."""
-    vae = [n for n in names if n.removeprefix(keymap.VAE_PREFIX).startswith(_VAE_PARTS)]
-    vae_set = set(vae)
-    others = [n for n in names if n not in vae_set and not n.startswith(_VAE_EXTRAS)]
-    has_both = any(".encoder." in "." + n for n in vae) and any(".decoder." in "." + n for n in vae)
-    return vae if has_both and not others else []
-
-
-def require_supported(family: str, evidence: str, name: str) -> None:
-    """Raise the one-sentence error for a family Atelier cannot run."""
-    if family in SUPPORTED_FAMILIES:
-        return
-    if family == "vae":
-        raise CheckpointError(
-            f"{name} looks like a standalone VAE (found {evidence}); load it as the VAE of a full checkpoint "
-            "(vae_path / --vae)."
-        )
-    raise CheckpointError(
-        f"{name} looks like {FAMILY_NAMES[family]} (found {evidence}); Atelier supports Stable Diffusion 1.x "
-        "checkpoints only for now."
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Configs read off the shapes of an SD-layout file (component prefixes removed)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _shape(shapes: Mapping[str, tuple[int, ...]], name: str, what: str) -> tuple[int, ...]:
-    if name not in shapes:
-        raise CheckpointError(f"{what} is missing the weight {name}; the file is incomplete or not SD 1.x.")
-    return shapes[name]
-
-
-def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
-    """How many consecutive i make `pattern.format(i)` a key, from 0."""
-    i = 0
-    while pattern.format(i) in shapes:
-        i += 1
-    return i
-
-
-def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "eps", what: str = "") -> UNetConfig:
-    """A UNet config from SD-layout shapes. The number of attention heads is not visible in the shapes; SD1.x
-    uses 8 everywhere (and GroupNorm with 32 groups), so those are assumed."""
-    what = what or "The UNet"
-    conv_in = _shape(shapes, "input_blocks.0.0.weight", what)  # (C0, in, 3, 3)
-    blocks = 1 + max((int(n.split(".")[1]) for n in shapes if n.startswith("input_blocks.")), default=0)
-    levels = 1 + sum(f"input_blocks.{i}.0.op.weight" in shapes for i in range(blocks))
-    n = blocks // levels - 1
-    if n < 1 or levels * (n + 1) != blocks:
-        raise CheckpointError(f"{what} has {blocks} input blocks for {levels} levels, which is not an SD UNet layout.")
-    firsts = [1 + level * (n + 1) for level in range(levels)]  # the first ResNet of each level
-    channels = tuple(_shape(shapes, f"input_blocks.{i}.0.out_layers.3.weight", what)[0] for i in firsts)
-    attention = tuple(f"input_blocks.{i}.1.proj_in.weight" in shapes for i in firsts)
-    first_attention = next((f"input_blocks.{i}.1" for i, a in zip(firsts, attention, strict=True) if a), None)
-    context_dim, depth = 768, 1
-    if first_attention is not None:
-        context_dim = _shape(shapes, f"{first_attention}.transformer_blocks.0.attn2.to_k.weight", what)[1]
-        depth = _count(shapes, first_attention + ".transformer_blocks.{}.attn1.to_q.weight")
-    return UNetConfig(
-        in_channels=conv_in[1],
-        out_channels=_shape(shapes, "out.2.weight", what)[0],
-        block_channels=channels,
-        layers_per_block=n,
-        cross_attention_levels=attention,
-        attention_heads=8,
-        transformer_depth=depth,
-        context_dim=context_dim,
-        prediction=prediction,
-    )
-
-
-def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> VAEConfig:
-    """A VAE config from SD-layout shapes (GroupNorm with 32 groups and the SD1.x scaling factor are assumed)."""
-    what = what or "The VAE"
-    levels = _count(shapes, "encoder.down.{}.block.0.conv1.weight")
-    n = _count(shapes, "encoder.down.0.block.{}.conv1.weight")
-    if levels == 0 or n == 0:
-        raise CheckpointError(f"{what} is missing the weight encoder.down.0.block.0.conv1.weight; it is not a VAE.")
-    return VAEConfig(
-        in_channels=_shape(shapes, "encoder.conv_in.weight", what)[1],
-        latent_channels=_shape(shapes, "decoder.conv_in.weight", what)[1],
-        block_channels=tuple(_shape(shapes, f"encoder.down.{i}.block.0.conv2.weight", what)[0] for i in range(levels)),
-        layers_per_block=n,
-    )
-
-
-def infer_text_encoder_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> TextEncoderConfig:
-    """A CLIP text config from shapes (our names). Heads are 64 wide in every CLIP model, so heads = width / 64."""
-    what = what or "The text encoder"
-    shapes = keymap.text_encoder_names(shapes)
-    vocab, width = _shape(shapes, "text_model.embeddings.token_embedding.weight", what)
-    projection = shapes.get("text_projection.weight")
-    return TextEncoderConfig(
-        vocab_size=vocab,
-        max_positions=_shape(shapes, "text_model.embeddings.position_embedding.weight", what)[0],
-        width=width,
-        layers=_count(shapes, "text_model.encoder.layers.{}.self_attn.q_proj.weight"),
-        heads=max(1, width // 64),
-        mlp_width=_shape(shapes, "text_model.encoder.layers.0.mlp.fc1.weight", what)[0],
-        projection_dim=projection[0] if projection is not None else None,
-    )
-
-
-def prediction_type(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> str:
-    """The prediction target: "v" when the model says it predicts velocity (Salimans & Ho 2022), else "eps".
-
-    SD files do not record this in the weights; the signs used are a sibling .yaml (model.params.parameterization:
-    "v", as A1111 reads it) and a `v_pred` marker tensor (as ComfyUI reads it)."""
-    if "v_pred" in shapes:
-        return "v"
-    yaml_path = path.with_suffix(".yaml")
-    if yaml_path.is_file():
-        import yaml
-
-        try:
-            data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-            if data["model"]["params"].get("parameterization") == "v":
-                return "v"
-        except (yaml.YAMLError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-            log.warning("%s could not be read as an LDM config; assuming noise (eps) prediction.", yaml_path.name)
-    return "eps"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -342,241 +140,6 @@ def _pick(device: str | torch.device | None, dtype: str | torch.dtype | None) ->
     return dev, dtype if isinstance(dtype, torch.dtype) else devices.pick_dtype(dev, dtype)
 
 
-def _metadata_config(cls: type, metadata: Mapping[str, str], key: str, name: str) -> Any:
-    if key not in metadata:
-        return None
-    try:
-        return config_from_json(cls, metadata[key])
-    except (json.JSONDecodeError, TypeError, ValueError):
-        raise CheckpointError(f"{name} has an unreadable {key} entry in its metadata.") from None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Single files
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Parts:
-    """Weights in our names and their configs, before any module is built."""
-
-    unet: dict[str, torch.Tensor]
-    vae: dict[str, torch.Tensor] | None
-    text_encoder: dict[str, torch.Tensor]
-    unet_config: UNetConfig
-    vae_config: VAEConfig | None
-    text_encoder_config: TextEncoderConfig
-    family: str
-    tokenizer_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class Configs:
-    """The three configs of a model and where they were found."""
-
-    unet: UNetConfig
-    vae: VAEConfig | None  # None when the file holds no VAE
-    text_encoder: TextEncoderConfig
-    origin: str  # "file metadata", "tensor shapes" or "config.json files"
-
-
-def single_file_configs(file: WeightsFile) -> Configs:
-    """Configs of an SD1.x single file: those in our metadata where present, else read off the tensor shapes."""
-    shapes, meta, name = file.index.shapes, file.index.metadata, file.name
-    split = keymap.split_checkpoint(shapes)
-    unet = _metadata_config(UNetConfig, meta, META_UNET, name) or infer_unet_config(
-        split["unet"], prediction_type(file.path, shapes), f"{name}: the UNet"
-    )
-    text = _metadata_config(TextEncoderConfig, meta, META_TEXT, name) or infer_text_encoder_config(
-        split["text_encoder"], f"{name}: the text encoder"
-    )
-    vae = None
-    if split["vae"]:
-        vae = _metadata_config(VAEConfig, meta, META_VAE, name) or infer_vae_config(split["vae"], f"{name}: the VAE")
-    return Configs(unet, vae, text, "file metadata" if META_UNET in meta else "tensor shapes")
-
-
-def _read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
-    file = WeightsFile(path)
-    family, evidence = detect_family(file.index.shapes, file.index.metadata)
-    require_supported(family, evidence, file.name)
-    configs = single_file_configs(file)
-    if need_vae and configs.vae is None:
-        raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*); give a VAE file with vae_path / --vae.")
-
-    prefixes = (keymap.UNET_PREFIX, keymap.TEXT_PREFIX) + ((keymap.VAE_PREFIX,) if need_vae else ())
-    tensors = keymap.split_checkpoint(file.read([n for n in file.index.shapes if n.startswith(prefixes)], dtype))
-    return _Parts(
-        unet=_renamed(keymap.unet_from_sd, tensors["unet"], configs.unet, file.name),
-        vae=_renamed(keymap.vae_from_sd, tensors["vae"], configs.vae, file.name) if need_vae else None,
-        text_encoder=_renamed(keymap.text_encoder_from_sd, tensors["text_encoder"], configs.text_encoder, file.name),
-        unet_config=configs.unet,
-        vae_config=configs.vae if need_vae else None,
-        text_encoder_config=configs.text_encoder,
-        family=family,
-    )
-
-
-def _renamed(fn: Callable, state: dict, config: Any, name: str) -> dict[str, torch.Tensor]:
-    try:
-        return fn(state, config)
-    except CheckpointError as error:
-        raise CheckpointError(f"{name}: {error}") from None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Diffusers folders: configs from each component's config.json, weights already in our names
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path, folder: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{folder.name} has no {path.relative_to(folder)}; the diffusers folder is incomplete."
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{folder.name}: {path.relative_to(folder)} is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{folder.name}: {path.relative_to(folder)} is not a JSON object.")
-    return data
-
-
-def _weights_in(sub: Path, stem: str, folder: Path) -> Path:
-    """The weights file of a diffusers component folder, preferring safetensors and full precision."""
-    for suffix in (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin"):
-        candidate = sub / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    if (sub / f"{stem}.safetensors.index.json").is_file():
-        raise CheckpointError(f"{folder.name}/{sub.name} holds sharded weights, which Atelier does not read yet.")
-    raise CheckpointError(f"{folder.name}/{sub.name} has no weights file ({stem}.safetensors or .bin).")
-
-
-def _single(value: Any, field: str, folder: str) -> int:
-    """A diffusers field that may be one int or a list of them; Atelier's configs take one value for all levels."""
-    if isinstance(value, list | tuple):
-        if len(set(value)) != 1:
-            raise CheckpointError(
-                f"{folder}/unet/config.json has {field}={value}; Atelier needs one value for all levels."
-            )
-        return int(value[0])
-    return int(value)
-
-
-def unet_config_from_diffusers(cfg: Mapping[str, Any], folder: str = "model", prediction: str = "eps") -> UNetConfig:
-    """Our UNetConfig from a diffusers UNet2DConditionModel config.json (SD1.x settings only)."""
-    context = cfg.get("cross_attention_dim", 768)
-    if cfg.get("addition_embed_type") or context in (1280, 2048):
-        require_supported("sdxl", f"cross_attention_dim {context} in unet/config.json", folder)
-    if context == 1024 or cfg.get("use_linear_projection"):
-        require_supported("sd2", f"cross_attention_dim {context} in unet/config.json", folder)
-    for field in ("class_embed_type", "time_cond_proj_dim", "encoder_hid_dim", "num_class_embeds"):
-        if cfg.get(field) is not None:
-            raise CheckpointError(f"{folder}/unet/config.json sets {field}, which SD1.x UNets do not use.")
-    # diffusers' `attention_head_dim` historically holds the number of heads for SD1.x; `num_attention_heads`
-    # (newer files) says the same when present.
-    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
-    return UNetConfig(
-        in_channels=cfg.get("in_channels", 4),
-        out_channels=cfg.get("out_channels", 4),
-        block_channels=tuple(cfg["block_out_channels"]),
-        layers_per_block=_single(cfg.get("layers_per_block", 2), "layers_per_block", folder),
-        cross_attention_levels=tuple("CrossAttn" in t for t in cfg["down_block_types"]),
-        attention_heads=_single(heads, "attention_head_dim", folder),
-        transformer_depth=_single(cfg.get("transformer_layers_per_block", 1), "transformer_layers_per_block", folder),
-        context_dim=context,
-        norm_groups=cfg.get("norm_num_groups", 32),
-        norm_eps=cfg.get("norm_eps", 1e-5),
-        prediction=prediction,
-    )
-
-
-def vae_config_from_diffusers(cfg: Mapping[str, Any], folder: str = "model") -> VAEConfig:
-    """Our VAEConfig from a diffusers AutoencoderKL config.json."""
-    if cfg.get("out_channels", 3) != cfg.get("in_channels", 3):
-        raise CheckpointError(
-            f"{folder}: the VAE has different input and output channels, which Atelier does not support."
-        )
-    return VAEConfig(
-        in_channels=cfg.get("in_channels", 3),
-        latent_channels=cfg.get("latent_channels", 4),
-        block_channels=tuple(cfg["block_out_channels"]),
-        layers_per_block=cfg.get("layers_per_block", 2),
-        norm_groups=cfg.get("norm_num_groups", 32),
-        scaling_factor=cfg.get("scaling_factor", 0.18215),
-    )
-
-
-def text_encoder_config_from_diffusers(cfg: Mapping[str, Any]) -> TextEncoderConfig:
-    """Our TextEncoderConfig from a transformers CLIPTextConfig config.json."""
-    with_projection = any("WithProjection" in a for a in cfg.get("architectures") or [])
-    return TextEncoderConfig(
-        vocab_size=cfg.get("vocab_size", 49408),
-        max_positions=cfg.get("max_position_embeddings", 77),
-        width=cfg.get("hidden_size", 512),
-        layers=cfg.get("num_hidden_layers", 12),
-        heads=cfg.get("num_attention_heads", 8),
-        mlp_width=cfg.get("intermediate_size", 2048),
-        activation=cfg.get("hidden_act", "quick_gelu"),
-        layer_norm_eps=cfg.get("layer_norm_eps", 1e-5),
-        projection_dim=cfg.get("projection_dim", 512) if with_projection else None,
-    )
-
-
-# The weights file name (before .safetensors / .fp16.safetensors / .bin) in each component folder.
-DIFFUSERS_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
-
-
-def diffusers_weights_file(folder: Path, component: str) -> Path:
-    """The weights file of `component` ("unet", "vae", "text_encoder") in a diffusers folder."""
-    return _weights_in(folder / component, DIFFUSERS_WEIGHTS[component], folder)
-
-
-def diffusers_folder_configs(folder: Path) -> Configs:
-    """Configs of a diffusers folder, from model_index.json and each component's config.json."""
-    if not (folder / "model_index.json").is_file():
-        raise CheckpointError(f"{folder.name} is a folder without model_index.json; expected a diffusers model folder.")
-    index = _read_json(folder / "model_index.json", folder)
-    pipeline = str(index.get("_class_name", ""))
-    if "XL" in pipeline or "StableDiffusion3" in pipeline or "Flux" in pipeline:
-        raise CheckpointError(
-            f"{folder.name} is a {pipeline} folder; Atelier supports Stable Diffusion 1.x only for now."
-        )
-    prediction = "eps"
-    if (folder / "scheduler" / "scheduler_config.json").is_file():
-        scheduler = _read_json(folder / "scheduler" / "scheduler_config.json", folder)
-        prediction = "v" if scheduler.get("prediction_type") == "v_prediction" else "eps"
-    return Configs(
-        unet=unet_config_from_diffusers(_read_json(folder / "unet" / "config.json", folder), folder.name, prediction),
-        vae=vae_config_from_diffusers(_read_json(folder / "vae" / "config.json", folder), folder.name),
-        text_encoder=text_encoder_config_from_diffusers(_read_json(folder / "text_encoder" / "config.json", folder)),
-        origin="config.json files",
-    )
-
-
-def _read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> _Parts:
-    configs = diffusers_folder_configs(folder)
-    files = {c: WeightsFile(diffusers_weights_file(folder, c)) for c in DIFFUSERS_WEIGHTS if need_vae or c != "vae"}
-    state = {c: f.read(list(f.index.shapes), dtype) for c, f in files.items()}
-    return _Parts(
-        unet=state["unet"],
-        vae=_vae_state_any_layout(state["vae"]) if need_vae else None,
-        text_encoder=keymap.text_encoder_names(state["text_encoder"]),
-        unet_config=configs.unet,
-        vae_config=configs.vae if need_vae else None,
-        text_encoder_config=configs.text_encoder,
-        family="sd1-inpaint" if configs.unet.in_channels == 9 else "sd1",
-        tokenizer_dir=folder / "tokenizer",
-    )
-
-
-def _vae_state_any_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A diffusers VAE state dict in current names, whatever diffusers version wrote it."""
-    return keymap.vae_attention_to_linear(keymap.vae_old_diffusers_names(state))
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The public entry points
 # --------------------------------------------------------------------------------------------------------------
@@ -600,7 +163,7 @@ def load_checkpoint(
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; expected a .safetensors file or a diffusers model folder.")
     need_vae = vae_path is None
-    read = _read_diffusers_folder if path.is_dir() else _read_single_file
+    read = read_diffusers_folder if path.is_dir() else read_single_file
     parts = read(path, dtype, need_vae)
 
     if vae_path is not None:
@@ -636,39 +199,6 @@ def _tokenizer(folder: Path | None) -> Any:
     if folder is not None and (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         return CLIPTokenizer.from_files(folder / "vocab.json", folder / "merges.txt")
     return CLIPTokenizer.from_default()
-
-
-def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
-    """A VAE file's config and weights (our names). Accepts the SD layout (encoder.*, decoder.*, as in
-    vae-ft-mse-840000-ema-pruned), the same under first_stage_model., diffusers AutoencoderKL files
-    (encoder.down_blocks.*), and a full SD1.x checkpoint (its VAE is taken)."""
-    file = WeightsFile(path)
-    names = _vae_names(list(file.index.shapes))
-    if not names:
-        family, evidence = detect_family(file.index.shapes)
-        if family not in SUPPORTED_FAMILIES:
-            raise CheckpointError(f"{file.name} is not a VAE: it looks like {FAMILY_NAMES[family]} (found {evidence}).")
-        names = [n for n in file.index.shapes if n.startswith(keymap.VAE_PREFIX)]
-        if not names:
-            raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*).")
-    shapes = {n.removeprefix(keymap.VAE_PREFIX): file.index.shapes[n] for n in names}
-    state = {n.removeprefix(keymap.VAE_PREFIX): t for n, t in file.read(names, dtype).items()}
-    stored = _metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name)
-    if "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:  # diffusers names
-        return stored or _diffusers_vae_config(shapes), _vae_state_any_layout(state)
-    config = stored or infer_vae_config(shapes, f"{file.name}: the VAE")
-    return config, _renamed(keymap.vae_from_sd, state, config, file.name)
-
-
-def _diffusers_vae_config(shapes: Mapping[str, tuple[int, ...]]) -> VAEConfig:
-    """A VAE config from the shapes of a diffusers-named VAE file (no config.json beside it)."""
-    levels = _count(shapes, "encoder.down_blocks.{}.resnets.0.conv1.weight")
-    return VAEConfig(
-        in_channels=shapes["encoder.conv_in.weight"][1],
-        latent_channels=shapes["decoder.conv_in.weight"][1],
-        block_channels=tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(levels)),
-        layers_per_block=_count(shapes, "encoder.down_blocks.0.resnets.{}.conv1.weight"),
-    )
 
 
 def load_vae(
@@ -732,14 +262,3 @@ def _config_of(module: nn.Module, kind: str) -> Any:
     if not isinstance(config, _CONFIG_TYPES[kind]):
         raise TypeError(f"save_checkpoint got a {type(module).__name__} where a {kind} model belongs")
     return config
-
-
-def parameter_counts(shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """Number of values in tensors of these shapes."""
-    total = 0
-    for shape in shapes.values():
-        n = 1
-        for d in shape:
-            n *= d
-        total += n
-    return total

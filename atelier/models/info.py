@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from atelier.errors import CheckpointError
-from atelier.models import checkpoint, keymap
+from atelier.models import detect, diffusers_folder, keymap, single_file
 from atelier.models.weights import WeightsFile
 
 _COMPONENT_LABELS = {"unet": "unet", "vae": "vae", "text_encoder": "text encoder"}
@@ -41,20 +41,20 @@ def describe_model(path: str | Path) -> str:
 def _describe_file(path: Path) -> list[str]:
     file = WeightsFile(path)
     shapes = file.index.shapes
-    family, evidence = checkpoint.detect_family(shapes, file.index.metadata)
+    family, evidence = detect.detect_family(shapes, file.index.metadata)
     lines = [
         path.name,
         _row("file", f"{_size(path.stat().st_size)}, {file.format}, {_tensor_summary(file.index.dtypes)}"),
     ]
-    if family not in checkpoint.SUPPORTED_FAMILIES:
+    if family not in detect.SUPPORTED_FAMILIES:
         lines.insert(1, _row("kind", f"{_family_label(family)} (found {evidence})"))
         try:
-            checkpoint.require_supported(family, evidence, path.name)
+            detect.require_supported(family, evidence, path.name)
         except CheckpointError as error:
             lines.append(_row("note", str(error)))
         return lines
 
-    configs = checkpoint.single_file_configs(file)
+    configs = single_file.single_file_configs(file)
     lines.insert(1, _row("kind", f"{_family_label(family)} ({family}), {_prediction(configs.unet.prediction)}"))
     split = keymap.split_checkpoint(shapes)
     split["text_encoder"] = keymap.text_encoder_names(split["text_encoder"])  # position_ids is not a weight
@@ -67,7 +67,7 @@ def _describe_file(path: Path) -> list[str]:
     if split["ignored"]:
         lines.append(_row("other", _ignored(split["ignored"])))
     lines += _config_lines(configs)
-    configs_keys = (checkpoint.META_UNET, checkpoint.META_VAE, checkpoint.META_TEXT)
+    configs_keys = (detect.META_UNET, detect.META_VAE, detect.META_TEXT)
     extra = {k: v for k, v in file.index.metadata.items() if k not in configs_keys}
     if extra:
         lines.append(_row("metadata", ", ".join(f"{k}={_short(v)}" for k, v in sorted(extra.items()))))
@@ -75,15 +75,15 @@ def _describe_file(path: Path) -> list[str]:
 
 
 def _describe_folder(folder: Path) -> list[str]:
-    configs = checkpoint.diffusers_folder_configs(folder)
-    family = "sd1-inpaint" if configs.unet.in_channels == 9 else "sd1"
+    configs = diffusers_folder.diffusers_folder_configs(folder)
+    family = diffusers_folder.folder_family(configs)
     lines = [
         folder.name + "/",
         _row("kind", f"{_family_label(family)} ({family}), {_prediction(configs.unet.prediction)}"),
     ]
     total_size = 0
     for component, label in _COMPONENT_LABELS.items():
-        weights = checkpoint.diffusers_weights_file(folder, component)
+        weights = diffusers_folder.diffusers_weights_file(folder, component)
         file = WeightsFile(weights)
         total_size += weights.stat().st_size
         where = f"{component}/{weights.name}, {_size(weights.stat().st_size)}, {_tensor_summary(file.index.dtypes)}"
@@ -100,7 +100,7 @@ def _row(label: str, text: str) -> str:
 
 
 def _family_label(family: str) -> str:
-    label = checkpoint.FAMILY_NAMES[family]
+    label = detect.FAMILY_NAMES[family]
     label = label.removeprefix("an ").removeprefix("a ")
     return label[0].upper() + label[1:]
 
@@ -110,7 +110,7 @@ def _prediction(prediction: str) -> str:
 
 
 def _params(shapes: dict[str, tuple[int, ...]]) -> str:
-    count = checkpoint.parameter_counts(shapes)
+    count = detect.parameter_counts(shapes)
     return f"{count / 1e6:.2f} M parameters in {len(shapes)} tensors"
 
 
@@ -141,7 +141,7 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _config_lines(configs: checkpoint.Configs) -> list[str]:
+def _config_lines(configs: detect.Configs) -> list[str]:
     origin = configs.origin
     if origin == "tensor shapes":
         origin += " (attention heads and norm groups are not stored: SD1.x values assumed)"

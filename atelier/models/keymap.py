@@ -253,7 +253,16 @@ def vae_old_diffusers_names(state: Mapping[str, torch.Tensor]) -> dict[str, torc
         if ".mid_block.attentions.0." in key and len(parts) >= 2 and parts[-2] in _OLD_DIFFUSERS_ATTENTION:
             parts[-2] = _OLD_DIFFUSERS_ATTENTION[parts[-2]]
         out[".".join(parts)] = tensor
+    if len(out) != len(state):
+        lost = len(state) - len(out)
+        raise CheckpointError(f"the VAE has attention weights under both old and new diffusers names ({lost} lost).")
     return out
+
+
+def vae_from_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers VAE state dict in our names, whatever diffusers version wrote it: old attention names renamed,
+    attention stored as 1x1 convolutions reshaped to linear weights."""
+    return vae_attention_to_linear(vae_old_diffusers_names(state))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -272,6 +281,17 @@ def text_encoder_names(state: Mapping[str, T]) -> dict[str, T]:
         if not key.startswith(("text_model.", "text_projection.")):
             key = "text_model." + key
         out[key] = value
+    return out
+
+
+def vae_without_prefix(state: Mapping[str, T]) -> dict[str, T]:
+    """A standalone VAE's names with `first_stage_model.` removed where present: a VAE cut out of a full checkpoint
+    keeps the prefix, vae-ft-mse-840000-ema-pruned does not."""
+    out = {key.removeprefix(VAE_PREFIX): value for key, value in state.items()}
+    if len(out) != len(state):
+        raise CheckpointError(
+            f"the VAE has weights both with and without the {VAE_PREFIX}* prefix ({len(state) - len(out)} lost)."
+        )
     return out
 
 

@@ -21,15 +21,10 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from atelier.errors import CheckpointError
 from atelier.models import keymap
-from atelier.models.checkpoint import (
-    META_UNET,
-    detect_family,
-    load_checkpoint,
-    load_vae,
-    save_checkpoint,
-)
+from atelier.models.checkpoint import load_checkpoint, load_vae, save_checkpoint
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
+from atelier.models.detect import META_UNET, detect_family
 from atelier.models.info import describe_model
 from atelier.models.unet import UNet
 from atelier.models.vae import VAE

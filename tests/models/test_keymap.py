@@ -184,3 +184,34 @@ def test_old_diffusers_vae_attention_names():
         "encoder.mid_block.attentions.0.to_q.weight": 1,
         "decoder.mid_block.attentions.0.to_out.0.bias": 2,
     }
+
+
+def test_old_and_new_vae_attention_names_cannot_both_be_kept():
+    state = {"encoder.mid_block.attentions.0.query.weight": 1, "encoder.mid_block.attentions.0.to_q.weight": 2}
+    with pytest.raises(CheckpointError, match=r"^the VAE has attention weights under both old and new .*\(1 lost\)"):
+        keymap.vae_old_diffusers_names(state)
+
+
+def test_vae_from_diffusers_renames_old_names_and_reshapes_attention():
+    state = {
+        "encoder.mid_block.attentions.0.query.weight": torch.zeros(8, 8, 1, 1),
+        "encoder.mid_block.attentions.0.to_k.weight": torch.zeros(8, 8),
+        "encoder.conv_in.weight": torch.zeros(8, 3, 3, 3),
+    }
+    out = keymap.vae_from_diffusers(state)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "encoder.mid_block.attentions.0.to_q.weight": (8, 8),
+        "encoder.mid_block.attentions.0.to_k.weight": (8, 8),
+        "encoder.conv_in.weight": (8, 3, 3, 3),
+    }
+
+
+def test_vae_without_prefix():
+    state = {"first_stage_model.encoder.conv_in.weight": 1, "decoder.conv_in.weight": 2, "loss.logvar": 3}
+    assert keymap.vae_without_prefix(state) == {
+        "encoder.conv_in.weight": 1,
+        "decoder.conv_in.weight": 2,
+        "loss.logvar": 3,
+    }
+    with pytest.raises(CheckpointError, match=r"^the VAE has weights both with and without the first_stage_model\.\*"):
+        keymap.vae_without_prefix({"first_stage_model.decoder.conv_in.weight": 1, "decoder.conv_in.weight": 2})

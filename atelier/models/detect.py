@@ -1,0 +1,270 @@
+"""What a model is, read from its header before any weight: its family and the configs of its three networks.
+
+A single file says what it is through the names and shapes of its tensors: SDXL carries `conditioner.embedders.*`,
+SD 2.x an OpenCLIP text encoder 1024 wide, an inpainting UNet 9 input channels, a LoRA `lora_down`/`lora_up` pairs.
+The configs come from Atelier's own metadata when Atelier wrote the file (checkpoint.save_checkpoint), else they are
+read off the shapes: the UNet's `input_blocks.0.0.weight` is (C0, in, 3, 3), so it gives the first level's width and
+the input channels.
+
+Everything here is pure (names, shapes, metadata in; a family or a config out). The readers open the files
+(single_file.py, diffusers_folder.py) and hand over a `Parts`; checkpoint.py builds the modules from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atelier.errors import CheckpointError
+from atelier.models import keymap
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, config_from_json
+
+# Keys of the safetensors metadata (a str -> str dict in the header) where Atelier stores its configs.
+META_UNET, META_VAE, META_TEXT = "atelier.unet_config", "atelier.vae_config", "atelier.text_encoder_config"
+
+
+def metadata_config(cls: type, metadata: Mapping[str, str], key: str, name: str) -> Any:
+    """The config of type `cls` stored under `key` in the file's metadata, or None when the file has none."""
+    if key not in metadata:
+        return None
+    try:
+        return config_from_json(cls, metadata[key])
+    except (json.JSONDecodeError, TypeError, ValueError):
+        raise CheckpointError(f"{name} has an unreadable {key} entry in its metadata.") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Which model family is this?
+# --------------------------------------------------------------------------------------------------------------
+
+SUPPORTED_FAMILIES = ("sd1", "sd1-inpaint")
+
+FAMILY_NAMES = {
+    "sd1": "a Stable Diffusion 1.x checkpoint",
+    "sd1-inpaint": "a Stable Diffusion 1.x inpainting checkpoint",
+    "sd2": "a Stable Diffusion 2.x checkpoint",
+    "sdxl": "an SDXL checkpoint",
+    "sd3": "a Stable Diffusion 3 checkpoint",
+    "flux": "a Flux checkpoint",
+    "controlnet": "a ControlNet",
+    "lora": "a LoRA",
+    "embedding": "a textual-inversion embedding",
+    "vae": "a standalone VAE",
+    "unet": "a UNet without its CLIP text encoder",
+    "unknown": "an unknown kind of model",
+}
+
+
+def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(family, evidence) from the tensor names and shapes of a single file, e.g. ("sdxl", "conditioner.embedders.*").
+
+    Checked in order from the most specific sign; SD1.x and SD2.x share the UNet layout and differ in the text
+    encoder (CLIP ViT-L, 768 wide vs OpenCLIP ViT-H, 1024 wide), hence the cross-attention context width. A file
+    written by Atelier (its UNet config in `metadata`) is SD1.x-shaped whatever its widths.
+    """
+    ours = metadata is not None and META_UNET in metadata
+    names = list(shapes)
+
+    def first(test: Callable[[str], bool]) -> str | None:
+        return next((n for n in names if test(n)), None)
+
+    if found := first(lambda n: "lora_down" in n or "lora_up" in n or ".lora_A." in n or n.startswith("lora_")):
+        return "lora", found
+    if found := first(lambda n: n in ("string_to_param", "emb_params", "clip_l", "clip_g") or "string_to_param" in n):
+        return "embedding", found
+    if found := first(lambda n: "double_blocks." in n):
+        return "flux", found
+    if found := first(lambda n: "joint_blocks." in n):
+        return "sd3", found
+    if first(lambda n: n.startswith("conditioner.embedders.")):
+        return "sdxl", "conditioner.embedders.*"
+    if first(lambda n: n.startswith(keymap.UNET_PREFIX + "label_emb.")):
+        return "sdxl", "model.diffusion_model.label_emb.*"
+    if first(lambda n: n.startswith("control_model.") or "zero_convs." in n or "input_hint_block." in n):
+        return "controlnet", "control_model.* / zero_convs.*"
+    if first(lambda n: n.startswith("cond_stage_model.model.")):
+        return "sd2", "an OpenCLIP text encoder, cond_stage_model.model.*"
+    if first(lambda n: n.startswith(keymap.UNET_PREFIX)):
+        context = next((s[1] for n, s in shapes.items() if n.endswith("attn2.to_k.weight") and len(s) == 2), None)
+        if context == 1024 and not ours:
+            return "sd2", "cross-attention context width 1024"
+        if context in (1280, 2048) and not ours:
+            return "sdxl", f"cross-attention context width {context}"
+        if not first(lambda n: n.startswith(keymap.TEXT_PREFIX)):
+            return "unet", "model.diffusion_model.* but no cond_stage_model.transformer.*"
+        conv_in = shapes.get(keymap.UNET_PREFIX + "input_blocks.0.0.weight")
+        if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
+            return "sd1-inpaint", "a UNet with 9 input channels"
+        return "sd1", "model.diffusion_model.* and cond_stage_model.transformer.*"
+    if vae_names(names):
+        return "vae", "encoder.* and decoder.* only"
+    if first(lambda n: n.startswith("down_blocks.")) and first(lambda n: n.startswith("time_embedding.")):
+        return "unet", "a diffusers UNet (down_blocks.*, time_embedding.*)"
+    return "unknown", ", ".join(sorted(names)[:3]) or "no tensors"
+
+
+# The parts of a VAE file, and what VAE training files may carry besides (the GAN/LPIPS loss, EMA copies).
+_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+_VAE_EXTRAS = ("loss.", "model_ema.")
+
+
+def vae_names(names: list[str]) -> list[str]:
+    """The names of a standalone VAE's weights among `names`, or [] when the file is more (or less) than a VAE."""
+    vae = [n for n in names if n.removeprefix(keymap.VAE_PREFIX).startswith(_VAE_PARTS)]
+    vae_set = set(vae)
+    others = [n for n in names if n not in vae_set and not n.startswith(_VAE_EXTRAS)]
+    has_both = any(".encoder." in "." + n for n in vae) and any(".decoder." in "." + n for n in vae)
+    return vae if has_both and not others else []
+
+
+def require_supported(family: str, evidence: str, name: str) -> None:
+    """Raise the one-sentence error for a family Atelier cannot run."""
+    if family in SUPPORTED_FAMILIES:
+        return
+    if family == "vae":
+        raise CheckpointError(
+            f"{name} looks like a standalone VAE (found {evidence}); load it as the VAE of a full checkpoint "
+            "(vae_path / --vae)."
+        )
+    raise CheckpointError(
+        f"{name} looks like {FAMILY_NAMES[family]} (found {evidence}); Atelier supports Stable Diffusion 1.x "
+        "checkpoints only for now."
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configs read off the shapes of an SD-layout file (component prefixes removed)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _shape(shapes: Mapping[str, tuple[int, ...]], name: str, what: str) -> tuple[int, ...]:
+    if name not in shapes:
+        raise CheckpointError(f"{what} is missing the weight {name}; the file is incomplete or not SD 1.x.")
+    return shapes[name]
+
+
+def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
+    """How many consecutive i make `pattern.format(i)` a key, from 0."""
+    i = 0
+    while pattern.format(i) in shapes:
+        i += 1
+    return i
+
+
+def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "eps", what: str = "") -> UNetConfig:
+    """A UNet config from SD-layout shapes. The number of attention heads is not visible in the shapes; SD1.x
+    uses 8 everywhere (and GroupNorm with 32 groups), so those are assumed."""
+    what = what or "The UNet"
+    conv_in = _shape(shapes, "input_blocks.0.0.weight", what)  # (C0, in, 3, 3)
+    blocks = 1 + max((int(n.split(".")[1]) for n in shapes if n.startswith("input_blocks.")), default=0)
+    levels = 1 + sum(f"input_blocks.{i}.0.op.weight" in shapes for i in range(blocks))
+    n = blocks // levels - 1
+    if n < 1 or levels * (n + 1) != blocks:
+        raise CheckpointError(f"{what} has {blocks} input blocks for {levels} levels, which is not an SD UNet layout.")
+    firsts = [1 + level * (n + 1) for level in range(levels)]  # the first ResNet of each level
+    channels = tuple(_shape(shapes, f"input_blocks.{i}.0.out_layers.3.weight", what)[0] for i in firsts)
+    attention = tuple(f"input_blocks.{i}.1.proj_in.weight" in shapes for i in firsts)
+    first_attention = next((f"input_blocks.{i}.1" for i, a in zip(firsts, attention, strict=True) if a), None)
+    context_dim, depth = 768, 1
+    if first_attention is not None:
+        context_dim = _shape(shapes, f"{first_attention}.transformer_blocks.0.attn2.to_k.weight", what)[1]
+        depth = _count(shapes, first_attention + ".transformer_blocks.{}.attn1.to_q.weight")
+    return UNetConfig(
+        in_channels=conv_in[1],
+        out_channels=_shape(shapes, "out.2.weight", what)[0],
+        block_channels=channels,
+        layers_per_block=n,
+        cross_attention_levels=attention,
+        attention_heads=8,
+        transformer_depth=depth,
+        context_dim=context_dim,
+        prediction=prediction,
+    )
+
+
+def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> VAEConfig:
+    """A VAE config from SD-layout shapes (GroupNorm with 32 groups and the SD1.x scaling factor are assumed)."""
+    what = what or "The VAE"
+    levels = _count(shapes, "encoder.down.{}.block.0.conv1.weight")
+    n = _count(shapes, "encoder.down.0.block.{}.conv1.weight")
+    if levels == 0 or n == 0:
+        raise CheckpointError(f"{what} is missing the weight encoder.down.0.block.0.conv1.weight; it is not a VAE.")
+    return VAEConfig(
+        in_channels=_shape(shapes, "encoder.conv_in.weight", what)[1],
+        latent_channels=_shape(shapes, "decoder.conv_in.weight", what)[1],
+        block_channels=tuple(_shape(shapes, f"encoder.down.{i}.block.0.conv2.weight", what)[0] for i in range(levels)),
+        layers_per_block=n,
+    )
+
+
+def infer_text_encoder_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> TextEncoderConfig:
+    """A CLIP text config from shapes (our names). Heads are 64 wide in every CLIP model, so heads = width / 64."""
+    what = what or "The text encoder"
+    shapes = keymap.text_encoder_names(shapes)
+    vocab, width = _shape(shapes, "text_model.embeddings.token_embedding.weight", what)
+    projection = shapes.get("text_projection.weight")
+    return TextEncoderConfig(
+        vocab_size=vocab,
+        max_positions=_shape(shapes, "text_model.embeddings.position_embedding.weight", what)[0],
+        width=width,
+        layers=_count(shapes, "text_model.encoder.layers.{}.self_attn.q_proj.weight"),
+        heads=max(1, width // 64),
+        mlp_width=_shape(shapes, "text_model.encoder.layers.0.mlp.fc1.weight", what)[0],
+        projection_dim=projection[0] if projection is not None else None,
+    )
+
+
+def infer_diffusers_vae_config(shapes: Mapping[str, tuple[int, ...]]) -> VAEConfig:
+    """A VAE config from the shapes of a diffusers-named VAE file (no config.json beside it)."""
+    levels = _count(shapes, "encoder.down_blocks.{}.resnets.0.conv1.weight")
+    return VAEConfig(
+        in_channels=shapes["encoder.conv_in.weight"][1],
+        latent_channels=shapes["decoder.conv_in.weight"][1],
+        block_channels=tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(levels)),
+        layers_per_block=_count(shapes, "encoder.down_blocks.0.resnets.{}.conv1.weight"),
+    )
+
+
+def parameter_counts(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Number of values in tensors of these shapes."""
+    total = 0
+    for shape in shapes.values():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a reader hands over
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Configs:
+    """The three configs of a model and where they were found."""
+
+    unet: UNetConfig
+    vae: VAEConfig | None  # None when the file holds no VAE
+    text_encoder: TextEncoderConfig
+    origin: str  # "file metadata", "tensor shapes" or "config.json files"
+
+
+@dataclass
+class Parts:
+    """Weights in our names and their configs, before any module is built."""
+
+    unet: dict[str, torch.Tensor]
+    vae: dict[str, torch.Tensor] | None
+    text_encoder: dict[str, torch.Tensor]
+    unet_config: UNetConfig
+    vae_config: VAEConfig | None
+    text_encoder_config: TextEncoderConfig
+    family: str
+    tokenizer_dir: Path | None = None

@@ -1,0 +1,138 @@
+"""Reading a single-file model: `.safetensors`, or a legacy pickle `.ckpt/.pt/.pth/.bin`, in the original SD layout.
+
+This is the format A1111 and ComfyUI share. One file holds the three networks under the names of the CompVis/LDM
+code (Rombach et al. 2022), each under its prefix:
+
+    model.diffusion_model.*           the UNet
+    first_stage_model.*               the VAE (a checkpoint may leave it out: then a VAE file is given beside it)
+    cond_stage_model.transformer.*    the CLIP text encoder
+    model_ema.*, alphas_cumprod, ...  EMA copies and noise-schedule buffers, not read
+
+The header is read first (names, shapes, dtypes; weights.py), then only the tensors needed, converted to the target
+dtype, then renamed to our layout (keymap.py). A standalone VAE (vae-ft-mse-840000-ema-pruned, or a diffusers
+AutoencoderKL file) is read by `read_vae`.
+
+Pickles: `.ckpt` files are Python pickles, which can run arbitrary code when opened. Atelier opens them only with
+`torch.load(weights_only=True)` (weights.py), which refuses anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atelier.errors import CheckpointError
+from atelier.models import keymap
+from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
+from atelier.models.detect import (
+    FAMILY_NAMES,
+    META_TEXT,
+    META_UNET,
+    META_VAE,
+    SUPPORTED_FAMILIES,
+    Configs,
+    Parts,
+    detect_family,
+    infer_diffusers_vae_config,
+    infer_text_encoder_config,
+    infer_unet_config,
+    infer_vae_config,
+    metadata_config,
+    require_supported,
+    vae_names,
+)
+from atelier.models.weights import WeightsFile
+
+log = logging.getLogger(__name__)
+
+
+def prediction_type(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """The prediction target: "v" when the model says it predicts velocity (Salimans & Ho 2022), else "eps".
+
+    SD files do not record this in the weights; the signs used are a sibling .yaml (model.params.parameterization:
+    "v", as A1111 reads it) and a `v_pred` marker tensor (as ComfyUI reads it)."""
+    if "v_pred" in shapes:
+        return "v"
+    yaml_path = path.with_suffix(".yaml")
+    if yaml_path.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+            if data["model"]["params"].get("parameterization") == "v":
+                return "v"
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            log.warning("%s could not be read as an LDM config; assuming noise (eps) prediction.", yaml_path.name)
+    return "eps"
+
+
+def single_file_configs(file: WeightsFile) -> Configs:
+    """Configs of an SD1.x single file: those in our metadata where present, else read off the tensor shapes."""
+    shapes, meta, name = file.index.shapes, file.index.metadata, file.name
+    split = keymap.split_checkpoint(shapes)
+    unet = metadata_config(UNetConfig, meta, META_UNET, name) or infer_unet_config(
+        split["unet"], prediction_type(file.path, shapes), f"{name}: the UNet"
+    )
+    text = metadata_config(TextEncoderConfig, meta, META_TEXT, name) or infer_text_encoder_config(
+        split["text_encoder"], f"{name}: the text encoder"
+    )
+    vae = None
+    if split["vae"]:
+        vae = metadata_config(VAEConfig, meta, META_VAE, name) or infer_vae_config(split["vae"], f"{name}: the VAE")
+    return Configs(unet, vae, text, "file metadata" if META_UNET in meta else "tensor shapes")
+
+
+def read_single_file(path: Path, dtype: torch.dtype, need_vae: bool) -> Parts:
+    """The weights (in `dtype`, our names) and configs of an SD1.x single file; the VAE only when `need_vae`."""
+    file = WeightsFile(path)
+    family, evidence = detect_family(file.index.shapes, file.index.metadata)
+    require_supported(family, evidence, file.name)
+    configs = single_file_configs(file)
+    if need_vae and configs.vae is None:
+        raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*); give a VAE file with vae_path / --vae.")
+
+    prefixes = (keymap.UNET_PREFIX, keymap.TEXT_PREFIX) + ((keymap.VAE_PREFIX,) if need_vae else ())
+    tensors = keymap.split_checkpoint(file.read([n for n in file.index.shapes if n.startswith(prefixes)], dtype))
+    return Parts(
+        unet=_renamed(file.name, keymap.unet_from_sd, tensors["unet"], configs.unet),
+        vae=_renamed(file.name, keymap.vae_from_sd, tensors["vae"], configs.vae) if need_vae else None,
+        text_encoder=_renamed(file.name, keymap.text_encoder_from_sd, tensors["text_encoder"], configs.text_encoder),
+        unet_config=configs.unet,
+        vae_config=configs.vae if need_vae else None,
+        text_encoder_config=configs.text_encoder,
+        family=family,
+    )
+
+
+def _renamed(name: str, rename: Callable[..., dict], *args: Any) -> dict:
+    """`rename(*args)`, a keymap function, with the file's name put in front of its errors."""
+    try:
+        return rename(*args)
+    except CheckpointError as error:
+        raise CheckpointError(f"{name}: {error}") from None
+
+
+def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAEConfig, dict[str, torch.Tensor]]:
+    """A VAE file's config and weights (our names). Accepts the SD layout (encoder.*, decoder.*, as in
+    vae-ft-mse-840000-ema-pruned), the same under first_stage_model., diffusers AutoencoderKL files
+    (encoder.down_blocks.*), and a full SD1.x checkpoint (its VAE is taken)."""
+    file = WeightsFile(path)
+    names = vae_names(list(file.index.shapes))
+    if not names:
+        family, evidence = detect_family(file.index.shapes)
+        if family not in SUPPORTED_FAMILIES:
+            raise CheckpointError(f"{file.name} is not a VAE: it looks like {FAMILY_NAMES[family]} (found {evidence}).")
+        names = [n for n in file.index.shapes if n.startswith(keymap.VAE_PREFIX)]
+        if not names:
+            raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*).")
+    shapes = _renamed(file.name, keymap.vae_without_prefix, {n: file.index.shapes[n] for n in names})
+    state = keymap.vae_without_prefix(file.read(names, dtype))
+    stored = metadata_config(VAEConfig, file.index.metadata, META_VAE, file.name)
+    if "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:  # diffusers names
+        return stored or infer_diffusers_vae_config(shapes), keymap.vae_from_diffusers(state)
+    config = stored or infer_vae_config(shapes, f"{file.name}: the VAE")
+    return config, _renamed(file.name, keymap.vae_from_sd, state, config)
