@@ -7,17 +7,22 @@ so a workflow saved there gives the same sigmas here. Samplers and schedulers ar
 Some schedulers pick among the trained noise levels of a `DiscreteSchedule` (normal, simple, ddim_uniform,
 sgm_uniform, beta, linear_quadratic); the others only need its sigma_min and sigma_max (karras, exponential,
 kl_optimal). `SCHEDULERS` gives all of them the one signature (schedule, steps) -> sigmas.
+
+Every scheduler is vectorised (no Python loop over steps), so even the longest schedule `sigmas_for` allows,
+MAX_SCHEDULE_STEPS, is built in milliseconds.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 
 from atelier.errors import InputError
+from atelier.limits import MAX_SCHEDULE_STEPS, MAX_STEPS
 from atelier.sampling.denoisers import DiscreteSchedule
 
 
@@ -81,8 +86,8 @@ def sgm_uniform(schedule: DiscreteSchedule, steps: int) -> Tensor:
 def simple(schedule: DiscreteSchedule, steps: int) -> Tensor:
     """Every (T / steps)-th trained sigma, counting down from sigma_max, then 0."""
     stride = schedule.num_timesteps / steps
-    picked = [float(schedule.sigmas[-(1 + int(i * stride))]) for i in range(steps)]
-    return torch.tensor([*picked, 0.0], dtype=torch.float32)
+    offsets = (torch.arange(steps, dtype=torch.float64) * stride).long()  # int(i * stride), as ComfyUI
+    return _append_zero(schedule.sigmas[-1 - offsets])
 
 
 def ddim_uniform(schedule: DiscreteSchedule, steps: int) -> Tensor:
@@ -104,16 +109,15 @@ def beta(schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float
 
     The quantiles are rounded to trained timesteps and repeats dropped, so with many steps the list can be
     shorter than steps + 1 (as in ComfyUI).
+
+    ComfyUI computes t = rint(ppf(q) * (T - 1)) for every q. Rounding only asks which half-way point
+    (k + 1/2) / (T - 1) the quantile passes, and ppf(q) > x exactly when q > cdf(x): so t is the number of the
+    T - 1 half-way points whose cdf is below q, found by binary search in a table of those cdfs (computed once).
     """
     last = schedule.num_timesteps - 1
-    picked, previous = [], None
-    for i in range(steps):
-        q = 1 - i * (1 / steps)  # numpy.linspace(0, 1, steps, endpoint=False) computes i * (1 / steps)
-        t = round(beta_ppf(q, alpha, beta) * last)  # round half to even, as numpy.rint
-        if t != previous:
-            picked.append(float(schedule.sigmas[t]))
-        previous = t
-    return torch.tensor([*picked, 0.0], dtype=torch.float32)
+    q = 1 - torch.arange(steps, dtype=torch.float64) * (1 / steps)  # 1 - numpy.linspace(0, 1, steps, endpoint=False)
+    t = torch.searchsorted(_half_way_cdfs(last, alpha, beta), q)  # (steps,) rint(ppf(q) * last), non-increasing
+    return _append_zero(schedule.sigmas[torch.unique_consecutive(t)])
 
 
 def linear_quadratic(
@@ -127,21 +131,22 @@ def linear_quadratic(
     else:
         n_lin = steps // 2 if linear_steps is None else linear_steps
         n_quad = steps - n_lin
-        lin = [i * threshold_noise / n_lin for i in range(n_lin)]
+        i = torch.arange(steps, dtype=torch.float64)
+        lin = i[:n_lin] * threshold_noise / n_lin
         # A quadratic a*i^2 + b*i + c that continues the line at i = n_lin (value and slope) and reaches 1 at i = steps.
         gap = n_lin - threshold_noise * steps
         a = gap / (n_lin * n_quad**2)
         b = threshold_noise / n_lin - 2 * gap / n_quad**2
         c = a * n_lin**2
-        quad = [a * i**2 + b * i + c for i in range(n_lin, steps)]
-        fractions = [1.0 - s for s in lin + quad + [1.0]]
-    return torch.tensor(fractions, dtype=torch.float32) * schedule.sigmas[-1]
+        quad = a * i[n_lin:] ** 2 + b * i[n_lin:] + c
+        fractions = 1.0 - torch.cat([lin, quad, i.new_ones(1)])
+    return torch.as_tensor(fractions, dtype=torch.float32) * schedule.sigmas[-1]
 
 
-# ---- The Beta distribution's inverse CDF (no scipy needed) -------------------------------------------------------
+# ---- The Beta distribution's CDF (no scipy needed) -------------------------------------------------------------
 
 
-def _betainc(x: float, a: float, b: float) -> float:
+def beta_cdf(x: float, a: float, b: float) -> float:
     """The regularized incomplete beta function I_x(a, b) = P(X <= x) for X ~ Beta(a, b).
 
     Evaluated with its continued fraction (modified Lentz method, Numerical Recipes 3rd ed. section 6.4), which
@@ -152,7 +157,7 @@ def _betainc(x: float, a: float, b: float) -> float:
     if x >= 1.0:
         return 1.0
     if x > (a + 1) / (a + b + 2):
-        return 1.0 - _betainc(1.0 - x, b, a)
+        return 1.0 - beta_cdf(1.0 - x, b, a)
     log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     tiny = 1e-300
     c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
@@ -173,19 +178,10 @@ def _betainc(x: float, a: float, b: float) -> float:
     return math.exp(log_front) * result / a
 
 
-def beta_ppf(q: float, a: float, b: float) -> float:
-    """The Beta(a, b) quantile: the x in [0, 1] with I_x(a, b) = q, by bisection to float64 precision."""
-    if q <= 0.0:
-        return 0.0
-    if q >= 1.0:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if _betainc(mid, a, b) < q else (lo, mid)
-    return 0.5 * (lo + hi)
+@lru_cache(maxsize=8)
+def _half_way_cdfs(last: int, a: float, b: float) -> Tensor:
+    """(last,) float64: I_x(a, b) at x = (k + 1/2) / last for k = 0 .. last - 1, increasing (about 15 ms, once)."""
+    return torch.tensor([beta_cdf((k + 0.5) / last, a, b) for k in range(last)], dtype=torch.float64)
 
 
 # ---- One table, one signature -----------------------------------------------------------------------------------
@@ -214,15 +210,26 @@ def sigmas_for(name: str, schedule: DiscreteSchedule, steps: int, denoise: float
     denoise < 1 (img2img): schedule int(steps / denoise) steps and keep only the last steps + 1 sigmas, so sampling
     starts part-way down from a noised input image. denoise <= 0 gives [0.0]: no step, the latent comes back as is
     (ComfyUI returns the latent unchanged too).
+
+    The longer schedule may have at most MAX_SCHEDULE_STEPS steps (ComfyUI has no bound: denoise 1e-9 asks it for
+    2e10 sigmas). Its tail is not worth computing any other way: below denoise ~1e-5 the kept float32 sigmas
+    repeat one another, which steps of zero length and multistep samplers dividing by log(sigma_next / sigma) do
+    not survive.
     """
     if name not in SCHEDULERS:
         raise InputError(f"Scheduler {name!r} is not known; expected one of {', '.join(SCHEDULERS)}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"Steps must be a whole number of at least 1, got {steps!r}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"Steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}.")
     if not 0.0 <= denoise <= 1.0:
         raise InputError(f"Denoise must be between 0 and 1, got {denoise!r}.")
     if denoise > 0.9999:
         return SCHEDULERS[name](schedule, steps)
     if denoise <= 0.0:
         return torch.zeros(1)
+    if steps / denoise > MAX_SCHEDULE_STEPS:
+        raise InputError(
+            f"Denoise {denoise:g} with {steps} steps would schedule {steps / denoise:.3g} steps (steps / denoise) and "
+            f"the most is {MAX_SCHEDULE_STEPS:,}: use a denoise of at least {steps / MAX_SCHEDULE_STEPS:g}, or 0 to "
+            f"keep the latent as it is."
+        )
     return SCHEDULERS[name](schedule, int(steps / denoise))[-(steps + 1) :]

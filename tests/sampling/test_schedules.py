@@ -1,15 +1,17 @@
 """Schedulers: ComfyUI's names and numbers, checked against hand formulas, diffusers and fixed values."""
 
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from atelier.errors import InputError
+from atelier.limits import MAX_SCHEDULE_STEPS, MAX_STEPS
 from atelier.sampling import schedules
 from atelier.sampling.denoisers import DiscreteSchedule
-from atelier.sampling.schedules import SCHEDULERS, beta_ppf, sigmas_for
+from atelier.sampling.schedules import SCHEDULERS, beta_cdf, sigmas_for
 
 SD = DiscreteSchedule.scaled_linear()
 STEP_COUNTS = (1, 2, 10, 20, 30, 50)
@@ -146,19 +148,19 @@ def test_ddim_uniform_10_steps_timesteps():
     assert SCHEDULERS["ddim_uniform"](SD, 10).tolist() == [*SD.sigmas[t].tolist(), 0.0]
 
 
-def test_beta_ppf_against_closed_forms_and_scipy_values():
+def test_beta_cdf_against_closed_forms_and_scipy_values():
     # Closed forms: Beta(1, 1) is uniform, Beta(2, 1) has CDF x^2, Beta(1/2, 1/2) has CDF (2/pi) asin(sqrt x).
-    for q in (0.01, 0.3, 0.5, 0.77, 0.999):
-        assert beta_ppf(q, 1.0, 1.0) == pytest.approx(q, abs=1e-14)
-        assert beta_ppf(q, 2.0, 1.0) == pytest.approx(math.sqrt(q), abs=1e-14)
-        assert beta_ppf(q, 0.5, 0.5) == pytest.approx(math.sin(math.pi * q / 2) ** 2, abs=1e-14)
-    # scipy.stats.beta.ppf(q, 0.6, 0.6), computed once with scipy 1.17.1.
-    scipy_values = {0.9: 0.9604155944112192, 0.75: 0.824319621347305, 0.1: 0.03958440558878085}
-    scipy_values |= {0.01: 0.0008612388215429059, 0.999: 0.9999814412614826}
-    for q, ref in scipy_values.items():
-        assert beta_ppf(q, 0.6, 0.6) == pytest.approx(ref, abs=1e-13)
-    assert beta_ppf(0.5, 0.6, 0.6) == pytest.approx(0.5, abs=1e-15)
-    assert (beta_ppf(0.0, 0.6, 0.6), beta_ppf(1.0, 0.6, 0.6)) == (0.0, 1.0)
+    for x in (0.01, 0.3, 0.5, 0.77, 0.999):
+        assert beta_cdf(x, 1.0, 1.0) == pytest.approx(x, abs=1e-14)
+        assert beta_cdf(x, 2.0, 1.0) == pytest.approx(x**2, abs=1e-14)
+        assert beta_cdf(x, 0.5, 0.5) == pytest.approx(2 / math.pi * math.asin(math.sqrt(x)), abs=1e-14)
+    # scipy.stats.beta.ppf(q, 0.6, 0.6), computed once with scipy 1.17.1: the CDF there gives q back.
+    scipy_quantiles = {0.9: 0.9604155944112192, 0.75: 0.824319621347305, 0.1: 0.03958440558878085}
+    scipy_quantiles |= {0.01: 0.0008612388215429059, 0.999: 0.9999814412614826}
+    for q, x in scipy_quantiles.items():
+        assert beta_cdf(x, 0.6, 0.6) == pytest.approx(q, abs=1e-13)
+    assert beta_cdf(0.5, 0.6, 0.6) == pytest.approx(0.5, abs=1e-15)
+    assert (beta_cdf(0.0, 0.6, 0.6), beta_cdf(1.0, 0.6, 0.6)) == (0.0, 1.0)
 
 
 def test_beta_scheduler_picks_rounded_beta_quantile_timesteps():
@@ -167,6 +169,9 @@ def test_beta_scheduler_picks_rounded_beta_quantile_timesteps():
     assert SCHEDULERS["beta"](SD, 10).tolist() == [*SD.sigmas[t].tolist(), 0.0]
     # With 200 steps two quantiles round to the same timestep and the repeat is dropped (199 sigmas + 0).
     assert len(SCHEDULERS["beta"](SD, 200)) == 200
+    # numpy.rint(scipy...) as above with 1000 steps keeps 847 distinct timesteps; from 1500 steps on, all 1000.
+    assert len(SCHEDULERS["beta"](SD, 1000)) == 848
+    assert SCHEDULERS["beta"](SD, 1500).tolist() == [*SD.sigmas.flip(0).tolist(), 0.0]
 
 
 def test_linear_quadratic_is_mochis_fractions_of_sigma_max():
@@ -195,7 +200,41 @@ def test_sigmas_for_partial_denoise_keeps_the_tail_of_a_longer_schedule():
 def test_sigmas_for_errors_are_one_sentence():
     with pytest.raises(InputError, match=r"^Scheduler 'euler' is not known; expected one of simple, sgm_uniform"):
         sigmas_for("euler", SD, 20)
-    with pytest.raises(InputError, match=r"^Steps must be a whole number of at least 1, got 0\.$"):
+    with pytest.raises(InputError, match=r"^Steps must be a whole number from 1 to 10000, got 0\.$"):
         sigmas_for("normal", SD, 0)
+    with pytest.raises(InputError, match=r"^Steps must be a whole number from 1 to 10000, got 10001\.$"):
+        sigmas_for("normal", SD, MAX_STEPS + 1)
     with pytest.raises(InputError, match=r"^Denoise must be between 0 and 1, got 1\.5\.$"):
         sigmas_for("normal", SD, 10, denoise=1.5)
+
+
+# ---- What a schedule may cost -------------------------------------------------------------------------------------
+
+
+def _timed(fn, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("denoise", [1e-9, 1e-8, 5e-324])
+def test_a_tiny_denoise_is_refused_at_once_with_the_smallest_one_allowed(name, denoise):
+    """denoise 1e-9 asked ComfyUI's rule for 2e10 sigmas: 6e9 loop turns (beta), or an 80 GB tensor (normal)."""
+    message = r"^Denoise .+ with 20 steps would schedule .+ steps \(steps / denoise\) and the most is 100,000: use "
+    message += r"a denoise of at least 0\.0002, or 0 to keep the latent as it is\.$"
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=message):
+        sigmas_for(name, SD, 20, denoise=denoise)
+    assert time.perf_counter() - start < 0.05
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_the_longest_schedules_allowed_are_built_in_milliseconds(name):
+    sigmas_for(name, SD, 10)  # beta's table of cdfs is built once per schedule
+    # The schema's largest step count, and the longest schedule denoise < 1 may ask for (10 / 1e-4 = 100,000).
+    assert _timed(sigmas_for, name, SD, MAX_STEPS) < 0.25
+    assert _timed(sigmas_for, name, SD, 10, denoise=10 / MAX_SCHEDULE_STEPS) < 0.25
+    assert len(sigmas_for(name, SD, 10, denoise=10 / MAX_SCHEDULE_STEPS)) == 11
+    with pytest.raises(InputError, match="the most is 100,000"):
+        sigmas_for(name, SD, 10, denoise=10 / (MAX_SCHEDULE_STEPS + 1))
