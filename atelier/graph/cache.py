@@ -1,9 +1,11 @@
 """Remember node outputs across prompts, so that changing the seed re-runs only the sampler and what follows it.
 
 A node's cache key is its *signature*: its class, its constant inputs, its `is_changed` value and, for each linked
-input, the signature of the node the link comes from (recursively) plus the output slot. Two nodes with equal
-signatures would compute the same thing, so the second can reuse the first's outputs. It is a Merkle-tree idea:
-change one constant anywhere and the signatures of exactly that node and everything downstream of it change.
+input, the signature of the node the link comes from plus the output slot. Two nodes with equal signatures would
+compute the same thing, so the second can reuse the first's outputs. It is a Merkle tree: a signature is the
+SHA-256 of the node's own parts and its sources' signatures, so change one constant anywhere and the signatures of
+exactly that node and everything downstream of it change, and a key stays 32 bytes however long the chain above it
+(nested tuples, one level per node, made a chain of 1,000 nodes overflow Python's recursion limit when hashed).
 
     checkpoint loader ──► text encode ──► sampler(seed) ──► VAE decode ──► save
     change the seed: loader and text encode keep their signatures (cache hits); the other three run again.
@@ -18,6 +20,7 @@ others (least recently used are dropped first).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -26,6 +29,7 @@ from typing import Any
 
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import as_link, unwrap
+from atelier.graph.topology import post_order, sources_within
 from atelier.graph.validation import call_with_constants
 
 
@@ -34,6 +38,13 @@ class _Unique:
 
     def __repr__(self) -> str:
         return "<always re-run>"
+
+
+def _always_reruns(key: Any) -> bool:
+    """Whether a key part holds the unique token somewhere (a NaN constant, an unknown object)."""
+    if isinstance(key, _Unique):
+        return True
+    return isinstance(key, tuple) and any(_always_reruns(part) for part in key)
 
 
 def to_key(value: Any) -> Hashable:
@@ -51,15 +62,10 @@ def to_key(value: Any) -> Hashable:
 
 
 def node_signatures(prompt: dict, registry: NodeRegistry, node_ids: list[str]) -> dict[str, Hashable]:
-    """The signature of each node in `node_ids` and of all their ancestors. The prompt must have no cycles."""
+    """The signature of each node in `node_ids` and of all their ancestors, sources first (topology.post_order, so
+    a chain of thousands of nodes needs no recursion). A link back into a cycle can never be cached."""
     signatures: dict[str, Hashable] = {}
-
-    def signature(node_id: str) -> Hashable:
-        if node_id in signatures:
-            return signatures[node_id]
-        if node_id not in prompt:  # a link to nothing: never cache
-            return _Unique()
-        signatures[node_id] = _Unique()  # placeholder: a link back into a cycle can never be cached
+    for node_id in post_order(node_ids, sources_within(prompt), skip_cycles=True):
         node = prompt[node_id]
         node_cls = registry.require(node["class_type"])
         schema = node_cls.SCHEMA
@@ -69,15 +75,14 @@ def node_signatures(prompt: dict, registry: NodeRegistry, node_ids: list[str]) -
         for name in sorted(node.get("inputs", {})):
             value = node["inputs"][name]
             link = as_link(value)
-            if link is not None:
-                parts.append((name, "link", signature(link.node_id), link.slot))
+            if link is not None:  # a link to nothing, or one that closes a cycle, has no signature yet: never cache
+                parts.append((name, "link", signatures.get(link.node_id, _Unique()), link.slot))
             else:
                 parts.append((name, to_key(unwrap(value))))
-        signatures[node_id] = tuple(parts)
-        return signatures[node_id]
-
-    for node_id in node_ids:
-        signature(node_id)
+        # A part that always re-runs makes this node (and so everything below it) always re-run. Otherwise the
+        # parts are plain tuples of strings, numbers and digests, whose repr is a faithful encoding to hash.
+        key = tuple(parts)
+        signatures[node_id] = _Unique() if _always_reruns(key) else hashlib.sha256(repr(key).encode()).digest()
     return signatures
 
 

@@ -27,6 +27,7 @@ thread and may call `interrupt()` from any other thread.
 
 from __future__ import annotations
 
+import math
 import threading
 import traceback
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from typing import Any
 from atelier.graph.cache import CacheEntry, OutputCache, node_signatures
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import NodeOutput, NodeSchema, as_link, coerce, unwrap
+from atelier.graph.topology import CycleError, post_order
 
 
 class Interrupted(Exception):
@@ -305,46 +307,21 @@ def _input_links(prompt: dict, registry: NodeRegistry, node_id: str) -> list[str
 
 
 def plan(prompt: dict, registry: NodeRegistry, outputs: Sequence[str]) -> list[str]:
-    """Every node the outputs need, each after the nodes it links from (depth-first post-order)."""
-    order: list[str] = []
-    state: dict[str, str] = {}  # "walking" while its ancestors are visited, then "placed"
-
-    def visit(node_id: str, path: list[str]) -> None:
-        if state.get(node_id) == "placed":
-            return
-        if state.get(node_id) == "walking":
-            cycle = [*path[path.index(node_id) :], node_id]
-            error = DependencyCycleError(f"Dependency cycle detected: {' -> '.join(cycle)}")
-            error.node_id = node_id  # type: ignore[attr-defined]
-            raise error
-        state[node_id] = "walking"
-        for source in _input_links(prompt, registry, node_id):
-            visit(source, [*path, node_id])
-        state[node_id] = "placed"
-        order.append(node_id)
-
+    """Every node the outputs need, each after the nodes it links from (depth-first post-order, topology.py)."""
     for output_id in outputs:
         if output_id not in prompt:
             raise NodeNotFoundError(f"Output node {output_id} is not in the prompt.")
-        visit(output_id, [])
-    return order
+    try:
+        return post_order(outputs, lambda node_id: _input_links(prompt, registry, node_id))
+    except CycleError as ex:
+        error = DependencyCycleError(str(ex))
+        error.node_id = ex.path[-1]  # type: ignore[attr-defined]
+        raise error from None
 
 
 def prune(prompt: dict, registry: NodeRegistry, outputs: Sequence[str], cached: set[str]) -> list[str]:
     """The plan again, but not walking above cached nodes: what must run, plus the cached nodes it reads."""
-    order: list[str] = []
-
-    def visit(node_id: str) -> None:
-        if node_id in order:
-            return
-        if node_id not in cached:
-            for source in _input_links(prompt, registry, node_id):
-                visit(source)
-        order.append(node_id)
-
-    for output_id in outputs:
-        visit(output_id)
-    return order
+    return post_order(outputs, lambda node_id: () if node_id in cached else _input_links(prompt, registry, node_id))
 
 
 # ---- running one node -------------------------------------------------------------------------------------------
@@ -435,4 +412,7 @@ def error_report(
 
 
 def _printable(value: Any) -> Any:
+    """A value as the error report shows it: plain JSON values as they are, anything else (a tensor, NaN) as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)

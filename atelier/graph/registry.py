@@ -29,22 +29,24 @@ class NodeRegistry:
         self._classes[schema.name] = node_cls
         return node_cls
 
-    def get(self, class_type: str) -> type | None:
-        return self._classes.get(class_type)
+    def get(self, class_type: object) -> type | None:
+        """The class named `class_type`, or None. Anything but a string (a prompt may hold a list or an object
+        where a name belongs) names no class."""
+        return self._classes.get(class_type) if isinstance(class_type, str) else None
 
-    def schema(self, class_type: str) -> NodeSchema | None:
-        node_cls = self._classes.get(class_type)
+    def schema(self, class_type: object) -> NodeSchema | None:
+        node_cls = self.get(class_type)
         return None if node_cls is None else node_cls.SCHEMA
 
-    def require(self, class_type: str) -> type:
+    def require(self, class_type: object) -> type:
         """The class for `class_type`, or an InputError naming it."""
-        node_cls = self._classes.get(class_type)
+        node_cls = self.get(class_type)
         if node_cls is None:
             raise InputError(f"The node type {class_type!r} is not known; expected one of {sorted(self._classes)}.")
         return node_cls
 
     def __contains__(self, class_type: object) -> bool:
-        return class_type in self._classes
+        return self.get(class_type) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._classes)
@@ -57,6 +59,6 @@ class NodeRegistry:
 
         Dynamic COMBO options (e.g. the checkpoint files on disk) are evaluated now, on every call."""
         if class_type is not None:
-            node_cls = self._classes.get(class_type)
+            node_cls = self.get(class_type)
             return {} if node_cls is None else {class_type: node_cls.SCHEMA.object_info()}
         return {name: node_cls.SCHEMA.object_info() for name, node_cls in self._classes.items()}

@@ -217,6 +217,23 @@ def as_link(value: Any) -> Link | None:
     return None
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in `value` (a number or a string is 0, `[1, [2]]` is 2), counting no
+    further than `limit` + 1. Iterative: a value nested 100,000 deep must not reach Python's recursion limit."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def unwrap(value: Any) -> Any:
     """The editor sends list-valued widgets as {"__value__": [...]} so they are not mistaken for links."""
     if isinstance(value, dict) and "__value__" in value:
@@ -226,16 +243,23 @@ def unwrap(value: Any) -> Any:
 
 def coerce(inp: Input, value: Any) -> Any:
     """Convert a constant to the input's type the way ComfyUI does (int(), float(), str(), bool()); raises
-    ValueError/TypeError when it cannot. Other types pass through untouched."""
+    ValueError/TypeError when it cannot. Other types pass through untouched.
+
+    Two conversions ComfyUI makes silently are refused: a boolean is not a number (`steps: true` would be 1 step),
+    and null or a list/object is not text (`text: null` would be the prompt "None"). Numbers must be finite."""
     value = unwrap(value)
+    if inp.type in ("INT", "FLOAT") and isinstance(value, bool):
+        raise TypeError(f"{str(value).lower()} is a boolean, not a number")
     if inp.type == "INT":
         return int(value)
     if inp.type == "FLOAT":
         value = float(value)
-        if math.isnan(value):
-            raise ValueError("NaN is not a number")
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
         return value
     if inp.type == "STRING":
+        if value is None or isinstance(value, (list, dict)):
+            raise TypeError(f"{'null' if value is None else type(value).__name__} is not text")
         return str(value)
     if inp.type == "BOOLEAN":
         return bool(value)

@@ -11,18 +11,25 @@ editor understands (it outlines the faulty nodes in red and prints the messages)
 Error types: invalid_prompt, missing_node_type, prompt_no_outputs, prompt_outputs_failed_validation (top level);
 required_input_missing, bad_linked_input, return_type_mismatch, invalid_input_type, value_smaller_than_min,
 value_bigger_than_max, value_not_in_list, custom_validation_failed, dependency_cycle (per node).
+
+Prompts come from the network, so the work is linear in the size of the graph and never recursive (topology.py):
+cycles are found once for the whole prompt (strongly connected components), each node is checked once however
+many outputs need it, and which outputs depend on a faulty node is found in one pass (see `_node_errors`).
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from atelier.graph.registry import NodeRegistry
-from atelier.graph.schema import Input, NodeSchema, as_link, coerce, unwrap
+from atelier.graph.schema import Input, NodeSchema, as_link, coerce, nesting_depth, unwrap
+from atelier.graph.topology import Sources, sources_within, strongly_connected
+
+MAX_VALUE_DEPTH = 32  # lists and objects nested deeper than this in one input are refused (widgets nest 2 or 3)
+MAX_LISTED = 20  # like ComfyUI, long lists (model files, cycle members, dependent outputs) are not echoed in full
 
 
 @dataclass
@@ -51,65 +58,53 @@ def types_match(received: str, expected: str) -> bool:
     return "*" in got or "*" in want or bool(got & want)
 
 
-def linked_node_ids(node: dict) -> list[str]:
-    """Ids of the nodes this prompt node takes links from, in input order."""
-    links = (as_link(v) for v in node.get("inputs", {}).values())
-    return [link.node_id for link in links if link is not None]
-
-
-def nodes_in_cycles(prompt: dict) -> dict[str, list[str]]:
+def nodes_in_cycles(prompt: dict, components: list[list[str]] | None = None) -> dict[str, list[str]]:
     """node id -> the sorted members of the dependency cycle it belongs to (nodes in no cycle are absent).
 
-    A node is in a cycle when it can reach itself by following links upstream; prompts are small (tens to a few
-    hundred nodes) so one walk per node is plenty fast."""
-
-    def upstream(start: str) -> set[str]:
-        seen: set[str] = set()
-        stack = [n for n in linked_node_ids(prompt[start]) if n in prompt]
-        while stack:
-            node_id = stack.pop()
-            if node_id not in seen:
-                seen.add(node_id)
-                stack.extend(n for n in linked_node_ids(prompt[node_id]) if n in prompt)
-        return seen
-
-    reach = {node_id: upstream(node_id) for node_id in prompt}
+    A cycle is a strongly connected component of two or more nodes, or a node that links to itself."""
+    sources = sources_within(prompt)
     cycles = {}
-    for node_id, above in reach.items():
-        if node_id in above:  # it depends on itself; its cycle mates are the nodes that also reach it back
-            cycles[node_id] = sorted(n for n in above if node_id in reach[n])
+    for component in components if components is not None else strongly_connected(prompt, sources):
+        if len(component) > 1 or component[0] in sources(component[0]):
+            members = sorted(component)
+            for node_id in component:
+                cycles[node_id] = members
     return cycles
 
 
-def ancestors(prompt: dict, node_id: str) -> list[str]:
-    """`node_id` and every node it depends on, nearest first (each once)."""
-    order, stack = [], [node_id]
-    while stack:
-        current = stack.pop(0)
-        if current in order or current not in prompt:
-            continue
-        order.append(current)
-        stack.extend(linked_node_ids(prompt[current]))
-    return order
+def _listed(ids: list[str]) -> str:
+    shown = ", ".join(f"#{i}" for i in ids[:MAX_LISTED])
+    return shown if len(ids) <= MAX_LISTED else f"{shown} and {len(ids) - MAX_LISTED} more"
 
 
 def _first_prompt_problem(prompt: Any, registry: NodeRegistry) -> dict | None:
-    """A problem with the prompt as a whole: not a graph, a node without class_type, or an unknown node type."""
+    """A problem with the prompt as a whole: not a graph, a node without a class_type string, inputs that are not
+    an object or nest too deeply, or an unknown node type."""
     if not isinstance(prompt, dict) or not all(isinstance(n, dict) for n in prompt.values()):
         return error_entry("invalid_prompt", "The prompt must map node ids to {class_type, inputs} objects.")
     for node_id, node in prompt.items():
+        where = f"Node ID '#{node_id}'"
         if "class_type" not in node:
             return error_entry(
-                "invalid_prompt",
-                "Cannot execute because a node is missing the class_type property.",
-                f"Node ID '#{node_id}'",
+                "invalid_prompt", "Cannot execute because a node is missing the class_type property.", where
             )
-        if not isinstance(node.get("inputs", {}), dict):
-            return error_entry("invalid_prompt", "A node's inputs must be an object.", f"Node ID '#{node_id}'")
+        if not isinstance(node["class_type"], str):
+            kind = "null" if node["class_type"] is None else type(node["class_type"]).__name__
+            message = f"The class_type of node #{node_id} is a {kind}; expected a node type name such as 'KSampler'."
+            return error_entry("invalid_prompt", message, where)
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, dict):
+            return error_entry("invalid_prompt", "A node's inputs must be an object.", where)
+        for name, value in inputs.items():
+            if nesting_depth(value, MAX_VALUE_DEPTH) > MAX_VALUE_DEPTH:
+                message = f"The input {name!r} of node #{node_id} nests lists more than {MAX_VALUE_DEPTH} levels deep."
+                return error_entry("invalid_prompt", message, where)
     for node_id, node in prompt.items():
         class_type = node["class_type"]
         if class_type not in registry:
-            title = (node.get("_meta") or {}).get("title", class_type)
+            meta = node.get("_meta")
+            title = meta.get("title") if isinstance(meta, dict) else None
+            title = title if isinstance(title, str) else class_type
             named = f"'{title}'" if title == class_type else f"'{title}' ({class_type})"
             return error_entry(
                 "missing_node_type",
@@ -121,6 +116,19 @@ def _first_prompt_problem(prompt: Any, registry: NodeRegistry) -> dict | None:
                 node_title=title,
             )
     return None
+
+
+def _targets_problem(targets: Any) -> dict | None:
+    """partial_execution_targets must be a list of node ids (strings, or integers as older scripts send them)."""
+    if targets is None:
+        return None
+    ids_only = isinstance(targets, (list, tuple)) and all(
+        isinstance(t, (str, int)) and not isinstance(t, bool) for t in targets
+    )
+    if ids_only:
+        return None
+    message = f'partial_execution_targets is {type(targets).__name__}; expected a list of node ids such as ["9"].'
+    return error_entry("invalid_prompt", message)
 
 
 def _check_constant(inp: Input, value: Any, skip_range: bool) -> tuple[Any, dict | None]:
@@ -207,24 +215,44 @@ class _Validator:
     def __init__(self, prompt: dict, registry: NodeRegistry, cycles: dict[str, list[str]]) -> None:
         self.prompt = prompt
         self.registry = registry
-        self.verdicts: dict[str, tuple[bool, list[dict]]] = {}
+        self.verdicts: dict[str, tuple[bool, list[dict]]] = {}  # node id -> (can run, its own errors)
         for node_id, members in cycles.items():
-            path = ", ".join(f"#{m}" for m in members)
-            err = error_entry("dependency_cycle", "Dependency cycle detected", f"nodes {path}", cycle=members)
+            err = error_entry(
+                "dependency_cycle", "Dependency cycle detected", f"nodes {_listed(members)}", cycle=members[:MAX_LISTED]
+            )
             self.verdicts[node_id] = (False, [err])
 
-    def node(self, node_id: str) -> bool:
-        """Check `node_id` and everything upstream of it; True when it can run."""
-        if node_id in self.verdicts:
-            return self.verdicts[node_id][0]
-        self.verdicts[node_id] = (False, [])  # provisional, in case of a cycle missed by the cycle search
+    def node(self, start: str) -> bool:
+        """Check `start` and everything upstream of it; True when it can run.
+
+        A depth-first walk with its own stack: a node's own inputs are checked when it is first met, and it is
+        decided once all of its sources are (it can run when it has no errors and every source can run). Nodes in
+        cycles were decided up front, so the walk never goes round one."""
+        waiting: dict[str, tuple[list[dict], list[str]]] = {}  # met, not decided: (its errors, its sources)
+        stack = [start]
+        while stack:
+            node_id = stack[-1]
+            if node_id in self.verdicts:
+                stack.pop()
+            elif node_id not in waiting:
+                waiting[node_id] = self._check(node_id)
+                stack.extend(s for s in reversed(waiting[node_id][1]) if s not in self.verdicts)
+            else:
+                stack.pop()
+                errors, sources = waiting.pop(node_id)
+                sound = all(self.verdicts.get(s, (False, []))[0] for s in sources)
+                self.verdicts[node_id] = (sound and not errors, errors)
+        return self.verdicts[start][0]
+
+    def _check(self, node_id: str) -> tuple[list[dict], list[str]]:
+        """The node's own errors, and the nodes its sound links come from."""
         node = self.prompt[node_id]
         node_cls = self.registry.require(node["class_type"])
         schema: NodeSchema = node_cls.SCHEMA
         inputs = node.setdefault("inputs", {})
         custom_names, custom_takes_all = custom_validator_names(node_cls)
         errors: list[dict] = []
-        upstream_ok = True
+        sources: list[str] = []
 
         for inp in schema.visible_inputs:
             if inp.name not in inputs:
@@ -237,10 +265,11 @@ class _Validator:
                 continue
             value = inputs[inp.name]
             if isinstance(value, list):  # a link [node_id, slot]
-                problem, ok = self._check_link(inp, value)
+                problem, source = self._check_link(inp, value)
                 if problem is not None:
                     errors.append(problem)
-                upstream_ok = upstream_ok and ok
+                else:
+                    sources.append(source)
                 continue
             skip_range = custom_takes_all or inp.name in custom_names
             inputs[inp.name], problem = _check_constant(inp, unwrap(value), skip_range)
@@ -249,12 +278,10 @@ class _Validator:
 
         if not errors and hasattr(node_cls, "validate_inputs"):
             errors.extend(self._custom(node_cls, schema, inputs))
+        return errors, sources
 
-        self.verdicts[node_id] = (not errors and upstream_ok, errors)
-        return self.verdicts[node_id][0]
-
-    def _check_link(self, inp: Input, value: list) -> tuple[dict | None, bool]:
-        """(error or None, whether the linked node is sound)."""
+    def _check_link(self, inp: Input, value: list) -> tuple[dict | None, str]:
+        """(error or None, the id of the linked node)."""
         link = as_link(value)
         reason = None
         if link is None:
@@ -273,7 +300,7 @@ class _Validator:
                 input_name=inp.name,
                 input_config=inp.object_info(),
                 received_value=value,
-            ), False
+            ), ""
         received = source.outputs[link.slot].type
         if not types_match(received, inp.type):
             return error_entry(
@@ -284,8 +311,8 @@ class _Validator:
                 input_config=inp.object_info(),
                 received_type=received,
                 linked_node=value,
-            ), False
-        return None, self.node(link.node_id)
+            ), ""
+        return None, link.node_id
 
     def _custom(self, node_cls: type, schema: NodeSchema, inputs: dict) -> list[dict]:
         """Run the node's own `validate_inputs`; anything but True fails every input it was given."""
@@ -302,9 +329,10 @@ class _Validator:
         ]
 
 
-def validate_prompt(prompt: Any, registry: NodeRegistry, targets: Iterable[str] | None = None) -> ValidationResult:
-    """Validate an API prompt. `targets` (the editor's partial_execution_targets) limits which outputs count."""
-    problem = _first_prompt_problem(prompt, registry)
+def validate_prompt(prompt: Any, registry: NodeRegistry, targets: Any = None) -> ValidationResult:
+    """Validate an API prompt. `targets` (the editor's partial_execution_targets: a list of node ids) limits which
+    outputs count."""
+    problem = _first_prompt_problem(prompt, registry) or _targets_problem(targets)
     if problem is not None:
         return ValidationResult(False, problem, [], {})
     prompt = {str(k): copy.deepcopy(v) for k, v in prompt.items()}
@@ -317,25 +345,64 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, targets: Iterable[str] 
     if not outputs:
         return ValidationResult(False, error_entry("prompt_no_outputs", "Prompt has no outputs"), [], {}, prompt)
 
-    checker = _Validator(prompt, registry, nodes_in_cycles(prompt))
-    good: list[str] = []
-    node_errors: dict[str, dict] = {}
-    for output_id in outputs:
-        if checker.node(output_id):
-            good.append(output_id)
-            continue
-        # Report every faulty node this output depends on. Nodes that are only invalid because something above
-        # them is have no errors of their own and are left out, as in ComfyUI.
-        for node_id in ancestors(prompt, output_id):
-            errors = checker.verdicts.get(node_id, (True, []))[1]
-            if errors:
-                entry = node_errors.setdefault(
-                    node_id, {"errors": errors, "dependent_outputs": [], "class_type": prompt[node_id]["class_type"]}
-                )
-                entry["dependent_outputs"].append(output_id)
+    sources = sources_within(prompt)
+    components = strongly_connected(prompt, sources)
+    checker = _Validator(prompt, registry, nodes_in_cycles(prompt, components))
+    verdicts = {output_id: checker.node(output_id) for output_id in outputs}
+    good = [output_id for output_id in outputs if verdicts[output_id]]
+    failed = [output_id for output_id in outputs if not verdicts[output_id]]
+    node_errors = _node_errors(prompt, checker.verdicts, failed, components, sources)
 
     if not good:
         lines = [f"{e['message']}: {e['details']}" for entry in node_errors.values() for e in entry["errors"]]
         error = error_entry("prompt_outputs_failed_validation", "Prompt outputs failed validation", "\n".join(lines))
         return ValidationResult(False, error, [], node_errors, prompt)
     return ValidationResult(True, None, good, node_errors, prompt)
+
+
+def _node_errors(
+    prompt: dict,
+    verdicts: dict[str, tuple[bool, list[dict]]],
+    failed: list[str],
+    components: list[list[str]],
+    sources: Sources,
+) -> dict[str, dict]:
+    """ComfyUI's node_errors: every node with errors of its own that a failed output depends on, with (up to
+    MAX_LISTED of) those outputs. Nodes that are only invalid because something above them is are left out, as in
+    ComfyUI.
+
+    Which outputs depend on a node is found in one pass over the strongly connected components, dependents first
+    (the reverse of the order `strongly_connected` gives): a node's outputs are its own bit plus the union over the
+    nodes that link from it. The sets are Python integers used as bit sets (bit i stands for failed[i]), so a node
+    shared by thousands of outputs costs one OR per link, where a walk per output would cost outputs x nodes."""
+    bits = {output_id: 1 << i for i, output_id in enumerate(failed)}
+    reach: dict[str, int] = {}
+    for component in reversed(components):
+        mask = 0
+        for node_id in component:  # the members of a cycle all depend on each other: they share one set
+            mask |= reach.get(node_id, 0) | bits.get(node_id, 0)
+        for node_id in component:
+            reach[node_id] = mask
+            for source in sources(node_id):
+                reach[source] = reach.get(source, 0) | mask
+
+    node_errors = {}
+    for node_id in prompt:
+        errors = verdicts.get(node_id, (True, []))[1]
+        if errors and reach.get(node_id):
+            node_errors[node_id] = {
+                "errors": errors,
+                "dependent_outputs": _members(reach[node_id], failed),
+                "class_type": prompt[node_id]["class_type"],
+            }
+    return node_errors
+
+
+def _members(mask: int, ids: list[str]) -> list[str]:
+    """The first MAX_LISTED ids whose bits are set in `mask`, in order."""
+    chosen = []
+    while mask and len(chosen) < MAX_LISTED:
+        lowest = mask & -mask
+        chosen.append(ids[lowest.bit_length() - 1])
+        mask ^= lowest
+    return chosen

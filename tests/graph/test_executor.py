@@ -300,3 +300,17 @@ def test_wrong_number_of_outputs_is_an_error(journal):
     result = Executor(registry).execute(prompt, ["2"])
     assert result.error["exception_type"] == "TypeError"
     assert result.error["exception_message"] == "Node Add returned 2 values for 1 outputs."
+
+
+def test_a_chain_of_5000_nodes_runs_without_recursion(journal):
+    # plan, prune and the cache signatures walked recursively and overflowed near 1,000 nodes.
+    prompt = {"0": {"class_type": "Constant", "inputs": {"value": 0}}}
+    for i in range(1, 4999):
+        prompt[str(i)] = {"class_type": "Add", "inputs": {"a": [str(i - 1), 0], "b": 1}}
+    prompt["4999"] = {"class_type": "Collect", "inputs": {"value": ["4998", 0]}}
+    executor = Executor(stub_registry())
+    result = executor.execute(prompt, ["4999"])
+    assert result.status == "success" and result.outputs["4999"] == [[4998]]
+    assert len(result.executed) == 5000
+    again = executor.execute(prompt, ["4999"])  # every node cached: only the output shows its value again
+    assert again.status == "success" and again.executed == [] and len(again.cached) == 5000

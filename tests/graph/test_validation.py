@@ -1,5 +1,7 @@
 """Prompt validation: every error type, with ComfyUI's exact strings and node_errors structure."""
 
+import time
+
 import pytest
 
 from atelier.graph.validation import types_match, validate_prompt
@@ -286,3 +288,104 @@ def test_boolean_and_float_coercion(registry):
     }
     result = validate_prompt(prompt, registry)
     assert result.ok and result.prompt["1"]["inputs"] == {"image": "x.png", "enabled": False, "scale": 2.0}
+
+
+# ---- hostile prompts: wrong types, deep nesting, huge graphs ----
+
+
+def test_booleans_are_not_numbers_and_null_is_not_text(registry):
+    for value in (True, False):
+        error = only_error(validate_prompt(graph(steps=value), registry), "4")
+        assert error["type"] == "invalid_input_type"
+        assert error["details"] == f"steps, {value}, {str(value).lower()} is a boolean, not a number"
+    prompt = graph()
+    prompt["2"]["inputs"]["text"] = None
+    error = only_error(validate_prompt(prompt, registry), "2")
+    assert error["type"] == "invalid_input_type" and error["details"] == "text, None, null is not text"
+    prompt["2"]["inputs"]["text"] = {"a": 1}
+    assert only_error(validate_prompt(prompt, registry), "2")["details"] == "text, {'a': 1}, dict is not text"
+    for cfg in (float("nan"), float("inf"), "-inf"):
+        error = only_error(validate_prompt(graph(cfg=cfg), registry), "4")
+        assert error["type"] == "invalid_input_type" and "is not a finite number" in error["details"]
+
+
+@pytest.mark.parametrize("class_type", [["Add"], {"name": "Add"}, None, 5])
+def test_class_type_that_is_not_a_string(registry, class_type):
+    prompt = graph()
+    prompt["3"]["class_type"] = class_type
+    result = validate_prompt(prompt, registry)
+    assert not result.ok and result.error["type"] == "invalid_prompt"
+    assert result.error["message"].startswith("The class_type of node #3 is a ")
+    assert result.error["message"].endswith("; expected a node type name such as 'KSampler'.")
+
+
+def test_malformed_meta_and_targets(registry):
+    prompt = graph()
+    prompt["9"] = {"class_type": "Nope", "inputs": {}, "_meta": ["not", "an", "object"]}
+    assert validate_prompt(prompt, registry).error["extra_info"]["node_title"] == "Nope"
+    for targets in (5, "5", {"5": 1}, [True], [["5"]]):
+        result = validate_prompt(graph(), registry, targets=targets)
+        assert not result.ok and result.error["type"] == "invalid_prompt", targets
+        assert result.error["message"].startswith("partial_execution_targets is ")
+    assert validate_prompt(graph(), registry, targets=[5]).outputs == ["5"]  # integer ids, as old scripts send
+
+
+def test_deeply_nested_input_is_refused_without_recursion(registry):
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    prompt = graph()
+    prompt["2"]["inputs"]["text"] = {"__value__": deep}
+    result = validate_prompt(prompt, registry)
+    assert result.error == {
+        "type": "invalid_prompt",
+        "message": "The input 'text' of node #2 nests lists more than 32 levels deep.",
+        "details": "Node ID '#2'",
+        "extra_info": {},
+    }
+
+
+def chain(length: int, fault_at: int | None = None) -> dict:
+    """Constant(0) -> Add -> Add -> ... -> Collect: `length` nodes in a line (one Add with b=99 if `fault_at`)."""
+    prompt = {"0": {"class_type": "Constant", "inputs": {"value": 1}}}
+    for i in range(1, length - 1):
+        prompt[str(i)] = {"class_type": "Add", "inputs": {"a": [str(i - 1), 0], "b": 99 if i == fault_at else 1}}
+    prompt[str(length - 1)] = {"class_type": "Collect", "inputs": {"value": [str(length - 2), 0]}}
+    return prompt
+
+
+def test_a_chain_of_5000_nodes_validates_in_well_under_a_second(registry):
+    # A walk per node made this quadratic (46 s for 4,500 nodes); a recursive walk overflowed near 490 nodes.
+    start = time.perf_counter()
+    result = validate_prompt(chain(5000), registry)
+    assert result.ok and result.outputs == ["4999"]
+    start_faulty = time.perf_counter()
+    faulty = validate_prompt(chain(5000, fault_at=1), registry)
+    assert time.perf_counter() - start_faulty < 1.0 and start_faulty - start < 1.0
+    assert list(faulty.node_errors) == ["1"] and faulty.node_errors["1"]["dependent_outputs"] == ["4999"]
+
+
+def test_many_outputs_on_a_long_faulty_chain_stay_linear(registry):
+    # 2,500 outputs all below a 2,500-node chain whose every node is faulty: a walk per output would visit
+    # 6 million nodes and list 6 million dependent outputs; each list is cut at 20.
+    prompt = chain(2500)
+    for i in range(1, 2499):
+        prompt[str(i)]["inputs"]["b"] = 99
+    for i in range(2500, 5000):
+        prompt[str(i)] = {"class_type": "Collect", "inputs": {"value": ["2498", 0]}}
+    start = time.perf_counter()
+    result = validate_prompt(prompt, registry)
+    assert time.perf_counter() - start < 1.0
+    assert not result.ok and len(result.node_errors) == 2498
+    assert result.node_errors["1"]["dependent_outputs"] == ["2499", *[str(i) for i in range(2500, 2519)]]
+
+
+def test_a_long_cycle_is_found_once_and_listed_briefly(registry):
+    prompt = chain(3000)
+    prompt["0"] = {"class_type": "Add", "inputs": {"a": ["2998", 0], "b": 1}}  # close the loop
+    start = time.perf_counter()
+    result = validate_prompt(prompt, registry)
+    assert time.perf_counter() - start < 1.0
+    error = result.node_errors["5"]["errors"][0]
+    assert error["type"] == "dependency_cycle" and error["details"].endswith(" and 2979 more")
+    assert len(error["extra_info"]["cycle"]) == 20 and len(result.node_errors) == 2999
