@@ -31,6 +31,7 @@ from atelier.errors import InputError
 from atelier.graph.kit import KSAMPLER_INPUTS, MAX_RESOLUTION, SEED_MAX, ClipModel, Node, run_sampler
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_pil, pil_to_bhwc_unit, uint8_to_unit
+from atelier.lessons.tokens import read_tokens, word_positions
 from atelier.models.attention import capture_cross_attention, token_heatmaps
 from atelier.pipeline import Cond, DiffusionModel, SamplerSettings, Step, decode, encode_prompt, latent_preview
 from atelier.plots import line_chart
@@ -211,44 +212,30 @@ class AtelierLatentChannels(Node):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def text_ids(tokenizer: Any, windows: list[list[tuple[int, float]]]) -> list[list[int]]:
-    """The text token ids of each window: those between <start> (position 0) and the first <end>."""
-    out = []
-    for window in windows:
-        ids = [t for t, _ in window[1:]]
-        out.append(ids[: ids.index(tokenizer.end_id)])
-    return out
-
-
 def token_table(tokenizer: Any, text: str) -> str:
-    """A readable table of what the text encoder reads for `text`: one row per position of each 77-token window.
-
-    Built from `tokenize_weighted`, the same call `encode_prompt` makes, so the positions are those of the
-    conditioning tensor (window k holds positions 77k .. 77k + 76).
-    """
-    windows = tokenizer.tokenize_weighted(text)
-    size, room = tokenizer.window, tokenizer.window - 2
-    counts = [len(ids) for ids in text_ids(tokenizer, windows)]
-    total = sum(counts)
+    """A readable table of what the text encoder reads for `text` (lessons/tokens.py): one row per position of
+    each 77-token window; window k holds positions 77k .. 77k + 76 of the conditioning tensor."""
+    prompt = read_tokens(tokenizer, text)
+    windows, size, room = prompt.windows, prompt.size, prompt.text_slots
+    total = sum(prompt.counts)
     lines = [
         f"{total} text tokens in {len(windows)} window(s) of {size} positions: <start>, up to {room} text "
         f"tokens, <end>, then padding with <end>. Text is lowercased before tokenizing."
     ]
     if len(windows) > 1:
-        ids = [t for window_ids in text_ids(tokenizer, windows) for t in window_ids]
-        dropped = tokenizer.decode(ids[room:])
+        dropped = tokenizer.decode([t.id for t in prompt.cut])
         lines.append(
             f"WARNING: the prompt is longer than one window ({total} > {room} tokens): Atelier and ComfyUI "
             f"encode each window separately and join them, but a single-window tool would cut the text"
             + (f' and drop "{dropped}".' if dropped else ".")
         )
-    width = max(len("piece"), *(len(tokenizer.token_text(t)) for w in windows for t, _ in w))
-    for k, (window, count) in enumerate(zip(windows, counts, strict=True)):
+    width = max(len("piece"), *(len(t.text) for window in windows for t in window))
+    for k, (window, count) in enumerate(zip(windows, prompt.counts, strict=True)):
         early = " (closed early to keep a short weighted group whole)" if k < len(windows) - 1 and count < room else ""
         lines.append(f"--- window {k + 1} of {len(windows)}: positions {k * size}-{k * size + size - 1}{early} ---")
         lines.append(f"{'pos':>5}  {'piece':<{width}}  {'id':>5}  weight")
-        for i, (token, weight) in enumerate(window[: count + 2]):
-            lines.append(f"{k * size + i:>5}  {tokenizer.token_text(token):<{width}}  {token:>5}  {weight:.2f}")
+        for i, token in enumerate(window[: count + 2]):
+            lines.append(f"{k * size + i:>5}  {token.text:<{width}}  {token.id:>5}  {token.weight:.2f}")
         first_pad, last = k * size + count + 2, k * size + size - 1
         if first_pad <= last:
             lines.append(f"{f'{first_pad}-{last}':>5}  padding: <|endoftext|> x {last - first_pad + 1}")
@@ -282,26 +269,6 @@ class AtelierTokenInspector(Node):
 # --------------------------------------------------------------------------------------------------------------
 # 4. Cross-attention map
 # --------------------------------------------------------------------------------------------------------------
-
-
-def word_positions(tokenizer: Any, text: str, word: str) -> list[int]:
-    """Positions in the conditioning (0 .. 77*windows - 1) of every token of every occurrence of `word` in `text`.
-
-    The word is tokenized on its own and its token ids are looked for as a run in the prompt's ids, so matching
-    is case-insensitive (CLIP lowercases) and whole-token: "red" matches "a red ball" and "(red:1.3)" but not
-    "reddish", whose tokens differ.
-    """
-    windows = tokenizer.tokenize_weighted(text)
-    ids = [t for window in windows for t, _ in window]
-    target = tokenizer.encode(word)
-    if not target:
-        raise InputError("The word input is empty; expected a word of the prompt, such as 'red'.")
-    n = len(target)
-    positions = [p + i for p in range(len(ids) - n + 1) if ids[p : p + n] == target for i in range(n)]
-    if not positions:
-        words = ", ".join(tokenizer.decode([t for w in text_ids(tokenizer, windows) for t in w]).split())
-        raise InputError(f"The word {word!r} is not in the prompt; expected one of its words: {words}.")
-    return positions
 
 
 def hot_colours(heat: torch.Tensor) -> torch.Tensor:

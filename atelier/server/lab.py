@@ -16,8 +16,9 @@ images are the same pixel for pixel.
     POST /atelier/lab/vae-roundtrip     {image: file ref} -> reconstruction, 4 latent channels, compression figures
     POST /atelier/lab/compare           {a, b: file refs} -> pixel difference of two images
 
-The models these routes need (the embedded model's text encoder, VAE and image encoder, ~10 MB in all) are
-loaded on first use and kept; the UNet is not kept, since only the prompt queue samples.
+Each of these routes computes its lesson in atelier/lessons/ and renders it as JSON. The models they need (the
+embedded model's text encoder, VAE and image encoder, ~10 MB in all) are loaded on first use and kept in the app's
+state (`state(request).lab`); the UNet is not kept, since only the prompt queue samples.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from atelier.errors import AtelierError, InputError
+from atelier.lessons.tokens import PromptTokens, read_tokens
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.state import error_text, state
@@ -67,63 +68,8 @@ T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The models behind the routes, loaded once
+# The lessons' work, off the event loop (their models: state(request).lab, server/state.py)
 # --------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class LabModels:
-    text_encoder: Any  # models.clip.CLIPTextEncoder
-    tokenizer: Any  # models.tokenizer.CLIPTokenizer
-    vae: Any  # models.vae.VAE
-    image_encoder: Any | None  # world.encoders.ImageEncoder, None when the extras file is missing
-
-
-_models: LabModels | None = None
-_tokenizer: Any = None
-_lock = threading.Lock()
-
-
-def lab_models() -> LabModels:
-    """The embedded model's text encoder, tokenizer, VAE and image encoder (fp32, CPU), loaded on first call."""
-    global _models
-    with _lock:
-        if _models is None:
-            _models = _load_models()
-        return _models
-
-
-def _load_models() -> LabModels:
-    import torch
-    from safetensors.torch import load_file
-
-    from atelier.models.checkpoint import load_checkpoint
-    from atelier.models.library import EMBEDDED_EXTRAS_PATH, embedded_model_path
-    from atelier.world.encoders import ImageEncoder
-
-    ckpt = load_checkpoint(embedded_model_path(), device="cpu", dtype=torch.float32)
-    image_encoder = None
-    if EMBEDDED_EXTRAS_PATH.is_file():
-        prefix = "image_encoder."
-        weights = {
-            k[len(prefix) :]: v.float() for k, v in load_file(str(EMBEDDED_EXTRAS_PATH)).items() if k.startswith(prefix)
-        }
-        if weights:
-            image_encoder = ImageEncoder(ckpt.text_encoder_config.projection_dim)
-            image_encoder.load_state_dict(weights)
-            image_encoder.eval()
-    return LabModels(ckpt.text_encoder, ckpt.tokenizer, ckpt.vae, image_encoder)
-
-
-def tokenizer() -> Any:
-    """The CLIP tokenizer alone (no weights): the token view answers without loading any model."""
-    global _tokenizer
-    with _lock:
-        if _tokenizer is None:
-            from atelier.models.tokenizer import CLIPTokenizer
-
-            _tokenizer = CLIPTokenizer.from_default()
-        return _tokenizer
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -389,32 +335,18 @@ async def workflow(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def token_report(text: str) -> dict:
-    """The tokens of a prompt as the text encoder gets them, window by window.
-
-    The text encoder reads 77 positions: <start>, 75 text tokens, <end>, padding. Longer prompts are not cut here:
-    they are split into several windows, encoded one by one and joined (ComfyUI's rule), so words after the 75th
-    token are read without the words before them. `over` says how many tokens spill past the first window.
-    """
-    from atelier.models.tokenizer import parse_prompt_weights
-
-    tok = tokenizer()
-    tokens = []
-    for segment, weight in parse_prompt_weights(text):
-        tokens += [{"text": piece, "id": token_id, "weight": weight} for piece, token_id in tok.pieces(segment)]
-    windows = []
-    for chunk in tok.tokenize_weighted(text):
-        windows.append([{"id": i, "text": tok.token_text(i), "weight": w} for i, w in chunk])
-    text_slots = tok.window - 2
+def token_report(prompt: PromptTokens) -> dict:
+    """The page's JSON of a prompt's tokens (lessons/tokens.py); `over` counts the tokens past the first window."""
+    tokens = prompt.tokens
     return {
-        "tokens": tokens,
+        "tokens": [dataclasses.asdict(t) for t in tokens],
         "count": len(tokens),
-        "window": tok.window,
-        "text_slots": text_slots,
-        "over": max(0, len(tokens) - text_slots),
-        "windows": windows,
-        "start_id": tok.start_id,
-        "end_id": tok.end_id,
+        "window": prompt.size,
+        "text_slots": prompt.text_slots,
+        "over": len(prompt.cut),
+        "windows": [[dataclasses.asdict(t) for t in window] for window in prompt.windows],
+        "start_id": prompt.start_id,
+        "end_id": prompt.end_id,
     }
 
 
@@ -423,7 +355,9 @@ async def tokens(request: web.Request) -> web.Response:
     text = request.query.get("text", "")
     if len(text) > MAX_TEXT:
         raise InputError(f"text is {len(text)} characters long; the token view reads at most {MAX_TEXT}.")
-    return web.json_response(await _in_thread(token_report, text))
+    lab = state(request).lab
+    prompt = await _in_thread(lambda: read_tokens(lab.tokenizer(), text))
+    return web.json_response(token_report(prompt))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -484,13 +418,12 @@ def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, list[float]]:
     return coords, share + [0.0] * (2 - len(share))
 
 
-def concept_map(words: list[str], images: list[Image.Image], image_labels: list[str]) -> dict:
+def concept_map(m: Any, words: list[str], images: list[Image.Image], image_labels: list[str]) -> dict:
     """Unit-length embeddings of each word (the text encoder's `projected` output, the space CLIP training shares
     with the image encoder) and of each image, their cosine similarities, and a 2-D PCA of them all."""
     import torch
     import torch.nn.functional as F
 
-    m = lab_models()
     vectors = []
     with torch.no_grad():
         if words:
@@ -546,7 +479,8 @@ async def concepts(request: web.Request) -> web.Response:
         raise InputError("Give at least 3 words or images in all: a map of fewer points shows nothing.")
     images = [_open_ref(request, ref, "image") for ref in refs]
     labels = [str(ref.get("label") or ref["filename"]) for ref in refs]
-    return web.json_response(await _in_thread(concept_map, words, images, labels))
+    lab = state(request).lab
+    return web.json_response(await _in_thread(lambda: concept_map(lab.models(), words, images, labels)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -559,7 +493,7 @@ def channel_image(channel: np.ndarray) -> Image.Image:
     return Image.fromarray(((np.clip(channel, -3, 3) + 3) / 6 * 255).round().astype(np.uint8), mode="L")
 
 
-def vae_roundtrip(image: Image.Image, save: Callable[[Image.Image, str], dict]) -> dict:
+def vae_roundtrip(m: Any, image: Image.Image, save: Callable[[Image.Image, str], dict]) -> dict:
     """Encode an image to the latent (posterior mean), decode it back, and measure what was lost.
 
     The latent has 4 numbers per 8x8 block of pixels where the image has 3 x 64: 48 times fewer numbers.
@@ -568,7 +502,6 @@ def vae_roundtrip(image: Image.Image, save: Callable[[Image.Image, str], dict]) 
 
     from atelier.pipeline import decode, encode
 
-    m = lab_models()
     scale = min(1.0, VAE_MAX_SIDE / max(image.size))
     width, height = (max(8, int(image.width * scale) // 8 * 8), max(8, int(image.height * scale) // 8 * 8))
     original = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
@@ -606,7 +539,8 @@ async def vae_roundtrip_route(request: web.Request) -> web.Response:
     def save(img: Image.Image, prefix: str) -> dict:
         return files.save_image(img, prefix, "temp")
 
-    return web.json_response(await _in_thread(vae_roundtrip, image, save))
+    lab = state(request).lab
+    return web.json_response(await _in_thread(lambda: vae_roundtrip(lab.models(), image, save)))
 
 
 # --------------------------------------------------------------------------------------------------------------
