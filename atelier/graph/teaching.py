@@ -31,11 +31,12 @@ from atelier.errors import InputError
 from atelier.graph.kit import KSAMPLER_INPUTS, MAX_RESOLUTION, SEED_MAX, ClipModel, Node, run_sampler
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_pil, pil_to_bhwc_unit, uint8_to_unit
+from atelier.lessons.schedules import compare_schedulers
 from atelier.lessons.tokens import read_tokens, word_positions
 from atelier.models.attention import capture_cross_attention, token_heatmaps
 from atelier.pipeline import Cond, DiffusionModel, SamplerSettings, Step, decode, encode_prompt, latent_preview
 from atelier.plots import line_chart
-from atelier.sampling.schedules import SCHEDULERS, sigmas_for
+from atelier.sampling.schedules import SCHEDULERS
 
 CATEGORY = "atelier"
 DECODE_BATCH = 8  # film-strip frames decoded by the VAE at once: all of a short strip, bounded memory for long ones
@@ -404,9 +405,16 @@ def plot_sigmas(curves: dict[str, list[float]], chosen: str, log_scale: bool, ti
     On a log axis sigma = 0 (the end of every schedule) cannot be drawn; those points are left out.
     """
     series = {name: (list(range(len(values))), values) for name, values in curves.items()}
-    return line_chart(series, title=title, x_label="step", y_label="sigma (log scale)" if log_scale else "sigma",
-                      log_y=log_scale, size=PLOT_SIZE, highlight=chosen,
-                      note="sigma = 0 not drawn" if log_scale else "")
+    return line_chart(
+        series,
+        title=title,
+        x_label="step",
+        y_label="sigma (log scale)" if log_scale else "sigma",
+        log_y=log_scale,
+        size=PLOT_SIZE,
+        highlight=chosen,
+        note="sigma = 0 not drawn" if log_scale else "",
+    )
 
 
 class AtelierSigmaSchedule(Node):
@@ -456,12 +464,10 @@ class AtelierSigmaSchedule(Node):
         denoise: float = 1.0,
         log_scale: bool = True,
     ) -> tuple:
-        if scheduler not in SCHEDULERS:
-            raise InputError(f"Scheduler {scheduler!r} is not known; expected one of {', '.join(SCHEDULERS)}.")
-        curves = {name: sigmas_for(name, model.schedule, steps, denoise).tolist() for name in SCHEDULERS}
-        values = curves[scheduler]
+        comparison = compare_schedulers(model.schedule, steps, scheduler, denoise)
+        values = comparison.sigmas
         title = f"{scheduler}, {steps} steps, denoise {denoise:g}: sigma {values[0]:.3f} -> {values[-1]:g}"
-        plot = pil_to_bhwc_unit(plot_sigmas(curves, scheduler, log_scale, title))
+        plot = pil_to_bhwc_unit(plot_sigmas(comparison.curves, scheduler, log_scale, title))
         lines = [f"{scheduler}, {steps} steps, denoise {denoise:g}: {len(values)} sigmas"]
         lines += [f"{i:>4}  {sigma:.6f}" for i, sigma in enumerate(values)]
         return plot, "\n".join(lines)

@@ -28,7 +28,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from aiohttp import web
@@ -39,6 +39,9 @@ from atelier.lessons.tokens import PromptTokens, read_tokens
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.state import error_text, state
+
+if TYPE_CHECKING:  # these lessons import torch, loaded on their route's first call
+    from atelier.lessons.schedules import SchedulerComparison
 
 LAB_ROOT = Path(__file__).resolve().parent.parent / "web" / "lab"
 API = "/atelier/lab"
@@ -365,27 +368,23 @@ async def tokens(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def schedule_report(steps: int, current: str, denoise: float) -> dict:
-    """Every scheduler's sigmas for `steps` steps on SD's training schedule (the embedded model's too)."""
-    from atelier.sampling.denoisers import DiscreteSchedule
-    from atelier.sampling.schedules import SCHEDULERS, sigmas_for
-
-    if current not in SCHEDULERS:
-        raise InputError(f"Scheduler {current!r} is not known; expected one of {', '.join(SCHEDULERS)}.")
-    schedule = DiscreteSchedule.scaled_linear()
-    curves = {name: [round(float(s), 5) for s in sigmas_for(name, schedule, steps, denoise)] for name in SCHEDULERS}
+def schedule_report(comparison: SchedulerComparison) -> dict:
+    """The page's JSON of every scheduler's sigmas (lessons/schedules.py), rounded to 5 decimals."""
     return {
-        "steps": steps,
-        "current": current,
-        "denoise": denoise,
-        "sigma_max": float(schedule.sigma_max),
-        "sigma_min": float(schedule.sigma_min),
-        "schedulers": curves,
+        "steps": comparison.steps,
+        "current": comparison.scheduler,
+        "denoise": comparison.denoise,
+        "sigma_max": comparison.sigma_max,
+        "sigma_min": comparison.sigma_min,
+        "schedulers": {name: [round(s, 5) for s in sigmas] for name, sigmas in comparison.curves.items()},
     }
 
 
 @_handler
 async def schedules(request: web.Request) -> web.Response:
+    from atelier.lessons.schedules import compare_schedulers
+    from atelier.sampling.denoisers import DiscreteSchedule
+
     steps = _int_arg(request.query, "steps", 20, 1, 1000)
     raw = request.query.get("denoise", "1")
     try:
@@ -394,7 +393,10 @@ async def schedules(request: web.Request) -> web.Response:
         raise InputError(f"denoise must be a number from 0 to 1, got {raw!r}.") from None
     if not 0.0 < denoise <= 1.0:
         raise InputError(f"denoise must be a number above 0 and at most 1, got {denoise}.")
-    return web.json_response(schedule_report(steps, request.query.get("scheduler", "normal"), denoise))
+    scheduler = request.query.get("scheduler", "normal")
+    # SD's training schedule, the embedded model's too: no model needs to be loaded to draw it.
+    comparison = compare_schedulers(DiscreteSchedule.scaled_linear(), steps, scheduler, denoise)
+    return web.json_response(schedule_report(comparison))
 
 
 # --------------------------------------------------------------------------------------------------------------
