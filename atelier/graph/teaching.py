@@ -31,6 +31,7 @@ from atelier.errors import InputError
 from atelier.graph.kit import KSAMPLER_INPUTS, MAX_RESOLUTION, SEED_MAX, ClipModel, Node, run_sampler
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_pil, pil_to_bhwc_unit, uint8_to_unit
+from atelier.lessons.channels import NORMALIZE, channel_greys, channel_stats
 from atelier.lessons.schedules import compare_schedulers
 from atelier.lessons.tokens import read_tokens, word_positions
 from atelier.models.attention import capture_cross_attention, token_heatmaps
@@ -147,27 +148,12 @@ class AtelierFilmStripSampler(Node):
 # 2. Latent channels
 # --------------------------------------------------------------------------------------------------------------
 
-NORMALIZE = ["shared symmetric", "per channel"]
-
 
 def channel_images(latent: torch.Tensor, normalize: str) -> torch.Tensor:
-    """One latent (C, h, w) -> C grey IMAGEs (C, 8h, 8w, 3).
-
-    "shared symmetric": value v -> grey 0.5 + 0.5 v / m, with m the largest |v| over all channels, so 0 is mid-grey
-    in every picture and channels can be compared (sign and size). "per channel": each channel stretched from its
-    own min (black) to its own max (white), which shows the most detail of each but hides their scales.
-    """
-    z = latent.float().cpu()
-    if normalize == "shared symmetric":
-        m = z.abs().max().clamp_min(1e-8)
-        grey = 0.5 + 0.5 * z / m
-    elif normalize == "per channel":
-        lo = z.amin(dim=(1, 2), keepdim=True)
-        hi = z.amax(dim=(1, 2), keepdim=True)
-        grey = torch.where(hi > lo, (z - lo) / (hi - lo).clamp_min(1e-8), torch.full_like(z, 0.5))
-    else:
-        raise InputError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}.")
-    return nearest_up(grey[..., None].expand(-1, -1, -1, 3), 8)  # (C, 8h, 8w, 3)
+    """One latent (C, h, w) -> C grey IMAGEs (C, 8h, 8w, 3): lessons/channels.py's greys, each latent pixel an 8x8
+    square."""
+    grey = channel_greys(latent, normalize)  # (C, h, w) in [0, 1]
+    return nearest_up(grey[..., None].expand(-1, -1, -1, 3), 8)
 
 
 class AtelierLatentChannels(Node):
@@ -186,7 +172,7 @@ class AtelierLatentChannels(Node):
             Input(
                 "normalize",
                 "COMBO",
-                options=NORMALIZE,
+                options=list(NORMALIZE),
                 tooltip="shared symmetric: 0 is mid-grey everywhere and channels share one scale, so they can "
                 "be compared. per channel: each stretched from its min to its max (more detail).",
             ),
@@ -198,12 +184,11 @@ class AtelierLatentChannels(Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict, normalize: str = "shared symmetric") -> tuple:
-        z = samples["samples"][0].float().cpu()  # (C, h, w)
+        z = samples["samples"][0]  # (C, h, w)
         lines = [f"latent {tuple(z.shape)} (channels, height, width), RAW VAE units"]
-        for c, channel in enumerate(z):
+        for c, stats in enumerate(channel_stats(z)):
             lines.append(
-                f"channel {c}: mean {channel.mean():+.3f}  std {channel.std(unbiased=False):.3f}  "
-                f"min {channel.min():+.3f}  max {channel.max():+.3f}"
+                f"channel {c}: mean {stats.mean:+.3f}  std {stats.std:.3f}  min {stats.min:+.3f}  max {stats.max:+.3f}"
             )
         return channel_images(z, normalize), "\n".join(lines)
 

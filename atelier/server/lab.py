@@ -41,6 +41,8 @@ from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.state import error_text, state
 
 if TYPE_CHECKING:  # these lessons import torch, loaded on their route's first call
+    from torch import Tensor
+
     from atelier.lessons.schedules import SchedulerComparison
 
 LAB_ROOT = Path(__file__).resolve().parent.parent / "web" / "lab"
@@ -490,9 +492,13 @@ async def concepts(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def channel_image(channel: np.ndarray) -> Image.Image:
-    """One latent channel (h, w) as a grey image, scaled so -3..3 (about +-3 standard deviations) spans 0..255."""
-    return Image.fromarray(((np.clip(channel, -3, 3) + 3) / 6 * 255).round().astype(np.uint8), mode="L")
+def channel_pictures(latent: Tensor) -> list[Image.Image]:
+    """One RAW latent (C, h, w) -> C grey pictures of h x w (lessons/channels.py, "shared symmetric", the mapping
+    of the latent view too); the page enlarges them."""
+    from atelier.imaging import unit_to_uint8
+    from atelier.lessons.channels import channel_greys
+
+    return [Image.fromarray(grey.numpy()) for grey in unit_to_uint8(channel_greys(latent))]
 
 
 def vae_roundtrip(m: Any, image: Image.Image, save: Callable[[Image.Image, str], dict]) -> dict:
@@ -502,6 +508,7 @@ def vae_roundtrip(m: Any, image: Image.Image, save: Callable[[Image.Image, str],
     """
     import torch
 
+    from atelier.lessons.channels import channel_stats
     from atelier.pipeline import decode, encode
 
     scale = min(1.0, VAE_MAX_SIDE / max(image.size))
@@ -516,11 +523,12 @@ def vae_roundtrip(m: Any, image: Image.Image, save: Callable[[Image.Image, str],
     mse = float((error**2).mean())
     scaled = latent[0].numpy() * m.vae.config.scaling_factor  # what the UNet sees: about unit variance
     pixel_values, latent_values = source.size, scaled.size
+    stats = [dataclasses.asdict(s) for s in channel_stats(latent[0])]  # RAW units, as the Latent Channels node
     return {
         "original": save(original, "lab_vae_in"),
         "reconstruction": save(Image.fromarray(rebuilt), "lab_vae_out"),
-        "channels": [save(channel_image(c), f"lab_latent_c{i}") for i, c in enumerate(scaled)],
-        "channel_stats": [{"mean": float(c.mean()), "std": float(c.std())} for c in scaled],
+        "channels": [save(grey, f"lab_latent_c{i}") for i, grey in enumerate(channel_pictures(latent[0]))],
+        "channel_stats": stats,
         "image_shape": [3, height, width],
         "latent_shape": list(scaled.shape),
         "pixel_values": pixel_values,
