@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +42,7 @@ from atelier.server.state import error_text, state
 if TYPE_CHECKING:  # these lessons import torch, loaded on their route's first call
     from torch import Tensor
 
+    from atelier.lessons.round_trip import RoundTrip
     from atelier.lessons.schedules import SchedulerComparison
 
 LAB_ROOT = Path(__file__).resolve().parent.parent / "web" / "lab"
@@ -501,47 +501,31 @@ def channel_pictures(latent: Tensor) -> list[Image.Image]:
     return [Image.fromarray(grey.numpy()) for grey in unit_to_uint8(channel_greys(latent))]
 
 
-def vae_roundtrip(m: Any, image: Image.Image, save: Callable[[Image.Image, str], dict]) -> dict:
-    """Encode an image to the latent (posterior mean), decode it back, and measure what was lost.
-
-    The latent has 4 numbers per 8x8 block of pixels where the image has 3 x 64: 48 times fewer numbers.
-    """
-    import torch
-
+def vae_report(trip: RoundTrip, save: Callable[[Image.Image, str], dict]) -> dict:
+    """The page's JSON of a VAE round trip (lessons/round_trip.py): its pictures saved with `save`, its figures."""
     from atelier.lessons.channels import channel_stats
-    from atelier.pipeline import decode, encode
 
-    scale = min(1.0, VAE_MAX_SIDE / max(image.size))
-    width, height = (max(8, int(image.width * scale) // 8 * 8), max(8, int(image.height * scale) // 8 * 8))
-    original = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(original, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-    latent = encode(m.vae, pixels)  # (1, 4, H/8, W/8), raw
-    back = decode(m.vae, latent)  # (1, 3, H, W) in [-1, 1]
-    rebuilt = ((back[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    source = np.asarray(original, dtype=np.uint8)
-    error = rebuilt.astype(np.float64) - source.astype(np.float64)
-    mse = float((error**2).mean())
-    scaled = latent[0].numpy() * m.vae.config.scaling_factor  # what the UNet sees: about unit variance
-    pixel_values, latent_values = source.size, scaled.size
-    stats = [dataclasses.asdict(s) for s in channel_stats(latent[0])]  # RAW units, as the Latent Channels node
+    stats = [dataclasses.asdict(s) for s in channel_stats(trip.latent)]  # RAW units, as the Latent Channels node
     return {
-        "original": save(original, "lab_vae_in"),
-        "reconstruction": save(Image.fromarray(rebuilt), "lab_vae_out"),
-        "channels": [save(grey, f"lab_latent_c{i}") for i, grey in enumerate(channel_pictures(latent[0]))],
+        "original": save(trip.original, "lab_vae_in"),
+        "reconstruction": save(trip.reconstruction, "lab_vae_out"),
+        "channels": [save(grey, f"lab_latent_c{i}") for i, grey in enumerate(channel_pictures(trip.latent))],
         "channel_stats": stats,
-        "image_shape": [3, height, width],
-        "latent_shape": list(scaled.shape),
-        "pixel_values": pixel_values,
-        "latent_values": latent_values,
-        "ratio_values": pixel_values / latent_values,
-        "ratio_bytes_fp16": pixel_values / (latent_values * 2),  # 8-bit pixels vs 16-bit latent numbers
-        "mean_abs_error": float(np.abs(error).mean()),
-        "psnr_db": 10 * math.log10(255**2 / mse) if mse > 0 else float("inf"),
+        "image_shape": [3, trip.original.height, trip.original.width],
+        "latent_shape": list(trip.latent.shape),
+        "pixel_values": trip.pixel_values,
+        "latent_values": trip.latent_values,
+        "ratio_values": trip.ratio_values,
+        "ratio_bytes_fp16": trip.ratio_bytes_fp16,
+        "mean_abs_error": trip.mean_abs_error,
+        "psnr_db": trip.psnr_db,
     }
 
 
 @_handler
 async def vae_roundtrip_route(request: web.Request) -> web.Response:
+    from atelier.lessons.round_trip import round_trip
+
     body = await _body(request)
     image = _open_ref(request, body.get("image"), "image")
     files = state(request).files
@@ -550,7 +534,9 @@ async def vae_roundtrip_route(request: web.Request) -> web.Response:
         return files.save_image(img, prefix, "temp")
 
     lab = state(request).lab
-    return web.json_response(await _in_thread(lambda: vae_roundtrip(lab.models(), image, save)))
+    return web.json_response(
+        await _in_thread(lambda: vae_report(round_trip(lab.models().vae, image, VAE_MAX_SIDE), save))
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
