@@ -42,6 +42,7 @@ from atelier.server.state import error_text, state
 if TYPE_CHECKING:  # these lessons import torch, loaded on their route's first call
     from torch import Tensor
 
+    from atelier.lessons.concepts import ConceptMap
     from atelier.lessons.round_trip import RoundTrip
     from atelier.lessons.schedules import SchedulerComparison
 
@@ -406,69 +407,21 @@ async def schedules(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """(N, D) -> (N, 2) coordinates on the two directions of largest variance, and the share of variance of each.
-
-    Principal component analysis: centre the points, take the SVD X = U S V^T; the first two rows of V^T are the
-    directions along which the points spread most, and X V[:, :2] = U[:, :2] S[:2] are the coordinates.
-    """
-    centred = vectors - vectors.mean(axis=0, keepdims=True)  # (N, D)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    coords = u[:, :2] * s[:2]  # (N, <=2)
-    if coords.shape[1] < 2:
-        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
-    variance = s**2
-    share = (variance[:2] / variance.sum()).tolist() if variance.sum() > 0 else [0.0, 0.0]
-    return coords, share + [0.0] * (2 - len(share))
-
-
-def concept_map(m: Any, words: list[str], images: list[Image.Image], image_labels: list[str]) -> dict:
-    """Unit-length embeddings of each word (the text encoder's `projected` output, the space CLIP training shares
-    with the image encoder) and of each image, their cosine similarities, and a 2-D PCA of them all."""
-    import torch
-    import torch.nn.functional as F
-
-    vectors = []
-    with torch.no_grad():
-        if words:
-            ids = torch.tensor([m.tokenizer(w) for w in words])  # (W, 77)
-            projected = m.text_encoder(ids).projected
-            if projected is None:
-                raise InputError("This text encoder has no projection, so its words cannot be placed on the map.")
-            vectors.append(F.normalize(projected.float(), dim=-1))  # (W, D)
-        if images:
-            if m.image_encoder is None:
-                raise InputError("The embedded model's image encoder is missing, so images cannot be placed.")
-            batch = []
-            for img in images:
-                side = 128  # the image encoder was trained on 128x128 scenes
-                small = ImageOps.fit(img, (side, side), Image.Resampling.LANCZOS)
-                batch.append(torch.from_numpy(np.asarray(small, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
-            vectors.append(F.normalize(m.image_encoder(torch.stack(batch)).float(), dim=-1))  # (I, D)
-    emb = torch.cat(vectors).numpy()  # (N, D), unit rows
-    similarity = emb @ emb.T  # (N, N) cosine similarity
-    coords, share = pca_2d(emb)
-    labels = [*words, *image_labels]
-    kinds = ["text"] * len(words) + ["image"] * len(images)
-    points = []
-    for n, (label, kind) in enumerate(zip(labels, kinds, strict=True)):
-        others = [(float(similarity[n, j]), j) for j in range(len(labels)) if j != n]
-        best = max(others) if others else (1.0, n)
-        points.append(
-            {
-                "label": label,
-                "kind": kind,
-                "x": float(coords[n, 0]),
-                "y": float(coords[n, 1]),
-                "nearest": labels[best[1]],
-                "nearest_similarity": round(best[0], 4),
-            }
-        )
-    return {"points": points, "explained": share, "similarity": np.round(similarity, 4).tolist(), "dim": emb.shape[1]}
+def concept_report(concepts: ConceptMap) -> dict:
+    """The page's JSON of a concept map (lessons/concepts.py), similarities rounded to 4 decimals."""
+    points = [{**dataclasses.asdict(p), "nearest_similarity": round(p.nearest_similarity, 4)} for p in concepts.points]
+    return {
+        "points": points,
+        "explained": concepts.explained,
+        "similarity": np.round(concepts.similarity, 4).tolist(),
+        "dim": concepts.dim,
+    }
 
 
 @_handler
 async def concepts(request: web.Request) -> web.Response:
+    from atelier.lessons.concepts import concept_map
+
     body = await _body(request)
     words = body.get("words", [])
     refs = body.get("images", [])
@@ -484,7 +437,8 @@ async def concepts(request: web.Request) -> web.Response:
     images = [_open_ref(request, ref, "image") for ref in refs]
     labels = [str(ref.get("label") or ref["filename"]) for ref in refs]
     lab = state(request).lab
-    return web.json_response(await _in_thread(lambda: concept_map(lab.models(), words, images, labels)))
+    concepts = await _in_thread(lambda: concept_map(lab.models(), words, images, labels))
+    return web.json_response(concept_report(concepts))
 
 
 # --------------------------------------------------------------------------------------------------------------
