@@ -28,7 +28,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from atelier.errors import InputError
-from atelier.graph.kit import KSAMPLER_INPUTS, MAX_RESOLUTION, SEED_MAX, ClipModel, Node, run_sampler
+from atelier.graph.kit import (
+    CFG_INPUT,
+    KSAMPLER_INPUTS,
+    MAX_RESOLUTION,
+    SEED_INPUT,
+    STEPS_INPUT,
+    ClipModel,
+    Node,
+    run_sampler,
+)
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_pil, pil_to_bhwc_unit, uint8_to_unit
 from atelier.lessons.channels import NORMALIZE, channel_greys, channel_stats
@@ -293,26 +302,9 @@ class AtelierCrossAttentionMap(Node):
                 tooltip="The word of the prompt to map; several tokens (a rare word, or several words) are "
                 "summed. Case does not matter.",
             ),
-            Input(
-                "seed",
-                "INT",
-                default=0,
-                min=0,
-                max=SEED_MAX,
-                control_after_generate=True,
-                tooltip="The random seed used for creating the noise.",
-            ),
-            Input("steps", "INT", default=20, min=1, max=10000, tooltip="Denoising steps."),
-            Input(
-                "cfg",
-                "FLOAT",
-                default=8.0,
-                min=0.0,
-                max=100.0,
-                step=0.1,
-                round=0.01,
-                tooltip="Classifier-free guidance scale (1 = no guidance, no unconditional pass).",
-            ),
+            SEED_INPUT,
+            STEPS_INPUT,
+            CFG_INPUT,
             Input("width", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, tooltip="Image width in pixels."),
             Input("height", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, tooltip="Image height in pixels."),
         ],
