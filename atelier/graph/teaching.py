@@ -13,7 +13,9 @@ SaveAnimatedWEBP (an IMAGE batch as an animated WebP) and PreviewAny (shows any 
 editor draws a text box for that node name only).
 
 They are ordinary nodes (see schema.py): they call atelier/pipeline.py like the core nodes do, and the sampling
-ones reuse the KSampler's own loop (`kit.run_sampler`), so progress, previews and Cancel behave the same.
+ones reuse the KSampler's own loop (`kit.run_sampler`), so progress, previews and Cancel behave the same. What
+tokens, sigmas and latent channels they show is computed in atelier/lessons/, as the lab's page computes it; the
+nodes only turn it into IMAGE, STRING and MASK outputs.
 """
 
 from __future__ import annotations
