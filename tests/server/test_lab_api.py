@@ -18,6 +18,7 @@ from atelier.graph.validation import validate_prompt
 from atelier.server import lab
 from atelier.server.app import create_app, default_registry
 from atelier.server.files import DataDir
+from atelier.server.state import STATE
 from tests.server.harness import async_test
 
 LAB = "/atelier/lab"
@@ -188,6 +189,15 @@ async def test_schedules_give_every_scheduler(tmp_path):
     assert body["schedulers"]["karras"][:2] == [14.61464, 4.79653]
     assert bad == "steps must be a whole number from 1 to 1000, got 0."
     assert unknown.startswith("Scheduler 'fast' is not known")
+
+
+@async_test
+async def test_each_app_keeps_its_own_lab_models(tmp_path):
+    async with lab_server(tmp_path / "a") as a, lab_server(tmp_path / "b") as b:
+        assert (await a.get(f"{LAB}/tokens", params={"text": "red"})).status == 200
+        lab_a, lab_b = a.server.app[STATE].lab, b.server.app[STATE].lab
+        assert lab_a.tokenizer() is lab_a.tokenizer()  # loaded once, then kept
+        assert lab_b.tokenizer() is not lab_a.tokenizer()  # no module-wide cache shared between apps
 
 
 # ---- concept map, VAE round trip, compare (the embedded model) ----
