@@ -1,14 +1,15 @@
 """The lab: a plain page at /lab/ for the workshop, and the few routes only it needs under /atelier/lab/.
 
 Generations in the lab go through the same ComfyUI protocol as the node editor (POST /api/prompt, /ws, /api/view,
-/api/history): the lab asks this module for the graph of its parameters, queues it, and shows what comes back.
+/api/history): the lab asks this module for the graph of its parameters (built by lab_graphs.py, which names each
+output by its role), queues it, and shows what comes back.
 The routes below answer the questions a graph cannot: how a prompt is cut into tokens, which sigmas a scheduler
 visits, where words (and images) sit in the text encoder's space, what the VAE keeps of an image, and whether two
 images are the same pixel for pixel.
 
     GET  /lab/                          the page (atelier/web/lab/: index.html, lab.css, *.js, i18n/*.json)
-    GET  /atelier/lab/options           models, samplers, schedulers and the teaching defaults
-    POST /atelier/lab/graph             {params, view?, init_image?, words?} -> {prompt (API), workflow (editor)}
+    GET  /atelier/lab/options           models, samplers, schedulers, the teaching defaults and the form's limits
+    POST /atelier/lab/graph             {params, view?, init_image?, words?} -> {prompt (API), roles, workflow}
     POST /atelier/lab/workflow          {prompt} -> {workflow}: any API prompt, laid out for the node editor
     GET  /atelier/lab/tokens?text=      the prompt's tokens, ids and 77-token windows
     GET  /atelier/lab/schedules?steps=&scheduler=&denoise=   sigma per step for every scheduler
@@ -34,6 +35,7 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from atelier.errors import AtelierError, InputError
+from atelier.graph.registry import NodeRegistry
 from atelier.lessons.tokens import PromptTokens, read_tokens
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
@@ -175,6 +177,18 @@ def _choices(request: web.Request, node: str, input_name: str, fallback: list[st
     return fallback
 
 
+def form_limits(registry: NodeRegistry) -> dict[str, dict]:
+    """What each numeric field of the lab's form accepts: the type, min, max and step of the node input it sets
+    (KSampler's and EmptyLatentImage's schemas, lab_graphs.PARAM_INPUTS), so the form and the nodes agree."""
+    from atelier.server.lab_graphs import PARAM_INPUTS
+
+    limits = {}
+    for param, (node, input_name) in PARAM_INPUTS.items():
+        [inp] = [i for i in registry.require(node).SCHEMA.inputs if i.name == input_name]
+        limits[param] = {"type": inp.type, "min": inp.min, "max": inp.max, "step": inp.step}
+    return limits
+
+
 @_handler
 async def options(request: web.Request) -> web.Response:
     from atelier.sampling.samplers import SAMPLERS
@@ -186,6 +200,7 @@ async def options(request: web.Request) -> web.Response:
             "samplers": list(SAMPLERS),
             "schedulers": list(SCHEDULERS),
             "defaults": TEACHING_DEFAULTS,
+            "limits": form_limits(state(request).registry),
             "node_types": sorted(state(request).registry),
         }
     )
@@ -220,96 +235,10 @@ def ui_workflow(request: web.Request, prompt: dict) -> dict:
     return api_to_ui(prompt, state(request).registry)
 
 
-VIEWS = ("generate", "filmstrip", "convergence", "latent", "attention")
-
-
-def _animation(images: list, filename_prefix: str) -> dict:
-    """A SaveAnimatedWEBP node: the frames of a film strip as one animated picture (6 frames/s)."""
-    return {
-        "class_type": "SaveAnimatedWEBP",
-        "inputs": {
-            "images": images,
-            "filename_prefix": filename_prefix,
-            "fps": 6.0,
-            "lossless": False,
-            "quality": 90,
-            "method": "default",
-        },
-    }
-
-
-def view_graph(
-    params: Any, view: str, init_image: str | None = None, words: list[str] | None = None, prefix: str = "lab"
-) -> dict:
-    """The API prompt behind one lab view: the classic graph (generation.api_graph) with its output end swapped.
-
-    - generate: the classic graph as is (KSampler -> VAEDecode -> SaveImage).
-    - filmstrip: the KSampler becomes AtelierFilmStripSampler; its noisy and predicted frames are previewed one
-      by one and saved as two animated WebPs.
-    - convergence: two film-strip samplers on the same noise, euler and euler_ancestral; predicted frames of both.
-    - latent: the classic graph, plus AtelierLatentChannels on the sampled latent (4 grey images and their stats).
-    - attention: one AtelierCrossAttentionMap per word (each generates with euler/normal and records attention).
-    """
-    from atelier.generation import api_graph
-
-    if view not in VIEWS:
-        raise InputError(f"view {view!r} is not known; expected one of {', '.join(VIEWS)}.")
-    g = api_graph(params, init_image=init_image, filename_prefix=prefix)
-    if view == "generate":
-        return g
-    sampler_inputs = dict(g["3"]["inputs"])
-    if view in ("filmstrip", "convergence"):
-        del g["3"], g["8"], g["9"]
-        samplers = [params.sampler] if view == "filmstrip" else ["euler", "euler_ancestral"]
-        for n, name in enumerate(samplers):
-            node = str(20 + 10 * n)
-            g[node] = {
-                "class_type": "AtelierFilmStripSampler",
-                "inputs": {**sampler_inputs, "sampler_name": name, "vae": ["4", 2]},
-            }
-            g[str(21 + 10 * n)] = {"class_type": "PreviewImage", "inputs": {"images": [node, 2]}}
-            g[str(22 + 10 * n)] = _animation([node, 2], f"{prefix}/{name}_predicted")
-            if view == "filmstrip":
-                g[str(23 + 10 * n)] = {"class_type": "PreviewImage", "inputs": {"images": [node, 1]}}
-                g[str(24 + 10 * n)] = _animation([node, 1], f"{prefix}/{name}_noisy")
-    elif view == "latent":
-        g["20"] = {
-            "class_type": "AtelierLatentChannels",
-            "inputs": {"samples": ["3", 0], "normalize": "shared symmetric"},
-        }
-        g["21"] = {"class_type": "PreviewImage", "inputs": {"images": ["20", 0]}}
-        g["22"] = {"class_type": "PreviewAny", "inputs": {"source": ["20", 1]}}
-    elif view == "attention":
-        words = [w.strip() for w in (words or []) if isinstance(w, str) and w.strip()]
-        if not words:
-            raise InputError("The attention view needs at least one word of the prompt to map.")
-        if len(words) > 8:
-            raise InputError(f"The attention view maps at most 8 words at once, got {len(words)}.")
-        g = {"4": g["4"]}
-        for n, word in enumerate(words):
-            node = str(20 + 10 * n)
-            g[node] = {
-                "class_type": "AtelierCrossAttentionMap",
-                "inputs": {
-                    "model": ["4", 0],
-                    "clip": ["4", 1],
-                    "vae": ["4", 2],
-                    "text": params.prompt,
-                    "word": word,
-                    "seed": params.seed,
-                    "steps": params.steps,
-                    "cfg": params.cfg,
-                    "width": params.width,
-                    "height": params.height,
-                },
-            }
-            g[str(21 + 10 * n)] = {"class_type": "PreviewImage", "inputs": {"images": [node, 1]}}
-        g["19"] = {"class_type": "PreviewImage", "inputs": {"images": ["20", 0]}}
-    return dict(sorted(g.items(), key=lambda kv: int(kv[0])))
-
-
 @_handler
 async def graph(request: web.Request) -> web.Response:
+    from atelier.server.lab_graphs import view_graph
+
     body = await _body(request)
     params = generation_params(body.get("params"))
     init_image = body.get("init_image")
@@ -323,8 +252,10 @@ async def graph(request: web.Request) -> web.Response:
     prefix = body.get("filename_prefix") or "lab"
     if not isinstance(prefix, str):
         raise InputError("filename_prefix must be text, e.g. 'lab'.")
-    prompt = view_graph(params, str(body.get("view") or "generate"), init_image, words, prefix)
-    return web.json_response({"prompt": prompt, "workflow": ui_workflow(request, prompt)})
+    lab_graph = view_graph(params, str(body.get("view") or "generate"), init_image, words, prefix)
+    return web.json_response(
+        {"prompt": lab_graph.prompt, "roles": lab_graph.roles, "workflow": ui_workflow(request, lab_graph.prompt)}
+    )
 
 
 @_handler
