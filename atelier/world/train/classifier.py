@@ -3,6 +3,7 @@ scenes whose contents are known (every kind-colour pair, held-out ones included)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -13,7 +14,14 @@ from atelier.world.train.ranks import autocast, wrap_ddp
 from atelier.world.train.weights import save_weights
 
 
-def train_classifier(job: StageJob, images_per_rank: int = 50_000) -> None:
+@dataclasses.dataclass(frozen=True)
+class ClassifierOptions:
+    """The classifier stage's own options: it renders labelled scenes of its own rather than the stages' world."""
+
+    images_per_rank: int = 50_000  # labelled scenes rendered per rank (the command line passes --images)
+
+
+def train_classifier(job: StageJob, options: ClassifierOptions = ClassifierOptions()) -> None:
     from atelier.world.evaluate import (
         classifier_accuracy,
         classifier_loss,
@@ -24,8 +32,9 @@ def train_classifier(job: StageJob, images_per_rank: int = 50_000) -> None:
     )
 
     start = time.time()
+    count = options.images_per_rank
     images, labels, _ = render_labelled(
-        job.seed + 5, images_per_rank, job.shapes.image_size, job.workers, start=job.ranks.rank * images_per_rank
+        job.seed + 5, count, job.shapes.image_size, job.workers, start=job.ranks.rank * count
     )
     images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(job.ranks.device)
     labels = torch.from_numpy(labels).to(job.ranks.device)

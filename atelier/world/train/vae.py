@@ -45,8 +45,19 @@ class _AutoencoderPass(nn.Module):
         return self.vae.decode(z), posterior.mean, posterior.logvar
 
 
-def train_vae(job: StageJob, edge_weight: float = 0.5) -> None:
-    """Stage 1, the autoencoder; `edge_weight` weighs the L1 of the edges next to the L1 of the pixels.
+@dataclasses.dataclass(frozen=True)
+class VAEOptions:
+    """The vae stage's own options. A sentence about a bad value names the option by its command-line flag."""
+
+    edge_weight: float = 0.5  # --edge-weight: the L1 of the edges (`_sobel`) next to the L1 of the pixels
+
+    def __post_init__(self) -> None:
+        if self.edge_weight < 0:
+            raise ValueError(f"--edge-weight is a loss weight, 0 or more; got {self.edge_weight}")
+
+
+def train_vae(job: StageJob, options: VAEOptions = VAEOptions()) -> None:
+    """Stage 1, the autoencoder.
 
     When `job.out` already holds a vae.safetensors (from --init or an earlier run), training continues from it, and at
     the end the judge reads object kinds through both autoencoders (`round_trip_judge`): the new one is written
@@ -78,7 +89,7 @@ def train_vae(job: StageJob, edge_weight: float = 0.5) -> None:
             recon, mean, logvar = model(images)
         l1, edge = reconstruction_errors(recon, images)
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
-        return l1 + edge_weight * edge + 1e-6 * kl, {"l1": l1, "edge": edge, "kl": kl}
+        return l1 + options.edge_weight * edge + 1e-6 * kl, {"l1": l1, "edge": edge, "kl": kl}
 
     stage.run({"vae": vae}, opt, loss_fn)
 
