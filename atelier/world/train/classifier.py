@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from atelier.imaging import bhwc_uint8_to_bchw_signed, uint8_to_signed
 from atelier.world.train.loop import Stage, StageJob
 from atelier.world.train.ranks import autocast, wrap_ddp
 from atelier.world.train.weights import save_weights
@@ -28,7 +29,6 @@ def train_classifier(job: StageJob, options: ClassifierOptions = ClassifierOptio
         new_classifier,
         read_images,
         render_labelled,
-        to_unit,
     )
 
     start = time.time()
@@ -51,14 +51,14 @@ def train_classifier(job: StageJob, options: ClassifierOptions = ClassifierOptio
     def loss_fn() -> tuple[torch.Tensor, dict]:
         idx = torch.randint(0, len(images), (job.settings.batch,), generator=gen).to(job.ranks.device)
         with autocast(job.ranks):
-            logits = model(images[idx].float() / 127.5 - 1.0)
+            logits = model(uint8_to_signed(images[idx]))
         return classifier_loss({k: v.float() for k, v in logits.items()}, labels[idx]), {}
 
     stage.run({"classifier": classifier}, opt, loss_fn, clip_norm=None)
     if job.ranks.main:
         classifier.eval()
         fresh, _, scenes = render_labelled(job.seed + 999, 2000, job.shapes.image_size, job.workers, start=10**9)
-        acc = classifier_accuracy(read_images(classifier, to_unit(fresh)), scenes)
+        acc = classifier_accuracy(read_images(classifier, bhwc_uint8_to_bchw_signed(fresh)), scenes)
         print(f"[classifier] accuracy on 2000 fresh renders: {acc}", flush=True)
         with (job.out / "classifier.log.jsonl").open("a") as f:
             f.write(json.dumps({"fresh_accuracy": acc}) + "\n")

@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from atelier.imaging import uint8_to_signed
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.tokenizer import CLIPTokenizer
 from atelier.models.unet import UNet
@@ -25,7 +26,7 @@ def encode_latents(vae: VAE, images_u8: torch.Tensor, batch: int = 256) -> torch
     out = []
     with torch.no_grad():
         for chunk in images_u8.split(batch):
-            out.append(vae.encode(chunk.float() / 127.5 - 1.0).mean * vae.config.scaling_factor)
+            out.append(vae.encode(uint8_to_signed(chunk)).mean * vae.config.scaling_factor)
     return torch.cat(out)
 
 

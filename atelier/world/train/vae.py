@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atelier.imaging import bhwc_uint8_to_bchw_signed
 from atelier.models.vae import VAE
 from atelier.world.train.loop import Stage, StageJob
 from atelier.world.train.ranks import autocast, wrap_ddp
@@ -130,7 +131,6 @@ def round_trip_judge(out: Path, size: int, workers: int, count: int = 1000) -> C
         object_kind_accuracy,
         read_images,
         render_labelled,
-        to_unit,
         vae_round_trip,
     )
 
@@ -143,7 +143,7 @@ def round_trip_judge(out: Path, size: int, workers: int, count: int = 1000) -> C
 
     def judge(vae: VAE) -> float:
         device, was_training = next(vae.parameters()).device, vae.training
-        readings = read_images(classifier.to(device), vae_round_trip(vae.eval(), to_unit(images)))
+        readings = read_images(classifier.to(device), vae_round_trip(vae.eval(), bhwc_uint8_to_bchw_signed(images)))
         vae.train(was_training)
         return object_kind_accuracy(readings, scenes)
 
