@@ -1,0 +1,232 @@
+"""The second world (atelier/world/v2/): kinds, poses, counts, backdrops, held-out pairs, grammar and parsing.
+
+The first world must not move while the second grows: `test_first_world_is_unchanged` pins its renders and
+captions (the shipped model and `atelier eval` depend on them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from atelier.errors import InputError
+from atelier.world.dataset import render_batch as first_world_batch
+from atelier.world.scene import RelationSpec
+from atelier.world.v2 import splits
+from atelier.world.v2.pictograms import STYLES, Pose, posed_polygons, random_pose
+from atelier.world.v2.scene import (
+    GroupSpec,
+    Scene,
+    SceneObject,
+    SceneSpec,
+    check_scene,
+    colours_for,
+    groups_of,
+    objects_fit_together,
+    relations_between,
+    render,
+    sample_scene,
+    scene_from_spec,
+    scene_matches_spec,
+)
+from atelier.world.v2.vocab import (
+    BACKGROUNDS,
+    COLOURS,
+    KIND_WORDS,
+    KINDS,
+    MAX_COUNT,
+    NEW_KINDS,
+    PLAIN_BACKGROUNDS,
+    RELATIONS,
+    SELF_COLOURED_KINDS,
+    TIMES,
+    WEATHERS,
+)
+from atelier.world.vocab import KINDS as FIRST_WORLD_KINDS
+from atelier.world.vocab import RELATIONS as FIRST_WORLD_RELATIONS
+
+
+def _alone(kind: str, colour: str | None = "red", size: str = "big", pose: Pose = Pose(), background: str = "white"):
+    colour = None if kind in SELF_COLOURED_KINDS else colour
+    return render(Scene((SceneObject(kind, colour, size, (1, 1), (0, 0), pose),), background)).astype(int)
+
+
+def _mask(image: np.ndarray, background: str = "white") -> np.ndarray:
+    return np.abs(image - render(Scene((), background)).astype(int)).max(-1) > 40
+
+
+def test_first_world_is_unchanged():
+    # 64 items of the first world's dataset seed 0: pixels and captions, as they were before the second world.
+    images, captions, _ = first_world_batch(0, 64, 128)
+    digest = hashlib.sha256(images.tobytes())
+    digest.update("\n".join(captions).encode())
+    assert digest.hexdigest() == "5a6a3882ddaac3b0c254d72fa79a118ce52ec2172c334e5ed5b9542a3e324a5b"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kinds and poses
+
+
+def test_the_world_has_the_kinds_the_issue_asks_for():
+    assert len(KINDS) >= 32 and KINDS[:14] == FIRST_WORLD_KINDS and KINDS[14:] == NEW_KINDS
+    assert {"cat", "dog", "bird", "rabbit", "horse", "butterfly"} <= set(KINDS)
+    assert {"person", "child", "plane", "train", "bicycle", "rocket"} <= set(KINDS)
+    assert {"mountain", "rainbow", "umbrella", "balloon"} <= set(KINDS)
+    assert set(STYLES) == set(KINDS) and set(KIND_WORDS) == set(KINDS)
+    assert set(RELATIONS) >= set(FIRST_WORLD_RELATIONS) and len(RELATIONS) >= len(FIRST_WORLD_RELATIONS) + 2
+
+
+@pytest.mark.parametrize("size", ["small", "big"])
+def test_every_kind_renders_distinctly(size):
+    # As for the first world: of the pixels either of two kinds covers, at least 20% differ between them.
+    images = {kind: _alone(kind, size=size) for kind in KINDS}
+    for kind, image in images.items():
+        assert _mask(image).sum() >= (60 if size == "small" else 300), kind
+    for a, b in itertools.combinations(KINDS, 2):
+        differ = np.abs(images[a] - images[b]).max(-1) > 40
+        union = _mask(images[a]) | _mask(images[b])
+        assert differ.sum() >= 0.2 * union.sum(), (a, b, size)
+
+
+def test_poses_vary_the_drawing_but_stay_in_the_box():
+    rng = random.Random(3)
+    for kind in KINDS:
+        poses = [random_pose(kind, rng) for _ in range(12)]
+        for pose in poses:
+            assert max(np.abs(points).max() for points, _ in posed_polygons(kind, pose)) <= 1.0 + 1e-9, kind
+        drawn = {_alone(kind, pose=pose).tobytes() for pose in poses}
+        assert len(drawn) >= 6, kind  # stretch and jitterless tilt alone change the pixels
+    mirrored = _alone("cat", pose=Pose(mirror=True))
+    area = _mask(mirrored).sum()
+    assert (np.abs(mirrored - _alone("cat")).max(-1) > 40).sum() > 0.15 * area  # the tail moves to the other side
+    assert (np.abs(mirrored - _alone("cat")[:, ::-1]).max(-1) > 40).sum() < 0.05 * area  # a mirror image, to a pixel
+
+
+def test_a_rainbow_has_its_own_colours():
+    image = _alone("rainbow")
+    assert len({tuple(p) for p in image[_mask(image)]}) > 6
+    with pytest.raises(InputError, match="Colour 'red' does not fit a rainbow"):
+        check_scene(Scene((SceneObject("rainbow", "red", "big", (1, 1)),), "white"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backdrops
+
+
+def test_every_backdrop_looks_different_and_plain_ones_have_no_sky():
+    empties = {}
+    for place in BACKGROUNDS:
+        for time, weather in [(None, None)] if place in PLAIN_BACKGROUNDS else itertools.product(TIMES, WEATHERS):
+            empties[(place, time, weather)] = render(Scene((), place, time, weather)).astype(float)
+    for (a, ia), (b, ib) in itertools.combinations(empties.items(), 2):
+        assert np.abs(ia - ib).mean() > 4, (a, b)
+    night, day = empties[("city", "night", "clear")], empties[("city", "day", "clear")]
+    assert night.mean() < 0.6 * day.mean()
+    with pytest.raises(InputError, match="plain backdrops have neither"):
+        check_scene(Scene((), "white", "night", "clear"))
+
+
+def test_colours_stand_out_on_their_backdrop():
+    assert "white" not in colours_for("snow", "day", "clear") and "blue" not in colours_for("sea", "day", "clear")
+    assert "green" not in colours_for("grass", "day", "clear") and "black" not in colours_for("sky", "night", "clear")
+    for place in BACKGROUNDS:
+        for time, weather in [(None, None)] if place in PLAIN_BACKGROUNDS else itertools.product(TIMES, WEATHERS):
+            assert len(colours_for(place, time, weather)) >= 6, (place, time, weather)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scenes, counts and relations
+
+
+def test_sampling_is_deterministic_per_seed_and_scenes_are_valid():
+    assert sample_scene(random.Random(11)) == sample_scene(random.Random(11))
+    assert np.array_equal(render(sample_scene(random.Random(11))), render(sample_scene(random.Random(11))))
+    assert sample_scene(random.Random(11)) != sample_scene(random.Random(12))
+    rng = random.Random(0)
+    counts, places = {n: 0 for n in range(1, MAX_COUNT + 1)}, set()
+    for _ in range(2000):
+        scene = sample_scene(rng)
+        check_scene(scene)
+        for kind, objects in groups_of(scene).items():
+            counts[len(objects)] += 1
+            assert all(
+                o.colour is None or o.colour in colours_for(scene.background, scene.time, scene.weather)
+                for o in objects
+            ), kind
+        places.add((scene.background, scene.time, scene.weather))
+    assert all(counts[n] >= 100 for n in counts)  # every count from one to four is common
+    assert len(places) == 3 + 8 * 9  # every place, time and weather
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_counts_render_that_many_separated_instances(count):
+    rng = random.Random(count)
+    for kind in ["cat", "star", "house", "bicycle", "balloon", "person"]:
+        scene = scene_from_spec(SceneSpec((GroupSpec(kind, count, "red", "small"),), "white"), rng)
+        labels, _ = ndimage.label(ndimage.binary_closing(_mask(render(scene).astype(int)), iterations=2))
+        sizes = np.bincount(labels.ravel())[1:]
+        assert (sizes >= 20).sum() == count, (kind, count, sizes)
+
+
+def test_relations_between_cells():
+    def at(cell):
+        return SceneObject("cat", "red", "small", cell)
+
+    assert set(relations_between(at((1, 0)), at((1, 1)))) == {"left_of", "next_to", "near"}
+    assert set(relations_between(at((0, 0)), at((1, 1)))) == {"left_of", "above", "near"}
+    assert set(relations_between(at((0, 0)), at((2, 1)))) == {"above", "far_from"}
+    assert set(relations_between(at((2, 2)), at((0, 0)))) == {"right_of", "below", "far_from"}
+    assert not objects_fit_together(at((1, 1)), at((1, 1)))
+
+
+def test_scene_from_spec_meets_the_spec_and_names_its_problems():
+    rng = random.Random(5)
+    spec = SceneSpec(
+        (GroupSpec("cat", 1, "blue"), GroupSpec("tree", 1, size="big"), GroupSpec("star", 3, "yellow")),
+        "forest",
+        "night",
+        None,
+        (RelationSpec(0, "left_of", 1),),
+    )
+    for _ in range(20):
+        scene = scene_from_spec(spec, rng)
+        assert scene_matches_spec(scene, spec) and scene.time == "night"
+        assert len(groups_of(scene)["star"]) == 3
+    some = scene_from_spec(SceneSpec((GroupSpec("dog", None),)), rng)
+    assert len(some.objects) >= 2
+    with pytest.raises(InputError, match="a cell holds one object"):
+        scene_from_spec(SceneSpec((GroupSpec("dog", 2, cell=(0, 0)),)), rng)
+    with pytest.raises(InputError, match="each kind in one group"):
+        scene_from_spec(SceneSpec((GroupSpec("dog"), GroupSpec("dog", 2))), rng)
+    with pytest.raises(InputError, match="cannot be asked of a rainbow"):
+        scene_from_spec(SceneSpec((GroupSpec("rainbow", 1, "red"),)), rng)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Held-out pairs
+
+
+def test_held_out_pairs_keep_the_first_worlds_and_cover_the_new_kinds():
+    from atelier.world.splits import HELD_OUT_PAIRS as FIRST
+
+    assert FIRST <= splits.HELD_OUT_PAIRS
+    coloured = [k for k in NEW_KINDS if k not in SELF_COLOURED_KINDS]
+    assert sorted(k for k, _ in splits.NEW_HELD_OUT_PAIRS) == sorted(coloured)  # one per new coloured kind
+    per_colour = {c: sum(c == colour for _, colour in splits.NEW_HELD_OUT_PAIRS) for c in COLOURS}
+    assert max(per_colour.values()) <= 2
+    share = len(splits.HELD_OUT_PAIRS) / sum(c is not None for _, c in splits.ALL_PAIRS)
+    assert 0.08 <= share <= 0.11
+
+
+def test_training_scenes_never_contain_held_out_pairs():
+    rng = random.Random(1)
+    for _ in range(3000):
+        assert not any(splits.is_held_out(o.kind, o.colour) for o in sample_scene(rng).objects)
+    held = [sample_scene(rng, held_out_only=True) for _ in range(300)]
+    assert all(splits.is_held_out(o.kind, o.colour) for s in held for o in s.objects)
+    assert {o.kind for s in held for o in s.objects} >= set(NEW_KINDS) - SELF_COLOURED_KINDS
