@@ -15,9 +15,19 @@ import pytest
 from scipy import ndimage
 
 from atelier.errors import InputError
+from atelier.world.captions import english_articles
 from atelier.world.dataset import render_batch as first_world_batch
 from atelier.world.scene import RelationSpec
 from atelier.world.v2 import splits
+from atelier.world.v2.captions import (
+    describe,
+    english_noun_phrase,
+    french_determiner,
+    french_finish,
+    french_noun_phrase,
+    random_prompt,
+)
+from atelier.world.v2.parse import parse_prompt
 from atelier.world.v2.pictograms import STYLES, Pose, posed_polygons, random_pose
 from atelier.world.v2.scene import (
     GroupSpec,
@@ -36,7 +46,10 @@ from atelier.world.v2.scene import (
 )
 from atelier.world.v2.vocab import (
     BACKGROUNDS,
+    COLOUR_WORDS,
     COLOURS,
+    COUNT_WORDS,
+    DISTRACTOR_WORDS,
     KIND_WORDS,
     KINDS,
     MAX_COUNT,
@@ -44,6 +57,7 @@ from atelier.world.v2.vocab import (
     PLAIN_BACKGROUNDS,
     RELATIONS,
     SELF_COLOURED_KINDS,
+    SIZE_WORDS,
     TIMES,
     WEATHERS,
 )
@@ -230,3 +244,156 @@ def test_training_scenes_never_contain_held_out_pairs():
     held = [sample_scene(rng, held_out_only=True) for _ in range(300)]
     assert all(splits.is_held_out(o.kind, o.colour) for s in held for o in s.objects)
     assert {o.kind for s in held for o in s.objects} >= set(NEW_KINDS) - SELF_COLOURED_KINDS
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Grammar
+
+
+@pytest.mark.parametrize(
+    "kind, count, colour, size, expected",
+    [
+        ("cat", 2, "green", None, "deux chats verts"),
+        ("star", 3, "yellow", None, "trois étoiles jaunes"),
+        ("house", 1, "red", None, "une maison rouge"),
+        ("house", None, "red", None, "des maisons rouges"),
+        ("house", None, "green", "small", "de petites maisons vertes"),
+        ("horse", 4, "white", "big", "quatre grands chevaux blancs"),
+        ("boat", 2, "brown", "medium", "deux bateaux marron de taille moyenne"),
+        ("flower", 3, "orange", None, "trois fleurs orange"),
+        ("moon", 2, "grey", None, "deux lunes grises"),
+        ("rainbow", 2, None, "small", "deux petits arcs-en-ciel"),
+        ("bird", 1, "white", None, "un oiseau blanc"),
+    ],
+)
+def test_french_agreement_and_plurals(kind, count, colour, size, expected):
+    noun = KIND_WORDS[kind].fr[0]
+    colour_adj = COLOUR_WORDS[colour].fr[0] if colour else None
+    size_adj = SIZE_WORDS[size].fr[0] if size else None
+    determiner = french_determiner(noun, count, False, random.Random(0))
+    if count in (2, 3, 4):
+        determiner = COUNT_WORDS[count].fr[0]
+    if count is None:
+        determiner = "des"
+    assert french_noun_phrase(noun, count, colour_adj, size_adj, determiner=determiner) == expected
+
+
+@pytest.mark.parametrize(
+    "kind, count, colour, expected",
+    [
+        ("cat", 2, "red", "two red cats"),
+        ("fish", 3, "blue", "three blue fish"),
+        ("butterfly", 4, None, "four butterflies"),
+        ("child", 2, "pink", "two pink children"),
+        ("person", None, None, "some people"),
+        ("umbrella", 1, None, "an umbrella"),
+        ("apple", 1, "orange", "an orange apple"),
+    ],
+)
+def test_english_plurals_and_articles(kind, count, colour, expected):
+    determiner = {1: "a", None: "some"}.get(count) or COUNT_WORDS[count].en[0]
+    phrase = english_noun_phrase(KIND_WORDS[kind].en[0], count, colour, None, determiner=determiner)
+    assert english_articles(phrase) == expected
+
+
+def test_french_contractions_with_plurals():
+    assert french_finish("une image de des chats") == "une image de chats"
+    assert french_finish("à gauche de le arbre") == "à gauche de l'arbre"
+    assert french_finish("au-dessus de une maison") == "au-dessus d'une maison"
+
+
+def test_english_and_french_captions_agree_in_attributes():
+    # The same random stream gives the same spec in both languages, and each caption says what its spec states.
+    rng = random.Random(4)
+    for _ in range(400):
+        scene = sample_scene(rng)
+        wording = rng.randrange(2**31)
+        en, spec = describe(scene, "en", random.Random(wording))
+        fr, spec_fr = describe(scene, "fr", random.Random(wording))
+        assert spec == spec_fr and scene_matches_spec(scene, spec), (en, fr)
+        for group in spec.groups:
+            if group.colour is not None:
+                assert any(w in en.replace(",", "").split() for w in COLOUR_WORDS[group.colour].en), (en, group)
+                forms = {
+                    f
+                    for a in COLOUR_WORDS[group.colour].fr
+                    for f in (a.masculine_plural, a.feminine_plural, a.masculine, a.feminine)
+                }
+                assert any(f in fr.replace(",", "").split() for f in forms), (fr, group)
+
+
+def test_captions_vary_in_words_and_order():
+    rng = random.Random(8)
+    scene = scene_from_spec(SceneSpec((GroupSpec("cat", 2, "red"),), "forest", "night", "rain"), rng)
+    captions = {describe(scene, lang, random.Random(k))[0] for k in range(300) for lang in ("en", "fr")}
+    assert len(captions) >= 150
+    assert any(c.startswith(("at night", "la nuit", "in the rain", "sous la pluie")) for c in captions)
+    assert any(c.endswith(("at night", "la nuit")) for c in captions)
+    assert any("kittens" in c for c in captions) and any("chatons" in c for c in captions)  # synonyms
+    with pytest.raises(InputError, match="language 'de'"):
+        describe(scene, "de", rng)
+
+
+def test_training_captions_carry_only_training_distractors():
+    held = set(DISTRACTOR_WORDS["held_out"].en) | {a.masculine for a in DISTRACTOR_WORDS["held_out"].fr}
+    rng = random.Random(2)
+    for k in range(2000):
+        text, _ = describe(sample_scene(rng), "fr" if k % 2 else "en", rng)
+        assert not held & set(text.split()), text
+    text, _ = random_prompt(random.Random(3), "fr", unknown_word=True)
+    assert set(parse_prompt(text).unknown) & {
+        a.agree(g, p) for a in DISTRACTOR_WORDS["held_out"].fr for g in "mf" for p in (False, True)
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parsing prompts, and the text encoder's vocabulary
+
+
+def test_parse_gives_back_the_spec_of_every_caption():
+    rng = random.Random(6)
+    for k in range(1500):
+        text, spec = describe(sample_scene(rng), "fr" if k % 2 else "en", rng, p_distractor=0.3)
+        assert parse_prompt(text).spec == spec, text
+
+
+@pytest.mark.parametrize(
+    "prompt, groups, background, unknown",
+    [
+        ("un chat astronaute", (GroupSpec("cat"),), None, ("astronaute",)),
+        ("a dog in the snow", (GroupSpec("dog"),), "snow", ()),
+        ("deux bateaux sur la mer", (GroupSpec("boat", 2),), "sea", ()),
+        ("trois étoiles jaunes", (GroupSpec("star", 3, "yellow"),), None, ()),
+        ("des maisons rouges", (GroupSpec("house", None, "red"),), None, ()),
+        ("a cute robot cat on the beach", (GroupSpec("cat"),), "beach", ("cute", "robot")),
+        ("L'arbre est au centre", (GroupSpec("tree", cell=(1, 1)),), None, ()),
+        ("a red rainbow", (GroupSpec("rainbow"),), None, ()),  # the world cannot draw it red: colour dropped
+        ("un dragon", (), None, ("dragon",)),
+    ],
+)
+def test_parse_names_what_the_world_knows(prompt, groups, background, unknown):
+    parsed = parse_prompt(prompt)
+    assert parsed.spec.groups == groups and parsed.spec.background == background and parsed.unknown == unknown
+
+
+def test_parse_relations_and_backdrop():
+    spec = parse_prompt("a cat to the left of a red bird at night while it is raining, two trees").spec
+    assert spec.groups == (GroupSpec("cat"), GroupSpec("bird", 1, "red"), GroupSpec("tree", 2))
+    assert spec.relations == (RelationSpec(0, "left_of", 1),) and (spec.time, spec.weather) == ("night", "rain")
+    spec = parse_prompt("un chien près d'un chat").spec
+    assert spec.relations == (RelationSpec(0, "near", 1),)
+    assert parse_prompt("deux chiens près d'un chat").spec.relations == ()  # relations link single objects
+
+
+def test_every_caption_fits_the_text_encoders_window():
+    # The embedded model's tokenizer is CLIP's byte-level BPE (49,408 entries): every word of the second world
+    # has tokens already, none is lost, and captions stay well under the 75 tokens between <start> and <end>.
+    tokenizer = pytest.importorskip("atelier.models.tokenizer").CLIPTokenizer.from_default()
+    words = {n.form(p) for w in KIND_WORDS.values() for n in w.en + w.fr for p in (False, True)}
+    for word in sorted(words):
+        assert tokenizer.decode(tokenizer.encode(word)).replace(" ", "") == word.replace(" ", ""), word
+    rng = random.Random(9)
+    longest = max(
+        len(tokenizer.encode(describe(sample_scene(rng), lang, rng)[0])) for _ in range(300) for lang in ("en", "fr")
+    )
+    assert longest <= 64
