@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import random
 
 import numpy as np
@@ -16,7 +17,7 @@ from scipy import ndimage
 
 from atelier.errors import InputError
 from atelier.world.captions import english_articles
-from atelier.world.dataset import render_batch as first_world_batch
+from atelier.world.dataset import iter_shards, prerender, render_batch, render_dataset
 from atelier.world.scene import RelationSpec
 from atelier.world.v2 import splits
 from atelier.world.v2.captions import (
@@ -63,6 +64,7 @@ from atelier.world.v2.vocab import (
 )
 from atelier.world.vocab import KINDS as FIRST_WORLD_KINDS
 from atelier.world.vocab import RELATIONS as FIRST_WORLD_RELATIONS
+from atelier.world.worlds import get_world
 
 
 def _alone(kind: str, colour: str | None = "red", size: str = "big", pose: Pose = Pose(), background: str = "white"):
@@ -76,7 +78,7 @@ def _mask(image: np.ndarray, background: str = "white") -> np.ndarray:
 
 def test_first_world_is_unchanged():
     # 64 items of the first world's dataset seed 0: pixels and captions, as they were before the second world.
-    images, captions, _ = first_world_batch(0, 64, 128)
+    images, captions, _ = render_batch(0, 64, 128)
     digest = hashlib.sha256(images.tobytes())
     digest.update("\n".join(captions).encode())
     assert digest.hexdigest() == "5a6a3882ddaac3b0c254d72fa79a118ce52ec2172c334e5ed5b9542a3e324a5b"
@@ -397,3 +399,27 @@ def test_every_caption_fits_the_text_encoders_window():
         len(tokenizer.encode(describe(sample_scene(rng), lang, rng)[0])) for _ in range(300) for lang in ("en", "fr")
     )
     assert longest <= 64
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Datasets of either world
+
+
+def test_datasets_take_the_world_by_name(tmp_path):
+    images, captions, specs = render_batch(3, 12, 64, world="v2")
+    again, captions_again, _ = render_batch(3, 12, 64, world="v2")
+    assert np.array_equal(images, again) and captions == captions_again
+    assert all(isinstance(s, SceneSpec) for s in specs)
+    assert not np.array_equal(images, render_batch(3, 12, 64)[0])  # "v1" stays the default
+    one = prerender(tmp_path / "one", 7, workers=1, seed=2, size=32, shard_size=3, world="v2")
+    two = prerender(tmp_path / "two", 7, workers=2, seed=2, size=32, shard_size=3, world="v2")
+    assert json.loads(one.read_text())["world"] == "v2"
+    stored = [s for _, _, scenes in iter_shards(one.parent) for s in scenes]
+    assert [render(s, 32).tobytes() for s in stored] == [im.tobytes() for im in render_batch(2, 7, 32, world="v2")[0]]
+    for name in json.loads(one.read_text())["shards"]:
+        assert np.array_equal(np.load(one.parent / f"{name}.npy"), np.load(two.parent / f"{name}.npy"))
+    many, per_image = render_dataset(seed=3, start=0, count=6, size=64, captions_per_image=4, world="v2")
+    assert np.array_equal(many, images[:6]) and all(len(c) == 4 for c in per_image)
+    with pytest.raises(InputError, match="World 'v3' is unknown"):
+        render_batch(0, 1, world="v3")
+    assert get_world("v2").kinds == KINDS and get_world().kinds == FIRST_WORLD_KINDS
