@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import random
+from time import perf_counter
 
 import numpy as np
 import pytest
@@ -423,3 +424,20 @@ def test_datasets_take_the_world_by_name(tmp_path):
     with pytest.raises(InputError, match="World 'v3' is unknown"):
         render_batch(0, 1, world="v3")
     assert get_world("v2").kinds == KINDS and get_world().kinds == FIRST_WORLD_KINDS
+
+
+@pytest.mark.slow
+def test_second_world_render_speed_on_one_core():
+    rng = random.Random(0)
+    scenes = [sample_scene(rng) for _ in range(3000)]
+    for scene in scenes:
+        render(scene)  # fill the backdrop cache: every place, time, weather and texture
+    start = perf_counter()
+    for scene in scenes:
+        render(scene)
+    renders_per_s = len(scenes) / (perf_counter() - start)
+    start = perf_counter()
+    render_batch(0, 2000, world="v2")
+    items_per_s = 2000 / (perf_counter() - start)
+    print(f"v2 render: {renders_per_s:.0f}/s, render_batch (scene + caption + render): {items_per_s:.0f}/s")
+    assert renders_per_s >= 500 and items_per_s >= 500
