@@ -31,6 +31,7 @@ from atelier.world.v2.captions import (
 )
 from atelier.world.v2.parse import parse_prompt
 from atelier.world.v2.pictograms import STYLES, Pose, posed_polygons, random_pose
+from atelier.world.v2.points import scene_from_labels, scene_labels, score_points
 from atelier.world.v2.scene import (
     GroupSpec,
     Scene,
@@ -441,3 +442,32 @@ def test_second_world_render_speed_on_one_core():
     items_per_s = 2000 / (perf_counter() - start)
     print(f"v2 render: {renders_per_s:.0f}/s, render_batch (scene + caption + render): {items_per_s:.0f}/s")
     assert renders_per_s >= 500 and items_per_s >= 500
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Judging
+
+
+def test_labels_round_trip_and_a_true_reading_scores_every_point():
+    rng = random.Random(12)
+    for k in range(500):
+        scene = sample_scene(rng)
+        labels = scene_labels(scene)
+        assert labels.shape == (30,) and labels.dtype == np.int64
+        reading = scene_from_labels(labels)
+        assert [(o.kind, o.colour, o.size, o.cell) for o in reading.objects] == sorted(
+            ((o.kind, o.colour, o.size, o.cell) for o in scene.objects), key=lambda t: t[3]
+        )
+        _, spec = describe(scene, "fr" if k % 2 else "en", rng)
+        assert all(s == p for s, p in score_points(reading, spec).values()), spec
+
+
+def test_points_count_what_is_missing():
+    spec = SceneSpec((GroupSpec("star", 3, "yellow"), GroupSpec("cat", None)), "city", "night")
+    stars = tuple(SceneObject("star", "yellow", "small", c) for c in ((0, 0), (0, 2)))
+    cats = (SceneObject("cat", "red", "big", (2, 2)),)
+    points = score_points(Scene(stars + cats, "city", "day", "clear"), spec)
+    assert points["kind"] == (2, 2) and points["count"] == (0, 2) and points["colour"] == (1, 1)
+    assert points["background"] == (1, 1) and points["time"] == (0, 1) and points["weather"] == (0, 0)
+    with pytest.raises(InputError, match="expected \\(30,\\)"):
+        scene_from_labels(np.zeros(28, np.int64))
