@@ -438,8 +438,9 @@ def check_spec(spec: SceneSpec) -> None:
 def scene_from_spec(spec: SceneSpec, rng: random.Random, *, tries: int = 500) -> Scene:
     """A random scene that has everything the spec states; what it leaves open is drawn at random.
 
-    An unstated colour is one that stands out on the backdrop; "some" is two or three. Raises InputError when the
-    spec cannot be met (no room, colours invisible on the backdrop asked for, impossible relations).
+    An unstated colour is one that stands out on the backdrop (a stated one is drawn even where it does not);
+    "some" is two or three. Raises InputError when the spec cannot be met (no room, impossible relations, a time
+    or weather asked of a plain backdrop).
     """
     check_spec(spec)
     for _ in range(tries):
