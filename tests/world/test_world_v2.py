@@ -245,6 +245,8 @@ def test_training_scenes_never_contain_held_out_pairs():
     rng = random.Random(1)
     for _ in range(3000):
         assert not any(splits.is_held_out(o.kind, o.colour) for o in sample_scene(rng).objects)
+    for spec in render_batch(5, 400, 32, world="v2")[2]:  # the training data path: no caption asks for one either
+        assert not any(splits.is_held_out(g.kind, g.colour) for g in spec.groups)
     held = [sample_scene(rng, held_out_only=True) for _ in range(300)]
     assert all(splits.is_held_out(o.kind, o.colour) for s in held for o in s.objects)
     assert {o.kind for s in held for o in s.objects} >= set(NEW_KINDS) - SELF_COLOURED_KINDS

@@ -61,6 +61,22 @@ class Adjective:
         return self.feminine if gender == "f" else self.masculine
 
 
+@dataclass(frozen=True)
+class NounWords:
+    """The nouns for one kind in each language; the first is the plain, canonical one."""
+
+    en: tuple[Noun, ...]
+    fr: tuple[Noun, ...]
+
+
+@dataclass(frozen=True)
+class AdjectiveWords:
+    """The English words and French adjectives for a colour, a size or a distractor; the first is canonical."""
+
+    en: tuple[str, ...]
+    fr: tuple[Adjective, ...]
+
+
 def _en(word: str, plural: str | None = None) -> Noun:
     return Noun(word, plural if plural is not None else word + "s")
 
@@ -87,51 +103,53 @@ def _invariable(word: str, before_noun: bool = False) -> Adjective:
 # Object kinds. The first 14 are the first world's (same words, plurals added); then animals, people, vehicles,
 # nature and things.
 
-KIND_WORDS: dict[str, Words] = {
-    "circle": Words(
+KIND_WORDS: dict[str, NounWords] = {
+    "circle": NounWords(
         (_en("circle"), _en("disc"), _en("round shape")), (_fr("cercle", "m"), _fr("disque", "m"), _fr("rond", "m"))
     ),
-    "square": Words((_en("square"),), (_fr("carré", "m"),)),
-    "triangle": Words((_en("triangle"),), (_fr("triangle", "m"),)),
-    "star": Words((_en("star"),), (_fr("étoile", "f"),)),
-    "heart": Words((_en("heart"),), (_fr("cœur", "m"), _fr("coeur", "m"))),
-    "house": Words((_en("house"),), (_fr("maison", "f"),)),
-    "tree": Words((_en("tree"),), (_fr("arbre", "m"),)),
-    "sun": Words((_en("sun"),), (_fr("soleil", "m"),)),
-    "moon": Words(
+    "square": NounWords((_en("square"),), (_fr("carré", "m"),)),
+    "triangle": NounWords((_en("triangle"),), (_fr("triangle", "m"),)),
+    "star": NounWords((_en("star"),), (_fr("étoile", "f"),)),
+    "heart": NounWords((_en("heart"),), (_fr("cœur", "m"), _fr("coeur", "m"))),
+    "house": NounWords((_en("house"),), (_fr("maison", "f"),)),
+    "tree": NounWords((_en("tree"),), (_fr("arbre", "m"),)),
+    "sun": NounWords((_en("sun"),), (_fr("soleil", "m"),)),
+    "moon": NounWords(
         (_en("moon"), _en("crescent moon"), _en("crescent")),
         (_fr("lune", "f"), _fr("croissant de lune", "m", "croissants de lune")),
     ),
-    "flower": Words((_en("flower"),), (_fr("fleur", "f"),)),
-    "fish": Words((_en("fish", "fish"),), (_fr("poisson", "m"),)),
-    "boat": Words(
+    "flower": NounWords((_en("flower"),), (_fr("fleur", "f"),)),
+    "fish": NounWords((_en("fish", "fish"),), (_fr("poisson", "m"),)),
+    "boat": NounWords(
         (_en("boat"), _en("sailboat"), _en("sailing boat")), (_fr("bateau", "m", "bateaux"), _fr("voilier", "m"))
     ),
-    "car": Words((_en("car"),), (_fr("voiture", "f"), _fr("auto", "f"))),
-    "cloud": Words((_en("cloud"),), (_fr("nuage", "m"),)),
+    "car": NounWords((_en("car"),), (_fr("voiture", "f"), _fr("auto", "f"))),
+    "cloud": NounWords((_en("cloud"),), (_fr("nuage", "m"),)),
     # animals
-    "cat": Words((_en("cat"), _en("kitten")), (_fr("chat", "m"), _fr("chaton", "m"))),
-    "dog": Words((_en("dog"), _en("puppy", "puppies")), (_fr("chien", "m"), _fr("chiot", "m"))),
-    "bird": Words((_en("bird"),), (_fr("oiseau", "m", "oiseaux"),)),
-    "rabbit": Words((_en("rabbit"), _en("bunny", "bunnies")), (_fr("lapin", "m"),)),
-    "horse": Words((_en("horse"), _en("pony", "ponies")), (_fr("cheval", "m", "chevaux"), _fr("poney", "m"))),
-    "butterfly": Words((_en("butterfly", "butterflies"),), (_fr("papillon", "m"),)),
-    "turtle": Words((_en("turtle"), _en("tortoise")), (_fr("tortue", "f"),)),
+    "cat": NounWords((_en("cat"), _en("kitten")), (_fr("chat", "m"), _fr("chaton", "m"))),
+    "dog": NounWords((_en("dog"), _en("puppy", "puppies")), (_fr("chien", "m"), _fr("chiot", "m"))),
+    "bird": NounWords((_en("bird"),), (_fr("oiseau", "m", "oiseaux"),)),
+    "rabbit": NounWords((_en("rabbit"), _en("bunny", "bunnies")), (_fr("lapin", "m"),)),
+    "horse": NounWords((_en("horse"), _en("pony", "ponies")), (_fr("cheval", "m", "chevaux"), _fr("poney", "m"))),
+    "butterfly": NounWords((_en("butterfly", "butterflies"),), (_fr("papillon", "m"),)),
+    "turtle": NounWords((_en("turtle"), _en("tortoise")), (_fr("tortue", "f"),)),
     # people
-    "person": Words((_en("person", "people"), _en("grown-up")), (_fr("personne", "f"), _fr("adulte", "m"))),
-    "child": Words((_en("child", "children"), _en("kid")), (_fr("enfant", "m"), _fr("gamin", "m"))),
+    "person": NounWords((_en("person", "people"), _en("grown-up")), (_fr("personne", "f"), _fr("adulte", "m"))),
+    "child": NounWords((_en("child", "children"), _en("kid")), (_fr("enfant", "m"), _fr("gamin", "m"))),
     # vehicles
-    "plane": Words((_en("plane"), _en("airplane"), _en("aeroplane")), (_fr("avion", "m"),)),
-    "train": Words((_en("train"), _en("locomotive")), (_fr("train", "m"), _fr("locomotive", "f"))),
-    "bicycle": Words((_en("bicycle"), _en("bike")), (_fr("vélo", "m"), _fr("bicyclette", "f"))),
-    "rocket": Words((_en("rocket"), _en("spaceship")), (_fr("fusée", "f"),)),
+    "plane": NounWords((_en("plane"), _en("airplane"), _en("aeroplane")), (_fr("avion", "m"),)),
+    "train": NounWords((_en("train"), _en("locomotive")), (_fr("train", "m"), _fr("locomotive", "f"))),
+    "bicycle": NounWords((_en("bicycle"), _en("bike")), (_fr("vélo", "m"), _fr("bicyclette", "f"))),
+    "rocket": NounWords((_en("rocket"), _en("spaceship")), (_fr("fusée", "f"),)),
     # nature and things
-    "mountain": Words((_en("mountain"),), (_fr("montagne", "f"),)),
-    "rainbow": Words((_en("rainbow"),), (_fr("arc-en-ciel", "m", "arcs-en-ciel"),)),
-    "umbrella": Words((_en("umbrella"),), (_fr("parapluie", "m"),)),
-    "balloon": Words((_en("balloon"),), (_fr("ballon", "m"), _fr("ballon de baudruche", "m", "ballons de baudruche"))),
-    "apple": Words((_en("apple"),), (_fr("pomme", "f"),)),
-    "mushroom": Words((_en("mushroom"),), (_fr("champignon", "m"),)),
+    "mountain": NounWords((_en("mountain"),), (_fr("montagne", "f"),)),
+    "rainbow": NounWords((_en("rainbow"),), (_fr("arc-en-ciel", "m", "arcs-en-ciel"),)),
+    "umbrella": NounWords((_en("umbrella"),), (_fr("parapluie", "m"),)),
+    "balloon": NounWords(
+        (_en("balloon"),), (_fr("ballon", "m"), _fr("ballon de baudruche", "m", "ballons de baudruche"))
+    ),
+    "apple": NounWords((_en("apple"),), (_fr("pomme", "f"),)),
+    "mushroom": NounWords((_en("mushroom"),), (_fr("champignon", "m"),)),
 }
 KINDS: tuple[str, ...] = tuple(KIND_WORDS)
 NEW_KINDS: tuple[str, ...] = KINDS[14:]
@@ -143,28 +161,28 @@ SELF_COLOURED_KINDS: frozenset[str] = frozenset({"rainbow"})
 # --------------------------------------------------------------------------------------------------------------
 # Colours: the first world's 11, with their plural forms.
 
-COLOUR_WORDS: dict[str, Words] = {
-    "red": Words(("red",), (_adj("rouge"),)),
-    "orange": Words(("orange",), (_invariable("orange"),)),
-    "yellow": Words(("yellow",), (_adj("jaune"),)),
-    "green": Words(("green",), (_adj("vert", "verte"),)),
-    "blue": Words(("blue",), (_adj("bleu", "bleue"),)),
-    "purple": Words(("purple", "violet"), (_adj("violet", "violette"),)),
-    "pink": Words(("pink",), (_adj("rose"),)),
-    "brown": Words(("brown",), (_invariable("marron"),)),
-    "black": Words(("black",), (_adj("noir", "noire"),)),
-    "white": Words(("white",), (_adj("blanc", "blanche"),)),
-    "grey": Words(("grey", "gray"), (_adj("gris", "grise"),)),
+COLOUR_WORDS: dict[str, AdjectiveWords] = {
+    "red": AdjectiveWords(("red",), (_adj("rouge"),)),
+    "orange": AdjectiveWords(("orange",), (_invariable("orange"),)),
+    "yellow": AdjectiveWords(("yellow",), (_adj("jaune"),)),
+    "green": AdjectiveWords(("green",), (_adj("vert", "verte"),)),
+    "blue": AdjectiveWords(("blue",), (_adj("bleu", "bleue"),)),
+    "purple": AdjectiveWords(("purple", "violet"), (_adj("violet", "violette"),)),
+    "pink": AdjectiveWords(("pink",), (_adj("rose"),)),
+    "brown": AdjectiveWords(("brown",), (_invariable("marron"),)),
+    "black": AdjectiveWords(("black",), (_adj("noir", "noire"),)),
+    "white": AdjectiveWords(("white",), (_adj("blanc", "blanche"),)),
+    "grey": AdjectiveWords(("grey", "gray"), (_adj("gris", "grise"),)),
 }
 COLOURS: tuple[str, ...] = tuple(COLOUR_WORDS)
 
 # --------------------------------------------------------------------------------------------------------------
 # Sizes (as in the first world: "de taille moyenne" after the colour, petit/grand/gros before the noun).
 
-SIZE_WORDS: dict[str, Words] = {
-    "small": Words(("small", "little"), (_adj("petit", "petite", before_noun=True),)),
-    "medium": Words(("medium", "medium-sized"), (_invariable("de taille moyenne"),)),
-    "big": Words(
+SIZE_WORDS: dict[str, AdjectiveWords] = {
+    "small": AdjectiveWords(("small", "little"), (_adj("petit", "petite", before_noun=True),)),
+    "medium": AdjectiveWords(("medium", "medium-sized"), (_invariable("de taille moyenne"),)),
+    "big": AdjectiveWords(
         ("big", "large"),
         (_adj("grand", "grande", before_noun=True), _adj("gros", "grosse", plural="gros", before_noun=True)),
     ),
@@ -261,8 +279,8 @@ AND_WORDS = Words(("and", "with"), ("et", "avec"))
 # unchanged) to teach the text encoder that such words name nothing to draw; the HELD_OUT words never appear in
 # training and measure whether that lesson carries over. French ones agree like any adjective (after the noun).
 
-DISTRACTOR_WORDS: dict[str, Words] = {
-    "train": Words(
+DISTRACTOR_WORDS: dict[str, AdjectiveWords] = {
+    "train": AdjectiveWords(
         ("happy", "funny", "magic", "sleepy", "famous", "friendly", "shiny", "wooden"),
         (
             _adj("joyeux", "joyeuse", plural="joyeux"),
@@ -275,7 +293,7 @@ DISTRACTOR_WORDS: dict[str, Words] = {
             _invariable("en bois"),
         ),
     ),
-    "held_out": Words(
+    "held_out": AdjectiveWords(
         ("astronaut", "pirate", "robot", "golden", "dancing"),
         (
             _adj("astronaute"),
