@@ -277,6 +277,13 @@ def _place_group(
     return None
 
 
+@cache
+def _pairs_for(split: str, place: str, time: str | None, weather: str | None) -> tuple[tuple[str, str | None], ...]:
+    """The (kind, colour) pairs of the split whose colour stands out on this backdrop."""
+    allowed = colours_for(place, time, weather)
+    return tuple((k, c) for k, c in pairs(split) if c is None or c in allowed)
+
+
 def sample_scene(rng: random.Random, *, train: bool = True, held_out_only: bool = False) -> Scene:
     """A random scene: 1-3 groups of distinct kinds, 1-4 objects each (at most 6 in all), on a random backdrop.
 
@@ -285,13 +292,12 @@ def sample_scene(rng: random.Random, *, train: bool = True, held_out_only: bool 
     """
     split = "held_out" if held_out_only else ("train" if train else "all")
     place, time, weather = _sample_backdrop(rng)
-    allowed = set(colours_for(place, time, weather))
-    choices = [(k, c) for k, c in pairs(split) if c is None or c in allowed]
+    choices = _pairs_for(split, place, time, weather)
     n_groups = rng.choices(range(1, len(GROUP_WEIGHTS) + 1), weights=GROUP_WEIGHTS)[0]
     objects: list[SceneObject] = []
     kinds: set[str] = set()
     for _ in range(n_groups):
-        options = [(k, c) for k, c in choices if k not in kinds]
+        options = [(k, c) for k, c in choices if k not in kinds] if kinds else choices
         if not options:
             break
         kind, colour = rng.choice(options)
@@ -484,7 +490,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int) -> None
     s = SIZE_FRACTION[obj.size] * side / 2  # pixels per unit of the pictogram's box
     fills = shades(COLOUR_RGB[obj.colour] if obj.colour else None)
     for points, shade in posed_polygons(obj.kind, obj.pose):
-        draw.polygon([(cx + x * s, cy + y * s) for x, y in points.tolist()], fill=fills[shade])
+        draw.polygon((points * s + (cx, cy)).ravel().tolist(), fill=fills[shade])  # flat x0, y0, x1, y1, ...
 
 
 def render(scene: Scene, size: int = 128) -> np.ndarray:
