@@ -230,7 +230,7 @@ _MIN_CONTRAST = 80.0
 @cache
 def colours_for(place: str, time: str | None, weather: str | None) -> tuple[str, ...]:
     """The colours an object may have on this backdrop."""
-    small = np.asarray(_backdrop(place, time, weather, 0, 64), dtype=np.float64)
+    small = np.asarray(_backdrop.__wrapped__(place, time, weather, 0, 64), dtype=np.float64)  # not kept in the cache
     blocks = small.reshape(8, 8, 8, 8, 3).mean(axis=(1, 3)).reshape(-1, 3)  # (64, 3) block means
     fits = []
     for colour in COLOURS:
