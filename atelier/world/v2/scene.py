@@ -278,10 +278,20 @@ def _place_group(
 
 
 @cache
-def _pairs_for(split: str, place: str, time: str | None, weather: str | None) -> tuple[tuple[str, str | None], ...]:
-    """The (kind, colour) pairs of the split whose colour stands out on this backdrop."""
+def _colours_by_kind(
+    split: str, place: str, time: str | None, weather: str | None
+) -> tuple[tuple[str, tuple[str | None, ...]], ...]:
+    """(kind, its colours) for the pairs of the split whose colour stands out on this backdrop, kinds in order.
+
+    The sampler picks a kind first, then one of its colours, so that every kind is as common as the others (the
+    rainbow's one pair would otherwise be ten times rarer than a coloured kind's eleven).
+    """
     allowed = colours_for(place, time, weather)
-    return tuple((k, c) for k, c in pairs(split) if c is None or c in allowed)
+    by_kind: dict[str, list[str | None]] = {}
+    for kind, colour in pairs(split):
+        if colour is None or colour in allowed:
+            by_kind.setdefault(kind, []).append(colour)
+    return tuple((kind, tuple(colours)) for kind, colours in by_kind.items())
 
 
 def sample_scene(rng: random.Random, *, train: bool = True, held_out_only: bool = False) -> Scene:
@@ -292,15 +302,16 @@ def sample_scene(rng: random.Random, *, train: bool = True, held_out_only: bool 
     """
     split = "held_out" if held_out_only else ("train" if train else "all")
     place, time, weather = _sample_backdrop(rng)
-    choices = _pairs_for(split, place, time, weather)
+    choices = _colours_by_kind(split, place, time, weather)
     n_groups = rng.choices(range(1, len(GROUP_WEIGHTS) + 1), weights=GROUP_WEIGHTS)[0]
     objects: list[SceneObject] = []
     kinds: set[str] = set()
     for _ in range(n_groups):
-        options = [(k, c) for k, c in choices if k not in kinds] if kinds else choices
+        options = [(k, colours) for k, colours in choices if k not in kinds]
         if not options:
             break
-        kind, colour = rng.choice(options)
+        kind, colours = rng.choice(options)
+        colour = rng.choice(colours)
         count = rng.choices(range(1, MAX_COUNT + 1), weights=COUNT_WEIGHTS)[0]
         count = max(1, min(count, MAX_OBJECTS - len(objects)))
         group = _place_group(rng, kind, colour, count, objects, [rng.choice(SIZES) for _ in range(3)] + ["small"])
