@@ -75,7 +75,7 @@ class _Said:
     colour: bool
     size: bool
     cell: bool
-    distractor: tuple[str, int] | None  # (set of vocab.DISTRACTOR_WORDS, index), or None
+    distractor: tuple[str, int] | None  # (set of vocab.DISTRACTOR_WORDS, index: the same word in both languages)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def _group_phrase(said: _Said, lang: str, rng: random.Random, definite: bool = F
             rng.choice(colour_words.en) if colour_words else None,
             rng.choice(size_words.en) if size_words else None,
             determiner=english_determiner(said.count, definite, rng),
-            extra=extras.en[said.distractor[1] % len(extras.en)] if extras else None,
+            extra=extras.en[said.distractor[1]] if extras else None,
         )
     noun = rng.choice(kind_words.fr)
     return french_noun_phrase(
@@ -158,7 +158,7 @@ def _group_phrase(said: _Said, lang: str, rng: random.Random, definite: bool = F
         colour_words.fr[0] if colour_words else None,
         rng.choice(size_words.fr) if size_words else None,
         determiner=french_determiner(noun, said.count, definite, rng),
-        extra=extras.fr[said.distractor[1] % len(extras.fr)] if extras else None,
+        extra=extras.fr[said.distractor[1]] if extras else None,
     )
 
 
@@ -207,7 +207,7 @@ def _decide(
                 not self_coloured and rng.random() < P_COLOUR,
                 rng.random() < P_SIZE,
                 n == 1 and rng.random() < P_POSITION and not (relation and k < 2),
-                (distractors, rng.randrange(64)) if k == distractor_at else None,
+                (distractors, rng.randrange(len(DISTRACTOR_WORDS[distractors].en))) if k == distractor_at else None,
             )
         )
     backdrop = []
