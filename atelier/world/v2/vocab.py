@@ -277,11 +277,12 @@ AND_WORDS = Words(("and", "with"), ("et", "avec"))
 # Words the world does not know. A learner types "un chat astronaute": the model should draw the cat it knows and
 # let the rest go. A few training captions carry one of the TRAIN words (stating nothing, so their spec is
 # unchanged) to teach the text encoder that such words name nothing to draw; the HELD_OUT words never appear in
-# training and measure whether that lesson carries over. French ones agree like any adjective (after the noun).
+# training and measure whether that lesson carries over. French ones agree like any adjective (after the noun);
+# English ones are opinion words, which stand before size and colour (a happy big red cat).
 
 DISTRACTOR_WORDS: dict[str, AdjectiveWords] = {
     "train": AdjectiveWords(
-        ("happy", "funny", "magic", "sleepy", "famous", "friendly", "shiny", "wooden"),
+        ("happy", "funny", "magic", "sleepy", "famous", "friendly", "shiny", "cheerful"),
         (
             _adj("joyeux", "joyeuse", plural="joyeux"),
             _adj("rigolo", "rigolote"),
@@ -290,7 +291,7 @@ DISTRACTOR_WORDS: dict[str, AdjectiveWords] = {
             _adj("célèbre"),
             _adj("gentil", "gentille"),
             _adj("brillant", "brillante"),
-            _invariable("en bois"),
+            _adj("gai", "gaie"),
         ),
     ),
     "held_out": AdjectiveWords(
