@@ -295,12 +295,12 @@ DISTRACTOR_WORDS: dict[str, AdjectiveWords] = {
         ),
     ),
     "held_out": AdjectiveWords(
-        ("astronaut", "pirate", "robot", "golden", "dancing"),
+        ("astronaut", "pirate", "robot", "brave", "dancing"),
         (
             _adj("astronaute"),
             _adj("pirate"),
             _adj("robot"),
-            _adj("doré", "dorée"),
+            _adj("courageux", "courageuse", plural="courageux"),
             _adj("dansant", "dansante"),
         ),
     ),
