@@ -35,9 +35,11 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from atelier.errors import AtelierError, InputError
+from atelier.graph.validation import shape_problem
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.state import error_text, state
+from atelier.server.strict_json import read_json
 
 LAB_ROOT = Path(__file__).resolve().parent.parent / "web" / "lab"
 API = "/atelier/lab"
@@ -141,10 +143,7 @@ def _bad(message: str, status: int = 400) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError("The request body is not valid JSON; expected a JSON object.") from None
+    body = await read_json(request, expected="a JSON object")  # strict and bounded; BadJSON is an InputError
     if not isinstance(body, dict):
         raise InputError("The request body must be a JSON object.")
     return body
@@ -381,6 +380,8 @@ async def workflow(request: web.Request) -> web.Response:
     prompt = body.get("prompt")
     if not isinstance(prompt, dict) or not prompt:
         raise InputError("prompt must be an API-format graph {node_id: {class_type, inputs}}.")
+    if (problem := shape_problem(prompt)) is not None:
+        raise InputError(f"{problem['message']} ({problem['details'] or 'prompt'})")
     return web.json_response({"workflow": ui_workflow(request, prompt)})
 
 
