@@ -226,7 +226,10 @@ def _query_family() -> list[Case]:
         ("lab-file-dot-dot", "/lab/..%2F..%2Fserver%2Fapp.py"),
         ("template-missing", "/templates/no-such-template.json"),
     ]
-    return [Case("query-and-path", name, "GET", path) for name, path in get]
+    cases = [Case("query-and-path", name, "GET", path) for name, path in get]
+    cases.append(Case("query-and-path", "websocket-without-upgrade", "GET", "/ws?clientId=" + "c" * 300))
+    cases.append(Case("query-and-path", "upload-mask-not-multipart", "POST", "/api/upload/mask", "{}"))
+    return cases
 
 
 # ---- 4. methods a route does not take ----
@@ -247,8 +250,51 @@ def _method_family() -> list[Case]:
         ("DELETE", "/atelier/lab/options"),
         ("POST", "/api/view"),
         ("PUT", "/api/upload/image"),
+        ("PUT", "/api/prompt"),
+        ("DELETE", "/api/queue"),
+        ("POST", "/api/users"),
+        ("DELETE", "/api/extensions"),
+        ("POST", "/api/features"),
+        ("POST", "/api/embeddings"),
+        ("POST", "/api/models"),
+        ("DELETE", "/api/models/checkpoints"),
+        ("POST", "/api/experiment/models"),
+        ("POST", "/api/experiment/models/checkpoints"),
+        ("POST", "/api/object_info/SaveStub"),
+        ("DELETE", "/api/settings/Comfy.Locale"),
+        ("POST", "/api/i18n"),
+        ("POST", "/api/global_subgraphs"),
+        ("POST", "/api/view_metadata/checkpoints"),
+        ("POST", "/api/history/some-id"),
+        ("DELETE", "/api/jobs/some-id"),
+        ("GET", "/api/jobs/some-id/cancel"),
+        ("POST", "/api/v2/userdata"),
+        ("PUT", "/api/userdata/a.json"),
+        ("GET", "/api/userdata/a.json/move/b.json"),
+        ("POST", "/internal/logs"),
+        ("POST", "/internal/logs/raw"),
+        ("GET", "/internal/logs/subscribe"),
+        ("POST", "/internal/folder_paths"),
+        ("POST", "/ws"),
+        ("POST", "/lab"),
+        ("POST", "/lab/"),
+        ("POST", "/lab/lab.css"),
+        ("POST", "/atelier/lab/options"),
+        ("POST", "/atelier/lab/tokens"),
+        ("POST", "/atelier/lab/schedules"),
+        ("GET", "/atelier/lab/concepts"),
+        ("GET", "/atelier/lab/vae-roundtrip"),
+        ("GET", "/atelier/lab/compare"),
+        ("GET", "/atelier/lab/workflow"),
+        ("POST", "/favicon.ico"),
+        ("POST", "/user.css"),
+        ("POST", "/templates/index.json"),
+        ("POST", "/templates/default.json"),
+        ("POST", "/workflow_templates"),
+        ("POST", "/"),
+        ("POST", "/some/page.html"),
     ]
-    return [Case("method", f"{method}-{path.rsplit('/', 1)[-1]}", method, path) for method, path in wrong]
+    return [Case("method", f"{method}-{path}", method, path) for method, path in wrong]
 
 
 # ---- 5. the lab's routes: bodies of the wrong types ----

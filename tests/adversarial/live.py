@@ -97,8 +97,7 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(self.timeout)
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(self.timeout)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(self.timeout)
         self._loop.close()
@@ -111,6 +110,14 @@ class LiveServer:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:  # keep-alive handlers of connections the client has closed
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def send(self, method: str, path: str, body: Body = None, headers: dict[str, str] | None = None) -> Reply:
         """One request on a fresh connection. A dict or list body is sent as JSON; str and bytes as they are."""
@@ -152,3 +159,30 @@ class LiveServer:
 
 def _refuse(name: str) -> None:
     raise ValueError(f"{name} in a response")
+
+
+@dataclass
+class Outcome:
+    """How the server took one hostile request: `problem` is None for a clean refusal, else what went wrong."""
+
+    reply: Reply | None
+    problem: str | None
+
+
+def attempt(
+    live: LiveServer, method: str, path: str, body: Body = None, headers: dict[str, str] | None = None
+) -> Outcome:
+    """Send one hostile request and judge it: a clean 4xx refusal, nothing with a traceback in the server's log
+    meanwhile, and the server still answering afterwards."""
+    since = len(live.log.records)
+    try:
+        reply = live.send(method, path, body, headers)
+    except (OSError, http.client.HTTPException) as ex:
+        return Outcome(None, f"no reply: {type(ex).__name__}: {ex}")
+    problem = clean_refusal(reply)
+    logged = live.tracebacks(since)
+    if problem is None and logged:
+        problem = f"a traceback in the log: {logged[0][:200]}"
+    if problem is None and not live.answers():
+        problem = "the server stopped answering"
+    return Outcome(reply, problem)
