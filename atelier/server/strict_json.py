@@ -64,7 +64,7 @@ def loads(data: bytes | str, what: str = "request body", expected: str = "a JSON
         return value
 
     try:
-        value = json.loads(data, parse_constant=refuse_constant, parse_float=finite_float)
+        value = json.loads(data, parse_constant=refuse_constant, parse_float=finite_float, object_pairs_hook=_object)
     except RecursionError:
         raise BadJSON(f"The {what} nests arrays and objects too deeply; the most is {MAX_DEPTH} levels.") from None
     except ValueError as ex:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4,300 digits
@@ -73,6 +73,11 @@ def loads(data: bytes | str, what: str = "request body", expected: str = "a JSON
     if nesting_depth(value, MAX_DEPTH) > MAX_DEPTH:
         raise BadJSON(f"The {what} nests arrays and objects more than {MAX_DEPTH} levels deep.")
     return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    """Each decoded object passes through Python code, where a worker thread lets the event loop have the GIL."""
+    return dict(pairs)
 
 
 async def read_json(
