@@ -29,6 +29,24 @@ from tests.server.stub_nodes import stub_registry
 
 Body = bytes | str | dict | list | None
 
+# A client in another process, as a browser is: `python -c PINGER PORT STOPFILE` sends GET /api/features every
+# 10 ms, prints "ready" after the first answer and, once STOPFILE exists, the JSON list of (start, latency) pairs
+# (time.monotonic() seconds, the same clock in every process).
+PINGER = r"""
+import http.client, json, os, sys, time
+port, stop = int(sys.argv[1]), sys.argv[2]
+connection, pings = http.client.HTTPConnection("127.0.0.1", port, timeout=30), []
+while not os.path.exists(stop):
+    start = time.monotonic()
+    connection.request("GET", "/api/features")
+    assert connection.getresponse().read()
+    pings.append((start, time.monotonic() - start))
+    if len(pings) == 1:
+        print("ready", flush=True)
+    time.sleep(0.01)
+print(json.dumps(pings), flush=True)
+"""
+
 
 @dataclass
 class Reply:
@@ -143,9 +161,12 @@ class LiveServer:
             connection.close()
 
     def answers(self) -> bool:
-        """The server still serves: GET /api/queue is 200 and valid strict JSON."""
-        reply = self.send("GET", "/api/queue")
-        json.loads(reply.body, parse_constant=_refuse)
+        """The server still serves: GET /api/queue is 200 and strict JSON (a browser refuses NaN or Infinity)."""
+        try:
+            reply = self.send("GET", "/api/queue")
+            json.loads(reply.body, parse_constant=_refuse)
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
         return reply.status == 200
 
     def tracebacks(self, since: int = 0) -> list[str]:
@@ -184,5 +205,5 @@ def attempt(
     if problem is None and logged:
         problem = f"a traceback in the log: {logged[0][:200]}"
     if problem is None and not live.answers():
-        problem = "the server stopped answering"
+        problem = "the server stopped answering (GET /api/queue failed or was not strict JSON)"
     return Outcome(reply, problem)

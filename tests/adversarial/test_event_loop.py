@@ -20,24 +20,10 @@ from pathlib import Path
 
 from atelier.server.routes_queue import MAX_EXTRA_DATA_BYTES
 from tests.adversarial.corpus import chain, good_prompt
+from tests.adversarial.live import PINGER
 from tests.server.harness import async_test, post_prompt, server, wait_history
 
 PING_LIMIT = 0.1  # seconds
-
-PINGER = r"""
-import http.client, json, os, sys, time
-port, stop = int(sys.argv[1]), sys.argv[2]
-connection, pings = http.client.HTTPConnection("127.0.0.1", port, timeout=30), []
-while not os.path.exists(stop):
-    start = time.monotonic()
-    connection.request("GET", "/api/features")
-    assert connection.getresponse().read()
-    pings.append((start, time.monotonic() - start))
-    if len(pings) == 1:
-        print("ready", flush=True)
-    time.sleep(0.01)
-print(json.dumps(pings), flush=True)
-"""
 
 
 @contextlib.asynccontextmanager
