@@ -110,7 +110,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         extra["client_id"] = body["client_id"]
     extra["create_time"] = now_ms()
     rec = PromptRecord(prompt_id, number, result.prompt, extra, result.outputs, created_at=extra["create_time"])
-    st.queue.put(rec)
+    await asyncio.to_thread(st.queue.put, rec)  # stored as JSON: a large prompt takes a while to write
     reply = {"prompt_id": prompt_id, "number": rec.queue_tuple()[0], "node_errors": result.node_errors}
     return web.json_response(reply)
 
