@@ -62,15 +62,15 @@ def _field_problem(body: dict) -> tuple[str, int] | None:
     if isinstance(prompt, dict) and len(prompt) > MAX_PROMPT_NODES:
         return f"The prompt has {len(prompt):,} nodes; the most is {MAX_PROMPT_NODES:,}.", 413
     if extra is not None and not isinstance(extra, dict):
-        return f'extra_data is a {type(extra).__name__}; expected an object such as {{"extra_pnginfo": ...}}.', 400
+        return f'extra_data is {json_kind(extra)}; expected an object such as {{"extra_pnginfo": ...}}.', 400
     for name in ("prompt_id", "client_id"):
         value = body.get(name)
         if value is not None and not isinstance(value, str):
             return f"{name} is {json_kind(value)}; expected a string such as a UUID.", 400
         if isinstance(value, str) and len(value) > MAX_ID_CHARACTERS:
             return f"{name} has {len(value):,} characters; the most is {MAX_ID_CHARACTERS}.", 400
-    if extra and len(dumps(extra).encode()) > MAX_EXTRA_DATA_BYTES:
-        size = len(dumps(extra).encode())
+    size = len(dumps(extra).encode()) if extra else 0
+    if size > MAX_EXTRA_DATA_BYTES:
         return f"extra_data is {size:,} bytes of JSON; the most is {MAX_EXTRA_DATA_BYTES:,}.", 413
     return None
 
