@@ -13,8 +13,14 @@ import logging
 import sqlite3
 import uuid
 
+from aiohttp.test_utils import TestClient, TestServer
+
+from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema
+from atelier.server.app import create_app
+from atelier.server.files import DataDir, OutputFiles
 from tests.adversarial.corpus import good_prompt
-from tests.server.harness import async_test, post_prompt, server, wait_history
+from tests.server.harness import async_test, is_type, post_prompt, receive, server, wait_history
+from tests.server.stub_nodes import stub_registry
 
 COLUMNS = "prompt_id, number, state, prompt, extra_data, outputs_to_execute, created_at, outputs, messages"
 
@@ -128,3 +134,32 @@ async def test_poison_is_refused_at_the_door(tmp_path):
             assert resp.status == 400, value
             assert "which is not JSON" in await resp.text() or "too large for a float" in await resp.text()
         strict(await (await client.get("/api/settings")).text())
+
+
+class ReportNaN:
+    """An output node whose report holds NaN and infinities (a diverged loss, an empty image's statistics)."""
+
+    SCHEMA = NodeSchema(name="ReportNaN", category="stub", output_node=True, inputs=[Input("image", "IMAGE")])
+
+    def run(self, ctx: NodeContext, image: object) -> NodeOutput:
+        return NodeOutput(result=(), ui={"stats": [float("nan"), float("inf"), -float("inf"), 0.5]})
+
+
+@async_test
+async def test_a_node_that_reports_nan_reaches_history_and_the_socket_as_null(tmp_path):
+    registry = stub_registry(OutputFiles(DataDir(tmp_path)))
+    registry.add(ReportNaN)
+    app = create_app(registry, tmp_path, static_root=None)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        ws = await client.ws_connect("/ws?clientId=nan")
+        await receive(ws, is_type("status"))
+        prompt = {**good_prompt(), "2": {"class_type": "ReportNaN", "inputs": {"image": ["1", 0]}}}
+        queued = await post_prompt(client, prompt, client_id="nan")
+        messages = await receive(ws, is_type("executed", prompt_id=queued["prompt_id"]))
+        assert messages[-1]["data"]["output"] == {"stats": [None, None, None, 0.5]}
+        await wait_history(client, queued["prompt_id"])
+        for path in ("/api/history", f"/api/jobs/{queued['prompt_id']}", "/api/jobs"):
+            strict(await (await client.get(path)).text())
+        history = strict(await (await client.get("/api/history")).text())
+        assert history[queued["prompt_id"]]["outputs"]["2"] == {"stats": [None, None, None, 0.5]}
+        await ws.close()
