@@ -7,7 +7,8 @@ the room. Nesting is the other trap: 100,000 nested brackets end in a RecursionE
 value nested 900 deep is decoded but breaks code that walks it recursively later.
 
     body = await read_json(request, "prompt body")    # the value, or BadJSON(status, one sentence)
-    web.json_response(data, dumps=dumps)               # refuses a non-finite number instead of writing NaN
+    await json_response_off_loop(build)                # build() and its JSON in a thread; NaN refused, not written
+    dumps_finite(value)                                # what nodes report: a NaN or an infinity written as null
     loads_lenient(text)                                # what an older version stored: NaN and Infinity read as null
 
 A body is refused past MAX_BODY_BYTES (413) or MAX_DEPTH levels of arrays and objects (400). Bodies larger than
@@ -30,7 +31,7 @@ from atelier.graph.schema import nesting_depth
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a large workflow is 1-2 MB; uploads are streamed and do not come through here
 MAX_DEPTH = 64  # the editor's deepest body (a workflow with subgraphs in extra_data) nests about 12 levels
-OFF_LOOP_BYTES = 256 * 1024  # decoding this much takes about 2 ms; larger bodies are decoded in a thread
+OFF_LOOP_BYTES = 256 * 1024  # decoding this much takes about 3 ms; larger bodies are decoded in a thread
 
 dumps = functools.partial(json.dumps, allow_nan=False)
 
@@ -112,11 +113,6 @@ def json_kind(value: Any) -> str:
 
 def _too_large(what: str, size: int, limit: int) -> str:
     return f"The {what} is {size:,} bytes; the most is {limit:,}."
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    """web.json_response that never writes NaN or Infinity (it raises ValueError instead: a bug to fix)."""
-    return web.json_response(data, status=status, dumps=dumps)
 
 
 def loads_lenient(text: str | bytes) -> Any:
