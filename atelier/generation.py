@@ -114,6 +114,10 @@ def run(
 # The generation as a ComfyUI graph, and as A1111's parameters text
 # --------------------------------------------------------------------------------------------------------------
 
+# The node of api_graph whose output is the generation's images (SaveImage). Readers of the graph's outputs name it
+# by this constant, never by the number it happens to have.
+IMAGE_NODE = "9"
+
 
 def api_graph(params: GenerationParams, init_image: str | None = None, mask_image: str | None = None,
               filename_prefix: str = "atelier") -> dict[str, Any]:
@@ -134,7 +138,7 @@ def api_graph(params: GenerationParams, init_image: str | None = None, mask_imag
             },
         },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": filename_prefix, "images": ["8", 0]}},
+        IMAGE_NODE: {"class_type": "SaveImage", "inputs": {"filename_prefix": filename_prefix, "images": ["8", 0]}},
     }
     if params.clip_skip != 1:
         g["10"] = {"class_type": "CLIPSetLastLayer", "inputs": {"stop_at_clip_layer": -params.clip_skip,

@@ -18,6 +18,7 @@ the range first and rounds to the nearest 8-bit value (ties to even), so `uint8 
     images = bchw_signed_to_pil(decode(vae, latent))              # the VAE's output, as files are written
     latent = encode(vae, pil_to_bchw_signed(picture))              # img2img: a picture for the VAE encoder
     pixels = bhwc_unit_to_bchw_signed(image)                       # VAEEncode: ComfyUI IMAGE -> VAE input
+    pixels = bhwc_uint8_to_bchw_signed(rendered)                   # the procedural world's renders -> VAE input
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def bhwc_unit_to_bchw_signed(images: Tensor) -> Tensor:
 def bchw_signed_to_bhwc_unit(images: Tensor) -> Tensor:
     """VAE output (B, C, H, W) in [-1, 1] -> ComfyUI IMAGE (B, H, W, C) in [0, 1], on the CPU."""
     return signed_to_unit(images).permute(0, 2, 3, 1).cpu()
+
+
+def bhwc_uint8_to_bchw_signed(images: Tensor | np.ndarray) -> Tensor:
+    """Rendered images (B, H, W, C) uint8, a tensor or a numpy array (shared, not copied) -> VAE and classifier input
+    (B, C, H, W) in [-1, 1]. The channels are moved before the conversion, so the result keeps channels-last
+    strides, as the world's training and evaluation code always had them."""
+    return uint8_to_signed(torch.as_tensor(images).permute(0, 3, 1, 2))
 
 
 # ---- PIL ----------------------------------------------------------------------------------------------------------

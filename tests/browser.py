@@ -1,5 +1,6 @@
-"""What the two Chromium suites (tests/e2e: the node editor, tests/lab: the lab) share: Debian's Chromium driven by
-Playwright (never a downloaded browser), and `atelier serve` in a subprocess on a free port with its own data dir.
+"""What the two Chromium suites (tests/e2e: the node editor, tests/server/test_lab_e2e.py: the lab) share: Debian's
+Chromium driven by Playwright (never a downloaded browser), and `atelier serve` in a subprocess on a free port with
+its own data dir.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from PIL import Image
 from atelier.imaging import (
     bchw_signed_to_bhwc_unit,
     bchw_signed_to_pil,
+    bhwc_uint8_to_bchw_signed,
     bhwc_uint8_to_pil,
     bhwc_unit_to_bchw_signed,
     bhwc_unit_to_pil,
@@ -66,6 +67,18 @@ def test_image_to_vae_and_back_moves_channels_and_range():
     assert vae.min() >= -1 and vae.max() <= 1
     back = bchw_signed_to_bhwc_unit(vae)
     assert back.shape == image.shape and torch.allclose(back, image, atol=1e-6)
+
+
+def test_rendered_uint8_images_to_vae_input_from_numpy_or_torch():
+    rendered = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)  # (B, H, W, C), as renders
+    for images in (rendered, torch.from_numpy(rendered)):
+        vae = bhwc_uint8_to_bchw_signed(images)
+        assert vae.shape == (2, 3, 5, 7) and vae.dtype == torch.float32
+        assert vae[1, 2, 4, 6] == uint8_to_signed(torch.tensor(rendered[1, 4, 6, 2]))  # channel c of (y, x): [c, y, x]
+        # bit for bit, strides included, the formula the world's training and evaluation wrote inline
+        inline = torch.from_numpy(rendered).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        assert torch.equal(vae, inline) and vae.stride() == inline.stride()
+    assert np.array_equal(signed_to_uint8(bhwc_uint8_to_bchw_signed(rendered)).permute(0, 2, 3, 1).numpy(), rendered)
 
 
 def pattern(height: int = 4, width: int = 6) -> Image.Image:

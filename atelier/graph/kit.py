@@ -84,18 +84,32 @@ def vae_pixels(image: torch.Tensor) -> torch.Tensor:
 # Sampler glue: the KSampler's inputs and loop, shared by every node that samples
 # --------------------------------------------------------------------------------------------------------------
 
+# Every node that samples takes its seed, steps and guidance through these three, so limits and tooltips agree.
+SEED_INPUT = Input(
+    "seed",
+    "INT",
+    default=0,
+    min=0,
+    max=SEED_MAX,
+    control_after_generate=True,
+    tooltip="The random seed used for creating the noise.",
+)
+STEPS_INPUT = Input("steps", "INT", default=20, min=1, max=10000, tooltip="Denoising steps.")
+CFG_INPUT = Input(
+    "cfg",
+    "FLOAT",
+    default=8.0,
+    min=0.0,
+    max=100.0,
+    step=0.1,
+    round=0.01,
+    tooltip="Classifier-free guidance: how strongly the prompt pushes the image (1 = no guidance, and no "
+    "unconditional pass).",
+)
+
 SAMPLER_INPUTS = (
-    Input("steps", "INT", default=20, min=1, max=10000, tooltip="Denoising steps."),
-    Input(
-        "cfg",
-        "FLOAT",
-        default=8.0,
-        min=0.0,
-        max=100.0,
-        step=0.1,
-        round=0.01,
-        tooltip="Classifier-free guidance: how strongly the prompt pushes the image (1 = no guidance).",
-    ),
+    STEPS_INPUT,
+    CFG_INPUT,
     Input("sampler_name", "COMBO", options=list(SAMPLERS), tooltip="The algorithm that walks down the sigmas."),
     Input("scheduler", "COMBO", options=list(SCHEDULERS), tooltip="How the noise levels (sigmas) are spaced."),
     Input("positive", "CONDITIONING", tooltip="What the image should show."),
@@ -106,15 +120,7 @@ SAMPLER_INPUTS = (
 # The KSampler's inputs in its order; nodes that sample like it (the film strip) take exactly these.
 KSAMPLER_INPUTS = (
     Input("model", "MODEL", tooltip="The model used for denoising the input latent."),
-    Input(
-        "seed",
-        "INT",
-        default=0,
-        min=0,
-        max=SEED_MAX,
-        control_after_generate=True,
-        tooltip="The random seed used for creating the noise.",
-    ),
+    SEED_INPUT,
     *SAMPLER_INPUTS,
     Input(
         "denoise",

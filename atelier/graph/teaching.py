@@ -13,7 +13,9 @@ SaveAnimatedWEBP (an IMAGE batch as an animated WebP) and PreviewAny (shows any 
 editor draws a text box for that node name only).
 
 They are ordinary nodes (see schema.py): they call atelier/pipeline.py like the core nodes do, and the sampling
-ones reuse the KSampler's own loop (`kit.run_sampler`), so progress, previews and Cancel behave the same.
+ones reuse the KSampler's own loop (`kit.run_sampler`), so progress, previews and Cancel behave the same. What
+tokens, sigmas and latent channels they show is computed in atelier/lessons/, as the lab's page computes it; the
+nodes only turn it into IMAGE, STRING and MASK outputs.
 """
 
 from __future__ import annotations
@@ -28,13 +30,25 @@ import torch.nn.functional as F
 from PIL import Image
 
 from atelier.errors import InputError
-from atelier.graph.kit import KSAMPLER_INPUTS, MAX_RESOLUTION, SEED_MAX, ClipModel, Node, run_sampler
+from atelier.graph.kit import (
+    CFG_INPUT,
+    KSAMPLER_INPUTS,
+    MAX_RESOLUTION,
+    SEED_INPUT,
+    STEPS_INPUT,
+    ClipModel,
+    Node,
+    run_sampler,
+)
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_pil, pil_to_bhwc_unit, uint8_to_unit
+from atelier.lessons.channels import NORMALIZE, channel_greys, channel_stats
+from atelier.lessons.schedules import compare_schedulers
+from atelier.lessons.tokens import read_tokens, word_positions
 from atelier.models.attention import capture_cross_attention, token_heatmaps
 from atelier.pipeline import Cond, DiffusionModel, SamplerSettings, Step, decode, encode_prompt, latent_preview
 from atelier.plots import line_chart
-from atelier.sampling.schedules import SCHEDULERS, sigmas_for
+from atelier.sampling.schedules import SCHEDULERS
 
 CATEGORY = "atelier"
 DECODE_BATCH = 8  # film-strip frames decoded by the VAE at once: all of a short strip, bounded memory for long ones
@@ -145,27 +159,12 @@ class AtelierFilmStripSampler(Node):
 # 2. Latent channels
 # --------------------------------------------------------------------------------------------------------------
 
-NORMALIZE = ["shared symmetric", "per channel"]
-
 
 def channel_images(latent: torch.Tensor, normalize: str) -> torch.Tensor:
-    """One latent (C, h, w) -> C grey IMAGEs (C, 8h, 8w, 3).
-
-    "shared symmetric": value v -> grey 0.5 + 0.5 v / m, with m the largest |v| over all channels, so 0 is mid-grey
-    in every picture and channels can be compared (sign and size). "per channel": each channel stretched from its
-    own min (black) to its own max (white), which shows the most detail of each but hides their scales.
-    """
-    z = latent.float().cpu()
-    if normalize == "shared symmetric":
-        m = z.abs().max().clamp_min(1e-8)
-        grey = 0.5 + 0.5 * z / m
-    elif normalize == "per channel":
-        lo = z.amin(dim=(1, 2), keepdim=True)
-        hi = z.amax(dim=(1, 2), keepdim=True)
-        grey = torch.where(hi > lo, (z - lo) / (hi - lo).clamp_min(1e-8), torch.full_like(z, 0.5))
-    else:
-        raise InputError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}.")
-    return nearest_up(grey[..., None].expand(-1, -1, -1, 3), 8)  # (C, 8h, 8w, 3)
+    """One latent (C, h, w) -> C grey IMAGEs (C, 8h, 8w, 3): lessons/channels.py's greys, each latent pixel an 8x8
+    square."""
+    grey = channel_greys(latent, normalize)  # (C, h, w) in [0, 1]
+    return nearest_up(grey[..., None].expand(-1, -1, -1, 3), 8)
 
 
 class AtelierLatentChannels(Node):
@@ -184,7 +183,7 @@ class AtelierLatentChannels(Node):
             Input(
                 "normalize",
                 "COMBO",
-                options=NORMALIZE,
+                options=list(NORMALIZE),
                 tooltip="shared symmetric: 0 is mid-grey everywhere and channels share one scale, so they can "
                 "be compared. per channel: each stretched from its min to its max (more detail).",
             ),
@@ -196,12 +195,11 @@ class AtelierLatentChannels(Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict, normalize: str = "shared symmetric") -> tuple:
-        z = samples["samples"][0].float().cpu()  # (C, h, w)
+        z = samples["samples"][0]  # (C, h, w)
         lines = [f"latent {tuple(z.shape)} (channels, height, width), RAW VAE units"]
-        for c, channel in enumerate(z):
+        for c, stats in enumerate(channel_stats(z)):
             lines.append(
-                f"channel {c}: mean {channel.mean():+.3f}  std {channel.std(unbiased=False):.3f}  "
-                f"min {channel.min():+.3f}  max {channel.max():+.3f}"
+                f"channel {c}: mean {stats.mean:+.3f}  std {stats.std:.3f}  min {stats.min:+.3f}  max {stats.max:+.3f}"
             )
         return channel_images(z, normalize), "\n".join(lines)
 
@@ -211,44 +209,30 @@ class AtelierLatentChannels(Node):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def text_ids(tokenizer: Any, windows: list[list[tuple[int, float]]]) -> list[list[int]]:
-    """The text token ids of each window: those between <start> (position 0) and the first <end>."""
-    out = []
-    for window in windows:
-        ids = [t for t, _ in window[1:]]
-        out.append(ids[: ids.index(tokenizer.end_id)])
-    return out
-
-
 def token_table(tokenizer: Any, text: str) -> str:
-    """A readable table of what the text encoder reads for `text`: one row per position of each 77-token window.
-
-    Built from `tokenize_weighted`, the same call `encode_prompt` makes, so the positions are those of the
-    conditioning tensor (window k holds positions 77k .. 77k + 76).
-    """
-    windows = tokenizer.tokenize_weighted(text)
-    size, room = tokenizer.window, tokenizer.window - 2
-    counts = [len(ids) for ids in text_ids(tokenizer, windows)]
-    total = sum(counts)
+    """A readable table of what the text encoder reads for `text` (lessons/tokens.py): one row per position of
+    each 77-token window; window k holds positions 77k .. 77k + 76 of the conditioning tensor."""
+    prompt = read_tokens(tokenizer, text)
+    windows, size, room = prompt.windows, prompt.size, prompt.text_slots
+    total = sum(prompt.counts)
     lines = [
         f"{total} text tokens in {len(windows)} window(s) of {size} positions: <start>, up to {room} text "
         f"tokens, <end>, then padding with <end>. Text is lowercased before tokenizing."
     ]
     if len(windows) > 1:
-        ids = [t for window_ids in text_ids(tokenizer, windows) for t in window_ids]
-        dropped = tokenizer.decode(ids[room:])
+        dropped = tokenizer.decode([t.id for t in prompt.cut])
         lines.append(
             f"WARNING: the prompt is longer than one window ({total} > {room} tokens): Atelier and ComfyUI "
             f"encode each window separately and join them, but a single-window tool would cut the text"
             + (f' and drop "{dropped}".' if dropped else ".")
         )
-    width = max(len("piece"), *(len(tokenizer.token_text(t)) for w in windows for t, _ in w))
-    for k, (window, count) in enumerate(zip(windows, counts, strict=True)):
+    width = max(len("piece"), *(len(t.text) for window in windows for t in window))
+    for k, (window, count) in enumerate(zip(windows, prompt.counts, strict=True)):
         early = " (closed early to keep a short weighted group whole)" if k < len(windows) - 1 and count < room else ""
         lines.append(f"--- window {k + 1} of {len(windows)}: positions {k * size}-{k * size + size - 1}{early} ---")
         lines.append(f"{'pos':>5}  {'piece':<{width}}  {'id':>5}  weight")
-        for i, (token, weight) in enumerate(window[: count + 2]):
-            lines.append(f"{k * size + i:>5}  {tokenizer.token_text(token):<{width}}  {token:>5}  {weight:.2f}")
+        for i, token in enumerate(window[: count + 2]):
+            lines.append(f"{k * size + i:>5}  {token.text:<{width}}  {token.id:>5}  {token.weight:.2f}")
         first_pad, last = k * size + count + 2, k * size + size - 1
         if first_pad <= last:
             lines.append(f"{f'{first_pad}-{last}':>5}  padding: <|endoftext|> x {last - first_pad + 1}")
@@ -282,26 +266,6 @@ class AtelierTokenInspector(Node):
 # --------------------------------------------------------------------------------------------------------------
 # 4. Cross-attention map
 # --------------------------------------------------------------------------------------------------------------
-
-
-def word_positions(tokenizer: Any, text: str, word: str) -> list[int]:
-    """Positions in the conditioning (0 .. 77*windows - 1) of every token of every occurrence of `word` in `text`.
-
-    The word is tokenized on its own and its token ids are looked for as a run in the prompt's ids, so matching
-    is case-insensitive (CLIP lowercases) and whole-token: "red" matches "a red ball" and "(red:1.3)" but not
-    "reddish", whose tokens differ.
-    """
-    windows = tokenizer.tokenize_weighted(text)
-    ids = [t for window in windows for t, _ in window]
-    target = tokenizer.encode(word)
-    if not target:
-        raise InputError("The word input is empty; expected a word of the prompt, such as 'red'.")
-    n = len(target)
-    positions = [p + i for p in range(len(ids) - n + 1) if ids[p : p + n] == target for i in range(n)]
-    if not positions:
-        words = ", ".join(tokenizer.decode([t for w in text_ids(tokenizer, windows) for t in w]).split())
-        raise InputError(f"The word {word!r} is not in the prompt; expected one of its words: {words}.")
-    return positions
 
 
 def hot_colours(heat: torch.Tensor) -> torch.Tensor:
@@ -340,26 +304,9 @@ class AtelierCrossAttentionMap(Node):
                 tooltip="The word of the prompt to map; several tokens (a rare word, or several words) are "
                 "summed. Case does not matter.",
             ),
-            Input(
-                "seed",
-                "INT",
-                default=0,
-                min=0,
-                max=SEED_MAX,
-                control_after_generate=True,
-                tooltip="The random seed used for creating the noise.",
-            ),
-            Input("steps", "INT", default=20, min=1, max=10000, tooltip="Denoising steps."),
-            Input(
-                "cfg",
-                "FLOAT",
-                default=8.0,
-                min=0.0,
-                max=100.0,
-                step=0.1,
-                round=0.01,
-                tooltip="Classifier-free guidance scale (1 = no guidance, no unconditional pass).",
-            ),
+            SEED_INPUT,
+            STEPS_INPUT,
+            CFG_INPUT,
             Input("width", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, tooltip="Image width in pixels."),
             Input("height", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, tooltip="Image height in pixels."),
         ],
@@ -437,9 +384,16 @@ def plot_sigmas(curves: dict[str, list[float]], chosen: str, log_scale: bool, ti
     On a log axis sigma = 0 (the end of every schedule) cannot be drawn; those points are left out.
     """
     series = {name: (list(range(len(values))), values) for name, values in curves.items()}
-    return line_chart(series, title=title, x_label="step", y_label="sigma (log scale)" if log_scale else "sigma",
-                      log_y=log_scale, size=PLOT_SIZE, highlight=chosen,
-                      note="sigma = 0 not drawn" if log_scale else "")
+    return line_chart(
+        series,
+        title=title,
+        x_label="step",
+        y_label="sigma (log scale)" if log_scale else "sigma",
+        log_y=log_scale,
+        size=PLOT_SIZE,
+        highlight=chosen,
+        note="sigma = 0 not drawn" if log_scale else "",
+    )
 
 
 class AtelierSigmaSchedule(Node):
@@ -489,12 +443,10 @@ class AtelierSigmaSchedule(Node):
         denoise: float = 1.0,
         log_scale: bool = True,
     ) -> tuple:
-        if scheduler not in SCHEDULERS:
-            raise InputError(f"Scheduler {scheduler!r} is not known; expected one of {', '.join(SCHEDULERS)}.")
-        curves = {name: sigmas_for(name, model.schedule, steps, denoise).tolist() for name in SCHEDULERS}
-        values = curves[scheduler]
+        comparison = compare_schedulers(model.schedule, steps, scheduler, denoise)
+        values = comparison.sigmas
         title = f"{scheduler}, {steps} steps, denoise {denoise:g}: sigma {values[0]:.3f} -> {values[-1]:g}"
-        plot = pil_to_bhwc_unit(plot_sigmas(curves, scheduler, log_scale, title))
+        plot = pil_to_bhwc_unit(plot_sigmas(comparison.curves, scheduler, log_scale, title))
         lines = [f"{scheduler}, {steps} steps, denoise {denoise:g}: {len(values)} sigmas"]
         lines += [f"{i:>4}  {sigma:.6f}" for i, sigma in enumerate(values)]
         return plot, "\n".join(lines)

@@ -1,14 +1,15 @@
 """The lab: a plain page at /lab/ for the workshop, and the few routes only it needs under /atelier/lab/.
 
 Generations in the lab go through the same ComfyUI protocol as the node editor (POST /api/prompt, /ws, /api/view,
-/api/history): the lab asks this module for the graph of its parameters, queues it, and shows what comes back.
+/api/history): the lab asks this module for the graph of its parameters (built by lab_graphs.py, which names each
+output by its role), queues it, and shows what comes back.
 The routes below answer the questions a graph cannot: how a prompt is cut into tokens, which sigmas a scheduler
 visits, where words (and images) sit in the text encoder's space, what the VAE keeps of an image, and whether two
 images are the same pixel for pixel.
 
     GET  /lab/                          the page (atelier/web/lab/: index.html, lab.css, *.js, i18n/*.json)
-    GET  /atelier/lab/options           models, samplers, schedulers and the teaching defaults
-    POST /atelier/lab/graph             {params, view?, init_image?, words?} -> {prompt (API), workflow (editor)}
+    GET  /atelier/lab/options           models, samplers, schedulers, the teaching defaults and the form's limits
+    POST /atelier/lab/graph             {params, view?, init_image?, words?} -> {prompt (API), roles, workflow}
     POST /atelier/lab/workflow          {prompt} -> {workflow}: any API prompt, laid out for the node editor
     GET  /atelier/lab/tokens?text=      the prompt's tokens, ids and 77-token windows
     GET  /atelier/lab/schedules?steps=&scheduler=&denoise=   sigma per step for every scheduler
@@ -16,30 +17,38 @@ images are the same pixel for pixel.
     POST /atelier/lab/vae-roundtrip     {image: file ref} -> reconstruction, 4 latent channels, compression figures
     POST /atelier/lab/compare           {a, b: file refs} -> pixel difference of two images
 
-The models these routes need (the embedded model's text encoder, VAE and image encoder, ~10 MB in all) are
-loaded on first use and kept; the UNet is not kept, since only the prompt queue samples.
+Each of these routes computes its lesson in atelier/lessons/ and renders it as JSON. The models they need (the
+embedded model's text encoder, VAE and image encoder, ~10 MB in all) are loaded on first use and kept in the app's
+state (`state(request).lab`); the UNet is not kept, since only the prompt queue samples.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from aiohttp import web
 from PIL import Image, ImageOps
 
 from atelier.errors import AtelierError, InputError
+from atelier.graph.registry import NodeRegistry
 from atelier.graph.validation import shape_problem
+from atelier.lessons.tokens import PromptTokens, read_tokens
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.state import error_text, state
 from atelier.server.strict_json import read_json
+
+if TYPE_CHECKING:  # these lessons import torch, loaded on their route's first call
+    from torch import Tensor
+
+    from atelier.lessons.concepts import ConceptMap
+    from atelier.lessons.round_trip import RoundTrip
+    from atelier.lessons.schedules import SchedulerComparison
 
 LAB_ROOT = Path(__file__).resolve().parent.parent / "web" / "lab"
 API = "/atelier/lab"
@@ -69,63 +78,8 @@ T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The models behind the routes, loaded once
+# The lessons' work, off the event loop (their models: state(request).lab, server/state.py)
 # --------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class LabModels:
-    text_encoder: Any  # models.clip.CLIPTextEncoder
-    tokenizer: Any  # models.tokenizer.CLIPTokenizer
-    vae: Any  # models.vae.VAE
-    image_encoder: Any | None  # world.encoders.ImageEncoder, None when the extras file is missing
-
-
-_models: LabModels | None = None
-_tokenizer: Any = None
-_lock = threading.Lock()
-
-
-def lab_models() -> LabModels:
-    """The embedded model's text encoder, tokenizer, VAE and image encoder (fp32, CPU), loaded on first call."""
-    global _models
-    with _lock:
-        if _models is None:
-            _models = _load_models()
-        return _models
-
-
-def _load_models() -> LabModels:
-    import torch
-    from safetensors.torch import load_file
-
-    from atelier.models.checkpoint import load_checkpoint
-    from atelier.models.library import EMBEDDED_EXTRAS_PATH, embedded_model_path
-    from atelier.world.encoders import ImageEncoder
-
-    ckpt = load_checkpoint(embedded_model_path(), device="cpu", dtype=torch.float32)
-    image_encoder = None
-    if EMBEDDED_EXTRAS_PATH.is_file():
-        prefix = "image_encoder."
-        weights = {
-            k[len(prefix) :]: v.float() for k, v in load_file(str(EMBEDDED_EXTRAS_PATH)).items() if k.startswith(prefix)
-        }
-        if weights:
-            image_encoder = ImageEncoder(ckpt.text_encoder_config.projection_dim)
-            image_encoder.load_state_dict(weights)
-            image_encoder.eval()
-    return LabModels(ckpt.text_encoder, ckpt.tokenizer, ckpt.vae, image_encoder)
-
-
-def tokenizer() -> Any:
-    """The CLIP tokenizer alone (no weights): the token view answers without loading any model."""
-    global _tokenizer
-    with _lock:
-        if _tokenizer is None:
-            from atelier.models.tokenizer import CLIPTokenizer
-
-            _tokenizer = CLIPTokenizer.from_default()
-        return _tokenizer
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -222,6 +176,18 @@ def _choices(request: web.Request, node: str, input_name: str, fallback: list[st
     return fallback
 
 
+def form_limits(registry: NodeRegistry) -> dict[str, dict]:
+    """What each numeric field of the lab's form accepts: the type, min, max and step of the node input it sets
+    (KSampler's and EmptyLatentImage's schemas, lab_graphs.PARAM_INPUTS), so the form and the nodes agree."""
+    from atelier.server.lab_graphs import PARAM_INPUTS
+
+    limits = {}
+    for param, (node, input_name) in PARAM_INPUTS.items():
+        [inp] = [i for i in registry.require(node).SCHEMA.inputs if i.name == input_name]
+        limits[param] = {"type": inp.type, "min": inp.min, "max": inp.max, "step": inp.step}
+    return limits
+
+
 @_handler
 async def options(request: web.Request) -> web.Response:
     from atelier.sampling.samplers import SAMPLERS
@@ -233,6 +199,7 @@ async def options(request: web.Request) -> web.Response:
             "samplers": list(SAMPLERS),
             "schedulers": list(SCHEDULERS),
             "defaults": TEACHING_DEFAULTS,
+            "limits": form_limits(state(request).registry),
             "node_types": sorted(state(request).registry),
         }
     )
@@ -267,96 +234,10 @@ def ui_workflow(request: web.Request, prompt: dict) -> dict:
     return api_to_ui(prompt, state(request).registry)
 
 
-VIEWS = ("generate", "filmstrip", "convergence", "latent", "attention")
-
-
-def _animation(images: list, filename_prefix: str) -> dict:
-    """A SaveAnimatedWEBP node: the frames of a film strip as one animated picture (6 frames/s)."""
-    return {
-        "class_type": "SaveAnimatedWEBP",
-        "inputs": {
-            "images": images,
-            "filename_prefix": filename_prefix,
-            "fps": 6.0,
-            "lossless": False,
-            "quality": 90,
-            "method": "default",
-        },
-    }
-
-
-def view_graph(
-    params: Any, view: str, init_image: str | None = None, words: list[str] | None = None, prefix: str = "lab"
-) -> dict:
-    """The API prompt behind one lab view: the classic graph (generation.api_graph) with its output end swapped.
-
-    - generate: the classic graph as is (KSampler -> VAEDecode -> SaveImage).
-    - filmstrip: the KSampler becomes AtelierFilmStripSampler; its noisy and predicted frames are previewed one
-      by one and saved as two animated WebPs.
-    - convergence: two film-strip samplers on the same noise, euler and euler_ancestral; predicted frames of both.
-    - latent: the classic graph, plus AtelierLatentChannels on the sampled latent (4 grey images and their stats).
-    - attention: one AtelierCrossAttentionMap per word (each generates with euler/normal and records attention).
-    """
-    from atelier.generation import api_graph
-
-    if view not in VIEWS:
-        raise InputError(f"view {view!r} is not known; expected one of {', '.join(VIEWS)}.")
-    g = api_graph(params, init_image=init_image, filename_prefix=prefix)
-    if view == "generate":
-        return g
-    sampler_inputs = dict(g["3"]["inputs"])
-    if view in ("filmstrip", "convergence"):
-        del g["3"], g["8"], g["9"]
-        samplers = [params.sampler] if view == "filmstrip" else ["euler", "euler_ancestral"]
-        for n, name in enumerate(samplers):
-            node = str(20 + 10 * n)
-            g[node] = {
-                "class_type": "AtelierFilmStripSampler",
-                "inputs": {**sampler_inputs, "sampler_name": name, "vae": ["4", 2]},
-            }
-            g[str(21 + 10 * n)] = {"class_type": "PreviewImage", "inputs": {"images": [node, 2]}}
-            g[str(22 + 10 * n)] = _animation([node, 2], f"{prefix}/{name}_predicted")
-            if view == "filmstrip":
-                g[str(23 + 10 * n)] = {"class_type": "PreviewImage", "inputs": {"images": [node, 1]}}
-                g[str(24 + 10 * n)] = _animation([node, 1], f"{prefix}/{name}_noisy")
-    elif view == "latent":
-        g["20"] = {
-            "class_type": "AtelierLatentChannels",
-            "inputs": {"samples": ["3", 0], "normalize": "shared symmetric"},
-        }
-        g["21"] = {"class_type": "PreviewImage", "inputs": {"images": ["20", 0]}}
-        g["22"] = {"class_type": "PreviewAny", "inputs": {"source": ["20", 1]}}
-    elif view == "attention":
-        words = [w.strip() for w in (words or []) if isinstance(w, str) and w.strip()]
-        if not words:
-            raise InputError("The attention view needs at least one word of the prompt to map.")
-        if len(words) > 8:
-            raise InputError(f"The attention view maps at most 8 words at once, got {len(words)}.")
-        g = {"4": g["4"]}
-        for n, word in enumerate(words):
-            node = str(20 + 10 * n)
-            g[node] = {
-                "class_type": "AtelierCrossAttentionMap",
-                "inputs": {
-                    "model": ["4", 0],
-                    "clip": ["4", 1],
-                    "vae": ["4", 2],
-                    "text": params.prompt,
-                    "word": word,
-                    "seed": params.seed,
-                    "steps": params.steps,
-                    "cfg": params.cfg,
-                    "width": params.width,
-                    "height": params.height,
-                },
-            }
-            g[str(21 + 10 * n)] = {"class_type": "PreviewImage", "inputs": {"images": [node, 1]}}
-        g["19"] = {"class_type": "PreviewImage", "inputs": {"images": ["20", 0]}}
-    return dict(sorted(g.items(), key=lambda kv: int(kv[0])))
-
-
 @_handler
 async def graph(request: web.Request) -> web.Response:
+    from atelier.server.lab_graphs import view_graph
+
     body = await _body(request)
     params = generation_params(body.get("params"))
     init_image = body.get("init_image")
@@ -370,8 +251,10 @@ async def graph(request: web.Request) -> web.Response:
     prefix = body.get("filename_prefix") or "lab"
     if not isinstance(prefix, str):
         raise InputError("filename_prefix must be text, e.g. 'lab'.")
-    prompt = view_graph(params, str(body.get("view") or "generate"), init_image, words, prefix)
-    return web.json_response({"prompt": prompt, "workflow": ui_workflow(request, prompt)})
+    lab_graph = view_graph(params, str(body.get("view") or "generate"), init_image, words, prefix)
+    return web.json_response(
+        {"prompt": lab_graph.prompt, "roles": lab_graph.roles, "workflow": ui_workflow(request, lab_graph.prompt)}
+    )
 
 
 @_handler
@@ -390,32 +273,18 @@ async def workflow(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def token_report(text: str) -> dict:
-    """The tokens of a prompt as the text encoder gets them, window by window.
-
-    The text encoder reads 77 positions: <start>, 75 text tokens, <end>, padding. Longer prompts are not cut here:
-    they are split into several windows, encoded one by one and joined (ComfyUI's rule), so words after the 75th
-    token are read without the words before them. `over` says how many tokens spill past the first window.
-    """
-    from atelier.models.tokenizer import parse_prompt_weights
-
-    tok = tokenizer()
-    tokens = []
-    for segment, weight in parse_prompt_weights(text):
-        tokens += [{"text": piece, "id": token_id, "weight": weight} for piece, token_id in tok.pieces(segment)]
-    windows = []
-    for chunk in tok.tokenize_weighted(text):
-        windows.append([{"id": i, "text": tok.token_text(i), "weight": w} for i, w in chunk])
-    text_slots = tok.window - 2
+def token_report(prompt: PromptTokens) -> dict:
+    """The page's JSON of a prompt's tokens (lessons/tokens.py); `over` counts the tokens past the first window."""
+    tokens = prompt.tokens
     return {
-        "tokens": tokens,
+        "tokens": [dataclasses.asdict(t) for t in tokens],
         "count": len(tokens),
-        "window": tok.window,
-        "text_slots": text_slots,
-        "over": max(0, len(tokens) - text_slots),
-        "windows": windows,
-        "start_id": tok.start_id,
-        "end_id": tok.end_id,
+        "window": prompt.size,
+        "text_slots": prompt.text_slots,
+        "over": len(prompt.cut),
+        "windows": [[dataclasses.asdict(t) for t in window] for window in prompt.windows],
+        "start_id": prompt.start_id,
+        "end_id": prompt.end_id,
     }
 
 
@@ -424,7 +293,9 @@ async def tokens(request: web.Request) -> web.Response:
     text = request.query.get("text", "")
     if len(text) > MAX_TEXT:
         raise InputError(f"text is {len(text)} characters long; the token view reads at most {MAX_TEXT}.")
-    return web.json_response(await _in_thread(token_report, text))
+    lab = state(request).lab
+    prompt = await _in_thread(lambda: read_tokens(lab.tokenizer(), text))
+    return web.json_response(token_report(prompt))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -432,27 +303,23 @@ async def tokens(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def schedule_report(steps: int, current: str, denoise: float) -> dict:
-    """Every scheduler's sigmas for `steps` steps on SD's training schedule (the embedded model's too)."""
-    from atelier.sampling.denoisers import DiscreteSchedule
-    from atelier.sampling.schedules import SCHEDULERS, sigmas_for
-
-    if current not in SCHEDULERS:
-        raise InputError(f"Scheduler {current!r} is not known; expected one of {', '.join(SCHEDULERS)}.")
-    schedule = DiscreteSchedule.scaled_linear()
-    curves = {name: [round(float(s), 5) for s in sigmas_for(name, schedule, steps, denoise)] for name in SCHEDULERS}
+def schedule_report(comparison: SchedulerComparison) -> dict:
+    """The page's JSON of every scheduler's sigmas (lessons/schedules.py), rounded to 5 decimals."""
     return {
-        "steps": steps,
-        "current": current,
-        "denoise": denoise,
-        "sigma_max": float(schedule.sigma_max),
-        "sigma_min": float(schedule.sigma_min),
-        "schedulers": curves,
+        "steps": comparison.steps,
+        "current": comparison.scheduler,
+        "denoise": comparison.denoise,
+        "sigma_max": comparison.sigma_max,
+        "sigma_min": comparison.sigma_min,
+        "schedulers": {name: [round(s, 5) for s in sigmas] for name, sigmas in comparison.curves.items()},
     }
 
 
 @_handler
 async def schedules(request: web.Request) -> web.Response:
+    from atelier.lessons.schedules import compare_schedulers
+    from atelier.sampling.denoisers import DiscreteSchedule
+
     steps = _int_arg(request.query, "steps", 20, 1, 1000)
     raw = request.query.get("denoise", "1")
     try:
@@ -461,7 +328,10 @@ async def schedules(request: web.Request) -> web.Response:
         raise InputError(f"denoise must be a number from 0 to 1, got {raw!r}.") from None
     if not 0.0 < denoise <= 1.0:
         raise InputError(f"denoise must be a number above 0 and at most 1, got {denoise}.")
-    return web.json_response(schedule_report(steps, request.query.get("scheduler", "normal"), denoise))
+    scheduler = request.query.get("scheduler", "normal")
+    # SD's training schedule, the embedded model's too: no model needs to be loaded to draw it.
+    comparison = compare_schedulers(DiscreteSchedule.scaled_linear(), steps, scheduler, denoise)
+    return web.json_response(schedule_report(comparison))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -469,70 +339,21 @@ async def schedules(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """(N, D) -> (N, 2) coordinates on the two directions of largest variance, and the share of variance of each.
-
-    Principal component analysis: centre the points, take the SVD X = U S V^T; the first two rows of V^T are the
-    directions along which the points spread most, and X V[:, :2] = U[:, :2] S[:2] are the coordinates.
-    """
-    centred = vectors - vectors.mean(axis=0, keepdims=True)  # (N, D)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    coords = u[:, :2] * s[:2]  # (N, <=2)
-    if coords.shape[1] < 2:
-        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
-    variance = s**2
-    share = (variance[:2] / variance.sum()).tolist() if variance.sum() > 0 else [0.0, 0.0]
-    return coords, share + [0.0] * (2 - len(share))
-
-
-def concept_map(words: list[str], images: list[Image.Image], image_labels: list[str]) -> dict:
-    """Unit-length embeddings of each word (the text encoder's `projected` output, the space CLIP training shares
-    with the image encoder) and of each image, their cosine similarities, and a 2-D PCA of them all."""
-    import torch
-    import torch.nn.functional as F
-
-    m = lab_models()
-    vectors = []
-    with torch.no_grad():
-        if words:
-            ids = torch.tensor([m.tokenizer(w) for w in words])  # (W, 77)
-            projected = m.text_encoder(ids).projected
-            if projected is None:
-                raise InputError("This text encoder has no projection, so its words cannot be placed on the map.")
-            vectors.append(F.normalize(projected.float(), dim=-1))  # (W, D)
-        if images:
-            if m.image_encoder is None:
-                raise InputError("The embedded model's image encoder is missing, so images cannot be placed.")
-            batch = []
-            for img in images:
-                side = 128  # the image encoder was trained on 128x128 scenes
-                small = ImageOps.fit(img, (side, side), Image.Resampling.LANCZOS)
-                batch.append(torch.from_numpy(np.asarray(small, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
-            vectors.append(F.normalize(m.image_encoder(torch.stack(batch)).float(), dim=-1))  # (I, D)
-    emb = torch.cat(vectors).numpy()  # (N, D), unit rows
-    similarity = emb @ emb.T  # (N, N) cosine similarity
-    coords, share = pca_2d(emb)
-    labels = [*words, *image_labels]
-    kinds = ["text"] * len(words) + ["image"] * len(images)
-    points = []
-    for n, (label, kind) in enumerate(zip(labels, kinds, strict=True)):
-        others = [(float(similarity[n, j]), j) for j in range(len(labels)) if j != n]
-        best = max(others) if others else (1.0, n)
-        points.append(
-            {
-                "label": label,
-                "kind": kind,
-                "x": float(coords[n, 0]),
-                "y": float(coords[n, 1]),
-                "nearest": labels[best[1]],
-                "nearest_similarity": round(best[0], 4),
-            }
-        )
-    return {"points": points, "explained": share, "similarity": np.round(similarity, 4).tolist(), "dim": emb.shape[1]}
+def concept_report(concepts: ConceptMap) -> dict:
+    """The page's JSON of a concept map (lessons/concepts.py), similarities rounded to 4 decimals."""
+    points = [{**dataclasses.asdict(p), "nearest_similarity": round(p.nearest_similarity, 4)} for p in concepts.points]
+    return {
+        "points": points,
+        "explained": concepts.explained,
+        "similarity": np.round(concepts.similarity, 4).tolist(),
+        "dim": concepts.dim,
+    }
 
 
 @_handler
 async def concepts(request: web.Request) -> web.Response:
+    from atelier.lessons.concepts import concept_map
+
     body = await _body(request)
     words = body.get("words", [])
     refs = body.get("images", [])
@@ -547,7 +368,9 @@ async def concepts(request: web.Request) -> web.Response:
         raise InputError("Give at least 3 words or images in all: a map of fewer points shows nothing.")
     images = [_open_ref(request, ref, "image") for ref in refs]
     labels = [str(ref.get("label") or ref["filename"]) for ref in refs]
-    return web.json_response(await _in_thread(concept_map, words, images, labels))
+    lab = state(request).lab
+    concepts = await _in_thread(lambda: concept_map(lab.models(), words, images, labels))
+    return web.json_response(concept_report(concepts))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -555,51 +378,40 @@ async def concepts(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def channel_image(channel: np.ndarray) -> Image.Image:
-    """One latent channel (h, w) as a grey image, scaled so -3..3 (about +-3 standard deviations) spans 0..255."""
-    return Image.fromarray(((np.clip(channel, -3, 3) + 3) / 6 * 255).round().astype(np.uint8), mode="L")
+def channel_pictures(latent: Tensor) -> list[Image.Image]:
+    """One RAW latent (C, h, w) -> C grey pictures of h x w (lessons/channels.py, "shared symmetric", the mapping
+    of the latent view too); the page enlarges them."""
+    from atelier.imaging import unit_to_uint8
+    from atelier.lessons.channels import channel_greys
+
+    return [Image.fromarray(grey.numpy()) for grey in unit_to_uint8(channel_greys(latent))]
 
 
-def vae_roundtrip(image: Image.Image, save: Callable[[Image.Image, str], dict]) -> dict:
-    """Encode an image to the latent (posterior mean), decode it back, and measure what was lost.
+def vae_report(trip: RoundTrip, save: Callable[[Image.Image, str], dict]) -> dict:
+    """The page's JSON of a VAE round trip (lessons/round_trip.py): its pictures saved with `save`, its figures."""
+    from atelier.lessons.channels import channel_stats
 
-    The latent has 4 numbers per 8x8 block of pixels where the image has 3 x 64: 48 times fewer numbers.
-    """
-    import torch
-
-    from atelier.pipeline import decode, encode
-
-    m = lab_models()
-    scale = min(1.0, VAE_MAX_SIDE / max(image.size))
-    width, height = (max(8, int(image.width * scale) // 8 * 8), max(8, int(image.height * scale) // 8 * 8))
-    original = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(original, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-    latent = encode(m.vae, pixels)  # (1, 4, H/8, W/8), raw
-    back = decode(m.vae, latent)  # (1, 3, H, W) in [-1, 1]
-    rebuilt = ((back[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    source = np.asarray(original, dtype=np.uint8)
-    error = rebuilt.astype(np.float64) - source.astype(np.float64)
-    mse = float((error**2).mean())
-    scaled = latent[0].numpy() * m.vae.config.scaling_factor  # what the UNet sees: about unit variance
-    pixel_values, latent_values = source.size, scaled.size
+    stats = [dataclasses.asdict(s) for s in channel_stats(trip.latent)]  # RAW units, as the Latent Channels node
     return {
-        "original": save(original, "lab_vae_in"),
-        "reconstruction": save(Image.fromarray(rebuilt), "lab_vae_out"),
-        "channels": [save(channel_image(c), f"lab_latent_c{i}") for i, c in enumerate(scaled)],
-        "channel_stats": [{"mean": float(c.mean()), "std": float(c.std())} for c in scaled],
-        "image_shape": [3, height, width],
-        "latent_shape": list(scaled.shape),
-        "pixel_values": pixel_values,
-        "latent_values": latent_values,
-        "ratio_values": pixel_values / latent_values,
-        "ratio_bytes_fp16": pixel_values / (latent_values * 2),  # 8-bit pixels vs 16-bit latent numbers
-        "mean_abs_error": float(np.abs(error).mean()),
-        "psnr_db": 10 * math.log10(255**2 / mse) if mse > 0 else float("inf"),
+        "original": save(trip.original, "lab_vae_in"),
+        "reconstruction": save(trip.reconstruction, "lab_vae_out"),
+        "channels": [save(grey, f"lab_latent_c{i}") for i, grey in enumerate(channel_pictures(trip.latent))],
+        "channel_stats": stats,
+        "image_shape": [3, trip.original.height, trip.original.width],
+        "latent_shape": list(trip.latent.shape),
+        "pixel_values": trip.pixel_values,
+        "latent_values": trip.latent_values,
+        "ratio_values": trip.ratio_values,
+        "ratio_bytes_fp16": trip.ratio_bytes_fp16,
+        "mean_abs_error": trip.mean_abs_error,
+        "psnr_db": trip.psnr_db,
     }
 
 
 @_handler
 async def vae_roundtrip_route(request: web.Request) -> web.Response:
+    from atelier.lessons.round_trip import round_trip
+
     body = await _body(request)
     image = _open_ref(request, body.get("image"), "image")
     files = state(request).files
@@ -607,7 +419,10 @@ async def vae_roundtrip_route(request: web.Request) -> web.Response:
     def save(img: Image.Image, prefix: str) -> dict:
         return files.save_image(img, prefix, "temp")
 
-    return web.json_response(await _in_thread(vae_roundtrip, image, save))
+    lab = state(request).lab
+    return web.json_response(
+        await _in_thread(lambda: vae_report(round_trip(lab.models().vae, image, VAE_MAX_SIDE), save))
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,11 +17,45 @@ from atelier.server.prompt_queue import PromptQueue
 from atelier.server.settings import Settings
 from atelier.server.store import PromptStore
 
+if TYPE_CHECKING:  # torch and the models load when the lab first needs them, not at server start
+    from atelier.lessons.embedded import LessonModels
+    from atelier.models.tokenizer import CLIPTokenizer
+
 
 @dataclass
 class Limits:
     max_upload_bytes: int = 50 * 1024 * 1024  # an upload larger than this is refused (413)
     max_image_pixels: int = 64 * 1024 * 1024  # decompression-bomb guard: 64 megapixels, e.g. 8192 x 8192
+
+
+class LabModels:
+    """The models behind the lab's lesson routes (server/lab.py), loaded on first use and kept for the server's life.
+
+    The tokenizer comes alone (no weights: the token view answers without loading a model); the embedded model's
+    text encoder, VAE and image encoder come together (lessons/embedded.py). A request that arrives during a load
+    waits for it rather than loading again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokenizer: CLIPTokenizer | None = None
+        self._models: LessonModels | None = None
+
+    def tokenizer(self) -> CLIPTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                from atelier.models.tokenizer import CLIPTokenizer
+
+                self._tokenizer = CLIPTokenizer.from_default()
+            return self._tokenizer
+
+    def models(self) -> LessonModels:
+        with self._lock:
+            if self._models is None:
+                from atelier.lessons.embedded import load_embedded_models
+
+                self._models = load_embedded_models()
+            return self._models
 
 
 @dataclass
@@ -36,6 +72,7 @@ class ServerState:
     templates_dir: Path
     on_free: Callable[[bool, bool], None] | None  # POST /free (unload_models, free_memory) beyond the node cache
     argv: list[str]
+    lab: LabModels = field(default_factory=LabModels)
 
 
 STATE: web.AppKey[ServerState] = web.AppKey("atelier_state", ServerState)

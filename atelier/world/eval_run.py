@@ -34,6 +34,7 @@ from torch import Tensor
 
 from atelier.errors import CheckpointError, InputError
 from atelier.images import tensor_to_pil
+from atelier.imaging import bhwc_uint8_to_bchw_signed
 from atelier.pipeline import DiffusionModel, SamplerSettings, decode, empty_latent, encode_prompt
 from atelier.plots import font as plot_font
 from atelier.plots import line_chart
@@ -56,7 +57,6 @@ from atelier.world.evaluate import (
     read_images,
     render_labelled,
     score,
-    to_unit,
     vae_round_trip,
 )
 
@@ -191,7 +191,7 @@ def score_set(
     seeds: Sequence[int],
 ) -> dict[str, Any]:
     """Adherence of generated images to their prompts, in all and per kind of point, and each prompt's score."""
-    readings = read_images(classifier, to_unit(images))
+    readings = read_images(classifier, bhwc_uint8_to_bchw_signed(images))
     rows = [[p, s, *score(r, spec)] for p, s, r, spec in zip(prompts, seeds, readings, specs, strict=True)]
     return {
         "prompts": len(prompts),
@@ -479,9 +479,9 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
 
     # 1. The judge on fresh renders of every kind-colour pair, then on the same renders after a trip through the
     # model's VAE: what the judge can read in the best image the decoder could make (the ceiling of generation).
-    accuracy = classifier_accuracy(read_images(classifier, to_unit(renders)), scenes)
+    accuracy = classifier_accuracy(read_images(classifier, bhwc_uint8_to_bchw_signed(renders)), scenes)
     log(f"classifier accuracy on {args.renders} renders: {accuracy}")
-    round_trips = vae_round_trip(ckpt.vae, to_unit(renders), args.batch)
+    round_trips = vae_round_trip(ckpt.vae, bhwc_uint8_to_bchw_signed(renders), args.batch)
     seen = read_images(classifier, round_trips)
     ceiling = classifier_accuracy(seen, scenes) | {"object_kind": object_kind_accuracy(seen, scenes)}
     log(f"classifier accuracy on the same renders through the VAE: {ceiling}")
@@ -515,14 +515,14 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         else:
             swept = dataclasses.replace(settings, cfg=cfg)
             made = generate_many(ckpt, english[:m], seeds[:m], swept, size, args.batch)
-        readings = read_images(classifier, to_unit(made))
+        readings = read_images(classifier, bhwc_uint8_to_bchw_signed(made))
         value = adherence(readings, specs[:m])
         by_point = adherence_by_point(readings, specs[:m])  # which attributes guidance buys
         sweep.append({"cfg": cfg, "adherence": value, "prompts": m, "by_point": by_point})
         log(f"CFG {cfg:g}: adherence {value:.3f}")
 
     # 6. Fréchet distance on classifier features: generated vs rendered, and two rendered sets (the floor).
-    f_gen, f_a, f_b = (features(classifier, to_unit(x)) for x in (images["english"], ref_a, ref_b))
+    f_gen, f_a, f_b = (features(classifier, bhwc_uint8_to_bchw_signed(x)) for x in (images["english"], ref_a, ref_b))
     frechet = {
         "generated_vs_rendered": frechet_distance(f_gen, f_a),
         "rendered_vs_rendered": frechet_distance(f_b, f_a),

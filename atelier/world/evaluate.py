@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from atelier.errors import InputError
+from atelier.imaging import signed_to_uint8, uint8_to_signed
 from atelier.world.encoders import AttributeClassifier
 from atelier.world.scene import Scene, SceneObject, SceneSpec, relations_between
 from atelier.world.vocab import BACKGROUNDS, COLOURS, KINDS, SIZES
@@ -66,11 +67,6 @@ class Reading:
 
     objects: list[SceneObject]  # one per occupied cell, offset 0
     background: str
-
-
-def to_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 images (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], what the classifier and the VAE read."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 @torch.no_grad()
@@ -132,8 +128,8 @@ def vae_round_trip(vae: torch.nn.Module, images: torch.Tensor, batch: int = 256)
     out = []
     for chunk in images.split(batch):
         z = vae.encode(chunk.to(param.device, param.dtype)).mean
-        out.append(vae.decode(z).float().clamp(-1, 1).cpu())
-    return ((torch.cat(out) + 1) * 127.5).round() / 127.5 - 1
+        out.append(vae.decode(z).float().cpu())
+    return uint8_to_signed(signed_to_uint8(torch.cat(out)))  # clamped to [-1, 1], then on the 8-bit grid
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from atelier.graph.teaching import (
     TEACHING_NODES,
     channel_images,
     token_table,
-    word_positions,
 )
 from atelier.graph.validation import validate_prompt
 from atelier.pipeline import latent_preview
@@ -337,24 +336,6 @@ def test_token_table_warns_when_the_prompt_needs_a_second_window(tokenizer):
 
 
 # ---- cross-attention --------------------------------------------------------------------------------------------
-
-
-def test_word_positions(tokenizer):
-    assert word_positions(tokenizer, PROMPT, "red") == [3]
-    assert word_positions(tokenizer, PROMPT, "RED") == [3]  # CLIP lowercases
-    assert word_positions(tokenizer, PROMPT, "red circle") == [3, 4]
-    assert word_positions(tokenizer, "a (red:1.3) ball, red", "red") == [2, 5]  # weights do not move tokens
-    assert word_positions(tokenizer, "red " * 80 + "blue", "blue") == [77 + 1 + 5]  # the second window
-    pieces = tokenizer.encode("kandinskyesque")
-    assert len(pieces) > 1  # a rare word is several tokens, all of them taken
-    assert word_positions(tokenizer, "a kandinskyesque circle", "Kandinskyesque") == list(range(2, 2 + len(pieces)))
-    with pytest.raises(InputError) as error:
-        word_positions(tokenizer, PROMPT, "reddish")
-    assert str(error.value) == (
-        "The word 'reddish' is not in the prompt; expected one of its words: a, big, red, circle, on, the, left."
-    )
-    with pytest.raises(InputError, match="The word input is empty"):
-        word_positions(tokenizer, PROMPT, "  ")
 
 
 def test_cross_attention_map_of_red(registry, embedded):

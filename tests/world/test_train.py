@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -11,8 +13,9 @@ from safetensors.torch import load_file
 from atelier.models.checkpoint import load_checkpoint
 from atelier.models.library import native_size
 from atelier.world.train import main
-from atelier.world.train.unet import pick_captions
-from atelier.world.train.vae import round_trip_judge
+from atelier.world.train.decoder import DecoderOptions
+from atelier.world.train.unet import UNetOptions, pick_captions
+from atelier.world.train.vae import VAEOptions, round_trip_judge
 from atelier.world.train.weights import load_trained_vae
 
 
@@ -114,3 +117,21 @@ def test_training_flags_out_of_range_are_refused_with_one_sentence(flag, value, 
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"{flag} is a" in err and expected in err and value in err
+
+
+@pytest.mark.parametrize(
+    ("options", "values", "sentence"),
+    [
+        (UNetOptions, {"caption_dropout": 1.5}, "caption_dropout is a share of the captions, from 0 to 1; got 1.5"),
+        (UNetOptions, {"ema_decay": -0.1}, "ema_decay is a decay per step, from 0 to 1; got -0.1"),
+        (UNetOptions, {"caption_noise": 2.0}, "--caption-noise is a share of the captions, from 0 to 1; got 2.0"),
+        (DecoderOptions, {"latent_noise": -1.0}, "latent_noise is a standard deviation, 0 or more; got -1.0"),
+        (VAEOptions, {"edge_weight": -2.0}, "--edge-weight is a loss weight, 0 or more; got -2.0"),
+    ],
+)
+def test_stage_options_refuse_values_out_of_range_with_one_sentence(options, values, sentence):
+    with pytest.raises(ValueError, match=f"^{re.escape(sentence)}$"):
+        options(**values)
+    (name, value), defaults = next(iter(values.items())), options()  # the defaults are in range
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a stage cannot change its options half-way
+        setattr(defaults, name, value)

@@ -74,6 +74,24 @@ export function inputName(ref) {
   return ref.subfolder ? `${ref.subfolder}/${ref.filename}` : ref.filename;
 }
 
+/**
+ * One entry of GET /api/history, by name. ComfyUI keeps a queued prompt as the tuple [number, prompt_id, prompt,
+ * extra_data, outputs_to_execute]: this is the one place of the page that knows those positions. `lab` is what the
+ * lab queued with the prompt (extra_data.atelier_lab: kind, params, init_image, roles), null for other prompts.
+ */
+export function historyEntry(h) {
+  const [, promptId, prompt, extra = {}] = h.prompt || [];
+  const lab = extra.atelier_lab || null;
+  // Entries queued before the lab recorded roles are plain generations: their one output is the image.
+  const roles = lab?.roles || (lab ? { image: Object.keys(h.outputs || {})[0] } : {});
+  return {
+    promptId, prompt, lab, roles,
+    workflow: extra.extra_pnginfo?.workflow,
+    outputs: h.outputs || {},
+    completed: Boolean(h.status?.completed),
+  };
+}
+
 // ---- the live channel ----
 
 const running = new Map();  // prompt_id -> handlers of the run in flight

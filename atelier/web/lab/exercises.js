@@ -5,7 +5,7 @@ import { forgetCache, postJSON, viewUrl } from "./api.js";
 import * as form from "./form.js";
 import { t } from "./i18n.js";
 import { runView } from "./runner.js";
-import { busy, el, hideMessage, outputImages } from "./ui.js";
+import { busy, el, hideMessage, images } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -62,9 +62,9 @@ function fillSlot(fig, ref) {
 
 async function generateInto(fig, params, label) {
   const result = await runView(params, { label, init: form.initImage(), prefix: "lab/exercise" });
-  const [first] = outputImages(result.outputs, ["9"]);
-  fillSlot(fig, first.ref);
-  return { ...result, ref: first.ref };
+  const [first] = images(result, "image");
+  fillSlot(fig, first);
+  return { ...result, ref: first };
 }
 
 function compare(a, b) {

@@ -7,10 +7,10 @@ import { t } from "./i18n.js";
 const $ = (id) => document.getElementById(id);
 const FIELDS = ["model", "prompt", "negative", "seed", "steps", "cfg", "sampler", "scheduler", "width", "height",
   "batch", "denoise"];
-const INTEGER = { seed: [-1, 2 ** 53], steps: [1, 200], width: [8, 2048], height: [8, 2048], batch: [1, 16] };
 
 export const state = {
   defaults: null,
+  limits: null,  // numeric field -> {type, min, max, step}: the schema of the node input it sets (lab.py form_limits)
   lastSeed: null,  // the seed the last run actually used
   init: null,  // the uploaded img2img image {filename, subfolder, type}, or null
 };
@@ -25,6 +25,7 @@ export function setup(options, onChange) {
   fill($("f-model"), options.models);
   fill($("f-sampler"), options.samplers);
   fill($("f-scheduler"), options.schedulers);
+  setLimits(options.limits);
   write(state.defaults);
   $("f-denoise").addEventListener("input", showDenoise);
   $("seed-random").addEventListener("click", () => setSeed(-1));
@@ -34,6 +35,22 @@ export function setup(options, onChange) {
   $("f-init").addEventListener("change", uploadInit);
   $("init-clear").addEventListener("click", clearInit);
   $("params").addEventListener("change", () => onChange?.());
+}
+
+/**
+ * Each numeric field takes what the node input it sets takes (KSampler: seed, steps, cfg, denoise;
+ * EmptyLatentImage: width, height, batch), as the server's schemas say. Two things are the page's own: seed -1
+ * draws a random seed here, and a JavaScript number holds whole numbers exactly only up to 2^53 - 1.
+ */
+function setLimits(limits) {
+  const seed = { ...limits.seed, min: -1, max: Math.min(limits.seed.max, Number.MAX_SAFE_INTEGER) };
+  state.limits = { ...limits, seed };
+  for (const [name, { type, min, max, step }] of Object.entries(state.limits)) {
+    const input = $(`f-${name}`);
+    input.min = min;
+    input.max = max;
+    input.step = step ?? (type === "INT" ? 1 : "any");
+  }
 }
 
 function setSeed(value) {
@@ -83,17 +100,18 @@ export function read() {
   for (const name of FIELDS) {
     const input = $(`f-${name}`);
     const raw = input.value.trim();
-    if (name in INTEGER || ["cfg", "denoise"].includes(name)) {
+    const limit = state.limits[name];
+    if (limit) {
       const value = Number(raw);
-      const [lo, hi] = INTEGER[name] || (name === "cfg" ? [0, 100] : [0, 1]);
-      const whole = name in INTEGER;
+      const { min: lo, max: hi, step } = limit;
+      const whole = limit.type === "INT";
       if (raw === "" || !Number.isFinite(value) || value < lo || value > hi || (whole && !Number.isInteger(value))) {
         input.focus();
         throw new Error(t(whole ? "err.integer" : "err.number", { field: t(`form.${name}`), lo, hi }));
       }
-      if ((name === "width" || name === "height") && value % 8) {
+      if (whole && step > 1 && value % step) {  // width and height: the latent is 8x smaller
         input.focus();
-        throw new Error(t("err.multiple8", { field: t(`form.${name}`), value }));
+        throw new Error(t("err.multiple", { field: t(`form.${name}`), step, value }));
       }
       p[name] = value;
     } else {

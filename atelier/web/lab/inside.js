@@ -1,12 +1,12 @@
 // "Look inside": eight views of what happens between the prompt and the picture. Each uses the parameters of
 // the panel; the ones that sample run a graph of teaching nodes (atelier/graph/teaching.py) through the queue.
 
-import { getJSON, postJSON, uploadImage, viewUrl } from "./api.js";
+import { getJSON, historyEntry, postJSON, uploadImage, viewUrl } from "./api.js";
 import * as form from "./form.js";
 import { t } from "./i18n.js";
 import { lineChart, scatter } from "./plot.js";
 import { runView } from "./runner.js";
-import { busy, el, errorText, figure, hideMessage, outputImages, showMessage } from "./ui.js";
+import { busy, el, errorText, figure, hideMessage, images, output, showMessage } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const STOP_WORDS = new Set(("a an the of on in at to and with is there image picture drawing " +
@@ -46,19 +46,19 @@ async function filmstrip(out) {
   const params = viewParams();
   const result = await runView(params, { view: "filmstrip", init: form.initImage(), label: t("in.filmstrip.title") });
   const sigmas = await sigmasFor(params);
-  const noisy = outputImages(result.outputs, ["23"]), predicted = outputImages(result.outputs, ["21"]);
-  const [noisyAnim] = outputImages(result.outputs, ["24"]), [predAnim] = outputImages(result.outputs, ["22"]);
+  const noisy = images(result, "noisy_frames"), predicted = images(result, "predicted_frames");
+  const [noisyAnim] = images(result, "noisy_animation"), [predAnim] = images(result, "predicted_animation");
   const row = (frames, key) => el("div.filmrow", {},
     el("h4", {}, t(key)),
-    el("div.strip.film", { dataset: { frames: frames.length } }, frames.map(({ ref }, i) =>
+    el("div.strip.film", { dataset: { frames: frames.length } }, frames.map((ref, i) =>
       figure(ref, t("in.filmstrip.frame", { n: i + 1, sigma: sigmas[i]?.toFixed(3) ?? "?" })))));
   out.replaceChildren(
     row(noisy, "in.filmstrip.noisy"), row(predicted, "in.filmstrip.predicted"),
     el("div.anims", {},
-      el("figure.fig.anim", {}, el("img", { src: viewUrl(noisyAnim.ref), alt: t("in.filmstrip.noisy") }),
-        el("figcaption", {}, t("in.filmstrip.noisy"), " ", download(noisyAnim.ref, t("in.download_webp")))),
-      el("figure.fig.anim", {}, el("img", { src: viewUrl(predAnim.ref), alt: t("in.filmstrip.predicted") }),
-        el("figcaption", {}, t("in.filmstrip.predicted"), " ", download(predAnim.ref, t("in.download_webp"))))),
+      el("figure.fig.anim", {}, el("img", { src: viewUrl(noisyAnim), alt: t("in.filmstrip.noisy") }),
+        el("figcaption", {}, t("in.filmstrip.noisy"), " ", download(noisyAnim, t("in.download_webp")))),
+      el("figure.fig.anim", {}, el("img", { src: viewUrl(predAnim), alt: t("in.filmstrip.predicted") }),
+        el("figcaption", {}, t("in.filmstrip.predicted"), " ", download(predAnim, t("in.download_webp"))))),
     el("p.help", {}, t("in.filmstrip.after", { steps: params.steps, sampler: params.sampler, seed: params.seed })));
 }
 
@@ -66,17 +66,17 @@ async function filmstrip(out) {
 
 /** Mean absolute change (0-255) between consecutive frames, measured on the pictures themselves. */
 async function changes(urls) {
-  const images = await Promise.all(urls.map((src) => new Promise((resolve, reject) => {
+  const frames = await Promise.all(urls.map((src) => new Promise((resolve, reject) => {
     const img = new Image();
     img.onload = () => resolve(img);
     img.onerror = reject;
     img.src = src;
   })));
   const canvas = document.createElement("canvas");
-  canvas.width = images[0].naturalWidth;
-  canvas.height = images[0].naturalHeight;
+  canvas.width = frames[0].naturalWidth;
+  canvas.height = frames[0].naturalHeight;
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  const pixels = images.map((img) => {
+  const pixels = frames.map((img) => {
     ctx.drawImage(img, 0, 0);
     return ctx.getImageData(0, 0, canvas.width, canvas.height).data;
   });
@@ -100,9 +100,9 @@ async function convergence(out) {
   if (!Number.isInteger(steps) || steps < 2 || steps > 200) throw new Error(t("err.integer", { field: t("form.steps"), lo: 2, hi: 200 }));
   const params = { ...viewParams(), steps };
   const result = await runView(params, { view: "convergence", init: form.initImage(), label: t("in.convergence.title") });
-  const runs = [["euler", "21", "22"], ["euler_ancestral", "31", "32"]].map(([name, frames, anim]) => ({
-    name, frames: outputImages(result.outputs, [frames]).map(({ ref }) => viewUrl(ref)),
-    anim: outputImages(result.outputs, [anim])[0].ref,
+  const runs = ["euler", "euler_ancestral"].map((name) => ({
+    name, frames: images(result, `${name}/predicted_frames`).map(viewUrl),
+    anim: images(result, `${name}/predicted_animation`)[0],
   }));
   const n = Math.min(...runs.map((r) => r.frames.length));
   const slider = el("input", { type: "range", min: 1, max: n, value: n, "aria-label": t("in.convergence.frame") });
@@ -151,12 +151,12 @@ async function latent(out) {
   needsTeaching(out);
   const params = viewParams();
   const result = await runView(params, { view: "latent", init: form.initImage(), label: t("in.latent.title") });
-  const [image] = outputImages(result.outputs, ["9"]);
-  const channels = outputImages(result.outputs, ["21"]);
-  const stats = result.outputs["22"]?.text?.[0] || "";
+  const [image] = images(result, "image");
+  const channels = images(result, "channels");
+  const stats = output(result, "channel_stats").text?.[0] || "";
   out.replaceChildren(
-    el("div.strip", {}, figure(image.ref, t("in.latent.image", { w: params.width, h: params.height })),
-      channels.map(({ ref }, i) => figure(ref, t("in.latent.channel", { n: i, w: params.width / 8, h: params.height / 8 }),
+    el("div.strip", {}, figure(image, t("in.latent.image", { w: params.width, h: params.height })),
+      channels.map((ref, i) => figure(ref, t("in.latent.channel", { n: i, w: params.width / 8, h: params.height / 8 }),
         { class: "fig channel" }))),
     el("pre.stats", {}, stats),
     el("p.help", {}, t("in.latent.after", { n: (params.width * params.height * 3) / ((params.width / 8) * (params.height / 8) * 4) })));
@@ -217,10 +217,10 @@ async function attention(out) {
   const words = $("att-words").value.split(",").map((s) => s.trim()).filter(Boolean);
   if (!words.length) throw new Error(t("err.list_empty"));
   const result = await runView(params, { view: "attention", words, label: t("in.attention.title") });
-  const [image] = outputImages(result.outputs, ["19"]);
-  const maps = words.map((word, k) => ({ word, ref: outputImages(result.outputs, [String(21 + 10 * k)])[0].ref }));
+  const [image] = images(result, "image");
+  const maps = words.map((word, k) => ({ word, ref: images(result, `attention_map/${k}`)[0] }));
   out.replaceChildren(
-    el("div.strip", {}, figure(image.ref, t("in.attention.image")),
+    el("div.strip", {}, figure(image, t("in.attention.image")),
       maps.map(({ word, ref }) => figure(ref, `“${word}”`, { class: "fig heat", dataset: { word } }))),
     el("p.help", {}, t("in.attention.after", { seed: params.seed, steps: params.steps })));
 }
@@ -244,8 +244,8 @@ async function schedules(out) {
 
 async function recentImages(limit = 6) {
   const history = await getJSON("/api/history?max_items=50");
-  return Object.values(history).reverse().filter((h) => h.prompt?.[3]?.atelier_lab && h.status?.completed)
-    .map((h) => ({ ...outputImages(h.outputs, ["9"])[0]?.ref, label: `🖼 ${h.prompt[3].atelier_lab.params.prompt}` }))
+  return Object.values(history).map(historyEntry).reverse().filter((entry) => entry.lab && entry.completed)
+    .map((entry) => ({ ...images(entry, "image")[0], label: `🖼 ${entry.lab.params.prompt}` }))
     .filter((ref) => ref.filename).slice(0, limit);
 }
 

@@ -1,16 +1,16 @@
 // The lab's entry point: language, tabs, the Generate button, the result, the history gallery and the way to
 // the node editor. The exercises and the look-inside views live in exercises.js and inside.js.
 
-import { getJSON, interrupt, postJSON, viewUrl } from "./api.js";
+import { getJSON, historyEntry, interrupt, postJSON, viewUrl } from "./api.js";
 import * as form from "./form.js";
 import { apply, language, preferredLanguage, setLanguage, t } from "./i18n.js";
 import { runView } from "./runner.js";
-import { busy, el, errorText, hideMessage, outputImages, showMessage } from "./ui.js";
+import { busy, el, errorText, hideMessage, images, showMessage } from "./ui.js";
 import * as exercises from "./exercises.js";
 import * as inside from "./inside.js";
 
 const $ = (id) => document.getElementById(id);
-const current = { result: null };  // the last generation: {params, prompt, workflow, outputs}
+const current = { result: null };  // the last generation: {params, prompt, workflow, outputs, roles}
 
 // ---- tabs (arrow keys move between them, as in any tab list) ----
 
@@ -55,17 +55,17 @@ function paramsTable(p, seedNote = "") {
 
 function showResult(result) {
   current.result = result;
-  const images = outputImages(result.outputs, ["9"]);
-  $("result-images").replaceChildren(...images.map(({ ref }, i) =>
+  const refs = images(result, "image");
+  $("result-images").replaceChildren(...refs.map((ref, i) =>
     el("figure.fig.big", {}, el("img", { src: viewUrl(ref), alt: t("result.image_alt", { n: i + 1 }) }),
-      el("figcaption", {}, images.length > 1 ? t("result.batch_item", { n: i + 1, seed: result.params.seed }) : ""))));
+      el("figcaption", {}, refs.length > 1 ? t("result.batch_item", { n: i + 1, seed: result.params.seed }) : ""))));
   $("result-params").replaceChildren(...paramsTable(result.params));
   const note = result.params.cfg === 1 ? t("result.cfg1") : "";
   $("result-note").textContent = note;
   $("result-note").hidden = !note;
-  if (images.length) {
-    $("download").href = viewUrl(images[0].ref);
-    $("download").setAttribute("download", images[0].ref.filename);
+  if (refs.length) {
+    $("download").href = viewUrl(refs[0]);
+    $("download").setAttribute("download", refs[0].filename);
     $("download").hidden = false;
   }
   $("open-editor").hidden = false;
@@ -126,36 +126,35 @@ async function loadHistory() {
   const box = $("history");
   try {
     const history = await getJSON("/api/history?max_items=200");
-    const entries = Object.values(history)
-      .filter((h) => h.prompt?.[3]?.atelier_lab?.kind === "generate" && h.status?.completed)
+    const entries = Object.values(history).map(historyEntry)
+      .filter((entry) => entry.lab?.kind === "generate" && entry.completed)
       .reverse();  // newest first
     if (!entries.length) {
       box.replaceChildren(el("p.placeholder", {}, t("hist.empty")));
       return;
     }
-    box.replaceChildren(...entries.map((h) => historyItem(h)));
+    box.replaceChildren(...entries.map(historyItem));
   } catch (error) {
     box.replaceChildren(el("p.placeholder", {}, errorText(error)));
   }
 }
 
-function historyItem(h) {
-  const lab = h.prompt[3].atelier_lab;
-  const p = lab.params;
-  const [first] = outputImages(h.outputs);
+function historyItem(entry) {
+  const p = entry.lab.params;
+  const [first] = images(entry, "image");
   const caption = `${p.prompt} · ${t("form.seed")} ${p.seed} · ${p.steps} · CFG ${p.cfg} · ${p.sampler}`;
   return el("button.hist", {
     type: "button",
     title: t("hist.restore"),
     onclick: () => {
       form.write(p);
-      form.writeInit(lab.init_image);
+      form.writeInit(entry.lab.init_image);
       form.state.lastSeed = p.seed;
-      showResult({ params: p, prompt: h.prompt[2], workflow: h.prompt[3].extra_pnginfo?.workflow, outputs: h.outputs });
+      showResult({ ...entry, params: p });
       selectTab($("tab-result"));
       showMessage(t("hist.restored"), "info");
     },
-  }, first ? el("img", { src: viewUrl(first.ref), alt: p.prompt }) : null, el("span", {}, caption));
+  }, first ? el("img", { src: viewUrl(first), alt: p.prompt }) : null, el("span", {}, caption));
 }
 
 // ---- start ----

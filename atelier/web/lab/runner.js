@@ -23,14 +23,15 @@ export async function buildGraph(params, view = "generate", extra = {}) {
 }
 
 /**
- * Build, queue and wait for one view's graph. Returns {prompt, workflow, outputs, cached, params}.
- * `label` names the run in the progress line ("CFG 7"); onPreview(url) gets the live step previews.
+ * Build, queue and wait for one view's graph. Returns {prompt, roles, workflow, outputs, cached, params}: read its
+ * outputs by role with ui.js `output(run, role)`. `label` names the run in the progress line ("CFG 7");
+ * onPreview(url) gets the live step previews. `record` goes into the history with the roles (api.js historyEntry).
  */
 export async function runView(params, { view = "generate", init = null, words = null, label = "", prefix = "lab",
   onPreview = null, onExecuted = null, record = null } = {}) {
-  const { prompt, workflow } = await buildGraph(params, view, { init_image: init, words, filename_prefix: prefix });
+  const { prompt, roles, workflow } = await buildGraph(params, view, { init_image: init, words, filename_prefix: prefix });
   const extra = { extra_pnginfo: { workflow } };
-  if (record) extra.atelier_lab = { ...record, params, init_image: init };
+  if (record) extra.atelier_lab = { ...record, params, init_image: init, roles };
   active += 1;
   $("stop").disabled = false;
   const name = label ? `${label} · ` : "";
@@ -44,7 +45,7 @@ export async function runView(params, { view = "generate", init = null, words = 
       onExecuted,
     });
     setProgress(1, 1, `${name}${t("run.done")}`);
-    return { prompt, workflow, params, ...result };
+    return { prompt, roles, workflow, params, ...result };
   } catch (error) {
     setProgress(0, 1, "");
     throw error;

@@ -61,8 +61,20 @@ export async function busy(button, work) {
   }
 }
 
-/** The images of all output nodes of a run, in node order: [{ref, node}]. */
-export function outputImages(outputs, nodeIds = null) {
-  const ids = nodeIds || Object.keys(outputs).sort((a, b) => Number(a) - Number(b));
-  return ids.flatMap((id) => (outputs[id]?.images || []).map((ref) => ({ ref, node: id })));
+/**
+ * What a run's graph produced under the name `role` ("image", "channels", ...): the output of the node that the
+ * server named so with the graph (atelier/server/lab_graphs.py). `run` is a result of runView or a historyEntry,
+ * both {outputs: {node_id: ui}, roles: {role: node_id}}. The one place of the page that turns a role into a node id.
+ */
+export function output(run, role) {
+  const node = run.roles?.[role];
+  if (node === undefined) {
+    throw new Error(`No output is named ${role}; this graph names ${Object.keys(run.roles || {}).join(", ") || "none"}.`);
+  }
+  return run.outputs[node] || {};
+}
+
+/** The image file references of the output named `role`: [{filename, subfolder, type}]. */
+export function images(run, role) {
+  return output(run, role).images || [];
 }

@@ -26,12 +26,14 @@ import argparse
 import dataclasses
 import os
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from atelier.world.train.classifier import train_classifier
+from atelier.world.train.classifier import ClassifierOptions, train_classifier
 from atelier.world.train.clip import train_clip
 from atelier.world.train.data import render_world
 from atelier.world.train.decoder import train_decoder
@@ -39,8 +41,8 @@ from atelier.world.train.loop import StageJob, StageSettings
 from atelier.world.train.pack import pack, unpack
 from atelier.world.train.ranks import init_ranks
 from atelier.world.train.shapes import EmbeddedShapes
-from atelier.world.train.unet import train_unet
-from atelier.world.train.vae import train_vae
+from atelier.world.train.unet import UNetOptions, train_unet
+from atelier.world.train.vae import VAEOptions, train_vae
 
 DEFAULTS = {
     "vae": StageSettings(steps=3000, batch=64, lr=4e-4),
@@ -50,21 +52,14 @@ DEFAULTS = {
     "classifier": StageSettings(steps=3000, batch=256, lr=1e-3),
 }
 
-
-STAGES = {
-    "vae": train_vae,
-    "decoder": train_decoder,
-    "clip": train_clip,
-    "unet": train_unet,
-    "classifier": train_classifier,
-}
+STAGES = tuple(DEFAULTS)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the embedded model on the procedural world.")
     parser.add_argument(
         "--stage",
-        choices=list(STAGES),
+        choices=STAGES,
         action="append",
         default=[],
         help="stage(s) to run, in order; repeat the flag for several",
@@ -88,11 +83,31 @@ def main(argv: list[str] | None = None) -> None:
         "--caption-noise", type=float, default=0.0, help="unet stage: share of captions taken from another image"
     )
     parser.add_argument("--edge-weight", type=float, default=0.5, help="vae stage: weight of the edge L1 term")
+    return parser
+
+
+def stage_settings(name: str, args: argparse.Namespace) -> StageSettings:
+    """The stage's DEFAULTS, with the numbers the command line overrides."""
+    overrides = {field: getattr(args, field) for field in ("steps", "batch", "lr", "warmup")}
+    return dataclasses.replace(DEFAULTS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0.0 <= args.caption_noise <= 1.0:
-        parser.error(f"--caption-noise is a share of the captions, from 0 to 1; got {args.caption_noise}")
-    if args.edge_weight < 0:
-        parser.error(f"--edge-weight is a loss weight, 0 or more; got {args.edge_weight}")
+    try:  # each stage's own options check their ranges, whichever stages run
+        vae_options = VAEOptions(edge_weight=args.edge_weight)
+        unet_options = UNetOptions(compile_model=args.compile, caption_noise=args.caption_noise)
+        classifier_options = ClassifierOptions(images_per_rank=args.images)
+    except ValueError as error:
+        parser.error(str(error))
+    runs: dict[str, Callable[[StageJob], None]] = {
+        "vae": partial(train_vae, options=vae_options),
+        "decoder": train_decoder,
+        "clip": train_clip,
+        "unet": partial(train_unet, options=unet_options),
+        "classifier": partial(train_classifier, options=classifier_options),
+    }
 
     started = time.time()
     ranks = init_ranks(args.device)
@@ -112,25 +127,17 @@ def main(argv: list[str] | None = None) -> None:
     if needs_world:
         data = render_world(args.images, args.seed, ranks, shapes.image_size, args.captions, workers)
     for name in args.stage:
-        s = dataclasses.replace(DEFAULTS[name])
-        for field in ("steps", "batch", "lr", "warmup"):
-            if getattr(args, field) is not None:
-                setattr(s, field, getattr(args, field))
-        extra = {
-            "classifier": {"images_per_rank": args.images},
-            "vae": {"edge_weight": args.edge_weight},
-            "unet": {"compile_model": args.compile, "caption_noise": args.caption_noise},
-        }.get(name, {})
         budget = None if args.budget is None else max(1.0, args.budget - (time.time() - started))
-        STAGES[name](StageJob(shapes, data, args.out, s, ranks, budget, args.seed, workers), **extra)
+        settings = stage_settings(name, args)
+        runs[name](StageJob(shapes, data, args.out, settings, ranks, budget, args.seed, workers))
         if ranks.world > 1:
             dist.barrier()  # the next stage reads what rank 0 just wrote
     if args.pack is not None and ranks.main:
         notes = {"seed": args.seed, "images_per_rank": args.images, "ranks": ranks.world}
         if "unet" in args.stage:
-            notes["caption_noise"] = args.caption_noise
+            notes["caption_noise"] = unet_options.caption_noise
         if "vae" in args.stage:
-            notes["edge_weight"] = args.edge_weight
+            notes["edge_weight"] = vae_options.edge_weight
         for path in pack(args.out, args.pack, shapes, notes):
             print(f"[pack] wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
     if ranks.world > 1:

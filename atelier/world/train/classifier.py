@@ -3,29 +3,38 @@ scenes whose contents are known (every kind-colour pair, held-out ones included)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import torch
 
+from atelier.imaging import bhwc_uint8_to_bchw_signed, uint8_to_signed
 from atelier.world.train.loop import Stage, StageJob
 from atelier.world.train.ranks import autocast, wrap_ddp
 from atelier.world.train.weights import save_weights
 
 
-def train_classifier(job: StageJob, images_per_rank: int = 50_000) -> None:
+@dataclasses.dataclass(frozen=True)
+class ClassifierOptions:
+    """The classifier stage's own options: it renders labelled scenes of its own rather than the stages' world."""
+
+    images_per_rank: int = 50_000  # labelled scenes rendered per rank (the command line passes --images)
+
+
+def train_classifier(job: StageJob, options: ClassifierOptions = ClassifierOptions()) -> None:
     from atelier.world.evaluate import (
         classifier_accuracy,
         classifier_loss,
         new_classifier,
         read_images,
         render_labelled,
-        to_unit,
     )
 
     start = time.time()
+    count = options.images_per_rank
     images, labels, _ = render_labelled(
-        job.seed + 5, images_per_rank, job.shapes.image_size, job.workers, start=job.ranks.rank * images_per_rank
+        job.seed + 5, count, job.shapes.image_size, job.workers, start=job.ranks.rank * count
     )
     images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(job.ranks.device)
     labels = torch.from_numpy(labels).to(job.ranks.device)
@@ -42,14 +51,14 @@ def train_classifier(job: StageJob, images_per_rank: int = 50_000) -> None:
     def loss_fn() -> tuple[torch.Tensor, dict]:
         idx = torch.randint(0, len(images), (job.settings.batch,), generator=gen).to(job.ranks.device)
         with autocast(job.ranks):
-            logits = model(images[idx].float() / 127.5 - 1.0)
+            logits = model(uint8_to_signed(images[idx]))
         return classifier_loss({k: v.float() for k, v in logits.items()}, labels[idx]), {}
 
     stage.run({"classifier": classifier}, opt, loss_fn, clip_norm=None)
     if job.ranks.main:
         classifier.eval()
         fresh, _, scenes = render_labelled(job.seed + 999, 2000, job.shapes.image_size, job.workers, start=10**9)
-        acc = classifier_accuracy(read_images(classifier, to_unit(fresh)), scenes)
+        acc = classifier_accuracy(read_images(classifier, bhwc_uint8_to_bchw_signed(fresh)), scenes)
         print(f"[classifier] accuracy on 2000 fresh renders: {acc}", flush=True)
         with (job.out / "classifier.log.jsonl").open("a") as f:
             f.write(json.dumps({"fresh_accuracy": acc}) + "\n")

@@ -11,6 +11,7 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
+from atelier.imaging import uint8_to_signed
 from atelier.models.tokenizer import CLIPTokenizer
 from atelier.world.train.ranks import Ranks
 
@@ -24,7 +25,7 @@ class WorldData:
         """`n` pairs drawn with replacement: images (n, 3, H, W) in [-1, 1] and one of each image's captions (n, 77)."""
         idx = torch.randint(0, self.images.shape[0], (n,), generator=gen, device="cpu").to(self.images.device)
         pick = torch.randint(0, self.tokens.shape[1], (n,), generator=gen, device="cpu").to(self.images.device)
-        images = self.images[idx].float() / 127.5 - 1.0
+        images = uint8_to_signed(self.images[idx])
         return images, self.tokens[idx, pick].long()
 
 

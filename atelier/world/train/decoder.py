@@ -3,6 +3,8 @@ the latents do not move."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -13,12 +15,23 @@ from atelier.world.train.vae import reconstruction_errors
 from atelier.world.train.weights import load_trained_vae, save_weights
 
 
-def train_decoder(job: StageJob, latent_noise: float = 0.1) -> None:
+@dataclasses.dataclass(frozen=True)
+class DecoderOptions:
+    """The decoder stage's own options."""
+
+    latent_noise: float = 0.1  # Gaussian noise added to the latents the decoder sees, in units of their std
+
+    def __post_init__(self) -> None:
+        if self.latent_noise < 0:
+            raise ValueError(f"latent_noise is a standard deviation, 0 or more; got {self.latent_noise}")
+
+
+def train_decoder(job: StageJob, options: DecoderOptions = DecoderOptions()) -> None:
     """Sharpen the VAE's decoder with its encoder frozen (what Stability did for SD's "ft-MSE" decoder).
 
     The latents do not move, so the text encoder and the UNet trained on them stay valid: only the pictures they
     decode to get sharper. The decoder sees the posterior mean, as the UNet's training latents are, plus a little
-    Gaussian noise (`latent_noise` in units of the latents' std) so that it also cleans up the small errors of a
+    Gaussian noise (`options.latent_noise` in units of the latents' std) so that it also cleans up the small errors of a
     generated latent. The edge term weighs as much as L1 here: thin parts (rays, masts, star points) are what the
     first stage blurred."""
     vae = load_trained_vae(job.out).to(job.ranks.device)
@@ -32,7 +45,7 @@ def train_decoder(job: StageJob, latent_noise: float = 0.1) -> None:
     stage.resume({"vae": vae}, opt)
     decoder = wrap_ddp(_Decode(vae), job.ranks)
     gen = torch.Generator().manual_seed(job.seed * 1000 + 29 + job.ranks.rank + stage.step)
-    noise_std = latent_noise / config.scaling_factor  # the raw latents' std is 1 / scaling_factor
+    noise_std = options.latent_noise / config.scaling_factor  # the raw latents' std is 1 / scaling_factor
 
     def loss_fn() -> tuple[torch.Tensor, dict]:
         images, _ = job.data.batch(job.settings.batch, gen)

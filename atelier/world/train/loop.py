@@ -23,8 +23,10 @@ from atelier.world.train.ranks import Ranks
 from atelier.world.train.shapes import EmbeddedShapes
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class StageSettings:
+    """The loop's numbers, which every stage has (each with its defaults, see the command line's DEFAULTS)."""
+
     steps: int
     batch: int  # per rank
     lr: float
@@ -41,7 +43,7 @@ def lr_at(step: int, s: StageSettings) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class StageJob:
-    """What every stage takes; each stage's own options (edge weight, caption noise, ...) come apart, typed."""
+    """What every stage takes; each stage's own options come apart, typed (`VAEOptions`, `UNetOptions`, ...)."""
 
     shapes: EmbeddedShapes
     data: WorldData | None  # the rendered world; None when only the classifier runs (it renders scenes of its own)

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
+from atelier.imaging import bhwc_uint8_to_bchw_signed
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.unet import UNet
 from atelier.world.encoders import ImageEncoder
@@ -46,8 +46,8 @@ def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dic
     vae, text, unet = load_trained_vae(out), CLIPTextEncoder(shapes.text), UNet(shapes.unet)
     load_weights(out / "text_encoder.safetensors", text)
     load_weights(out / "unet_ema.safetensors", unet)
-    scenes = torch.from_numpy(render_dataset(seed=7, start=0, count=256, size=shapes.image_size)[0])
-    projection = fit_latent_to_rgb(vae.eval(), images=scenes.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    scenes = render_dataset(seed=7, start=0, count=256, size=shapes.image_size)[0]  # (256, H, W, 3) uint8
+    projection = fit_latent_to_rgb(vae.eval(), images=bhwc_uint8_to_bchw_signed(scenes))
     meta = {
         "atelier.native_size": str(shapes.image_size),
         "atelier.latent_rgb": json.dumps([[round(v, 5) for v in row] for row in projection.tolist()]),

@@ -5,10 +5,12 @@ EMA weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
+from atelier.imaging import uint8_to_signed
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.tokenizer import CLIPTokenizer
 from atelier.models.unet import UNet
@@ -24,7 +26,7 @@ def encode_latents(vae: VAE, images_u8: torch.Tensor, batch: int = 256) -> torch
     out = []
     with torch.no_grad():
         for chunk in images_u8.split(batch):
-            out.append(vae.encode(chunk.float() / 127.5 - 1.0).mean * vae.config.scaling_factor)
+            out.append(vae.encode(uint8_to_signed(chunk)).mean * vae.config.scaling_factor)
     return torch.cat(out)
 
 
@@ -63,13 +65,26 @@ def pick_captions(
     return torch.where(mislabelled, other, idx), pick, drop
 
 
-def train_unet(
-    job: StageJob,
-    ema_decay: float = 0.999,
-    caption_dropout: float = 0.1,
-    compile_model: bool = False,
-    caption_noise: float = 0.0,
-) -> None:
+@dataclasses.dataclass(frozen=True)
+class UNetOptions:
+    """The unet stage's own options. A sentence about a bad value names the option by its command-line flag, where
+    it has one."""
+
+    ema_decay: float = 0.999  # the EMA weights' decay per step (after a short warm-up of the average)
+    caption_dropout: float = 0.1  # share of empty captions, for classifier-free guidance (`pick_captions`)
+    compile_model: bool = False  # --compile: torch.compile the UNet
+    caption_noise: float = 0.0  # --caption-noise: share of captions taken from another image (`pick_captions`)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"ema_decay is a decay per step, from 0 to 1; got {self.ema_decay}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout is a share of the captions, from 0 to 1; got {self.caption_dropout}")
+        if not 0.0 <= self.caption_noise <= 1.0:
+            raise ValueError(f"--caption-noise is a share of the captions, from 0 to 1; got {self.caption_noise}")
+
+
+def train_unet(job: StageJob, options: UNetOptions = UNetOptions()) -> None:
     vae = load_trained_vae(job.out).to(job.ranks.device).eval()
     text = CLIPTextEncoder(job.shapes.text).to(job.ranks.device).eval()
     load_weights(job.out / "text_encoder.safetensors", text)
@@ -104,7 +119,7 @@ def train_unet(
             print("[unet] starting from the existing unet_ema.safetensors", flush=True)
     stage.resume({"unet": unet, "ema": ema}, opt)
     model = wrap_ddp(unet, job.ranks)
-    compiled = torch.compile(model) if compile_model else None  # fuses GroupNorm+SiLU, elementwise tails
+    compiled = torch.compile(model) if options.compile_model else None  # fuses GroupNorm+SiLU, elementwise tails
 
     def forward(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         nonlocal compiled
@@ -126,7 +141,7 @@ def train_unet(
 
     def loss_fn() -> tuple[torch.Tensor, dict]:
         idx = torch.randint(0, latents.shape[0], (n,), generator=gen, device=dev)
-        said, pick, drop = pick_captions(idx, contexts.shape[:2], gen, caption_dropout, caption_noise)
+        said, pick, drop = pick_captions(idx, contexts.shape[:2], gen, options.caption_dropout, options.caption_noise)
         context = torch.where(drop[:, None, None], empty, contexts[said, pick])  # (B, 77, D)
         x0 = latents[idx]
         t = torch.randint(0, 1000, (n,), generator=gen, device=dev)
@@ -142,7 +157,7 @@ def train_unet(
 
     @torch.no_grad()
     def update_ema() -> None:
-        decay = min(ema_decay, (1 + stage.step) / (10 + stage.step))  # short warm-up of the average
+        decay = min(options.ema_decay, (1 + stage.step) / (10 + stage.step))  # short warm-up of the average
         torch._foreach_lerp_(ema_params, params, 1 - decay)
 
     stage.run({"unet": unet, "ema": ema}, opt, loss_fn, after_step=update_ema, save_every=2000)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atelier.imaging import bhwc_uint8_to_bchw_signed
 from atelier.models.vae import VAE
 from atelier.world.train.loop import Stage, StageJob
 from atelier.world.train.ranks import autocast, wrap_ddp
@@ -45,8 +46,19 @@ class _AutoencoderPass(nn.Module):
         return self.vae.decode(z), posterior.mean, posterior.logvar
 
 
-def train_vae(job: StageJob, edge_weight: float = 0.5) -> None:
-    """Stage 1, the autoencoder; `edge_weight` weighs the L1 of the edges next to the L1 of the pixels.
+@dataclasses.dataclass(frozen=True)
+class VAEOptions:
+    """The vae stage's own options. A sentence about a bad value names the option by its command-line flag."""
+
+    edge_weight: float = 0.5  # --edge-weight: the L1 of the edges (`_sobel`) next to the L1 of the pixels
+
+    def __post_init__(self) -> None:
+        if self.edge_weight < 0:
+            raise ValueError(f"--edge-weight is a loss weight, 0 or more; got {self.edge_weight}")
+
+
+def train_vae(job: StageJob, options: VAEOptions = VAEOptions()) -> None:
+    """Stage 1, the autoencoder.
 
     When `job.out` already holds a vae.safetensors (from --init or an earlier run), training continues from it, and at
     the end the judge reads object kinds through both autoencoders (`round_trip_judge`): the new one is written
@@ -78,7 +90,7 @@ def train_vae(job: StageJob, edge_weight: float = 0.5) -> None:
             recon, mean, logvar = model(images)
         l1, edge = reconstruction_errors(recon, images)
         kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
-        return l1 + edge_weight * edge + 1e-6 * kl, {"l1": l1, "edge": edge, "kl": kl}
+        return l1 + options.edge_weight * edge + 1e-6 * kl, {"l1": l1, "edge": edge, "kl": kl}
 
     stage.run({"vae": vae}, opt, loss_fn)
 
@@ -119,7 +131,6 @@ def round_trip_judge(out: Path, size: int, workers: int, count: int = 1000) -> C
         object_kind_accuracy,
         read_images,
         render_labelled,
-        to_unit,
         vae_round_trip,
     )
 
@@ -132,7 +143,7 @@ def round_trip_judge(out: Path, size: int, workers: int, count: int = 1000) -> C
 
     def judge(vae: VAE) -> float:
         device, was_training = next(vae.parameters()).device, vae.training
-        readings = read_images(classifier.to(device), vae_round_trip(vae.eval(), to_unit(images)))
+        readings = read_images(classifier.to(device), vae_round_trip(vae.eval(), bhwc_uint8_to_bchw_signed(images)))
         vae.train(was_training)
         return object_kind_accuracy(readings, scenes)
 

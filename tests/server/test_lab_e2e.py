@@ -6,10 +6,12 @@ printed at the end). Skipped when Chromium or Playwright is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,7 +149,7 @@ def test_bad_value_shows_a_message_and_nothing_runs(page):
 
 
 def test_stop_interrupts_the_run_with_a_message(page):
-    page.fill("#f-steps", "200")  # the most the lab allows: long enough to be stopped half-way
+    page.fill("#f-steps", "200")  # long enough to be stopped half-way
     page.click("#generate")
     page.wait_for_function("/step [1-9][0-9]*\\/200/.test(document.querySelector('#progress-text').innerText)",
                            timeout=RUN_TIMEOUT)
@@ -156,6 +158,41 @@ def test_stop_interrupts_the_run_with_a_message(page):
     assert page.inner_text("#message-text") == "Stopped: the run was interrupted."
     assert page.locator("#result-images img").count() == 0  # nothing half-made is shown
     shot(page, "stopped")
+
+
+def test_form_limits_are_the_node_schemas(page, server):
+    """The form's fields take what the KSampler and EmptyLatentImage inputs take, as /object_info lists them."""
+
+    def inputs(node: str) -> dict:
+        with urllib.request.urlopen(f"{server}/api/object_info/{node}") as resp:
+            return {name: spec[1] for name, spec in json.load(resp)[node]["input"]["required"].items()}
+
+    sampler, latent = inputs("KSampler"), inputs("EmptyLatentImage")
+    fields = {
+        "steps": sampler["steps"],
+        "cfg": sampler["cfg"],
+        "denoise": sampler["denoise"],
+        "width": latent["width"],
+        "height": latent["height"],
+        "batch": latent["batch_size"],
+    }
+    for name, schema in fields.items():
+        attributes = [float(page.get_attribute(f"#f-{name}", key)) for key in ("min", "max", "step")]
+        assert attributes == [schema["min"], schema["max"], schema.get("step", 1)], name
+    assert page.get_attribute("#f-steps", "max") == "10000"
+    # seed -1 draws a random seed; JavaScript numbers are whole-number exact up to 2^53 - 1
+    assert (page.get_attribute("#f-seed", "min"), page.get_attribute("#f-seed", "max")) == ("-1", str(2**53 - 1))
+    for name, value, message in [
+        ("steps", "10001", "Steps must be a whole number from 1 to 10000."),
+        ("batch", "4097", "Batch must be a whole number from 1 to 4096."),
+        ("width", "8", "Width must be a whole number from 16 to 16384."),
+    ]:
+        page.fill(f"#f-{name}", value)
+        page.click("#generate")
+        assert page.inner_text("#message-text") == message
+        page.click("#reset")
+        page.fill("#f-steps", STEPS)
+    assert page.locator("#result-images img").count() == 0
 
 
 def test_french_interface(browser, server):
@@ -348,6 +385,74 @@ def test_concept_map_puts_rouge_next_to_red(page):
     assert labels[:2] == ["red", "rouge"] and len(labels) == 12
     assert "rouge → red" in page.inner_text("#view-concepts .nearest")
     shot(page, "inside-concepts")
+
+
+# ---- outputs found by their role, whatever the node ids ----
+
+
+def renumbered(answer: dict) -> dict:
+    """A /atelier/lab/graph answer with every node id n changed to 1000 - n (which reverses their order too), in
+    the prompt, in its links and in the roles."""
+    new = {old: str(1000 - int(old)) for old in answer["prompt"]}
+
+    def relink(value):
+        is_link = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] in new
+        return [new[value[0]], value[1]] if is_link else value
+
+    prompt = {
+        new[old]: {**node, "inputs": {name: relink(value) for name, value in node["inputs"].items()}}
+        for old, node in answer["prompt"].items()
+    }
+    return {**answer, "prompt": prompt, "roles": {role: new[old] for role, old in answer["roles"].items()}}
+
+
+def test_views_find_their_outputs_in_a_renumbered_graph(page, server):
+    """Every graph the page asks for comes back renumbered: each view still shows each of its outputs, and the
+    history finds the image, since the page reads outputs only through the roles that come with a graph."""
+    queued = []
+
+    def renumber(route) -> None:
+        answer = renumbered(route.fetch().json())
+        queued.append(answer["prompt"])
+        route.fulfill(json=answer)
+
+    page.route("**/atelier/lab/graph", renumber)
+    page.fill("#f-seed", "31")
+    page.click("#generate")
+    page.wait_for_selector("#download:not([hidden])", timeout=RUN_TIMEOUT)
+    assert len(images_in(page, "#result-images")) == 1
+    page.click("#tab-history")
+    page.wait_for_selector("#history .hist img")
+    assert "31" in page.locator("#history .hist").first.inner_text()
+
+    open_view(page, "latent")
+    page.click("#view-latent .run")
+    page.wait_for_selector("#view-latent pre.stats", timeout=RUN_TIMEOUT)
+    assert page.inner_text("#view-latent pre.stats").startswith("latent (4, 16, 16)")
+    assert len(images_in(page, "#view-latent")) == 5  # the image and its 4 channels
+
+    open_view(page, "filmstrip")
+    page.click("#view-filmstrip .run")
+    page.wait_for_selector("#view-filmstrip .anims", timeout=RUN_TIMEOUT)
+    rows = page.locator("#view-filmstrip .strip.film")
+    assert [rows.nth(i).get_attribute("data-frames") for i in range(2)] == [STEPS, STEPS]
+    assert len(images_in(page, "#view-filmstrip .anims")) == 2
+
+    open_view(page, "convergence")
+    page.fill("#conv-steps", "4")
+    page.click("#view-convergence .run")
+    page.wait_for_selector("#view-convergence svg.chart", timeout=RUN_TIMEOUT)
+    assert page.inner_text("#view-convergence .player output") == "step 4 / 4"
+    assert len(images_in(page, "#view-convergence .pair")) == 2
+
+    open_view(page, "attention")
+    page.fill("#att-words", "red, circle")
+    page.click("#view-attention .run")
+    page.wait_for_selector("#view-attention .fig.heat", timeout=RUN_TIMEOUT)
+    assert len(images_in(page, "#view-attention")) == 3
+
+    assert len(queued) == 5 and all(int(node) > 900 for prompt in queued for node in prompt)  # all renumbered
+    shot(page, "inside-attention-renumbered")
 
 
 def teardown_module() -> None:

@@ -14,10 +14,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from atelier.graph.validation import validate_prompt
 from atelier.server import lab
 from atelier.server.app import create_app, default_registry
 from atelier.server.files import DataDir
+from atelier.server.lab_graphs import view_graph
+from atelier.server.state import STATE
 from tests.server.harness import async_test
 
 LAB = "/atelier/lab"
@@ -98,21 +99,6 @@ async def test_generate_graph_is_the_classic_graph_and_valid(tmp_path):
     assert len(body["workflow"]["nodes"]) == 7 and len(body["workflow"]["links"]) == 9
 
 
-def test_every_view_graph_passes_validation(tmp_path):
-    registry = default_registry(DataDir(tmp_path))
-    params = lab.generation_params({"steps": 2})
-    for view in lab.VIEWS:
-        prompt = lab.view_graph(params, view, words=["red", "circle"])
-        result = validate_prompt(prompt, registry, None)
-        assert result.ok, (view, result.error, result.node_errors)
-    strip = lab.view_graph(params, "filmstrip")
-    assert strip["20"]["class_type"] == "AtelierFilmStripSampler" and strip["20"]["inputs"]["vae"] == ["4", 2]
-    both = lab.view_graph(params, "convergence")
-    assert [both[n]["inputs"]["sampler_name"] for n in ("20", "30")] == ["euler", "euler_ancestral"]
-    attention = lab.view_graph(params, "attention", words=["red", "circle"])
-    assert [attention[n]["inputs"]["word"] for n in ("20", "30")] == ["red", "circle"]
-
-
 @async_test
 async def test_graph_refuses_bad_parameters_with_one_sentence(tmp_path):
     cases = {
@@ -150,7 +136,7 @@ async def test_img2img_graph_loads_the_uploaded_image(tmp_path):
 
 @async_test
 async def test_workflow_lays_out_any_api_prompt(tmp_path):
-    prompt = lab.view_graph(lab.generation_params({}), "latent")
+    prompt = view_graph(lab.generation_params({}), "latent").prompt
     async with lab_server(tmp_path) as client:
         body = await (await client.post(f"{LAB}/workflow", json={"prompt": prompt})).json()
         message = await error_of(await client.post(f"{LAB}/workflow", json={"prompt": []}))
@@ -188,6 +174,15 @@ async def test_schedules_give_every_scheduler(tmp_path):
     assert body["schedulers"]["karras"][:2] == [14.61464, 4.79653]
     assert bad == "steps must be a whole number from 1 to 1000, got 0."
     assert unknown.startswith("Scheduler 'fast' is not known")
+
+
+@async_test
+async def test_each_app_keeps_its_own_lab_models(tmp_path):
+    async with lab_server(tmp_path / "a") as a, lab_server(tmp_path / "b") as b:
+        assert (await a.get(f"{LAB}/tokens", params={"text": "red"})).status == 200
+        lab_a, lab_b = a.server.app[STATE].lab, b.server.app[STATE].lab
+        assert lab_a.tokenizer() is lab_a.tokenizer()  # loaded once, then kept
+        assert lab_b.tokenizer() is not lab_a.tokenizer()  # no module-wide cache shared between apps
 
 
 # ---- concept map, VAE round trip, compare (the embedded model) ----
