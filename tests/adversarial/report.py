@@ -3,8 +3,8 @@
 Three measurements on a live server with the stub nodes (no weights, about 10 s on a laptop CPU):
 1. the hostile corpus (corpus.py): per family, attempts, clean refusals (4xx, one sentence, no traceback in the
    log, the server answering after) and failures;
-2. the fuzz of POST /prompt (fuzz.py, 200 derandomized examples: the same bodies each run): answers by kind, 5xx,
-   answers over 2 s, the slowest answer;
+2. the fuzz of POST /prompt (fuzz.py, 200 derandomized examples: the same bodies every run of the same code):
+   answers by kind, 5xx, answers over 2 s, the slowest answer;
 3. the event loop: pings from another process, every 10 ms, while three 5,000-node graphs are validated.
 Counts are the same from run to run unless the server changed; times vary with the machine.
 """
@@ -150,7 +150,8 @@ def report() -> str:
     else:
         rows = [[kind, count] for kind, count in sorted(fuzz["kinds"].items(), key=lambda kv: (-kv[1], kv[0]))]
         parts += [
-            f"{fuzz['n']} bodies from `tests/adversarial/fuzz.py` (derandomized: the same each run). "
+            f"{fuzz['n']} bodies from `tests/adversarial/fuzz.py` (derandomized: the same bodies every run of the "
+            "same code). "
             f"Answers over {SLOW_SECONDS:g} s: {fuzz['slow']}; the slowest took {fuzz['slowest'] * 1000:.0f} ms.",
             "",
             table(["answer", "bodies"], rows),
