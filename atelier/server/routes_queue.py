@@ -31,6 +31,7 @@ SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")
 MAX_PROMPT_NODES = 20_000
 MAX_EXTRA_DATA_BYTES = 4 * 1024 * 1024  # the editor's copy of the workflow: stored with the prompt, put in each PNG
 MAX_ID_CHARACTERS = 256  # prompt_id and client_id
+MAX_IDS = 10_000  # ids one POST /queue, /history or /jobs/cancel may list (the editor sends one at a time)
 
 
 def _bad_prompt(kind: str, message: str, details: str = "", status: int = 400) -> web.Response:
@@ -139,11 +140,22 @@ async def _json_body(request: web.Request) -> dict:
 async def post_queue(request: web.Request) -> web.Response:
     body = await _json_body(request)
     queue = state(request).queue
+    ids = _ids(body, "delete")
     if body.get("clear"):
         queue.clear()
-    if isinstance(body.get("delete"), list):
-        queue.cancel([str(i) for i in body["delete"]])
+    if ids:
+        queue.cancel(ids)
     return web.Response(status=200)
+
+
+def _ids(body: dict, key: str) -> list[str]:
+    """The prompt ids listed under `key` (none when it is not a list), at most MAX_IDS of them."""
+    ids = body.get(key)
+    if not isinstance(ids, list):
+        return []
+    if len(ids) > MAX_IDS:
+        raise web.HTTPBadRequest(text=f"{key} lists {len(ids):,} ids; the most in one request is {MAX_IDS:,}.")
+    return [str(i) for i in ids]
 
 
 # ---- history ----
@@ -201,11 +213,11 @@ async def get_history_one(request: web.Request) -> web.Response:
 
 async def post_history(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    store = state(request).store
+    store, ids = state(request).store, _ids(body, "delete")
     if body.get("clear"):
-        store.delete_history()
-    if isinstance(body.get("delete"), list):
-        store.delete_history([str(i) for i in body["delete"]])
+        await asyncio.to_thread(store.delete_history)
+    if ids:
+        await asyncio.to_thread(store.delete_history, ids)
     return web.Response(status=200)
 
 
@@ -329,8 +341,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def cancel_jobs(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    ids = body.get("job_ids") if isinstance(body.get("job_ids"), list) else []
-    results = [_cancel(request, str(i)) for i in ids]
+    results = [_cancel(request, job_id) for job_id in _ids(body, "job_ids")]
     return web.json_response({"cancelled": any(results)})
 
 

