@@ -36,10 +36,12 @@ from PIL import Image, ImageOps
 
 from atelier.errors import AtelierError, InputError
 from atelier.graph.registry import NodeRegistry
+from atelier.graph.validation import shape_problem
 from atelier.lessons.tokens import PromptTokens, read_tokens
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.state import error_text, state
+from atelier.server.strict_json import read_json
 
 if TYPE_CHECKING:  # these lessons import torch, loaded on their route's first call
     from torch import Tensor
@@ -95,10 +97,7 @@ def _bad(message: str, status: int = 400) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError("The request body is not valid JSON; expected a JSON object.") from None
+    body = await read_json(request, expected="a JSON object")  # strict and bounded; BadJSON is an InputError
     if not isinstance(body, dict):
         raise InputError("The request body must be a JSON object.")
     return body
@@ -264,6 +263,8 @@ async def workflow(request: web.Request) -> web.Response:
     prompt = body.get("prompt")
     if not isinstance(prompt, dict) or not prompt:
         raise InputError("prompt must be an API-format graph {node_id: {class_type, inputs}}.")
+    if (problem := shape_problem(prompt)) is not None:
+        raise InputError(f"{problem['message']} ({problem['details'] or 'prompt'})")
     return web.json_response({"workflow": ui_workflow(request, prompt)})
 
 

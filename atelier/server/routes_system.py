@@ -14,8 +14,10 @@ import sys
 from aiohttp import web
 
 import atelier
+from atelier.errors import InputError
 from atelier.server.files import MODEL_EXTENSIONS, MODEL_FOLDERS, UnsafePathError, files_under, safe_join
 from atelier.server.state import ServerState, add_api, error_text, state
+from atelier.server.strict_json import BadJSON, read_json, read_object
 
 
 def feature_flags(st: ServerState) -> dict:
@@ -37,12 +39,19 @@ async def get_settings(request: web.Request) -> web.Response:
 
 async def post_settings(request: web.Request) -> web.Response:
     try:
-        values = await request.json()
-    except ValueError:
-        return error_text(400, "The settings body is not JSON; expected an object of setting ids and values.")
+        values = await read_json(request, "settings body", "an object of setting ids and values")
+    except BadJSON as ex:
+        return error_text(ex.status, str(ex))
     if not isinstance(values, dict):
         return error_text(400, "The settings body must be a JSON object of setting ids and values.")
-    state(request).settings.update(values)
+    return _store_settings(request, values)
+
+
+def _store_settings(request: web.Request, values: dict) -> web.Response:
+    try:
+        state(request).settings.update(values)
+    except InputError as ex:
+        return error_text(400, str(ex))
     return web.Response(status=200)
 
 
@@ -52,11 +61,10 @@ async def get_setting(request: web.Request) -> web.Response:
 
 async def post_setting(request: web.Request) -> web.Response:
     try:
-        value = await request.json()
-    except ValueError:
-        return error_text(400, "The setting value is not JSON.")
-    state(request).settings.update({request.match_info["id"]: value})
-    return web.Response(status=200)
+        value = await read_json(request, "setting value")
+    except BadJSON as ex:
+        return error_text(ex.status, str(ex))
+    return _store_settings(request, {request.match_info["id"]: value})
 
 
 async def extensions(request: web.Request) -> web.Response:
@@ -144,22 +152,20 @@ async def features(request: web.Request) -> web.Response:
 
 
 async def interrupt(request: web.Request) -> web.Response:
-    prompt_id = None
-    if request.can_read_body:
-        try:
-            body = await request.json()
-            prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-        except ValueError:
-            pass  # the editor may post an empty body: interrupt whatever runs
-    state(request).queue.interrupt(prompt_id)
+    try:
+        body = await read_object(request)  # the editor may post no body at all: interrupt whatever runs
+    except BadJSON as ex:
+        return error_text(ex.status, str(ex))
+    prompt_id = body.get("prompt_id")
+    state(request).queue.interrupt(prompt_id if isinstance(prompt_id, str) else None)
     return web.Response(status=200)
 
 
 async def free(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
-    except ValueError:
-        body = {}
+        body = await read_object(request)
+    except BadJSON as ex:
+        return error_text(ex.status, str(ex))
     unload, free_memory = bool(body.get("unload_models")), bool(body.get("free_memory"))
     st = state(request)
     if free_memory:
