@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -404,7 +405,8 @@ def vae_report(trip: RoundTrip, save: Callable[[Image.Image, str], dict]) -> dic
         "ratio_values": trip.ratio_values,
         "ratio_bytes_fp16": trip.ratio_bytes_fp16,
         "mean_abs_error": trip.mean_abs_error,
-        "psnr_db": trip.psnr_db,
+        # JSON has no infinity: an exact reconstruction is sent as null (the page shows "∞").
+        "psnr_db": trip.psnr_db if math.isfinite(trip.psnr_db) else None,
     }
 
 
