@@ -47,10 +47,13 @@ class NodeEnvironment:
     fast: bool | None = None
 
     def checkpoint_names(self) -> list[str]:
+        """The ckpt_name options: the embedded model first (always there, even with no file), then the files."""
         names = self.models.list("checkpoints")
         return [EMBEDDED_NAME, *[n for n in names if n != EMBEDDED_NAME]]
 
     def checkpoint_path(self, name: str) -> Path:
+        """The file a ckpt_name names; the embedded model's name resolves to the copy shipped with Atelier when no
+        checkpoint folder holds a file of that name."""
         if name == EMBEDDED_NAME and EMBEDDED_NAME not in self.models.list("checkpoints"):
             return embedded_model_path()
         return self.models.resolve("checkpoints", name)

@@ -18,6 +18,15 @@ UPSCALE_LATENT = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 UPSCALE_IMAGE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROP = ["disabled", "center"]
 
+# The tooltips of the upscale nodes' `upscale_method` and `crop` combos, one text for every node that has them.
+_METHODS = (
+    "How each new pixel is computed: nearest-exact copies the closest one, bilinear and bicubic blend 4 and 16 "
+    "neighbours, area averages the pixels it covers (best for shrinking)"
+)
+LATENT_METHOD_TOOLTIP = _METHODS + ", bislerp blends channel vectors by slerp, so their length does not shrink."
+IMAGE_METHOD_TOOLTIP = _METHODS + ", lanczos filters with a windowed sinc (the sharpest)."
+CROP_TOOLTIP = "disabled stretches to the new aspect ratio; center first cuts equal strips off two sides to reach it."
+
 
 def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, height, width); width or height 0 keeps the aspect ratio; crop "center" fills.

@@ -13,9 +13,11 @@ import torch
 from PIL import Image, ImageOps
 
 from atelier.graph.kit import MAX_RESOLUTION, Node
-from atelier.graph.resize import CROP, UPSCALE_IMAGE, resize_image
+from atelier.graph.resize import CROP, CROP_TOOLTIP, IMAGE_METHOD_TOOLTIP, UPSCALE_IMAGE, resize_image
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bhwc_unit_to_pil, pil_to_bhwc_unit, pil_to_hw_unit
+
+IMAGE_FILE_TOOLTIP = "An image from the input folder; the upload button adds one there."
 
 
 def _file_hash(path: Path) -> str:
@@ -27,8 +29,13 @@ class LoadImage(Node):
         name="LoadImage",
         display_name="Load Image",
         category="image",
-        inputs=[Input("image", "COMBO", options=(), image_upload=True)],
-        outputs=[Output("IMAGE"), Output("MASK")],
+        description="Loads an image from the input folder: its colours, and a mask of its transparent parts (to "
+        "repaint).",
+        inputs=[Input("image", "COMBO", options=(), image_upload=True, tooltip=IMAGE_FILE_TOOLTIP)],
+        outputs=[
+            Output("IMAGE", tooltip="The picture's RGB, (1, height, width, 3) in [0, 1]."),
+            Output("MASK", tooltip="1 where the picture is transparent, 0 elsewhere; 64x64 zeros without alpha."),
+        ],
     )
 
     def run(self, ctx: NodeContext, image: str) -> tuple:
@@ -57,11 +64,18 @@ class LoadImageMask(Node):
         name="LoadImageMask",
         display_name="Load Image (as Mask)",
         category="mask",
+        description="Loads one channel of an image from the input folder as a mask: paint it white where the "
+        "sampler should repaint.",
         inputs=[
-            Input("image", "COMBO", options=(), image_upload=True),
-            Input("channel", "COMBO", options=["alpha", "red", "green", "blue"]),
+            Input("image", "COMBO", options=(), image_upload=True, tooltip=IMAGE_FILE_TOOLTIP),
+            Input(
+                "channel",
+                "COMBO",
+                options=["alpha", "red", "green", "blue"],
+                tooltip="The channel that becomes the mask; alpha is inverted, so transparent means 1 (repaint).",
+            ),
         ],
-        outputs=[Output("MASK")],
+        outputs=[Output("MASK", tooltip="The channel in [0, 1]; 64x64 zeros when the image lacks it.")],
     )
 
     def run(self, ctx: NodeContext, image: str, channel: str) -> tuple:
@@ -84,14 +98,31 @@ class ImageScale(Node):
         name="ImageScale",
         display_name="Upscale Image",
         category="image/upscaling",
+        description="Resizes images to a width and height in pixels, by resampling (no model adds detail).",
         inputs=[
-            Input("image", "IMAGE"),
-            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
-            Input("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=1),
-            Input("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=1),
-            Input("crop", "COMBO", options=CROP),
+            Input("image", "IMAGE", tooltip="The images to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE, tooltip=IMAGE_METHOD_TOOLTIP),
+            Input(
+                "width",
+                "INT",
+                default=512,
+                min=0,
+                max=MAX_RESOLUTION,
+                step=1,
+                tooltip="Target width in pixels; 0 keeps the aspect ratio from the height.",
+            ),
+            Input(
+                "height",
+                "INT",
+                default=512,
+                min=0,
+                max=MAX_RESOLUTION,
+                step=1,
+                tooltip="Target height in pixels; 0 keeps the aspect ratio from the width.",
+            ),
+            Input("crop", "COMBO", options=CROP, tooltip=CROP_TOOLTIP),
         ],
-        outputs=[Output("IMAGE")],
+        outputs=[Output("IMAGE", tooltip="The resized images.")],
     )
 
     def run(
@@ -105,12 +136,21 @@ class ImageScaleBy(Node):
         name="ImageScaleBy",
         display_name="Upscale Image By",
         category="image/upscaling",
+        description="Resizes images by a factor on both sides, by resampling (no model adds detail).",
         inputs=[
-            Input("image", "IMAGE"),
-            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
-            Input("scale_by", "FLOAT", default=1.0, min=0.01, max=8.0, step=0.01),
+            Input("image", "IMAGE", tooltip="The images to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE, tooltip=IMAGE_METHOD_TOOLTIP),
+            Input(
+                "scale_by",
+                "FLOAT",
+                default=1.0,
+                min=0.01,
+                max=8.0,
+                step=0.01,
+                tooltip="The factor on width and height, each rounded to whole pixels.",
+            ),
         ],
-        outputs=[Output("IMAGE")],
+        outputs=[Output("IMAGE", tooltip="The resized images.")],
     )
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
@@ -123,12 +163,21 @@ class ImageScaleToTotalPixels(Node):
         name="ImageScaleToTotalPixels",
         display_name="Scale Image to Total Pixels",
         category="image/upscaling",
+        description="Resizes images to about a given number of pixels, keeping their aspect ratio.",
         inputs=[
-            Input("image", "IMAGE"),
-            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
-            Input("megapixels", "FLOAT", default=1.0, min=0.01, max=16.0, step=0.01),
+            Input("image", "IMAGE", tooltip="The images to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE, tooltip=IMAGE_METHOD_TOOLTIP),
+            Input(
+                "megapixels",
+                "FLOAT",
+                default=1.0,
+                min=0.01,
+                max=16.0,
+                step=0.01,
+                tooltip="The target area; 1.0 means 1024 x 1024 pixels.",
+            ),
         ],
-        outputs=[Output("IMAGE")],
+        outputs=[Output("IMAGE", tooltip="The resized images.")],
     )
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple:
@@ -182,7 +231,7 @@ class PreviewImage(SaveImage):
         display_name="Preview Image",
         description="Shows the images in the editor without keeping them (temporary files).",
         inputs=[
-            Input("images", "IMAGE"),
+            Input("images", "IMAGE", tooltip="The images to show."),
             Input("prompt", "PROMPT", hidden=True),
             Input("extra_pnginfo", "EXTRA_PNGINFO", hidden=True),
         ],

@@ -18,8 +18,13 @@ class SetLatentNoiseMask(Node):
         name="SetLatentNoiseMask",
         display_name="Set Latent Noise Mask",
         category="latent/inpaint",
-        inputs=[Input("samples", "LATENT"), Input("mask", "MASK")],
-        outputs=[Output("LATENT")],
+        description="Attaches a mask to a latent: the sampler then changes only where the mask is 1 and keeps the "
+        "rest as it is (inpainting with an ordinary model).",
+        inputs=[
+            Input("samples", "LATENT", tooltip="The latent to inpaint, e.g. an encoded image."),
+            Input("mask", "MASK", tooltip="1 where the sampler may change the latent, 0 where it is kept."),
+        ],
+        outputs=[Output("LATENT", tooltip="The same latent, carrying the mask as its noise_mask.")],
     )
 
     def run(self, ctx: NodeContext, samples: dict, mask: torch.Tensor) -> tuple:
@@ -33,13 +38,24 @@ class VAEEncodeForInpaint(Node):
         name="VAEEncodeForInpaint",
         display_name="VAE Encode (for Inpainting)",
         category="latent/inpaint",
+        description="Encodes an image for inpainting: the masked region is painted neutral grey before encoding, "
+        "so nothing of it survives, and the mask travels with the latent.",
         inputs=[
-            Input("pixels", "IMAGE"),
-            Input("vae", "VAE"),
-            Input("mask", "MASK"),
-            Input("grow_mask_by", "INT", default=6, min=0, max=64, step=1),
+            Input("pixels", "IMAGE", tooltip="The image to inpaint; cropped to multiples of 8."),
+            Input("vae", "VAE", tooltip="The VAE model used for encoding the image."),
+            Input("mask", "MASK", tooltip="1 where the image is repainted; resized to the image's size."),
+            Input(
+                "grow_mask_by",
+                "INT",
+                default=6,
+                min=0,
+                max=64,
+                step=1,
+                tooltip="The side of the square the noise mask is dilated with (it grows by about half of it on "
+                "each side), so the seam around the region is repainted too.",
+            ),
         ],
-        outputs=[Output("LATENT")],
+        outputs=[Output("LATENT", tooltip="The encoded image with the grown mask as its noise_mask.")],
     )
 
     def run(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any, mask: torch.Tensor, grow_mask_by: int) -> tuple:
@@ -62,15 +78,29 @@ class ImagePadForOutpaint(Node):
         name="ImagePadForOutpaint",
         display_name="Pad Image for Outpainting",
         category="image",
+        description="Adds grey borders to an image and a mask that covers them, so inpainting can extend the "
+        "picture beyond its edges (outpainting).",
         inputs=[
-            Input("image", "IMAGE"),
-            Input("left", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
-            Input("top", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
-            Input("right", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
-            Input("bottom", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
-            Input("feathering", "INT", default=40, min=0, max=MAX_RESOLUTION, step=1),
+            Input("image", "IMAGE", tooltip="The image to extend."),
+            Input("left", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8, tooltip="Pixels added on the left."),
+            Input("top", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8, tooltip="Pixels added on top."),
+            Input("right", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8, tooltip="Pixels added on the right."),
+            Input("bottom", "INT", default=0, min=0, max=MAX_RESOLUTION, step=8, tooltip="Pixels added at the bottom."),
+            Input(
+                "feathering",
+                "INT",
+                default=40,
+                min=0,
+                max=MAX_RESOLUTION,
+                step=1,
+                tooltip="How many pixels inside the old edges the mask fades over, from 1 to 0, so the new borders "
+                "blend in (0, or half the image's shorter side or more: a hard edge).",
+            ),
         ],
-        outputs=[Output("IMAGE"), Output("MASK")],
+        outputs=[
+            Output("IMAGE", tooltip="The image on a larger canvas, the new borders mid-grey."),
+            Output("MASK", tooltip="1 on the new borders, fading to 0 inside the old image."),
+        ],
     )
 
     def run(

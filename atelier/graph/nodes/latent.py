@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from atelier.graph.kit import MAX_RESOLUTION, Node, vae_pixels
-from atelier.graph.resize import CROP, UPSCALE_LATENT, resize
+from atelier.graph.resize import CROP, CROP_TOOLTIP, LATENT_METHOD_TOOLTIP, UPSCALE_LATENT, resize
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit
 from atelier.pipeline import decode, encode
@@ -36,8 +36,12 @@ class RepeatLatentBatch(Node):
         name="RepeatLatentBatch",
         display_name="Repeat Latent Batch",
         category="latent/batch",
-        inputs=[Input("samples", "LATENT"), Input("amount", "INT", default=1, min=1, max=64)],
-        outputs=[Output("LATENT")],
+        description="Repeats a latent batch end to end; each copy gets its own noise, so one image becomes variations.",
+        inputs=[
+            Input("samples", "LATENT", tooltip="The latent batch to repeat."),
+            Input("amount", "INT", default=1, min=1, max=64, tooltip="How many copies of the batch."),
+        ],
+        outputs=[Output("LATENT", tooltip="The batch repeated amount times.")],
     )
 
     def run(self, ctx: NodeContext, samples: dict, amount: int) -> tuple:
@@ -56,14 +60,32 @@ class LatentUpscale(Node):
         name="LatentUpscale",
         display_name="Upscale Latent",
         category="latent",
+        description="Resizes a latent to a size in pixels (1/8 of it in latent pixels), for a second pass at a "
+        "higher resolution (hires fix). Drops the noise mask.",
         inputs=[
-            Input("samples", "LATENT"),
-            Input("upscale_method", "COMBO", options=UPSCALE_LATENT),
-            Input("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
-            Input("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
-            Input("crop", "COMBO", options=CROP),
+            Input("samples", "LATENT", tooltip="The latent to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_LATENT, tooltip=LATENT_METHOD_TOOLTIP),
+            Input(
+                "width",
+                "INT",
+                default=512,
+                min=0,
+                max=MAX_RESOLUTION,
+                step=8,
+                tooltip="Target width in pixels; 0 keeps the aspect ratio from the height.",
+            ),
+            Input(
+                "height",
+                "INT",
+                default=512,
+                min=0,
+                max=MAX_RESOLUTION,
+                step=8,
+                tooltip="Target height in pixels; 0 keeps the aspect ratio from the width.",
+            ),
+            Input("crop", "COMBO", options=CROP, tooltip=CROP_TOOLTIP),
         ],
-        outputs=[Output("LATENT")],
+        outputs=[Output("LATENT", tooltip="The resized latent, (batch, 4, height/8, width/8).")],
     )
 
     def run(self, ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str) -> tuple:
@@ -78,12 +100,22 @@ class LatentUpscaleBy(Node):
         name="LatentUpscaleBy",
         display_name="Upscale Latent By",
         category="latent",
+        description="Resizes a latent by a factor, for a second pass at a higher resolution (hires fix). Drops the "
+        "noise mask.",
         inputs=[
-            Input("samples", "LATENT"),
-            Input("upscale_method", "COMBO", options=UPSCALE_LATENT),
-            Input("scale_by", "FLOAT", default=1.5, min=0.01, max=8.0, step=0.01),
+            Input("samples", "LATENT", tooltip="The latent to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_LATENT, tooltip=LATENT_METHOD_TOOLTIP),
+            Input(
+                "scale_by",
+                "FLOAT",
+                default=1.5,
+                min=0.01,
+                max=8.0,
+                step=0.01,
+                tooltip="The factor on width and height, each rounded to whole latent pixels.",
+            ),
         ],
-        outputs=[Output("LATENT")],
+        outputs=[Output("LATENT", tooltip="The resized latent.")],
     )
 
     def run(self, ctx: NodeContext, samples: dict, upscale_method: str, scale_by: float) -> tuple:
@@ -118,8 +150,12 @@ class VAEEncode(Node):
         name="VAEEncode",
         display_name="VAE Encode",
         category="latent",
-        inputs=[Input("pixels", "IMAGE"), Input("vae", "VAE")],
-        outputs=[Output("LATENT")],
+        description="Encodes images into latents with the VAE encoder (8x smaller per side): img2img starts here.",
+        inputs=[
+            Input("pixels", "IMAGE", tooltip="The images to encode; cropped to multiples of 8, alpha dropped."),
+            Input("vae", "VAE", tooltip="The VAE model used for encoding the image."),
+        ],
+        outputs=[Output("LATENT", tooltip="The posterior's mean, (batch, 4, height/8, width/8).")],
     )
 
     def run(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any) -> tuple:

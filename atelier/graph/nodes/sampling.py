@@ -40,16 +40,52 @@ class KSamplerAdvanced(Node):
         name="KSamplerAdvanced",
         display_name="KSampler (Advanced)",
         category="sampling",
+        description="The KSampler run over a slice of its steps: chain two of them to hand a half-denoised latent "
+        "from one model to another, or to start from a latent that already holds noise.",
         inputs=[
-            Input("model", "MODEL"),
-            Input("add_noise", "COMBO", options=["enable", "disable"]),
-            Input("noise_seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True),
+            Input("model", "MODEL", tooltip="The model used for denoising the input latent."),
+            Input(
+                "add_noise",
+                "COMBO",
+                options=["enable", "disable"],
+                tooltip="enable noises the latent to the first sigma; disable when it already holds noise (a "
+                "previous sampler's leftover).",
+            ),
+            Input(
+                "noise_seed",
+                "INT",
+                default=0,
+                min=0,
+                max=SEED_MAX,
+                control_after_generate=True,
+                tooltip="The random seed used for creating the noise.",
+            ),
             *SAMPLER_INPUTS,
-            Input("start_at_step", "INT", default=0, min=0, max=10000),
-            Input("end_at_step", "INT", default=10000, min=0, max=10000),
-            Input("return_with_leftover_noise", "COMBO", options=["disable", "enable"]),
+            Input(
+                "start_at_step",
+                "INT",
+                default=0,
+                min=0,
+                max=10000,
+                tooltip="The step to start at, out of steps; the steps before it are skipped.",
+            ),
+            Input(
+                "end_at_step",
+                "INT",
+                default=10000,
+                min=0,
+                max=10000,
+                tooltip="The step to stop at; steps or more runs to the end.",
+            ),
+            Input(
+                "return_with_leftover_noise",
+                "COMBO",
+                options=["disable", "enable"],
+                tooltip="When stopping early: enable returns the latent still noisy, for a next sampler; disable "
+                "takes the last step down to sigma 0 (a clean latent).",
+            ),
         ],
-        outputs=[Output("LATENT")],
+        outputs=[Output("LATENT", tooltip="The latent after the chosen steps.")],
     )
 
     def run(
