@@ -212,9 +212,13 @@ def test_sigmas_for_errors_are_one_sentence():
 
 
 def _timed(fn, *args, **kwargs) -> float:
-    start = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - start
+    """The best of three runs: the cost of the computation, not of a busy machine's scheduler."""
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
