@@ -196,3 +196,20 @@ class _InterruptFlag:
     def is_set(self) -> bool:
         self.ctx.check_interrupt()  # raises the executor's Interrupted when the user stopped the prompt
         return False
+
+
+def target_size_inputs(step: int) -> list[Input]:
+    """The width and height inputs of a resizing node (0 keeps the aspect ratio from the other side); `step` is 8
+    for latents, whose side is 1/8 of the pixels'."""
+    return [
+        Input(
+            side,
+            "INT",
+            default=512,
+            min=0,
+            max=MAX_RESOLUTION,
+            step=step,
+            tooltip=f"Target {side} in pixels; 0 keeps the aspect ratio from the {other}.",
+        )
+        for side, other in (("width", "height"), ("height", "width"))
+    ]

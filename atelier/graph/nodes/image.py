@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from atelier.graph.kit import MAX_RESOLUTION, Node
+from atelier.graph.kit import Node, target_size_inputs
 from atelier.graph.resize import CROP, CROP_TOOLTIP, IMAGE_METHOD_TOOLTIP, UPSCALE_IMAGE, resize_image
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bhwc_unit_to_pil, pil_to_bhwc_unit, pil_to_hw_unit
@@ -102,24 +102,7 @@ class ImageScale(Node):
         inputs=[
             Input("image", "IMAGE", tooltip="The images to resize."),
             Input("upscale_method", "COMBO", options=UPSCALE_IMAGE, tooltip=IMAGE_METHOD_TOOLTIP),
-            Input(
-                "width",
-                "INT",
-                default=512,
-                min=0,
-                max=MAX_RESOLUTION,
-                step=1,
-                tooltip="Target width in pixels; 0 keeps the aspect ratio from the height.",
-            ),
-            Input(
-                "height",
-                "INT",
-                default=512,
-                min=0,
-                max=MAX_RESOLUTION,
-                step=1,
-                tooltip="Target height in pixels; 0 keeps the aspect ratio from the width.",
-            ),
+            *target_size_inputs(step=1),
             Input("crop", "COMBO", options=CROP, tooltip=CROP_TOOLTIP),
         ],
         outputs=[Output("IMAGE", tooltip="The resized images.")],

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from atelier.graph.kit import MAX_RESOLUTION, Node, vae_pixels
+from atelier.graph.kit import MAX_RESOLUTION, Node, target_size_inputs, vae_pixels
 from atelier.graph.resize import CROP, CROP_TOOLTIP, LATENT_METHOD_TOOLTIP, UPSCALE_LATENT, resize
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit
@@ -65,24 +65,7 @@ class LatentUpscale(Node):
         inputs=[
             Input("samples", "LATENT", tooltip="The latent to resize."),
             Input("upscale_method", "COMBO", options=UPSCALE_LATENT, tooltip=LATENT_METHOD_TOOLTIP),
-            Input(
-                "width",
-                "INT",
-                default=512,
-                min=0,
-                max=MAX_RESOLUTION,
-                step=8,
-                tooltip="Target width in pixels; 0 keeps the aspect ratio from the height.",
-            ),
-            Input(
-                "height",
-                "INT",
-                default=512,
-                min=0,
-                max=MAX_RESOLUTION,
-                step=8,
-                tooltip="Target height in pixels; 0 keeps the aspect ratio from the width.",
-            ),
+            *target_size_inputs(step=8),
             Input("crop", "COMBO", options=CROP, tooltip=CROP_TOOLTIP),
         ],
         outputs=[Output("LATENT", tooltip="The resized latent, (batch, 4, height/8, width/8).")],

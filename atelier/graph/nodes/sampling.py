@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from atelier.graph.kit import KSAMPLER_INPUTS, SAMPLER_INPUTS, SEED_MAX, Node, run_sampler
+import dataclasses
+
+from atelier.graph.kit import KSAMPLER_INPUTS, SAMPLER_INPUTS, SEED_INPUT, Node, run_sampler
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.pipeline import Cond, DiffusionModel, SamplerSettings
 
@@ -51,15 +53,7 @@ class KSamplerAdvanced(Node):
                 tooltip="enable noises the latent to the first sigma; disable when it already holds noise (a "
                 "previous sampler's leftover).",
             ),
-            Input(
-                "noise_seed",
-                "INT",
-                default=0,
-                min=0,
-                max=SEED_MAX,
-                control_after_generate=True,
-                tooltip="The random seed used for creating the noise.",
-            ),
+            dataclasses.replace(SEED_INPUT, name="noise_seed"),
             *SAMPLER_INPUTS,
             Input(
                 "start_at_step",
