@@ -25,7 +25,7 @@ from atelier.server import frontend, lab, routes_files, routes_queue, routes_sys
 from atelier.server.files import DataDir, OutputFiles
 from atelier.server.hub import Hub
 from atelier.server.prompt_queue import PromptQueue
-from atelier.server.security import guard_middleware, is_loopback
+from atelier.server.security import add_security_headers, allowed_hosts, guard_middleware, is_loopback
 from atelier.server.settings import Settings
 from atelier.server.state import STATE, Limits, ServerState
 from atelier.server.store import PromptStore
@@ -85,10 +85,11 @@ def create_app(
     )
     # Bodies (userdata files, prompts) may be as large as an upload; uploads themselves are streamed and checked.
     app = web.Application(
-        middlewares=[guard_middleware(local_only=is_loopback(listen_host))],
+        middlewares=[guard_middleware(frozenset() if is_loopback(listen_host) else allowed_hosts(listen_host))],
         client_max_size=st.limits.max_upload_bytes + 1024 * 1024,
     )
     app[STATE] = st
+    app.on_response_prepare.append(add_security_headers)  # nosniff and a Content-Security-Policy on every response
     websocket.setup(app)
     routes_system.setup(app)
     routes_queue.setup(app)

@@ -37,6 +37,7 @@ from PIL import Image, ImageOps
 from atelier.errors import AtelierError, InputError
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
+from atelier.server.security import page_policy
 from atelier.server.state import error_text, state
 
 LAB_ROOT = Path(__file__).resolve().parent.parent / "web" / "lab"
@@ -204,7 +205,7 @@ async def lab_file(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         return error_text(404, f"No lab file {relative!r}.")
     mime = MIME_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return web.FileResponse(path, headers={"Content-Type": mime, **NO_CACHE})
+    return web.FileResponse(path, headers={"Content-Type": mime, "Content-Security-Policy": page_policy(), **NO_CACHE})
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,13 +3,16 @@
 Every name from a request goes through files.safe_join (no absolute paths, no `..`, no symlinks out). Uploads are
 read as a stream and refused past the size limit, refused when they are not images, and refused when their
 header announces more pixels than the decompression-bomb limit (checked before any pixel is decoded).
+
+A file is served with the type its bytes show, never the one its name suggests (security.stored_file): an upload
+named `gallery.html` that is a PNG with a script appended comes back as image/png, and a file that is no image
+comes back as a download.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import mimetypes
 import warnings
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from aiohttp import BodyPartReader, web
 from PIL import Image, UnidentifiedImageError
 
 from atelier.server.files import FILE_KINDS, DataDir, UnsafePathError, encode_png, safe_join, write_atomic
+from atelier.server.security import content_disposition, stored_file
 from atelier.server.state import add_api, error_text, state
 
 PREVIEW_FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg")}
@@ -38,7 +42,9 @@ def _image_response(image: Image.Image, fmt: str, mime: str, filename: str, qual
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, quality=quality)
     return web.Response(
-        body=buffer.getvalue(), content_type=mime, headers={"Content-Disposition": f'filename="{filename}"'}
+        body=buffer.getvalue(),
+        content_type=mime,
+        headers={"Content-Disposition": content_disposition("inline", filename)},
     )
 
 
@@ -58,9 +64,7 @@ async def view(request: web.Request) -> web.StreamResponse:
     preview = request.query.get("preview")
     channel = request.query.get("channel", "rgba")
     if preview is None and channel == "rgba":
-        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        headers = {"Content-Disposition": f'filename="{path.name}"', "Content-Type": mime}
-        return web.FileResponse(path, headers=headers)
+        return stored_file(path)
     try:
         with Image.open(path) as opened:
             image = opened.copy()
