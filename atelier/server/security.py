@@ -88,13 +88,15 @@ def machine_names() -> set[str]:
     return {n for n in names | set(lan_addresses()) if n}
 
 
-def allowed_hosts(listen: str, extra: Iterable[str] = ()) -> frozenset[str]:
-    """The Host names the server answers to beyond loopback names (always allowed): the addresses it is bound to,
-    the machine's names when one of them is not loopback, and `extra` (from --allowed-host)."""
+def host_names(listen: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The Host names the server answers to beyond loopback names (always allowed): the addresses it is bound to
+    and the machine's names when one of them is not loopback, and `extra` (from --allowed-host). Empty for a
+    server on 127.0.0.1 only."""
     names = {name.strip().lower() for name in extra if name.strip()}
     for address in bound_addresses(listen):
-        if not is_loopback(address):
-            names |= machine_names()
+        if is_loopback(address):
+            continue
+        names |= machine_names()
         if address not in WILDCARD_ADDRESSES:
             names.add(address.strip("[]").lower())
     return frozenset(names)

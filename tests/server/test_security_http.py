@@ -6,14 +6,26 @@ The stored-XSS check also runs in Chromium (skipped where /usr/bin/chromium or P
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from aiohttp import WSServerHandshakeError, web
+from aiohttp.test_utils import TestClient, TestServer
 
-from atelier.server.security import FILE_POLICY, image_type
+from atelier.cli import build_parser
+from atelier.errors import AtelierError
+from atelier.server import app as app_module
+from atelier.server.app import create_app
+from atelier.server.files import DataDir, OutputFiles
+from atelier.server.security import FILE_POLICY, image_type, lan_addresses
 from tests.browser import CHROMIUM, atelier_server, chromium
 from tests.server.harness import async_test, server
+from tests.server.stub_nodes import stub_registry
 from tests.server.test_safety import png_bytes, upload_form
 
 SCRIPT = (
@@ -104,6 +116,129 @@ async def test_every_response_has_nosniff_and_a_policy_with_frame_ancestors(tmp_
         assert pages["/lab/"]["script-src"] == "'self'" and pages["/lab/"]["style-src"] == "'self' 'unsafe-inline'"
         # JSON and errors: sandboxed, nothing may load.
         assert pages["/api/system_stats"] == pages["/api/nothing-here"] == policy(FILE_POLICY)
+
+
+# ---- --listen on a LAN ----
+
+
+@async_test
+async def test_on_the_network_the_server_answers_only_to_its_own_names(tmp_path):
+    async with server(tmp_path, listen_host="0.0.0.0", allowed_hosts=["Atelier.LAN"]) as client:
+        port = client.port
+        own = ["127.0.0.1", "localhost", "[::1]", socket.gethostname(), "atelier.lan", *lan_addresses()]
+        for name in own:
+            resp = await client.get("/api/history", headers={"Host": f"{name}:{port}"})
+            assert resp.status == 200, (name, await resp.text())
+        for host in (f"evil.example:{port}", "evil.example", f"192.0.2.66:{port}"):
+            resp = await client.get("/api/history", headers={"Host": host})
+            text = await resp.text()
+            assert resp.status == 403 and text.startswith("This server only answers to its own names ("), text
+            assert text.endswith("is not one of them (start it with --allowed-host NAME to add a name).")
+        resp = await client.get("/api/history", headers={"Host": "a b<script>"})
+        assert resp.status == 403 and "is not a host name" in await resp.text()
+        # The WebSocket upgrade too: a rebound name gets no socket (no Origin needed to be refused).
+        with pytest.raises(WSServerHandshakeError) as refused:
+            await client.ws_connect("/ws", headers={"Host": f"evil.example:{port}"})
+        assert refused.value.status == 403
+        ws = await client.ws_connect("/ws", headers={"Host": f"atelier.lan:{port}"})
+        await ws.close()
+
+
+@async_test
+async def test_on_loopback_only_local_names_are_answered(tmp_path):
+    async with server(tmp_path) as client:
+        resp = await client.get("/api/history", headers={"Host": f"{socket.gethostname()}:{client.port}"})
+        assert resp.status == 403 and "only answers to localhost" in await resp.text()
+        with pytest.raises(WSServerHandshakeError) as refused:
+            await client.ws_connect("/ws", headers={"Host": f"rebind.example:{client.port}"})
+        assert refused.value.status == 403
+
+
+@contextlib.asynccontextmanager
+async def remote_client(data_dir: Path, **kwargs) -> AsyncIterator[TestClient]:
+    """The server as seen from another machine: each request is given the peer address 192.168.1.50."""
+    app = create_app(stub_registry(OutputFiles(DataDir(data_dir))), data_dir, listen_host="0.0.0.0", **kwargs)
+
+    @web.middleware
+    async def from_the_lan(request: web.Request, handler):
+        return await handler(request.clone(remote="192.168.1.50"))
+
+    app.middlewares.insert(0, from_the_lan)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
+
+
+@async_test
+async def test_other_machines_are_not_told_paths_or_versions(tmp_path):
+    argv = ["/opt/venv/bin/atelier", "serve", "--data-dir", str(tmp_path), "--disable-api-nodes"]
+    async with remote_client(tmp_path, argv=argv) as client:
+        stats_text = await (await client.get("/api/system_stats")).text()
+        stats = json.loads(stats_text)
+        system = stats["system"]
+        # What the editor's schema (zSystemStats) requires is there, with the right types.
+        for key, kind in [
+            ("os", str),
+            ("python_version", str),
+            ("embedded_python", bool),
+            ("comfyui_version", str),
+            ("pytorch_version", str),
+            ("argv", list),
+            ("ram_total", int),
+            ("ram_free", int),
+        ]:
+            assert isinstance(system[key], kind), key
+        assert system["python_version"] == system["pytorch_version"] == system["platform"] == ""
+        assert system["argv"] == ["serve", "--data-dir", "--disable-api-nodes"]
+        assert str(tmp_path) not in stats_text and "/opt/venv" not in stats_text
+        folders = await (await client.get("/internal/folder_paths")).json()
+        assert folders["checkpoints"] == ["models/checkpoints"] and str(tmp_path) not in json.dumps(folders)
+        models = await (await client.get("/api/experiment/models")).json()
+        assert {"name": "vae", "folders": ["models/vae"]} in models
+    async with server(tmp_path) as client:  # this machine still sees where its files are
+        folders = await (await client.get("/internal/folder_paths")).json()
+        assert folders["checkpoints"] == [str(DataDir(tmp_path).models / "checkpoints")]
+        assert (await (await client.get("/api/system_stats")).json())["system"]["python_version"]
+
+
+def test_listen_chooses_the_address_and_prints_the_lan_url(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def run_app(app, host, port, print):
+        seen.update(host=host, port=port)
+        print(None)  # what aiohttp does once the socket is bound
+
+    monkeypatch.setattr(app_module.web, "run_app", run_app)
+    monkeypatch.setattr(app_module, "lan_addresses", lambda: ["192.168.1.20"])
+    registry = stub_registry(OutputFiles(DataDir(tmp_path)))
+    app_module.serve(port=9999, data_dir=tmp_path, registry=registry, listen=True)
+    out = capsys.readouterr()
+    assert seen == {"host": "0.0.0.0", "port": 9999} and "all network interfaces (0.0.0.0:9999)" in out.err
+    assert out.out == "Atelier is running at http://192.168.1.20:9999/ (on this machine: http://127.0.0.1:9999/)\n"
+    app_module.serve(host="192.168.1.20", port=9999, data_dir=tmp_path, registry=registry)
+    out = capsys.readouterr()
+    assert seen["host"] == "192.168.1.20" and "listening on the network (192.168.1.20:9999)" in out.err
+    assert out.out == "Atelier is running at http://192.168.1.20:9999/\n"
+    app_module.serve(host="192.168.1.20,127.0.0.1", port=9999, data_dir=tmp_path, registry=registry)
+    assert seen["host"] == ["192.168.1.20", "127.0.0.1"]
+    with pytest.raises(AtelierError, match=r"--listen expects IP addresses .*got 'my laptop'\."):
+        app_module.serve(host="my laptop", port=9999, data_dir=tmp_path, registry=registry)
+
+
+def test_cli_listen_takes_an_optional_address_and_allowed_hosts(monkeypatch):
+    calls = []
+    monkeypatch.setattr(app_module, "serve", lambda **kwargs: calls.append(kwargs))
+    for argv, host, allowed in [
+        (["serve"], "127.0.0.1", []),
+        (["serve", "--listen"], "0.0.0.0", []),
+        (
+            ["serve", "--listen", "192.168.1.5", "--allowed-host", "atelier.lan", "--allowed-host", "pc"],
+            "192.168.1.5",
+            ["atelier.lan", "pc"],
+        ),
+    ]:
+        args = build_parser().parse_args(argv)
+        assert args.func(args) == 0
+        assert (calls[-1]["host"], list(calls[-1]["allowed_hosts"])) == (host, allowed), argv
 
 
 # ---- in Chromium ----
