@@ -6,16 +6,24 @@ The stored-XSS check also runs in Chromium (skipped where /usr/bin/chromium or P
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import json
+import logging
 import socket
+import struct
+import time
+import tracemalloc
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import WSServerHandshakeError, web
 from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
 
 from atelier.cli import build_parser
 from atelier.errors import AtelierError
@@ -24,8 +32,8 @@ from atelier.server.app import create_app
 from atelier.server.files import DataDir, OutputFiles
 from atelier.server.security import FILE_POLICY, image_type, lan_addresses
 from tests.browser import CHROMIUM, atelier_server, chromium
-from tests.server.harness import async_test, server
-from tests.server.stub_nodes import stub_registry
+from tests.server.harness import async_test, is_type, post_prompt, receive, server, wait_history
+from tests.server.stub_nodes import graph, stub_registry
 from tests.server.test_safety import png_bytes, upload_form
 
 SCRIPT = (
@@ -239,6 +247,143 @@ def test_cli_listen_takes_an_optional_address_and_allowed_hosts(monkeypatch):
         args = build_parser().parse_args(argv)
         assert args.func(args) == 0
         assert (calls[-1]["host"], list(calls[-1]["allowed_hosts"])) == (host, allowed), argv
+
+
+# ---- files: names, bodies and images that used to answer 500 ----
+
+
+def png_with_chunk(kind: bytes, data: bytes, after_pixels: bool = False) -> bytes:
+    """A small PNG with one more chunk before IDAT (or after it, just before IEND)."""
+    png = png_bytes()
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return png[:-12] + chunk + png[-12:] if after_pixels else png[:33] + chunk + png[33:]
+
+
+MULTIPART = "multipart/form-data; boundary=x"
+BROKEN_BODIES = {
+    "no boundary": ("multipart/form-data", b"--x\r\n"),
+    "no starting boundary": (MULTIPART, b"hello"),
+    "cut short": (MULTIPART, b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nabc'),
+    "header without colon": (MULTIPART, b"--x\r\nnoheader\r\n\r\nabc\r\n--x--\r\n"),
+}
+
+
+@async_test
+async def test_long_names_broken_bodies_and_dot_names_get_a_sentence(tmp_path):
+    long_name = "a" * 296 + ".png"
+    async with server(tmp_path) as client:
+        for method, route, params in [
+            ("GET", "/api/view", {"filename": long_name}),
+            ("GET", "/view", {"filename": "x.png", "subfolder": "/".join(["b" * 200] * 30)}),
+            ("GET", f"/api/userdata/{long_name}", {}),
+            ("POST", f"/api/userdata/{long_name}", {}),
+            ("GET", "/api/userdata", {"dir": long_name}),
+        ]:
+            resp = await client.request(method, route, params=params, data=b"{}" if method == "POST" else None)
+            text = await resp.text()
+            assert resp.status == 400 and "expected at most" in text and "Errno" not in text, (route, text)
+        resp = await client.post("/api/upload/image", data=upload_form(png_bytes(), long_name))
+        assert resp.status == 400 and await resp.text() == (
+            "The file name 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' has a name of 300 "
+            "characters; expected at most 255 bytes per name."
+        )
+        # A 250-character name is fine, but its clash rename "name (1).png" would pass 255: refused, not a 500.
+        near = "c" * 251 + ".png"
+        assert (await client.post("/api/upload/image", data=upload_form(png_bytes(), near))).status == 200
+        other = png_bytes(colour=(0, 0, 255, 255))
+        resp = await client.post("/api/upload/image", data=upload_form(other, near))
+        assert resp.status == 400 and "expected at most 255 bytes per name" in await resp.text()
+
+        for case, (content_type, body) in BROKEN_BODIES.items():
+            resp = await client.post("/api/upload/image", data=body, headers={"Content-Type": content_type})
+            text = await resp.text()
+            assert resp.status == 400 and text.startswith("The upload body is not valid multipart/form-data ("), case
+        for name in (".", ".."):
+            resp = await client.post("/api/upload/image", data=upload_form(png_bytes(), name, overwrite="true"))
+            assert resp.status == 400 and "names no file; expected e.g. 'photo.png'" in await resp.text(), name
+        assert (tmp_path / "input").is_dir()  # still a folder, not replaced by a file
+
+
+@async_test
+async def test_a_png_text_chunk_bomb_is_refused_with_bounded_memory(tmp_path):
+    inflated = zlib.compress(b"A" * 200_000_000, 9)  # 200 MB of text in 194 kB
+    bombs = {
+        "ztxt.png": png_with_chunk(b"zTXt", b"prompt\x00\x00" + inflated),
+        "itxt.png": png_with_chunk(b"iTXt", b"prompt\x00\x01\x00\x00\x00" + inflated, after_pixels=True),
+    }
+    async with server(tmp_path) as client:
+        for name, bomb in bombs.items():
+            tracemalloc.start()
+            resp = await client.post("/api/upload/image", data=upload_form(bomb, name))
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert resp.status == 400 and await resp.text() == (
+                f"The image {name!r} has metadata that is malformed or too large (PNG text chunks may inflate to "
+                "1 MB each); expected an ordinary PNG, JPEG or WebP file."
+            )
+            assert peak < 20e6, peak  # measured about 3 MB: PIL stops inflating at MAX_TEXT_CHUNK
+            assert not (tmp_path / "input" / name).exists()
+
+
+@async_test
+async def test_decoding_a_large_upload_does_not_block_the_event_loop(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8000, 8000), (200, 30, 30)).save(buffer, format="PNG", compress_level=1)
+    big = buffer.getvalue()  # 64 megapixels: under the limit, so it is decoded in full
+    async with server(tmp_path) as client:
+        upload = asyncio.create_task(client.post("/api/upload/image", data=upload_form(big, "big.png")))
+        await asyncio.sleep(0.05)
+        pings = []
+        while not upload.done():
+            start = time.perf_counter()
+            assert (await client.get("/api/features")).status == 200
+            pings.append(time.perf_counter() - start)
+            await asyncio.sleep(0.01)
+        resp = await upload
+        assert resp.status == 200 and (await resp.json())["name"] == "big.png"
+        # Many answers while it decoded, each quick (on the loop it was one stall of ~0.8 s and no answer).
+        assert len(pings) >= 3 and max(pings) < 0.25, pings
+
+
+@async_test
+async def test_an_upload_cannot_replace_a_generated_image(tmp_path):
+    async with server(tmp_path) as client:
+        ref = (await wait_history(client, (await post_prompt(client, graph()))["prompt_id"]))["outputs"]["3"]
+        made = tmp_path / "output" / ref["images"][0]["filename"]
+        before = made.read_bytes()
+        form = upload_form(png_bytes(), made.name, type="output", overwrite="true")
+        resp = await client.post("/api/upload/image", data=form)
+        assert resp.status == 403 and await resp.text() == (
+            f"The output file {made.name!r} was made by a prompt; an upload may not replace it (use another name)."
+        )
+        assert made.read_bytes() == before
+        # Without overwrite it is stored next to it; a new name in output/ is fine.
+        resp = await client.post("/api/upload/image", data=upload_form(png_bytes(), made.name, type="output"))
+        assert resp.status == 200 and (await resp.json())["name"] == made.stem + " (1).png"
+        assert made.read_bytes() == before
+
+
+@async_test
+async def test_execution_errors_reach_the_client_without_traceback_or_paths(tmp_path, caplog):
+    secret = str(tmp_path / "models" / "checkpoints" / "secret.ckpt")
+    prompt = graph(fail=True)
+    prompt["4"]["inputs"]["message"] = f"[Errno 2] No such file or directory: '{secret}'"
+    async with server(tmp_path) as client:
+        ws = await client.ws_connect("/ws?clientId=tester")
+        with caplog.at_level(logging.ERROR, logger="atelier.server"):
+            queued = await post_prompt(client, prompt)
+            messages = await receive(ws, is_type("execution_error"))
+            history = await wait_history(client, queued["prompt_id"])
+        await ws.close()
+        sent = messages[-1]["data"]
+        assert sent["exception_message"] == "[Errno 2] No such file or directory: '.../secret.ckpt'"
+        assert sent["traceback"] == [] and sent["node_id"] == "4" and sent["exception_type"] == "RuntimeError"
+        assert str(tmp_path) not in json.dumps([m for m in messages if isinstance(m, dict)])
+        assert str(tmp_path) not in json.dumps(history["status"])  # (its "prompt" is the client's own text)
+        jobs = await (await client.get("/api/jobs", params={"status": "failed"})).text()
+        assert str(tmp_path) not in jobs
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert secret in logged and "Traceback" not in logged and "stub_nodes.py" in logged  # the frames, in the log
 
 
 # ---- in Chromium ----
