@@ -88,10 +88,24 @@ class DataDir:
         return copied
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, APFS and NTFS all stop at 255)
+PATH_MAX = 1024  # bytes in a relative path from a request (the system's own limit, 4096, includes the data dir)
+
+
+def _shown(text: str) -> str:
+    """A name from a request as an error message quotes it: cut after 60 characters."""
+    return repr(text if len(text) <= 60 else text[:60] + "...")
+
+
 def _parts(relative: str, what: str) -> list[str]:
-    """The components of a relative path from a request, or an UnsafePathError (absolute paths, drives, `..`)."""
+    """The components of a relative path from a request, or an UnsafePathError (absolute paths, drives, `..`,
+    names the file system would refuse as too long)."""
     if not relative:
         return []
+    if len(relative.encode("utf-8", "replace")) > PATH_MAX:
+        raise UnsafePathError(
+            f"The {what} {_shown(relative)} is {len(relative)} characters long; expected at most {PATH_MAX} bytes."
+        )
     if "\x00" in relative:
         raise UnsafePathError(f"The {what} {relative!r} contains a NUL character; expected a plain relative path.")
     if (
@@ -103,6 +117,12 @@ def _parts(relative: str, what: str) -> list[str]:
     parts = [p for p in re.split(r"[\\/]+", relative) if p not in ("", ".")]
     if ".." in parts:
         raise UnsafePathError(f"The {what} {relative!r} contains '..'; expected a path inside its folder.")
+    for part in parts:
+        if len(part.encode("utf-8", "replace")) > NAME_MAX:
+            raise UnsafePathError(
+                f"The {what} {_shown(relative)} has a name of {len(part)} characters; "
+                f"expected at most {NAME_MAX} bytes per name."
+            )
     return parts
 
 
@@ -188,6 +208,12 @@ class OutputFiles:
         parts = _parts(prefix.strip() or "Atelier", "filename prefix")
         if not parts:
             raise UnsafePathError(f"The filename prefix {prefix!r} has no file name; expected e.g. 'Atelier'.")
+        room = NAME_MAX - len("_00001_.webp") - 8  # the counter may grow past five digits
+        if len(parts[-1].encode("utf-8", "replace")) > room:
+            raise UnsafePathError(
+                f"The filename prefix {_shown(prefix)} ends in a name of {len(parts[-1])} characters; expected at "
+                f"most {room} bytes, which leaves room for the counter and the extension."
+            )
         subfolder = "/".join(parts[:-1])
         folder = safe_join(self.data.folder(kind), subfolder, what="filename prefix")
         return folder, subfolder, parts[-1]
