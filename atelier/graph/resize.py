@@ -19,6 +19,18 @@ UPSCALE_IMAGE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROP = ["disabled", "center"]
 
 
+def target_size(h: int, w: int, width: int, height: int) -> tuple[int, int]:
+    """(height, width) that `resize` makes of an h x w picture: a width or height of 0 keeps the aspect ratio,
+    both 0 keep the size."""
+    if width == 0 and height == 0:
+        return h, w
+    if width == 0:
+        width = max(1, round(w * height / h))
+    if height == 0:
+        height = max(1, round(h * width / w))
+    return height, width
+
+
 def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, height, width); width or height 0 keeps the aspect ratio; crop "center" fills.
 
@@ -26,10 +38,7 @@ def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> 
     h, w = x.shape[-2:]
     if width == 0 and height == 0:
         return x
-    if width == 0:
-        width = max(1, round(w * height / h))
-    if height == 0:
-        height = max(1, round(h * width / w))
+    height, width = target_size(h, w, width, height)
     if crop == "center":
         old, new = w / h, width / height
         if old > new:

@@ -13,9 +13,10 @@ import torch
 from PIL import Image, ImageOps
 
 from atelier.graph.kit import MAX_RESOLUTION, Node
-from atelier.graph.resize import CROP, UPSCALE_IMAGE, resize_image
+from atelier.graph.resize import CROP, UPSCALE_IMAGE, resize_image, target_size
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bhwc_unit_to_pil, pil_to_bhwc_unit, pil_to_hw_unit
+from atelier.limits import check_image_batch
 
 
 def _file_hash(path: Path) -> str:
@@ -97,6 +98,7 @@ class ImageScale(Node):
     def run(
         self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str
     ) -> tuple:
+        check_image_batch(image.shape[0], *target_size(image.shape[1], image.shape[2], width, height))
         return (resize_image(image, width, height, upscale_method, crop),)
 
 
@@ -115,6 +117,7 @@ class ImageScaleBy(Node):
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
         h, w = image.shape[1:3]
+        check_image_batch(image.shape[0], round(h * scale_by), round(w * scale_by))
         return (resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
 
 
@@ -134,6 +137,7 @@ class ImageScaleToTotalPixels(Node):
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple:
         h, w = image.shape[1:3]
         scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
+        check_image_batch(image.shape[0], round(h * scale), round(w * scale))
         return (resize_image(image, round(w * scale), round(h * scale), upscale_method),)
 
 
