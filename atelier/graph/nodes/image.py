@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
+from atelier.errors import AtelierError
 from atelier.graph.kit import MAX_RESOLUTION, Node
 from atelier.graph.resize import CROP, UPSCALE_IMAGE, resize_image, target_size
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
@@ -175,8 +176,25 @@ class SaveImage(Node):
             text["prompt"] = json.dumps(prompt)
         for key, value in (extra_pnginfo or {}).items():
             text[key] = json.dumps(value)
-        refs = [self.env.files.save_image(pil, filename_prefix, self.kind, text) for pil in bhwc_unit_to_pil(images)]
+        refs: list[dict] = []
+        try:
+            for pil in bhwc_unit_to_pil(images):
+                ctx.check_interrupt()
+                refs.append(self.env.files.save_image(pil, filename_prefix, self.kind, text, claim=ctx.will_write))
+        except BaseException:  # a prompt that fails shows no outputs: leave none of its files behind
+            for ref in refs:
+                self.env.files.path(ref).unlink(missing_ok=True)
+            raise
         return NodeOutput(result=(), ui={"images": refs})
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix: str | None = "ComfyUI") -> bool | str:
+        """Refuse a prefix no file can be written with (NUL, absolute, '..', too long) before the prompt is queued."""
+        try:
+            cls.env.files.check_prefix(filename_prefix or "", cls.kind)
+        except AtelierError as error:  # the file API's UnsafePathError: one sentence
+            return str(error)
+        return True
 
 
 class PreviewImage(SaveImage):
