@@ -76,6 +76,22 @@ class ClipModel:
     clip_skip: int = 1
 
 
+def out_of_range(schema: NodeSchema, **values: Any) -> str | None:
+    """The min/max check for the inputs a node's `validate_inputs` names, which validation skips for them (as
+    ComfyUI's does): the sentence for the first constant outside its input's range, in validation's own words
+    and naming the input (the hook's verdict is reported against every input it names), else None. Linked
+    inputs arrive as None and pass (their node checks them when it runs)."""
+    for name, value in values.items():
+        inp = schema.input(name)
+        if value is None or inp is None:
+            continue
+        if inp.min is not None and value < inp.min:
+            return f"Value {value} of {name} smaller than min of {inp.min}"
+        if inp.max is not None and value > inp.max:
+            return f"Value {value} of {name} bigger than max of {inp.max}"
+    return None
+
+
 def vae_pixels(image: torch.Tensor) -> torch.Tensor:
     """IMAGE (B, H, W, C) in [0, 1] -> the VAE encoder's input (B, 3, H', W') in [-1, 1]: alpha dropped, cropped
     to multiples of 8 (the VAE halves the size three times), as ComfyUI's VAEEncode does."""
@@ -170,7 +186,7 @@ def run_sampler(
         noise_mask=latent.get("noise_mask"),
         batch_index=latent.get("batch_index"),
         on_step=on_step,
-        interrupt=_InterruptFlag(ctx),
+        interrupt=InterruptFlag(ctx),
         **options,
     )
     out = dict(latent)
@@ -187,8 +203,9 @@ def _preview_map(model: DiffusionModel) -> torch.Tensor | None:
     return scaled
 
 
-class _InterruptFlag:
-    """Adapts the node context's check_interrupt() to the pipeline's `interrupt.is_set()`."""
+class InterruptFlag:
+    """Adapts the node context's check_interrupt() to the pipeline's `interrupt.is_set()` (sample, decode,
+    encode): the pipeline asks it between steps and tiles, and it raises the executor's Interrupted."""
 
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx

@@ -28,6 +28,18 @@ IMAGE_METHOD_TOOLTIP = _METHODS + ", lanczos filters with a windowed sinc (the s
 CROP_TOOLTIP = "disabled stretches to the new aspect ratio; center first cuts equal strips off two sides to reach it."
 
 
+def target_size(h: int, w: int, width: int, height: int) -> tuple[int, int]:
+    """(height, width) that `resize` makes of an h x w picture: a width or height of 0 keeps the aspect ratio,
+    both 0 keep the size."""
+    if width == 0 and height == 0:
+        return h, w
+    if width == 0:
+        width = max(1, round(w * height / h))
+    if height == 0:
+        height = max(1, round(h * width / w))
+    return height, width
+
+
 def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, height, width); width or height 0 keeps the aspect ratio; crop "center" fills.
 
@@ -35,10 +47,7 @@ def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> 
     h, w = x.shape[-2:]
     if width == 0 and height == 0:
         return x
-    if width == 0:
-        width = max(1, round(w * height / h))
-    if height == 0:
-        height = max(1, round(h * width / w))
+    height, width = target_size(h, w, width, height)
     if crop == "center":
         old, new = w / h, width / height
         if old > new:

@@ -283,3 +283,7 @@ class NodeContext(Protocol):
 
     def check_interrupt(self) -> None:
         """Raise executor.Interrupted if the user pressed Cancel; long loops call it once per step."""
+
+    def will_write(self, ref: dict) -> None:
+        """Announce an output file {"filename", "subfolder", "type"} before it appears, so the server's history
+        knows it even if the server is killed before the prompt ends."""

@@ -75,6 +75,8 @@ def create_app(
     - on_free: called by POST /free with (unload_models, free_memory), e.g. to drop loaded checkpoints.
     """
     data = DataDir(data_dir)
+    for path in data.remove_partial_writes():  # left by a server killed while it wrote
+        log.warning("Removed %s, a file a stopped server had not finished writing.", path)
     data.clear_temp()
     data.install_inputs((templates_dir or frontend.TEMPLATES_DIR) / "inputs")  # the templates' example images
     store = PromptStore(data.database)

@@ -76,9 +76,10 @@ def error_for_client(error: dict) -> dict:
 class PromptListener(ExecutionListener):
     """Turns executor events into ComfyUI WebSocket messages for one prompt, and keeps its history messages."""
 
-    def __init__(self, hub: Hub, rec: PromptRecord) -> None:
+    def __init__(self, hub: Hub, rec: PromptRecord, store: PromptStore) -> None:
         self.hub = hub
         self.rec = rec
+        self.store = store
         self.sid = rec.client_id
         self.states: dict[str, dict] = {}  # node id -> its progress_state entry
 
@@ -138,6 +139,9 @@ class PromptListener(ExecutionListener):
             "real_node_id": node_id,
         }
         self.hub.send_preview(encoded[0], encoded[1], meta, self.sid)
+
+    def will_write(self, node_id: str, ref: dict) -> None:
+        self.store.record_output(self.rec.prompt_id, node_id, ref)  # before the file appears: see files.write_new
 
     def executed(self, node_id: str, ui: dict) -> None:
         self.rec.outputs[node_id] = ui
@@ -289,7 +293,7 @@ class PromptQueue:
     def _run(self, rec: PromptRecord) -> None:
         rec.started_at = now_ms()
         self.store.mark_running(rec.prompt_id, rec.started_at)
-        listener = PromptListener(self.hub, rec)
+        listener = PromptListener(self.hub, rec, self.store)
         result = self.executor.execute(rec.prompt, rec.outputs_to_execute, listener, rec.extra_data)
         rec.state = result.status
         rec.outputs = {node_id: ui for node_id, ui in result.ui.items()}

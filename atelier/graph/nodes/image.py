@@ -12,10 +12,12 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
+from atelier.errors import AtelierError
 from atelier.graph.kit import Node, target_size_inputs
-from atelier.graph.resize import CROP, CROP_TOOLTIP, IMAGE_METHOD_TOOLTIP, UPSCALE_IMAGE, resize_image
+from atelier.graph.resize import CROP, CROP_TOOLTIP, IMAGE_METHOD_TOOLTIP, UPSCALE_IMAGE, resize_image, target_size
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bhwc_unit_to_pil, pil_to_bhwc_unit, pil_to_hw_unit
+from atelier.limits import check_image_batch
 
 IMAGE_FILE_TOOLTIP = "An image from the input folder; the upload button adds one there."
 
@@ -111,6 +113,7 @@ class ImageScale(Node):
     def run(
         self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str
     ) -> tuple:
+        check_image_batch(image.shape[0], *target_size(image.shape[1], image.shape[2], width, height))
         return (resize_image(image, width, height, upscale_method, crop),)
 
 
@@ -138,6 +141,7 @@ class ImageScaleBy(Node):
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
         h, w = image.shape[1:3]
+        check_image_batch(image.shape[0], round(h * scale_by), round(w * scale_by))
         return (resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
 
 
@@ -166,6 +170,7 @@ class ImageScaleToTotalPixels(Node):
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple:
         h, w = image.shape[1:3]
         scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
+        check_image_batch(image.shape[0], round(h * scale), round(w * scale))
         return (resize_image(image, round(w * scale), round(h * scale), upscale_method),)
 
 
@@ -203,8 +208,25 @@ class SaveImage(Node):
             text["prompt"] = json.dumps(prompt)
         for key, value in (extra_pnginfo or {}).items():
             text[key] = json.dumps(value)
-        refs = [self.env.files.save_image(pil, filename_prefix, self.kind, text) for pil in bhwc_unit_to_pil(images)]
+        refs: list[dict] = []
+        try:
+            for pil in bhwc_unit_to_pil(images):
+                ctx.check_interrupt()
+                refs.append(self.env.files.save_image(pil, filename_prefix, self.kind, text, claim=ctx.will_write))
+        except BaseException:  # a prompt that fails shows no outputs: leave none of its files behind
+            for ref in refs:
+                self.env.files.path(ref).unlink(missing_ok=True)
+            raise
         return NodeOutput(result=(), ui={"images": refs})
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix: str | None = "ComfyUI") -> bool | str:
+        """Refuse a prefix no file can be written with (NUL, absolute, '..', too long) before the prompt is queued."""
+        try:
+            cls.env.files.check_prefix(filename_prefix or "", cls.kind)
+        except AtelierError as error:  # the file API's UnsafePathError: one sentence
+            return str(error)
+        return True
 
 
 class PreviewImage(SaveImage):

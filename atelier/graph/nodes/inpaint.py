@@ -8,8 +8,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from atelier.graph.kit import MAX_RESOLUTION, Node, vae_pixels
+from atelier.graph.kit import MAX_RESOLUTION, InterruptFlag, Node, vae_pixels
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
+from atelier.limits import check_image_batch
 from atelier.pipeline import encode
 
 
@@ -70,7 +71,7 @@ class VAEEncodeForInpaint(Node):
             grown = m.round()
         keep = (1.0 - m.round()).permute(0, 2, 3, 1)  # (B, H, W, 1): 1 where the picture is kept
         pixels = (pixels - 0.5) * keep + 0.5  # the region to repaint becomes neutral grey before encoding
-        return ({"samples": encode(vae, vae_pixels(pixels)), "noise_mask": grown},)
+        return ({"samples": encode(vae, vae_pixels(pixels), interrupt=InterruptFlag(ctx)), "noise_mask": grown},)
 
 
 class ImagePadForOutpaint(Node):
@@ -107,6 +108,7 @@ class ImagePadForOutpaint(Node):
         self, ctx: NodeContext, image: torch.Tensor, left: int, top: int, right: int, bottom: int, feathering: int
     ) -> tuple:
         b, h, w, c = image.shape
+        check_image_batch(b, h + top + bottom, w + left + right)
         out = torch.full((b, h + top + bottom, w + left + right, c), 0.5)
         out[:, top : top + h, left : left + w, :] = image
         mask = torch.ones(h + top + bottom, w + left + right)

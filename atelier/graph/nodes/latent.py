@@ -6,10 +6,12 @@ from typing import Any
 
 import torch
 
-from atelier.graph.kit import MAX_RESOLUTION, Node, target_size_inputs, vae_pixels
-from atelier.graph.resize import CROP, CROP_TOOLTIP, LATENT_METHOD_TOOLTIP, UPSCALE_LATENT, resize
+from atelier.errors import InputError
+from atelier.graph.kit import MAX_RESOLUTION, InterruptFlag, Node, out_of_range, target_size_inputs, vae_pixels
+from atelier.graph.resize import CROP, CROP_TOOLTIP, LATENT_METHOD_TOOLTIP, UPSCALE_LATENT, resize, target_size
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit
+from atelier.limits import check_image_batch
 from atelier.pipeline import decode, encode
 
 
@@ -28,7 +30,19 @@ class EmptyLatentImage(Node):
     )
 
     def run(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple:
+        check_image_batch(batch_size, height, width)  # sizes that came through a link were not validated
         return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
+
+    @classmethod
+    def validate_inputs(cls, width: int | None, height: int | None, batch_size: int | None = 1) -> bool | str:
+        """Refuse a batch too large to make (limits.py) before the prompt is queued."""
+        problem = out_of_range(cls.SCHEMA, width=width, height=height, batch_size=batch_size)
+        if problem is None and None not in (width, height, batch_size):
+            try:
+                check_image_batch(batch_size, height, width)
+            except InputError as error:
+                problem = str(error)
+        return problem or True
 
 
 class RepeatLatentBatch(Node):
@@ -45,6 +59,8 @@ class RepeatLatentBatch(Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict, amount: int) -> tuple:
+        b, _, h, w = samples["samples"].shape
+        check_image_batch(b * amount, h * 8, w * 8)
         out = dict(samples)
         out["samples"] = samples["samples"].repeat(amount, 1, 1, 1)
         if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
@@ -72,6 +88,8 @@ class LatentUpscale(Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str) -> tuple:
+        b, _, h, w = samples["samples"].shape
+        check_image_batch(b, *(8 * side for side in target_size(h, w, width // 8, height // 8)))
         out = dict(samples)
         out["samples"] = resize(samples["samples"], width // 8, height // 8, upscale_method, crop)
         out.pop("noise_mask", None)
@@ -102,7 +120,8 @@ class LatentUpscaleBy(Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict, upscale_method: str, scale_by: float) -> tuple:
-        h, w = samples["samples"].shape[-2:]
+        b, _, h, w = samples["samples"].shape
+        check_image_batch(b, round(h * scale_by) * 8, round(w * scale_by) * 8)
         out = dict(samples)
         out["samples"] = resize(
             samples["samples"], round(w * scale_by), round(h * scale_by), upscale_method, "disabled"
@@ -125,7 +144,7 @@ class VAEDecode(Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict, vae: Any) -> tuple:
-        return (bchw_signed_to_bhwc_unit(decode(vae, samples["samples"])),)
+        return (bchw_signed_to_bhwc_unit(decode(vae, samples["samples"], interrupt=InterruptFlag(ctx))),)
 
 
 class VAEEncode(Node):
@@ -142,4 +161,4 @@ class VAEEncode(Node):
     )
 
     def run(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any) -> tuple:
-        return ({"samples": encode(vae, vae_pixels(pixels))},)
+        return ({"samples": encode(vae, vae_pixels(pixels), interrupt=InterruptFlag(ctx))},)
