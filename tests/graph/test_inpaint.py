@@ -7,7 +7,20 @@ import torch
 
 from atelier.graph.nodes.inpaint import ImagePadForOutpaint, SetLatentNoiseMask, VAEEncodeForInpaint
 
-CTX = None  # none of these nodes reports progress or previews
+
+class QuietContext:
+    """A node context that is never interrupted: these nodes report no progress or previews."""
+
+    node_id, prompt, extra_pnginfo = "1", {}, None
+
+    def progress(self, value, total) -> None: ...
+
+    def preview(self, image) -> None: ...
+
+    def check_interrupt(self) -> None: ...
+
+
+CTX = QuietContext()
 
 
 def image(b: int = 1, h: int = 16, w: int = 24) -> torch.Tensor:
