@@ -90,6 +90,15 @@ def test_the_empty_latent_hook_keeps_the_range_checks(registry):
     }
 
 
+def test_booleans_are_not_steps_and_null_is_not_text(registry):
+    prompt = txt2img()
+    prompt["5"]["inputs"]["steps"] = True
+    prompt["2"]["inputs"]["text"] = None
+    result = validate_prompt(prompt, registry)
+    assert errors_of(result, "5")[0]["details"] == "steps, True, true is a boolean, not a number"
+    assert errors_of(result, "2")[0]["details"] == "text, None, null is not text"
+
+
 def test_a_size_the_node_gets_at_run_time_is_refused_when_it_runs():
     with pytest.raises(InputError, match="A batch of 4096 at 16384x16384 is too large"):
         EmptyLatentImage().run(None, 16384, 16384, 4096)
