@@ -11,8 +11,13 @@ branch fixes it (the tests mark those xfail, not strict, until it lands).
 
 from __future__ import annotations
 
+import io
 import json
+import struct
+import zlib
 from dataclasses import dataclass, field
+
+from PIL import Image
 
 from tests.adversarial.live import Body
 
@@ -383,6 +388,35 @@ def _settings_family() -> list[Case]:
 # ---- 7. files, uploads and hosts: harden-http's part of the server ----
 
 
+MULTIPART = "multipart/form-data"
+
+
+def _tiny_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_text_bomb() -> bytes:
+    """An 8x8 PNG with a zTXt chunk that inflates to 200 MB (194 kB sent), compressed 1 MB at a time."""
+    deflate = zlib.compressobj(9)
+    inflated = b"".join(deflate.compress(b"A" * 1_000_000) for _ in range(200)) + deflate.flush()
+    png, data = _tiny_png(), b"prompt\x00\x00" + inflated
+    chunk = struct.pack(">I", len(data)) + b"zTXt" + data + struct.pack(">I", zlib.crc32(b"zTXt" + data))
+    return png[:33] + chunk + png[33:]
+
+
+def _upload(filename: str, data: bytes | None = None, **fields: str) -> tuple[str, str, bytes, dict[str, str]]:
+    """(method, path, body, headers) of an /upload/image of `data` (a valid 8x8 PNG by default) as `filename`."""
+    parts = [
+        b'--XYZ\r\nContent-Disposition: form-data; name="image"; filename="' + filename.encode() + b'"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + (data or _tiny_png()) + b"\r\n"
+    ]
+    parts += [f'--XYZ\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
+    body = b"".join(parts) + b"--XYZ--\r\n"
+    return "POST", "/api/upload/image", body, {"Content-Type": MULTIPART + "; boundary=XYZ"}
+
+
 def _http_family() -> list[Case]:
     long_name = "n" * 300 + ".png"
     broken_multipart = (
@@ -394,9 +428,9 @@ def _http_family() -> list[Case]:
         Case("files", "view-absolute", "GET", "/api/view?filename=/etc/passwd"),
         Case("files", "view-type-unknown", "GET", "/api/view?filename=a.png&type=secrets"),
         Case("files", "view-missing", "GET", "/api/view?filename=nope.png"),
-        Case("files", "view-name-300", "GET", f"/api/view?filename={long_name}", owner="harden-http"),
-        Case("files", "userdata-name-300", "GET", f"/api/userdata/{long_name}", owner="harden-http"),
-        Case("files", "userdata-post-name-300", "POST", f"/api/userdata/{long_name}", "{}", owner="harden-http"),
+        Case("files", "view-name-300", "GET", f"/api/view?filename={long_name}"),
+        Case("files", "userdata-name-300", "GET", f"/api/userdata/{long_name}"),
+        Case("files", "userdata-post-name-300", "POST", f"/api/userdata/{long_name}", "{}"),
         Case("files", "userdata-dot-dot", "GET", "/api/userdata/..%2F..%2Fatelier.sqlite"),
         Case("files", "userdata-v2-dot-dot", "GET", "/api/v2/userdata?path=../.."),
         Case("files", "userdata-move-out", "POST", "/api/userdata/a.json/move/..%2F..%2Fa.json"),
@@ -408,9 +442,37 @@ def _http_family() -> list[Case]:
             "/api/upload/image",
             broken_multipart,
             {"Content-Type": "multipart/form-data; boundary=XYZ"},
-            owner="harden-http",
         ),
         Case("files", "upload-not-multipart", "POST", "/api/upload/image", "{}"),
+        Case("files", "upload-no-boundary", "POST", "/api/upload/image", "--x\r\n", {"Content-Type": MULTIPART}),
+        Case(
+            "files",
+            "upload-header-without-colon",
+            "POST",
+            "/api/upload/image",
+            "--XYZ\r\nnoheader\r\n\r\nabc\r\n--XYZ--\r\n",
+            {"Content-Type": MULTIPART + "; boundary=XYZ"},
+        ),
+        Case("files", "upload-name-300", *_upload(long_name)),
+        Case("files", "upload-named-dot-overwrite", *_upload(".", overwrite="true")),
+        Case("files", "upload-named-dot-dot-overwrite", *_upload("..", overwrite="true")),
+        Case("files", "upload-ztxt-bomb", *_upload("bomb.png", data=_png_text_bomb())),
+        Case("files", "view-subfolder-6000", "GET", "/api/view?filename=a.png&subfolder=" + "/".join(["s" * 200] * 30)),
+        Case("files", "userdata-list-name-300", "GET", f"/api/userdata?dir={long_name}"),
+        Case(
+            "hosts",
+            "websocket-host-not-local",
+            "GET",
+            "/ws",
+            headers={
+                "Host": "evil.example",
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13",
+            },
+        ),
+        Case("hosts", "host-not-a-name", "GET", "/api/history", headers={"Host": "a b<script>"}),
         Case("hosts", "host-not-local", "GET", "/api/history", headers={"Host": "evil.example"}),
         Case("hosts", "origin-cross-site-post", "POST", "/api/queue", "{}", {"Origin": "http://evil.example"}),
     ]
