@@ -125,3 +125,10 @@ def test_every_stage_trains_on_the_second_world_and_the_checkpoint_records_it(tm
         assert f.metadata()["atelier.train.world"] == "v2"
     extras = load_file(str(packed.with_name("model-extras.safetensors")))
     assert extras["classifier.kind.weight"].shape[0] == len(KINDS) + 1 and "classifier.weather.weight" in extras
+
+    # without its optimiser state, the clip stage continues from the towers in --out (what --init unpacks)
+    (out / "clip.state.pt").unlink()
+    before = load_file(str(out / "text_encoder.safetensors"))
+    main(["--stage", "clip", "--steps", "0", "--world", "v2", *common])
+    after = load_file(str(out / "text_encoder.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
