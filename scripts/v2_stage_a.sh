@@ -12,8 +12,8 @@ run=runs/embedded
 common=(--world v2 --seed 0 --images 100000 --workers 16 --out "$run")
 read -r -a extra <<<"${EXTRA:-}"
 bash scripts/gpu_train.sh "${common[@]}" --init "${INIT:-atelier/assets/embedded.safetensors}" \
-    --stage classifier --steps 5000 --batch 256 --budget 200 "${extra[@]}"
-bash scripts/gpu_train.sh "${common[@]}" --stage clip --steps 4000 --batch 512 --budget 300 "${extra[@]}"
+    --stage classifier --steps 5000 --batch 256 --budget 180 "${extra[@]}"
+bash scripts/gpu_train.sh "${common[@]}" --stage clip --steps 4000 --batch 512 --budget 290 "${extra[@]}"
 if [ -n "${OUT:-}" ]; then  # at most 8 files of 16 MiB come back: the fp32 text encoder (28.6 MB) in two parts
     cp "$run"/classifier.safetensors "$run"/image_encoder.safetensors "$OUT/"
     split -b 15m "$run"/text_encoder.safetensors "$OUT/text_encoder.safetensors.part-"
