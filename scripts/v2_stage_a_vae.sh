@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 run=runs/embedded
 read -r -a extra <<<"${EXTRA:-}"
 python3 -c "import ftfy, regex" 2>/dev/null || python3 -m pip install -q --no-index --no-deps .carry/wheels/*.whl
-# The shipped weights first (what --init does), then the v2 judge over the v1 classifier they hold.
+# The shipped weights first (what --init does), then the v2 judge over the v1 classifier they hold. Loading a
+# checkpoint builds its tokenizer, hence the vocabulary that gpu_train.sh also points to.
+export ATELIER_CLIP_VOCAB="$PWD/.carry/bpe_simple_vocab_16e6.txt.gz"
 PYTHONPATH="$PWD" python3 -c "import sys; from pathlib import Path; from atelier.world.train.pack import unpack; \
 unpack(Path(sys.argv[1]), Path(sys.argv[2]))" "${INIT:-atelier/assets/embedded.safetensors}" "$run"
 cp "${CLASSIFIER:-.carry/stage-a/classifier.safetensors}" "$run/classifier.safetensors"
