@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -264,26 +264,40 @@ def score_points(reading: Reading, spec: SceneSpec) -> dict[str, tuple[int, int]
     return {name: (s, p) for name, (s, p) in best.items()}
 
 
-def score(reading: Reading, spec: SceneSpec) -> tuple[int, int]:
+def points_of(world: str = "v1") -> tuple[tuple[str, ...], Callable[..., dict[str, tuple[int, int]]]]:
+    """`world`'s kinds of points and its `score_points(reading, spec)`: this module's for the first world,
+    atelier/world/v2/points.py's (with count, time and weather) for the second."""
+    if world == "v1":
+        return POINTS, score_points
+    from atelier.world.v2 import points
+
+    return points.POINTS, points.score_points
+
+
+def score(reading: Reading, spec: SceneSpec, world: str = "v1") -> tuple[int, int]:
     """(points scored, points possible) for one generated image and the spec of its prompt."""
-    points = score_points(reading, spec).values()
+    points = points_of(world)[1](reading, spec).values()
     return sum(s for s, _ in points), sum(p for _, p in points)
 
 
-def adherence(readings: Sequence[Reading], specs: Sequence[SceneSpec]) -> float:
+def adherence(readings: Sequence[Reading], specs: Sequence[SceneSpec], world: str = "v1") -> float:
     """The fraction of all stated attributes that the images show (points scored / points possible)."""
     scored = possible = 0
     for reading, spec in zip(readings, specs, strict=True):
-        s, p = score(reading, spec)
+        s, p = score(reading, spec, world)
         scored, possible = scored + s, possible + p
     return scored / max(1, possible)
 
 
-def adherence_by_point(readings: Sequence[Reading], specs: Sequence[SceneSpec]) -> dict[str, float | None]:
-    """Adherence per kind of point (kind, colour, size, cell, background, relation); None where none was asked."""
-    totals = {name: [0, 0] for name in POINTS}
+def adherence_by_point(
+    readings: Sequence[Reading], specs: Sequence[SceneSpec], world: str = "v1"
+) -> dict[str, float | None]:
+    """Adherence per kind of point (first world: kind, colour, size, cell, background, relation); None where none
+    was asked."""
+    names, score_fn = points_of(world)
+    totals = {name: [0, 0] for name in names}
     for reading, spec in zip(readings, specs, strict=True):
-        for name, (s, p) in score_points(reading, spec).items():
+        for name, (s, p) in score_fn(reading, spec).items():
             totals[name][0] += s
             totals[name][1] += p
     return {name: (s / p if p else None) for name, (s, p) in totals.items()}

@@ -7,6 +7,7 @@ import json
 import random
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -132,3 +133,41 @@ def test_every_stage_trains_on_the_second_world_and_the_checkpoint_records_it(tm
     main(["--stage", "clip", "--steps", "0", "--world", "v2", *common])
     after = load_file(str(out / "text_encoder.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_atelier_eval_takes_the_world_the_model_records(tmp_path):
+    from safetensors.torch import save_file
+
+    from atelier.errors import CheckpointError
+    from atelier.models.checkpoint import save_checkpoint
+    from atelier.models.clip import CLIPTextEncoder
+    from atelier.models.unet import UNet
+    from atelier.models.vae import VAE
+    from atelier.world.eval_run import checkpoint_world
+    from atelier.world.eval_run import main as eval_main
+    from atelier.world.train import EmbeddedShapes
+    from atelier.world.v2.points import POINTS
+
+    torch.manual_seed(0)
+    shapes = EmbeddedShapes.tiny()
+    model = tmp_path / "tiny.safetensors"
+    parts = (UNet(shapes.unet), VAE(shapes.vae), CLIPTextEncoder(shapes.text))
+    save_checkpoint(model, *parts, {"atelier.native_size": "32", "atelier.train.world": "v2"})
+    extras = {f"classifier.{k}": v.half() for k, v in new_classifier("v2").state_dict().items()}
+    save_file(extras, str(tmp_path / "tiny-extras.safetensors"))
+    unknown = tmp_path / "odd.safetensors"
+    save_checkpoint(unknown, *parts, {"atelier.native_size": "32", "atelier.train.world": "v9"})
+    old = tmp_path / "old.safetensors"
+    save_checkpoint(old, *parts, {"atelier.native_size": "32"})
+    assert checkpoint_world(model) == "v2" and checkpoint_world(old) == "v1"  # packed before worlds had names
+    with pytest.raises(CheckpointError, match=r"world 'v9'; expected one of v1, v2\.$"):
+        checkpoint_world(unknown)
+
+    out = tmp_path / "eval"
+    small = ["--prompts", "3", "--sweep-prompts", "2", "--cfg-sweep", "1,7.5", "--steps", "1", "--renders", "20"]
+    assert eval_main(["--model", str(model), *small, "--workers", "1", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["world"] == "v2"
+    assert set(report["classifier"]["accuracy"]) == {"kind", "colour", "size", "background", "time", "weather", "count"}
+    assert list(report["adherence"]["english"]["by_point"]) == list(POINTS)
+    assert "| prompt set | prompts | adherence | kind | count |" in (out / "report.md").read_text(encoding="utf-8")
