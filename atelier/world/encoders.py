@@ -4,7 +4,8 @@ Both share one backbone, a small ResNet (He et al. 2016) that turns a 128x128 sc
 - `ImageEncoder` projects it into the text encoder's embedding space; trained contrastively against the text
   encoder (CLIP, Radford et al. 2021), it places images and captions on one map (the lab's concept map).
 - `AttributeClassifier` reads, from the same kind of features, what is in each cell of the 3x3 grid (object kind,
-  colour, size) and the background; `atelier eval` uses it to score generated images.
+  colour, size) and the background (the second world's judge also the time of day and the weather); `atelier eval`
+  uses it to score generated images.
 """
 
 from __future__ import annotations
@@ -74,13 +75,22 @@ class ImageEncoder(nn.Module):
 
 
 class AttributeClassifier(nn.Module):
-    """Per grid cell: object kind (or empty), colour, size; per image: background.
+    """Per grid cell: object kind (or empty), colour, size; per image: background, and time of day and weather when
+    `n_times` and `n_weathers` are not 0 (the second world's judge; the first world's has no such heads, so its
+    weights keep their keys).
 
     The 8x8 feature map is pooled to the 3x3 grid of the world; each cell's features go through small heads.
     """
 
     def __init__(
-        self, n_kinds: int, n_colours: int, n_sizes: int, n_backgrounds: int, config: BackboneConfig = BackboneConfig()
+        self,
+        n_kinds: int,
+        n_colours: int,
+        n_sizes: int,
+        n_backgrounds: int,
+        config: BackboneConfig = BackboneConfig(),
+        n_times: int = 0,
+        n_weathers: int = 0,
     ):
         super().__init__()
         self.backbone = Backbone(config)
@@ -90,6 +100,9 @@ class AttributeClassifier(nn.Module):
         self.colour = nn.Linear(256, n_colours)
         self.size = nn.Linear(256, n_sizes)
         self.background = nn.Linear(c, n_backgrounds)
+        # Image-level like the background: the sky's tint and the rain or snow cover the whole picture.
+        self.time = nn.Linear(c, n_times) if n_times else None
+        self.weather = nn.Linear(c, n_weathers) if n_weathers else None
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.backbone(images)  # (B, C, 8, 8)
@@ -97,9 +110,14 @@ class AttributeClassifier(nn.Module):
         cells = F.adaptive_avg_pool2d(h, 3).flatten(2).transpose(1, 2)  # (B, 9, C), row-major cells
         g = pooled[:, None, :].expand(-1, 9, -1)
         f = self.cell(torch.cat([cells, g], dim=-1))  # (B, 9, 256)
-        return {
+        out = {
             "kind": self.kind(f),  # (B, 9, n_kinds + 1)
             "colour": self.colour(f),  # (B, 9, n_colours)
             "size": self.size(f),  # (B, 9, n_sizes)
             "background": self.background(pooled),  # (B, n_backgrounds)
         }
+        if self.time is not None:
+            out["time"] = self.time(pooled)  # (B, n_times)
+        if self.weather is not None:
+            out["weather"] = self.weather(pooled)  # (B, n_weathers)
+        return out

@@ -8,6 +8,9 @@
 6. Fréchet distance on classifier features, generated vs rendered, next to rendered vs rendered (its floor).
 7. Seconds per image on the device used, batched and alone.
 
+Prompts, renders and the judge are those of the world the model was trained on, which `pack` records in its
+metadata (`--world` to choose another; a model that records none is the first world's, v1).
+
 Writes report.json (every figure and per-prompt score), report.md (tables), cfg_sweep.png and samples.png.
 
 Prompts are generated many at a time: their contexts are stacked along the batch, and each prompt starts from
@@ -45,7 +48,6 @@ from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import sigmas_for
 from atelier.world.encoders import AttributeClassifier
 from atelier.world.evaluate import (
-    POINTS,
     adherence,
     adherence_by_point,
     classifier_accuracy,
@@ -59,6 +61,7 @@ from atelier.world.evaluate import (
     score,
     vae_round_trip,
 )
+from atelier.world.worlds import WORLD_NAMES
 
 if TYPE_CHECKING:
     from atelier.models.checkpoint import Checkpoint
@@ -90,8 +93,22 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def load_classifier(extras: Path, device: torch.device) -> AttributeClassifier:
-    """The attribute classifier stored as `classifier.*` in the model's extras file (see train.pack), in fp32."""
+def checkpoint_world(path: Path) -> str:
+    """The world a checkpoint was trained on, as `pack` records it (`atelier.train.world`); "v1" when it says none,
+    as the checkpoints packed before there was a second world."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        world = (f.metadata() or {}).get("atelier.train.world", "v1")
+    if world not in WORLD_NAMES:
+        expected = ", ".join(WORLD_NAMES)
+        raise CheckpointError(f"{path} says it was trained on world {world!r}; expected one of {expected}.")
+    return world
+
+
+def load_classifier(extras: Path, device: torch.device, world: str = "v1") -> AttributeClassifier:
+    """`world`'s attribute classifier stored as `classifier.*` in the model's extras file (see train.pack), in
+    fp32."""
     from safetensors.torch import load_file
 
     if not extras.is_file():
@@ -101,7 +118,7 @@ def load_classifier(extras: Path, device: torch.device) -> AttributeClassifier:
     }
     if not state:
         raise CheckpointError(f"{extras} holds no classifier.* weights; pack the model after its classifier stage.")
-    classifier = new_classifier()
+    classifier = new_classifier(world)
     classifier.load_state_dict(state)
     return classifier.to(device).eval()
 
@@ -189,14 +206,15 @@ def score_set(
     prompts: Sequence[str],
     specs: Sequence[SceneSpec],
     seeds: Sequence[int],
+    world: str = "v1",
 ) -> dict[str, Any]:
     """Adherence of generated images to their prompts, in all and per kind of point, and each prompt's score."""
-    readings = read_images(classifier, bhwc_uint8_to_bchw_signed(images))
-    rows = [[p, s, *score(r, spec)] for p, s, r, spec in zip(prompts, seeds, readings, specs, strict=True)]
+    readings = read_images(classifier, bhwc_uint8_to_bchw_signed(images), world=world)
+    rows = [[p, s, *score(r, spec, world)] for p, s, r, spec in zip(prompts, seeds, readings, specs, strict=True)]
     return {
         "prompts": len(prompts),
-        "adherence": adherence(readings, specs),
-        "by_point": adherence_by_point(readings, specs),
+        "adherence": adherence(readings, specs, world),
+        "by_point": adherence_by_point(readings, specs, world),
         "per_prompt": rows,  # [prompt, seed, points scored, points possible]
     }
 
@@ -302,6 +320,9 @@ def _points(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:+.1f} points"
 
 
+_ROUND_TRIP_HEADS = {"kind": "kind (9 cells)", "object_kind": "kind of each drawn object"}
+
+
 def _round_trip_lines(ceiling: dict[str, float] | None) -> list[str]:
     """The judge on renders passed through the VAE: no generated image can be read better than these."""
     if ceiling is None:
@@ -310,9 +331,9 @@ def _round_trip_lines(ceiling: dict[str, float] | None) -> list[str]:
         "The same renders encoded and decoded by the model's VAE (8-bit), read by the same judge: the best a",
         "generated image can score, whatever the UNet does.",
         "",
-        "| kind (9 cells) | colour | size | background | kind of each drawn object |",
-        "|---|---|---|---|---|",
-        "| " + " | ".join(_pct(ceiling[k]) for k in ("kind", "colour", "size", "background", "object_kind")) + " |",
+        "| " + " | ".join(_ROUND_TRIP_HEADS.get(k, k) for k in ceiling) + " |",
+        "|" + "---|" * len(ceiling),
+        "| " + " | ".join(_pct(v) for v in ceiling.values()) + " |",
         "",
     ]
 
@@ -324,7 +345,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         "",
         f"Model `{r['model']}`, classifier from `{r['extras']}`; {r['speed']['device']}. Images {r['image_size']} px,"
         f" CFG {s['cfg']:g}, {s['steps']} steps, {s['sampler']}/{s['scheduler']}, seed {s['seed']},"
-        f" batch {s['batch']}. Made by `atelier eval` ({r['seconds_total']:.0f} s in all).",
+        f" batch {s['batch']}; world {r.get('world', 'v1')}. Made by `atelier eval` ({r['seconds_total']:.0f} s in"
+        " all).",
         "",
         "## Bars",
         "",
@@ -336,6 +358,7 @@ def report_markdown(r: dict[str, Any]) -> str:
         result = {True: "pass", False: "**FAIL**", None: "not measured"}[b["passed"]]
         out.append(f"| {b['name']} | {shown} | {b['target']} | {result} |")
     acc = r["classifier"]["accuracy"]
+    points = list(r["adherence"]["english"]["by_point"])  # the world's kinds of points, in its order
     out += [
         "",
         f"## 1. The judge: classifier accuracy on {r['classifier']['renders']} fresh renders",
@@ -349,13 +372,13 @@ def report_markdown(r: dict[str, Any]) -> str:
         *_round_trip_lines(r["classifier"].get("vae_round_trip")),
         f"## 2-4. Prompt adherence at CFG {s['cfg']:g} (one point per stated attribute)",
         "",
-        "| prompt set | prompts | adherence | kind | colour | size | cell | background | relation |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| prompt set | prompts | adherence | " + " | ".join(points) + " |",
+        "|---|---|---|" + "---|" * len(points),
     ]
     names = {"english": "English", "french": "French (same scenes and seeds)", "held_out": "held-out pairs (English)"}
     for key, name in names.items():
         a = r["adherence"][key]
-        by = " | ".join(_pct(a["by_point"][k]) for k in ("kind", "colour", "size", "cell", "background", "relation"))
+        by = " | ".join(_pct(a["by_point"][k]) for k in points)
         out.append(f"| {name} | {a['prompts']} | {_pct(a['adherence'])} | {by} |")
     out += [
         "",
@@ -366,7 +389,7 @@ def report_markdown(r: dict[str, Any]) -> str:
         "| adherence | " + " | ".join(_pct(row["adherence"]) for row in r["cfg_sweep"]) + " |",
         *(
             f"| {point} | " + " | ".join(_pct(row["by_point"][point]) for row in r["cfg_sweep"]) + " |"
-            for point in POINTS
+            for point in points
             if all("by_point" in row for row in r["cfg_sweep"])
         ),
         "",
@@ -422,6 +445,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="atelier eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", help="checkpoint to evaluate (default: the embedded model)")
     p.add_argument("--extras", type=Path, help="file with the classifier (default: <model stem>-extras.safetensors)")
+    p.add_argument(
+        "--world", choices=WORLD_NAMES, help="world of the prompts and the judge (default: the model's, else v1)"
+    )
     p.add_argument("--prompts", type=int, default=500, help="prompts per set (English, French, held-out)")
     p.add_argument("--renders", type=int, default=2000, help="fresh renders for the classifier's accuracy")
     p.add_argument("--cfg", type=float, default=7.5, help="CFG of the main sets")
@@ -465,29 +491,31 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     path = resolve_model(args.model)
     extras = args.extras or path.with_name(path.stem + "-extras.safetensors")
     size, n = native_size(path), args.prompts
+    world = args.world or checkpoint_world(path)
 
     # Every render first, before the GPU is touched (the render workers are forked): the classifier's test set
     # (every kind-colour pair) and two reference sets for the Fréchet distance (training pairs, as the prompts).
-    renders, _, scenes = render_labelled(stream(args.seed, "classifier"), args.renders, size, args.workers)
-    ref_a, _, _ = render_labelled(stream(args.seed, "reference_a"), n, size, args.workers, train=True)
-    ref_b, _, _ = render_labelled(stream(args.seed, "reference_b"), n, size, args.workers, train=True)
+    renders, _, scenes = render_labelled(stream(args.seed, "classifier"), args.renders, size, args.workers, world=world)
+    ref_a, _, _ = render_labelled(stream(args.seed, "reference_a"), n, size, args.workers, train=True, world=world)
+    ref_b, _, _ = render_labelled(stream(args.seed, "reference_b"), n, size, args.workers, train=True, world=world)
     log(f"rendered {args.renders} + 2 x {n} scenes at {size} px in {time.perf_counter() - started:.1f} s")
 
     ckpt = load_checkpoint(path, device=device, dtype=args.dtype)
-    classifier = load_classifier(extras, device)
-    log(f"{path.name} on {device} ({ckpt.dtype}); classifier from {extras.name}")
+    classifier = load_classifier(extras, device, world)
+    log(f"{path.name} on {device} ({ckpt.dtype}); classifier from {extras.name}; world {world}")
 
     # 1. The judge on fresh renders of every kind-colour pair, then on the same renders after a trip through the
     # model's VAE: what the judge can read in the best image the decoder could make (the ceiling of generation).
-    accuracy = classifier_accuracy(read_images(classifier, bhwc_uint8_to_bchw_signed(renders)), scenes)
+    accuracy = classifier_accuracy(read_images(classifier, bhwc_uint8_to_bchw_signed(renders), world=world), scenes)
     log(f"classifier accuracy on {args.renders} renders: {accuracy}")
     round_trips = vae_round_trip(ckpt.vae, bhwc_uint8_to_bchw_signed(renders), args.batch)
-    seen = read_images(classifier, round_trips)
+    seen = read_images(classifier, round_trips, world=world)
     ceiling = classifier_accuracy(seen, scenes) | {"object_kind": object_kind_accuracy(seen, scenes)}
     log(f"classifier accuracy on the same renders through the VAE: {ceiling}")
 
     # 7 (part): one image alone, timed after a warm-up run of the same size.
-    pairs, held = prompt_pairs(n, stream(args.seed, "prompts")), prompt_pairs(n, stream(args.seed, "held_out"), True)
+    pairs = prompt_pairs(n, stream(args.seed, "prompts"), world=world)
+    held = prompt_pairs(n, stream(args.seed, "held_out"), True, world=world)
     english, french, specs = (list(x) for x in zip(*pairs, strict=True))
     held_prompts, _, held_specs = (list(x) for x in zip(*held, strict=True))
     seeds = [args.seed + k for k in range(n)]
@@ -500,9 +528,9 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         images[key], seconds[key] = timed(lambda p=prompts: generate_many(ckpt, p, seeds, settings, size, args.batch))
         log(f"{key}: {n} images in {seconds[key]:.1f} s")
     scored = {
-        "english": score_set(classifier, images["english"], english, specs, seeds),
-        "french": score_set(classifier, images["french"], french, specs, seeds),
-        "held_out": score_set(classifier, images["held_out"], held_prompts, held_specs, seeds),
+        "english": score_set(classifier, images["english"], english, specs, seeds, world),
+        "french": score_set(classifier, images["french"], french, specs, seeds, world),
+        "held_out": score_set(classifier, images["held_out"], held_prompts, held_specs, seeds, world),
     }
     log("adherence: " + ", ".join(f"{k} {v['adherence']:.3f}" for k, v in scored.items()))
 
@@ -515,9 +543,9 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         else:
             swept = dataclasses.replace(settings, cfg=cfg)
             made = generate_many(ckpt, english[:m], seeds[:m], swept, size, args.batch)
-        readings = read_images(classifier, bhwc_uint8_to_bchw_signed(made))
-        value = adherence(readings, specs[:m])
-        by_point = adherence_by_point(readings, specs[:m])  # which attributes guidance buys
+        readings = read_images(classifier, bhwc_uint8_to_bchw_signed(made), world=world)
+        value = adherence(readings, specs[:m], world)
+        by_point = adherence_by_point(readings, specs[:m], world)  # which attributes guidance buys
         sweep.append({"cfg": cfg, "adherence": value, "prompts": m, "by_point": by_point})
         log(f"CFG {cfg:g}: adherence {value:.3f}")
 
@@ -534,6 +562,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "model": str(path),
         "extras": str(extras),
+        "world": world,
         "image_size": size,
         "settings": {
             "cfg": args.cfg,

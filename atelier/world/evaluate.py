@@ -7,7 +7,10 @@ the background. A prompt's spec (captions.random_prompt) lists what it stated; e
     per object: kind present, its colour, its size (if stated), its cell (if stated); the background (if stated);
     each spatial relation (if stated).
 
-Adherence is the fraction of points scored. Image quality is a Fréchet distance (Heusel et al. 2017) between
+Adherence is the fraction of points scored. The functions that render, label and read scenes take `world` ("v1",
+the default and the shipped model's, or "v2"); the second world's labels and points are atelier/world/v2/points.py's.
+
+Image quality is a Fréchet distance (Heusel et al. 2017) between
 generated and rendered images, computed on the classifier's pooled features instead of Inception's, reported
 next to the same distance between two independent sets of rendered images (the floor it can reach).
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,12 +30,22 @@ from atelier.imaging import signed_to_uint8, uint8_to_signed
 from atelier.world.encoders import AttributeClassifier
 from atelier.world.scene import Scene, SceneObject, SceneSpec, relations_between
 from atelier.world.vocab import BACKGROUNDS, COLOURS, KINDS, SIZES
+from atelier.world.worlds import get_world
 
 CELLS = [(r, c) for r in range(3) for c in range(3)]
 
 
-def new_classifier() -> AttributeClassifier:
-    return AttributeClassifier(len(KINDS), len(COLOURS), len(SIZES), len(BACKGROUNDS))
+def new_classifier(world: str = "v1") -> AttributeClassifier:
+    """The judge of `world`: the first world's reads kind, colour, size and background; the second world's also
+    the time of day and the weather (33 kinds, 11 colours, 3 sizes, 11 places, 3 times, 3 weathers)."""
+    if world == "v1":
+        return AttributeClassifier(len(KINDS), len(COLOURS), len(SIZES), len(BACKGROUNDS))
+    from atelier.world.v2.vocab import TIMES, WEATHERS
+
+    w = get_world(world)
+    return AttributeClassifier(
+        len(w.kinds), len(w.colours), len(w.sizes), len(w.backgrounds), n_times=len(TIMES), n_weathers=len(WEATHERS)
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -53,12 +66,24 @@ def scene_labels(scene: Scene) -> np.ndarray:
     return np.concatenate([kind, colour, size, [BACKGROUNDS.index(scene.background)]])
 
 
+def _ignoring_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the targets that are not -1; 0 (not NaN) for a batch where every one is -1."""
+    total = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum")
+    return total / (target >= 0).sum().clamp(min=1)
+
+
 def classifier_loss(out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The sum of the heads' cross-entropies; labels (B, 28) as `scene_labels` makes, or (B, 30) with the second
+    world's time and weather (-1 on plain backdrops: not counted)."""
     kind, colour, size, bg = labels[:, :9], labels[:, 9:18], labels[:, 18:27], labels[:, 27]
     loss = F.cross_entropy(out["kind"].flatten(0, 1), kind.flatten())
     loss = loss + F.cross_entropy(out["colour"].flatten(0, 1), colour.flatten(), ignore_index=-1)
     loss = loss + F.cross_entropy(out["size"].flatten(0, 1), size.flatten(), ignore_index=-1)
-    return loss + F.cross_entropy(out["background"], bg)
+    loss = loss + F.cross_entropy(out["background"], bg)
+    if labels.shape[1] > 28:
+        loss = loss + _ignoring_cross_entropy(out["time"], labels[:, 28])
+        loss = loss + _ignoring_cross_entropy(out["weather"], labels[:, 29])
+    return loss
 
 
 @dataclasses.dataclass
@@ -70,8 +95,11 @@ class Reading:
 
 
 @torch.no_grad()
-def read_images(classifier: AttributeClassifier, images: torch.Tensor, batch: int = 256) -> list[Reading]:
-    """Images (N, 3, 128, 128) in [-1, 1] -> what is in each."""
+def read_images(classifier: AttributeClassifier, images: torch.Tensor, batch: int = 256, world: str = "v1") -> list:
+    """Images (N, 3, 128, 128) in [-1, 1] -> what is in each: a `Reading` for the first world, a second-world
+    `Scene` for "v2" (its colour None for a self-coloured kind, its time and weather None on a plain backdrop)."""
+    if world != "v1":
+        return _read_second_world(classifier, images, batch)
     device = next(classifier.parameters()).device
     readings = []
     for chunk in images.split(batch):
@@ -90,10 +118,34 @@ def read_images(classifier: AttributeClassifier, images: torch.Tensor, batch: in
     return readings
 
 
-def classifier_accuracy(readings: Sequence[Reading], scenes: Sequence[Scene]) -> dict[str, float]:
-    """Per-attribute accuracy of the readings against the true scenes."""
-    hits = {"kind": 0, "colour": 0, "size": 0, "background": 0}
-    counts = {"kind": 0, "colour": 0, "size": 0, "background": 0}
+def _read_second_world(classifier: AttributeClassifier, images: torch.Tensor, batch: int) -> list:
+    from atelier.world.v2.points import scene_from_labels
+    from atelier.world.v2.vocab import BACKGROUNDS as PLACES
+    from atelier.world.v2.vocab import KINDS as KINDS_V2
+    from atelier.world.v2.vocab import PLAIN_BACKGROUNDS, SELF_COLOURED_KINDS
+
+    self_coloured = torch.tensor([False] + [k in SELF_COLOURED_KINDS for k in KINDS_V2])  # by kind label, 0 = empty
+    plain = torch.tensor([p in PLAIN_BACKGROUNDS for p in PLACES])
+    device = next(classifier.parameters()).device
+    readings = []
+    for chunk in images.split(batch):
+        out = {k: v.argmax(-1).cpu() for k, v in classifier(chunk.to(device).float()).items()}
+        colour = torch.where(self_coloured[out["kind"]], -1, out["colour"])  # (B, 9)
+        no_sky = plain[out["background"]][:, None]  # (B, 1)
+        time = torch.where(no_sky, -1, out["time"][:, None])
+        weather = torch.where(no_sky, -1, out["weather"][:, None])
+        labels = torch.cat([out["kind"], colour, out["size"], out["background"][:, None], time, weather], dim=1)
+        readings += [scene_from_labels(row) for row in labels.numpy()]  # (B, 30) -> B scenes
+    return readings
+
+
+def classifier_accuracy(readings: Sequence, scenes: Sequence) -> dict[str, float]:
+    """Per-attribute accuracy of the readings against the true scenes. For the second world's scenes also time and
+    weather (where the scene has them) and count: the share of the kinds drawn whose number of objects is read
+    right; a colour is counted only where the object has one (not the rainbow)."""
+    second = bool(scenes) and hasattr(scenes[0], "weather")
+    names = ("kind", "colour", "size", "background") + (("time", "weather", "count") if second else ())
+    hits, counts = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
     for reading, scene in zip(readings, scenes, strict=True):
         truth = {o.cell: o for o in scene.objects}
         seen = {o.cell: o for o in reading.objects}
@@ -101,13 +153,38 @@ def classifier_accuracy(readings: Sequence[Reading], scenes: Sequence[Scene]) ->
             counts["kind"] += 1
             hits["kind"] += (truth[cell].kind if cell in truth else None) == (seen[cell].kind if cell in seen else None)
             if cell in truth:
-                counts["colour"] += 1
+                if truth[cell].colour is not None:
+                    counts["colour"] += 1
+                    hits["colour"] += cell in seen and seen[cell].colour == truth[cell].colour
                 counts["size"] += 1
-                hits["colour"] += cell in seen and seen[cell].colour == truth[cell].colour
                 hits["size"] += cell in seen and seen[cell].size == truth[cell].size
         counts["background"] += 1
         hits["background"] += reading.background == scene.background
+        if second:
+            for name in ("time", "weather"):
+                if getattr(scene, name) is not None:
+                    counts[name] += 1
+                    hits[name] += getattr(reading, name) == getattr(scene, name)
+            for kind in {o.kind for o in scene.objects}:
+                counts["count"] += 1
+                hits["count"] += sum(o.kind == kind for o in reading.objects) == sum(
+                    o.kind == kind for o in scene.objects
+                )
     return {k: hits[k] / max(1, counts[k]) for k in hits}
+
+
+def kind_confusions(readings: Sequence, scenes: Sequence, top: int = 10) -> list[tuple[str, str, int]]:
+    """The most frequent misreadings of a drawn object's kind in its cell: (true kind, kind read or "empty", times)."""
+    from collections import Counter
+
+    wrong: Counter[tuple[str, str]] = Counter()
+    for reading, scene in zip(readings, scenes, strict=True):
+        seen = {tuple(o.cell): o.kind for o in reading.objects}
+        for o in scene.objects:
+            got = seen.get(tuple(o.cell), "empty")
+            if got != o.kind:
+                wrong[(o.kind, got)] += 1
+    return [(a, b, n) for (a, b), n in wrong.most_common(top)]
 
 
 def object_kind_accuracy(readings: Sequence[Reading], scenes: Sequence[Scene]) -> float:
@@ -187,26 +264,40 @@ def score_points(reading: Reading, spec: SceneSpec) -> dict[str, tuple[int, int]
     return {name: (s, p) for name, (s, p) in best.items()}
 
 
-def score(reading: Reading, spec: SceneSpec) -> tuple[int, int]:
+def points_of(world: str = "v1") -> tuple[tuple[str, ...], Callable[..., dict[str, tuple[int, int]]]]:
+    """`world`'s kinds of points and its `score_points(reading, spec)`: this module's for the first world,
+    atelier/world/v2/points.py's (with count, time and weather) for the second."""
+    if world == "v1":
+        return POINTS, score_points
+    from atelier.world.v2 import points
+
+    return points.POINTS, points.score_points
+
+
+def score(reading: Reading, spec: SceneSpec, world: str = "v1") -> tuple[int, int]:
     """(points scored, points possible) for one generated image and the spec of its prompt."""
-    points = score_points(reading, spec).values()
+    points = points_of(world)[1](reading, spec).values()
     return sum(s for s, _ in points), sum(p for _, p in points)
 
 
-def adherence(readings: Sequence[Reading], specs: Sequence[SceneSpec]) -> float:
+def adherence(readings: Sequence[Reading], specs: Sequence[SceneSpec], world: str = "v1") -> float:
     """The fraction of all stated attributes that the images show (points scored / points possible)."""
     scored = possible = 0
     for reading, spec in zip(readings, specs, strict=True):
-        s, p = score(reading, spec)
+        s, p = score(reading, spec, world)
         scored, possible = scored + s, possible + p
     return scored / max(1, possible)
 
 
-def adherence_by_point(readings: Sequence[Reading], specs: Sequence[SceneSpec]) -> dict[str, float | None]:
-    """Adherence per kind of point (kind, colour, size, cell, background, relation); None where none was asked."""
-    totals = {name: [0, 0] for name in POINTS}
+def adherence_by_point(
+    readings: Sequence[Reading], specs: Sequence[SceneSpec], world: str = "v1"
+) -> dict[str, float | None]:
+    """Adherence per kind of point (first world: kind, colour, size, cell, background, relation); None where none
+    was asked."""
+    names, score_fn = points_of(world)
+    totals = {name: [0, 0] for name in names}
     for reading, spec in zip(readings, specs, strict=True):
-        for name, (s, p) in score_points(reading, spec).items():
+        for name, (s, p) in score_fn(reading, spec).items():
             totals[name][0] += s
             totals[name][1] += p
     return {name: (s / p if p else None) for name, (s, p) in totals.items()}
@@ -242,24 +333,37 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _render_labelled_chunk(
-    seed: int, start: int, count: int, size: int, train: bool
+    seed: int, start: int, count: int, size: int, train: bool, world: str = "v1"
 ) -> tuple[np.ndarray, np.ndarray, list]:
-    from atelier.world.scene import render, sample_scene
+    w = get_world(world)
+    if world == "v1":
+        labeller, width = scene_labels, 28
+    else:
+        from atelier.world.v2.points import LABEL_WIDTH
+        from atelier.world.v2.points import scene_labels as labeller
 
+        width = LABEL_WIDTH
     images = np.empty((count, size, size, 3), np.uint8)
-    labels = np.empty((count, 28), np.int64)
+    labels = np.empty((count, width), np.int64)
     scenes = []
     for j in range(count):
-        scene = sample_scene(random.Random(seed * 1_000_003 + start + j), train=train)
-        images[j], labels[j] = render(scene, size), scene_labels(scene)
+        scene = w.sample_scene(random.Random(seed * 1_000_003 + start + j), train=train)
+        images[j], labels[j] = w.render(scene, size), labeller(scene)
         scenes.append(scene)
     return images, labels, scenes
 
 
 def render_labelled(
-    seed: int, count: int, size: int = 128, workers: int = 1, start: int = 0, train: bool = False
+    seed: int,
+    count: int,
+    size: int = 128,
+    workers: int = 1,
+    start: int = 0,
+    train: bool = False,
+    world: str = "v1",
 ) -> tuple[np.ndarray, np.ndarray, list[Scene]]:
-    """`count` random scenes as uint8 images (N, size, size, 3), their labels (N, 28) and the scenes.
+    """`count` random scenes of `world` as uint8 images (N, size, size, 3), their labels (N, 28), or (N, 30) for
+    the second world (atelier/world/v2/points.py), and the scenes.
 
     By default every kind-colour pair may appear, held-out ones included (the classifier must know them all);
     `train=True` draws only training pairs, as the English eval prompts do (the reference set of the Fréchet
@@ -269,7 +373,7 @@ def render_labelled(
     from multiprocessing import get_context
 
     step = max(1, min(4096, -(-count // max(1, workers))))
-    jobs = [(seed, s, min(step, start + count - s), size, train) for s in range(start, start + count, step)]
+    jobs = [(seed, s, min(step, start + count - s), size, train, world) for s in range(start, start + count, step)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
             parts = list(pool.map(_render_labelled_chunk, *zip(*jobs, strict=True)))
@@ -287,18 +391,16 @@ def render_labelled(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def prompt_pairs(n: int, seed: int, held_out: bool = False) -> list[tuple[str, str, SceneSpec]]:
-    """n (English, French, spec) triples: the same scene said the same way in both languages."""
-    from atelier.world.captions import describe
-    from atelier.world.scene import sample_scene
-
+def prompt_pairs(n: int, seed: int, held_out: bool = False, world: str = "v1") -> list[tuple[str, str, SceneSpec]]:
+    """n (English, French, spec) triples of `world`: the same scene said the same way in both languages."""
+    w = get_world(world)
     out = []
     for k in range(n):
         rng = random.Random(seed * 1_000_003 + k)
-        scene = sample_scene(rng, train=not held_out, held_out_only=held_out)
+        scene = w.sample_scene(rng, train=not held_out, held_out_only=held_out)
         wording = rng.randrange(2**31)
-        en, spec = describe(scene, "en", random.Random(wording))
-        fr, spec_fr = describe(scene, "fr", random.Random(wording))
-        assert spec == spec_fr, "captions.describe must make the same choices in both languages"
+        en, spec = w.describe(scene, "en", random.Random(wording))
+        fr, spec_fr = w.describe(scene, "fr", random.Random(wording))
+        assert spec == spec_fr, "describe must make the same choices in both languages"
         out.append((en, fr, spec))
     return out

@@ -43,6 +43,7 @@ from atelier.world.train.ranks import init_ranks
 from atelier.world.train.shapes import EmbeddedShapes
 from atelier.world.train.unet import UNetOptions, train_unet
 from atelier.world.train.vae import VAEOptions, train_vae
+from atelier.world.worlds import WORLD_NAMES
 
 DEFAULTS = {
     "vae": StageSettings(steps=3000, batch=64, lr=4e-4),
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help="override the stage's learning rate")
     parser.add_argument("--budget", type=float, help="stop after this many seconds in all (stages resume later)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--world", choices=WORLD_NAMES, default="v1", help="the world to train on (v1: the shipped model's)"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for testing the code on a CPU")
     parser.add_argument("--device")
     parser.add_argument("--init", type=Path, help="start from this shipped checkpoint (see unpack)")
@@ -125,11 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     needs_world = any(name != "classifier" for name in args.stage)
     data = None
     if needs_world:
-        data = render_world(args.images, args.seed, ranks, shapes.image_size, args.captions, workers)
+        data = render_world(args.images, args.seed, ranks, shapes.image_size, args.captions, workers, args.world)
     for name in args.stage:
         budget = None if args.budget is None else max(1.0, args.budget - (time.time() - started))
         settings = stage_settings(name, args)
-        runs[name](StageJob(shapes, data, args.out, settings, ranks, budget, args.seed, workers))
+        runs[name](StageJob(shapes, data, args.out, settings, ranks, budget, args.seed, workers, args.world))
         if ranks.world > 1:
             dist.barrier()  # the next stage reads what rank 0 just wrote
     if args.pack is not None and ranks.main:
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             notes["caption_noise"] = unet_options.caption_noise
         if "vae" in args.stage:
             notes["edge_weight"] = vae_options.edge_weight
-        for path in pack(args.out, args.pack, shapes, notes):
+        for path in pack(args.out, args.pack, shapes, notes, world=args.world):
             print(f"[pack] wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
     if ranks.world > 1:
         dist.destroy_process_group()

@@ -1,5 +1,8 @@
 """Stage 2, the text encoder: the CLIP text transformer and a small image encoder trained contrastively (InfoNCE,
-Radford et al. 2021) on the world's English and French captions, so that "rouge" lands near "red"."""
+Radford et al. 2021) on the world's English and French captions, so that "rouge" lands near "red".
+
+The captions are those of the job's world (`--world`): the second world's need no new vocabulary (CLIP's byte-level
+BPE has tokens for every word of both, at most 56 of the 75 a prompt can take), only new meanings."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from atelier.world.encoders import ImageEncoder
 from atelier.world.train.loop import Stage, StageJob
 from atelier.world.train.ranks import autocast, wrap_ddp
 from atelier.world.train.shapes import EmbeddedShapes
-from atelier.world.train.weights import save_weights
+from atelier.world.train.weights import load_weights, save_weights
 
 
 class ContrastivePair(nn.Module):
@@ -40,6 +43,14 @@ def train_clip(job: StageJob) -> None:
     pair = ContrastivePair(job.shapes).to(job.ranks.device)
     opt = torch.optim.AdamW(pair.parameters(), lr=job.settings.lr, weight_decay=0.1, betas=(0.9, 0.98))
     stage = Stage("clip", job)
+    towers = (job.out / "text_encoder.safetensors", job.out / "image_encoder.safetensors")
+    if not stage.state_path.exists() and all(path.exists() for path in towers):
+        # Continue from existing towers (what --init unpacks): the text states the UNet was trained on move little,
+        # so it can follow by fine-tuning. The temperature is not stored with them: it starts again at 0.07.
+        load_weights(towers[0], pair.text)
+        load_weights(towers[1], pair.image)
+        if job.ranks.main:
+            print("[clip] starting from the existing text_encoder and image_encoder.safetensors", flush=True)
     stage.resume({"pair": pair}, opt)
     model = wrap_ddp(pair, job.ranks)
     gen = torch.Generator().manual_seed(job.seed * 1000 + 7 + job.ranks.rank + stage.step)

@@ -44,13 +44,21 @@ def tokenize_all(captions: list[list[str]], workers: int) -> np.ndarray:
     return _tokenize_chunk(captions)
 
 
-def render_world(n: int, seed: int, ranks: Ranks, size: int, captions_per_image: int, workers: int) -> WorldData:
-    """This rank's slice: images [rank*n, (rank+1)*n) of the world drawn from `seed` (training split only)."""
+def render_world(
+    n: int, seed: int, ranks: Ranks, size: int, captions_per_image: int, workers: int, world: str = "v1"
+) -> WorldData:
+    """This rank's slice: images [rank*n, (rank+1)*n) of `world` drawn from `seed` (training split only)."""
     from atelier.world.dataset import render_dataset
 
     start = time.time()
     images, captions = render_dataset(
-        seed=seed, start=ranks.rank * n, count=n, size=size, captions_per_image=captions_per_image, workers=workers
+        seed=seed,
+        start=ranks.rank * n,
+        count=n,
+        size=size,
+        captions_per_image=captions_per_image,
+        workers=workers,
+        world=world,
     )
     ids = torch.from_numpy(tokenize_all(captions, workers))  # (N, K, 77)
     data = WorldData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(ranks.device), ids.to(ranks.device))

@@ -53,6 +53,7 @@ class StageJob:
     budget_s: float | None  # seconds this stage may run (None: no limit); it stops there and resumes later
     seed: int
     workers: int = 1  # render processes per rank
+    world: str = "v1"  # the world rendered, labelled and judged (atelier/world/worlds.py)
 
 
 class Stage:

@@ -34,9 +34,14 @@ def unpack(checkpoint: Path, out: Path) -> None:
                 save_file(part, str(out / f"{prefix}.safetensors"))
 
 
-def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dict | None = None) -> tuple[Path, Path]:
+def pack(
+    out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dict | None = None, world: str = "v1"
+) -> tuple[Path, Path]:
     """Write `dest` (the model: one single-file checkpoint in SD's layout, fp16, configs in its metadata) and
-    `<dest stem>-extras.safetensors` (the image encoder for the concept map and the attribute classifier)."""
+    `<dest stem>-extras.safetensors` (the image encoder for the concept map and `world`'s attribute classifier).
+
+    The metadata records the world as `atelier.train.world`, which `atelier eval` reads (a checkpoint without it
+    is the first world's)."""
     from atelier.models.checkpoint import save_checkpoint
     from atelier.pipeline import fit_latent_to_rgb
     from atelier.world.dataset import render_dataset
@@ -46,13 +51,14 @@ def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dic
     vae, text, unet = load_trained_vae(out), CLIPTextEncoder(shapes.text), UNet(shapes.unet)
     load_weights(out / "text_encoder.safetensors", text)
     load_weights(out / "unet_ema.safetensors", unet)
-    scenes = render_dataset(seed=7, start=0, count=256, size=shapes.image_size)[0]  # (256, H, W, 3) uint8
+    scenes = render_dataset(seed=7, start=0, count=256, size=shapes.image_size, world=world)[0]  # (256, H, W, 3) uint8
     projection = fit_latent_to_rgb(vae.eval(), images=bhwc_uint8_to_bchw_signed(scenes))
     meta = {
         "atelier.native_size": str(shapes.image_size),
         "atelier.latent_rgb": json.dumps([[round(v, 5) for v in row] for row in projection.tolist()]),
         "atelier.description": "Atelier's embedded model, trained on the procedural EN/FR world (see docs/).",
         **{f"atelier.train.{k}": str(v) for k, v in (notes or {}).items()},
+        "atelier.train.world": world,
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest, unet.half(), vae.half(), text.half(), meta)
@@ -62,7 +68,7 @@ def pack(out: Path, dest: Path, shapes: EmbeddedShapes | None = None, notes: dic
     load_weights(out / "image_encoder.safetensors", image_encoder)
     extras.update({f"image_encoder.{k}": v.half() for k, v in image_encoder.state_dict().items()})
     if (out / "classifier.safetensors").exists():
-        classifier = new_classifier()
+        classifier = new_classifier(world)
         load_weights(out / "classifier.safetensors", classifier)
         extras.update({f"classifier.{k}": v.half() for k, v in classifier.state_dict().items()})
     extras_path = dest.with_name(dest.stem + "-extras.safetensors")

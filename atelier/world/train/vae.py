@@ -67,7 +67,7 @@ def train_vae(job: StageJob, options: VAEOptions = VAEOptions()) -> None:
     torch.manual_seed(job.seed)
     vae = VAE(job.shapes.vae).to(job.ranks.device)
     judge = (
-        round_trip_judge(job.out, job.shapes.image_size, job.workers) if job.ranks.main else None
+        round_trip_judge(job.out, job.shapes.image_size, job.workers, world=job.world) if job.ranks.main else None
     )  # None: no classifier yet
     before = None  # the judge's reading through the VAE we start from, when there is one
     existing = (job.out / "vae.safetensors").exists()
@@ -121,7 +121,9 @@ def train_vae(job: StageJob, options: VAEOptions = VAEOptions()) -> None:
 JUDGE_SCENES_SEED = 7_000_001
 
 
-def round_trip_judge(out: Path, size: int, workers: int, count: int = 1000) -> Callable[[VAE], float] | None:
+def round_trip_judge(
+    out: Path, size: int, workers: int, count: int = 1000, world: str = "v1"
+) -> Callable[[VAE], float] | None:
     """A function that measures the ceiling of generation for a VAE: the share of objects drawn in `count` fresh
     renders whose kind the judge (the classifier stage's network in `out`) still reads after a trip through the VAE
     (as `atelier eval`'s section 1 measures it). The classifier is loaded and the scenes rendered once, for all the
@@ -137,13 +139,14 @@ def round_trip_judge(out: Path, size: int, workers: int, count: int = 1000) -> C
     if not (out / "classifier.safetensors").exists():
         return None
     with torch.random.fork_rng(devices=[]):  # the classifier's initialisation leaves training's CPU stream alone
-        classifier = new_classifier().eval()
+        classifier = new_classifier(world).eval()
     load_weights(out / "classifier.safetensors", classifier)
-    images, _, scenes = render_labelled(seed=JUDGE_SCENES_SEED, count=count, size=size, workers=workers)
+    images, _, scenes = render_labelled(seed=JUDGE_SCENES_SEED, count=count, size=size, workers=workers, world=world)
 
     def judge(vae: VAE) -> float:
         device, was_training = next(vae.parameters()).device, vae.training
-        readings = read_images(classifier.to(device), vae_round_trip(vae.eval(), bhwc_uint8_to_bchw_signed(images)))
+        round_trips = vae_round_trip(vae.eval(), bhwc_uint8_to_bchw_signed(images))
+        readings = read_images(classifier.to(device), round_trips, world=world)
         vae.train(was_training)
         return object_kind_accuracy(readings, scenes)
 
