@@ -161,8 +161,8 @@ def _check_constant(inp: Input, value: Any, skip_range: bool) -> tuple[Any, dict
     if inp.type == "STRING" and isinstance(value, str) and len(value) > MAX_PROMPT_CHARACTERS:
         return value, error_entry(
             "value_bigger_than_max",
-            f"Text of {len(value):,} characters is longer than the most, {MAX_PROMPT_CHARACTERS:,}",
-            inp.name,
+            "Text longer than the most allowed",
+            f"{inp.name} - The text has {len(value):,} characters; the most is {MAX_PROMPT_CHARACTERS:,}.",
             input_name=inp.name,
             input_config=config,
         )

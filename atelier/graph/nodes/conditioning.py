@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from atelier.errors import InputError
 from atelier.graph.kit import MAX_RESOLUTION, ClipModel, Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
-from atelier.limits import check_prompt_text
 from atelier.pipeline import Cond, encode_prompt
 
 
@@ -27,15 +25,6 @@ class CLIPTextEncode(Node):
     def run(self, ctx: NodeContext, text: str, clip: ClipModel) -> tuple:
         context = encode_prompt(clip.text_encoder, clip.tokenizer, text, clip.clip_skip)
         return ([Cond(context)],)
-
-    @classmethod
-    def validate_inputs(cls, text: str | None) -> bool | str:
-        """Refuse a prompt too long to encode (limits.py) before it is queued; linked text is checked when run."""
-        try:
-            check_prompt_text(text or "")
-        except InputError as error:
-            return str(error)
-        return True
 
 
 class CLIPSetLastLayer(Node):

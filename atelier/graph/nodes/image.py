@@ -243,5 +243,10 @@ class PreviewImage(SaveImage):
     )
     kind = "temp"
 
+    @classmethod
+    def validate_inputs(cls) -> bool:
+        """Nothing to refuse: its prefix is its own ("ComfyUI_temp"), not an input."""
+        return True
+
     def run(self, ctx: NodeContext, images: torch.Tensor, prompt: Any = None, extra_pnginfo: Any = None) -> NodeOutput:
         return super().run(ctx, images, "ComfyUI_temp", prompt, extra_pnginfo)
