@@ -1,0 +1,280 @@
+"""The classroom scheduler without a model: turns, caps, splitting, batches, pause, expected waits, the worker loop."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from atelier.errors import InputError
+from atelier.server.scheduler import LOCAL_OWNER, Part, QueueFull, Scheduler, serve
+
+
+def parts(job_id: str, n: int = 1, key=None) -> list[Part]:
+    return [Part(job_id, i, merge_key=key) for i in range(n)]
+
+
+def drain(s: Scheduler) -> list[list[str]]:
+    """Every batch until nothing waits, as lists of "job/part" names (each batch finished before the next)."""
+    order = []
+    while (batch := s.take()) is not None:
+        order.append([f"{p.job_id}/{p.index}" for p in batch.parts])
+        s.finish(batch)
+    return order
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ---- turns ----------------------------------------------------------------------------------------------------
+
+
+def test_owners_take_turns_and_each_owner_keeps_their_order():
+    s = Scheduler()
+    for owner, job in [("ana", "a1"), ("ana", "a2"), ("ana", "a3"), ("bob", "b1"), ("bob", "b2"), ("cy", "c1")]:
+        s.submit(owner, job, parts(job))
+    assert drain(s) == [["a1/0"], ["b1/0"], ["c1/0"], ["a2/0"], ["b2/0"], ["a3/0"]]
+
+
+def test_one_owner_is_todays_fifo_by_queue_number():
+    """Without classroom mode every job is LOCAL_OWNER's: the order is the queue number's, "front" (-n) first."""
+    s = Scheduler()
+    for job, number in [("p1", 1), ("p2", 2), ("front", -3), ("p4", 4), ("p2b", 2)]:
+        s.submit(LOCAL_OWNER, job, parts(job), order=number)
+    assert [b[0] for b in drain(s)] == ["front/0", "p1/0", "p2/0", "p2b/0", "p4/0"]
+
+
+def test_a_newcomer_waits_one_round_and_an_owner_who_left_rejoins_at_the_back():
+    s = Scheduler()
+    s.submit("ana", "a1", parts("a1"))
+    s.submit("ana", "a2", parts("a2"))
+    s.submit("bob", "b1", parts("b1"))
+    first = s.take()
+    s.finish(first)
+    s.submit("cy", "c1", parts("c1"))  # arrives while bob is next: goes after bob and after ana's second turn
+    assert drain(s) == [["b1/0"], ["a2/0"], ["c1/0"]]
+
+
+def test_a_big_job_split_in_parts_interleaves_with_single_images():
+    s = Scheduler()
+    s.submit("ana", "grid", parts("grid", 4))
+    s.submit("bob", "b1", parts("b1"))
+    s.submit("cy", "c1", parts("c1"))
+    s.submit("bob", "b2", parts("b2"))
+    assert drain(s) == [["grid/0"], ["b1/0"], ["c1/0"], ["grid/1"], ["b2/0"], ["grid/2"], ["grid/3"]]
+
+
+def test_a_job_completes_when_its_last_part_finishes():
+    s = Scheduler()
+    s.submit("ana", "grid", parts("grid", 2))
+    s.submit("bob", "b1", parts("b1"))
+    assert s.finish(s.take()) == []  # grid/0
+    assert [j.job_id for j in s.finish(s.take())] == ["b1"]
+    assert [j.job_id for j in s.finish(s.take())] == ["grid"]
+    assert s.take() is None and s.jobs == {}
+
+
+# ---- caps -----------------------------------------------------------------------------------------------------
+
+
+def test_the_cap_counts_waiting_images_per_owner_and_says_so_in_both_languages():
+    s = Scheduler(max_waiting_images=3)
+    s.submit("ana", "a1", parts("a1", 2))
+    s.submit("bob", "b1", parts("b1", 3))  # another learner has their own allowance
+    with pytest.raises(QueueFull) as full:
+        s.submit("ana", "a2", parts("a2", 2))
+    assert str(full.value) == (
+        "You already have 2 images waiting and the limit is 3 per learner: wait for some to finish before asking "
+        "for 2 more."
+    )
+    assert full.value.text("fr") == (
+        "Vous avez déjà 2 images en attente et la limite est de 3 par personne : attendez que certaines soient "
+        "terminées avant d'en demander 2 de plus."
+    )
+    assert "a2" not in s.jobs and s.waiting_images("ana") == 2
+    s.submit("ana", "a3", parts("a3", 1))  # up to the cap is fine
+    s.finish(s.take())  # a1/0 runs: it no longer waits, so there is room for one more
+    s.submit("ana", "a4", parts("a4", 1))
+    assert s.waiting_images("ana") == 3
+
+
+def test_a_job_larger_than_the_cap_is_refused_with_its_own_sentence():
+    s = Scheduler(max_waiting_images=4)
+    with pytest.raises(QueueFull) as full:
+        s.submit("ana", "grid", parts("grid", 25))
+    assert full.value.key == "too_big"
+    assert str(full.value) == (
+        "This asks for 25 images and the limit is 4 waiting images per learner: ask for at most 4 at a time."
+    )
+    assert full.value.text("fr").startswith("Cette demande compte 25 images et la limite est de 4 images")
+
+
+def test_bad_settings_and_duplicate_jobs_are_refused():
+    with pytest.raises(InputError, match="batch size"):
+        Scheduler(batch_images=0)
+    with pytest.raises(InputError, match="cap"):
+        Scheduler(max_waiting_images=0)
+    s = Scheduler()
+    s.submit("ana", "a1", parts("a1"))
+    with pytest.raises(InputError, match="already queued"):
+        s.submit("bob", "a1", parts("a1"))
+    with pytest.raises(InputError, match="no parts"):
+        s.submit("bob", "b1", [])
+
+
+# ---- batches --------------------------------------------------------------------------------------------------
+
+
+def test_parts_with_the_same_key_share_a_batch_in_turn_order():
+    s = Scheduler(batch_images=4)
+    s.submit("ana", "a1", parts("a1", key="sd/512/20/euler"))
+    s.submit("bob", "b1", parts("b1", key="sd/512/30/euler"))  # other steps: another sampling call
+    s.submit("cy", "c1", parts("c1", key="sd/512/20/euler"))
+    s.submit("dee", "d1", parts("d1", key=None))  # a graph the batcher cannot merge: always alone
+    s.submit("eve", "e1", parts("e1", key="sd/512/20/euler"))
+    batch = s.take()
+    assert [p.job_id for p in batch.parts] == ["a1", "c1", "e1"] and batch.owners == ("ana", "cy", "eve")
+    assert batch.merge_key == "sd/512/20/euler" and batch.images == 3
+    s.finish(batch)
+    assert drain(s) == [["b1/0"], ["d1/0"]]  # those who waited keep their place at the front
+
+
+def test_a_batch_fills_round_by_round_up_to_its_size():
+    """A split 4-image job and two single images: the singles get their seat before the job's second image."""
+    s = Scheduler(batch_images=3)
+    s.submit("ana", "grid", parts("grid", 4, key="k"))
+    s.submit("bob", "b1", parts("b1", key="k"))
+    s.submit("cy", "c1", parts("c1", key="k"))
+    assert drain(s) == [["grid/0", "b1/0", "c1/0"], ["grid/1", "grid/2", "grid/3"]]
+    s.submit("ana", "grid2", parts("grid2", 4, key="k"))
+    s.submit("bob", "b2", parts("b2", key="k"))
+    assert drain(s) == [["grid2/0", "b2/0", "grid2/1"], ["grid2/2", "grid2/3"]]
+
+
+def test_a_batch_never_takes_an_owners_part_out_of_order():
+    s = Scheduler(batch_images=8)
+    s.submit("ana", "a1", parts("a1", key="k"))
+    s.submit("bob", "b1", parts("b1", key="other"))  # bob's next part does not match ...
+    s.submit("bob", "b2", parts("b2", key="k"))  # ... so his later one may not jump ahead of it
+    assert drain(s) == [["a1/0"], ["b1/0"], ["b2/0"]]
+
+
+def test_a_part_larger_than_the_batch_size_runs_alone():
+    s = Scheduler(batch_images=2)
+    s.submit("ana", "big", [Part("big", 0, images=5, merge_key="k", cost=5)])
+    s.submit("bob", "b1", parts("b1", key="k"))
+    assert drain(s) == [["big/0"], ["b1/0"]]
+
+
+# ---- pause, cancel --------------------------------------------------------------------------------------------
+
+
+def test_pause_hands_out_nothing_until_resume():
+    s = Scheduler()
+    s.submit("ana", "a1", parts("a1"))
+    s.pause()
+    assert s.paused and s.take() is None and s.wait_take(0.01) is None
+    s.resume()
+    assert [p.job_id for p in s.take().parts] == ["a1"]
+
+
+def test_cancel_drops_waiting_parts_and_a_removed_learners_jobs():
+    s = Scheduler()
+    s.submit("ana", "grid", parts("grid", 3))
+    s.submit("bob", "b1", parts("b1"))
+    s.submit("bob", "b2", parts("b2"))
+    running = s.take()  # grid/0
+    assert s.cancel("grid") and not s.cancel("nothing")
+    assert s.finish(running) == []  # the running part finishes, but its job was cancelled
+    assert s.cancel_owner("bob") == ["b1", "b2"]
+    assert s.take() is None and s.jobs == {}
+
+
+# ---- expected waits -------------------------------------------------------------------------------------------
+
+
+def test_expected_waits_follow_the_plan_and_the_recent_seconds_per_image():
+    clock = FakeClock()
+    s = Scheduler(clock=clock)
+    s.submit("ana", "warmup", parts("warmup"))
+    assert s.position("warmup").starts_in is None  # nothing timed yet: no guess
+    first = s.take()
+    clock.now += 10.0
+    s.finish(first)
+    assert s.seconds_per_image() == 10.0
+
+    s.submit("ana", "a1", parts("a1"))
+    s.submit("ana", "a2", parts("a2", 2))
+    s.submit("bob", "b1", parts("b1"))
+    positions = s.positions()
+    assert positions["a1"].batches_ahead == 0 and (positions["a1"].starts_in, positions["a1"].done_in) == (0, 10)
+    assert positions["b1"].batches_ahead == 1 and (positions["b1"].starts_in, positions["b1"].done_in) == (10, 20)
+    assert positions["a2"].batches_ahead == 2 and (positions["a2"].starts_in, positions["a2"].done_in) == (20, 40)
+    assert [j.job_id for j in s.waiting_jobs()] == ["a1", "b1", "a2"]
+    assert [j.job_id for j in s.waiting_jobs("ana")] == ["a1", "a2"]
+
+    running = s.take()  # a1, started now
+    clock.now += 4.0  # ... and 6 s from its expected end
+    assert s.position("b1") == s.positions()["b1"]
+    assert s.position("b1").batches_ahead == 1 and s.position("b1").starts_in == 6.0
+    assert s.position("a1") is None  # running: no longer waiting
+    clock.now += 26.0  # a slow batch: 30 s for one image
+    s.finish(running)
+    assert s.seconds_per_image() == 20.0  # (10 + 30) / 2 images
+
+
+def test_the_average_forgets_batches_beyond_its_window():
+    clock = FakeClock()
+    s = Scheduler(window=2, clock=clock)
+    for seconds in (100.0, 2.0, 4.0):
+        s.submit("ana", f"j{seconds}", parts(f"j{seconds}"))
+        batch = s.take()
+        clock.now += seconds
+        s.finish(batch)
+    assert s.seconds_per_image() == 3.0
+
+
+# ---- the worker loop ------------------------------------------------------------------------------------------
+
+
+class EchoWorker:
+    """A stand-in for a worker on this machine or another one: returns each part's name."""
+
+    def __init__(self, batch_images: int, fail_on: str | None = None) -> None:
+        self.batch_images = batch_images
+        self.fail_on = fail_on
+        self.batches: list[list[str]] = []
+
+    def run(self, batch):
+        self.batches.append([p.job_id for p in batch.parts])
+        if self.fail_on in self.batches[-1]:
+            raise RuntimeError("boom")
+        return [f"image of {p.job_id}" for p in batch.parts]
+
+
+def test_serve_feeds_a_worker_batches_and_delivers_every_result():
+    s = Scheduler(batch_images=2)
+    worker = EchoWorker(batch_images=2, fail_on="c1")
+    for owner, job, key in [("ana", "a1", "k"), ("bob", "b1", "k"), ("cy", "c1", None), ("ana", "a2", None)]:
+        s.submit(owner, job, parts(job, key=key))
+    delivered: dict[str, object] = {}
+    stop = threading.Event()
+
+    def deliver(batch, results):
+        delivered.update({p.job_id: r for p, r in zip(batch.parts, results, strict=True)})
+        if len(delivered) == 4:
+            stop.set()
+
+    thread = threading.Thread(target=serve, args=(s, worker, deliver, stop, 0.05), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert worker.batches == [["a1", "b1"], ["c1"], ["a2"]]
+    assert delivered["a1"] == "image of a1" and delivered["a2"] == "image of a2"
+    assert isinstance(delivered["c1"], RuntimeError)  # the failing batch did not stop the loop
+    assert s.jobs == {} and s.running() == []
