@@ -197,9 +197,15 @@ def parts(prompt_id: str, prompt: dict[str, Any]) -> list[Part]:
     """
     found = txt2img(prompt)
     if found is None or found.merge_key is None:
-        images = 1 if found is None else max(1, found.batch)
-        return [Part(prompt_id, 0, images=images, cost=float(images), payload=ImageOf(prompt_id, 0, 1))]
+        return [whole(prompt_id, prompt)]
     return [
         Part(prompt_id, i, merge_key=found.merge_key, payload=ImageOf(prompt_id, i, found.batch))
         for i in range(max(1, found.batch))
     ]
+
+
+def whole(prompt_id: str, prompt: dict[str, Any]) -> Part:
+    """The whole prompt as one part that runs alone, weighing its images (a txt2img graph's batch size, else 1)."""
+    found = txt2img(prompt)
+    images = 1 if found is None else max(1, found.batch)
+    return Part(prompt_id, 0, images=images, cost=float(images), payload=ImageOf(prompt_id, 0, 1))

@@ -224,8 +224,13 @@ class Scheduler:
 
     # ---- submitting and cancelling ----
 
-    def submit(self, owner: str, job_id: str, parts: Sequence[Part], order: float | None = None) -> Job:
-        """Queue a job's parts for `owner`; QueueFull when they would take the owner past the cap."""
+    def submit(
+        self, owner: str, job_id: str, parts: Sequence[Part], order: float | None = None, capped: bool = True
+    ) -> Job:
+        """Queue a job's parts for `owner`; QueueFull when they would take the owner past the cap.
+
+        capped=False skips the cap (jobs that were waiting when the server stopped are queued again, all of them).
+        """
         if not parts:
             raise InputError(f"Job {job_id!r} has no parts to run; expected at least one.")
         with self._cond:
@@ -233,7 +238,7 @@ class Scheduler:
                 raise InputError(f"Job {job_id!r} is already queued; expected a new id.")
             asked = sum(p.images for p in parts)
             waiting = self.waiting_images(owner)
-            if self.max_waiting_images is not None and waiting + asked > self.max_waiting_images:
+            if capped and self.max_waiting_images is not None and waiting + asked > self.max_waiting_images:
                 raise QueueFull(asked, waiting, self.max_waiting_images)
             arrival = next(self._arrivals)
             job = Job(job_id, owner, tuple(parts), arrival if order is None else order, arrival)

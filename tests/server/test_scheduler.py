@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import threading
+import types
 
 import pytest
 
 from atelier.errors import InputError
+from atelier.server.hub import Hub
 from atelier.server.merging import ImageOf, merge_key, parts
+from atelier.server.prompt_queue import PromptQueue
 from atelier.server.scheduler import LOCAL_OWNER, Part, QueueFull, Scheduler, serve
+from atelier.server.store import PromptRecord, PromptStore
 
 
 def pieces(job_id: str, n: int = 1, key=None) -> list[Part]:
@@ -384,3 +388,64 @@ def test_learners_with_the_same_settings_share_batches_through_the_scheduler():
     s.submit("cy", "c", parts("c", lab_prompt(prompt="un triangle", seed=3, batch=2)))
     s.submit("dee", "d", parts("d", lab_prompt(prompt="a star", seed=4)))
     assert drain(s) == [["a/0", "c/0", "d/0", "c/1"], ["b/0"]]
+
+
+# ---- the prompt queue's hook ----------------------------------------------------------------------------------
+
+
+class RecordingExecutor:
+    """Runs nothing: records the order of the prompts it is given."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+
+    def execute(self, prompt, outputs, listener, extra_data):
+        self.order.append(extra_data["name"])
+        return types.SimpleNamespace(status="success", ui={})
+
+    def interrupt(self) -> None:
+        pass
+
+
+def run_queue(tmp_path, submissions, scheduler=None):
+    """Queue (owner, name) prompts while the worker waits, then let it run them all; the names in run order."""
+    executor = RecordingExecutor()
+    queue = PromptQueue(executor, PromptStore(tmp_path / "queue.db"), Hub(), scheduler,
+                        owner_of=lambda rec: rec.extra_data["owner"])
+    done = threading.Semaphore(0)
+    queue.on_finished = lambda rec: done.release()
+    for owner, name in submissions:
+        number = queue.next_number()
+        queue.put(PromptRecord(f"id-{name}", number, lab_prompt(), {"owner": owner, "name": name}, ["9"]))
+    queue.start()
+    queue.resume()
+    try:
+        assert all(done.acquire(timeout=10) for _ in submissions)
+    finally:
+        queue.stop()
+    return executor.order
+
+
+SUBMISSIONS = [("ana", "a1"), ("ana", "a2"), ("ana", "a3"), ("bob", "b1"), ("bob", "b2")]
+
+
+def test_without_a_scheduler_the_queue_is_todays_fifo(tmp_path):
+    assert run_queue(tmp_path, SUBMISSIONS) == ["a1", "a2", "a3", "b1", "b2"]
+
+
+def test_with_a_scheduler_the_queue_takes_learners_in_turn(tmp_path):
+    scheduler = Scheduler()
+    scheduler.pause()  # nothing starts before everything is queued
+    assert run_queue(tmp_path, SUBMISSIONS, scheduler) == ["a1", "b1", "a2", "b2", "a3"]
+    assert scheduler.jobs == {} and scheduler.seconds_per_image() is not None
+
+
+def test_the_cap_refuses_a_prompt_before_it_is_stored(tmp_path):
+    store = PromptStore(tmp_path / "queue.db")
+    queue = PromptQueue(RecordingExecutor(), store, Hub(), Scheduler(max_waiting_images=1),
+                        owner_of=lambda rec: rec.extra_data["owner"])
+    queue.put(PromptRecord("p1", queue.next_number(), lab_prompt(), {"owner": "ana"}, ["9"]))
+    with pytest.raises(QueueFull):
+        queue.put(PromptRecord("p2", queue.next_number(), lab_prompt(batch=2), {"owner": "ana"}, ["9"]))
+    assert [r.prompt_id for r in queue.pending] == ["p1"] and [r.prompt_id for r in store.recover()] == ["p1"]
+    assert queue.cancel(["p1"]) == ["p1"] and queue.scheduler.jobs == {}
