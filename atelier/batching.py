@@ -15,7 +15,7 @@ from the lone one; each is handled here.
    noise per member any sampler gives each member its lone result.
 3. Rounding. A float result may depend on the batch size when a kernel is chosen by shape. Measured on the CPU
    (torch 2.13, fp32): the UNet's time embedding (a (B, 320) @ (320, 1280) product) rounded each row differently
-   for B = 2 and B = 16, and changed every image by up to 2e-6; one shared timestep is now embedded once
+   for B = 2 and B = 16, which moved the UNet's output by up to 2e-6; one shared timestep is now embedded once
    (UNet.forward, Denoiser), which made the UNet's output per image independent of B (checked for B = 2 .. 16).
    Torch's CPU convolution takes another kernel for a batch of ONE small input (ATen's use_mkldnn rule: native
    im2col below 20480 input values, oneDNN for more or for a batch of 2+). Guided sampling always runs cond and
@@ -73,6 +73,8 @@ class MemberNoise:
 
     Each member has the stream its lone job would use (seeded_noise_sampler with the job's seed, drawing the whole
     job's (of, C, h, w)) and gets its own slice; the slices are stacked in the batch's order: (B, C, h, w).
+    A member of a job of N images thus draws N images' worth per step to keep one: random numbers on the CPU, cheap
+    next to a UNet call while N is a handful of images.
     """
 
     def __init__(self, members: Sequence[Member], x: Tensor) -> None:
