@@ -160,3 +160,55 @@ def test_bad_batches_and_interrupts_are_refused(tiny):
     with pytest.raises(Interrupted):
         sample_members(model_of(tiny), [member(tiny, "x", "", 1)], SamplerSettings(steps=2), SIZE, SIZE,
                        interrupt=stop)
+
+
+# ---- through the scheduler: queued prompts of several learners --------------------------------------------------
+
+
+def test_merged_prompts_of_several_learners_run_as_one_batch_and_each_gets_their_images(tiny):
+    from atelier.generation import api_graph
+    from atelier.server.batch_worker import MergedTxt2ImgWorker
+    from atelier.server.merging import parts
+    from atelier.server.scheduler import Scheduler
+
+    common = {"steps": 3, "cfg": 6.5, "sampler": "euler_ancestral", "width": SIZE, "height": SIZE, "model": "tiny"}
+    asked = {
+        "ana": GenerationParams("a red circle", seed=1, **common),
+        "bob": GenerationParams("un carré bleu", "flou", seed=2, batch=2, **common),
+        "cy": GenerationParams("a green star", seed=3, clip_skip=2, **common),  # other clip skip: another batch
+        "dee": GenerationParams("a yellow moon", seed=4, **common),
+    }
+    prompts = {owner: api_graph(p) for owner, p in asked.items()}
+    scheduler = Scheduler(batch_images=4)
+    for owner, prompt in prompts.items():
+        scheduler.submit(owner, owner, parts(owner, prompt))
+    worker = MergedTxt2ImgWorker(lambda name: tiny, prompts.__getitem__, scheduler.batch_images)
+    made: dict[tuple[str, int], bytes] = {}
+    batches = []
+    while (batch := scheduler.take()) is not None:
+        batches.append([f"{p.job_id}/{p.index}" for p in batch.parts])
+        for result in worker.run(batch):
+            buffer = io.BytesIO()
+            result.image.save(buffer, format="PNG")
+            made[result.prompt_id, result.index] = buffer.getvalue()
+        scheduler.finish(batch)
+    assert batches == [["ana/0", "bob/0", "dee/0", "bob/1"], ["cy/0"]]
+    for owner, params in asked.items():
+        for i, expected in enumerate(lone_png(run(tiny, params))):
+            assert made[owner, i] == expected, (owner, i)
+
+
+def test_the_merged_worker_refuses_a_prompt_that_does_not_belong(tiny):
+    from atelier.generation import api_graph
+    from atelier.server.batch_worker import MergedTxt2ImgWorker
+    from atelier.server.merging import ImageOf, merge_key
+    from atelier.server.scheduler import Batch, Part
+
+    prompts = {"a": api_graph(GenerationParams("x", steps=2, width=SIZE, height=SIZE)),
+               "b": api_graph(GenerationParams("y", steps=3, width=SIZE, height=SIZE))}
+    key = merge_key(prompts["a"])
+    batch = Batch(1, (Part("a", 0, merge_key=key, payload=ImageOf("a", 0, 1)),
+                      Part("b", 0, merge_key=key, payload=ImageOf("b", 0, 1))), ("ana", "bob"))
+    worker = MergedTxt2ImgWorker(lambda name: tiny, prompts.__getitem__, 4)
+    with pytest.raises(InputError, match="Prompt 'b' cannot run in this merged batch"):
+        worker.run(batch)
