@@ -20,9 +20,9 @@ from the lone one; each is handled here.
    Torch's CPU convolution takes another kernel for a batch of ONE small input (ATen's use_mkldnn rule: native
    im2col below 20480 input values, oneDNN for more or for a batch of 2+). Guided sampling always runs cond and
    uncond together, a batch of 2 or more, so it never meets that rule; decoding does, and `decode_member`
-   decodes each image as its lone job does (alone for a one-image job, in a batch of two for an image of a
-   bigger job). CFG 1 skips the uncond pass, so a lone one-image job samples a batch of one: merging.py does not
-   merge CFG 1 jobs.
+   decodes each image as its lone job does (alone for a one-image job, in a batch of two for an image that its
+   job decodes with others). CFG 1 skips the uncond pass, so a lone one-image job samples a batch of one:
+   merging.py does not merge CFG 1 jobs.
 
 On the CPU in fp32 a member's latent and PNG are then identical to its lone job's (tests/test_batching.py). On a
 GPU, cuDNN and cuBLAS choose kernels by batch size, so batched images match lone ones up to rounding only.
@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from atelier import pipeline
 from atelier.errors import InputError
-from atelier.pipeline import DiffusionModel, Interrupted, SamplerSettings, Step, decode, empty_latent
+from atelier.limits import check_sampling_cost
+from atelier.pipeline import DiffusionModel, SamplerSettings, Step, check_interrupt, decode, empty_latent
 from atelier.sampling.denoisers import start_latent
 from atelier.sampling.guidance import cfg_denoiser
 from atelier.sampling.noise import initial_noise, seeded_noise_sampler
@@ -131,7 +133,9 @@ def _sample_group(
 ) -> Tensor:
     """pipeline.sample's txt2img path (an empty latent, `settings.denoise` of the schedule) with noise per member."""
     device = model.device
-    sigmas = sigmas_for(settings.scheduler, model.schedule, settings.steps, settings.denoise).to(device)
+    sigmas = sigmas_for(settings.scheduler, model.schedule, settings.steps, settings.denoise)
+    check_sampling_cost((len(members), *shape), len(sigmas) - 1)  # as pipeline.sample: the steps that will run
+    sigmas = sigmas.to(device)
     scaled = torch.zeros(len(members), *shape, device=device)  # (B, 4, h, w): EmptyLatentImage, scaled
     noise = torch.cat([member_noise(m.seed, m.index, m.of, shape) for m in members]).to(device)
     x = start_latent(model.schedule, sigmas, noise, scaled) if len(sigmas) > 1 else scaled
@@ -142,26 +146,32 @@ def _sample_group(
     total = len(sigmas) - 1
 
     def callback(info: dict) -> None:
-        if interrupt is not None and interrupt.is_set():
-            raise Interrupted("The generation was interrupted; no image was produced.")
+        check_interrupt(interrupt)
         if on_step is not None:
             on_step(Step(info["i"], total, float(info["sigma"]), info["x"], info["denoised"]))
 
     if total > 0:
-        if interrupt is not None and interrupt.is_set():
-            raise Interrupted("The generation was interrupted; no image was produced.")
+        check_interrupt(interrupt)
         x = SAMPLERS[settings.sampler](guided, x, sigmas, callback=callback, noise_sampler=MemberNoise(members, x))
     return x / model.latent_scale
 
 
+def lone_decode_batch(index: int, of: int, pixels: int) -> int:
+    """How many images the lone job of `of` images (of `pixels` pixels each) decodes together with image `index`:
+    pipeline.decode sends a batch through the VAE in chunks of at most VAE_BATCH_PIXELS pixels."""
+    per_chunk = max(1, pipeline.VAE_BATCH_PIXELS // pixels)
+    return min(per_chunk, of - index // per_chunk * per_chunk)
+
+
 @torch.no_grad()
-def decode_member(vae: VAE, latent: Tensor, of: int = 1) -> Tensor:
+def decode_member(vae: VAE, latent: Tensor, index: int = 0, of: int = 1) -> Tensor:
     """A member's RAW latent (1, 4, h, w) -> its image (1, 3, 8h, 8w) in [-1, 1], rounded as its lone job's.
 
-    An image of a one-image job is decoded alone, like the lone job. An image of a job of `of` > 1 images is
-    decoded next to a copy of itself: torch's CPU convolutions compute each image of a batch of 2 or more exactly
-    as in any other batch of 2 or more, not as in a batch of one (see the module's docstring).
+    Torch's CPU convolutions compute each image of a batch of 2 or more exactly as in any other batch of 2 or
+    more, not as in a batch of one (see the module's docstring). So an image the lone job decodes alone (a
+    one-image job, or the last of a chunk of one) is decoded alone; any other is decoded next to a copy of itself.
     """
-    if of == 1:
+    pixels = latent.shape[-2] * latent.shape[-1] * vae.config.downscale**2
+    if lone_decode_batch(index, of, pixels) == 1:
         return decode(vae, latent)
     return decode(vae, latent.repeat(2, 1, 1, 1))[:1]

@@ -12,7 +12,8 @@ import threading
 import pytest
 import torch
 
-from atelier.batching import Member, MemberNoise, decode_member, member_noise, sample_members
+from atelier import pipeline
+from atelier.batching import Member, MemberNoise, decode_member, lone_decode_batch, member_noise, sample_members
 from atelier.errors import InputError
 from atelier.generation import GenerationParams, run
 from atelier.imaging import bchw_signed_to_pil
@@ -86,6 +87,7 @@ def test_each_learner_gets_the_image_of_their_job_alone(tiny, sampler, scheduler
     for lone, latent in zip(alone, latents, strict=True):
         assert torch.equal(latent, lone.latent)
         assert png(decode_member(tiny.vae, latent)) == lone_png(lone)[0]
+        assert torch.equal(decode_member(tiny.vae, latent), pipeline.decode(tiny.vae, lone.latent))
     assert len({png(decode_member(tiny.vae, latent)) for latent in latents}) == len(JOBS)  # four different images
 
 
@@ -104,10 +106,26 @@ def test_a_job_cut_into_parts_gets_back_the_images_of_the_whole_job(tiny, sample
     expected_png = lone_png(alone)
     for i in range(3):
         assert torch.equal(got[i], alone.latent[i : i + 1]), i
-        assert png(decode_member(tiny.vae, got[i], of=3)) == expected_png[i], i
+        assert png(decode_member(tiny.vae, got[i], i, 3)) == expected_png[i], i
+        assert torch.equal(decode_member(tiny.vae, got[i], i, 3), pipeline.decode(tiny.vae, alone.latent)[i : i + 1])
     lone_other = run(tiny, GenerationParams("a purple star", seed=5, steps=3, cfg=6.0, sampler=sampler, width=SIZE,
                                             height=SIZE))
     assert torch.equal(first[1], lone_other.latent)
+
+
+def test_an_image_its_job_decodes_alone_is_decoded_alone(tiny, monkeypatch):
+    """pipeline.decode cuts big batches into chunks of VAE_BATCH_PIXELS: with room for 2 images, a 3-image job
+    decodes its last image alone, a batch of one, and decode_member must too."""
+    monkeypatch.setattr(pipeline, "VAE_BATCH_PIXELS", 2 * SIZE * SIZE)
+    assert [lone_decode_batch(i, 3, SIZE * SIZE) for i in range(3)] == [2, 2, 1]
+    job = GenerationParams("two blue squares", seed=8, steps=2, width=SIZE, height=SIZE, batch=3)
+    alone = run(tiny, job)
+    parts = [member(tiny, job.prompt, job.negative, job.seed, index=i, of=3) for i in range(3)]
+    got = sample_members(model_of(tiny), parts, SamplerSettings(0, 2, job.cfg), SIZE, SIZE)
+    assert [png(decode_member(tiny.vae, z, i, 3)) for i, z in enumerate(got)] == lone_png(alone)
+    decoded = pipeline.decode(tiny.vae, alone.latent)  # (3, 3, H, W), in chunks of 2 and 1 as the lone job
+    for i, z in enumerate(got):  # bit for bit, not only after rounding to 8 bits
+        assert torch.equal(decode_member(tiny.vae, z, i, 3), decoded[i : i + 1]), i
 
 
 def test_member_noise_is_the_slice_of_its_jobs_noise():

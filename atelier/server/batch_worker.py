@@ -74,7 +74,8 @@ class MergedTxt2ImgWorker:
         settings = SamplerSettings(0, first.steps, first.cfg, first.sampler, first.scheduler, first.denoise)
         model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor)
         latents = sample_members(model, members, settings, first.width, first.height, self.on_step, self.interrupt)
+        images = [decode_member(ckpt.vae, z, part.index, part.of) for (part, _), z in zip(wanted, latents, strict=True)]
         return [
-            PartImage(part.prompt_id, part.index, part.of, bchw_signed_to_pil(decode_member(ckpt.vae, z, part.of))[0])
-            for (part, _), z in zip(wanted, latents, strict=True)
+            PartImage(part.prompt_id, part.index, part.of, bchw_signed_to_pil(image)[0])
+            for (part, _), image in zip(wanted, images, strict=True)
         ]
