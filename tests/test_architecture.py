@@ -36,6 +36,7 @@ RANKS = {
     "models": 3,  # tokenizer, text encoders, UNet, VAE, checkpoint loading
     "pipeline": 4,  # txt2img / img2img / inpaint from the pieces above
     "world": 5,  # the procedural world, training and evaluation of the embedded model
+    "batching": 5,  # several people's txt2img in one sampling call, each image as its job makes it alone
     "generation": 6,  # one generation's parameters, its API graph, its PNG metadata
     "lessons": 6,  # what the lab and the teaching nodes show, computed once
     "graph": 7,  # nodes, catalog, validation, execution

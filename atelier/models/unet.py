@@ -77,7 +77,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, h, w)
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # (B, C_out) broadcast over pixels
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # (B or 1, C_out) broadcast over pixels
         h = self.conv2(F.silu(self.norm2(h)))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return shortcut + h
@@ -260,8 +260,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         t = torch.as_tensor(timestep, device=x.device)
-        t = t.expand(B) if t.ndim == 0 else t
-        if t.shape != (B,):
+        if t.ndim != 0 and t.shape != (B,):
             raise InputError(
                 f"The timestep has shape {tuple(t.shape)}; expected a scalar or one value per image ({B})."
             )
@@ -272,8 +271,12 @@ class UNet(nn.Module):
             )
 
         # --- Time embedding: t -> sinusoidal features (B, C0) -> MLP -> (B, 4*C0), read by every ResBlock.
-        temb = timestep_embedding(t, self.config.block_channels[0]).to(x.dtype)
-        temb = self.time_embedding(temb)  # (B, 1280) for SD1.x
+        # A scalar t (one noise level for the whole batch, as in sampling) is embedded once, (1, 4*C0), and the
+        # ResBlocks broadcast it: less work, and an image's numbers no longer depend on how many images share its
+        # batch (a product of B rows by a matrix rounds each row differently for different B; atelier/batching.py
+        # relies on a batched image being computed exactly as alone).
+        temb = timestep_embedding(t.reshape(-1), self.config.block_channels[0]).to(x.dtype)
+        temb = self.time_embedding(temb)  # (B or 1, 1280) for SD1.x
 
         # --- Down path: each level refines, then halves the resolution; every intermediate map is kept.
         x = self.conv_in(x)  # (B, 320, h, w)

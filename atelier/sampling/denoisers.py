@@ -145,6 +145,11 @@ class Denoiser:
     def __call__(self, x: Tensor, sigma: Tensor, context: Tensor | None = None) -> Tensor:
         sigma = sigma.to(x.device).expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device)  # (B,)
         t = self.schedule.sigma_to_t(sigma, quantize=self.quantize_timesteps)  # (B,) float32
+        if sigma.device.type == "cpu" and bool((sigma == sigma[:1]).all()):
+            # Samplers step the whole batch through the same sigmas: one timestep, embedded once by the network
+            # (see UNet.forward), so an image's result does not depend on its batch. Only on the CPU, where
+            # looking at the values costs no wait for a GPU.
+            t = t[0]  # ()
         s = _per_sample(sigma, x)  # (B, 1, 1, 1)
         net_dtype = self.dtype or x.dtype
         x_in = x / (s**2 + 1) ** 0.5  # c_in * x: back to the DDPM's unit-variance input

@@ -6,6 +6,9 @@ The official ComfyUI frontend (comfyui-frontend-package 1.27.10) runs against it
     files.py           the data directory, safe paths, OutputFiles (the file API nodes write outputs with)
     store.py           queue and history in SQLite (they survive a restart)
     prompt_queue.py    the queue, its worker thread running the graph Executor, executor events -> messages
+    scheduler.py       classroom mode's order: turns between learners, caps, batches, pause, expected waits
+    merging.py         which prompts may share one sampling call (merge keys), prompts cut into parts
+    batch_worker.py    the worker that runs a batch of merged txt2img parts as one sampling call
     hub.py             WebSocket clients, ordered delivery from any thread, binary preview frames
     websocket.py       GET /ws: status + sid, feature_flags
     routes_system.py   users, settings, object_info, system_stats, models, interrupt, free...

@@ -25,6 +25,8 @@ from PIL import Image
 
 from atelier.graph.executor import ExecutionListener, Executor
 from atelier.server.hub import Hub
+from atelier.server.merging import whole
+from atelier.server.scheduler import LOCAL_OWNER, Batch, Scheduler
 from atelier.server.store import PromptRecord, PromptStore, now_ms
 
 log = logging.getLogger("atelier.server")
@@ -170,14 +172,29 @@ class PromptListener(ExecutionListener):
 
 
 class PromptQueue:
-    """Pending prompts in priority order, the running one, and the worker thread that runs them."""
+    """Pending prompts in priority order, the running one, and the worker thread that runs them.
 
-    def __init__(self, executor: Executor, store: PromptStore, hub: Hub) -> None:
+    With a `scheduler` (classroom mode), the scheduler picks which pending prompt runs next: round-robin between
+    the owners `owner_of` names, each owner's cap on waiting images, pause (scheduler.py). Each prompt is one part
+    there, run whole by the executor. Without one, the first pending prompt runs next, as always.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        store: PromptStore,
+        hub: Hub,
+        scheduler: Scheduler | None = None,
+        owner_of: Callable[[PromptRecord], str] = lambda rec: LOCAL_OWNER,
+    ) -> None:
         self.executor = executor
         self.store = store
         self.hub = hub
+        self.scheduler = scheduler
+        self.owner_of = owner_of
         self.pending: list[PromptRecord] = []
         self.running: PromptRecord | None = None
+        self._batch: Batch | None = None  # the scheduler's batch of the running prompt
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -185,6 +202,8 @@ class PromptQueue:
         self.on_finished: Callable[[PromptRecord], None] | None = None  # for tests and logging
         for rec in store.recover():  # prompts that were waiting when the server stopped
             self.pending.append(rec)
+            if scheduler is not None:  # all of them come back, whatever the cap
+                scheduler.submit(owner_of(rec), rec.prompt_id, [whole(rec.prompt_id, rec.prompt)], rec.number, False)
 
     # ---- the queue, used by the HTTP handlers ----
 
@@ -195,6 +214,9 @@ class PromptQueue:
         return -number if front else number
 
     def put(self, rec: PromptRecord) -> None:
+        """Queue a prompt. In classroom mode the owner's cap may refuse it first (scheduler.QueueFull)."""
+        if self.scheduler is not None:
+            self.scheduler.submit(self.owner_of(rec), rec.prompt_id, [whole(rec.prompt_id, rec.prompt)], rec.number)
         self.store.add(rec)
         with self._cond:  # (a re-entrant lock: status() takes it again)
             self.pending.append(rec)
@@ -224,6 +246,8 @@ class PromptQueue:
         with self._cond:
             removed = [r.prompt_id for r in self.pending if r.prompt_id in wanted]
             self.pending = [r for r in self.pending if r.prompt_id not in wanted]
+            for prompt_id in removed if self.scheduler is not None else []:
+                self.scheduler.cancel(prompt_id)
         if removed:
             self.store.mark_cancelled(removed)
             self.broadcast_status()
@@ -258,14 +282,37 @@ class PromptQueue:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def pause(self) -> None:
+        """Classroom mode: start no more prompts (the running one finishes)."""
+        if self.scheduler is not None:
+            self.scheduler.pause()
+
+    def resume(self) -> None:
+        if self.scheduler is not None:
+            with self._cond:
+                self.scheduler.resume()
+                self._cond.notify()
+
     def _take(self) -> PromptRecord | None:
         with self._cond:
-            while not self.pending and not self._stopping:
+            while not self._stopping and (rec := self._next()) is None:
                 self._cond.wait()
             if self._stopping:
                 return None
-            self.running = self.pending.pop(0)
-            return self.running
+            self.running = rec
+            return rec
+
+    def _next(self) -> PromptRecord | None:
+        """The prompt to run next, taken off `pending`: the first, or the scheduler's pick (None while paused)."""
+        if self.scheduler is None:
+            return self.pending.pop(0) if self.pending else None
+        self._batch = self.scheduler.take(1)
+        if self._batch is None:
+            return None
+        (part,) = self._batch.parts
+        rec = next(r for r in self.pending if r.prompt_id == part.job_id)
+        self.pending.remove(rec)
+        return rec
 
     def _work(self) -> None:
         while (rec := self._take()) is not None:
@@ -285,6 +332,9 @@ class PromptQueue:
             finally:
                 with self._cond:
                     self.running = None
+                    if self._batch is not None:  # its duration feeds the expected waits
+                        self.scheduler.finish(self._batch)
+                        self._batch = None
                 self.hub.send("executing", {"node": None, "prompt_id": rec.prompt_id}, rec.client_id)
                 self.broadcast_status()
                 if self.on_finished is not None:

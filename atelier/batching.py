@@ -1,0 +1,177 @@
+"""Several people's txt2img in one sampling call, each image exactly the one its job makes alone.
+
+A classroom server gets many requests with the same model, size, steps, sampler, scheduler, CFG and denoise, and
+different prompts and seeds. On a GPU one sampling call over a batch costs far less than one call per image; each
+member of the batch must still get its own image, pixel for pixel. Three things could make a batched image differ
+from the lone one; each is handled here.
+
+1. Starting noise. `pipeline.sample` draws a batch's noise from ONE seed (ComfyUI's rule: image i of a batch of N
+   is slice i of randn(N, 4, h, w) after manual_seed(seed)). A member draws from its own seed, as its own job
+   does: `member_noise(seed, index, of)` is image `index` of a job of `of` images, so the images of a job cut
+   into parts (server/merging.py) come back as they would from the whole job.
+2. Per-step noise of ancestral and SDE samplers. Alone, one stream seeded from the seed draws (N, 4, h, w) per
+   step. Here each member keeps such a stream and takes its own slice (`MemberNoise`). Every sampler treats the
+   images of a batch independently (sampling/samplers.py: per-image sigmas, element-wise updates), so with the
+   noise per member any sampler gives each member its lone result.
+3. Rounding. A float result may depend on the batch size when a kernel is chosen by shape. Measured on the CPU
+   (torch 2.13, fp32): the UNet's time embedding (a (B, 320) @ (320, 1280) product) rounded each row differently
+   for B = 2 and B = 16, which moved the UNet's output by up to 2e-6; one shared timestep is now embedded once
+   (UNet.forward, Denoiser), which made the UNet's output per image independent of B (checked for B = 2 .. 16).
+   Torch's CPU convolution takes another kernel for a batch of ONE small input (ATen's use_mkldnn rule: native
+   im2col below 20480 input values, oneDNN for more or for a batch of 2+). Guided sampling always runs cond and
+   uncond together, a batch of 2 or more, so it never meets that rule; decoding does, and `decode_member`
+   decodes each image as its lone job does (alone for a one-image job, in a batch of two for an image that its
+   job decodes with others). CFG 1 skips the uncond pass, so a lone one-image job samples a batch of one:
+   merging.py does not merge CFG 1 jobs.
+
+On the CPU in fp32 a member's latent and PNG are then identical to its lone job's (tests/test_batching.py). On a
+GPU, cuDNN and cuBLAS choose kernels by batch size, so batched images match lone ones up to rounding only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from atelier import pipeline
+from atelier.errors import InputError
+from atelier.limits import check_sampling_cost
+from atelier.pipeline import DiffusionModel, SamplerSettings, Step, check_interrupt, decode, empty_latent
+from atelier.sampling.denoisers import start_latent
+from atelier.sampling.guidance import cfg_denoiser
+from atelier.sampling.noise import initial_noise, seeded_noise_sampler
+from atelier.sampling.samplers import SAMPLERS
+from atelier.sampling.schedules import sigmas_for
+
+if TYPE_CHECKING:
+    from atelier.models.vae import VAE
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One image of a batched sampling call: its conditioning and where its noise comes from."""
+
+    positive: Tensor  # (1, T, D): its prompt's context, from pipeline.encode_prompt
+    negative: Tensor  # (1, T', D): its negative prompt's context
+    seed: int  # its job's seed (already resolved: not -1)
+    index: int = 0  # which image of its job this is ...
+    of: int = 1  # ... out of how many: the job's batch size, whose noise comes from the one seed
+
+
+def member_noise(seed: int, index: int, of: int, shape: Sequence[int]) -> Tensor:
+    """(1, C, h, w) float32 on the CPU: image `index` of the starting noise a job of `of` images draws from `seed`."""
+    if not 0 <= index < of:
+        raise InputError(f"Image index {index} is outside a job of {of} images; expected 0 to {of - 1}.")
+    return initial_noise(seed, (of, *shape))[index : index + 1]
+
+
+class MemberNoise:
+    """The per-step noise of ancestral and SDE samplers for a batch of members: `noise_sampler(sigma, sigma_next)`.
+
+    Each member has the stream its lone job would use (seeded_noise_sampler with the job's seed, drawing the whole
+    job's (of, C, h, w)) and gets its own slice; the slices are stacked in the batch's order: (B, C, h, w).
+    A member of a job of N images thus draws N images' worth per step to keep one: random numbers on the CPU, cheap
+    next to a UNet call while N is a handful of images.
+    """
+
+    def __init__(self, members: Sequence[Member], x: Tensor) -> None:
+        self.rows = [m.index for m in members]
+        self.streams = [seeded_noise_sampler(x.new_empty((m.of, *x.shape[1:])), m.seed) for m in members]
+
+    def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        return torch.cat([draw(sigma, sigma_next)[i : i + 1] for draw, i in zip(self.streams, self.rows, strict=True)])
+
+
+OnMemberStep = Callable[[Sequence[int], Step], None]  # (positions in `members` of the step's rows, the step)
+
+
+@torch.no_grad()
+def sample_members(
+    model: DiffusionModel,
+    members: Sequence[Member],
+    settings: SamplerSettings,
+    width: int,
+    height: int,
+    on_step: OnMemberStep | None = None,
+    interrupt: threading.Event | None = None,
+) -> list[Tensor]:
+    """txt2img for every member in as few sampling calls as possible: RAW latents, one (1, 4, h, w) per member.
+
+    `settings` are shared (its seed is not used: each member brings its own). Members whose contexts have the
+    same lengths (77 tokens per 75-token chunk of prompt) share one call; other lengths go in calls of their own.
+    `on_step(rows, step)` sees each step of each call, `rows` saying which members the step's images are.
+    """
+    settings.check()
+    if not members:
+        raise InputError("A batched sampling call needs at least one member; got none.")
+    shape = empty_latent(width, height, 1).shape[1:]  # (4, h, w); checks the size
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(members):
+        groups.setdefault((m.positive.shape[1], m.negative.shape[1]), []).append(i)
+    latents: list[Tensor | None] = [None] * len(members)
+    for rows in groups.values():
+        group = [members[i] for i in rows]
+        report = None if on_step is None else (lambda step, rows=rows: on_step(rows, step))
+        sampled = _sample_group(model, group, settings, shape, report, interrupt)  # (len(rows), 4, h, w)
+        for i, latent in zip(rows, sampled.split(1), strict=True):
+            latents[i] = latent
+    return latents  # type: ignore[return-value]
+
+
+def _sample_group(
+    model: DiffusionModel,
+    members: Sequence[Member],
+    settings: SamplerSettings,
+    shape: Sequence[int],
+    on_step: Callable[[Step], None] | None,
+    interrupt: threading.Event | None,
+) -> Tensor:
+    """pipeline.sample's txt2img path (an empty latent, `settings.denoise` of the schedule) with noise per member."""
+    device = model.device
+    sigmas = sigmas_for(settings.scheduler, model.schedule, settings.steps, settings.denoise)
+    check_sampling_cost((len(members), *shape), len(sigmas) - 1)  # as pipeline.sample: the steps that will run
+    sigmas = sigmas.to(device)
+    scaled = torch.zeros(len(members), *shape, device=device)  # (B, 4, h, w): EmptyLatentImage, scaled
+    noise = torch.cat([member_noise(m.seed, m.index, m.of, shape) for m in members]).to(device)
+    x = start_latent(model.schedule, sigmas, noise, scaled) if len(sigmas) > 1 else scaled
+    # (B, T, D) and (B, T', D): the guidance wrapper runs [cond; uncond] as one batch of 2B, as for a lone job.
+    positive = torch.cat([m.positive for m in members]).to(device)
+    negative = torch.cat([m.negative for m in members]).to(device)
+    guided = cfg_denoiser(model.denoiser(), positive, negative, settings.cfg)
+    total = len(sigmas) - 1
+
+    def callback(info: dict) -> None:
+        check_interrupt(interrupt)
+        if on_step is not None:
+            on_step(Step(info["i"], total, float(info["sigma"]), info["x"], info["denoised"]))
+
+    if total > 0:
+        check_interrupt(interrupt)
+        x = SAMPLERS[settings.sampler](guided, x, sigmas, callback=callback, noise_sampler=MemberNoise(members, x))
+    return x / model.latent_scale
+
+
+def lone_decode_batch(index: int, of: int, pixels: int) -> int:
+    """How many images the lone job of `of` images (of `pixels` pixels each) decodes together with image `index`:
+    pipeline.decode sends a batch through the VAE in chunks of at most VAE_BATCH_PIXELS pixels."""
+    per_chunk = max(1, pipeline.VAE_BATCH_PIXELS // pixels)
+    return min(per_chunk, of - index // per_chunk * per_chunk)
+
+
+@torch.no_grad()
+def decode_member(vae: VAE, latent: Tensor, index: int = 0, of: int = 1) -> Tensor:
+    """A member's RAW latent (1, 4, h, w) -> its image (1, 3, 8h, 8w) in [-1, 1], rounded as its lone job's.
+
+    Torch's CPU convolutions compute each image of a batch of 2 or more exactly as in any other batch of 2 or
+    more, not as in a batch of one (see the module's docstring). So an image the lone job decodes alone (a
+    one-image job, or the last of a chunk of one) is decoded alone; any other is decoded next to a copy of itself.
+    """
+    pixels = latent.shape[-2] * latent.shape[-1] * vae.config.downscale**2
+    if lone_decode_batch(index, of, pixels) == 1:
+        return decode(vae, latent)
+    return decode(vae, latent.repeat(2, 1, 1, 1))[:1]
