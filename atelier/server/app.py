@@ -23,6 +23,7 @@ from aiohttp import web
 from atelier.graph.executor import Executor
 from atelier.graph.registry import NodeRegistry
 from atelier.server import frontend, lab, routes_files, routes_queue, routes_system, routes_userdata, websocket
+from atelier.server.classroom import Classroom, announcement, classroom_middleware, lan_address
 from atelier.server.files import DataDir, OutputFiles
 from atelier.server.hub import Hub
 from atelier.server.prompt_queue import PromptQueue
@@ -51,6 +52,7 @@ def create_app(
     settings_defaults: dict | None = None,
     on_free: Callable[[bool, bool], None] | None = None,
     argv: list[str] | None = None,
+    classroom: bool = False,
 ) -> web.Application:
     """The aiohttp application: routes, WebSocket, the prompt queue and its worker (started with the app).
 
@@ -60,6 +62,7 @@ def create_app(
     - static_root: the frontend's static/ folder; "auto" finds the installed comfyui-frontend-package.
     - settings_defaults: replaces settings.PRIVATE_DEFAULTS (what the editor sees before the user changes it).
     - on_free: called by POST /free with (unload_models, free_memory), e.g. to drop loaded checkpoints.
+    - classroom: classroom mode (classroom.py): join code, learners, each seeing only their own work.
     """
     data = DataDir(data_dir)
     data.clear_temp()
@@ -83,10 +86,13 @@ def create_app(
         on_free=on_free,
         # "--disable-api-nodes" is how the frontend learns not to fetch release notes from api.comfy.org.
         argv=argv if argv is not None else ["atelier", "serve", "--disable-api-nodes"],
+        classroom=Classroom(store) if classroom else None,
     )
+    hub.private = classroom
+    identify = [classroom_middleware(st.classroom)] if st.classroom is not None else []
     # Bodies (userdata files, prompts) may be as large as an upload; uploads themselves are streamed and checked.
     app = web.Application(
-        middlewares=[guard_middleware(local_only=is_loopback(listen_host))],
+        middlewares=[guard_middleware(local_only=is_loopback(listen_host)), *identify],
         client_max_size=st.limits.max_upload_bytes + 1024 * 1024,
     )
     app[STATE] = st
@@ -127,16 +133,26 @@ def serve(
     registry: NodeRegistry | None = None,
     listen: bool = False,
     fast: bool | None = None,
+    classroom: bool = False,
 ) -> None:
-    """Run the server until Ctrl+C. `listen=True` binds 0.0.0.0 (every interface) and prints a warning."""
-    if listen:
+    """Run the server until Ctrl+C. `listen=True` binds 0.0.0.0 (every interface) and prints a warning;
+    `classroom=True` listens on the LAN too, and prints the learners' join link and the instructor's link."""
+    if listen or (classroom and is_loopback(host)):
         host = "0.0.0.0"
+    if not classroom and host == "0.0.0.0":
         print(LISTEN_WARNING.format(host=host, port=port), file=sys.stderr)
     if registry is None:
         registry = default_registry(DataDir(data_dir), fast=fast)
-    app = create_app(registry, data_dir, listen_host=host)
-    shown = "127.0.0.1" if host == "0.0.0.0" else host
-    web.run_app(app, host=host, port=port, print=lambda _: print(f"Atelier is running at http://{shown}:{port}/"))
+    app = create_app(registry, data_dir, listen_host=host, classroom=classroom)
+    shown = lan_address() if host == "0.0.0.0" and classroom else "127.0.0.1" if host == "0.0.0.0" else host
+    room = app[STATE].classroom
+
+    def started(_: str) -> None:
+        print(f"Atelier is running at http://{shown}:{port}/")
+        if room is not None:
+            print(announcement(room, f"http://{shown}:{port}/"))
+
+    web.run_app(app, host=host, port=port, print=started)
 
 
 def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
@@ -160,8 +176,10 @@ def run_server(
     data_dir: str | os.PathLike | None = None,
     host: str = "127.0.0.1",
     fast: bool | None = None,
+    classroom: bool = False,
 ) -> int:
-    """What `atelier serve [--port N] [--listen] [--data-dir DIR] [--no-fast]` calls; returns the exit code."""
+    """What `atelier serve [--port N] [--listen] [--data-dir DIR] [--no-fast] [--classroom]` calls; returns the
+    exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    serve(host=host, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, listen=listen, fast=fast)
+    serve(host=host, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, listen=listen, fast=fast, classroom=classroom)
     return 0

@@ -11,11 +11,13 @@ import io
 import json
 import mimetypes
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
 from PIL import Image, UnidentifiedImageError
 
+from atelier.server.classroom import may_read, who
 from atelier.server.files import FILE_KINDS, DataDir, UnsafePathError, encode_png, safe_join, write_atomic
 from atelier.server.state import add_api, error_text, state
 
@@ -52,7 +54,8 @@ async def view(request: web.Request) -> web.StreamResponse:
         path = safe_join(folder, request.query.get("subfolder", ""), filename, what="file")
     except UnsafePathError as ex:
         return error_text(ex.status, str(ex))
-    if not filename or not path.is_file():
+    ref = {"filename": filename, "subfolder": request.query.get("subfolder", ""), "type": kind}
+    if not filename or not path.is_file() or not may_read(st, who(request), ref):  # another learner's: not there
         return error_text(404, f"The {kind} file {filename!r} does not exist.")
 
     preview = request.query.get("preview")
@@ -171,10 +174,14 @@ async def _upload(request: web.Request, mask: bool) -> web.Response:
         if kind not in FILE_KINDS:
             raise UploadError(400, f"The upload type {kind!r} is not known; expected input, output or temp.")
         subfolder = fields.get("subfolder", "")
+        if st.classroom is not None:  # a learner's uploads go to their own folder, classroom/<id>/
+            subfolder = "/".join(p for p in (st.classroom.upload_folder(who(request)), subfolder) if p)
         folder = st.data.folder(kind)
         overwrite = fields.get("overwrite", "").lower() in ("true", "1")
         if mask:
-            data = _apply_mask(st.data, fields.get("original_ref", ""), image)
+            data = _apply_mask(
+                st.data, fields.get("original_ref", ""), image, lambda ref: may_read(st, who(request), ref)
+            )
         name = _store(folder, subfolder, Path(filename).name, data, overwrite)
     except UploadError as ex:
         return error_text(ex.status, str(ex))
@@ -183,15 +190,16 @@ async def _upload(request: web.Request, mask: bool) -> web.Response:
     return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 
 
-def _apply_mask(data_dir: DataDir, original_ref: str, mask: Image.Image) -> bytes:
-    """The mask editor's upload: the original image with its alpha channel replaced by the mask's alpha."""
+def _apply_mask(data_dir: DataDir, original_ref: str, mask: Image.Image, may_open: Callable[[dict], bool]) -> bytes:
+    """The mask editor's upload: the original image with its alpha channel replaced by the mask's alpha. `may_open`
+    says whether the uploader may read the original (classroom mode: not another learner's)."""
     try:
         ref = json.loads(original_ref)
         name, kind = split_type_suffix(ref["filename"], ref.get("type") or "input")
         path = safe_join(data_dir.folder(kind), ref.get("subfolder") or "", name, what="file")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UploadError(400, "The mask upload needs original_ref, the JSON reference of the masked image.") from None
-    if not path.is_file():
+    if not path.is_file() or not may_open({**ref, "filename": name, "type": kind}):
         raise UploadError(404, f"The masked image {ref['filename']!r} does not exist.")
     with Image.open(path) as opened:
         original = opened.convert("RGBA")

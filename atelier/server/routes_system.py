@@ -15,6 +15,7 @@ from aiohttp import web
 
 import atelier
 from atelier.errors import InputError
+from atelier.server.classroom import who
 from atelier.server.files import MODEL_EXTENSIONS, MODEL_FOLDERS, UnsafePathError, files_under, safe_join
 from atelier.server.state import ServerState, add_api, error_text, state
 from atelier.server.strict_json import BadJSON, read_json, read_object
@@ -156,8 +157,14 @@ async def interrupt(request: web.Request) -> web.Response:
         body = await read_object(request)  # the editor may post no body at all: interrupt whatever runs
     except BadJSON as ex:
         return error_text(ex.status, str(ex))
-    prompt_id = body.get("prompt_id")
-    state(request).queue.interrupt(prompt_id if isinstance(prompt_id, str) else None)
+    prompt_id = body.get("prompt_id") if isinstance(body.get("prompt_id"), str) else None
+    st, person = state(request), who(request)
+    if not person.sees_all:  # a learner stops only their own prompt
+        mine = [r.prompt_id for r in st.queue.snapshot()[0] if r.owner == person.owner]
+        if not mine or (prompt_id is not None and prompt_id not in mine):
+            return web.Response(status=200)
+        prompt_id = mine[0]
+    st.queue.interrupt(prompt_id)
     return web.Response(status=200)
 
 
