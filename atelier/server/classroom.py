@@ -4,7 +4,7 @@
     Classe / Class        http://192.168.1.20:8188/lab/?join=K7P3QX        (the learners' link; code K7P3QX)
     Formateur / Instructor http://192.168.1.20:8188/?instructor=...        (keep it to yourself)
 
-Who is asking. Every request passes `classroom_middleware`, which puts a `Who` in request["who"] (`who(request)`):
+Who is asking. Every request passes `classroom_middleware`, which puts a `Who` in request[WHO] (`who(request)`):
   - a learner: a signed cookie, set when they joined with the class's join code and a display name (no password);
     a second tab sends the same cookie, so it is the same learner;
   - the instructor: the same cookie, set by the instructor link's secret (learners never need it); sees everything;
@@ -78,11 +78,12 @@ class Who:
 
 LOCAL = Who(None, "local", sees_all=True)
 INSTRUCTOR = Who(None, "instructor", sees_all=True)
+WHO: web.RequestKey[Who] = web.RequestKey("atelier_who", Who)  # request[WHO], set by classroom_middleware
 
 
 def who(request: web.Request) -> Who:
     """The identity classroom_middleware found for this request; LOCAL when the server is not in classroom mode."""
-    return request.get("who", LOCAL)
+    return request.get(WHO, LOCAL)
 
 
 def new_join_code() -> str:
@@ -349,7 +350,7 @@ async def _post_join(request: web.Request, room: Classroom) -> web.Response:
 
 
 def classroom_middleware(room: Classroom) -> Any:
-    """Resolve each request's identity into request["who"], or answer it: the join page, a cookie, or 403."""
+    """Resolve each request's identity into request[WHO], or answer it: the join page, a cookie, or 403."""
 
     @web.middleware
     async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -367,7 +368,7 @@ def classroom_middleware(room: Classroom) -> Any:
             return refuse()
         if request.method == "GET" and "join" in query:  # the class link again, already joined: drop the code
             return web.Response(status=303, headers={"Location": _without(request, "join")})
-        request["who"] = person
+        request[WHO] = person
         return await handler(request)
 
     return identify
