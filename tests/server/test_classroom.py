@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -23,6 +24,8 @@ from atelier.server.classroom import (
     new_join_code,
 )
 from atelier.server.state import STATE
+from atelier.server.store import PromptStore
+from tests.browser import free_port
 from tests.server.harness import async_test, is_type, post_prompt, receive, server, text_types, wait_history
 from tests.server.stub_nodes import graph
 
@@ -315,11 +318,72 @@ async def test_without_classroom_nothing_changes(tmp_path):
 
 
 def test_announcement_names_both_links(tmp_path):
-    from atelier.server.store import PromptStore
-
     store = PromptStore(tmp_path / "atelier.sqlite")
     room = Classroom(store)
     text = announcement(room, "http://192.168.1.20:8188/")
     assert f"http://192.168.1.20:8188/lab/?join={room.join_code}" in text
     assert f"http://192.168.1.20:8188/?instructor={room.instructor_secret}" in text
     store.close()
+
+
+# A classroom server with the stub nodes in a process of its own, so that the test can kill -9 it.
+SERVER_SCRIPT = """
+import sys
+from aiohttp import web
+from atelier.server.app import create_app
+from atelier.server.files import DataDir, OutputFiles
+from tests.server.stub_nodes import stub_registry
+data_dir, port = sys.argv[1], int(sys.argv[2])
+app = create_app(stub_registry(OutputFiles(DataDir(data_dir))), data_dir, static_root=None, classroom=True)
+web.run_app(app, host="127.0.0.1", port=port, print=None)
+"""
+
+
+@contextlib.asynccontextmanager
+async def killable_server(data_dir) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", SERVER_SCRIPT, str(data_dir), str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as probe:
+            for _ in range(300):
+                try:
+                    async with probe.get(url + "/api/queue") as resp:
+                        assert resp.status == 403  # up, and closed to strangers
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+        yield url, process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+@async_test
+async def test_kill_9_keeps_learners_histories_and_pending_prompts(tmp_path):
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with killable_server(tmp_path) as (url, process):
+        async with aiohttp.ClientSession(base_url=url, cookie_jar=jar) as ana:
+            store = PromptStore(tmp_path / "atelier.sqlite")
+            code = Classroom(store).join_code  # what the terminal printed
+            store.close()
+            await join(ana, code, "Ana")
+            done = (await post_prompt(ana, graph(), client_id="a"))["prompt_id"]
+            await wait_history(ana, done)
+            running = (await post_prompt(ana, graph(steps=500, delay=0.02), client_id="a"))["prompt_id"]
+            waiting = (await post_prompt(ana, graph("blue"), client_id="a"))["prompt_id"]
+            for _ in range(200):
+                if (await (await ana.get("/api/queue")).json())["queue_running"]:
+                    break
+                await asyncio.sleep(0.02)
+        process.kill()  # SIGKILL: no shutdown handler runs
+        await process.wait()
+
+    async with killable_server(tmp_path) as (url, _), aiohttp.ClientSession(base_url=url, cookie_jar=jar) as ana:
+        assert (await ana.get("/api/history")).status == 200  # the same cookie: still Ana
+        await wait_history(ana, waiting)  # queued again and run after the restart, still hers
+        history = await (await ana.get("/api/history")).json()
+        assert set(history) == {done, running, waiting}
+        failed = history[running]["status"]
+        assert not failed["completed"] and failed["messages"][-1][1]["exception_type"] == "ServerRestart"
