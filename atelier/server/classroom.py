@@ -36,11 +36,13 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
+from atelier.server.settings import Settings
 from atelier.server.store import PromptRecord, PromptStore, now_ms
 
 if TYPE_CHECKING:
@@ -117,6 +119,7 @@ class Classroom:
         self._lock = threading.Lock()
         self.learners: dict[str, Who] = {lid: Who(lid, name, False) for lid, name, _ in store.learners()}
         self._made: set[tuple[str, str]] = set()  # (owner, "type/subfolder/filename") made for them by lab routes
+        self._settings: dict[str, Settings] = {}  # learner id -> their editor settings
 
     # ---- identity ----
 
@@ -152,6 +155,14 @@ class Classroom:
         """(the learners' join link, the instructor's link) for a base URL such as http://192.168.1.20:8188/."""
         base = base_url.rstrip("/")
         return f"{base}/lab/?join={self.join_code}", f"{base}/?instructor={self.instructor_secret}"
+
+    def settings(self, person: Who, make: Callable[[], Settings]) -> Settings:
+        """A learner's Settings, made once (its lock then orders the writes of their tabs)."""
+        key = str(person.owner)
+        with self._lock:
+            if key not in self._settings:
+                self._settings[key] = make()
+            return self._settings[key]
 
     # ---- files ----
 
@@ -236,6 +247,23 @@ def may_read(st: ServerState, person: Who, ref: dict) -> bool:
         return running + st.store.select("owner = ?", (person.owner,))
 
     return st.classroom.may_open(person, ref, records)
+
+
+def user_folder(st: ServerState, person: Who) -> Path:
+    """Where a person's saved workflows and editor settings live: user/default/ for the local user and the
+    instructor, user/classroom/<id>/ for a learner (created on first use)."""
+    if person.owner is None:
+        return st.data.user
+    folder = st.data.root / "user" / LEARNER_FOLDER / person.owner
+    (folder / "workflows").mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def settings_for(st: ServerState, person: Who) -> Settings:
+    """The editor settings `person` reads and writes: their own file over the same private defaults."""
+    if person.owner is None or st.classroom is None:
+        return st.settings
+    return st.classroom.settings(person, lambda: Settings(user_folder(st, person), st.settings.defaults))
 
 
 def own_ids(store: PromptStore, person: Who, prompt_ids: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 import atelier
 from atelier.errors import InputError
-from atelier.server.classroom import who
+from atelier.server.classroom import settings_for, who
 from atelier.server.files import MODEL_EXTENSIONS, MODEL_FOLDERS, UnsafePathError, files_under, safe_join
 from atelier.server.state import ServerState, add_api, error_text, state
 from atelier.server.strict_json import BadJSON, read_json, read_object
@@ -35,7 +35,7 @@ async def users(request: web.Request) -> web.Response:
 
 
 async def get_settings(request: web.Request) -> web.Response:
-    return web.json_response(state(request).settings.all())
+    return web.json_response(settings_for(state(request), who(request)).all())
 
 
 async def post_settings(request: web.Request) -> web.Response:
@@ -50,14 +50,14 @@ async def post_settings(request: web.Request) -> web.Response:
 
 def _store_settings(request: web.Request, values: dict) -> web.Response:
     try:
-        state(request).settings.update(values)
+        settings_for(state(request), who(request)).update(values)
     except InputError as ex:
         return error_text(400, str(ex))
     return web.Response(status=200)
 
 
 async def get_setting(request: web.Request) -> web.Response:
-    return web.json_response(state(request).settings.get(request.match_info["id"]))
+    return web.json_response(settings_for(state(request), who(request)).get(request.match_info["id"]))
 
 
 async def post_setting(request: web.Request) -> web.Response:

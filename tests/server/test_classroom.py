@@ -249,6 +249,32 @@ async def test_uploads_go_to_the_learners_folder(tmp_path):
 
 
 @async_test
+async def test_saved_workflows_and_settings_are_each_learners_own(tmp_path):
+    async with (
+        server(tmp_path, classroom=True) as client,
+        browser(client) as ana,
+        browser(client) as ben,
+        browser(client) as teacher,
+    ):
+        room = classroom(client)
+        ana_id = await join(ana, room.join_code, "Ana")
+        await join(ben, room.join_code, "Ben")
+        await instructor(teacher, room.instructor_secret)
+        assert (await ana.post("/api/userdata/workflows%2Fcat.json", data=b'{"nodes": []}')).status == 200
+        assert (tmp_path / "user" / "classroom" / ana_id / "workflows" / "cat.json").is_file()
+        assert (await ana.get("/api/userdata/workflows%2Fcat.json")).status == 200
+        assert (await ben.get("/api/userdata/workflows%2Fcat.json")).status == 404
+        assert await (await ben.get("/api/userdata", params={"dir": "workflows"})).json() == []
+        assert (await teacher.get("/api/userdata/workflows%2Fcat.json")).status == 404  # user/default: the instructor's
+
+        assert (await ana.post("/api/settings/Comfy.Locale", json="fr")).status == 200
+        assert await (await ana.get("/api/settings/Comfy.Locale")).json() == "fr"
+        assert await (await ben.get("/api/settings/Comfy.Locale")).json() is None
+        defaults = await (await ben.get("/api/settings")).json()
+        assert defaults["Comfy.Notification.ShowVersionUpdates"] is False  # the same private defaults for all
+
+
+@async_test
 async def test_websocket_messages_reach_only_the_owner(tmp_path):
     async with server(tmp_path, classroom=True) as client, browser(client) as ana, browser(client) as ben:
         room = classroom(client)
