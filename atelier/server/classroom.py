@@ -213,18 +213,34 @@ def output_keys(rec: PromptRecord) -> set[str]:
     return keys
 
 
+def others_file(value: str, person: Who) -> bool:
+    """Whether `value` is a path under another learner's folder ('classroom/<someone else>/photo.png')."""
+    if person.sees_all:
+        return False
+    path = value.replace("\\", "/").lstrip("./")
+    return path.startswith(LEARNER_FOLDER + "/") and not path.startswith(f"{LEARNER_FOLDER}/{person.owner}/")
+
+
+def hide_others_files(object_info: dict, person: Who) -> dict:
+    """object_info with the COMBO choices that name other learners' files left out (LoadImage lists every upload
+    in input/; a learner's list shows the templates' images and their own)."""
+    if person.sees_all:
+        return object_info
+    for node in object_info.values():
+        for section in node.get("input", {}).values():
+            for spec in section.values():
+                if isinstance(spec, list) and spec and isinstance(spec[0], list):
+                    spec[0] = [c for c in spec[0] if not (isinstance(c, str) and others_file(c, person))]
+    return object_info
+
+
 def prompt_names_others_files(prompt: dict, person: Who) -> str | None:
     """The first input value of a prompt that names a file in another learner's folder (LoadImage of
     'classroom/<someone else>/photo.png'), or None. The instructor and the local user may name any file."""
-    if person.sees_all:
-        return None
-    own = f"{LEARNER_FOLDER}/{person.owner}/"
     for node in prompt.values():
         for value in (node.get("inputs") or {}).values() if isinstance(node, dict) else ():
-            if isinstance(value, str):
-                path = value.replace("\\", "/").lstrip("./")
-                if path.startswith(LEARNER_FOLDER + "/") and not path.startswith(own):
-                    return value
+            if isinstance(value, str) and others_file(value, person):
+                return value
     return None
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 import atelier
 from atelier.errors import InputError
-from atelier.server.classroom import settings_for, who
+from atelier.server.classroom import hide_others_files, settings_for, who
 from atelier.server.files import MODEL_EXTENSIONS, MODEL_FOLDERS, UnsafePathError, files_under, safe_join
 from atelier.server.state import ServerState, add_api, error_text, state
 from atelier.server.strict_json import BadJSON, read_json, read_object
@@ -76,11 +76,12 @@ async def extensions(request: web.Request) -> web.Response:
 
 
 async def object_info(request: web.Request) -> web.Response:
-    return web.json_response(state(request).registry.object_info())
+    return web.json_response(hide_others_files(state(request).registry.object_info(), who(request)))
 
 
 async def object_info_one(request: web.Request) -> web.Response:
-    return web.json_response(state(request).registry.object_info(request.match_info["cls"]))
+    info = state(request).registry.object_info(request.match_info["cls"])
+    return web.json_response(hide_others_files(info, who(request)))
 
 
 # ---- machine ----

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import io
 import json
 import sys
@@ -16,11 +17,14 @@ from PIL import Image
 
 from atelier.server.classroom import (
     COOKIE,
+    INSTRUCTOR,
     JOIN_ALPHABET,
     REFUSED,
     Classroom,
+    Who,
     announcement,
     display_name,
+    hide_others_files,
     new_join_code,
 )
 from atelier.server.state import STATE
@@ -341,6 +345,18 @@ async def test_without_classroom_nothing_changes(tmp_path):
         form = aiohttp.FormData()
         form.add_field("image", _png(), filename="photo.png", content_type="image/png")
         assert (await (await client.post("/api/upload/image", data=form)).json())["subfolder"] == ""
+
+
+def test_object_info_hides_other_learners_uploads():
+    ana = Who("aaaa1111", "Ana", sees_all=False)
+    choices = ["example.png", "classroom/aaaa1111/me.png", "classroom/bbbb2222/you.png", "./classroom/bbbb2222/x.png"]
+    info = {"LoadImage": {"input": {"required": {"image": [choices, {"image_upload": True}]}, "optional": {}}}}
+    seen = hide_others_files(copy.deepcopy(info), ana)
+    assert seen["LoadImage"]["input"]["required"]["image"] == [
+        ["example.png", "classroom/aaaa1111/me.png"],
+        {"image_upload": True},
+    ]
+    assert hide_others_files(copy.deepcopy(info), INSTRUCTOR) == info
 
 
 def test_announcement_names_both_links(tmp_path):
