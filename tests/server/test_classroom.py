@@ -8,6 +8,7 @@ import contextlib
 import copy
 import io
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 
@@ -27,11 +28,12 @@ from atelier.server.classroom import (
     hide_others_files,
     new_join_code,
 )
+from atelier.server.files import DataDir, OutputFiles
 from atelier.server.state import STATE
 from atelier.server.store import PromptStore
 from tests.browser import free_port
 from tests.server.harness import async_test, is_type, post_prompt, receive, server, text_types, wait_history
-from tests.server.stub_nodes import graph
+from tests.server.stub_nodes import graph, stub_registry
 
 
 def classroom(client: TestClient) -> Classroom:
@@ -429,3 +431,30 @@ async def test_kill_9_keeps_learners_histories_and_pending_prompts(tmp_path):
         assert set(history) == {done, running, waiting}
         failed = history[running]["status"]
         assert not failed["completed"] and failed["messages"][-1][1]["exception_type"] == "ServerRestart"
+
+
+def test_serve_classroom_listens_on_the_lan_and_prints_both_links(tmp_path, monkeypatch, capsys):
+    import atelier.server.app as app_module
+    from atelier import cli
+
+    passed: dict = {}
+    monkeypatch.setattr(app_module, "run_server", lambda **kwargs: passed.update(kwargs) or 0)
+    assert cli.main(["serve", "--classroom", "--port", "8190"]) == 0
+    assert passed["classroom"] is True and passed["port"] == 8190
+    monkeypatch.undo()
+
+    bound: dict = {}
+
+    def run_app(app, host, port, print):  # what web.run_app would do, without serving
+        bound.update(host=host, port=port)
+        print("")
+
+    monkeypatch.setattr(app_module.web, "run_app", run_app)
+    monkeypatch.setattr(app_module, "lan_address", lambda: "192.168.1.20")
+    registry = stub_registry(OutputFiles(DataDir(tmp_path)))
+    app_module.serve(port=8190, data_dir=tmp_path, registry=registry, classroom=True)
+    out = capsys.readouterr().out
+    assert bound == {"host": "0.0.0.0", "port": 8190}
+    [code] = re.findall(r"http://192\.168\.1\.20:8190/lab/\?join=([A-Z2-9]{6})", out)
+    [secret] = re.findall(r"http://192\.168\.1\.20:8190/\?instructor=(\S+)", out)
+    assert code != secret and f"code {code}" in out
