@@ -1,8 +1,9 @@
 """Classroom mode (`atelier serve --classroom`): one server for a whole workshop, each learner seeing only their work.
 
-    $ atelier serve --classroom
-    Classe / Class        http://192.168.1.20:8188/lab/?join=K7P3QX        (the learners' link; code K7P3QX)
-    Formateur / Instructor http://192.168.1.20:8188/?instructor=...        (keep it to yourself)
+    $ atelier serve --classroom                       (or CLASSROOM=1 make start)
+    Classe / Class: code K7P3QX
+      Élèves / Learners:      http://192.168.1.20:8188/lab/?join=K7P3QX
+      Formateur / Instructor: http://192.168.1.20:8188/?instructor=...   (gardez-le pour vous / keep it to yourself)
 
 Who is asking. Every request passes `classroom_middleware`, which puts a `Who` in request[WHO] (`who(request)`):
   - a learner: a signed cookie, set when they joined with the class's join code and a display name (no password);
@@ -16,6 +17,7 @@ What a learner sees is theirs. The routes keep what `Who.sees` accepts:
     and cancel, delete and interrupt act on the learner's own prompts only;
   - uploads go under <type>/classroom/<learner id>/; an output or temp file is a learner's when one of their prompts
     names it in its outputs, or a lab route made it for them (`claim_file`); `may_open` decides /view;
+  - saved workflows and editor settings live in user/classroom/<learner id>/ (`user_folder`, `settings_for`);
   - WebSocket: a socket id (sid) belongs to the first identity that uses it (Hub.claim), and a prompt's messages go
     to its client_id only when its owner holds that sid (`client_id_for`); nothing of a prompt is broadcast.
 
