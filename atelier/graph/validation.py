@@ -47,6 +47,7 @@ class ValidationResult:
 
 
 def error_entry(kind: str, message: str, details: str = "", **extra_info: Any) -> dict:
+    """One error in ComfyUI's shape: {"type", "message", "details", "extra_info"}."""
     return {"type": kind, "message": message, "details": details, "extra_info": extra_info}
 
 
@@ -211,6 +212,7 @@ def custom_validator_names(node_cls: type) -> tuple[list[str], bool]:
 
 
 def signature_names(method: Any) -> tuple[list[str], bool]:
+    """The parameter names `method` takes by keyword, and whether it also takes **kwargs."""
     params = inspect.signature(method).parameters.values()
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return names, any(p.kind == p.VAR_KEYWORD for p in params)

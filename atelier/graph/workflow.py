@@ -313,10 +313,12 @@ class LoadedWorkflow:
 
 
 def is_ui_workflow(data: Any) -> bool:
+    """Whether `data` is the editor's workflow format (a "nodes" list with positions and links)."""
     return isinstance(data, dict) and isinstance(data.get("nodes"), list)
 
 
 def is_api_prompt(data: Any) -> bool:
+    """Whether `data` is an API prompt: a non-empty object of nodes by id, each with a class_type."""
     return (
         isinstance(data, dict) and bool(data) and all(isinstance(n, dict) and "class_type" in n for n in data.values())
     )

@@ -5,29 +5,40 @@
     serve(registry=registry, data_dir="atelier-data")      # blocks; http://127.0.0.1:8188/
 
 The server binds 127.0.0.1 unless told to listen on the network (then anyone who can reach the machine can queue
-prompts, read every image and overwrite saved workflows: a warning says so).
+prompts, read every image and overwrite saved workflows: a warning says so). On the network it still answers only
+to its own names (security.py: DNS rebinding), and the URL it prints is the one other machines can open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aiohttp import web
 
+from atelier.errors import AtelierError
 from atelier.graph.executor import Executor
 from atelier.graph.registry import NodeRegistry
 from atelier.server import frontend, lab, routes_files, routes_queue, routes_system, routes_userdata, websocket
-from atelier.server.classroom import Classroom, announcement, classroom_middleware, lan_address
+from atelier.server.classroom import Classroom, announcement, classroom_middleware
 from atelier.server.files import DataDir, OutputFiles
 from atelier.server.hub import Hub
 from atelier.server.prompt_queue import PromptQueue
-from atelier.server.security import guard_middleware, is_loopback
+from atelier.server.security import (
+    add_security_headers,
+    bound_addresses,
+    guard_middleware,
+    host_names,
+    is_loopback,
+    lan_addresses,
+)
 from atelier.server.settings import Settings
 from atelier.server.state import STATE, Limits, ServerState
 from atelier.server.store import PromptStore
@@ -36,7 +47,7 @@ log = logging.getLogger("atelier.server")
 
 DEFAULT_DATA_DIR = Path("atelier-data")
 LISTEN_WARNING = (
-    "WARNING: listening on all network interfaces ({host}:{port}). Anyone who can reach this machine can use "
+    "WARNING: listening on {where} ({host}:{port}). Anyone who can reach this machine can use "
     "Atelier: queue prompts, see every image and overwrite saved workflows. Use this only on a network you trust."
 )
 
@@ -46,6 +57,7 @@ def create_app(
     data_dir: str | os.PathLike,
     *,
     listen_host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
     static_root: Path | str | None = "auto",
     templates_dir: Path | None = None,
     limits: Limits | None = None,
@@ -58,13 +70,16 @@ def create_app(
 
     - registry: the node classes prompts may use (tests pass stub nodes).
     - data_dir: input/, output/, temp/, user/, models/ and atelier.sqlite live here (created if missing).
-    - listen_host: the interface the server binds; a loopback host turns on the Host-name check (security.py).
+    - listen_host: the address(es) the server binds, comma-separated; with allowed_hosts (more names, e.g. from
+      --allowed-host) they decide which Host headers it answers to (security.host_names).
     - static_root: the frontend's static/ folder; "auto" finds the installed comfyui-frontend-package.
     - settings_defaults: replaces settings.PRIVATE_DEFAULTS (what the editor sees before the user changes it).
     - on_free: called by POST /free with (unload_models, free_memory), e.g. to drop loaded checkpoints.
     - classroom: classroom mode (classroom.py): join code, learners, each seeing only their own work.
     """
     data = DataDir(data_dir)
+    for path in data.remove_partial_writes():  # left by a server killed while it wrote
+        log.warning("Removed %s, a file a stopped server had not finished writing.", path)
     data.clear_temp()
     data.install_inputs((templates_dir or frontend.TEMPLATES_DIR) / "inputs")  # the templates' example images
     store = PromptStore(data.database)
@@ -92,10 +107,11 @@ def create_app(
     identify = [classroom_middleware(st.classroom)] if st.classroom is not None else []
     # Bodies (userdata files, prompts) may be as large as an upload; uploads themselves are streamed and checked.
     app = web.Application(
-        middlewares=[guard_middleware(local_only=is_loopback(listen_host)), *identify],
+        middlewares=[guard_middleware(host_names(listen_host, allowed_hosts)), *identify],
         client_max_size=st.limits.max_upload_bytes + 1024 * 1024,
     )
     app[STATE] = st
+    app.on_response_prepare.append(add_security_headers)  # nosniff and a Content-Security-Policy on every response
     websocket.setup(app)
     routes_system.setup(app)
     routes_queue.setup(app)
@@ -126,6 +142,37 @@ def create_app(
     return app
 
 
+def check_listen(listen: str) -> list[str]:
+    """The addresses of a --listen value ("0.0.0.0", "192.168.1.5,127.0.0.1"), or an AtelierError sentence."""
+    addresses = bound_addresses(listen)
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address.strip("[]"))
+        except ValueError:
+            raise AtelierError(
+                f"--listen expects IP addresses separated by commas (e.g. 0.0.0.0 or 192.168.1.5); got {address!r}."
+            ) from None
+    return addresses
+
+
+def _url(address: str, port: int) -> str:
+    return f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
+
+
+def server_urls(addresses: list[str], port: int) -> list[str]:
+    """The URLs to print for the bound addresses: a wildcard (0.0.0.0, ::) becomes the machine's LAN addresses (or
+    its host name when it has none), then http://127.0.0.1, which works on the machine itself."""
+    urls: list[str] = []
+    for address in addresses:
+        if address in ("0.0.0.0", "::"):
+            urls += [_url(a, port) for a in lan_addresses()] or [_url(socket.gethostname(), port)]
+        elif not is_loopback(address):
+            urls.append(_url(address, port))
+    if any(a in ("0.0.0.0", "::") or is_loopback(a) for a in addresses):
+        urls.append(_url("127.0.0.1", port))
+    return list(dict.fromkeys(urls))
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8188,
@@ -133,26 +180,35 @@ def serve(
     registry: NodeRegistry | None = None,
     listen: bool = False,
     fast: bool | None = None,
+    allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
 ) -> None:
-    """Run the server until Ctrl+C. `listen=True` binds 0.0.0.0 (every interface) and prints a warning;
-    `classroom=True` listens on the LAN too, and prints the learners' join link and the instructor's link."""
-    if listen or (classroom and is_loopback(host)):
+    """Run the server until Ctrl+C on `host` (addresses, comma-separated; `listen=True` means 0.0.0.0, every
+    interface). An address that is not loopback prints a warning; `allowed_hosts` are more names to answer to.
+    `classroom=True`: classroom mode (classroom.py), which prints the learners' join link and the instructor's link
+    instead of the warning (the join code guards the server)."""
+    if listen:
         host = "0.0.0.0"
-    if not classroom and host == "0.0.0.0":
-        print(LISTEN_WARNING.format(host=host, port=port), file=sys.stderr)
+    addresses = check_listen(host)
+    network = [a for a in addresses if not is_loopback(a)]
+    if network and not classroom:
+        wildcard = any(a in ("0.0.0.0", "::") for a in network)
+        where = "all network interfaces" if wildcard else "the network"
+        print(LISTEN_WARNING.format(where=where, host=",".join(network), port=port), file=sys.stderr)
     if registry is None:
         registry = default_registry(DataDir(data_dir), fast=fast)
-    app = create_app(registry, data_dir, listen_host=host, classroom=classroom)
-    shown = lan_address() if host == "0.0.0.0" and classroom else "127.0.0.1" if host == "0.0.0.0" else host
+    app = create_app(registry, data_dir, listen_host=host, allowed_hosts=allowed_hosts, classroom=classroom)
+    urls = server_urls(addresses, port)
+    shown = urls[0] + "".join(f" (on this machine: {u})" for u in urls[1:] if "127.0.0.1" in u)
+    bind = addresses[0] if len(addresses) == 1 else addresses
     room = app[STATE].classroom
 
     def started(_: str) -> None:
-        print(f"Atelier is running at http://{shown}:{port}/")
+        print(f"Atelier is running at {shown}")
         if room is not None:
-            print(announcement(room, f"http://{shown}:{port}/"))
+            print(announcement(room, urls[0]))
 
-    web.run_app(app, host=host, port=port, print=started)
+    web.run_app(app, host=bind, port=port, print=started)
 
 
 def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
@@ -172,14 +228,24 @@ def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
 
 def run_server(
     port: int = 8188,
-    listen: bool = False,
+    listen: str | bool | None = None,
     data_dir: str | os.PathLike | None = None,
     host: str = "127.0.0.1",
     fast: bool | None = None,
+    allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
 ) -> int:
-    """What `atelier serve [--port N] [--listen] [--data-dir DIR] [--no-fast] [--classroom]` calls; returns the
-    exit code."""
+    """What `atelier serve [--port N] [--listen [ADDRESS]] [--allowed-host NAME] [--data-dir DIR] [--no-fast]
+    [--classroom]` calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one used without it, except in
+    classroom mode, which binds 0.0.0.0 unless told an address. Returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    serve(host=host, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, listen=listen, fast=fast, classroom=classroom)
+    address = "0.0.0.0" if listen is True or (classroom and not listen) else listen or host
+    serve(
+        host=address,
+        port=port,
+        data_dir=data_dir or DEFAULT_DATA_DIR,
+        fast=fast,
+        allowed_hosts=allowed_hosts,
+        classroom=classroom,
+    )
     return 0

@@ -4,6 +4,7 @@
     Classe / Class: code K7P3QX
       Élèves / Learners:      http://192.168.1.20:8188/lab/?join=K7P3QX
       Formateur / Instructor: http://192.168.1.20:8188/?instructor=...   (gardez-le pour vous / keep it to yourself)
+    (then the join link as a QR code, for the learners' phones and laptops: segno, in text)
 
 Who is asking. Every request passes `classroom_middleware`, which puts a `Who` in request[WHO] (`who(request)`):
   - a learner: a signed cookie, set when they joined with the class's join code and a display name (no password);
@@ -32,8 +33,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import io
 import secrets
-import socket
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -310,24 +311,23 @@ def client_id_for(hub: Hub, person: Who, client_id: Any) -> str | None:
 # ---- the start ----
 
 
-def lan_address() -> str:
-    """This machine's address on the room's network: the source address of a route outwards (a UDP socket that
-    connects sends nothing), else its host name."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("10.254.254.254", 1))
-            return probe.getsockname()[0]
-        except OSError:
-            return socket.gethostname()
+def join_qr(url: str) -> str:
+    """The join link as a QR code in text (two modules per character, light on the terminal's dark background)."""
+    import segno
+
+    out = io.StringIO()
+    segno.make(url, error="m").terminal(out=out, border=2, compact=True)
+    return out.getvalue()
 
 
 def announcement(room: Classroom, base_url: str) -> str:
-    """What the terminal shows at start: the learners' link with its code, and the instructor's link."""
+    """What the terminal shows at start: the learners' link with its code and QR code, and the instructor's link."""
     join, instructor = room.links(base_url)
     return (
         f"Classe / Class: code {room.join_code}\n"
         f"  Élèves / Learners:      {join}\n"
-        f"  Formateur / Instructor: {instructor}   (gardez-le pour vous / keep it to yourself)"
+        f"  Formateur / Instructor: {instructor}   (gardez-le pour vous / keep it to yourself)\n"
+        f"{join_qr(join)}"
     )
 
 

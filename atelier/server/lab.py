@@ -42,6 +42,7 @@ from atelier.lessons.tokens import PromptTokens, read_tokens
 from atelier.server.classroom import may_read, who
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
+from atelier.server.security import page_policy
 from atelier.server.state import error_text, state
 from atelier.server.strict_json import read_json
 
@@ -160,7 +161,7 @@ async def lab_file(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         return error_text(404, f"No lab file {relative!r}.")
     mime = MIME_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return web.FileResponse(path, headers={"Content-Type": mime, **NO_CACHE})
+    return web.FileResponse(path, headers={"Content-Type": mime, "Content-Security-Policy": page_policy(), **NO_CACHE})
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Routes the editor needs to start and to describe the machine: users, settings, node definitions, models, stats.
 
-Shapes follow ComfyUI's server (see shared/reference/comfyui-api.md, section 1).
+Shapes follow ComfyUI's server (see shared/reference/comfyui-api.md, section 1). A client on another machine (the
+server runs with --listen) is not told where the files live nor which Python and PyTorch run it: /system_stats and
+the model-folder routes keep their shapes (the editor checks them) with relative folders and empty versions.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import atelier
 from atelier.errors import InputError
 from atelier.server.classroom import hide_others_files, settings_for, who
 from atelier.server.files import MODEL_EXTENSIONS, MODEL_FOLDERS, UnsafePathError, files_under, safe_join
+from atelier.server.security import is_local_client
 from atelier.server.state import ServerState, add_api, error_text, state
 from atelier.server.strict_json import BadJSON, read_json, read_object
 
@@ -134,18 +137,22 @@ async def system_stats(request: web.Request) -> web.Response:
     import torch
 
     total, free = _memory()
+    argv = state(request).argv
     system = {
         "os": sys.platform,
         "ram_total": total,
         "ram_free": free,
-        "comfyui_version": atelier.__version__,
+        "comfyui_version": atelier.__version__,  # the editor compares it with the version it requires
         "atelier_version": atelier.__version__,
         "python_version": sys.version,
         "pytorch_version": torch.__version__,
         "embedded_python": False,
-        "argv": state(request).argv,
+        "argv": argv,  # the editor looks for --disable-api-nodes here
         "platform": platform.platform(),
     }
+    if not is_local_client(request):  # strings still (the editor's schema wants them), but nothing to aim at
+        system.update(python_version="", pytorch_version="", platform="")
+        system["argv"] = [a for a in argv if "/" not in a and "\\" not in a]  # no paths
     return web.json_response({"system": system, "devices": _devices()})
 
 
@@ -209,9 +216,14 @@ async def embeddings(request: web.Request) -> web.Response:
     return web.json_response([os.path.splitext(n)[0] for n in names])
 
 
-async def experiment_models(request: web.Request) -> web.Response:
+def _shown_folder(request: web.Request, folder: str) -> str:
+    """models/<folder> as a client may see it: absolute on this machine, relative to the data dir from another."""
     models_dir = state(request).data.models
-    return web.json_response([{"name": f, "folders": [str(models_dir / f)]} for f in MODEL_FOLDERS])
+    return str(models_dir / folder) if is_local_client(request) else f"{models_dir.name}/{folder}"
+
+
+async def experiment_models(request: web.Request) -> web.Response:
+    return web.json_response([{"name": f, "folders": [_shown_folder(request, f)]} for f in MODEL_FOLDERS])
 
 
 async def experiment_models_in(request: web.Request) -> web.Response:
@@ -285,8 +297,7 @@ async def subscribe_logs(request: web.Request) -> web.Response:
 
 
 async def folder_paths(request: web.Request) -> web.Response:
-    models_dir = state(request).data.models
-    return web.json_response({f: [str(models_dir / f)] for f in MODEL_FOLDERS})
+    return web.json_response({f: [_shown_folder(request, f)] for f in MODEL_FOLDERS})
 
 
 async def no_translations(request: web.Request) -> web.Response:

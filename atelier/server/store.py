@@ -3,7 +3,8 @@
 One row per prompt, whose `state` moves   pending -> running -> success | error | interrupted
                                           pending -> cancelled            (deleted from the queue before it ran)
 On start, pending prompts are queued again; a prompt that was running when the server died is marked as an error
-(running it again could crash the server again). The HTTP routes read history, queue and jobs from here.
+(running it again could crash the server again), keeping the outputs it had recorded (`record_output`: each file
+as it is written), so history knows every file a prompt left. The HTTP routes read history, queue and jobs from here.
 
 Values are written as strict JSON (no NaN or Infinity) and queue numbers stay within MAX_NUMBER. A row that an
 older version (or a hand edit) left unreadable, say `number` = Infinity or a prompt that is not an object, is
@@ -142,6 +143,15 @@ class PromptStore:
                 (now_ms(), prompt_id),
             )
 
+    def record_output(self, prompt_id: str, node_id: str, ref: dict) -> None:
+        """Add a file reference to a running prompt's outputs ({node_id: {"images": [refs]}}) as the file is
+        written; `finish` then stores the prompt's final outputs in their place."""
+        with self._lock:
+            row = self._db.execute("SELECT outputs FROM prompts WHERE prompt_id = ?", (prompt_id,)).fetchone()
+            outputs = loads_lenient(row["outputs"]) if row is not None and row["outputs"] else {}
+            outputs.setdefault(node_id, {}).setdefault("images", []).append(ref)
+            self._db.execute("UPDATE prompts SET outputs = ? WHERE prompt_id = ?", (dumps_finite(outputs), prompt_id))
+
     def finish(self, rec: PromptRecord) -> None:
         """Store how a prompt ended (state, outputs, messages, error)."""
         self._run(
@@ -163,7 +173,8 @@ class PromptStore:
             error = {"exception_message": message, "exception_type": "ServerRestart", "node_id": None}
             msgs = [["execution_error", {"prompt_id": row["prompt_id"], **error, "timestamp": now_ms()}]]
             self._run(
-                "UPDATE prompts SET state = 'error', ended_at = ?, outputs = '{}', messages = ?, error = ? "
+                "UPDATE prompts SET state = 'error', ended_at = ?, outputs = COALESCE(outputs, '{}'), messages = ?, "
+                "error = ? "
                 "WHERE prompt_id = ?",
                 (now_ms(), dumps(msgs), dumps(error), row["prompt_id"]),
             )

@@ -26,6 +26,7 @@ from atelier.server.classroom import (
     announcement,
     display_name,
     hide_others_files,
+    join_qr,
     new_join_code,
 )
 from atelier.server.files import DataDir, OutputFiles
@@ -367,6 +368,8 @@ def test_announcement_names_both_links(tmp_path):
     text = announcement(room, "http://192.168.1.20:8188/")
     assert f"http://192.168.1.20:8188/lab/?join={room.join_code}" in text
     assert f"http://192.168.1.20:8188/?instructor={room.instructor_secret}" in text
+    qr = join_qr(f"http://192.168.1.20:8188/lab/?join={room.join_code}")
+    assert qr in text and qr.count("\n") >= 15  # version 3 or more: 29+ modules, two rows per line
     store.close()
 
 
@@ -450,11 +453,23 @@ def test_serve_classroom_listens_on_the_lan_and_prints_both_links(tmp_path, monk
         print("")
 
     monkeypatch.setattr(app_module.web, "run_app", run_app)
-    monkeypatch.setattr(app_module, "lan_address", lambda: "192.168.1.20")
+    monkeypatch.setattr(app_module, "lan_addresses", lambda: ["192.168.1.20"])
     registry = stub_registry(OutputFiles(DataDir(tmp_path)))
-    app_module.serve(port=8190, data_dir=tmp_path, registry=registry, classroom=True)
+    app_module.serve(host="0.0.0.0", port=8190, data_dir=tmp_path, registry=registry, classroom=True)
     out = capsys.readouterr().out
     assert bound == {"host": "0.0.0.0", "port": 8190}
     [code] = re.findall(r"http://192\.168\.1\.20:8190/lab/\?join=([A-Z2-9]{6})", out)
     [secret] = re.findall(r"http://192\.168\.1\.20:8190/\?instructor=(\S+)", out)
     assert code != secret and f"code {code}" in out
+    assert "█" in out and "Anyone who can reach" not in capsys.readouterr().err  # the QR code, not the warning
+
+
+def test_classroom_binds_every_interface_unless_told_an_address(monkeypatch):
+    import atelier.server.app as app_module
+
+    bound: list[str] = []
+    monkeypatch.setattr(app_module, "serve", lambda host, **kwargs: bound.append(host))
+    app_module.run_server(classroom=True)
+    app_module.run_server(classroom=True, listen="192.168.1.5")
+    app_module.run_server()
+    assert bound == ["0.0.0.0", "192.168.1.5", "127.0.0.1"]
