@@ -1,9 +1,10 @@
 # The two commands of the README. Each one sets up what it needs first (scripts/setup.sh is idempotent).
 .PHONY: start test test-slow lint
 
+# CLASSROOM=1 make start: one server for the whole class (classroom mode: a join link for the learners).
 start:
 	@scripts/setup.sh
-	.venv/bin/atelier serve --data-dir atelier-data
+	.venv/bin/atelier serve --data-dir atelier-data $(if $(CLASSROOM),--classroom)
 
 test:
 	@scripts/setup.sh test

@@ -114,6 +114,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "every interface)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="one more host name the server answers to (e.g. a name the room's DNS gives this machine)")
+    p.add_argument("--classroom", action="store_true",
+                   help="one server for a class: listens on the LAN (0.0.0.0 unless --listen ADDRESS), prints a "
+                        "join link; each learner sees only their own work")
     p.add_argument("--data-dir", type=Path, default=Path("atelier-data"),
                    help="inputs, outputs, history, user workflows and models/ (ComfyUI layout)")
     _add_no_fast(p)
@@ -124,7 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
     from atelier.server.app import run_server
 
     return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir,
-                      fast=False if args.no_fast else None, allowed_hosts=args.allowed_host)
+                      fast=False if args.no_fast else None, allowed_hosts=args.allowed_host, classroom=args.classroom)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

@@ -18,4 +18,5 @@ The official ComfyUI frontend (comfyui-frontend-package 1.27.10) runs against it
     frontend.py        index.html + static assets, workflow templates
     settings.py        settings storage and the defaults that keep the editor private and offline
     security.py        cross-origin and DNS-rebinding guards, stored files served by content, CSP + nosniff
+    classroom.py       --classroom: join code, learners' identity (signed cookie), what each learner may see
 """

@@ -27,6 +27,7 @@ from atelier.errors import AtelierError
 from atelier.graph.executor import Executor
 from atelier.graph.registry import NodeRegistry
 from atelier.server import frontend, lab, routes_files, routes_queue, routes_system, routes_userdata, websocket
+from atelier.server.classroom import Classroom, announcement, classroom_middleware
 from atelier.server.files import DataDir, OutputFiles
 from atelier.server.hub import Hub
 from atelier.server.prompt_queue import PromptQueue
@@ -63,6 +64,7 @@ def create_app(
     settings_defaults: dict | None = None,
     on_free: Callable[[bool, bool], None] | None = None,
     argv: list[str] | None = None,
+    classroom: bool = False,
 ) -> web.Application:
     """The aiohttp application: routes, WebSocket, the prompt queue and its worker (started with the app).
 
@@ -73,6 +75,7 @@ def create_app(
     - static_root: the frontend's static/ folder; "auto" finds the installed comfyui-frontend-package.
     - settings_defaults: replaces settings.PRIVATE_DEFAULTS (what the editor sees before the user changes it).
     - on_free: called by POST /free with (unload_models, free_memory), e.g. to drop loaded checkpoints.
+    - classroom: classroom mode (classroom.py): join code, learners, each seeing only their own work.
     """
     data = DataDir(data_dir)
     for path in data.remove_partial_writes():  # left by a server killed while it wrote
@@ -98,10 +101,13 @@ def create_app(
         on_free=on_free,
         # "--disable-api-nodes" is how the frontend learns not to fetch release notes from api.comfy.org.
         argv=argv if argv is not None else ["atelier", "serve", "--disable-api-nodes"],
+        classroom=Classroom(store) if classroom else None,
     )
+    hub.private = classroom
+    identify = [classroom_middleware(st.classroom)] if st.classroom is not None else []
     # Bodies (userdata files, prompts) may be as large as an upload; uploads themselves are streamed and checked.
     app = web.Application(
-        middlewares=[guard_middleware(host_names(listen_host, allowed_hosts))],
+        middlewares=[guard_middleware(host_names(listen_host, allowed_hosts)), *identify],
         client_max_size=st.limits.max_upload_bytes + 1024 * 1024,
     )
     app[STATE] = st
@@ -175,24 +181,34 @@ def serve(
     listen: bool = False,
     fast: bool | None = None,
     allowed_hosts: Iterable[str] = (),
+    classroom: bool = False,
 ) -> None:
     """Run the server until Ctrl+C on `host` (addresses, comma-separated; `listen=True` means 0.0.0.0, every
-    interface). An address that is not loopback prints a warning; `allowed_hosts` are more names to answer to."""
+    interface). An address that is not loopback prints a warning; `allowed_hosts` are more names to answer to.
+    `classroom=True`: classroom mode (classroom.py), which prints the learners' join link and the instructor's link
+    instead of the warning (the join code guards the server)."""
     if listen:
         host = "0.0.0.0"
     addresses = check_listen(host)
     network = [a for a in addresses if not is_loopback(a)]
-    if network:
+    if network and not classroom:
         wildcard = any(a in ("0.0.0.0", "::") for a in network)
         where = "all network interfaces" if wildcard else "the network"
         print(LISTEN_WARNING.format(where=where, host=",".join(network), port=port), file=sys.stderr)
     if registry is None:
         registry = default_registry(DataDir(data_dir), fast=fast)
-    app = create_app(registry, data_dir, listen_host=host, allowed_hosts=allowed_hosts)
+    app = create_app(registry, data_dir, listen_host=host, allowed_hosts=allowed_hosts, classroom=classroom)
     urls = server_urls(addresses, port)
     shown = urls[0] + "".join(f" (on this machine: {u})" for u in urls[1:] if "127.0.0.1" in u)
     bind = addresses[0] if len(addresses) == 1 else addresses
-    web.run_app(app, host=bind, port=port, print=lambda _: print(f"Atelier is running at {shown}"))
+    room = app[STATE].classroom
+
+    def started(_: str) -> None:
+        print(f"Atelier is running at {shown}")
+        if room is not None:
+            print(announcement(room, urls[0]))
+
+    web.run_app(app, host=bind, port=port, print=started)
 
 
 def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
@@ -217,10 +233,19 @@ def run_server(
     host: str = "127.0.0.1",
     fast: bool | None = None,
     allowed_hosts: Iterable[str] = (),
+    classroom: bool = False,
 ) -> int:
-    """What `atelier serve [--port N] [--listen [ADDRESS]] [--allowed-host NAME] [--data-dir DIR] [--no-fast]`
-    calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one used without it. Returns the exit code."""
+    """What `atelier serve [--port N] [--listen [ADDRESS]] [--allowed-host NAME] [--data-dir DIR] [--no-fast]
+    [--classroom]` calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one used without it, except in
+    classroom mode, which binds 0.0.0.0 unless told an address. Returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    address = "0.0.0.0" if listen is True else listen or host
-    serve(host=address, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, fast=fast, allowed_hosts=allowed_hosts)
+    address = "0.0.0.0" if listen is True or (classroom and not listen) else listen or host
+    serve(
+        host=address,
+        port=port,
+        data_dir=data_dir or DEFAULT_DATA_DIR,
+        fast=fast,
+        allowed_hosts=allowed_hosts,
+        classroom=classroom,
+    )
     return 0

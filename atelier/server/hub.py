@@ -9,12 +9,17 @@ Event 4 is used for clients that announced `supports_preview_metadata` in their 
 
 The worker thread calls `send(...)`; each client has a FIFO queue drained by one task on the event loop, so
 messages arrive in the order they were sent even when a slow client makes a write wait.
+
+In classroom mode (`private`, classroom.py) a sid belongs to the first identity that claims it, for the server's
+life (`claim`), so no learner can take over another's socket by its id; and a message sent to nobody in particular
+(sid None) reaches nobody unless it is `status`: a prompt queued without a socket must not tell the whole class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+import threading
 from typing import Any
 
 from aiohttp import web
@@ -65,6 +70,16 @@ class Hub:
     def __init__(self) -> None:
         self.clients: dict[str, Client] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.private = False  # classroom mode: see the module's docstring
+        self.owners: dict[str, str | None] = {}  # sid -> the owner (classroom.Who.owner) that claimed it
+        self._owners_lock = threading.Lock()
+
+    def claim(self, sid: str, owner: str | None) -> bool:
+        """Take `sid` for `owner`, or confirm it is theirs; False when someone else holds it (classroom mode)."""
+        if not self.private:
+            return True
+        with self._owners_lock:
+            return self.owners.setdefault(sid, owner) == owner
 
     def connect(self, sid: str, ws: web.WebSocketResponse) -> Client:
         """Register a socket (runs on the loop). A reconnect with the same sid replaces the old socket."""
@@ -83,6 +98,8 @@ class Hub:
 
     def send(self, event: str, data: Any, sid: str | None = None) -> None:
         """Send `{"type": event, "data": data}` to client `sid`, or to everyone when sid is None."""
+        if sid is None and self.private and event != "status":
+            return
         self._post(dumps_finite({"type": event, "data": data}), sid)  # a node's NaN arrives as null
 
     def send_preview(self, image: bytes, mime: str, metadata: dict, sid: str | None) -> None:

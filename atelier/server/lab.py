@@ -39,6 +39,7 @@ from atelier.errors import AtelierError, InputError
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.validation import shape_problem
 from atelier.lessons.tokens import PromptTokens, read_tokens
+from atelier.server.classroom import may_read, who
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.security import page_policy
@@ -120,8 +121,9 @@ def _open_ref(request: web.Request, ref: Any, what: str) -> Image.Image:
     """An RGB image from a file reference {"filename", "subfolder", "type"} (input, output or temp)."""
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
         raise InputError(f"The {what} must be a file reference {{filename, subfolder, type}}, got {ref!r}.")
-    path = state(request).files.path({"type": "input", "subfolder": "", **ref})
-    if not path.is_file():
+    ref = {"type": "input", "subfolder": "", **ref}
+    path = state(request).files.path(ref)
+    if not path.is_file() or not may_read(state(request), who(request), ref):  # classroom: not another's image
         raise InputError(f"The {what} {ref['filename']!r} does not exist in {ref.get('type', 'input')}/.")
     with Image.open(path) as img:
         return ImageOps.exif_transpose(img).convert("RGB")
@@ -417,10 +419,13 @@ async def vae_roundtrip_route(request: web.Request) -> web.Response:
 
     body = await _body(request)
     image = _open_ref(request, body.get("image"), "image")
-    files = state(request).files
+    files, room, person = state(request).files, state(request).classroom, who(request)
 
     def save(img: Image.Image, prefix: str) -> dict:
-        return files.save_image(img, prefix, "temp")
+        ref = files.save_image(img, prefix, "temp")
+        if room is not None:
+            room.claim_file(person, ref)  # the learner's to open with /view
+        return ref
 
     lab = state(request).lab
     return web.json_response(

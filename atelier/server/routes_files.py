@@ -16,12 +16,14 @@ import asyncio
 import io
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from atelier.server.classroom import Who, may_read, who
 from atelier.server.files import FILE_KINDS, DataDir, UnsafePathError, encode_png, safe_join, write_atomic
 from atelier.server.security import content_disposition, stored_file
 from atelier.server.state import ServerState, add_api, error_text, state
@@ -78,7 +80,8 @@ async def view(request: web.Request) -> web.StreamResponse:
         path = safe_join(folder, request.query.get("subfolder", ""), filename, what="file")
     except UnsafePathError as ex:
         return error_text(ex.status, str(ex))
-    if not filename or not path.is_file():
+    ref = {"filename": filename, "subfolder": request.query.get("subfolder", ""), "type": kind}
+    if not filename or not path.is_file() or not may_read(st, who(request), ref):  # another learner's: not there
         return error_text(404, f"The {kind} file {filename!r} does not exist.")
 
     preview = request.query.get("preview")
@@ -215,16 +218,20 @@ def _store(folder: Path, subfolder: str, filename: str, data: bytes, overwrite: 
     return target.name
 
 
-def _save_upload(st: ServerState, fields: dict[str, str], filename: str, data: bytes, mask: bool) -> dict:
-    """Check, (for the mask editor) combine, and store an upload; its file reference {name, subfolder, type}."""
+def _save_upload(st: ServerState, fields: dict[str, str], filename: str, data: bytes, mask: bool, person: Who) -> dict:
+    """Check, (for the mask editor) combine, and store an upload; its file reference {name, subfolder, type}.
+    In classroom mode a learner's uploads go to their own folder, classroom/<id>/, and a mask's original must be
+    theirs to open."""
     image = check_image(data, filename, st.limits.max_image_pixels)
     kind = fields.get("type") or "input"
     if kind not in FILE_KINDS:
         raise UploadError(400, f"The upload type {kind!r} is not known; expected input, output or temp.")
     subfolder = fields.get("subfolder", "")
+    if st.classroom is not None:
+        subfolder = "/".join(p for p in (st.classroom.upload_folder(person), subfolder) if p)
     overwrite = fields.get("overwrite", "").lower() in ("true", "1")
     if mask:
-        data = _apply_mask(st.data, fields.get("original_ref", ""), image)
+        data = _apply_mask(st.data, fields.get("original_ref", ""), image, lambda ref: may_read(st, person, ref))
     name = _store(st.data.folder(kind), subfolder, upload_name(filename), data, overwrite, kind)
     return {"name": name, "subfolder": subfolder, "type": kind}
 
@@ -234,21 +241,24 @@ async def _upload(request: web.Request, mask: bool) -> web.Response:
     try:
         fields, filename, data = await _read_form(request, st.limits.max_upload_bytes)
         # Decoding an 8000x8000 image takes most of a second: in a thread, so the event loop serves everyone else.
-        ref = await asyncio.get_running_loop().run_in_executor(None, _save_upload, st, fields, filename, data, mask)
+        ref = await asyncio.get_running_loop().run_in_executor(
+            None, _save_upload, st, fields, filename, data, mask, who(request)
+        )
     except (UploadError, UnsafePathError) as ex:
         return error_text(ex.status, str(ex))
     return web.json_response(ref)
 
 
-def _apply_mask(data_dir: DataDir, original_ref: str, mask: Image.Image) -> bytes:
-    """The mask editor's upload: the original image with its alpha channel replaced by the mask's alpha."""
+def _apply_mask(data_dir: DataDir, original_ref: str, mask: Image.Image, may_open: Callable[[dict], bool]) -> bytes:
+    """The mask editor's upload: the original image with its alpha channel replaced by the mask's alpha. `may_open`
+    says whether the uploader may read the original (classroom mode: not another learner's)."""
     try:
         ref = json.loads(original_ref)
         name, kind = split_type_suffix(ref["filename"], ref.get("type") or "input")
         path = safe_join(data_dir.folder(kind), ref.get("subfolder") or "", name, what="file")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UploadError(400, "The mask upload needs original_ref, the JSON reference of the masked image.") from None
-    if not path.is_file():
+    if not path.is_file() or not may_open({**ref, "filename": name, "type": kind}):
         raise UploadError(404, f"The masked image {ref['filename']!r} does not exist.")
     with Image.open(path) as opened:
         original = opened.convert("RGBA")

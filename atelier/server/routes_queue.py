@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from atelier.graph.validation import ValidationResult, error_entry, validate_prompt
+from atelier.server.classroom import client_id_for, own_ids, prompt_names_others_files, queue_status, visible, who
 from atelier.server.state import add_api, state
 from atelier.server.store import FINISHED, MAX_NUMBER, PromptRecord, now_ms
 from atelier.server.strict_json import BadJSON, dumps, json_kind, json_response_off_loop, read_json, read_object
@@ -39,7 +40,7 @@ def _bad_prompt(kind: str, message: str, details: str = "", status: int = 400) -
 
 
 async def get_prompt(request: web.Request) -> web.Response:
-    return web.json_response(state(request).queue.status())
+    return web.json_response(queue_status(state(request).queue, who(request)))
 
 
 def queue_number(value: Any) -> int:
@@ -99,6 +100,8 @@ async def post_prompt(request: web.Request) -> web.Response:
         return _bad_prompt("invalid_prompt", message, status=status)
     if not result.ok:
         return web.json_response({"error": result.error, "node_errors": result.node_errors}, status=400)
+    if (named := prompt_names_others_files(result.prompt, who(request))) is not None:
+        return _bad_prompt("invalid_prompt", f"The file {named[:80]!r} belongs to another learner.", status=403)
 
     prompt_id = body.get("prompt_id")
     if not prompt_id or st.store.exists(prompt_id):
@@ -109,18 +112,28 @@ async def post_prompt(request: web.Request) -> web.Response:
     extra = {k: v for k, v in extra.items() if k not in SENSITIVE_EXTRA_DATA}
     if isinstance(body.get("client_id"), str):
         extra["client_id"] = body["client_id"]
+    if st.classroom is not None:  # messages go only to a socket of the prompt's owner
+        extra["client_id"] = client_id_for(st.hub, who(request), extra.get("client_id"))
     extra["create_time"] = now_ms()
-    rec = PromptRecord(prompt_id, number, result.prompt, extra, result.outputs, created_at=extra["create_time"])
+    rec = PromptRecord(
+        prompt_id,
+        number,
+        result.prompt,
+        extra,
+        result.outputs,
+        created_at=extra["create_time"],
+        owner=who(request).owner,
+    )
     await asyncio.to_thread(st.queue.put, rec)  # stored as JSON: a large prompt takes a while to write
     reply = {"prompt_id": prompt_id, "number": rec.queue_tuple()[0], "node_errors": result.node_errors}
     return web.json_response(reply)
 
 
 async def get_queue(request: web.Request) -> web.Response:
-    queue = state(request).queue
+    queue, person = state(request).queue, who(request)
 
     def build() -> dict:
-        running, pending = queue.snapshot()
+        running, pending = (visible(person, records) for records in queue.snapshot())
         return {
             "queue_running": [r.queue_tuple() for r in running],
             "queue_pending": [r.queue_tuple() for r in pending],
@@ -139,12 +152,15 @@ async def _json_body(request: web.Request) -> dict:
 
 async def post_queue(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    queue = state(request).queue
-    ids = _ids(body, "delete")
+    st, person = state(request), who(request)
+    ids = own_ids(st.store, person, _ids(body, "delete"))
     if body.get("clear"):
-        queue.clear()
+        if person.sees_all:
+            st.queue.clear()
+        else:
+            st.queue.cancel([r.prompt_id for r in visible(person, st.queue.snapshot()[1])])
     if ids:
-        queue.cancel(ids)
+        st.queue.cancel(ids)
     return web.Response(status=200)
 
 
@@ -186,12 +202,12 @@ def _int_query(request: web.Request, name: str, default: int | None) -> int | No
 
 
 async def get_history(request: web.Request) -> web.Response:
-    store = state(request).store
+    store, person = state(request).store, who(request)
     max_items = _int_query(request, "max_items", None)
     offset = _int_query(request, "offset", -1)
 
     def build() -> dict:
-        records = store.history()
+        records = visible(person, store.history())
         start = offset
         if start < 0:  # as ComfyUI: without an offset, the most recent max_items (still oldest first)
             start = max(0, len(records) - max_items) if max_items is not None else 0
@@ -202,20 +218,24 @@ async def get_history(request: web.Request) -> web.Response:
 
 
 async def get_history_one(request: web.Request) -> web.Response:
-    store, prompt_id = state(request).store, request.match_info["prompt_id"]
+    store, prompt_id, person = state(request).store, request.match_info["prompt_id"], who(request)
 
     def build() -> dict:
         rec = store.get(prompt_id)
-        return {rec.prompt_id: history_entry(rec)} if rec is not None and rec.state in FINISHED else {}
+        seen = rec is not None and rec.state in FINISHED and person.sees(rec.owner)
+        return {rec.prompt_id: history_entry(rec)} if seen else {}
 
     return await json_response_off_loop(build)
 
 
 async def post_history(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    store, ids = state(request).store, _ids(body, "delete")
-    if body.get("clear"):
+    store, person = state(request).store, who(request)
+    ids = own_ids(store, person, _ids(body, "delete"))
+    if body.get("clear") and person.sees_all:
         await asyncio.to_thread(store.delete_history)
+    elif body.get("clear"):  # a learner clears their own history
+        await asyncio.to_thread(store.delete_history, [r.prompt_id for r in visible(person, store.history())])
     if ids:
         await asyncio.to_thread(store.delete_history, ids)
     return web.Response(status=200)
@@ -301,7 +321,7 @@ async def get_jobs(request: web.Request) -> web.Response:
     limit = _int_query(request, "limit", None)
     offset = max(0, _int_query(request, "offset", 0) or 0)
     workflow_id = request.query.get("workflow_id")
-    store = state(request).store
+    store, person = state(request).store, who(request)
 
     def key(job: dict) -> float:
         if sort_by == "execution_duration":
@@ -310,7 +330,7 @@ async def get_jobs(request: web.Request) -> web.Response:
         return job["create_time"]
 
     def build() -> dict:
-        jobs = [job_entry(rec) for rec in store.select()]
+        jobs = [job_entry(rec) for rec in visible(person, store.select())]
         jobs = [j for j in jobs if j["status"] in wanted and (not workflow_id or j.get("workflow_id") == workflow_id)]
         jobs.sort(key=key, reverse=descending)
         total = len(jobs)
@@ -324,15 +344,17 @@ async def get_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     rec = await asyncio.to_thread(state(request).store.get, job_id)
-    if rec is None:
+    if rec is None or not who(request).sees(rec.owner):
         return web.json_response({"error": f"No job with id {job_id[:MAX_ID_CHARACTERS]!r}."}, status=404)
     return await json_response_off_loop(lambda: job_entry(rec, detail=True))
 
 
 def _cancel(request: web.Request, job_id: str) -> bool:
-    """Cancel a pending job (removed from the queue) or the running one (interrupted)."""
-    queue = state(request).queue
-    return bool(queue.cancel([job_id])) or queue.interrupt(job_id)
+    """Cancel a pending job (removed from the queue) or the running one (interrupted): the person's own only."""
+    st = state(request)
+    if not own_ids(st.store, who(request), [job_id]):
+        return False
+    return bool(st.queue.cancel([job_id])) or st.queue.interrupt(job_id)
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 import atelier
 from atelier.errors import InputError
+from atelier.server.classroom import hide_others_files, settings_for, who
 from atelier.server.files import MODEL_EXTENSIONS, MODEL_FOLDERS, UnsafePathError, files_under, safe_join
 from atelier.server.security import is_local_client
 from atelier.server.state import ServerState, add_api, error_text, state
@@ -37,7 +38,7 @@ async def users(request: web.Request) -> web.Response:
 
 
 async def get_settings(request: web.Request) -> web.Response:
-    return web.json_response(state(request).settings.all())
+    return web.json_response(settings_for(state(request), who(request)).all())
 
 
 async def post_settings(request: web.Request) -> web.Response:
@@ -52,14 +53,14 @@ async def post_settings(request: web.Request) -> web.Response:
 
 def _store_settings(request: web.Request, values: dict) -> web.Response:
     try:
-        state(request).settings.update(values)
+        settings_for(state(request), who(request)).update(values)
     except InputError as ex:
         return error_text(400, str(ex))
     return web.Response(status=200)
 
 
 async def get_setting(request: web.Request) -> web.Response:
-    return web.json_response(state(request).settings.get(request.match_info["id"]))
+    return web.json_response(settings_for(state(request), who(request)).get(request.match_info["id"]))
 
 
 async def post_setting(request: web.Request) -> web.Response:
@@ -78,11 +79,12 @@ async def extensions(request: web.Request) -> web.Response:
 
 
 async def object_info(request: web.Request) -> web.Response:
-    return web.json_response(state(request).registry.object_info())
+    return web.json_response(hide_others_files(state(request).registry.object_info(), who(request)))
 
 
 async def object_info_one(request: web.Request) -> web.Response:
-    return web.json_response(state(request).registry.object_info(request.match_info["cls"]))
+    info = state(request).registry.object_info(request.match_info["cls"])
+    return web.json_response(hide_others_files(info, who(request)))
 
 
 # ---- machine ----
@@ -163,8 +165,14 @@ async def interrupt(request: web.Request) -> web.Response:
         body = await read_object(request)  # the editor may post no body at all: interrupt whatever runs
     except BadJSON as ex:
         return error_text(ex.status, str(ex))
-    prompt_id = body.get("prompt_id")
-    state(request).queue.interrupt(prompt_id if isinstance(prompt_id, str) else None)
+    prompt_id = body.get("prompt_id") if isinstance(body.get("prompt_id"), str) else None
+    st, person = state(request), who(request)
+    if not person.sees_all:  # a learner stops only their own prompt
+        mine = [r.prompt_id for r in st.queue.snapshot()[0] if r.owner == person.owner]
+        if not mine or (prompt_id is not None and prompt_id not in mine):
+            return web.Response(status=200)
+        prompt_id = mine[0]
+    st.queue.interrupt(prompt_id)
     return web.Response(status=200)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from atelier.server.classroom import user_folder, who
 from atelier.server.files import UnsafePathError, files_under, safe_join, write_atomic
 from atelier.server.security import stored_file
 from atelier.server.state import add_api, error_text, state
@@ -21,7 +22,7 @@ USER_STYLESHEET = "user.css"  # index.html links it as a style sheet: it applies
 
 def _user_path(request: web.Request, relative: str) -> Path:
     try:
-        return safe_join(state(request).data.user, relative, what="user file")
+        return safe_join(user_folder(state(request), who(request)), relative, what="user file")
     except UnsafePathError as ex:
         raise _http_error(ex) from None
 
@@ -68,7 +69,7 @@ async def list_userdata_v2(request: web.Request) -> web.Response:
     folder = _user_path(request, relative)
     if not folder.is_dir():
         return error_text(404, f"The user folder {relative!r} does not exist.")
-    root = state(request).data.user
+    root = user_folder(state(request), who(request))
     entries = []
     for path in sorted(folder.iterdir()):
         if not path.resolve().is_relative_to(root.resolve()):
@@ -100,7 +101,7 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
 async def post_userdata(request: web.Request) -> web.Response:
     relative = request.match_info["file"]
     path = _user_path(request, relative)
-    if path.is_dir() or path == state(request).data.user:
+    if path.is_dir() or path == user_folder(state(request), who(request)):
         return error_text(400, f"The user file {relative!r} names a folder; expected a file name.")
     if path.exists() and not _flag(request, "overwrite", default=True):
         return error_text(409, f"The user file {relative!r} already exists (overwrite=false).")

@@ -20,6 +20,7 @@ from atelier.server.store import PromptStore
 if TYPE_CHECKING:  # torch and the models load when the lab first needs them, not at server start
     from atelier.lessons.embedded import LessonModels
     from atelier.models.tokenizer import CLIPTokenizer
+    from atelier.server.classroom import Classroom
 
 
 @dataclass
@@ -73,6 +74,7 @@ class ServerState:
     on_free: Callable[[bool, bool], None] | None  # POST /free (unload_models, free_memory) beyond the node cache
     argv: list[str]
     lab: LabModels = field(default_factory=LabModels)
+    classroom: Classroom | None = None  # classroom mode (--classroom): the class, its learners and their secrets
 
 
 STATE: web.AppKey[ServerState] = web.AppKey("atelier_state", ServerState)

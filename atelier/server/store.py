@@ -18,6 +18,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,18 @@ CREATE TABLE IF NOT EXISTS prompts (
     messages TEXT,                         -- [[event, data], ...] status messages, as ComfyUI's history keeps
     error TEXT                             -- the execution_error payload, if any (JSON)
 );
+CREATE TABLE IF NOT EXISTS learners (      -- classroom mode (classroom.py): who joined, by display name
+    learner_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL            -- ms since the epoch
+);
+CREATE TABLE IF NOT EXISTS class_secrets ( -- classroom mode: the join code, the instructor secret, the cookie key
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+# Added after the first release: the learner who queued the prompt (NULL: the local user or the instructor).
+_OWNER_COLUMN = "ALTER TABLE prompts ADD COLUMN owner TEXT"
 
 
 def now_ms() -> int:
@@ -69,6 +81,7 @@ class PromptRecord:
     outputs: dict = field(default_factory=dict)
     messages: list = field(default_factory=list)
     error: dict | None = None
+    owner: str | None = None  # classroom mode: the learner who queued it (None: the local user or the instructor)
 
     @property
     def client_id(self) -> str | None:
@@ -89,6 +102,8 @@ class PromptStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        if "owner" not in {row["name"] for row in self._db.execute("PRAGMA table_info(prompts)")}:
+            self._db.execute(_OWNER_COLUMN)
         self._reported: set[str] = set()  # ids of unreadable rows already reported in the log
 
     def close(self) -> None:
@@ -101,8 +116,8 @@ class PromptStore:
 
     def add(self, rec: PromptRecord) -> None:
         self._run(
-            "INSERT INTO prompts (prompt_id, number, state, prompt, extra_data, outputs_to_execute, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO prompts (prompt_id, number, state, prompt, extra_data, outputs_to_execute, created_at, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rec.prompt_id,
                 rec.number,
@@ -111,6 +126,7 @@ class PromptStore:
                 dumps(rec.extra_data),
                 dumps(rec.outputs_to_execute),
                 rec.created_at,
+                rec.owner,
             ),
         )
 
@@ -210,6 +226,23 @@ class PromptStore:
             (dumps(prompt_ids), *FINISHED),
         )
 
+    # ---- classroom mode (classroom.py) ----
+
+    def add_learner(self, learner_id: str, name: str, created_at: int) -> None:
+        self._run(
+            "INSERT INTO learners (learner_id, name, created_at) VALUES (?, ?, ?)", (learner_id, name, created_at)
+        )
+
+    def learners(self) -> list[tuple[str, str, int]]:
+        """(learner_id, name, created_at) of everyone who joined, first joined first."""
+        rows = self._run("SELECT learner_id, name, created_at FROM learners ORDER BY created_at, rowid")
+        return [(row["learner_id"], row["name"], row["created_at"]) for row in rows]
+
+    def class_secret(self, name: str, make: Callable[[], str]) -> str:
+        """The stored secret `name`, made with `make()` and stored the first time it is asked for."""
+        self._run("INSERT OR IGNORE INTO class_secrets (name, value) VALUES (?, ?)", (name, make()))
+        return self._run("SELECT value FROM class_secrets WHERE name = ?", (name,))[0]["value"]
+
 
 def _record(row: sqlite3.Row) -> PromptRecord:
     """A row as a PromptRecord, every column checked; raises ValueError or TypeError (one sentence) otherwise."""
@@ -235,6 +268,7 @@ def _record(row: sqlite3.Row) -> PromptRecord:
         outputs=_json(row["outputs"], dict, "outputs") if row["outputs"] else {},
         messages=_json(row["messages"], list, "messages") if row["messages"] else [],
         error=_json(row["error"], dict, "error") if row["error"] else None,
+        owner=row["owner"] if isinstance(row["owner"], str) else None,
     )
 
 

@@ -15,6 +15,7 @@ import uuid
 
 from aiohttp import WSMsgType, web
 
+from atelier.server.classroom import queue_status, who
 from atelier.server.routes_system import feature_flags
 from atelier.server.state import state
 from atelier.server.strict_json import BadJSON, loads
@@ -27,8 +28,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1024 * 1024)
     await ws.prepare(request)
     sid = request.query.get("clientId") or uuid.uuid4().hex
+    if not st.hub.claim(sid, who(request).owner):  # classroom mode: another learner's sid; this socket gets its own
+        sid = uuid.uuid4().hex
+        st.hub.claim(sid, who(request).owner)
     client = st.hub.connect(sid, ws)
-    st.hub.send("status", {"status": st.queue.status(), "sid": sid}, sid)
+    st.hub.send("status", {"status": queue_status(st.queue, who(request)), "sid": sid}, sid)
     running, _ = st.queue.snapshot()
     if running and running[0].client_id == sid:  # a reconnect in the middle of its own prompt
         st.hub.send("execution_start", {"prompt_id": running[0].prompt_id, "timestamp": running[0].started_at}, sid)
