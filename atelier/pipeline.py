@@ -27,6 +27,7 @@ from torch import Tensor
 
 from atelier.errors import AtelierError, InputError
 from atelier.imaging import signed_to_uint8
+from atelier.models.lora import WeightPatch, patched
 from atelier.sampling.denoisers import Denoiser, DiscreteSchedule, start_latent
 from atelier.sampling.guidance import GuidanceTrace, cfg_denoiser
 from atelier.sampling.noise import initial_noise, resolve_seed, seeded_noise_sampler
@@ -82,6 +83,9 @@ class DiffusionModel:
     latent_scale: float  # the VAE's scaling_factor: sampler latents = raw latents * latent_scale
     schedule: DiscreteSchedule = dataclasses.field(default_factory=DiscreteSchedule.scaled_linear)
     preview: Tensor | None = None  # (5, 3) raw latent -> RGB map for live previews (see fit_latent_to_rgb)
+    # LoRAs, applied to the shared UNet in place while `sample` runs and undone after (models/lora.py): a MODEL
+    # with LoRAs is this same object with a longer list, never a copy of the network.
+    patches: tuple[WeightPatch, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -312,7 +316,8 @@ def sample(
         # Per-step noise of ancestral/SDE samplers: its own stream, seeded from the seed (see noise.py).
         noise_sampler = seeded_noise_sampler(x, seed)
         sampler = SAMPLERS[settings.sampler]
-        x = sampler(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler)
+        with patched(model.unet, model.patches):
+            x = sampler(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler)
         if noise_mask is not None:
             x = x * mask + scaled * (1 - mask)
     return SampleResult(x / model.latent_scale, seed, sigmas.cpu(), guided.trace)

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from atelier.graph.schema import Input, NodeContext, NodeSchema
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_bchw_signed, bhwc_unit_to_pil
 from atelier.models.library import EMBEDDED_NAME, embedded_model_path
+from atelier.models.lora import WeightPatch, patched
 from atelier.models.paths import ModelPaths
-from atelier.pipeline import Cond, DiffusionModel, OnStep, SamplerSettings, Step, sample
+from atelier.pipeline import Cond, DiffusionModel, OnStep, SamplerSettings, Step, encode_prompt, sample
 from atelier.sampling.noise import SEED_MAX
 from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import SCHEDULERS
@@ -66,11 +67,18 @@ class Node:
 
 @dataclasses.dataclass
 class ClipModel:
-    """What ComfyUI calls CLIP: the text encoder, its tokenizer, and the layer to stop at (1 = last)."""
+    """What ComfyUI calls CLIP: the text encoder, its tokenizer, the layer to stop at (1 = last), and the LoRAs
+    applied to the shared text encoder while a prompt is encoded (models/lora.py)."""
 
     text_encoder: Any
     tokenizer: Any
     clip_skip: int = 1
+    patches: tuple[WeightPatch, ...] = ()
+
+    def encode(self, text: str) -> torch.Tensor:
+        """The prompt's conditioning (1, 77 x chunks, width), with this CLIP's LoRAs and clip skip."""
+        with patched(self.text_encoder, self.patches):
+            return encode_prompt(self.text_encoder, self.tokenizer, text, self.clip_skip)
 
 
 def vae_pixels(image: torch.Tensor) -> torch.Tensor:

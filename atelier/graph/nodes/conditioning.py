@@ -6,7 +6,7 @@ import dataclasses
 
 from atelier.graph.kit import MAX_RESOLUTION, ClipModel, Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
-from atelier.pipeline import Cond, encode_prompt
+from atelier.pipeline import Cond
 
 
 class CLIPTextEncode(Node):
@@ -23,8 +23,7 @@ class CLIPTextEncode(Node):
     )
 
     def run(self, ctx: NodeContext, text: str, clip: ClipModel) -> tuple:
-        context = encode_prompt(clip.text_encoder, clip.tokenizer, text, clip.clip_skip)
-        return ([Cond(context)],)
+        return ([Cond(clip.encode(text))],)
 
 
 class CLIPSetLastLayer(Node):
