@@ -16,6 +16,7 @@ previews, film strips): nothing UI-specific happens here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -36,9 +37,12 @@ from atelier.sampling.schedules import SCHEDULERS, sigmas_for
 
 if TYPE_CHECKING:
     from atelier.models.clip import CLIPTextEncoder
-    from atelier.models.tokenizer import CLIPTokenizer
+    from atelier.models.tokenizer import CLIPTokenizer, EmbeddingLookup
     from atelier.models.unet import UNet
     from atelier.models.vae import VAE
+
+
+log = logging.getLogger(__name__)
 
 
 class Interrupted(AtelierError):
@@ -51,18 +55,36 @@ class Interrupted(AtelierError):
 
 
 @torch.no_grad()
-def encode_prompt(text_encoder: CLIPTextEncoder, tokenizer: CLIPTokenizer, prompt: str, clip_skip: int = 1) -> Tensor:
+def encode_prompt(
+    text_encoder: CLIPTextEncoder,
+    tokenizer: CLIPTokenizer,
+    prompt: str,
+    clip_skip: int = 1,
+    embeddings: EmbeddingLookup | None = None,
+    unknown: list[str] | None = None,
+) -> Tensor:
     """A prompt -> the context the UNet attends to: (1, 77 * chunks, width).
 
     Long prompts are cut into 75-token chunks, each encoded in its own 77-token window, and concatenated.
     Weights such as "(red:1.3)" scale each token's vector away from what an empty prompt gives at that position,
     ComfyUI's rule for SD1.x: z = z_empty + weight * (z - z_empty).
+    With `embeddings` (models/embeddings.py), "embedding:name" puts a textual inversion's vectors in the prompt;
+    names no file matches are left out, logged, and appended to `unknown` when it is given.
     """
-    chunks = tokenizer.tokenize_weighted(prompt)  # list of 77 (id, weight) pairs per chunk
+    tokens = tokenizer.tokenize_prompt(prompt, embeddings)  # 77 (id, weight) pairs per chunk
+    for name in tokens.unknown:
+        log.warning("embedding:%s names no file in the embeddings folder; it was left out of the prompt", name)
+    if unknown is not None:
+        unknown.extend(tokens.unknown)
+    chunks = tokens.windows
     device = next(text_encoder.parameters()).device
     ids = torch.tensor([[i for i, _ in chunk] for chunk in chunks], device=device)  # (chunks, 77)
     weights = torch.tensor([[w for _, w in chunk] for chunk in chunks], device=device)  # (chunks, 77)
-    z = text_encoder.encode(ids, clip_skip=clip_skip)  # (chunks, 77, width)
+    if tokens.vectors:
+        vectors = torch.cat(tokens.vectors)  # (E, width): every embedding vector the ids below 0 stand for
+        z = text_encoder.encode(ids, clip_skip=clip_skip, vectors=vectors)  # (chunks, 77, width)
+    else:
+        z = text_encoder.encode(ids, clip_skip=clip_skip)  # (chunks, 77, width)
     if not torch.all(weights == 1.0):
         empty = torch.tensor([tokenizer.tokenize_weighted("")[0]], device=device)[..., 0].long()  # (1, 77)
         z_empty = text_encoder.encode(empty, clip_skip=clip_skip)  # (1, 77, width)

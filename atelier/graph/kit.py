@@ -67,18 +67,20 @@ class Node:
 
 @dataclasses.dataclass
 class ClipModel:
-    """What ComfyUI calls CLIP: the text encoder, its tokenizer, the layer to stop at (1 = last), and the LoRAs
-    applied to the shared text encoder while a prompt is encoded (models/lora.py)."""
+    """What ComfyUI calls CLIP: the text encoder, its tokenizer, the layer to stop at (1 = last), the LoRAs
+    applied to the shared text encoder while a prompt is encoded (models/lora.py), and the embeddings folder."""
 
     text_encoder: Any
     tokenizer: Any
     clip_skip: int = 1
     patches: tuple[WeightPatch, ...] = ()
+    embeddings: Any = None  # "embedding:name" -> vectors (models.embeddings.EmbeddingFolder), or None: plain text
 
-    def encode(self, text: str) -> torch.Tensor:
-        """The prompt's conditioning (1, 77 x chunks, width), with this CLIP's LoRAs and clip skip."""
+    def encode(self, text: str, unknown: list[str] | None = None) -> torch.Tensor:
+        """The prompt's conditioning (1, 77 x chunks, width), with this CLIP's LoRAs, clip skip and embeddings;
+        embedding names that match no file are appended to `unknown`."""
         with patched(self.text_encoder, self.patches):
-            return encode_prompt(self.text_encoder, self.tokenizer, text, self.clip_skip)
+            return encode_prompt(self.text_encoder, self.tokenizer, text, self.clip_skip, self.embeddings, unknown)
 
 
 def vae_pixels(image: torch.Tensor) -> torch.Tensor:

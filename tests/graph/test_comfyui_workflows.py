@@ -232,3 +232,34 @@ def test_without_the_placeholders_an_unknown_node_is_named(tmp_path):
         "Node 'LoraLoader' is not supported by Atelier: it is not one of the core Stable Diffusion 1.x "
         "nodes Atelier runs (custom node packs cannot be installed)."
     )
+
+
+def test_embeddings_in_a_prompt_are_read_and_unknown_ones_are_named(env):
+    """The default graph with `embedding:name` in its prompt: a random embedding in models/embeddings changes the
+    image; an unknown name comes back as a warning in CLIPTextEncode's output (and the image is made without it)."""
+    registry, executor, files = env
+    width = load_checkpoint(embedded_model_path(), device="cpu").text_encoder_config.width
+    folder = registry.get("CLIPTextEncode").env.models.folders_for("embeddings")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.randn(2, width, generator=torch.Generator().manual_seed(5)) * 3},
+              str(folder / "style.safetensors"))  # fmt: skip
+    base = shrink(ui_to_api(load("default_graph.json"), registry), registry)
+    text = base["6"]["inputs"]["text"]
+
+    def run(prompt_text: str) -> tuple[bytes, dict]:
+        graph = json.loads(json.dumps(base))
+        graph["6"]["inputs"]["text"] = prompt_text
+        checked = validate_prompt(graph, registry)
+        log = EventLog()
+        executor.execute(checked.prompt, checked.outputs, listener=log)
+        assert log.names()[-1] == "execution_success", log.payloads("execution_error")
+        ui = dict(log.payloads("executed"))
+        with Image.open(files.path(ui["9"]["images"][0])) as png:
+            return png.tobytes(), ui
+
+    plain, _ = run(text)
+    styled, _ = run(f"{text}, (embedding:style:1.1)")
+    missing, ui = run(f"{text} embedding:nowhere")
+    assert styled != plain
+    assert ui["6"] == {"warnings": ["embedding:nowhere matched no file in models/embeddings and was left out."]}
+    assert missing == run(f"{text} ")[0]  # left out: the same windows as the prompt without it

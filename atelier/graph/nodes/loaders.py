@@ -9,6 +9,7 @@ import torch
 
 from atelier.graph.kit import ClipModel, Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
+from atelier.models.embeddings import EmbeddingFolder
 from atelier.models.library import latent_rgb
 from atelier.models.lora import WeightPatch, load_lora
 from atelier.pipeline import DiffusionModel, fit_latent_to_rgb
@@ -43,7 +44,8 @@ class CheckpointLoaderSimple(Node):
         stored = latent_rgb(path)
         preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
         model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor, preview=preview)
-        return model, ClipModel(ckpt.text_encoder, ckpt.tokenizer), ckpt.vae
+        embeddings = EmbeddingFolder(self.env.models, ckpt.text_encoder_config.width)
+        return model, ClipModel(ckpt.text_encoder, ckpt.tokenizer, embeddings=embeddings), ckpt.vae
 
 
 class VAELoader(Node):
