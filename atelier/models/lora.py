@@ -177,10 +177,9 @@ _PARTS = {
     "_lora.up.weight": "up", "_lora.down.weight": "down",
     ".lora_linear_layer.up.weight": "up", ".lora_linear_layer.down.weight": "down",
     ".alpha": "alpha", ".dora_scale": "dora_scale",
-    ".hada_w1_a": "w1_a", ".hada_w1_b": "w1_b", ".hada_w2_a": "w2_a", ".hada_w2_b": "w2_b",
-    ".hada_t1": "t1", ".hada_t2": "t2",
-    ".lokr_w1": "w1", ".lokr_w1_a": "w1_a", ".lokr_w1_b": "w1_b",
-    ".lokr_w2": "w2", ".lokr_w2_a": "w2_a", ".lokr_w2_b": "w2_b", ".lokr_t2": "t2",
+    **{f".{part}": part for part in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")},
+    **{f".{part}": part for part in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
+                                     "lokr_t2")},
     ".diff": "diff", ".diff_b": "diff_b",
 }  # fmt: skip
 _BY_LENGTH = sorted(_PARTS, key=len, reverse=True)
@@ -240,10 +239,10 @@ def _change(parts: dict[str, Tensor], module: str) -> Change:
     alpha = _number(parts.get("alpha"))
     if "up" in parts and "down" in parts:
         return LowRank(parts["up"], parts["down"], parts.get("mid"), alpha)
-    if all(k in parts for k in ("w1_a", "w1_b", "w2_a", "w2_b")):
-        return Hadamard(parts["w1_a"], parts["w1_b"], parts["w2_a"], parts["w2_b"],
-                        parts.get("t1"), parts.get("t2"), alpha)  # fmt: skip
-    lokr = {k: parts.get(k) for k in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")}
+    hada = [parts.get(f"hada_{k}") for k in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")]
+    if all(t is not None for t in hada[:4]):
+        return Hadamard(*hada, alpha=alpha)
+    lokr = {k: parts.get(f"lokr_{k}") for k in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")}
     has_w1 = lokr["w1"] is not None or (lokr["w1_a"] is not None and lokr["w1_b"] is not None)
     has_w2 = lokr["w2"] is not None or (lokr["w2_a"] is not None and lokr["w2_b"] is not None)
     if has_w1 and has_w2:

@@ -310,3 +310,32 @@ def test_every_spelling_names_the_same_module():
     for spelling in ("lora_te_text_model_encoder_layers_2_mlp_fc1", "lora_te1_text_model_encoder_layers_2_mlp_fc1",
                      f"text_encoder.{fc1}"):  # fmt: skip
         assert names[spelling] == ("text_encoder", fc1)
+
+
+def test_lokr_with_both_factors_low_rank_is_not_taken_for_loha(tmp_path):
+    unet, _, _, _ = models()
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # (32, 32) = kron((4, 4), (8, 8))
+    w = unet.get_parameter(q + ".weight").detach().clone()
+    name = "lycoris_" + q.replace(".", "_")
+    g = torch.Generator().manual_seed(8)
+    a1, b1, a2, b2 = (torch.randn(s, generator=g) for s in [(4, 2), (2, 4), (8, 2), (2, 8)])
+    tensors = {f"{name}.lokr_w1_a": a1, f"{name}.lokr_w1_b": b1, f"{name}.lokr_w2_a": a2, f"{name}.lokr_w2_b": b2,
+               f"{name}.alpha": torch.tensor(1.0)}  # fmt: skip
+    got = _patched_weight(tmp_path, tensors, q + ".weight")
+    torch.testing.assert_close(got, w + 0.5 * torch.kron(a1 @ b1, a2 @ b2), rtol=1e-5, atol=1e-5)
+
+
+def test_info_names_lora_files_and_embeddings(tmp_path):
+    from atelier.models.info import describe_model
+
+    kohya_file(tmp_path / "k.safetensors", random_lora(9))
+    shown = describe_model(tmp_path / "k.safetensors")
+    assert "a LoRA for Stable Diffusion 1.x: 88 LoRA change(s)" in shown
+    assert "kohya (lora_unet_*, lora_te_*)" in shown and "70 in the UNet, 18 in the text encoder" in shown
+    assert "rank          4" in shown and "alpha         2 (scale = alpha / rank)" in shown
+    peft_file(tmp_path / "p.safetensors", random_lora(9))
+    assert "diffusers / PEFT" in describe_model(tmp_path / "p.safetensors")
+    save_file({"emb_params": torch.zeros(4, 768)}, str(tmp_path / "style.safetensors"))
+    shown = describe_model(tmp_path / "style.safetensors")
+    assert "a textual-inversion embedding for Stable Diffusion 1.x (CLIP ViT-L, 768 wide)" in shown
+    assert "4 x 768" in shown and "embedding:style" in shown
