@@ -8,7 +8,8 @@ visits, where words (and images) sit in the text encoder's space, what the VAE k
 images are the same pixel for pixel.
 
     GET  /lab/                          the page (atelier/web/lab/: index.html, lab.css, *.js, i18n/*.json)
-    GET  /atelier/lab/options           models, samplers, schedulers, the teaching defaults and the form's limits
+    GET  /atelier/lab/options           models, LoRAs, embeddings, samplers, schedulers, the teaching defaults and
+                                        the form's limits
     POST /atelier/lab/graph             {params, view?, init_image?, words?} -> {prompt (API), roles, workflow}
     POST /atelier/lab/workflow          {prompt} -> {workflow}: any API prompt, laid out for the node editor
     GET  /atelier/lab/tokens?text=      the prompt's tokens, ids and 77-token windows
@@ -189,6 +190,15 @@ def form_limits(registry: NodeRegistry) -> dict[str, dict]:
     return limits
 
 
+def _embedding_names(request: web.Request) -> list[str]:
+    """The names `embedding:name` can use: the files of models/embeddings without their extension."""
+    node = state(request).registry.get("CLIPTextEncode")
+    env = getattr(node, "env", None)
+    if env is None:  # a registry of stub nodes (tests)
+        return []
+    return sorted({name.rsplit(".", 1)[0] for name in env.models.list("embeddings")})
+
+
 @_handler
 async def options(request: web.Request) -> web.Response:
     from atelier.sampling.samplers import SAMPLERS
@@ -197,6 +207,8 @@ async def options(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "models": _choices(request, "CheckpointLoaderSimple", "ckpt_name", [EMBEDDED]),
+            "loras": _choices(request, "LoraLoader", "lora_name", []),
+            "embeddings": _embedding_names(request),
             "samplers": list(SAMPLERS),
             "schedulers": list(SCHEDULERS),
             "defaults": TEACHING_DEFAULTS,

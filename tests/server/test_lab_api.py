@@ -48,6 +48,18 @@ async def error_of(resp) -> str:
 
 
 @async_test
+async def test_options_list_the_loras_and_embeddings_of_the_models_folder(tmp_path):
+    data = DataDir(tmp_path)
+    for kind, name in (("loras", "style.safetensors"), ("embeddings", "cat-toy.pt"), ("embeddings", "bad.bin")):
+        (data.models / kind).mkdir(parents=True, exist_ok=True)
+        (data.models / kind / name).write_bytes(b"")
+    async with lab_server(tmp_path) as client:
+        body = await (await client.get(f"{LAB}/options")).json()
+    assert body["loras"] == ["style.safetensors"]
+    assert body["embeddings"] == ["bad", "cat-toy"]
+
+
+@async_test
 async def test_options_give_the_teaching_defaults(tmp_path):
     async with lab_server(tmp_path) as client:
         body = await (await client.get(f"{LAB}/options")).json()
@@ -66,6 +78,7 @@ async def test_options_give_the_teaching_defaults(tmp_path):
         "denoise": 1.0,
     }
     assert body["models"][0] == "embedded.safetensors"
+    assert body["loras"] == [] and body["embeddings"] == []
     assert {"euler", "euler_ancestral"} <= set(body["samplers"]) and "karras" in body["schedulers"]
     assert {"AtelierFilmStripSampler", "AtelierLatentChannels", "AtelierCrossAttentionMap"} <= set(body["node_types"])
 
