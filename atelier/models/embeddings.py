@@ -30,8 +30,9 @@ from atelier.models.weights import WeightsFile
 SUFFIXES = ("", ".safetensors", ".pt", ".bin")
 
 
-def embedding_vectors(tensors: Mapping[str, Tensor], width: int, name: str) -> Tensor:
-    """The (n_vectors, width) float32 vectors of an embedding file's tensors, whichever layout wrote it."""
+def embedding_vectors(tensors: Mapping[str, Tensor], width: int | None, name: str) -> Tensor:
+    """The (n_vectors, width) float32 vectors of an embedding file's tensors, whichever layout wrote it (any width
+    when `width` is None, e.g. to count the positions an embedding takes)."""
     params = [k for k in tensors if k.startswith("string_to_param.")]
     if params:
         key = params[0]
@@ -49,7 +50,7 @@ def embedding_vectors(tensors: Mapping[str, Tensor], width: int, name: str) -> T
         )
     vectors = tensors[key].detach().float()
     vectors = vectors.reshape(1, -1) if vectors.ndim == 1 else vectors
-    if vectors.ndim != 2 or vectors.shape[1] != width:
+    if vectors.ndim != 2 or (width is not None and vectors.shape[1] != width):
         raise CheckpointError(
             f"{name} holds vectors of shape {tuple(tensors[key].shape)}; this text encoder reads vectors {width} "
             "wide (is it an embedding for another model family?)."
@@ -57,7 +58,7 @@ def embedding_vectors(tensors: Mapping[str, Tensor], width: int, name: str) -> T
     return vectors
 
 
-def read_embedding(path: str | Path, width: int) -> Tensor:
+def read_embedding(path: str | Path, width: int | None) -> Tensor:
     """An embedding file -> its vectors (n_vectors, width), float32; one sentence on any problem."""
     file = WeightsFile(path)
     return embedding_vectors(file.read(list(file.index.shapes), torch.float32), width, file.name)
@@ -70,7 +71,7 @@ class EmbeddingFolder:
     (the last `capacity`, keyed by path and modification time, so an edited file is read again).
     """
 
-    def __init__(self, paths: ModelPaths, width: int, capacity: int = 32) -> None:
+    def __init__(self, paths: ModelPaths, width: int | None, capacity: int = 32) -> None:
         self.paths, self.width, self.capacity = paths, width, capacity
         self._read: collections.OrderedDict[tuple[Path, int], Tensor] = collections.OrderedDict()
 

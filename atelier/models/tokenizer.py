@@ -425,6 +425,7 @@ class CLIPTokenizer:
         """
         groups: list[list[tuple[int, float]]] = []
         vectors: list = []
+        names: list[str] = []
         unknown: list[str] = []
         for segment, weight in parse_prompt_weights(prompt):
             pieces = _EMBEDDING.split(segment) if embeddings is not None else [segment]
@@ -441,13 +442,14 @@ class CLIPTokenizer:
                     else:
                         first = sum(len(v) for v in vectors)
                         vectors.append(found)
+                        names.append(name)
                         groups.append([(-1 - (first + k), weight) for k in range(len(found))])
                     piece = rest
                 ids = self.encode(piece)
                 if ids:
                     groups.append([(t, weight) for t in ids])
         windows = chunk_token_groups(groups, self.start_id, self.end_id, self.pad_id, self.window)
-        return TokenizedPrompt(windows, vectors, unknown)
+        return TokenizedPrompt(windows, vectors, names, unknown)
 
 
 # "embedding:name" as a word of its own (after a space or at the start), the name running to the next space.
@@ -460,4 +462,15 @@ class TokenizedPrompt:
 
     windows: list[list[tuple[int, float]]]
     vectors: list  # each embedding's vectors (n_vectors, width), in prompt order; rows are counted across them
+    names: list[str]  # the name of each entry of `vectors`
     unknown: list[str]  # embedding names that no file matched (dropped from the prompt)
+
+    def vector_text(self, token_id: int) -> str:
+        """How a position holding an embedding vector (token_id < 0) reads: "embedding:name" and, past its first
+        vector, the vector's index ("embedding:name#2")."""
+        row = -1 - token_id
+        for name, block in zip(self.names, self.vectors, strict=True):
+            if row < len(block):
+                return f"embedding:{name}" + (f"#{row}" if row else "")
+            row -= len(block)
+        raise IndexError(f"no embedding vector has the id {token_id}")

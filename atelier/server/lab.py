@@ -190,13 +190,24 @@ def form_limits(registry: NodeRegistry) -> dict[str, dict]:
     return limits
 
 
+def _models_folders(request: web.Request) -> Any:
+    """The node editor's model folders (ModelPaths), or None with a registry of stub nodes (tests)."""
+    env = getattr(state(request).registry.get("CLIPTextEncode"), "env", None)
+    return env.models if env is not None else None
+
+
 def _embedding_names(request: web.Request) -> list[str]:
     """The names `embedding:name` can use: the files of models/embeddings without their extension."""
-    node = state(request).registry.get("CLIPTextEncode")
-    env = getattr(node, "env", None)
-    if env is None:  # a registry of stub nodes (tests)
-        return []
-    return sorted({name.rsplit(".", 1)[0] for name in env.models.list("embeddings")})
+    folders = _models_folders(request)
+    return sorted({name.rsplit(".", 1)[0] for name in folders.list("embeddings")}) if folders is not None else []
+
+
+def _embedding_folder(request: web.Request) -> Any:
+    """What `embedding:name` reads in the token view: the embeddings folder, any width (only positions count)."""
+    from atelier.models.embeddings import EmbeddingFolder
+
+    folders = _models_folders(request)
+    return EmbeddingFolder(folders, None) if folders is not None else None
 
 
 @_handler
@@ -298,6 +309,7 @@ def token_report(prompt: PromptTokens) -> dict:
         "windows": [[dataclasses.asdict(t) for t in window] for window in prompt.windows],
         "start_id": prompt.start_id,
         "end_id": prompt.end_id,
+        "unknown_embeddings": list(prompt.unknown_embeddings),
     }
 
 
@@ -307,7 +319,8 @@ async def tokens(request: web.Request) -> web.Response:
     if len(text) > MAX_TEXT:
         raise InputError(f"text is {len(text)} characters long; the token view reads at most {MAX_TEXT}.")
     lab = state(request).lab
-    prompt = await _in_thread(lambda: read_tokens(lab.tokenizer(), text))
+    embeddings = _embedding_folder(request)
+    prompt = await _in_thread(lambda: read_tokens(lab.tokenizer(), text, embeddings))
     return web.json_response(token_report(prompt))
 
 

@@ -176,6 +176,24 @@ async def test_tokens_show_ids_and_the_window(tmp_path):
 
 
 @async_test
+async def test_the_token_view_shows_embedding_vectors_and_names_unknown_ones(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    folder = DataDir(tmp_path).models / "embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.zeros(3, 768)}, str(folder / "cat-toy.safetensors"))
+    async with lab_server(tmp_path) as client:
+        text = "a (embedding:cat-toy:1.2) on embedding:nowhere grass"
+        body = await (await client.get(f"{LAB}/tokens", params={"text": text})).json()
+    shown = [(t["text"], t["id"], t["weight"]) for t in body["tokens"]]
+    assert shown[1:4] == [("embedding:cat-toy", -1, 1.2), ("embedding:cat-toy#1", -2, 1.2),
+                          ("embedding:cat-toy#2", -3, 1.2)]  # fmt: skip
+    assert [t for t, _, _ in shown] == ["a", *[s[0] for s in shown[1:4]], "on", "grass"]
+    assert body["unknown_embeddings"] == ["nowhere"]
+
+
+@async_test
 async def test_schedules_give_every_scheduler(tmp_path):
     async with lab_server(tmp_path) as client:
         body = await (await client.get(f"{LAB}/schedules", params={"steps": "5", "scheduler": "karras"})).json()
