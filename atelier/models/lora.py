@@ -183,6 +183,7 @@ _PARTS = {
     ".diff": "diff", ".diff_b": "diff_b",
 }  # fmt: skip
 _BY_LENGTH = sorted(_PARTS, key=len, reverse=True)
+_OLD_TEXT_ATTENTION = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 # Names that say a file is for SDXL (two text encoders, 2048-wide context), not SD1.x.
 _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_4_1_transformer_blocks_1_")
 
@@ -190,14 +191,18 @@ _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_4_1_trans
 def split_key(key: str) -> tuple[str, str] | None:
     """A LoRA tensor name -> (module name as the file spells it, part), or None when no known part ends it.
 
-    The old diffusers attention-processor spelling (`attn1.processor.to_out_lora.up.weight`) is brought to the
-    current one (`attn1.to_out.0`)."""
+    The old diffusers attention-processor spelling (`attn1.processor.to_out_lora.up.weight`, and in the text
+    encoder `self_attn.to_q_lora.up.weight`) is brought to the current one (`attn1.to_out.0`, `self_attn.q_proj`).
+    """
     for suffix in _BY_LENGTH:
         if key.endswith(suffix):
             module = key[: -len(suffix)]
             if ".processor." in module:
                 module = module.replace(".processor.", ".")
                 module = module + ".0" if module.endswith(".to_out") else module
+            head, _, last = module.rpartition(".")
+            if head.endswith(".self_attn") and last in _OLD_TEXT_ATTENTION:
+                module = f"{head}.{_OLD_TEXT_ATTENTION[last]}"
             return module, _PARTS[suffix]
     return None
 
@@ -340,9 +345,6 @@ class WeightPatch:
     adapters: Mapping[str, Adapter]
     strength: float
     source: str  # the file's name, for messages
-
-    def __hash__(self) -> int:
-        return id(self)
 
 
 def _weight_of(module: nn.Module, name: str) -> Tensor:

@@ -339,3 +339,39 @@ def test_info_names_lora_files_and_embeddings(tmp_path):
     shown = describe_model(tmp_path / "style.safetensors")
     assert "a textual-inversion embedding for Stable Diffusion 1.x (CLIP ViT-L, 768 wide)" in shown
     assert "4 x 768" in shown and "embedding:style" in shown
+
+
+def test_at_sd15_size_every_kohya_name_means_what_diffusers_converter_says():
+    """Every kohya name (diffusers path) of an SD1.5 attention, MLP or projection layer, mapped by us and by
+    diffusers' own kohya converter: the same module each time (shapes only, no weights are made)."""
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+
+    from atelier.models.lora import _weight_shapes, split_key
+
+    unet_cfg, text_cfg = UNetConfig(), TextEncoderConfig()
+    names = keymap.lora_module_names(_weight_shapes(unet_cfg), unet_cfg, _weight_shapes(text_cfg))
+    ldm = ("lora_unet_input_blocks", "lora_unet_middle_block", "lora_unet_output_blocks")
+    kohya = [
+        n
+        for n in names
+        if n.startswith(("lora_unet_", "lora_te_")) and not n.startswith(ldm)
+        and any(part in n for part in ("attn", "proj_in", "proj_out", "ff_net", "mlp"))
+    ]  # fmt: skip
+    assert len(kohya) == 16 * 12 + 12 * 6  # 16 transformers x (4 + 4 + 2 + 2) layers, 12 CLIP layers x 6
+    state = {}
+    for n in kohya:
+        state.update({f"{n}.lora_down.weight": torch.zeros(1, 1), f"{n}.lora_up.weight": torch.zeros(1, 1)})
+    converted, _ = _convert_non_diffusers_lora_to_diffusers(state)
+    theirs = {split_key(k)[0] for k in converted}  # diffusers' older processor spelling, read by our split_key
+    ours = {f"{'unet' if c == 'unet' else 'text_encoder'}.{m}" for c, m in (names[n] for n in kohya)}
+    assert theirs == ours
+    # The LDM spelling of SD1.5's layers lands on the same modules (level 1's first transformer is input block 4).
+    assert names["lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_q"] == (
+        "unet",
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q",
+    )
+    assert names["lora_unet_output_blocks_11_1_proj_out"] == ("unet", "up_blocks.3.attentions.2.proj_out")
+    assert names["lora_unet_middle_block_1_transformer_blocks_0_ff_net_2"] == (
+        "unet",
+        "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
+    )
