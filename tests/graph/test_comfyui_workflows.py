@@ -225,11 +225,14 @@ def test_upscale_model_workflow_runs_only_its_first_pass(env):
 
 def test_without_the_placeholders_an_unknown_node_is_named(tmp_path):
     data = DataDir(tmp_path)
-    registry = default_registry(data.root, OutputFiles(data))  # core nodes only: LoraLoader is unknown
-    checked = validate_prompt(ui_to_api(load("lora.json"), registry), registry)
+    registry = default_registry(data.root, OutputFiles(data))  # core nodes only
+    prompt = ui_to_api(load("lora.json"), registry)
+    prompt["10"]["class_type"] = "ImpactWildcardEncode"  # a custom node pack's node
+    checked = validate_prompt(prompt, registry)
     assert checked.error["type"] == "missing_node_type"
     assert checked.error["message"] == (
-        "Node 'LoraLoader' is not supported by Atelier: it is not one of the core Stable Diffusion 1.x "
+        "Node 'Load LoRA' (ImpactWildcardEncode) is not supported by Atelier: it is not one of the core "
+        "Stable Diffusion 1.x "
         "nodes Atelier runs (custom node packs cannot be installed)."
     )
 
