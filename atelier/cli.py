@@ -6,6 +6,7 @@ Every user error ends as one sentence on stderr and exit code 2; nothing is writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -30,6 +31,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-skip", type=int, default=1, help="use the text encoder's N-th layer from the end")
     p.add_argument("--model", help="checkpoint file, diffusers folder or name in the models folder (default: embedded)")
     p.add_argument("--vae", help="a standalone VAE file that replaces the checkpoint's")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="apply a LoRA / LyCORIS file at a strength (default 1); repeat to stack several")
+    p.add_argument("--embeddings", type=Path, metavar="FOLDER",
+                   help="where embedding:name in a prompt is looked up (default: models/embeddings, if it exists)")
     p.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     p.add_argument("--denoise", type=float, help="how much of the init image to redo, 0..1 (img2img default 0.6)")
     p.add_argument("--mask", type=Path, help="inpainting mask: white = repaint, black = keep (needs --init-image)")
@@ -64,6 +69,7 @@ def _generate(args: argparse.Namespace) -> int:
     params.check()  # every flag is checked before the model loads
     init = load_image(args.init_image, "init image") if args.init_image else None
     mask = load_image(args.mask, "mask") if args.mask else None
+    lora_files = [_lora_argument(value) for value in args.lora]
 
     path = resolve_model(args.model)
     ckpt = load_checkpoint(path, device=args.device, dtype=args.dtype, vae_path=args.vae)
@@ -75,19 +81,33 @@ def _generate(args: argparse.Namespace) -> int:
     native = native_size(path)
     params.width, params.height, params.model = args.width or native, args.height or native, path.name
     params.check()
+    from atelier.models.embeddings import EmbeddingFolder
+    from atelier.models.lora import load_lora
+    from atelier.models.paths import ModelPaths
+
+    loras = [(load_lora(file, ckpt.unet_config, ckpt.text_encoder_config), strength) for file, strength in lora_files]
+    for lora, _ in loras:
+        print(lora.summary(), file=sys.stderr)
+    folders = ModelPaths(Path.cwd())
+    if args.embeddings is not None:
+        folders.add_folder("embeddings", args.embeddings, first=True)
+    embeddings = EmbeddingFolder(folders, ckpt.text_encoder_config.width)
 
     from tqdm import tqdm
 
     bar = tqdm(total=params.steps, unit="step", desc="sampling", file=sys.stderr, leave=False)
-    result = run(ckpt, params, init, mask, on_step=lambda s: bar.update(1), interrupt=threading.Event())
+    result = run(ckpt, params, init, mask, on_step=lambda s: bar.update(1), interrupt=threading.Event(),
+                 loras=loras, embeddings=embeddings)
     bar.close()
 
+    named = [(file.name, strength) for file, strength in lora_files]  # as the graph's LoraLoader lists models/loras
     graph = api_graph(params if args.seed != -1 else result.params,
-                      args.init_image.name if args.init_image else None, args.mask.name if args.mask else None)
+                      args.init_image.name if args.init_image else None, args.mask.name if args.mask else None,
+                      loras=named)
     text = {
         "prompt": json.dumps(graph),
         "workflow": json.dumps(_ui_workflow(graph)),
-        "parameters": a1111_parameters(result.params),
+        "parameters": a1111_parameters(result.params, loras=named),
     }
     for i, image in enumerate(result.images):
         path = save_png(image, next_free_path(args.out, args.prefix), text)
@@ -96,6 +116,20 @@ def _generate(args: argparse.Namespace) -> int:
             extra = " (CFG 1: the unconditional pass was skipped)" if result.skipped_uncond else ""
             print(f"seed {result.params.seed}, {result.seconds:.2f} s{extra}", file=sys.stderr)
     return 0
+
+
+def _lora_argument(value: str) -> tuple[Path, float]:
+    """`--lora FILE[:STRENGTH]` -> (existing file, strength); the strength is 1 when the text after the last ':'
+    is not a number (so that C:\\loras\\x.safetensors still reads as a file)."""
+    file, strength = value, 1.0
+    head, sep, tail = value.rpartition(":")
+    if sep:
+        with contextlib.suppress(ValueError):
+            file, strength = head, float(tail)
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise InputError(f"--lora {value}: {path} is not a file; expected FILE[:STRENGTH], e.g. style.safetensors:0.8.")
+    return path, strength
 
 
 def _ui_workflow(graph: dict) -> dict:

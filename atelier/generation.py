@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from PIL import Image
 
 from atelier.errors import InputError
 from atelier.imaging import bchw_signed_to_pil, pil_to_bchw_signed, pil_to_hw_unit
+from atelier.models.lora import LoRA, WeightPatch, patched
 from atelier.pipeline import (
     DiffusionModel,
     OnStep,
@@ -31,6 +33,7 @@ from atelier.pipeline import (
 
 if TYPE_CHECKING:
     from atelier.models.checkpoint import Checkpoint
+    from atelier.models.tokenizer import EmbeddingLookup
 
 
 @dataclasses.dataclass
@@ -87,12 +90,22 @@ def run(
     mask: Image.Image | None = None,
     on_step: OnStep | None = None,
     interrupt: threading.Event | None = None,
+    loras: Sequence[tuple[LoRA, float]] = (),
+    embeddings: EmbeddingLookup | None = None,
 ) -> Generation:
-    """txt2img, or img2img with `init_image` (denoise < 1), or inpainting with `init_image` + `mask` (white = redo)."""
+    """txt2img, or img2img with `init_image` (denoise < 1), or inpainting with `init_image` + `mask` (white = redo).
+
+    `loras`: (LoRA read by models.lora.load_lora, strength) pairs, applied to both networks, in order, while they
+    run; `embeddings`: what `embedding:name` in the prompts reads (models.embeddings.EmbeddingFolder)."""
     params.check()
     start = time.perf_counter()
-    positive = encode_prompt(ckpt.text_encoder, ckpt.tokenizer, params.prompt, params.clip_skip)
-    negative = encode_prompt(ckpt.text_encoder, ckpt.tokenizer, params.negative, params.clip_skip)
+    unet_patches = tuple(WeightPatch(lora.unet, strength, lora.name) for lora, strength in loras)
+    text_patches = tuple(WeightPatch(lora.text_encoder, strength, lora.name) for lora, strength in loras)
+    with patched(ckpt.text_encoder, text_patches):
+        positive, negative = (
+            encode_prompt(ckpt.text_encoder, ckpt.tokenizer, text, params.clip_skip, embeddings)
+            for text in (params.prompt, params.negative)
+        )
     noise_mask = None
     if init_image is None:
         latent = empty_latent(params.width, params.height, params.batch)
@@ -102,7 +115,7 @@ def run(
         if mask is not None:
             m = mask.convert("L").resize((params.width, params.height), Image.Resampling.BILINEAR)
             noise_mask = pil_to_hw_unit(m)[None]  # (1, H, W)
-    model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor)
+    model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor, patches=unet_patches)
     result = sample(model, latent, positive, negative, params.sampler_settings(), noise_mask=noise_mask,
                     on_step=on_step, interrupt=interrupt)
     images = bchw_signed_to_pil(decode(ckpt.vae, result.latent))
@@ -120,10 +133,12 @@ IMAGE_NODE = "9"
 
 
 def api_graph(params: GenerationParams, init_image: str | None = None, mask_image: str | None = None,
-              filename_prefix: str = "atelier") -> dict[str, Any]:
+              filename_prefix: str = "atelier", loras: Sequence[tuple[str, float]] = ()) -> dict[str, Any]:
     """The generation as a ComfyUI API-format prompt (the classic 7-node graph, plus image loading for img2img).
 
     For inpainting the mask is read from the alpha channel of the `mask_image` file, as ComfyUI's LoadImage does.
+    `loras` (file name in models/loras, strength) become a chain of LoraLoader nodes between the checkpoint and
+    the sampler and text encoders, as ComfyUI's LoRA example wires them.
     """
     g: dict[str, Any] = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": params.model}},
@@ -144,6 +159,16 @@ def api_graph(params: GenerationParams, init_image: str | None = None, mask_imag
         g["10"] = {"class_type": "CLIPSetLastLayer", "inputs": {"stop_at_clip_layer": -params.clip_skip,
                                                                  "clip": ["4", 1]}}
         g["6"]["inputs"]["clip"] = g["7"]["inputs"]["clip"] = ["10", 0]
+    model, clip = ["4", 0], ["4", 1]
+    for i, (name, strength) in enumerate(loras):
+        node = str(40 + i)
+        g[node] = {"class_type": "LoraLoader", "inputs": {"lora_name": name, "strength_model": strength,
+                                                          "strength_clip": strength, "model": model, "clip": clip}}
+        model, clip = [node, 0], [node, 1]
+    if loras:
+        g["3"]["inputs"]["model"] = model
+        for user in ((g["10"],) if "10" in g else (g["6"], g["7"])):
+            user["inputs"]["clip"] = clip
     if init_image is None:
         g["5"] = {"class_type": "EmptyLatentImage",
                   "inputs": {"width": params.width, "height": params.height, "batch_size": params.batch}}
@@ -173,8 +198,9 @@ _A1111_SAMPLERS = {
 }
 
 
-def a1111_parameters(params: GenerationParams, seed: int | None = None) -> str:
-    """The `parameters` text A1111 writes (and CivitAI and the ComfyUI frontend read)."""
+def a1111_parameters(params: GenerationParams, seed: int | None = None, loras: Sequence[tuple[str, float]] = ()) -> str:
+    """The `parameters` text A1111 writes (and CivitAI and the ComfyUI frontend read); LoRAs are written in the
+    prompt with A1111's syntax, `<lora:name:strength>`."""
     fields = [
         f"Steps: {params.steps}",
         f"Sampler: {_A1111_SAMPLERS.get(params.sampler, params.sampler)}",
@@ -188,7 +214,7 @@ def a1111_parameters(params: GenerationParams, seed: int | None = None) -> str:
         fields.append(f"Denoising strength: {params.denoise:g}")
     if params.clip_skip != 1:
         fields.append(f"Clip skip: {params.clip_skip}")
-    text = params.prompt
+    text = params.prompt + "".join(f" <lora:{Path(name).stem}:{strength:g}>" for name, strength in loras)
     if params.negative:
         text += f"\nNegative prompt: {params.negative}"
     return text + "\n" + ", ".join(fields) + ", Version: Atelier"

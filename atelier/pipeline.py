@@ -16,6 +16,7 @@ previews, film strips): nothing UI-specific happens here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from torch import Tensor
 from atelier.errors import AtelierError, InputError
 from atelier.imaging import signed_to_uint8
 from atelier.limits import check_image_batch, check_prompt_text, check_sampling_cost
+from atelier.models.lora import WeightPatch, patched
 from atelier.sampling.denoisers import Denoiser, DiscreteSchedule, start_latent
 from atelier.sampling.guidance import GuidanceTrace, cfg_denoiser
 from atelier.sampling.noise import initial_noise, resolve_seed, seeded_noise_sampler
@@ -36,9 +38,12 @@ from atelier.sampling.schedules import SCHEDULERS, sigmas_for
 
 if TYPE_CHECKING:
     from atelier.models.clip import CLIPTextEncoder
-    from atelier.models.tokenizer import CLIPTokenizer
+    from atelier.models.tokenizer import CLIPTokenizer, EmbeddingLookup
     from atelier.models.unet import UNet
     from atelier.models.vae import VAE
+
+
+log = logging.getLogger(__name__)
 
 
 class Interrupted(AtelierError):
@@ -57,19 +62,37 @@ def check_interrupt(interrupt: threading.Event | None) -> None:
 
 
 @torch.no_grad()
-def encode_prompt(text_encoder: CLIPTextEncoder, tokenizer: CLIPTokenizer, prompt: str, clip_skip: int = 1) -> Tensor:
+def encode_prompt(
+    text_encoder: CLIPTextEncoder,
+    tokenizer: CLIPTokenizer,
+    prompt: str,
+    clip_skip: int = 1,
+    embeddings: EmbeddingLookup | None = None,
+    unknown: list[str] | None = None,
+) -> Tensor:
     """A prompt -> the context the UNet attends to: (1, 77 * chunks, width).
 
     Long prompts are cut into 75-token chunks, each encoded in its own 77-token window, and concatenated.
     Weights such as "(red:1.3)" scale each token's vector away from what an empty prompt gives at that position,
     ComfyUI's rule for SD1.x: z = z_empty + weight * (z - z_empty).
+    With `embeddings` (models/embeddings.py), "embedding:name" puts a textual inversion's vectors in the prompt;
+    names no file matches are left out, logged, and appended to `unknown` when it is given.
     """
     check_prompt_text(prompt)  # before tokenizing: a 1 MB prompt would cost minutes and gigabytes
-    chunks = tokenizer.tokenize_weighted(prompt)  # list of 77 (id, weight) pairs per chunk
+    tokens = tokenizer.tokenize_prompt(prompt, embeddings)  # 77 (id, weight) pairs per chunk
+    for name in tokens.unknown:
+        log.warning("embedding:%s names no file in the embeddings folder; it was left out of the prompt", name)
+    if unknown is not None:
+        unknown.extend(tokens.unknown)
+    chunks = tokens.windows
     device = next(text_encoder.parameters()).device
     ids = torch.tensor([[i for i, _ in chunk] for chunk in chunks], device=device)  # (chunks, 77)
     weights = torch.tensor([[w for _, w in chunk] for chunk in chunks], device=device)  # (chunks, 77)
-    z = text_encoder.encode(ids, clip_skip=clip_skip)  # (chunks, 77, width)
+    if tokens.vectors:
+        vectors = torch.cat(tokens.vectors)  # (E, width): every embedding vector the ids below 0 stand for
+        z = text_encoder.encode(ids, clip_skip=clip_skip, vectors=vectors)  # (chunks, 77, width)
+    else:
+        z = text_encoder.encode(ids, clip_skip=clip_skip)  # (chunks, 77, width)
     if not torch.all(weights == 1.0):
         empty = torch.tensor([tokenizer.tokenize_weighted("")[0]], device=device)[..., 0].long()  # (1, 77)
         z_empty = text_encoder.encode(empty, clip_skip=clip_skip)  # (1, 77, width)
@@ -90,6 +113,9 @@ class DiffusionModel:
     latent_scale: float  # the VAE's scaling_factor: sampler latents = raw latents * latent_scale
     schedule: DiscreteSchedule = dataclasses.field(default_factory=DiscreteSchedule.scaled_linear)
     preview: Tensor | None = None  # (5, 3) raw latent -> RGB map for live previews (see fit_latent_to_rgb)
+    # LoRAs, applied to the shared UNet in place while `sample` runs and undone after (models/lora.py): a MODEL
+    # with LoRAs is this same object with a longer list, never a copy of the network.
+    patches: tuple[WeightPatch, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -319,7 +345,8 @@ def sample(
         # Per-step noise of ancestral/SDE samplers: its own stream, seeded from the seed (see noise.py).
         noise_sampler = seeded_noise_sampler(x, seed)
         sampler = SAMPLERS[settings.sampler]
-        x = sampler(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler)
+        with patched(model.unet, model.patches):
+            x = sampler(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler)
         if noise_mask is not None:
             x = x * mask + scaled * (1 - mask)
     return SampleResult(x / model.latent_scale, seed, sigmas.cpu(), guided.trace)

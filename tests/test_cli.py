@@ -97,3 +97,45 @@ def test_console_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "atelier.cli", "generate", "x", "--steps", "0"],
                             capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
     assert result.returncode == 2 and "Steps must be a whole number" in result.stderr
+
+
+@needs_model
+def test_generate_with_loras_embeds_lora_loaders_and_reruns_identically_through_the_graph(tmp_path, capsys):
+    """`--lora FILE:STRENGTH` twice: the PNG's graph chains two LoraLoader nodes and its A1111 text names them;
+    `atelier run` on that PNG, with the files in models/loras, gives the same pixels."""
+    import shutil
+
+    from atelier.models.checkpoint import load_checkpoint
+    from tests.graph.test_comfyui_workflows import random_kohya_lora
+
+    ckpt = load_checkpoint(EMBEDDED_PATH, device="cpu")
+    random_kohya_lora(tmp_path / "style.safetensors", ckpt.unet, ckpt.text_encoder)
+    out = tmp_path / "out"
+    base = ["generate", "a red house", "--seed", "5", "--steps", "4", "--out", str(out)]
+    assert main(base) == 0
+    lora_args = ["--lora", f"{tmp_path / 'style.safetensors'}:0.7", "--lora", str(tmp_path / "style.safetensors")]
+    assert main([*base, *lora_args]) == 0
+    assert "style.safetensors: " in capsys.readouterr().err  # the summary of what it patches
+    plain, made = out / "atelier_00001_.png", out / "atelier_00002_.png"
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(made)))
+    meta = png_metadata(made)
+    loaders = [n["inputs"] for n in meta["prompt"].values() if n["class_type"] == "LoraLoader"]
+    assert [(n["lora_name"], n["strength_model"], n["strength_clip"]) for n in loaders] == [
+        ("style.safetensors", 0.7, 0.7),
+        ("style.safetensors", 1.0, 1.0),
+    ]
+    assert meta["parameters"].startswith("a red house <lora:style:0.7> <lora:style:1>\n")
+
+    data = tmp_path / "data"
+    (data / "models" / "loras").mkdir(parents=True)
+    shutil.copyfile(tmp_path / "style.safetensors", data / "models" / "loras" / "style.safetensors")
+    assert main(["run", str(made), "--data-dir", str(data)]) == 0
+    rerun = next((data / "output").glob("*.png"))
+    assert np.array_equal(np.asarray(Image.open(made)), np.asarray(Image.open(rerun)))
+
+
+def test_a_missing_lora_file_is_one_sentence(tmp_path, capsys):
+    assert main(["generate", "a cat", "--out", str(tmp_path), "--lora", "/nowhere/x.safetensors:0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["atelier: --lora /nowhere/x.safetensors:0.5: /nowhere/x.safetensors is not a file; expected "
+                   "FILE[:STRENGTH], e.g. style.safetensors:0.8."]

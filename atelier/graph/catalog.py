@@ -37,7 +37,7 @@ from atelier.graph.nodes.latent import (
     VAEDecode,
     VAEEncode,
 )
-from atelier.graph.nodes.loaders import CheckpointLoaderSimple, VAELoader
+from atelier.graph.nodes.loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
@@ -48,6 +48,8 @@ from atelier.models.paths import ModelPaths
 CORE_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple,
     VAELoader,
+    LoraLoader,
+    LoraLoaderModelOnly,
     CLIPTextEncode,
     CLIPSetLastLayer,
     ConditioningCombine,
@@ -82,6 +84,8 @@ def _input_images(env: NodeEnvironment) -> Options:
 _DYNAMIC_OPTIONS = {
     ("CheckpointLoaderSimple", "ckpt_name"): lambda env: env.checkpoint_names,
     ("VAELoader", "vae_name"): lambda env: lambda: env.models.list("vae"),
+    ("LoraLoader", "lora_name"): lambda env: lambda: env.models.list("loras"),
+    ("LoraLoaderModelOnly", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoadImage", "image"): _input_images,
     ("LoadImageMask", "image"): _input_images,
 }

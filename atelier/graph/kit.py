@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from atelier.graph.schema import Input, NodeContext, NodeSchema
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_bchw_signed, bhwc_unit_to_pil
 from atelier.models.library import EMBEDDED_NAME, embedded_model_path
+from atelier.models.lora import WeightPatch, patched
 from atelier.models.paths import ModelPaths
-from atelier.pipeline import Cond, DiffusionModel, OnStep, SamplerSettings, Step, sample
+from atelier.pipeline import Cond, DiffusionModel, OnStep, SamplerSettings, Step, encode_prompt, sample
 from atelier.sampling.noise import SEED_MAX
 from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import SCHEDULERS
@@ -69,11 +70,20 @@ class Node:
 
 @dataclasses.dataclass
 class ClipModel:
-    """What ComfyUI calls CLIP: the text encoder, its tokenizer, and the layer to stop at (1 = last)."""
+    """What ComfyUI calls CLIP: the text encoder, its tokenizer, the layer to stop at (1 = last), the LoRAs
+    applied to the shared text encoder while a prompt is encoded (models/lora.py), and the embeddings folder."""
 
     text_encoder: Any
     tokenizer: Any
     clip_skip: int = 1
+    patches: tuple[WeightPatch, ...] = ()
+    embeddings: Any = None  # "embedding:name" -> vectors (models.embeddings.EmbeddingFolder), or None: plain text
+
+    def encode(self, text: str, unknown: list[str] | None = None) -> torch.Tensor:
+        """The prompt's conditioning (1, 77 x chunks, width), with this CLIP's LoRAs, clip skip and embeddings;
+        embedding names that match no file are appended to `unknown`."""
+        with patched(self.text_encoder, self.patches):
+            return encode_prompt(self.text_encoder, self.tokenizer, text, self.clip_skip, self.embeddings, unknown)
 
 
 def out_of_range(schema: NodeSchema, **values: Any) -> str | None:

@@ -47,7 +47,7 @@ from atelier.lessons.channels import NORMALIZE, channel_greys, channel_stats
 from atelier.lessons.schedules import compare_schedulers
 from atelier.lessons.tokens import read_tokens, word_positions
 from atelier.models.attention import capture_cross_attention, token_heatmaps
-from atelier.pipeline import Cond, DiffusionModel, SamplerSettings, Step, decode, encode_prompt, latent_preview
+from atelier.pipeline import Cond, DiffusionModel, SamplerSettings, Step, decode, latent_preview
 from atelier.plots import line_chart
 from atelier.sampling.schedules import SCHEDULERS
 
@@ -346,8 +346,7 @@ class AtelierCrossAttentionMap(Node):
         height: int,
     ) -> tuple:
         positions = word_positions(clip.tokenizer, text, word)  # fails before any sampling
-        positive = encode_prompt(clip.text_encoder, clip.tokenizer, text, clip.clip_skip)  # (1, T, D)
-        negative = encode_prompt(clip.text_encoder, clip.tokenizer, "", clip.clip_skip)
+        positive, negative = clip.encode(text), clip.encode("")  # (1, T, D) each
         h, w = height // 8, width // 8
         total = torch.zeros(positive.shape[1], h, w)  # (T, h, w): summed per-token maps
         folded = 0

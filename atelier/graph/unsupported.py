@@ -1,4 +1,4 @@
-"""ComfyUI core nodes that Atelier knows by name but cannot run yet: LoRA, upscale models, ControlNet, ...
+"""ComfyUI core nodes that Atelier knows by name but cannot run yet: upscale models, ControlNet, ...
 
 Why list nodes that do nothing? Two reasons.
 
@@ -7,8 +7,8 @@ Why list nodes that do nothing? Two reasons.
    UpscaleModelLoader, ControlNetLoader, ...) and reads `nodeDef.name` of each; a loader missing from
    /object_info makes that throw, and the Load Checkpoint node is drawn without its ckpt_name widget.
 2. A workflow saved with ComfyUI that uses one of them should open in the editor as it was drawn, and queueing it
-   should say plainly what is missing ("Load LoRA (LoraLoader) is not supported by Atelier yet ..."), instead
-   of the generic "node not found".
+   should say plainly what is missing ("Load Upscale Model (UpscaleModelLoader) is not supported by Atelier
+   yet ..."), instead of the generic "node not found".
 
 Each class below copies ComfyUI's input names and order (so `widgets_values` map correctly) and refuses in
 `validate_inputs`, which the validator reports as `custom_validation_failed` before anything runs. Their
@@ -61,40 +61,6 @@ def _file(name: str) -> Input:
 
 def _strength(name: str) -> Input:
     return Input(name, "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01)
-
-
-class LoraLoader(NotSupportedYet):
-    SCHEMA = _schema(
-        "LoraLoader",
-        "Load LoRA",
-        [
-            Input("model", "MODEL"),
-            Input("clip", "CLIP"),
-            _file("lora_name"),
-            _strength("strength_model"),
-            _strength("strength_clip"),
-        ],
-        [Output("MODEL"), Output("CLIP")],
-    )
-    WHY = "would add low-rank weight updates (LoRA) to the UNet and the text encoder"
-
-    @classmethod
-    def validate_inputs(cls, lora_name: str) -> str:
-        return cls.refusal()
-
-
-class LoraLoaderModelOnly(NotSupportedYet):
-    SCHEMA = _schema(
-        "LoraLoaderModelOnly",
-        "LoraLoaderModelOnly",
-        [Input("model", "MODEL"), _file("lora_name"), _strength("strength_model")],
-        [Output("MODEL")],
-    )
-    WHY = "would add low-rank weight updates (LoRA) to the UNet"
-
-    @classmethod
-    def validate_inputs(cls, lora_name: str) -> str:
-        return cls.refusal()
 
 
 class UpscaleModelLoader(NotSupportedYet):
@@ -179,8 +145,6 @@ class GLIGENLoader(NotSupportedYet):
 
 
 UNSUPPORTED_NODES: tuple[type[NotSupportedYet], ...] = (
-    LoraLoader,
-    LoraLoaderModelOnly,
     UpscaleModelLoader,
     ImageUpscaleWithModel,
     ControlNetLoader,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from atelier.errors import InputError
-from atelier.models.tokenizer import CLIPTokenizer
+from atelier.models.tokenizer import CLIPTokenizer, EmbeddingLookup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,7 @@ class PromptTokens:
     size: int  # positions in a window (77)
     start_id: int
     end_id: int
+    unknown_embeddings: tuple[str, ...] = ()  # `embedding:name` words that named no file (left out of the windows)
 
     @property
     def text_slots(self) -> int:
@@ -47,14 +48,19 @@ class PromptTokens:
         return self.tokens[self.text_slots :]
 
 
-def read_tokens(tokenizer: CLIPTokenizer, text: str) -> PromptTokens:
-    """`text` -> its windows, built by the same `tokenize_weighted` call as the conditioning."""
-    windows = [
-        [Token(i, tokenizer.token_text(i), w) for i, w in window] for window in tokenizer.tokenize_weighted(text)
-    ]
+def read_tokens(tokenizer: CLIPTokenizer, text: str, embeddings: EmbeddingLookup | None = None) -> PromptTokens:
+    """`text` -> its windows, built by the same `tokenize_prompt` call as the conditioning. With `embeddings`, an
+    `embedding:name` shows as one token per vector (id below 0, text "embedding:name", "embedding:name#1", ...)
+    and names that match no file are listed in `unknown_embeddings`."""
+    prompt = tokenizer.tokenize_prompt(text, embeddings)
+
+    def text_of(i: int) -> str:
+        return prompt.vector_text(i) if i < 0 else tokenizer.token_text(i)
+
+    windows = [[Token(i, text_of(i), w) for i, w in window] for window in prompt.windows]
     # Padding is <end> repeated, so a window's text tokens run from position 1 to its first <end>.
     counts = [[t.id for t in window].index(tokenizer.end_id, 1) - 1 for window in windows]
-    return PromptTokens(windows, counts, tokenizer.window, tokenizer.start_id, tokenizer.end_id)
+    return PromptTokens(windows, counts, tokenizer.window, tokenizer.start_id, tokenizer.end_id, tuple(prompt.unknown))
 
 
 def word_positions(tokenizer: CLIPTokenizer, text: str, word: str) -> list[int]:

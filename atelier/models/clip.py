@@ -104,9 +104,15 @@ class Embeddings(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.position_embedding = nn.Embedding(config.max_positions, config.width)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # input_ids: (B, T)
+    def forward(self, input_ids: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> (B, T, width). With `vectors` (E, width), a textual-inversion embedding's, an id
+        below 0 stands for row -1 - id of them instead of a row of the token table (tokenizer.tokenize_prompt)."""
         T = input_ids.shape[1]
-        return self.token_embedding(input_ids) + self.position_embedding.weight[:T]  # (B, T, width)
+        tokens = self.token_embedding(input_ids.clamp(min=0))  # (B, T, width)
+        if vectors is not None:
+            rows = vectors.to(tokens.device, tokens.dtype)[(-1 - input_ids).clamp(min=0)]  # (B, T, width)
+            tokens = torch.where((input_ids < 0)[..., None], rows, tokens)
+        return tokens + self.position_embedding.weight[:T]  # (B, T, width)
 
 
 class Encoder(nn.Module):
@@ -126,9 +132,11 @@ class TextTransformer(nn.Module):
         self.encoder = Encoder(config)
         self.final_layer_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, num_layers: int, vectors: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """The embeddings and the outputs of the first `num_layers` layers, each (B, T, width), no final LN."""
-        x = self.embeddings(input_ids)
+        x = self.embeddings(input_ids, vectors)
         hidden_states = [x]
         for layer in self.encoder.layers[:num_layers]:
             x = layer(x)
@@ -170,7 +178,7 @@ class CLIPTextEncoder(nn.Module):
         projected = self.text_projection(pooled) if self.text_projection is not None else None
         return TextEncoderOutput(last, tuple(hidden_states), pooled, projected)
 
-    def encode(self, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, clip_skip: int = 1, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """The conditioning SD1.x gives the UNet: (B, T) ids -> (B, T, width).
 
         `clip_skip` picks the layer: 1 is the last layer, 2 the one before it ("clip skip 2", which many anime
@@ -178,10 +186,13 @@ class CLIPTextEncoder(nn.Module):
         it, as A1111's "Clip skip" setting and ComfyUI's CLIPSetLastLayer node do for SD1.x (ComfyUI's
         comfy/sd1_clip.py: `layer_norm_hidden_state=True` by default). ComfyUI counts from the end with negative
         numbers: stop_at_clip_layer = -1 is clip_skip 1, -2 is clip_skip 2. The layers after the picked one
-        would be thrown away, so they are not run.
+        would be thrown away, so they are not run. `vectors` (E, width): textual-inversion vectors that negative
+        ids stand for (see `Embeddings.forward`).
         """
         self._check_ids(input_ids)
         if not 1 <= clip_skip <= self.config.layers:
             raise InputError(f"clip_skip is {clip_skip}; expected a whole number from 1 to {self.config.layers}.")
-        hidden_states = self.text_model(input_ids, num_layers=self.config.layers - clip_skip + 1)
+        if vectors is None and bool((input_ids < 0).any()):
+            raise InputError("Token ids below 0 stand for embedding vectors, but no vectors were given.")
+        hidden_states = self.text_model(input_ids, num_layers=self.config.layers - clip_skip + 1, vectors=vectors)
         return self.text_model.final_layer_norm(hidden_states[-1])  # (B, T, width)

@@ -73,7 +73,9 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
     def first(test: Callable[[str], bool]) -> str | None:
         return next((n for n in names if test(n)), None)
 
-    if found := first(lambda n: "lora_down" in n or "lora_up" in n or ".lora_A." in n or n.startswith("lora_")):
+    lycoris = (".hada_w1_a", ".lokr_w1", ".lokr_w1_a")
+    if found := first(lambda n: "lora_down" in n or "lora_up" in n or ".lora_A." in n or n.startswith("lora_")
+                      or n.startswith("lycoris_") or n.endswith(lycoris)):  # fmt: skip
         return "lora", found
     if found := first(lambda n: n in ("string_to_param", "emb_params", "clip_l", "clip_g") or "string_to_param" in n):
         return "embedding", found

@@ -399,10 +399,13 @@ class FastTextEncoder(CLIPTextEncoder):
         self._cache: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
         self.register_load_state_dict_pre_hook(lambda *args: self._cache.clear())
 
-    def encode(self, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
-        if not self.options.cache_prompts or torch.is_grad_enabled():
-            return super().encode(input_ids, clip_skip)
-        key = (str(input_ids.device), tuple(input_ids.shape), clip_skip, tuple(input_ids.flatten().tolist()))
+    def encode(self, input_ids: torch.Tensor, clip_skip: int = 1, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.options.cache_prompts or torch.is_grad_enabled() or vectors is not None:
+            return super().encode(input_ids, clip_skip, vectors)
+        # A LoRA patches the weights in place (models/lora.py): their version counters, bumped by every in-place
+        # change, are part of the key, so a patched or restored encoder never reads an encoding of other weights.
+        versions = tuple(p._version for p in self.parameters())
+        key = (str(input_ids.device), tuple(input_ids.shape), clip_skip, tuple(input_ids.flatten().tolist()), versions)
         if key not in self._cache:
             self._cache[key] = super().encode(input_ids, clip_skip)
             while len(self._cache) > self.cache_size:

@@ -46,6 +46,10 @@ def _describe_file(path: Path) -> list[str]:
         path.name,
         _row("file", f"{_size(path.stat().st_size)}, {file.format}, {_tensor_summary(file.index.dtypes)}"),
     ]
+    if family == "lora":
+        return lines[:1] + _describe_lora(file) + lines[1:]
+    if family == "embedding":
+        return lines[:1] + _describe_embedding(file) + lines[1:]
     if family not in detect.SUPPORTED_FAMILIES:
         lines.insert(1, _row("kind", f"{_family_label(family)} (found {evidence})"))
         try:
@@ -90,6 +94,77 @@ def _describe_folder(folder: Path) -> list[str]:
         lines.append(_row(label, f"{_params(file.index.shapes)} ({where})"))
     lines.insert(2, _row("files", f"{_size(total_size)} of weights, diffusers folder"))
     return lines + _config_lines(configs)
+
+
+def _describe_lora(file: WeightsFile) -> list[str]:
+    """LoRA / LyCORIS: the spelling of its names, the kinds of change, ranks, alphas and what it targets."""
+    from atelier.models.lora import split_key
+
+    modules: dict[str, set[str]] = {}
+    unknown = []
+    for key in file.index.shapes:
+        found = split_key(key)
+        if found is None:
+            unknown.append(key)
+        else:
+            modules.setdefault(found[0], set()).add(found[1])
+    names = list(modules)
+    target = "SDXL (not loadable here)" if any(n.startswith(("lora_te2_", "text_encoder_2.")) for n in names) \
+        else "Stable Diffusion 1.x"  # fmt: skip
+    text = sum(n.startswith(("lora_te", "text_encoder.")) for n in names)
+    kinds = Counter(_change_kind(parts) for parts in modules.values())
+    downs = (".lora_down.weight", ".lora_A.weight")
+    ranks = sorted({shape[0] for key, shape in file.index.shapes.items() if key.endswith(downs)})
+    if any(n.startswith(("unet.", "text_encoder.")) for n in names):
+        spelling = "diffusers / PEFT (unet.*, text_encoder.*)"
+    elif any(n.startswith("lycoris_") for n in names):
+        spelling = "LyCORIS (lycoris_*)"
+    else:
+        spelling = "kohya (lora_unet_*, lora_te_*)"
+    alphas = file.read([k for k in file.index.shapes if k.endswith(".alpha")])
+    alpha_values = sorted({round(float(v.float().reshape(-1)[0]), 4) for v in alphas.values()})
+    changes = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+    lines = [
+        _row("kind", f"a LoRA for {target}: {changes} change(s)"),
+        _row("layout", spelling),
+        _row("layers", f"{len(names) - text} in the UNet, {text} in the text encoder"),
+    ]
+    if ranks:
+        lines.append(_row("rank", ", ".join(map(str, ranks))))
+    if alpha_values:
+        lines.append(_row("alpha", ", ".join(f"{a:g}" for a in alpha_values) + " (scale = alpha / rank)"))
+    if unknown:
+        lines.append(_row("unknown", f"{len(unknown)} tensor(s) that are no LoRA part: {keymap.first_names(unknown)}"))
+    return lines
+
+
+def _change_kind(parts: set[str]) -> str:
+    """What one module's parts (lora.split_key's names) make: LoRA, DoRA, LoHa, LoKr or a full diff."""
+    if "dora_scale" in parts:
+        return "DoRA"
+    if any(p.startswith("hada_") for p in parts):
+        return "LoHa"
+    if any(p.startswith("lokr_") for p in parts):
+        return "LoKr"
+    if "diff" in parts:
+        return "full diff"
+    return "LoCon (Tucker)" if "mid" in parts else "LoRA"
+
+
+def _describe_embedding(file: WeightsFile) -> list[str]:
+    """A textual-inversion embedding: how many vectors, how wide, and so which text encoder it is for."""
+    shapes = file.index.shapes
+    key = next((k for k in shapes if k.startswith("string_to_param.")), None)
+    key = key or next((k for k in ("emb_params", "clip_l") if k in shapes), None) or next(iter(shapes))
+    shape = shapes[key]
+    count, width = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[-1])
+    target = {768: "Stable Diffusion 1.x (CLIP ViT-L, 768 wide)", 1024: "SD 2.x (OpenCLIP ViT-H, 1024 wide)"}
+    what = "SDXL (clip_l + clip_g)" if "clip_g" in shapes else target.get(width, f"a text encoder {width} wide")
+    return [
+        _row("kind", f"a textual-inversion embedding for {what}"),
+        _row("vectors", f"{count} x {width} (it takes {count} of the prompt's 75 token positions)"),
+        _row("use", f"embedding:{Path(file.name).stem} in a prompt, the file in models/embeddings"),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -351,3 +351,43 @@ def join_checkpoint(
     if len(out) != len(unet) + len(vae) + len(text_encoder):
         raise CheckpointError("the three components have overlapping weight names; they cannot share one file.")
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LoRA module names: every spelling a LoRA file uses for one of our weights
+# --------------------------------------------------------------------------------------------------------------
+
+UNET = "unet"
+TEXT_ENCODER = "text_encoder"
+
+
+def lora_module_names(
+    unet_weights: Iterable[str], unet_config: UNetConfig, text_weights: Iterable[str]
+) -> dict[str, tuple[str, str]]:
+    """LoRA module name, as files spell it -> (component, our module name), for every weight of the two networks.
+
+    A LoRA names the layer it changes, not the weight: `<module>.lora_up.weight` patches `<module>.weight`. The
+    spellings, as ComfyUI's comfy/lora.py accepts them for SD1.x (`unet_weights` and `text_weights` are our weight
+    names, ending in `.weight` or `.bias`):
+
+        kohya, diffusers path   lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q
+        kohya, LDM path         lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q
+        diffusers / PEFT        unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q
+        LyCORIS                 lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q
+        text encoder, kohya     lora_te_text_model_encoder_layers_0_self_attn_q_proj   (lora_te1_: the same)
+        text encoder, diffusers text_encoder.text_model.encoder.layers.0.self_attn.q_proj
+    """
+    names: dict[str, tuple[str, str]] = {}
+    modules = sorted({key.rsplit(".", 1)[0] for key in unet_weights})
+    ldm = rename({m + ".weight": m for m in modules}, unet_table(unet_config), to_sd=True, what="The UNet")
+    for ldm_key, module in ldm.items():
+        names["lora_unet_" + ldm_key.removesuffix(".weight").replace(".", "_")] = (UNET, module)
+    for module in modules:
+        underscored = module.replace(".", "_")
+        for spelling in (f"lora_unet_{underscored}", f"lycoris_{underscored}", f"unet.{module}", module):
+            names[spelling] = (UNET, module)
+    for module in sorted({key.rsplit(".", 1)[0] for key in text_weights}):
+        underscored = module.replace(".", "_")
+        for spelling in (f"lora_te_{underscored}", f"lora_te1_{underscored}", f"text_encoder.{module}"):
+            names[spelling] = (TEXT_ENCODER, module)
+    return names

@@ -23,13 +23,16 @@ into several 77-token windows; see `parse_prompt_weights` and `chunk_token_group
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import html
 import importlib.util
 import itertools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ftfy
 import regex
@@ -42,6 +45,7 @@ WORD_END = "</w>"
 WINDOW = 77  # positions the text encoder reads: <start> + 75 text tokens + <end>
 MERGES_IN_VOCAB = 49152 - 256 - 2  # OpenAI kept the first 48,894 merges of the file: 49,408 entries in all
 BPE_GZ_NAME = "bpe_simple_vocab_16e6.txt.gz"
+EmbeddingLookup = Callable[[str], Any]  # an embedding's name -> its vectors (n, width), or None (embeddings.py)
 
 # A word, one digit, a run of punctuation/symbols, an English clitic, or one of the two special tokens written out.
 # IGNORECASE only matters for the clitics and specials: the text is already lowercase when this runs.
@@ -226,7 +230,7 @@ def chunk_token_groups(
     the group opens the next one. A longer group fills the current window to the last text position and carries
     on in the next one, so a long unweighted prompt is cut every 75 tokens, even inside a word. (Older ComfyUI
     made each space-separated word a group, which kept words whole; current ComfyUI groups by weighted segment,
-    and so does this function. ComfyUI's "embedding:name" textual inversions are not supported: that is text.)
+    and so does this function. An "embedding:name" word is a group of its own: see `tokenize_prompt`.)
     The start, end and padding tokens have weight 1.0. An empty prompt gives one window [start, end, pad, ...].
     """
     room = window - 1  # positions available before the end token
@@ -409,9 +413,64 @@ class CLIPTokenizer:
         Each weighted segment (see `parse_prompt_weights`) is tokenized on its own, then the segments are packed
         into windows by `chunk_token_groups`. Prompts of up to 75 tokens give exactly one window.
         """
-        groups = []
+        return self.tokenize_prompt(prompt).windows
+
+    def tokenize_prompt(self, prompt: str, embeddings: EmbeddingLookup | None = None) -> TokenizedPrompt:
+        """`tokenize_weighted` that also reads ComfyUI's `embedding:name` words when `embeddings` is given.
+
+        An embedding's vectors take one position each in the window, in place of tokens, with the weight of the
+        segment they are in; they are marked by negative ids (-1 - row in `vectors`). As in ComfyUI, a trailing
+        comma is not part of the name, and an unknown name is dropped from the prompt and reported in `unknown`.
+        Without `embeddings`, "embedding:name" is plain text.
+        """
+        groups: list[list[tuple[int, float]]] = []
+        vectors: list = []
+        names: list[str] = []
+        unknown: list[str] = []
         for segment, weight in parse_prompt_weights(prompt):
-            ids = self.encode(segment)
-            if ids:
-                groups.append([(i, weight) for i in ids])
-        return chunk_token_groups(groups, self.start_id, self.end_id, self.pad_id, self.window)
+            pieces = _EMBEDDING.split(segment) if embeddings is not None else [segment]
+            for i, piece in enumerate(pieces):
+                if i % 2 == 1:  # an embedding name (odd pieces of the split)
+                    assert embeddings is not None
+                    name, rest = piece, ""
+                    found = embeddings(name)
+                    if found is None and name.rstrip(",") != name:
+                        name, rest = name.rstrip(","), name[len(name.rstrip(",")) :]
+                        found = embeddings(name)
+                    if found is None:
+                        unknown.append(name)
+                    else:
+                        first = sum(len(v) for v in vectors)
+                        vectors.append(found)
+                        names.append(name)
+                        groups.append([(-1 - (first + k), weight) for k in range(len(found))])
+                    piece = rest
+                ids = self.encode(piece)
+                if ids:
+                    groups.append([(t, weight) for t in ids])
+        windows = chunk_token_groups(groups, self.start_id, self.end_id, self.pad_id, self.window)
+        return TokenizedPrompt(windows, vectors, names, unknown)
+
+
+# "embedding:name" as a word of its own (after a space or at the start), the name running to the next space.
+_EMBEDDING = regex.compile(r"(?<!\S)embedding:(\S+)")
+
+
+@dataclasses.dataclass
+class TokenizedPrompt:
+    """A prompt's windows of 77 (id, weight) pairs; an id below 0 is row -1 - id of the embedding vectors."""
+
+    windows: list[list[tuple[int, float]]]
+    vectors: list  # each embedding's vectors (n_vectors, width), in prompt order; rows are counted across them
+    names: list[str]  # the name of each entry of `vectors`
+    unknown: list[str]  # embedding names that no file matched (dropped from the prompt)
+
+    def vector_text(self, token_id: int) -> str:
+        """How a position holding an embedding vector (token_id < 0) reads: "embedding:name" and, past its first
+        vector, the vector's index ("embedding:name#2")."""
+        row = -1 - token_id
+        for name, block in zip(self.names, self.vectors, strict=True):
+            if row < len(block):
+                return f"embedding:{name}" + (f"#{row}" if row else "")
+            row -= len(block)
+        raise IndexError(f"no embedding vector has the id {token_id}")

@@ -8,7 +8,8 @@ visits, where words (and images) sit in the text encoder's space, what the VAE k
 images are the same pixel for pixel.
 
     GET  /lab/                          the page (atelier/web/lab/: index.html, lab.css, *.js, i18n/*.json)
-    GET  /atelier/lab/options           models, samplers, schedulers, the teaching defaults and the form's limits
+    GET  /atelier/lab/options           models, LoRAs, embeddings, samplers, schedulers, the teaching defaults and
+                                        the form's limits
     POST /atelier/lab/graph             {params, view?, init_image?, words?} -> {prompt (API), roles, workflow}
     POST /atelier/lab/workflow          {prompt} -> {workflow}: any API prompt, laid out for the node editor
     GET  /atelier/lab/tokens?text=      the prompt's tokens, ids and 77-token windows
@@ -192,6 +193,26 @@ def form_limits(registry: NodeRegistry) -> dict[str, dict]:
     return limits
 
 
+def _models_folders(request: web.Request) -> Any:
+    """The node editor's model folders (ModelPaths), or None with a registry of stub nodes (tests)."""
+    env = getattr(state(request).registry.get("CLIPTextEncode"), "env", None)
+    return env.models if env is not None else None
+
+
+def _embedding_names(request: web.Request) -> list[str]:
+    """The names `embedding:name` can use: the files of models/embeddings without their extension."""
+    folders = _models_folders(request)
+    return sorted({name.rsplit(".", 1)[0] for name in folders.list("embeddings")}) if folders is not None else []
+
+
+def _embedding_folder(request: web.Request) -> Any:
+    """What `embedding:name` reads in the token view: the embeddings folder, any width (only positions count)."""
+    from atelier.models.embeddings import EmbeddingFolder
+
+    folders = _models_folders(request)
+    return EmbeddingFolder(folders, None) if folders is not None else None
+
+
 @_handler
 async def options(request: web.Request) -> web.Response:
     from atelier.sampling.samplers import SAMPLERS
@@ -200,6 +221,8 @@ async def options(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "models": _choices(request, "CheckpointLoaderSimple", "ckpt_name", [EMBEDDED]),
+            "loras": _choices(request, "LoraLoader", "lora_name", []),
+            "embeddings": _embedding_names(request),
             "samplers": list(SAMPLERS),
             "schedulers": list(SCHEDULERS),
             "defaults": TEACHING_DEFAULTS,
@@ -289,6 +312,7 @@ def token_report(prompt: PromptTokens) -> dict:
         "windows": [[dataclasses.asdict(t) for t in window] for window in prompt.windows],
         "start_id": prompt.start_id,
         "end_id": prompt.end_id,
+        "unknown_embeddings": list(prompt.unknown_embeddings),
     }
 
 
@@ -298,7 +322,8 @@ async def tokens(request: web.Request) -> web.Response:
     if len(text) > MAX_TEXT:
         raise InputError(f"text is {len(text)} characters long; the token view reads at most {MAX_TEXT}.")
     lab = state(request).lab
-    prompt = await _in_thread(lambda: read_tokens(lab.tokenizer(), text))
+    embeddings = _embedding_folder(request)
+    prompt = await _in_thread(lambda: read_tokens(lab.tokenizer(), text, embeddings))
     return web.json_response(token_report(prompt))
 
 

@@ -5,7 +5,8 @@ For each saved workflow (UI format, as the editor stores it):
 2. the prompt validates against Atelier's registry (every node type, input name, range and option);
 3. it runs through the executor, with the checkpoint swapped for the embedded model, sizes divided by 4 and
    4 sampling steps, and saves images of the expected sizes.
-Workflows with LoRA or upscale-model nodes are refused with a sentence that names the node.
+Workflows with upscale-model nodes are refused with a sentence that names the node; the LoRA example runs on a
+random LoRA file made for the embedded model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
+from safetensors.torch import save_file
 
 from atelier.graph.catalog import default_registry
 from atelier.graph.executor import EventLog, Executor
@@ -23,6 +26,7 @@ from atelier.graph.registry import NodeRegistry
 from atelier.graph.unsupported import UNSUPPORTED_NODES
 from atelier.graph.validation import validate_prompt
 from atelier.graph.workflow import ui_to_api
+from atelier.models.checkpoint import load_checkpoint
 from atelier.models.library import embedded_model_path
 from atelier.server.files import DataDir, OutputFiles
 
@@ -155,19 +159,52 @@ def test_the_default_graph_is_the_classic_seven_nodes(env):
     assert prompt["3"]["inputs"]["latent_image"] == ["5", 0] and prompt["8"]["inputs"]["vae"] == ["4", 2]
 
 
-def test_lora_workflow_is_refused_with_a_clear_sentence(env):
-    registry, _, _ = env
+def random_kohya_lora(path: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module, rank: int = 2) -> None:
+    """A kohya-layout LoRA of random weights for every attention projection of both networks."""
+    g = torch.Generator().manual_seed(11)
+    tensors = {}
+    for prefix, module in (("lora_unet_", unet), ("lora_te_", text_encoder)):
+        for name, weight in module.state_dict().items():
+            if weight.ndim == 2 and name.endswith(("to_q.weight", "to_v.weight", "q_proj.weight", "v_proj.weight")):
+                key = prefix + name.removesuffix(".weight").replace(".", "_")
+                tensors[f"{key}.lora_up.weight"] = torch.randn(weight.shape[0], rank, generator=g)
+                tensors[f"{key}.lora_down.weight"] = torch.randn(rank, weight.shape[1], generator=g) * 0.3
+                tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+def test_lora_workflow_runs_and_leaves_the_checkpoint_as_it_was(env):
+    """ComfyUI's LoRA example on a random LoRA for the embedded model. The graph without the LoRA, then with it,
+    then with it at strength 0 (after the patched run, on the same cached checkpoint): the first and last images
+    are identical pixel for pixel, so unpatching restored every weight exactly; the LoRA's image differs."""
+    registry, executor, files = env
+    ckpt = load_checkpoint(embedded_model_path(), device="cpu")
+    folder = registry.get("LoraLoader").env.models.folders_for("loras")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    random_kohya_lora(folder / "epiNoiseoffset_v2.safetensors", ckpt.unet, ckpt.text_encoder)
     prompt = shrink(ui_to_api(load("lora.json"), registry), registry)
     queued = {k: {**v, "_meta": prompt[k]["_meta"]} for k, v in load("lora.api.json").items()}
     assert prompt == shrink(queued, registry)
-    checked = validate_prompt(prompt, registry)
-    assert not checked.ok and checked.error["type"] == "prompt_outputs_failed_validation"
-    [error] = checked.node_errors["10"]["errors"]
-    assert error["type"] == "custom_validation_failed"
-    assert error["details"] == (
-        "lora_name - Load LoRA (LoraLoader) is not supported by Atelier yet: it would add low-rank weight updates "
-        "(LoRA) to the UNet and the text encoder; bypass or delete it to run the rest of the graph."
-    )
+
+    def image(graph: dict) -> bytes:
+        checked = validate_prompt(graph, registry)
+        assert checked.ok, checked.node_errors
+        log = EventLog()
+        executor.execute(checked.prompt, checked.outputs, listener=log)
+        assert log.names()[-1] == "execution_success", log.payloads("execution_error")
+        [(_, ui)] = log.payloads("executed")
+        with Image.open(files.path(ui["images"][0])) as png:
+            return png.tobytes()
+
+    without = json.loads(json.dumps(prompt))
+    del without["10"]
+    without["3"]["inputs"]["model"], without["6"]["inputs"]["clip"] = ["4", 0], ["4", 1]
+    without["7"]["inputs"]["clip"] = ["4", 1]
+    zero = json.loads(json.dumps(prompt))
+    zero["10"]["inputs"].update(strength_model=0.0, strength_clip=0.0)
+    before, with_lora, after = image(without), image(prompt), image(zero)
+    assert before == after
+    assert with_lora != before
 
 
 def test_upscale_model_workflow_runs_only_its_first_pass(env):
@@ -188,10 +225,44 @@ def test_upscale_model_workflow_runs_only_its_first_pass(env):
 
 def test_without_the_placeholders_an_unknown_node_is_named(tmp_path):
     data = DataDir(tmp_path)
-    registry = default_registry(data.root, OutputFiles(data))  # core nodes only: LoraLoader is unknown
-    checked = validate_prompt(ui_to_api(load("lora.json"), registry), registry)
+    registry = default_registry(data.root, OutputFiles(data))  # core nodes only
+    prompt = ui_to_api(load("lora.json"), registry)
+    prompt["10"]["class_type"] = "ImpactWildcardEncode"  # a custom node pack's node
+    checked = validate_prompt(prompt, registry)
     assert checked.error["type"] == "missing_node_type"
     assert checked.error["message"] == (
-        "Node 'LoraLoader' is not supported by Atelier: it is not one of the core Stable Diffusion 1.x "
+        "Node 'Load LoRA' (ImpactWildcardEncode) is not supported by Atelier: it is not one of the core "
+        "Stable Diffusion 1.x "
         "nodes Atelier runs (custom node packs cannot be installed)."
     )
+
+
+def test_embeddings_in_a_prompt_are_read_and_unknown_ones_are_named(env):
+    """The default graph with `embedding:name` in its prompt: a random embedding in models/embeddings changes the
+    image; an unknown name comes back as a warning in CLIPTextEncode's output (and the image is made without it)."""
+    registry, executor, files = env
+    width = load_checkpoint(embedded_model_path(), device="cpu").text_encoder_config.width
+    folder = registry.get("CLIPTextEncode").env.models.folders_for("embeddings")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.randn(2, width, generator=torch.Generator().manual_seed(5)) * 3},
+              str(folder / "style.safetensors"))  # fmt: skip
+    base = shrink(ui_to_api(load("default_graph.json"), registry), registry)
+    text = base["6"]["inputs"]["text"]
+
+    def run(prompt_text: str) -> tuple[bytes, dict]:
+        graph = json.loads(json.dumps(base))
+        graph["6"]["inputs"]["text"] = prompt_text
+        checked = validate_prompt(graph, registry)
+        log = EventLog()
+        executor.execute(checked.prompt, checked.outputs, listener=log)
+        assert log.names()[-1] == "execution_success", log.payloads("execution_error")
+        ui = dict(log.payloads("executed"))
+        with Image.open(files.path(ui["9"]["images"][0])) as png:
+            return png.tobytes(), ui
+
+    plain, _ = run(text)
+    styled, _ = run(f"{text}, (embedding:style:1.1)")
+    missing, ui = run(f"{text} embedding:nowhere")
+    assert styled != plain
+    assert ui["6"] == {"warnings": ["embedding:nowhere matched no file in models/embeddings and was left out."]}
+    assert missing == run(f"{text} ")[0]  # left out: the same windows as the prompt without it

@@ -333,3 +333,31 @@ def test_full_size_fast_path_matches_readable_on_cuda():
     z = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
     expected_image = vae.decode(z).float()
     assert _relative(fast_vae(vae).decode(z), expected_image) < 1e-2
+
+
+def test_a_lora_patches_the_fused_projections_and_the_prompt_cache_follows(tiny_ckpt, tmp_path):
+    """The fast path fuses to_q/to_k/to_v into one weight; a LoRA on them patches the rows of the fused weight, so
+    a generation with a LoRA is the same on both paths, and the fast text encoder's prompt cache never hands back
+    an encoding made with other weights (patched or restored)."""
+    from safetensors.torch import save_file
+
+    from atelier.models.lora import load_lora
+
+    g = torch.Generator().manual_seed(3)
+    tensors = {}
+    for prefix, module in (("lora_unet_", tiny_ckpt.unet), ("lora_te_", tiny_ckpt.text_encoder)):
+        for name, weight in module.state_dict().items():
+            if name.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "q_proj.weight", "v_proj.weight")):
+                key = prefix + name.removesuffix(".weight").replace(".", "_")
+                tensors[f"{key}.lora_up.weight"] = torch.randn(weight.shape[0], 2, generator=g) * 0.5
+                tensors[f"{key}.lora_down.weight"] = torch.randn(2, weight.shape[1], generator=g) * 0.5
+    save_file(tensors, str(tmp_path / "l.safetensors"))
+    lora = load_lora(tmp_path / "l.safetensors", tiny_ckpt.unet_config, tiny_ckpt.text_encoder_config)
+    params = GenerationParams("a red circle", negative="blue", seed=7, steps=4, cfg=5.0, width=32, height=24)
+    fast = accelerate(tiny_ckpt, enabled=True, options=FastOptions.eager())
+    plain_fast = run(fast, params).latent  # fills the prompt cache with unpatched encodings
+    expected = run(tiny_ckpt, params, loras=[(lora, 0.8)]).latent
+    got = run(fast, params, loras=[(lora, 0.8)]).latent
+    assert max_diff(got, expected) <= TOL
+    assert max_diff(got, plain_fast) > 1e-3
+    assert torch.equal(run(fast, params).latent, plain_fast)  # restored exactly, on the fused weights too

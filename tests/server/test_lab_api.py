@@ -48,6 +48,18 @@ async def error_of(resp) -> str:
 
 
 @async_test
+async def test_options_list_the_loras_and_embeddings_of_the_models_folder(tmp_path):
+    data = DataDir(tmp_path)
+    for kind, name in (("loras", "style.safetensors"), ("embeddings", "cat-toy.pt"), ("embeddings", "bad.bin")):
+        (data.models / kind).mkdir(parents=True, exist_ok=True)
+        (data.models / kind / name).write_bytes(b"")
+    async with lab_server(tmp_path) as client:
+        body = await (await client.get(f"{LAB}/options")).json()
+    assert body["loras"] == ["style.safetensors"]
+    assert body["embeddings"] == ["bad", "cat-toy"]
+
+
+@async_test
 async def test_options_give_the_teaching_defaults(tmp_path):
     async with lab_server(tmp_path) as client:
         body = await (await client.get(f"{LAB}/options")).json()
@@ -66,6 +78,7 @@ async def test_options_give_the_teaching_defaults(tmp_path):
         "denoise": 1.0,
     }
     assert body["models"][0] == "embedded.safetensors"
+    assert body["loras"] == [] and body["embeddings"] == []
     assert {"euler", "euler_ancestral"} <= set(body["samplers"]) and "karras" in body["schedulers"]
     assert {"AtelierFilmStripSampler", "AtelierLatentChannels", "AtelierCrossAttentionMap"} <= set(body["node_types"])
 
@@ -160,6 +173,24 @@ async def test_tokens_show_ids_and_the_window(tmp_path):
     assert ids[:5] == [49406, 320, 736, 7117, 49407] and ids[5:] == [49407] * 72
     assert (long["count"], long["over"], len(long["windows"])) == (80, 5, 2)
     assert message == "text is 2001 characters long; the token view reads at most 2000."
+
+
+@async_test
+async def test_the_token_view_shows_embedding_vectors_and_names_unknown_ones(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    folder = DataDir(tmp_path).models / "embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.zeros(3, 768)}, str(folder / "cat-toy.safetensors"))
+    async with lab_server(tmp_path) as client:
+        text = "a (embedding:cat-toy:1.2) on embedding:nowhere grass"
+        body = await (await client.get(f"{LAB}/tokens", params={"text": text})).json()
+    shown = [(t["text"], t["id"], t["weight"]) for t in body["tokens"]]
+    assert shown[1:4] == [("embedding:cat-toy", -1, 1.2), ("embedding:cat-toy#1", -2, 1.2),
+                          ("embedding:cat-toy#2", -3, 1.2)]  # fmt: skip
+    assert [t for t, _, _ in shown] == ["a", *[s[0] for s in shown[1:4]], "on", "grass"]
+    assert body["unknown_embeddings"] == ["nowhere"]
 
 
 @async_test

@@ -6,7 +6,7 @@ import dataclasses
 
 from atelier.graph.kit import MAX_RESOLUTION, ClipModel, Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
-from atelier.pipeline import Cond, encode_prompt
+from atelier.pipeline import Cond
 
 
 class CLIPTextEncode(Node):
@@ -14,7 +14,9 @@ class CLIPTextEncode(Node):
         name="CLIPTextEncode",
         display_name="CLIP Text Encode (Prompt)",
         category="conditioning",
-        description="Encodes a prompt with the text encoder into the conditioning the UNet attends to.",
+        description="Encodes a prompt with the text encoder into the conditioning the UNet attends to. "
+        "`embedding:name` (weighted like a word: `(embedding:name:1.2)`) puts a textual-inversion embedding from "
+        "models/embeddings in the prompt.",
         inputs=[
             Input("text", "STRING", multiline=True, dynamic_prompts=True, tooltip="The text to be encoded."),
             Input("clip", "CLIP", tooltip="The CLIP model used for encoding the text."),
@@ -23,7 +25,12 @@ class CLIPTextEncode(Node):
     )
 
     def run(self, ctx: NodeContext, text: str, clip: ClipModel) -> tuple:
-        context = encode_prompt(clip.text_encoder, clip.tokenizer, text, clip.clip_skip)
+        unknown: list[str] = []
+        context = clip.encode(text, unknown)
+        if unknown:  # shown with the node's output, as well as logged: a missing embedding is not silent
+            names = ", ".join(f"embedding:{name}" for name in unknown)
+            return {"ui": {"warnings": [f"{names} matched no file in models/embeddings and was left out."]},
+                    "result": ([Cond(context)],)}  # fmt: skip
         return ([Cond(context)],)
 
 

@@ -198,9 +198,11 @@ async function tokens(out) {
       return el(`span.cell.${kind}`, { title: `${i}: ${cell.text} (${cell.id})` }, kind === "text" ? cell.text : kind === "start" ? "⟨s⟩" : "·");
     }))));
   const warn = r.over > 0 ? el("p.warning", { role: "status" }, t("in.text.over", { count: r.count, slots: r.text_slots, over: r.over, windows: r.windows.length })) : null;
+  const unknown = r.unknown_embeddings.map((name) => `embedding:${name}`).join(", ");
+  const missing = unknown ? el("p.warning", { role: "status" }, t("in.text.unknown_embedding", { names: unknown })) : null;
   out.replaceChildren(
     el("p.figures", { dataset: { count: r.count } }, t("in.text.count", { count: r.count, slots: r.text_slots })),
-    warn, el("div.tokens", {}, chips), ...windows,
+    warn, missing, el("div.tokens", {}, chips), ...windows,
     el("p.help", {}, t("in.text.after")));
 }
 
