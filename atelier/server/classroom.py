@@ -37,10 +37,10 @@ import io
 import secrets
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -49,9 +49,22 @@ from atelier.server.settings import Settings
 from atelier.server.store import PromptRecord, PromptStore, now_ms
 
 if TYPE_CHECKING:
+    from atelier.server.files import DataDir
     from atelier.server.hub import Hub
     from atelier.server.prompt_queue import PromptQueue
-    from atelier.server.state import Handler, ServerState
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ServerState(Protocol):
+    """What the classroom reads of the server's state (state.ServerState, which holds the Classroom: naming it
+    here would make the two modules import each other)."""
+
+    classroom: Classroom | None
+    queue: PromptQueue
+    store: PromptStore
+    data: DataDir
+    settings: Settings
 
 JOIN_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: the code is read from a projector or aloud
 JOIN_CODE_LENGTH = 6  # 31**6 ~ 8.9e8 codes
