@@ -13,6 +13,8 @@ images are the same pixel for pixel.
     POST /atelier/lab/workflow          {prompt} -> {workflow}: any API prompt, laid out for the node editor
     GET  /atelier/lab/tokens?text=      the prompt's tokens, ids and 77-token windows
     GET  /atelier/lab/schedules?steps=&scheduler=&denoise=   sigma per step for every scheduler
+    GET  /atelier/lab/vocabulary?lang=&model=   what the embedded model can draw, and every word it read in training
+    GET  /atelier/lab/compose?lang=&kind=&colour=[&size=&cell=&background=]   a prompt in its training captions' grammar
     POST /atelier/lab/concepts          {words, images?} -> 2-D map (PCA) of text and image embeddings
     POST /atelier/lab/vae-roundtrip     {image: file ref} -> reconstruction, 4 latent channels, compression figures
     POST /atelier/lab/compare           {a, b: file refs} -> pixel difference of two images
@@ -298,6 +300,41 @@ async def tokens(request: web.Request) -> web.Response:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Vocabulary: what the embedded model knows (lessons/vocabulary.py)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@_handler
+async def vocabulary(request: web.Request) -> web.Response:
+    """The embedded model's world in the interface language; for any other model, only {"known": false}: what a
+    user's own checkpoint learned is not ours to say."""
+    from atelier.lessons.vocabulary import CATEGORIES, known_words, world_choices
+
+    if request.query.get("model", EMBEDDED) != EMBEDDED:
+        return web.json_response({"known": False})
+    choices = world_choices(request.query.get("lang", "en"))
+    return web.json_response(
+        {
+            "known": True,
+            "categories": list(CATEGORIES),
+            "choices": {category: [dataclasses.asdict(c) for c in choices[category]] for category in CATEGORIES},
+            "words": sorted(known_words()),
+        }
+    )
+
+
+@_handler
+async def compose(request: web.Request) -> web.Response:
+    from atelier.lessons.vocabulary import compose_prompt
+
+    q = request.query
+    names = {key: q.get(key) or None for key in ("kind", "colour", "size", "cell", "background")}
+    if not names["kind"] or not names["colour"]:
+        raise InputError("compose needs an object (kind) and a colour: every training caption names both.")
+    return web.json_response({"prompt": compose_prompt(q.get("lang", "en"), **names)})
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Schedules: sigma per step
 # --------------------------------------------------------------------------------------------------------------
 
@@ -461,6 +498,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{API}/workflow", workflow)
     app.router.add_get(f"{API}/tokens", tokens)
     app.router.add_get(f"{API}/schedules", schedules)
+    app.router.add_get(f"{API}/vocabulary", vocabulary)
+    app.router.add_get(f"{API}/compose", compose)
     app.router.add_post(f"{API}/concepts", concepts)
     app.router.add_post(f"{API}/vae-roundtrip", vae_roundtrip_route)
     app.router.add_post(f"{API}/compare", compare)

@@ -283,3 +283,20 @@ def test_both_languages_have_every_key_the_page_uses():
     assert used - set(en) == set(), sorted(used - set(en))
     same = {"ex.steps.title", "in.convergence.euler_ancestral", "in.attention.image"}  # the same in both languages
     assert not [k for k in en if en[k] == fr[k] and len(en[k]) > 12 and "{" not in en[k] and k not in same]
+
+
+@async_test
+async def test_vocabulary_is_the_embedded_models_world_only(tmp_path):
+    async with lab_server(tmp_path) as client:
+        fr = await (await client.get(f"{LAB}/vocabulary", params={"lang": "fr"})).json()
+        own = await (await client.get(f"{LAB}/vocabulary", params={"model": "mine.safetensors"})).json()
+        composed = await (
+            await client.get(f"{LAB}/compose", params={"lang": "fr", "kind": "sun", "colour": "yellow"})
+        ).json()
+        missing = await error_of(await client.get(f"{LAB}/compose", params={"kind": "sun"}))
+    assert fr["known"] and fr["categories"] == ["objects", "colours", "sizes", "places", "backgrounds"]
+    assert fr["choices"]["colours"][0] == {"name": "red", "label": "rouge"}
+    assert {"rouge", "red", "herbe", "l"} <= set(fr["words"]) and "chat" not in fr["words"]
+    assert own == {"known": False}
+    assert composed == {"prompt": "un soleil jaune"}
+    assert missing.startswith("compose needs an object (kind) and a colour")

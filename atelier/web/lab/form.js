@@ -139,6 +139,7 @@ export function write(params) {
     input.value = params[name];
   }
   showDenoise();
+  $("f-prompt").dispatchEvent(new Event("input"));  // what reads the prompt live (unknown words, tokens) follows
 }
 
 /** Restore an img2img image by its input name (from the history). */

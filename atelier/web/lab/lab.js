@@ -8,6 +8,7 @@ import { runView } from "./runner.js";
 import { busy, el, errorText, hideMessage, images, showMessage } from "./ui.js";
 import * as exercises from "./exercises.js";
 import * as inside from "./inside.js";
+import * as world from "./world.js";
 
 const $ = (id) => document.getElementById(id);
 const current = { result: null };  // the last generation: {params, prompt, workflow, outputs, roles}
@@ -167,6 +168,7 @@ async function main() {
     $("lang").textContent = language() === "fr" ? "EN" : "FR";
     if (current.result) showResult(current.result);
     inside.languageChanged();
+    await world.load().catch((error) => showMessage(errorText(error)));
   });
   $("message-close").addEventListener("click", hideMessage);
   setupTabs();
@@ -187,6 +189,7 @@ async function main() {
   });
   exercises.setup(options);
   inside.setup(options);
+  await world.setup().catch((error) => showMessage(errorText(error)));
   apply(document);
   document.body.dataset.ready = "true";  // for tests: options are loaded and handlers attached
 }

@@ -1,0 +1,117 @@
+"""The lab as a French-speaking learner meets it (issue 16): headless Chromium in fr-FR against a real
+`atelier serve` (embedded model, 128x128 or smaller, few steps).
+
+Each test is one defect of the issue, asserted on what the page shows, with a screenshot under $ATELIER_ARTIFACTS
+(or a temp folder, printed at the end). Skipped when Chromium or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.browser import CHROMIUM, VIEWPORT, atelier_server, chromium
+
+STEPS = "2"
+RUN_TIMEOUT = 90_000  # ms
+OWN_MODEL = "mon-modele.safetensors"  # a user's own checkpoint: listed, never loaded here
+
+pytest.importorskip("playwright.sync_api")  # skipped without Playwright
+if not CHROMIUM.exists():
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+ARTIFACTS = Path(os.environ.get("ATELIER_ARTIFACTS") or tempfile.mkdtemp(prefix="atelier-lab-fr-")) / "lab-fr"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("lab-fr-data")
+    (data / "models" / "checkpoints").mkdir(parents=True)
+    (data / "models" / "checkpoints" / OWN_MODEL).write_bytes(b"not loaded by these tests")
+    with atelier_server(data, ready_path="/atelier/lab/options") as url:
+        yield url
+    print(f"\nFrench lab screenshots: {ARTIFACTS}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport=VIEWPORT, locale="fr-FR")
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(f"{server}/lab/")
+    pg.wait_for_selector("body[data-ready=true]")
+    assert pg.get_attribute("html", "lang") == "fr"
+    pg.fill("#f-steps", STEPS)
+    yield pg
+    context.close()
+    assert errors == []
+
+
+def shot(pg, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def set_prompt(pg, text: str) -> None:
+    pg.fill("#f-prompt", text)  # fires "input", as typing does
+
+
+# ---- 2. what the embedded model knows, and the words it never saw ----
+
+
+def test_the_model_shows_its_world_in_french_and_builds_a_prompt(page):
+    assert page.is_visible("#world")
+    assert page.inner_text("#world summary") == "Ce que ce modèle sait dessiner"
+    page.click("#world summary")
+    objects = page.locator("#world [data-category=objects] .chip").all_inner_texts()
+    assert objects[:4] == ["cercle", "carré", "triangle", "étoile"] and len(objects) == 14
+    assert "vert" in page.locator("#world [data-category=colours] .chip").all_inner_texts()
+    assert "sur l'herbe" in page.locator("#world [data-category=backgrounds] .chip").all_inner_texts()
+    page.click("#world [data-category=objects] [data-name=star]")
+    assert "couleur" in page.inner_text("#world .world-hint").lower()
+    for category, name in [("colours", "green"), ("sizes", "small"), ("places", "1,0"), ("backgrounds", "grass")]:
+        page.click(f"#world [data-category={category}] [data-name='{name}']")
+    page.wait_for_function("document.querySelector('#f-prompt').value.startsWith('une petite')")
+    assert page.input_value("#f-prompt") == "une petite étoile verte à gauche sur l'herbe"  # agreement, elision
+    assert page.is_hidden("#prompt-unknown")
+    shot(page, "2-world-builder")
+
+
+def test_words_never_seen_in_training_are_marked_before_running(page):
+    assert page.is_hidden("#prompt-unknown")  # the default prompt is the world's own
+    set_prompt(page, "un chat astronaute sur l'herbe")
+    page.wait_for_selector("#prompt-unknown:not([hidden])")
+    assert page.get_attribute("#prompt-unknown", "data-words") == "chat astronaute"
+    assert page.locator("#prompt-unknown mark").all_inner_texts() == ["chat", "astronaute"]
+    assert page.inner_text("#prompt-unknown").startswith("Jamais vu à l'entraînement : chat, astronaute")
+    shot(page, "2-unknown-words")
+    set_prompt(page, "a cat")
+    assert page.get_attribute("#prompt-unknown", "data-words") == "cat"
+    set_prompt(page, "un cercle rouge à gauche")
+    assert page.is_hidden("#prompt-unknown")
+
+
+def test_nothing_is_said_of_a_users_own_checkpoint(page):
+    set_prompt(page, "un chat astronaute")
+    page.wait_for_selector("#prompt-unknown:not([hidden])")
+    page.select_option("#f-model", OWN_MODEL)
+    page.wait_for_selector("#world", state="hidden")
+    assert page.is_hidden("#prompt-unknown")
+    shot(page, "2-own-checkpoint")
+
+
+def teardown_module() -> None:
+    if ARTIFACTS.exists() and not any(ARTIFACTS.iterdir()):
+        shutil.rmtree(ARTIFACTS)
