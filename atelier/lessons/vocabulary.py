@@ -83,6 +83,7 @@ class Choice:
 
     name: str
     label: str
+    forms: tuple[str, ...]  # every way the captions say it in that language: synonyms, feminine forms
 
 
 def world_choices(lang: str) -> dict[str, list[Choice]]:
@@ -90,24 +91,24 @@ def world_choices(lang: str) -> dict[str, list[Choice]]:
     _check_lang(lang)
     en = lang == "en"
 
-    def noun(w: vocab.Words) -> str:
-        return w.en[0] if en else w.fr[0].word
+    def nouns(w: vocab.Words) -> tuple[str, ...]:
+        return w.en if en else tuple(n.word for n in w.fr)
 
-    def adjective(w: vocab.Words) -> str:
-        return w.en[0] if en else w.fr[0].masculine
+    def adjectives(w: vocab.Words) -> tuple[str, ...]:
+        return w.en if en else tuple(dict.fromkeys(f for a in w.fr for f in (a.masculine, a.feminine)))
 
-    def phrase(w: vocab.Words) -> str:
-        return w.en[0] if en else w.fr[0]
+    def phrases(w: vocab.Words) -> tuple[str, ...]:
+        return w.en if en else w.fr
 
     tables = {
-        "objects": (vocab.KIND_WORDS, noun),
-        "colours": (vocab.COLOUR_WORDS, adjective),
-        "sizes": (vocab.SIZE_WORDS, adjective),
-        "places": (vocab.CELL_WORDS, phrase),
-        "backgrounds": (vocab.BACKGROUND_WORDS, phrase),
+        "objects": (vocab.KIND_WORDS, nouns),
+        "colours": (vocab.COLOUR_WORDS, adjectives),
+        "sizes": (vocab.SIZE_WORDS, adjectives),
+        "places": (vocab.CELL_WORDS, phrases),
+        "backgrounds": (vocab.BACKGROUND_WORDS, phrases),
     }
     return {
-        category: [Choice(_name(name), say(words)) for name, words in table.items()]
+        category: [Choice(_name(name), say(words)[0], say(words)) for name, words in table.items()]
         for category, (table, say) in tables.items()
     }
 

@@ -31,6 +31,7 @@ def test_choices_are_labelled_in_the_interface_language():
     assert [len(fr[c]) for c in fr] == [14, 11, 3, 9, 10]
     assert (fr["objects"][3].name, fr["objects"][3].label, en["objects"][3].label) == ("star", "étoile", "star")
     assert (fr["places"][3].name, fr["places"][3].label) == ("1,0", "à gauche")
+    assert (fr["colours"][3].forms, en["colours"][5].forms) == (("vert", "verte"), ("purple", "violet"))
     with pytest.raises(InputError, match="lang must be one of en, fr"):
         world_choices("de")
 

@@ -295,7 +295,7 @@ async def test_vocabulary_is_the_embedded_models_world_only(tmp_path):
         ).json()
         missing = await error_of(await client.get(f"{LAB}/compose", params={"kind": "sun"}))
     assert fr["known"] and fr["categories"] == ["objects", "colours", "sizes", "places", "backgrounds"]
-    assert fr["choices"]["colours"][0] == {"name": "red", "label": "rouge"}
+    assert fr["choices"]["colours"][0] == {"name": "red", "label": "rouge", "forms": ["rouge"]}
     assert {"rouge", "red", "herbe", "l"} <= set(fr["words"]) and "chat" not in fr["words"]
     assert own == {"known": False}
     assert composed == {"prompt": "un soleil jaune"}

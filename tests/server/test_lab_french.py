@@ -68,6 +68,34 @@ def set_prompt(pg, text: str) -> None:
     pg.fill("#f-prompt", text)  # fires "input", as typing does
 
 
+# ---- 1. the variability exercise replaces a word of the prompt, in the prompt's language ----
+
+
+def test_variability_replaces_a_word_of_the_french_prompt(page):
+    page.click("#tab-exercises")
+    assert (page.input_value("#ex-var-from"), page.input_value("#ex-var-to")) == ("rouge", "bleu")
+    page.click("#ex-variability .run")
+    page.wait_for_selector("#ex-variability .verdict", timeout=RUN_TIMEOUT)
+    assert page.is_hidden("#message")
+    assert page.locator("#ex-variability figcaption").all_inner_texts() == [
+        "“un cercle rouge à gauche”",
+        "“un cercle bleu à gauche”",
+    ]
+    assert page.get_attribute("#ex-variability .verdict", "data-identical") == "false"
+    shot(page, "1-variability")
+
+
+def test_variability_follows_the_prompt_until_the_learner_types(page):
+    set_prompt(page, "une étoile verte en haut")
+    page.click("#tab-exercises")
+    assert (page.input_value("#ex-var-from"), page.input_value("#ex-var-to")) == ("verte", "bleue")  # agreement
+    set_prompt(page, "un soleil bleu")
+    assert (page.input_value("#ex-var-from"), page.input_value("#ex-var-to")) == ("bleu", "rouge")
+    page.fill("#ex-var-to", "jaune")
+    set_prompt(page, "un soleil bleu au centre")
+    assert (page.input_value("#ex-var-from"), page.input_value("#ex-var-to")) == ("bleu", "jaune")
+
+
 # ---- 2. what the embedded model knows, and the words it never saw ----
 
 

@@ -6,6 +6,7 @@ import * as form from "./form.js";
 import { t } from "./i18n.js";
 import { runView } from "./runner.js";
 import { busy, el, hideMessage, images } from "./ui.js";
+import { colourSwap, wordsOf } from "./world.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -106,6 +107,20 @@ async function variability(out) {
   out.append(verdict(await compare(a, b)), el("p.help", {}, t("ex.variability.after", { seed: p.seed })));
 }
 
+/**
+ * The replace fields follow the prompt and the language until the learner types in them: the prompt's first
+ * colour swapped for another ("rouge" -> "bleu", "verte" -> "bleue"), else its first word and the language's "blue".
+ */
+const variabilityDefaults = { edited: false };
+
+export function suggestReplacement() {
+  if (variabilityDefaults.edited) return;
+  const prompt = $("f-prompt").value;
+  const swap = colourSwap(prompt) || { from: wordsOf(prompt).find((w) => w.length > 3) || "", to: t("ex.variability.to_default") };
+  $("ex-var-from").value = swap.from;
+  $("ex-var-to").value = swap.to;
+}
+
 // ---- 3 and 4: one parameter over a list of values ----
 
 async function sweep(out, listId, field, parse, labelKey) {
@@ -174,6 +189,11 @@ export function setup(options) {
       busy(button, () => run(card.querySelector(".out")));
     });
   }
+  for (const id of ["ex-var-from", "ex-var-to"]) {
+    $(id).addEventListener("input", () => { variabilityDefaults.edited = true; });
+  }
+  $("f-prompt").addEventListener("input", suggestReplacement);
+  suggestReplacement();
   for (const [select, chosen] of [["xy-x", "cfg"], ["xy-y", "seed"]]) {
     $(select).replaceChildren(...Object.keys(AXES).map((axis) => {
       const option = new Option(axis, axis);

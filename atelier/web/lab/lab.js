@@ -169,6 +169,7 @@ async function main() {
     if (current.result) showResult(current.result);
     inside.languageChanged();
     await world.load().catch((error) => showMessage(errorText(error)));
+    exercises.suggestReplacement();
   });
   $("message-close").addEventListener("click", hideMessage);
   setupTabs();
@@ -187,9 +188,9 @@ async function main() {
     const workflow = result.workflow || (await postJSON("/atelier/lab/workflow", { prompt: result.prompt })).workflow;
     openInEditor(workflow);
   });
-  exercises.setup(options);
   inside.setup(options);
   await world.setup().catch((error) => showMessage(errorText(error)));
+  exercises.setup(options);
   apply(document);
   document.body.dataset.ready = "true";  // for tests: options are loaded and handlers attached
 }

@@ -76,3 +76,21 @@ export function setup() {
   $("f-model").addEventListener("change", () => { chosen = {}; return load(); });
   return load();
 }
+
+/**
+ * A word of `prompt` to replace with another that the model knows, for the variability exercise: its first colour
+ * word, swapped for blue (red when it is blue) in the same form ("verte" -> "bleue"). null when the prompt names no
+ * colour of the world, or the model is not ours.
+ */
+export function colourSwap(prompt) {
+  if (!world?.known) return null;
+  const colours = world.choices.colours;
+  for (const word of wordsOf(prompt)) {
+    const from = colours.find((c) => c.forms.includes(word));
+    if (!from) continue;
+    const to = colours.find((c) => c.name === (from.name === "blue" ? "red" : "blue"));
+    const form = from.forms.indexOf(word);
+    return { from: word, to: to.forms[Math.min(form, to.forms.length - 1)] };
+  }
+  return null;
+}
