@@ -8,7 +8,7 @@ visits, where words (and images) sit in the text encoder's space, what the VAE k
 images are the same pixel for pixel.
 
     GET  /lab/                          the page (atelier/web/lab/: index.html, lab.css, *.js, i18n/*.json)
-    GET  /atelier/lab/options           models, samplers, schedulers, the teaching defaults and the form's limits
+    GET  /atelier/lab/options           models and their native sizes, samplers, schedulers, defaults, the form's limits
     POST /atelier/lab/graph             {params, view?, init_image?, words?} -> {prompt (API), roles, workflow}
     POST /atelier/lab/workflow          {prompt} -> {workflow}: any API prompt, laid out for the node editor
     GET  /atelier/lab/tokens?text=      the prompt's tokens, ids and 77-token windows
@@ -191,14 +191,30 @@ def form_limits(registry: NodeRegistry) -> dict[str, dict]:
     return limits
 
 
+def native_sizes(request: web.Request, models: list[str]) -> dict[str, int]:
+    """The image side each model was trained at (models/library.py native_size: our metadata, else SD1.x's 512).
+    Above it the UNet meets a latent larger than any it learned from, and repeats what it knows across it."""
+    from atelier.models.library import native_size, resolve_model
+
+    sizes = {}
+    for name in models:
+        try:
+            sizes[name] = native_size(resolve_model(name, state(request).data.root))
+        except AtelierError:  # a name the loader will refuse with its own sentence
+            sizes[name] = 512
+    return sizes
+
+
 @_handler
 async def options(request: web.Request) -> web.Response:
     from atelier.sampling.samplers import SAMPLERS
     from atelier.sampling.schedules import SCHEDULERS
 
+    models = _choices(request, "CheckpointLoaderSimple", "ckpt_name", [EMBEDDED])
     return web.json_response(
         {
-            "models": _choices(request, "CheckpointLoaderSimple", "ckpt_name", [EMBEDDED]),
+            "models": models,
+            "native_sizes": native_sizes(request, models),
             "samplers": list(SAMPLERS),
             "schedulers": list(SCHEDULERS),
             "defaults": TEACHING_DEFAULTS,

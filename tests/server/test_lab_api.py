@@ -51,6 +51,7 @@ async def error_of(resp) -> str:
 async def test_options_give_the_teaching_defaults(tmp_path):
     async with lab_server(tmp_path) as client:
         body = await (await client.get(f"{LAB}/options")).json()
+    assert body["native_sizes"] == {"embedded.safetensors": 128}  # the embedded model's own metadata
     assert body["defaults"] | {"prompt": None} == {
         "model": "embedded.safetensors",
         "prompt": None,

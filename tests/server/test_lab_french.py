@@ -7,9 +7,11 @@ Each test is one defect of the issue, asserted on what the page shows, with a sc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +140,54 @@ def test_nothing_is_said_of_a_users_own_checkpoint(page):
     page.wait_for_selector("#world", state="hidden")
     assert page.is_hidden("#prompt-unknown")
     shot(page, "2-own-checkpoint")
+
+
+# ---- 3. sizes: the native size, what happens above it, a warning before long runs; an honest Stop ----
+
+
+def test_the_native_size_and_a_warning_before_long_sizes(page):
+    assert page.inner_text("#size-native") == (
+        "Taille native de ce modèle : 128×128 (il a appris sur des images de cette taille)."
+    )
+    assert page.is_hidden("#size-warning")
+    page.fill("#f-width", "256")
+    assert page.get_attribute("#size-native", "data-above") == "true"
+    assert "il répète ses objets sur toute l'image" in page.inner_text("#size-native")
+    assert page.is_hidden("#size-warning")  # twice the pixels: not long yet
+    page.fill("#f-width", "512")
+    page.fill("#f-height", "512")
+    page.wait_for_selector("#size-warning:not([hidden])")
+    assert page.inner_text("#size-warning") == (
+        "Long : 16× les pixels de 128×128, donc chaque étape coûte au moins 16× plus."
+    )
+    shot(page, "3-size-warning")
+    page.select_option("#f-model", OWN_MODEL)  # an SD1.x-style checkpoint without our metadata: 512
+    assert page.inner_text("#size-native").startswith("Taille native de ce modèle : 512×512")
+    assert page.is_hidden("#size-warning")
+
+
+def test_stop_says_stopped_only_once_the_server_has_stopped(page, server):
+    page.fill("#f-steps", "400")  # long enough to be stopped half-way
+    page.click("#generate")
+    page.wait_for_function(
+        "/étape [1-9][0-9]*\\/400/.test(document.querySelector('#progress-text').innerText)", timeout=RUN_TIMEOUT
+    )
+    # A server that has not stopped yet: the interrupt request is answered but never reaches it.
+    page.route("**/api/interrupt", lambda route: route.fulfill(status=200, body=""))
+    page.click("#stop")
+    page.wait_for_function("document.querySelector('#progress-text').innerText.includes('arrêt demandé')")
+    page.wait_for_timeout(1500)
+    assert page.is_hidden("#message")  # no "Arrêté" while the server computes on
+    assert page.locator("#result-images img.live").count() == 1
+    shot(page, "3-stop-requested")
+    page.unroute("**/api/interrupt")
+    page.click("#stop")
+    page.wait_for_function("document.querySelector('#message-text').innerText.length > 0", timeout=RUN_TIMEOUT)
+    assert page.inner_text("#message-text") == "Arrêté : le calcul a été interrompu."
+    with urllib.request.urlopen(f"{server}/api/history?max_items=1") as resp:
+        [entry] = json.load(resp).values()
+    assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
+    shot(page, "3-stopped")
 
 
 def teardown_module() -> None:

@@ -155,7 +155,7 @@ async function finish(promptId) {
     const found = await getJSON(`/api/history/${promptId}`);
     if (found[promptId]) Object.assign(run.outputs, found[promptId].outputs);
   } catch { /* keep what the socket delivered */ }
-  run.done({ promptId, outputs: run.outputs, cached: run.cached || [] });
+  run.done({ promptId, outputs: run.outputs, cached: run.cached || [], stopRequested: Boolean(run.stopRequested) });
 }
 
 /**
@@ -193,13 +193,32 @@ export async function runPrompt(prompt, extraData = {}, handlers = {}) {
   });
 }
 
-/** Stop our prompts: drop the pending ones from the queue, interrupt the running one (only if it is ours). */
+/**
+ * Stop our prompts, and say so only once the server has: a pending prompt is taken off the queue (then GET
+ * /api/queue no longer lists it, nor the history), the running one is asked to stop and ends when the server
+ * reports execution_interrupted (on the socket, or in the history the poll reads). Meanwhile each run hears
+ * onStopping(), and a run that finishes before the stop lands resolves as usual, with stopRequested set.
+ */
 export async function interrupt() {
   const runs = [...running.values()];
-  await postJSON("/api/queue", { delete: runs.map((r) => r.promptId) }).catch(() => {});
   for (const run of runs) {
-    await postJSON("/api/interrupt", { prompt_id: run.promptId }).catch(() => {});
-    run.fail(new Interrupted("interrupted"));
+    run.stopRequested = true;
+    run.onStopping?.();
+  }
+  await postJSON("/api/queue", { delete: runs.map((r) => r.promptId) }).catch(() => {});
+  let queue = null;
+  try {
+    queue = await getJSON("/api/queue");
+  } catch { /* not known: ask every run to stop */ }
+  const ids = (items) => new Set((items || []).map((item) => item[1]));  // queue tuples [number, prompt_id, ...]
+  const pending = ids(queue?.queue_pending), current = ids(queue?.queue_running);
+  for (const run of runs) {
+    if (!queue || current.has(run.promptId)) {
+      await postJSON("/api/interrupt", { prompt_id: run.promptId }).catch(() => {});
+    } else if (!pending.has(run.promptId)) {
+      const found = await getJSON(`/api/history/${run.promptId}`).catch(() => ({}));
+      if (!found[run.promptId]) run.fail(new Interrupted("dequeued"));  // removed before it started
+    }
   }
 }
 

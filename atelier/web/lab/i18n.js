@@ -38,3 +38,9 @@ export function apply(root) {
   for (const el of root.querySelectorAll("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle);
   for (const el of root.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
 }
+
+/** A number as the interface language writes it (7,5 in French, 7.5 in English), with `digits` decimals. */
+export function formatNumber(value, digits = null) {
+  const options = digits === null ? {} : { minimumFractionDigits: digits, maximumFractionDigits: digits };
+  return new Intl.NumberFormat(lang === "fr" ? "fr-FR" : "en-US", options).format(value);
+}

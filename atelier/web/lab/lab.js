@@ -87,6 +87,7 @@ async function generate(event) {
     const live = el("img.live", { alt: t("result.preview_alt") });
     $("result-images").replaceChildren(el("figure.fig.big", {}, live, el("figcaption", {}, t("result.preview"))));
     let result;
+    const start = performance.now();
     try {
       result = await runView(params, {
         init: form.initImage(),
@@ -101,6 +102,7 @@ async function generate(event) {
       throw error;
     }
     form.state.lastSeed = params.seed;
+    if (!result.fromCache) form.timed(params, (performance.now() - start) / 1000);
     showResult(result);
   });
 }
@@ -167,6 +169,7 @@ async function main() {
     await setLanguage(language() === "fr" ? "en" : "fr");
     $("lang").textContent = language() === "fr" ? "EN" : "FR";
     if (current.result) showResult(current.result);
+    form.showSize();
     inside.languageChanged();
     await world.load().catch((error) => showMessage(errorText(error)));
     exercises.suggestReplacement();

@@ -41,7 +41,7 @@ export function hideMessage() {
 
 /** The sentence for an error, in the page's language where we know it. */
 export function errorText(error) {
-  if (error instanceof Interrupted) return t("err.interrupted");
+  if (error instanceof Interrupted) return t(error.message === "dequeued" ? "err.dequeued" : "err.interrupted");
   if (error?.message === "offline") return t("err.offline");
   return t("err.prefix", { message: error?.message || String(error) });
 }
