@@ -38,7 +38,7 @@ from PIL import Image, ImageOps
 
 from atelier.errors import AtelierError, InputError
 from atelier.graph.registry import NodeRegistry
-from atelier.lessons.tokens import PromptTokens, read_tokens
+from atelier.lessons.tokens import PromptTokens, read_tokens, word_positions
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.state import error_text, state
@@ -92,8 +92,10 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _bad(message: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _bad(message: str, status: int = 400, key: str | None = None, params: dict | None = None) -> web.Response:
+    """{"error": the English sentence} and, for the page to say it in the learner's language, its key and params."""
+    body = {"error": message} if key is None else {"error": message, "message_key": key, "params": params or {}}
+    return web.json_response(body, status=status)
 
 
 async def _body(request: web.Request) -> dict:
@@ -137,7 +139,7 @@ def _handler(fn: Callable) -> Callable:
         except UnsafePathError as ex:
             return _bad(str(ex), ex.status)
         except AtelierError as ex:
-            return _bad(str(ex))
+            return _bad(str(ex), key=ex.key, params=ex.params)
 
     return wrapped
 
@@ -270,7 +272,12 @@ async def graph(request: web.Request) -> web.Response:
     prefix = body.get("filename_prefix") or "lab"
     if not isinstance(prefix, str):
         raise InputError("filename_prefix must be text, e.g. 'lab'.")
-    lab_graph = view_graph(params, str(body.get("view") or "generate"), init_image, words, prefix)
+    view = str(body.get("view") or "generate")
+    if view == "attention" and isinstance(words, list):  # the node would refuse them only once queued, in English
+        tokenizer = await _in_thread(state(request).lab.tokenizer)
+        for word in words:
+            word_positions(tokenizer, params.prompt, str(word))
+    lab_graph = view_graph(params, view, init_image, words, prefix)
     return web.json_response(
         {"prompt": lab_graph.prompt, "roles": lab_graph.roles, "workflow": ui_workflow(request, lab_graph.prompt)}
     )
@@ -309,7 +316,12 @@ def token_report(prompt: PromptTokens) -> dict:
 async def tokens(request: web.Request) -> web.Response:
     text = request.query.get("text", "")
     if len(text) > MAX_TEXT:
-        raise InputError(f"text is {len(text)} characters long; the token view reads at most {MAX_TEXT}.")
+        raise InputError(
+            f"text is {len(text)} characters long; the token view reads at most {MAX_TEXT}.",
+            "text_too_long",
+            length=len(text),
+            max=MAX_TEXT,
+        )
     lab = state(request).lab
     prompt = await _in_thread(lambda: read_tokens(lab.tokenizer(), text))
     return web.json_response(token_report(prompt))
@@ -415,9 +427,16 @@ async def concepts(request: web.Request) -> web.Response:
         raise InputError("images must be a list of file references {filename, subfolder, type}.")
     words = [w.strip() for w in words if w.strip()]
     if len(words) > MAX_WORDS or len(refs) > MAX_IMAGES:
-        raise InputError(f"The concept map takes at most {MAX_WORDS} words and {MAX_IMAGES} images at once.")
+        raise InputError(
+            f"The concept map takes at most {MAX_WORDS} words and {MAX_IMAGES} images at once.",
+            "concepts_too_many",
+            words=MAX_WORDS,
+            images=MAX_IMAGES,
+        )
     if len(words) + len(refs) < 3:
-        raise InputError("Give at least 3 words or images in all: a map of fewer points shows nothing.")
+        raise InputError(
+            "Give at least 3 words or images in all: a map of fewer points shows nothing.", "concepts_too_few"
+        )
     images = [_open_ref(request, ref, "image") for ref in refs]
     labels = [str(ref.get("label") or ref["filename"]) for ref in refs]
     lab = state(request).lab

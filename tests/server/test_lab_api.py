@@ -301,3 +301,23 @@ async def test_vocabulary_is_the_embedded_models_world_only(tmp_path):
     assert own == {"known": False}
     assert composed == {"prompt": "un soleil jaune"}
     assert missing.startswith("compose needs an object (kind) and a colour")
+
+
+@async_test
+async def test_errors_carry_a_message_key_for_the_page_to_translate(tmp_path):
+    """The English sentence stays for the node editor and scripts; the key and params let the lab say it in French."""
+    async with lab_server(tmp_path) as client:
+        long = await client.get(f"{LAB}/tokens", params={"text": "x" * 2001})
+        params = {**lab.TEACHING_DEFAULTS, "prompt": "un cercle rouge"}
+        word = await client.post(f"{LAB}/graph", json={"params": params, "view": "attention", "words": ["chat"]})
+        long_body, word_body = await long.json(), await word.json()
+    assert long_body == {
+        "error": "text is 2001 characters long; the token view reads at most 2000.",
+        "message_key": "text_too_long",
+        "params": {"length": 2001, "max": 2000},
+    }
+    assert word.status == 400 and word_body["message_key"] == "word_not_in_prompt"
+    assert word_body["params"] == {"word": "chat", "words": "un, cercle, rouge"}
+    assert word_body["error"].startswith("The word 'chat' is not in the prompt")
+    strings = json.loads((lab.LAB_ROOT / "i18n" / "fr.json").read_text(encoding="utf-8"))
+    assert {f"server.{body['message_key']}" for body in (long_body, word_body)} <= set(strings)

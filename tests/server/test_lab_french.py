@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -188,6 +189,66 @@ def test_stop_says_stopped_only_once_the_server_has_stopped(page, server):
         [entry] = json.load(resp).values()
     assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
     shot(page, "3-stopped")
+
+
+# ---- 6. what the server says reaches the learner in French ----
+
+
+def open_view(pg, name: str) -> None:
+    pg.click("#tab-inside")
+    pg.click(f".subnav [data-view={name}]")
+
+
+def test_a_word_missing_from_the_prompt_is_said_in_french(page):
+    open_view(page, "attention")
+    page.fill("#att-words", "chat")
+    page.click("#view-attention .run")
+    page.wait_for_selector("#message:not([hidden])", timeout=RUN_TIMEOUT)
+    assert page.inner_text("#message-text") == (
+        "Le mot « chat » n'est pas dans le prompt ; ses mots sont : un, cercle, rouge, à, gauche."
+    )
+    shot(page, "6-word-missing")
+
+
+def test_lab_route_errors_are_said_in_french(page):
+    open_view(page, "concepts")
+    page.fill("#concept-words", "rouge, bleu")
+    page.click("#view-concepts .run")
+    page.wait_for_selector("#message:not([hidden])", timeout=RUN_TIMEOUT)
+    assert page.inner_text("#message-text") == (
+        "Donnez au moins 3 mots ou images en tout : une carte de moins de points ne montre rien."
+    )
+    open_view(page, "text")
+    set_prompt(page, "rouge " * 400)
+    page.wait_for_function("document.querySelector('#view-text .out').innerText.startsWith('Le texte fait')")
+    assert (
+        page.inner_text("#view-text .out") == "Le texte fait 2400 caractères ; la vue des tokens en lit au plus 2000."
+    )
+
+
+def test_a_step_count_of_zero_is_refused_in_french_before_anything_runs(page):
+    page.click("#tab-exercises")
+    page.fill("#ex-steps-list", "0, 2")
+    page.click("#ex-steps .run")
+    page.wait_for_selector("#message:not([hidden])")
+    assert page.inner_text("#message-text") == "Étapes doit être un nombre entier de 1 à 10000."
+    assert page.locator("#ex-steps img").count() == 0
+
+
+def test_latent_statistics_are_in_french_with_decimal_commas(page):
+    page.fill("#f-width", "64")
+    page.fill("#f-height", "64")
+    open_view(page, "latent")
+    page.click("#view-latent .run")
+    page.wait_for_selector("#view-latent pre.stats", timeout=RUN_TIMEOUT)
+    head, *lines = page.inner_text("#view-latent pre.stats").split("\n")
+    assert head == "latent (4, 8, 8) (canaux, hauteur, largeur), en unités brutes du VAE"
+    assert len(lines) == 4
+    for n, line in enumerate(lines):
+        assert re.fullmatch(
+            rf"canal {n} : moyenne [+-]\d,\d{{3}}  écart-type \d,\d{{3}}  min [+-]\d,\d{{3}}  max [+-]\d,\d{{3}}", line
+        ), line
+    shot(page, "6-latent-stats")
 
 
 def teardown_module() -> None:

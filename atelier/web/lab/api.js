@@ -5,7 +5,14 @@
 //   GET /api/view?...       the image files named in node outputs
 // plus the lab's own routes under /atelier/lab/ (atelier/server/lab.py).
 
-export class ServerError extends Error {}
+/** A sentence from the server (English), with the key and params of its translation when it sent them. */
+export class ServerError extends Error {
+  constructor(message, key = null, params = {}) {
+    super(message);
+    this.key = key;
+    this.params = params;
+  }
+}
 export class Interrupted extends Error {}
 
 const clientId = (sessionStorage.getItem("atelier.lab.client") || crypto.randomUUID());
@@ -17,15 +24,15 @@ async function readError(resp) {
   const text = await resp.text();
   try {
     const body = JSON.parse(text);
-    if (body.error && typeof body.error === "string") return body.error;
+    if (body.error && typeof body.error === "string") return new ServerError(body.error, body.message_key, body.params);
     if (body.error && body.error.message) {
       // A rejected prompt: the general message plus the first node's first problem.
       const nodes = Object.values(body.node_errors || {});
       const detail = nodes.length ? nodes[0].errors?.[0] : null;
-      return detail ? `${body.error.message}: ${detail.message} (${detail.details || ""})` : body.error.message;
+      return new ServerError(detail ? `${body.error.message}: ${detail.message} (${detail.details || ""})` : body.error.message);
     }
   } catch { /* not JSON: plain-text sentence */ }
-  return text || `${resp.status} ${resp.statusText}`;
+  return new ServerError(text || `${resp.status} ${resp.statusText}`);
 }
 
 export async function getJSON(url) {
@@ -35,7 +42,7 @@ export async function getJSON(url) {
   } catch {
     throw new ServerError("offline");
   }
-  if (!resp.ok) throw new ServerError(await readError(resp));
+  if (!resp.ok) throw await readError(resp);
   return resp.json();
 }
 
@@ -46,7 +53,7 @@ export async function postJSON(url, body) {
   } catch {
     throw new ServerError("offline");
   }
-  if (!resp.ok) throw new ServerError(await readError(resp));
+  if (!resp.ok) throw await readError(resp);
   const text = await resp.text();
   return text ? JSON.parse(text) : {};
 }
@@ -58,7 +65,7 @@ export async function uploadImage(file) {
   form.append("type", "input");
   form.append("overwrite", "true");
   const resp = await fetch("/api/upload/image", { method: "POST", body: form });
-  if (!resp.ok) throw new ServerError(await readError(resp));
+  if (!resp.ok) throw await readError(resp);
   const ref = await resp.json();  // {name, subfolder, type}
   return { filename: ref.name, subfolder: ref.subfolder || "", type: ref.type || "input" };
 }

@@ -34,9 +34,19 @@ function wholeNumber(text) {
   return value;
 }
 
-function list(id, parse) {
+/**
+ * The values typed in the field `id`, each read by `parse` and, when `field` is a numeric parameter, checked
+ * against what its node input takes (form.state.limits): a step count of 0 is refused here, in the page's words.
+ */
+function list(id, parse, field = null) {
   const values = $(id).value.split(",").map((s) => s.trim()).filter(Boolean).map(parse);
   if (!values.length) throw new Error(t("err.list_empty"));
+  const limit = form.state.limits[field];
+  if (limit) {
+    const bad = values.find((v) => v < limit.min || v > limit.max);
+    const key = limit.type === "INT" ? "err.integer" : "err.number";
+    if (bad !== undefined) throw new Error(t(key, { field: t(`form.${field}`), lo: limit.min, hi: limit.max }));
+  }
   return values;
 }
 
@@ -125,7 +135,7 @@ export function suggestReplacement() {
 
 async function sweep(out, listId, field, parse, labelKey) {
   const p = baseParams();
-  const values = list(listId, parse);
+  const values = list(listId, parse, field);
   const labels = values.map((value) => t(labelKey, { value }));
   const figs = slots(out, labels);
   for (let i = 0; i < values.length; i++) {
@@ -137,7 +147,7 @@ async function sweep(out, listId, field, parse, labelKey) {
 // ---- XY grid ----
 
 function axisValues(axis, id) {
-  return list(id, AXES[axis].parse);
+  return list(id, AXES[axis].parse, axis);
 }
 
 function applyAxis(params, axis, values, index) {

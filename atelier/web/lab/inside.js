@@ -3,7 +3,7 @@
 
 import { getJSON, historyEntry, postJSON, uploadImage, viewUrl } from "./api.js";
 import * as form from "./form.js";
-import { t } from "./i18n.js";
+import { formatNumber, t } from "./i18n.js";
 import { lineChart, scatter } from "./plot.js";
 import { runView } from "./runner.js";
 import { busy, el, errorText, figure, hideMessage, images, output, showMessage } from "./ui.js";
@@ -153,13 +153,30 @@ async function latent(out) {
   const result = await runView(params, { view: "latent", init: form.initImage(), label: t("in.latent.title") });
   const [image] = images(result, "image");
   const channels = images(result, "channels");
-  const stats = output(result, "channel_stats").text?.[0] || "";
+  const stats = statsText(output(result, "channel_stats").text?.[0] || "");
   out.replaceChildren(
     el("div.strip", {}, figure(image, t("in.latent.image", { w: params.width, h: params.height })),
       channels.map((ref, i) => figure(ref, t("in.latent.channel", { n: i, w: params.width / 8, h: params.height / 8 }),
         { class: "fig channel" }))),
     el("pre.stats", {}, stats),
     el("p.help", {}, t("in.latent.after", { n: (params.width * params.height * 3) / ((params.width / 8) * (params.height / 8) * 4) })));
+}
+
+/**
+ * The Latent Channels node's statistics (graph/teaching.py AtelierLatentChannels: English lines for the node editor,
+ * "latent (4, 16, 16) ..." then "channel c: mean +m  std s  min +a  max +b") in the page's language and number style.
+ * Text of any other shape is shown as it came.
+ */
+function statsText(text) {
+  const [head, ...lines] = text.split("\n");
+  const shape = /^latent (\([\d, ]+\))/.exec(head || "");
+  const number = String.raw`([+-]?[\d.]+)`;
+  const line = new RegExp(String.raw`^channel (\d+): mean ${number}\s+std ${number}\s+min ${number}\s+max ${number}$`);
+  const rows = lines.map((l) => line.exec(l.trim()));
+  if (!shape || rows.some((r) => !r)) return text;
+  const signed = (v) => formatNumber(Number(v), 3, true), plain = (v) => formatNumber(Number(v), 3);
+  return [t("in.latent.stats_head", { shape: shape[1] }), ...rows.map(([, n, mean, std, min, max]) =>
+    t("in.latent.stats_line", { n, mean: signed(mean), std: plain(std), min: signed(min), max: signed(max) }))].join("\n");
 }
 
 // ---- VAE round trip ----
