@@ -16,8 +16,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from atelier.world.dataset import render_item
 from tests.browser import CHROMIUM, VIEWPORT, atelier_server, chromium
 
 STEPS = "2"
@@ -249,6 +252,107 @@ def test_latent_statistics_are_in_french_with_decimal_commas(page):
             rf"canal {n} : moyenne [+-]\d,\d{{3}}  écart-type \d,\d{{3}}  min [+-]\d,\d{{3}}  max [+-]\d,\d{{3}}", line
         ), line
     shot(page, "6-latent-stats")
+
+
+# ---- 9. the smaller things ----
+
+
+def contrast(pg, selector: str) -> float:
+    """WCAG contrast ratio of an element's text colour on its background colour (both opaque rgb)."""
+    colours = pg.eval_on_selector(selector, "e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+    assert all(c.startswith("rgb(") for c in colours), colours
+
+    def luminance(css: str) -> float:
+        channels = [int(v) / 255 for v in re.findall(r"\d+", css)[:3]]
+        r, g, b = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    high, low = sorted((luminance(c) for c in colours), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_a_hovered_tab_stays_readable(page):
+    page.hover("#tab-history")
+    assert contrast(page, "#tab-history") >= 4.5
+    shot(page, "9-tab-hover")
+
+
+def test_the_token_view_shows_no_stray_null(page):
+    open_view(page, "text")
+    page.wait_for_selector("#view-text .token")
+    assert "null" not in page.inner_text("#view-text .out")
+
+
+def test_a_result_from_the_cache_says_so_with_french_numbers_and_no_broken_image(page):
+    page.fill("#f-width", "64")
+    page.fill("#f-height", "64")
+    page.fill("#f-seed", "9")
+    page.click("#generate")
+    broken = "[...document.querySelectorAll('#result-images img')].filter(i => !i.hidden && !i.getAttribute('src'))"
+    assert page.evaluate(f"{broken}.length") == 0  # before the first preview: a waiting slot, no broken image
+    page.wait_for_selector("#download:not([hidden])", timeout=RUN_TIMEOUT)
+    assert "cache" not in page.inner_text("#progress-text") and page.is_hidden("#result-note")
+    params = dict(
+        zip(
+            page.locator("#result-params dt").all_inner_texts(),
+            page.locator("#result-params dd").all_inner_texts(),
+            strict=True,
+        )
+    )
+    assert params["CFG"] == "7,5"  # a decimal comma in French
+    page.click("#generate")  # the same graph again
+    page.wait_for_function(
+        "document.querySelector('#progress-text').innerText.includes('depuis le cache')", timeout=RUN_TIMEOUT
+    )
+    assert page.inner_text("#result-note").startswith("Depuis le cache : ce graphe exact a déjà tourné")
+    hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+    assert hrefs and all(h.startswith(page.url.split("/lab/")[0] + "/") for h in hrefs)  # nothing points outside
+    shot(page, "9-from-cache")
+
+
+def test_a_batch_is_shown_as_a_grid(page):
+    for field, value in [("width", "32"), ("height", "32"), ("batch", "4"), ("steps", "1")]:
+        page.fill(f"#f-{field}", value)
+    page.click("#generate")
+    page.wait_for_selector("#download:not([hidden])", timeout=RUN_TIMEOUT)
+    boxes = page.eval_on_selector_all("#result-images figure", "els => els.map(e => e.getBoundingClientRect().top)")
+    assert len(boxes) == 4 and len({round(top) for top in boxes}) <= 2  # 4 images in at most 2 rows, not 4
+    shot(page, "9-batch-grid")
+
+
+def test_an_eight_column_xy_grid_fits_and_its_axis_says_what_it_does(page):
+    page.click("#tab-exercises")
+    for field, value in [("width", "32"), ("height", "32"), ("steps", "1")]:
+        page.fill(f"#f-{field}", value)
+    page.select_option("#xy-x", "seed")
+    page.fill("#xy-x-values", "1, 2, 3, 4, 5, 6, 7, 8")
+    page.select_option("#xy-y", "cfg")
+    page.fill("#xy-y-values", "7")
+    page.click("#ex-xy .run")
+    page.wait_for_selector("#ex-xy table.xy", timeout=RUN_TIMEOUT)
+    page.wait_for_selector("#ex-xy .fig.pending", state="detached", timeout=RUN_TIMEOUT)
+    right = page.eval_on_selector(".main", "e => e.getBoundingClientRect().right")
+    edges = page.eval_on_selector_all("#ex-xy img", "els => els.map(e => e.getBoundingClientRect().right)")
+    assert len(edges) == 8 and max(edges) <= right, (edges, right)
+    assert page.eval_on_selector("#xy-x option[value=prompt]", "o => o.textContent") == "prompt : remplacer un mot"
+    shot(page, "9-xy-8-columns")
+
+
+def test_the_vae_says_it_knows_only_its_world(page, tmp_path):
+    Image.fromarray(render_item(0, 0)[0]).save(tmp_path / "world.png")  # a picture of its world: 30 dB
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)  # a "photo" from elsewhere
+    Image.fromarray(noise).save(tmp_path / "photo.png")
+    open_view(page, "vae")
+    page.set_input_files("#vae-file", str(tmp_path / "world.png"))
+    page.wait_for_selector("#view-vae .figures", timeout=30_000)
+    assert page.locator("#view-vae .vae-outside").count() == 0
+    page.set_input_files("#vae-file", str(tmp_path / "photo.png"))
+    page.wait_for_selector("#view-vae .vae-outside", timeout=30_000)
+    assert page.inner_text("#view-vae .vae-outside").startswith("PSNR ")
+    assert "cette image est loin de ce monde" in page.inner_text("#view-vae .vae-outside")
+    assert "Ce VAE n'a appris que les images du monde du modèle intégré" in page.inner_text("#view-vae .out")
+    assert "49\u202f152 nombres" in page.inner_text("#view-vae .figures")  # French digit grouping
+    shot(page, "9-vae-outside")
 
 
 def teardown_module() -> None:

@@ -3,7 +3,7 @@
 
 import { forgetCache, postJSON, viewUrl } from "./api.js";
 import * as form from "./form.js";
-import { t } from "./i18n.js";
+import { formatNumber, t } from "./i18n.js";
 import { runView } from "./runner.js";
 import { busy, el, hideMessage, images } from "./ui.js";
 import { colourSwap, wordsOf } from "./world.js";
@@ -66,15 +66,20 @@ function slots(out, labels) {
   return figures;
 }
 
-function fillSlot(fig, ref) {
+function fillSlot(fig, ref, fromCache = false) {
   fig.classList.remove("pending");
   fig.querySelector(".slot").replaceWith(el("img", { src: viewUrl(ref), alt: fig.dataset.label }));
+  fig.dataset.fromCache = String(fromCache);
+  if (fromCache) {
+    const caption = fig.querySelector("figcaption") || fig.appendChild(el("figcaption"));
+    caption.append(el("span.cache-note", {}, ` · ${t("ex.from_cache")}`));
+  }
 }
 
 async function generateInto(fig, params, label) {
   const result = await runView(params, { label, init: form.initImage(), prefix: "lab/exercise" });
   const [first] = images(result, "image");
-  fillSlot(fig, first);
+  fillSlot(fig, first, result.fromCache);
   return { ...result, ref: first };
 }
 
@@ -85,7 +90,7 @@ function compare(a, b) {
 function verdict(diff) {
   const key = diff.identical ? "ex.identical" : "ex.different";
   return el("p.verdict", { dataset: { identical: String(diff.identical), maxDiff: String(diff.max_abs) } },
-    t(key, { max: diff.max_abs, mean: diff.mean_abs.toFixed(2), n: diff.differing_pixels, total: diff.pixels }));
+    t(key, { max: diff.max_abs, mean: formatNumber(diff.mean_abs, 2), n: formatNumber(diff.differing_pixels), total: formatNumber(diff.pixels) }));
 }
 
 // ---- 1. Stability: the same seed twice, every node really recomputed ----
@@ -172,7 +177,7 @@ async function xyGrid(out) {
     figs.push([fig, j]);
     return el("td", {}, fig);
   })));
-  out.replaceChildren(el("table.xy", {}, el("thead", {}, head), el("tbody", {}, rows)));
+  out.replaceChildren(el("table.xy", { style: `--columns: ${xs.length}` }, el("thead", {}, head), el("tbody", {}, rows)));
   for (let j = 0; j < ys.length; j++) {
     for (let i = 0; i < xs.length; i++) {
       const label = `${t(`axis.${xAxis}`)} ${xs[i]} · ${t(`axis.${yAxis}`)} ${ys[j]}`;

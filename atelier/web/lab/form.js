@@ -77,7 +77,7 @@ function lockSeed() {
 
 function showDenoise() {
   const value = Number($("f-denoise").value);
-  $("denoise-out").textContent = value.toFixed(2);
+  $("denoise-out").textContent = formatNumber(value, 2);
   $("f-denoise").disabled = !state.init;
   $("f-denoise").title = state.init ? "" : t("form.denoise_needs_image");
 }
