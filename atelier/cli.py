@@ -137,7 +137,11 @@ def _ui_workflow(graph: dict) -> dict:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the web server: the lab and the node editor, on the embedded model")
     p.add_argument("--port", type=int, default=8188)
-    p.add_argument("--listen", action="store_true", help="accept connections from other machines (0.0.0.0)")
+    p.add_argument("--listen", nargs="?", const="0.0.0.0", default=None, metavar="ADDRESS",
+                   help="accept connections from other machines: bind ADDRESS (comma-separated; alone: 0.0.0.0, "
+                        "every interface)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="one more host name the server answers to (e.g. a name the room's DNS gives this machine)")
     p.add_argument("--data-dir", type=Path, default=Path("atelier-data"),
                    help="inputs, outputs, history, user workflows and models/ (ComfyUI layout)")
     _add_no_fast(p)
@@ -147,7 +151,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from atelier.server.app import run_server
 
-    return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir, fast=False if args.no_fast else None)
+    return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir,
+                      fast=False if args.no_fast else None, allowed_hosts=args.allowed_host)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

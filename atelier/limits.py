@@ -4,9 +4,14 @@ worker for hours or ask for more memory than the machine has.
 Each check runs before the work starts and raises `InputError` with one sentence that names the input and the
 limit:
 
-    check_image_batch(batch, height, width)     nodes that allocate latents or images (EmptyLatentImage, ...)
-    check_sampling_cost(latent_shape, steps)    where sampling starts (pipeline.sample)
+    check_image_batch(batch, height, width)     nodes that allocate latents or images (EmptyLatentImage, the
+                                                upscales, RepeatLatentBatch, ...), pipeline.decode and encode
+    check_sampling_cost(latent_shape, steps)    where sampling starts (pipeline.sample, after denoise and cuts)
     check_prompt_text(text)                     where text is tokenized and encoded (pipeline.encode_prompt)
+
+Where the cost is known from the prompt's constants, validation refuses it before the prompt is queued
+(EmptyLatentImage's and CLIPTextEncode's `validate_inputs`); sizes that arrive through links are refused when
+their node runs.
 
 The schedulers are bounded too: denoise < 1 schedules steps / denoise steps and keeps the tail (ComfyUI's rule),
 at most MAX_SCHEDULE_STEPS of them (sampling/schedules.py).

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from atelier.errors import AtelierError, InputError
 from atelier.imaging import signed_to_uint8
+from atelier.limits import check_image_batch, check_prompt_text, check_sampling_cost
 from atelier.sampling.denoisers import Denoiser, DiscreteSchedule, start_latent
 from atelier.sampling.guidance import GuidanceTrace, cfg_denoiser
 from atelier.sampling.noise import initial_noise, resolve_seed, seeded_noise_sampler
@@ -44,6 +45,12 @@ class Interrupted(AtelierError):
     """The user stopped the generation; nothing was produced."""
 
 
+def check_interrupt(interrupt: threading.Event | None) -> None:
+    """Raise Interrupted when the user asked to stop: long loops (sampler steps, VAE tiles) call it each turn."""
+    if interrupt is not None and interrupt.is_set():
+        raise Interrupted("The generation was interrupted; no image was produced.")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Text -> conditioning
 # --------------------------------------------------------------------------------------------------------------
@@ -57,6 +64,7 @@ def encode_prompt(text_encoder: CLIPTextEncoder, tokenizer: CLIPTokenizer, promp
     Weights such as "(red:1.3)" scale each token's vector away from what an empty prompt gives at that position,
     ComfyUI's rule for SD1.x: z = z_empty + weight * (z - z_empty).
     """
+    check_prompt_text(prompt)  # before tokenizing: a 1 MB prompt would cost minutes and gigabytes
     chunks = tokenizer.tokenize_weighted(prompt)  # list of 77 (id, weight) pairs per chunk
     device = next(text_encoder.parameters()).device
     ids = torch.tensor([[i for i, _ in chunk] for chunk in chunks], device=device)  # (chunks, 77)
@@ -286,6 +294,7 @@ def sample(
         if start_step >= len(sigmas) - 1:  # nothing left to do
             return SampleResult(latent, seed, sigmas[-1:], GuidanceTrace(settings.cfg, False))
         sigmas = sigmas[start_step:]
+    check_sampling_cost(latent.shape, len(sigmas) - 1)  # the steps that will run, after denoise and the cuts
     sigmas = sigmas.to(device)
 
     scaled = latent.to(device, dtype) * model.latent_scale  # (B, 4, h, w), the sampler's space
@@ -301,14 +310,12 @@ def sample(
     total = len(sigmas) - 1
 
     def callback(info: dict) -> None:
-        if interrupt is not None and interrupt.is_set():
-            raise Interrupted("The generation was interrupted; no image was produced.")
+        check_interrupt(interrupt)
         if on_step is not None:
             on_step(Step(info["i"], total, float(info["sigma"]), info["x"], info["denoised"]))
 
     if total > 0:
-        if interrupt is not None and interrupt.is_set():
-            raise Interrupted("The generation was interrupted; no image was produced.")
+        check_interrupt(interrupt)
         # Per-step noise of ancestral/SDE samplers: its own stream, seeded from the seed (see noise.py).
         noise_sampler = seeded_noise_sampler(x, seed)
         sampler = SAMPLERS[settings.sampler]
@@ -330,29 +337,59 @@ def empty_latent(width: int, height: int, batch: int = 1, channels: int = 4, dow
             raise InputError(f"{name} must be a positive multiple of {downscale}, got {value!r}.")
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
         raise InputError(f"Batch size must be a whole number from 1 to 4096, got {batch!r}.")
+    check_image_batch(batch, height, width)
     return torch.zeros(batch, channels, height // downscale, width // downscale)
 
 
-@torch.no_grad()
-def decode(vae: VAE, latent: Tensor, tile: int | None = None) -> Tensor:
-    """RAW latents (B, 4, h, w) -> images (B, 3, 8h, 8w) clamped to [-1, 1]. Large images decode tile by tile."""
-    p = next(vae.parameters())
-    z = latent.to(p.device, p.dtype)
-    if tile is None and z.shape[-1] * z.shape[-2] > 128 * 128:
-        tile = 64
-    images = vae.decode(z) if tile is None else vae.decode_tiled(z, tile)
-    return images.float().clamp(-1, 1).cpu()
+VAE_BATCH_PIXELS = 8 * 512 * 512  # image pixels through the VAE in one pass: bigger batches go a few at a time
+
+
+def _vae_chunks(batch: Tensor, pixels_per_image: int) -> tuple[Tensor, ...]:
+    """`batch` split along its first axis into chunks of at most VAE_BATCH_PIXELS image pixels (one image at
+    least). The VAE treats each image on its own, so chunks only bound memory and let an interrupt in between."""
+    return batch.split(max(1, VAE_BATCH_PIXELS // pixels_per_image))
 
 
 @torch.no_grad()
-def encode(vae: VAE, images: Tensor, tile: int | None = None) -> Tensor:
-    """Images (B, 3, H, W) in [-1, 1] -> RAW latents (B, 4, H/8, W/8), the posterior's mean (deterministic)."""
+def decode(vae: VAE, latent: Tensor, tile: int | None = None, interrupt: threading.Event | None = None) -> Tensor:
+    """RAW latents (B, 4, h, w) -> images (B, 3, 8h, 8w) clamped to [-1, 1]. Large images decode tile by tile,
+    large batches a few images at a time; `interrupt` is checked before each tile and each chunk."""
+    f = vae.config.downscale
+    height, width = latent.shape[-2] * f, latent.shape[-1] * f
+    check_image_batch(latent.shape[0], height, width)
     p = next(vae.parameters())
-    x = images.to(p.device, p.dtype)
-    if tile is None and x.shape[-1] * x.shape[-2] > 1024 * 1024:
+    if tile is None and latent.shape[-1] * latent.shape[-2] > 128 * 128:
         tile = 64
-    posterior = vae.encode(x) if tile is None else vae.encode_tiled(x, tile)
-    return posterior.mode().float().cpu()
+    images = []
+    for chunk in _vae_chunks(latent, height * width):
+        check_interrupt(interrupt)
+        z = chunk.to(p.device, p.dtype)
+        if tile is None:
+            out = vae.decode(z)
+        else:
+            out = vae.decode_tiled(z, tile, before_tile=lambda: check_interrupt(interrupt))
+        images.append(out.float().clamp(-1, 1).cpu())
+    return torch.cat(images)
+
+
+@torch.no_grad()
+def encode(vae: VAE, images: Tensor, tile: int | None = None, interrupt: threading.Event | None = None) -> Tensor:
+    """Images (B, 3, H, W) in [-1, 1] -> RAW latents (B, 4, H/8, W/8), the posterior's mean (deterministic).
+    Tiles and chunks as `decode`, with the same checks for `interrupt`."""
+    check_image_batch(images.shape[0], images.shape[-2], images.shape[-1])
+    p = next(vae.parameters())
+    if tile is None and images.shape[-1] * images.shape[-2] > 1024 * 1024:
+        tile = 64
+    latents = []
+    for chunk in _vae_chunks(images, images.shape[-2] * images.shape[-1]):
+        check_interrupt(interrupt)
+        x = chunk.to(p.device, p.dtype)
+        if tile is None:
+            posterior = vae.encode(x)
+        else:
+            posterior = vae.encode_tiled(x, tile, before_tile=lambda: check_interrupt(interrupt))
+        latents.append(posterior.mode().float().cpu())
+    return torch.cat(latents)
 
 
 # --------------------------------------------------------------------------------------------------------------

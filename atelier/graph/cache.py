@@ -114,12 +114,14 @@ class OutputCache:
         self._entries: OrderedDict[Hashable, CacheEntry] = OrderedDict()
 
     def get(self, key: Hashable) -> CacheEntry | None:
+        """The entry for `key`, or None; a hit makes it the most recently used."""
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
         return entry
 
     def put(self, key: Hashable, entry: CacheEntry) -> None:
+        """Store (or replace) the entry for `key` as the most recently used; `trim` makes room."""
         self._entries[key] = entry
         self._entries.move_to_end(key)
 
@@ -130,6 +132,7 @@ class OutputCache:
             del self._entries[key]
 
     def clear(self) -> None:
+        """Forget every entry (POST /free with free_memory)."""
         self._entries.clear()
 
     def __len__(self) -> int:

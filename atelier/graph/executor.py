@@ -19,7 +19,8 @@ input list, shorter lists repeating their last item (so one prompt x four seeds 
 
 Events go to an `ExecutionListener` (names and payloads follow ComfyUI's WebSocket messages; the server adds
 prompt_id and timestamps): execution_start, execution_cached(node_ids), executing(node_id),
-progress(node_id, value, total), preview(node_id, image), executed(node_id, ui), then one of execution_success,
+progress(node_id, value, total), preview(node_id, image), will_write(node_id, file ref: an output file about to
+appear, see files.write_new), executed(node_id, ui), then one of execution_success,
 execution_error(error) or execution_interrupted(info). A failing node ends the prompt with execution_error; the
 executor itself stays usable for the next prompt. `execute` is synchronous: the server calls it from its worker
 thread and may call `interrupt()` from any other thread.
@@ -65,6 +66,8 @@ class ExecutionListener:
 
     def preview(self, node_id: str, image: Any) -> None: ...
 
+    def will_write(self, node_id: str, ref: dict) -> None: ...
+
     def executed(self, node_id: str, ui: dict) -> None: ...
 
     def execution_success(self) -> None: ...
@@ -100,6 +103,9 @@ class EventLog(ExecutionListener):
 
     def preview(self, node_id: str, image: Any) -> None:
         self.events.append(("preview", (node_id, image)))
+
+    def will_write(self, node_id: str, ref: dict) -> None:
+        self.events.append(("will_write", (node_id, ref)))
 
     def executed(self, node_id: str, ui: dict) -> None:
         self.events.append(("executed", (node_id, ui)))
@@ -144,6 +150,9 @@ class RunContext:
 
     def preview(self, image: Any) -> None:
         self._listener.preview(self.node_id, image)
+
+    def will_write(self, ref: dict) -> None:
+        self._listener.will_write(self.node_id, ref)
 
     def check_interrupt(self) -> None:
         if self._stop.is_set():

@@ -47,10 +47,13 @@ class NodeEnvironment:
     fast: bool | None = None
 
     def checkpoint_names(self) -> list[str]:
+        """The ckpt_name options: the embedded model first (always there, even with no file), then the files."""
         names = self.models.list("checkpoints")
         return [EMBEDDED_NAME, *[n for n in names if n != EMBEDDED_NAME]]
 
     def checkpoint_path(self, name: str) -> Path:
+        """The file a ckpt_name names; the embedded model's name resolves to the copy shipped with Atelier when no
+        checkpoint folder holds a file of that name."""
         if name == EMBEDDED_NAME and EMBEDDED_NAME not in self.models.list("checkpoints"):
             return embedded_model_path()
         return self.models.resolve("checkpoints", name)
@@ -71,6 +74,22 @@ class ClipModel:
     text_encoder: Any
     tokenizer: Any
     clip_skip: int = 1
+
+
+def out_of_range(schema: NodeSchema, **values: Any) -> str | None:
+    """The min/max check for the inputs a node's `validate_inputs` names, which validation skips for them (as
+    ComfyUI's does): the sentence for the first constant outside its input's range, in validation's own words
+    and naming the input (the hook's verdict is reported against every input it names), else None. Linked
+    inputs arrive as None and pass (their node checks them when it runs)."""
+    for name, value in values.items():
+        inp = schema.input(name)
+        if value is None or inp is None:
+            continue
+        if inp.min is not None and value < inp.min:
+            return f"Value {value} of {name} smaller than min of {inp.min}"
+        if inp.max is not None and value > inp.max:
+            return f"Value {value} of {name} bigger than max of {inp.max}"
+    return None
 
 
 def vae_pixels(image: torch.Tensor) -> torch.Tensor:
@@ -167,7 +186,7 @@ def run_sampler(
         noise_mask=latent.get("noise_mask"),
         batch_index=latent.get("batch_index"),
         on_step=on_step,
-        interrupt=_InterruptFlag(ctx),
+        interrupt=InterruptFlag(ctx),
         **options,
     )
     out = dict(latent)
@@ -184,8 +203,9 @@ def _preview_map(model: DiffusionModel) -> torch.Tensor | None:
     return scaled
 
 
-class _InterruptFlag:
-    """Adapts the node context's check_interrupt() to the pipeline's `interrupt.is_set()`."""
+class InterruptFlag:
+    """Adapts the node context's check_interrupt() to the pipeline's `interrupt.is_set()` (sample, decode,
+    encode): the pipeline asks it between steps and tiles, and it raises the executor's Interrupted."""
 
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
@@ -193,3 +213,20 @@ class _InterruptFlag:
     def is_set(self) -> bool:
         self.ctx.check_interrupt()  # raises the executor's Interrupted when the user stopped the prompt
         return False
+
+
+def target_size_inputs(step: int) -> list[Input]:
+    """The width and height inputs of a resizing node (0 keeps the aspect ratio from the other side); `step` is 8
+    for latents, whose side is 1/8 of the pixels'."""
+    return [
+        Input(
+            side,
+            "INT",
+            default=512,
+            min=0,
+            max=MAX_RESOLUTION,
+            step=step,
+            tooltip=f"Target {side} in pixels; 0 keeps the aspect ratio from the {other}.",
+        )
+        for side, other in (("width", "height"), ("height", "width"))
+    ]

@@ -35,6 +35,7 @@ class NodeRegistry:
         return self._classes.get(class_type) if isinstance(class_type, str) else None
 
     def schema(self, class_type: object) -> NodeSchema | None:
+        """The SCHEMA of the class named `class_type`, or None."""
         node_cls = self.get(class_type)
         return None if node_cls is None else node_cls.SCHEMA
 

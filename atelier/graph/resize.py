@@ -18,6 +18,27 @@ UPSCALE_LATENT = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 UPSCALE_IMAGE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROP = ["disabled", "center"]
 
+# The tooltips of the upscale nodes' `upscale_method` and `crop` combos, one text for every node that has them.
+_METHODS = (
+    "How each new pixel is computed: nearest-exact copies the closest one, bilinear and bicubic blend 4 and 16 "
+    "neighbours, area averages the pixels it covers (best for shrinking)"
+)
+LATENT_METHOD_TOOLTIP = _METHODS + ", bislerp blends channel vectors by slerp, so their length does not shrink."
+IMAGE_METHOD_TOOLTIP = _METHODS + ", lanczos filters with a windowed sinc (the sharpest)."
+CROP_TOOLTIP = "disabled stretches to the new aspect ratio; center first cuts equal strips off two sides to reach it."
+
+
+def target_size(h: int, w: int, width: int, height: int) -> tuple[int, int]:
+    """(height, width) that `resize` makes of an h x w picture: a width or height of 0 keeps the aspect ratio,
+    both 0 keep the size."""
+    if width == 0 and height == 0:
+        return h, w
+    if width == 0:
+        width = max(1, round(w * height / h))
+    if height == 0:
+        height = max(1, round(h * width / w))
+    return height, width
+
 
 def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, height, width); width or height 0 keeps the aspect ratio; crop "center" fills.
@@ -26,10 +47,7 @@ def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> 
     h, w = x.shape[-2:]
     if width == 0 and height == 0:
         return x
-    if width == 0:
-        width = max(1, round(w * height / h))
-    if height == 0:
-        height = max(1, round(h * width / w))
+    height, width = target_size(h, w, width, height)
     if crop == "center":
         old, new = w / h, width / height
         if old > new:

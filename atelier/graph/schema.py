@@ -120,6 +120,7 @@ class Output:
 
     @property
     def label(self) -> str:
+        """The socket's name in the editor (ComfyUI's output_name): `name`, or the type when unnamed."""
         return self.name or self.type
 
 
@@ -144,6 +145,7 @@ class NodeSchema:
             raise ValueError(f"Node {self.name!r} declares an input name twice: {names}.")
 
     def input(self, name: str) -> Input | None:
+        """The input called `name`, or None."""
         return next((i for i in self.inputs if i.name == name), None)
 
     @property
@@ -281,3 +283,7 @@ class NodeContext(Protocol):
 
     def check_interrupt(self) -> None:
         """Raise executor.Interrupted if the user pressed Cancel; long loops call it once per step."""
+
+    def will_write(self, ref: dict) -> None:
+        """Announce an output file {"filename", "subfolder", "type"} before it appears, so the server's history
+        knows it even if the server is killed before the prompt ends."""

@@ -37,6 +37,7 @@ from atelier.graph.kit import (
     SEED_INPUT,
     STEPS_INPUT,
     ClipModel,
+    InterruptFlag,
     Node,
     run_sampler,
 )
@@ -64,11 +65,15 @@ def nearest_up(image: torch.Tensor, factor: int) -> torch.Tensor:
     return image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
 
 
-def latents_to_images(latents: torch.Tensor, vae: Any, model: DiffusionModel) -> torch.Tensor:
-    """RAW latents (N, 4, h, w) -> IMAGE (N, 8h, 8w, 3): the VAE decoder when given (in batches of DECODE_BATCH),
-    else the model's linear latent -> RGB map (`pipeline.fit_latent_to_rgb`), enlarged 8x by nearest neighbour."""
+def latents_to_images(
+    latents: torch.Tensor, vae: Any, model: DiffusionModel, interrupt: InterruptFlag | None = None
+) -> torch.Tensor:
+    """RAW latents (N, 4, h, w) -> IMAGE (N, 8h, 8w, 3): the VAE decoder when given (in batches of DECODE_BATCH,
+    `interrupt` asked before each), else the model's linear latent -> RGB map (`pipeline.fit_latent_to_rgb`),
+    enlarged 8x by nearest neighbour."""
     if vae is not None:
-        return torch.cat([bchw_signed_to_bhwc_unit(decode(vae, chunk)) for chunk in latents.split(DECODE_BATCH)])
+        chunks = latents.split(DECODE_BATCH)
+        return torch.cat([bchw_signed_to_bhwc_unit(decode(vae, chunk, interrupt=interrupt)) for chunk in chunks])
     if model.preview is None:
         raise InputError("This model has no latent -> RGB preview map; connect a VAE to the vae input.")
     rgb = uint8_to_unit(latent_preview(latents, model.preview.float()))  # (N, h, w, 3)
@@ -151,7 +156,7 @@ class AtelierFilmStripSampler(Node):
             predicted.append(noisy[-1])
         # Both strips go through the decoder together (DECODE_BATCH frames at a time), back in RAW latent units.
         frames = torch.cat(noisy + predicted) / model.latent_scale  # (2N, 4, h, w)
-        images = latents_to_images(frames, vae, model)
+        images = latents_to_images(frames, vae, model, InterruptFlag(ctx))
         return latent, images[: len(noisy)], images[len(noisy) :]
 
 
@@ -361,7 +366,7 @@ class AtelierCrossAttentionMap(Node):
             latent = {"samples": torch.zeros(1, 4, h, w)}
             out = run_sampler(ctx, model, latent, [Cond(positive)], [Cond(negative)], settings, also_on_step=fold)
 
-        image = bchw_signed_to_bhwc_unit(decode(vae, out["samples"]))  # (1, H, W, 3)
+        image = bchw_signed_to_bhwc_unit(decode(vae, out["samples"], interrupt=InterruptFlag(ctx)))  # (1, H, W, 3)
         heat = total[positions].sum(dim=0) / max(folded, 1)  # (h, w): the word's share of attention
         heat = F.interpolate(heat[None, None], size=image.shape[1:3], mode="bilinear", align_corners=False)[0]
         heat = heat.clamp(0, 1)  # (1, H, W)

@@ -10,7 +10,8 @@ editor understands (it outlines the faulty nodes in red and prints the messages)
 
 Error types: invalid_prompt, missing_node_type, prompt_no_outputs, prompt_outputs_failed_validation (top level);
 required_input_missing, bad_linked_input, return_type_mismatch, invalid_input_type, value_smaller_than_min,
-value_bigger_than_max, value_not_in_list, custom_validation_failed, dependency_cycle (per node).
+value_bigger_than_max (also text longer than limits.MAX_PROMPT_CHARACTERS), value_not_in_list,
+custom_validation_failed, dependency_cycle (per node).
 
 Prompts come from the network, so the work is linear in the size of the graph and never recursive (topology.py):
 cycles are found once for the whole prompt (strongly connected components), each node is checked once however
@@ -27,6 +28,7 @@ from typing import Any
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Input, NodeSchema, as_link, coerce, nesting_depth, unwrap
 from atelier.graph.topology import Sources, sources_within, strongly_connected
+from atelier.limits import MAX_PROMPT_CHARACTERS
 
 MAX_VALUE_DEPTH = 32  # lists and objects nested deeper than this in one input are refused (widgets nest 2 or 3)
 MAX_LISTED = 20  # like ComfyUI, long lists (model files, cycle members, dependent outputs) are not echoed in full
@@ -45,6 +47,7 @@ class ValidationResult:
 
 
 def error_entry(kind: str, message: str, details: str = "", **extra_info: Any) -> dict:
+    """One error in ComfyUI's shape: {"type", "message", "details", "extra_info"}."""
     return {"type": kind, "message": message, "details": details, "extra_info": extra_info}
 
 
@@ -78,8 +81,13 @@ def _listed(ids: list[str]) -> str:
 
 
 def _first_prompt_problem(prompt: Any, registry: NodeRegistry) -> dict | None:
-    """A problem with the prompt as a whole: not a graph, a node without a class_type string, inputs that are not
-    an object or nest too deeply, or an unknown node type."""
+    """A problem with the prompt as a whole: its shape (see `shape_problem`) or an unknown node type."""
+    return shape_problem(prompt) or _unknown_node_type(prompt, registry)
+
+
+def shape_problem(prompt: Any) -> dict | None:
+    """An invalid_prompt error when `prompt` is not a graph of nodes: not an object of objects, a node without a
+    class_type string, inputs that are not an object or nest more than MAX_VALUE_DEPTH deep. None when sound."""
     if not isinstance(prompt, dict) or not all(isinstance(n, dict) for n in prompt.values()):
         return error_entry("invalid_prompt", "The prompt must map node ids to {class_type, inputs} objects.")
     for node_id, node in prompt.items():
@@ -99,6 +107,10 @@ def _first_prompt_problem(prompt: Any, registry: NodeRegistry) -> dict | None:
             if nesting_depth(value, MAX_VALUE_DEPTH) > MAX_VALUE_DEPTH:
                 message = f"The input {name!r} of node #{node_id} nests lists more than {MAX_VALUE_DEPTH} levels deep."
                 return error_entry("invalid_prompt", message, where)
+    return None
+
+
+def _unknown_node_type(prompt: dict, registry: NodeRegistry) -> dict | None:
     for node_id, node in prompt.items():
         class_type = node["class_type"]
         if class_type not in registry:
@@ -146,6 +158,14 @@ def _check_constant(inp: Input, value: Any, skip_range: bool) -> tuple[Any, dict
             received_value=value,
             exception_message=str(ex),
         )
+    if inp.type == "STRING" and isinstance(value, str) and len(value) > MAX_PROMPT_CHARACTERS:
+        return value, error_entry(
+            "value_bigger_than_max",
+            f"Text of {len(value):,} characters is longer than the most, {MAX_PROMPT_CHARACTERS:,}",
+            inp.name,
+            input_name=inp.name,
+            input_config=config,
+        )
     if skip_range:
         return value, None
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -192,6 +212,7 @@ def custom_validator_names(node_cls: type) -> tuple[list[str], bool]:
 
 
 def signature_names(method: Any) -> tuple[list[str], bool]:
+    """The parameter names `method` takes by keyword, and whether it also takes **kwargs."""
     params = inspect.signature(method).parameters.values()
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return names, any(p.kind == p.VAR_KEYWORD for p in params)

@@ -32,6 +32,7 @@ from typing import Any
 from atelier.errors import InputError
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Input, NodeSchema, as_link, unwrap
+from atelier.graph.topology import post_order, sources_within
 
 VIRTUAL_NODES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
 MODE_ALWAYS, MODE_MUTED, MODE_BYPASS = 0, 2, 4
@@ -182,19 +183,13 @@ def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
 
 
 def _depths(prompt: dict) -> dict[str, int]:
-    """Column of each node: 0 for nodes without links, else one more than its deepest input."""
+    """Column of each node: 0 for nodes without links, else one more than its deepest input. Walked in
+    topological order without recursion (a chain may be thousands of nodes long); a link that closes a cycle is
+    left out."""
+    sources = sources_within(prompt)
     depth: dict[str, int] = {}
-
-    def visit(node_id: str, walking: frozenset) -> int:
-        if node_id in depth:
-            return depth[node_id]
-        sources = [link.node_id for link in _links_of(prompt[node_id]) if link.node_id in prompt]
-        sources = [s for s in sources if s not in walking]  # a cycle must not loop forever
-        depth[node_id] = 1 + max((visit(s, walking | {node_id}) for s in sources), default=-1)
-        return depth[node_id]
-
-    for node_id in prompt:
-        visit(node_id, frozenset())
+    for node_id in post_order(prompt, sources, skip_cycles=True):
+        depth[node_id] = 1 + max((depth[s] for s in sources(node_id) if s in depth), default=-1)
     return depth
 
 
@@ -207,7 +202,7 @@ def _links_of(node: dict) -> Iterator:
 
 def _ui_ids(prompt: dict) -> dict[str, int]:
     """UI node ids are integers: keep numeric API ids, renumber otherwise."""
-    if all(str(k).isdigit() for k in prompt):
+    if all(str(k).isascii() and str(k).isdigit() and len(str(k)) < 16 for k in prompt):
         return {k: int(k) for k in prompt}
     return {k: i + 1 for i, k in enumerate(prompt)}
 
@@ -318,10 +313,12 @@ class LoadedWorkflow:
 
 
 def is_ui_workflow(data: Any) -> bool:
+    """Whether `data` is the editor's workflow format (a "nodes" list with positions and links)."""
     return isinstance(data, dict) and isinstance(data.get("nodes"), list)
 
 
 def is_api_prompt(data: Any) -> bool:
+    """Whether `data` is an API prompt: a non-empty object of nodes by id, each with a class_type."""
     return (
         isinstance(data, dict) and bool(data) and all(isinstance(n, dict) and "class_type" in n for n in data.values())
     )

@@ -268,18 +268,25 @@ class VAE(nn.Module):
         self._check_latents(z)
         return self._image(z)
 
-    def encode_tiled(self, images: torch.Tensor, tile: int = 64, overlap: int = 16) -> DiagonalGaussian:
+    def encode_tiled(
+        self, images: torch.Tensor, tile: int = 64, overlap: int = 16, before_tile: Callable[[], None] | None = None
+    ) -> DiagonalGaussian:
         """`encode`, one tile at a time. `tile` and `overlap` are in LATENT pixels (x8 in the image): the
-        defaults read 512x512 image tiles that overlap by 128 pixels. See `tiled_apply` for the blending."""
+        defaults read 512x512 image tiles that overlap by 128 pixels. See `tiled_apply` for the blending and
+        `before_tile`."""
         self._check_images(images)
-        moments = tiled_apply(self._moments, images, tile, overlap, in_scale=self.config.downscale, out_scale=1)
+        f = self.config.downscale
+        moments = tiled_apply(self._moments, images, tile, overlap, in_scale=f, out_scale=1, before_tile=before_tile)
         return DiagonalGaussian(moments)
 
-    def decode_tiled(self, z: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
+    def decode_tiled(
+        self, z: torch.Tensor, tile: int = 64, overlap: int = 16, before_tile: Callable[[], None] | None = None
+    ) -> torch.Tensor:
         """`decode`, one tile at a time, for RAW latents. `tile` and `overlap` are in latent pixels: the defaults
         decode 64x64 latent tiles (512x512 pixels) that overlap by 16 (128 pixels). See `tiled_apply`."""
         self._check_latents(z)
-        return tiled_apply(self._image, z, tile, overlap, in_scale=1, out_scale=self.config.downscale)
+        f = self.config.downscale
+        return tiled_apply(self._image, z, tile, overlap, in_scale=1, out_scale=f, before_tile=before_tile)
 
     # -- scaled latents (what the UNet denoises) --------------------------------------------------------------
 
@@ -365,6 +372,7 @@ def tiled_apply(
     overlap: int,
     in_scale: int,
     out_scale: int,
+    before_tile: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Run `fn` on overlapping square tiles of x (B, C, H, W) and blend the results linearly.
 
@@ -381,6 +389,9 @@ def tiled_apply(
     whole image, the mid-block attention sees only the tile, and convolutions near a tile's edge see zero padding
     instead of the neighbours. The overlap hides the edge effect; the statistics effect remains, small when the
     image looks alike everywhere, and shows as slight colour shifts between tiles when it does not.
+
+    `before_tile()`, when given, is called before each tile and may raise to stop: a 16k image is hundreds of
+    tiles, and the pipeline checks there whether the user pressed Cancel.
     """
     if tile < 1 or not 0 <= overlap < tile:
         raise InputError(f"Tile {tile} with overlap {overlap} is invalid; expected tile >= 1 and 0 <= overlap < tile.")
@@ -390,6 +401,8 @@ def tiled_apply(
     out = weight = None
     for y in tile_starts(H, tile, overlap):
         for x0 in tile_starts(W, tile, overlap):
+            if before_tile is not None:
+                before_tile()
             piece = x[:, :, y * in_scale : (y + th) * in_scale, x0 * in_scale : (x0 + tw) * in_scale]
             result = fn(piece)  # (B, C_out, th * out_scale, tw * out_scale)
             if out is None:

@@ -2,7 +2,7 @@
 
 The official ComfyUI frontend (comfyui-frontend-package 1.27.10) runs against it unchanged. One file per job:
 
-    app.py             create_app / serve / run_server: wiring, lifecycle, the --listen warning
+    app.py             create_app / serve / run_server: wiring, lifecycle, --listen [ADDRESS] and its URL
     files.py           the data directory, safe paths, OutputFiles (the file API nodes write outputs with)
     store.py           queue and history in SQLite (they survive a restart)
     prompt_queue.py    the queue, its worker thread running the graph Executor, executor events -> messages
@@ -14,5 +14,5 @@ The official ComfyUI frontend (comfyui-frontend-package 1.27.10) runs against it
     routes_userdata.py the editor's saved files under user/default/
     frontend.py        index.html + static assets, workflow templates
     settings.py        settings storage and the defaults that keep the editor private and offline
-    security.py        cross-origin and DNS-rebinding guards
+    security.py        cross-origin and DNS-rebinding guards, stored files served by content, CSP + nosniff
 """

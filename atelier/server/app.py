@@ -5,27 +5,39 @@
     serve(registry=registry, data_dir="atelier-data")      # blocks; http://127.0.0.1:8188/
 
 The server binds 127.0.0.1 unless told to listen on the network (then anyone who can reach the machine can queue
-prompts, read every image and overwrite saved workflows: a warning says so).
+prompts, read every image and overwrite saved workflows: a warning says so). On the network it still answers only
+to its own names (security.py: DNS rebinding), and the URL it prints is the one other machines can open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import ipaddress
 import logging
 import os
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aiohttp import web
 
+from atelier.errors import AtelierError
 from atelier.graph.executor import Executor
 from atelier.graph.registry import NodeRegistry
 from atelier.server import frontend, lab, routes_files, routes_queue, routes_system, routes_userdata, websocket
 from atelier.server.files import DataDir, OutputFiles
 from atelier.server.hub import Hub
 from atelier.server.prompt_queue import PromptQueue
-from atelier.server.security import guard_middleware, is_loopback
+from atelier.server.security import (
+    add_security_headers,
+    bound_addresses,
+    guard_middleware,
+    host_names,
+    is_loopback,
+    lan_addresses,
+)
 from atelier.server.settings import Settings
 from atelier.server.state import STATE, Limits, ServerState
 from atelier.server.store import PromptStore
@@ -34,7 +46,7 @@ log = logging.getLogger("atelier.server")
 
 DEFAULT_DATA_DIR = Path("atelier-data")
 LISTEN_WARNING = (
-    "WARNING: listening on all network interfaces ({host}:{port}). Anyone who can reach this machine can use "
+    "WARNING: listening on {where} ({host}:{port}). Anyone who can reach this machine can use "
     "Atelier: queue prompts, see every image and overwrite saved workflows. Use this only on a network you trust."
 )
 
@@ -44,6 +56,7 @@ def create_app(
     data_dir: str | os.PathLike,
     *,
     listen_host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
     static_root: Path | str | None = "auto",
     templates_dir: Path | None = None,
     limits: Limits | None = None,
@@ -55,12 +68,15 @@ def create_app(
 
     - registry: the node classes prompts may use (tests pass stub nodes).
     - data_dir: input/, output/, temp/, user/, models/ and atelier.sqlite live here (created if missing).
-    - listen_host: the interface the server binds; a loopback host turns on the Host-name check (security.py).
+    - listen_host: the address(es) the server binds, comma-separated; with allowed_hosts (more names, e.g. from
+      --allowed-host) they decide which Host headers it answers to (security.host_names).
     - static_root: the frontend's static/ folder; "auto" finds the installed comfyui-frontend-package.
     - settings_defaults: replaces settings.PRIVATE_DEFAULTS (what the editor sees before the user changes it).
     - on_free: called by POST /free with (unload_models, free_memory), e.g. to drop loaded checkpoints.
     """
     data = DataDir(data_dir)
+    for path in data.remove_partial_writes():  # left by a server killed while it wrote
+        log.warning("Removed %s, a file a stopped server had not finished writing.", path)
     data.clear_temp()
     data.install_inputs((templates_dir or frontend.TEMPLATES_DIR) / "inputs")  # the templates' example images
     store = PromptStore(data.database)
@@ -85,10 +101,11 @@ def create_app(
     )
     # Bodies (userdata files, prompts) may be as large as an upload; uploads themselves are streamed and checked.
     app = web.Application(
-        middlewares=[guard_middleware(local_only=is_loopback(listen_host))],
+        middlewares=[guard_middleware(host_names(listen_host, allowed_hosts))],
         client_max_size=st.limits.max_upload_bytes + 1024 * 1024,
     )
     app[STATE] = st
+    app.on_response_prepare.append(add_security_headers)  # nosniff and a Content-Security-Policy on every response
     websocket.setup(app)
     routes_system.setup(app)
     routes_queue.setup(app)
@@ -99,6 +116,11 @@ def create_app(
 
     async def start(app: web.Application) -> None:
         hub.loop = asyncio.get_running_loop()
+        # A full garbage collection walks every object and holds the GIL meanwhile: with torch imported that is
+        # 186,000 objects and 100-120 ms in which no client gets an answer, and a large prompt triggers several.
+        # What exists at start-up lives as long as the server, so it is moved out of the collector's sight.
+        gc.collect()
+        gc.freeze()
         queue.start()
 
     async def close_sockets(app: web.Application) -> None:
@@ -114,6 +136,37 @@ def create_app(
     return app
 
 
+def check_listen(listen: str) -> list[str]:
+    """The addresses of a --listen value ("0.0.0.0", "192.168.1.5,127.0.0.1"), or an AtelierError sentence."""
+    addresses = bound_addresses(listen)
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address.strip("[]"))
+        except ValueError:
+            raise AtelierError(
+                f"--listen expects IP addresses separated by commas (e.g. 0.0.0.0 or 192.168.1.5); got {address!r}."
+            ) from None
+    return addresses
+
+
+def _url(address: str, port: int) -> str:
+    return f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
+
+
+def server_urls(addresses: list[str], port: int) -> list[str]:
+    """The URLs to print for the bound addresses: a wildcard (0.0.0.0, ::) becomes the machine's LAN addresses (or
+    its host name when it has none), then http://127.0.0.1, which works on the machine itself."""
+    urls: list[str] = []
+    for address in addresses:
+        if address in ("0.0.0.0", "::"):
+            urls += [_url(a, port) for a in lan_addresses()] or [_url(socket.gethostname(), port)]
+        elif not is_loopback(address):
+            urls.append(_url(address, port))
+    if any(a in ("0.0.0.0", "::") or is_loopback(a) for a in addresses):
+        urls.append(_url("127.0.0.1", port))
+    return list(dict.fromkeys(urls))
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8188,
@@ -121,16 +174,25 @@ def serve(
     registry: NodeRegistry | None = None,
     listen: bool = False,
     fast: bool | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
-    """Run the server until Ctrl+C. `listen=True` binds 0.0.0.0 (every interface) and prints a warning."""
+    """Run the server until Ctrl+C on `host` (addresses, comma-separated; `listen=True` means 0.0.0.0, every
+    interface). An address that is not loopback prints a warning; `allowed_hosts` are more names to answer to."""
     if listen:
         host = "0.0.0.0"
-        print(LISTEN_WARNING.format(host=host, port=port), file=sys.stderr)
+    addresses = check_listen(host)
+    network = [a for a in addresses if not is_loopback(a)]
+    if network:
+        wildcard = any(a in ("0.0.0.0", "::") for a in network)
+        where = "all network interfaces" if wildcard else "the network"
+        print(LISTEN_WARNING.format(where=where, host=",".join(network), port=port), file=sys.stderr)
     if registry is None:
         registry = default_registry(DataDir(data_dir), fast=fast)
-    app = create_app(registry, data_dir, listen_host=host)
-    shown = "127.0.0.1" if host == "0.0.0.0" else host
-    web.run_app(app, host=host, port=port, print=lambda _: print(f"Atelier is running at http://{shown}:{port}/"))
+    app = create_app(registry, data_dir, listen_host=host, allowed_hosts=allowed_hosts)
+    urls = server_urls(addresses, port)
+    shown = urls[0] + "".join(f" (on this machine: {u})" for u in urls[1:] if "127.0.0.1" in u)
+    bind = addresses[0] if len(addresses) == 1 else addresses
+    web.run_app(app, host=bind, port=port, print=lambda _: print(f"Atelier is running at {shown}"))
 
 
 def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
@@ -150,12 +212,15 @@ def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
 
 def run_server(
     port: int = 8188,
-    listen: bool = False,
+    listen: str | bool | None = None,
     data_dir: str | os.PathLike | None = None,
     host: str = "127.0.0.1",
     fast: bool | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> int:
-    """What `atelier serve [--port N] [--listen] [--data-dir DIR] [--no-fast]` calls; returns the exit code."""
+    """What `atelier serve [--port N] [--listen [ADDRESS]] [--allowed-host NAME] [--data-dir DIR] [--no-fast]`
+    calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one used without it. Returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    serve(host=host, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, listen=listen, fast=fast)
+    address = "0.0.0.0" if listen is True else listen or host
+    serve(host=address, port=port, data_dir=data_dir or DEFAULT_DATA_DIR, fast=fast, allowed_hosts=allowed_hosts)
     return 0

@@ -34,6 +34,8 @@ from atelier.errors import AtelierError
 FILE_KINDS = ("input", "output", "temp")  # the `type` of a file reference {"filename", "subfolder", "type"}
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings")
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+MAX_PREFIX_CHARACTERS = 200  # a filename prefix, subfolders included: file names stop at 255 bytes
+PARTIAL_PREFIX = ".tmp-"  # files being written (write_atomic, write_new); left over only by a killed server
 
 
 class UnsafePathError(AtelierError):
@@ -70,6 +72,14 @@ class DataDir:
         """models/<name>, or None when `name` is not one of MODEL_FOLDERS."""
         return self.models / name if name in MODEL_FOLDERS else None
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temporary files of writes a killed server never finished (".tmp-*" in input/, output/ and
+        user/): their data never reached a real name. Call it on start, before anything writes. Returns them."""
+        partial = [p for folder in (self.input, self.output, self.user) for p in folder.rglob(PARTIAL_PREFIX + "*")]
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return partial
+
     def clear_temp(self) -> None:
         """Empty temp/ (previews of an earlier session), as ComfyUI does on start."""
         shutil.rmtree(self.temp, ignore_errors=True)
@@ -88,10 +98,24 @@ class DataDir:
         return copied
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, APFS and NTFS all stop at 255)
+PATH_MAX = 1024  # bytes in a relative path from a request (the system's own limit, 4096, includes the data dir)
+
+
+def _shown(text: str) -> str:
+    """A name from a request as an error message quotes it: cut after 60 characters."""
+    return repr(text if len(text) <= 60 else text[:60] + "...")
+
+
 def _parts(relative: str, what: str) -> list[str]:
-    """The components of a relative path from a request, or an UnsafePathError (absolute paths, drives, `..`)."""
+    """The components of a relative path from a request, or an UnsafePathError (absolute paths, drives, `..`,
+    names the file system would refuse as too long)."""
     if not relative:
         return []
+    if len(relative.encode("utf-8", "replace")) > PATH_MAX:
+        raise UnsafePathError(
+            f"The {what} {_shown(relative)} is {len(relative)} characters long; expected at most {PATH_MAX} bytes."
+        )
     if "\x00" in relative:
         raise UnsafePathError(f"The {what} {relative!r} contains a NUL character; expected a plain relative path.")
     if (
@@ -103,6 +127,12 @@ def _parts(relative: str, what: str) -> list[str]:
     parts = [p for p in re.split(r"[\\/]+", relative) if p not in ("", ".")]
     if ".." in parts:
         raise UnsafePathError(f"The {what} {relative!r} contains '..'; expected a path inside its folder.")
+    for part in parts:
+        if len(part.encode("utf-8", "replace")) > NAME_MAX:
+            raise UnsafePathError(
+                f"The {what} {_shown(relative)} has a name of {len(part)} characters; "
+                f"expected at most {NAME_MAX} bytes per name."
+            )
     return parts
 
 
@@ -132,7 +162,7 @@ def files_under(folder: Path, extensions: tuple[str, ...] | None = None) -> Iter
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file next to `path`, then rename it over `path` (readers never see half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -142,19 +172,32 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_new(folder: Path, name_for: Callable[[int], str], data: bytes, start: int = 1) -> Path:
+def write_new(
+    folder: Path,
+    name_for: Callable[[int], str],
+    data: bytes,
+    start: int = 1,
+    before_link: Callable[[Path], None] | None = None,
+) -> Path:
     """Write `data` under the first free name `name_for(counter)` (counter = start, start+1, ...), atomically.
 
     The data goes to a temporary file that is then hard-linked to the final name: a link fails if the name exists,
-    so two writers can never overwrite each other's file, and no half-written file is ever visible."""
+    so two writers can never overwrite each other's file, and no half-written file is ever visible.
+    `before_link(target)` is called before the name appears (the server records it in the prompt's history), so
+    a kill at any moment leaves no file that nobody knows of; at worst a recorded name that never appeared."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         counter = start
         while True:
             target = folder / name_for(counter)
+            if target.exists():
+                counter += 1
+                continue
+            if before_link is not None:
+                before_link(target)
             try:
                 os.link(tmp, target)
                 return target
@@ -185,12 +228,27 @@ class OutputFiles:
 
     def _split_prefix(self, prefix: str, kind: str) -> tuple[Path, str, str]:
         """(folder, subfolder as the editor writes it, file stem) for a filename prefix."""
+        if len(prefix) > MAX_PREFIX_CHARACTERS:
+            raise UnsafePathError(
+                f"The filename prefix has {len(prefix)} characters; the most is {MAX_PREFIX_CHARACTERS}."
+            )
         parts = _parts(prefix.strip() or "Atelier", "filename prefix")
         if not parts:
             raise UnsafePathError(f"The filename prefix {prefix!r} has no file name; expected e.g. 'Atelier'.")
+        room = NAME_MAX - len("_00001_.webp") - 8  # the counter may grow past five digits
+        if len(parts[-1].encode("utf-8", "replace")) > room:
+            raise UnsafePathError(
+                f"The filename prefix {_shown(prefix)} ends in a name of {len(parts[-1])} characters; expected at "
+                f"most {room} bytes, which leaves room for the counter and the extension."
+            )
         subfolder = "/".join(parts[:-1])
         folder = safe_join(self.data.folder(kind), subfolder, what="filename prefix")
         return folder, subfolder, parts[-1]
+
+    def check_prefix(self, prefix: str, kind: str = "output") -> None:
+        """Raise UnsafePathError when files cannot be written with this prefix (NUL, absolute, '..', too long):
+        SaveImage asks at validation, before the prompt is queued."""
+        self._split_prefix(prefix, kind)
 
     def next_number(self, prefix: str, kind: str = "output") -> int:
         """The counter the next file written with this prefix will get (1 for a new prefix)."""
@@ -199,18 +257,36 @@ class OutputFiles:
         used = [int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_.*") if (m := pattern.match(p.name))]
         return max(used, default=0) + 1
 
-    def write(self, data: bytes, prefix: str, ext: str = "png", kind: str = "output") -> dict:
-        """Write bytes as `<prefix>_NNNNN_.<ext>`; returns the file reference {"filename", "subfolder", "type"}."""
+    def write(
+        self,
+        data: bytes,
+        prefix: str,
+        ext: str = "png",
+        kind: str = "output",
+        claim: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Write bytes as `<prefix>_NNNNN_.<ext>`; returns the file reference {"filename", "subfolder", "type"}.
+        `claim(ref)` hears the reference before the file appears under its name (see `write_new`)."""
         folder, subfolder, stem = self._split_prefix(prefix, kind)
         ext = ext.lstrip(".")
-        path = write_new(folder, lambda n: f"{stem}_{n:05d}_.{ext}", data, start=self.next_number(prefix, kind))
+
+        def before_link(target: Path) -> None:
+            if claim is not None:
+                claim({"filename": target.name, "subfolder": subfolder, "type": kind})
+
+        path = write_new(folder, lambda n: f"{stem}_{n:05d}_.{ext}", data, self.next_number(prefix, kind), before_link)
         return {"filename": path.name, "subfolder": subfolder, "type": kind}
 
     def save_image(
-        self, image: Image.Image, prefix: str, kind: str = "output", text: dict[str, str] | None = None
+        self,
+        image: Image.Image,
+        prefix: str,
+        kind: str = "output",
+        text: dict[str, str] | None = None,
+        claim: Callable[[dict], None] | None = None,
     ) -> dict:
         """Save a PIL image as PNG (with tEXt chunks) and return its file reference for the node's UI output."""
-        return self.write(encode_png(image, text), prefix, "png", kind)
+        return self.write(encode_png(image, text), prefix, "png", kind, claim)
 
     def path(self, ref: dict) -> Path:
         """The file on disk for a reference {"filename", "subfolder", "type"} (e.g. LoadImage's input image)."""

@@ -9,13 +9,17 @@
 Templates live in atelier/server/templates/: `<name>.json` (a UI-format workflow), `<name>-1.webp` (its
 thumbnail) and `templates.json`, the ordered list [{"name", "title", "description"}] shown in the browser.
 
-The Content-Security-Policy limits where the page may connect (fetch, XHR, WebSocket, beacons) and load images,
-fonts and media from: this server only. It stops what no setting turns off: the bundled error reporter (sentry.io)
-and Firebase sign-in. Scripts and styles are not restricted (index.html has an inline import map).
+The Content-Security-Policy (security.page_policy) limits where the page may connect (fetch, XHR, WebSocket,
+beacons) and load scripts, images, fonts and media from: this server only. It stops what no setting turns off: the
+bundled error reporter (sentry.io) and Firebase sign-in. The one inline script of index.html, its import map, is
+allowed by its SHA-256 hash (editor_policy), so no other inline script can run; styles may be inline (the editor
+positions its widgets with style attributes); no other site may frame the editor.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.resources
 import json
 import re
@@ -24,20 +28,12 @@ from pathlib import Path
 from aiohttp import web
 
 from atelier.server.files import UnsafePathError, safe_join
+from atelier.server.security import page_policy, stored_file
 from atelier.server.state import add_api, error_text, state
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 TEMPLATE_CATEGORY = "Atelier"
 
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "connect-src 'self' ws: wss:",
-        "img-src 'self' data: blob:",
-        "media-src 'self' data: blob:",
-        "font-src 'self' data:",
-        "frame-src 'self'",
-    ]
-)
 
 MIME_TYPES = {
     ".html": "text/html",
@@ -70,16 +66,33 @@ def frontend_root() -> Path:
     return Path(str(importlib.resources.files("comfyui_frontend_package") / "static"))
 
 
+_INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S)
+
+
+def editor_policy(index_html: str) -> str:
+    """The editor's Content-Security-Policy: scripts from this server, and the inline ones of `index_html` (its
+    import map) by their hash ('sha256-<base64 of the SHA-256 of the script text>', CSP level 2)."""
+    hashes = [
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode() + "'"
+        for script in _INLINE_SCRIPT.findall(index_html)
+    ]
+    return page_policy(script_src=" ".join(["'self'", *hashes]))
+
+
 def _serve(path: Path, headers: dict | None = None) -> web.FileResponse:
+    """A file of the frontend (ours, not a user's: its type comes from its name), under the editor's policy."""
     mime = MIME_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return web.FileResponse(path, headers={"Content-Type": mime, **(headers or {})})
+    return web.FileResponse(
+        path, headers={"Content-Type": mime, "Content-Security-Policy": page_policy(), **(headers or {})}
+    )
 
 
 async def index(request: web.Request) -> web.StreamResponse:
     root = state(request).static_root
     if root is None or not (root / "index.html").is_file():
         return error_text(404, "The node editor is not installed; pip install comfyui-frontend-package==1.27.10.")
-    return _serve(root / "index.html", {**NO_CACHE, "Content-Security-Policy": CONTENT_SECURITY_POLICY})
+    policy = editor_policy((root / "index.html").read_text(encoding="utf-8"))
+    return _serve(root / "index.html", {**NO_CACHE, "Content-Security-Policy": policy})
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:
@@ -138,7 +151,7 @@ async def template_file(request: web.Request) -> web.StreamResponse:
     path = state(request).templates_dir / name
     if not path.is_file() or path.suffix not in (".json", ".webp") or name == "templates.json":
         return error_text(404, f"No template file {name!r}.")
-    return _serve(path)
+    return stored_file(path) if path.suffix == ".webp" else _serve(path)  # a thumbnail: its type from its bytes
 
 
 async def workflow_templates(request: web.Request) -> web.Response:

@@ -14,11 +14,12 @@ messages arrive in the order they were sent even when a slow client makes a writ
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 from typing import Any
 
 from aiohttp import web
+
+from atelier.server.strict_json import dumps_finite
 
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
@@ -29,7 +30,7 @@ def preview_frame(image: bytes, mime: str, metadata: dict | None) -> bytes:
     """One binary preview frame: event 4 with its JSON metadata, or event 1 when `metadata` is None."""
     if metadata is None:
         return struct.pack(">II", PREVIEW_IMAGE, IMAGE_FORMATS.get(mime, 1)) + image
-    meta = json.dumps({**metadata, "image_type": mime}).encode()
+    meta = dumps_finite({**metadata, "image_type": mime}).encode()
     return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + image
 
 
@@ -82,7 +83,7 @@ class Hub:
 
     def send(self, event: str, data: Any, sid: str | None = None) -> None:
         """Send `{"type": event, "data": data}` to client `sid`, or to everyone when sid is None."""
-        self._post(json.dumps({"type": event, "data": data}), sid)
+        self._post(dumps_finite({"type": event, "data": data}), sid)  # a node's NaN arrives as null
 
     def send_preview(self, image: bytes, mime: str, metadata: dict, sid: str | None) -> None:
         """Send a preview frame to `sid` (event 4 if it supports metadata, else event 1)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,10 +39,13 @@ from PIL import Image, ImageOps
 
 from atelier.errors import AtelierError, InputError
 from atelier.graph.registry import NodeRegistry
+from atelier.graph.validation import shape_problem
 from atelier.lessons.tokens import PromptTokens, read_tokens, word_positions
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
+from atelier.server.security import page_policy
 from atelier.server.state import error_text, state
+from atelier.server.strict_json import read_json
 
 if TYPE_CHECKING:  # these lessons import torch, loaded on their route's first call
     from torch import Tensor
@@ -99,10 +103,7 @@ def _bad(message: str, status: int = 400, key: str | None = None, params: dict |
 
 
 async def _body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError("The request body is not valid JSON; expected a JSON object.") from None
+    body = await read_json(request, expected="a JSON object")  # strict and bounded; BadJSON is an InputError
     if not isinstance(body, dict):
         raise InputError("The request body must be a JSON object.")
     return body
@@ -162,7 +163,7 @@ async def lab_file(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         return error_text(404, f"No lab file {relative!r}.")
     mime = MIME_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return web.FileResponse(path, headers={"Content-Type": mime, **NO_CACHE})
+    return web.FileResponse(path, headers={"Content-Type": mime, "Content-Security-Policy": page_policy(), **NO_CACHE})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -289,6 +290,8 @@ async def workflow(request: web.Request) -> web.Response:
     prompt = body.get("prompt")
     if not isinstance(prompt, dict) or not prompt:
         raise InputError("prompt must be an API-format graph {node_id: {class_type, inputs}}.")
+    if (problem := shape_problem(prompt)) is not None:
+        raise InputError(f"{problem['message']} ({problem['details'] or 'prompt'})")
     return web.json_response({"workflow": ui_workflow(request, prompt)})
 
 
@@ -475,7 +478,8 @@ def vae_report(trip: RoundTrip, save: Callable[[Image.Image, str], dict]) -> dic
         "ratio_values": trip.ratio_values,
         "ratio_bytes_fp16": trip.ratio_bytes_fp16,
         "mean_abs_error": trip.mean_abs_error,
-        "psnr_db": trip.psnr_db,
+        # JSON has no infinity: an exact reconstruction is sent as null (the page shows "∞").
+        "psnr_db": trip.psnr_db if math.isfinite(trip.psnr_db) else None,
     }
 
 

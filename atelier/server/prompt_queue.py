@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -50,12 +50,36 @@ def encode_preview(image: Any) -> tuple[bytes, str] | None:
     return None
 
 
+# An absolute path (POSIX or Windows) of at least two components; its last component is kept.
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.~-])(?:[A-Za-z]:[\\/]|/)(?:[^\s'"<>|:;,()\\/]+[\\/])+([^\s'"<>|:;,()\\/]*)""")
+
+
+def without_paths(text: str) -> str:
+    """`text` with each absolute path cut to its last name: "No such file: '/home/ana/atelier-data/models/x.ckpt'"
+    -> "No such file: '.../x.ckpt'". Where the server keeps its files is no business of a client's."""
+    return _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(1), text)
+
+
+def error_for_client(error: dict) -> dict:
+    """An execution_error payload as a client may see it: no traceback (it is in the server log), no paths."""
+    inputs = error.get("current_inputs") or {}
+    return {
+        **error,
+        "exception_message": without_paths(str(error.get("exception_message", ""))),
+        "traceback": [],
+        "current_inputs": {
+            name: [without_paths(v) if isinstance(v, str) else v for v in values] for name, values in inputs.items()
+        },
+    }
+
+
 class PromptListener(ExecutionListener):
     """Turns executor events into ComfyUI WebSocket messages for one prompt, and keeps its history messages."""
 
-    def __init__(self, hub: Hub, rec: PromptRecord) -> None:
+    def __init__(self, hub: Hub, rec: PromptRecord, store: PromptStore) -> None:
         self.hub = hub
         self.rec = rec
+        self.store = store
         self.sid = rec.client_id
         self.states: dict[str, dict] = {}  # node id -> its progress_state entry
 
@@ -116,6 +140,9 @@ class PromptListener(ExecutionListener):
         }
         self.hub.send_preview(encoded[0], encoded[1], meta, self.sid)
 
+    def will_write(self, node_id: str, ref: dict) -> None:
+        self.store.record_output(self.rec.prompt_id, node_id, ref)  # before the file appears: see files.write_new
+
     def executed(self, node_id: str, ui: dict) -> None:
         self.rec.outputs[node_id] = ui
         self._send("executed", {"node": node_id, "display_node": node_id, "output": ui})
@@ -125,8 +152,18 @@ class PromptListener(ExecutionListener):
         self._send("execution_success", {"timestamp": now_ms()}, keep=True)
 
     def execution_error(self, error: dict) -> None:
-        self.rec.error = error
-        self._send("execution_error", {**error, "timestamp": now_ms()}, keep=True)
+        # The traceback stays in the server log; the client (and history, which any client reads) gets the sentence.
+        log.error(
+            "Prompt %s failed in node %s (%s): %s\n%s",
+            self.rec.prompt_id,
+            error.get("node_id"),
+            error.get("node_type"),
+            error.get("exception_message"),
+            "".join(error.get("traceback") or []),
+        )
+        shown = error_for_client(error)
+        self.rec.error = shown
+        self._send("execution_error", {**shown, "timestamp": now_ms()}, keep=True)
 
     def execution_interrupted(self, info: dict) -> None:
         self._send("execution_interrupted", {**info, "timestamp": now_ms()}, keep=True)
@@ -237,7 +274,12 @@ class PromptQueue:
             except Exception:  # a bug in the engine must not stop the queue
                 log.exception("Prompt %s failed outside any node.", rec.prompt_id)
                 rec.state = "error"
-                rec.error = {"exception_message": traceback.format_exc(limit=3), "node_id": None}
+                rec.error = {
+                    "exception_message": "The prompt failed outside any node (a bug in Atelier); the server log "
+                    "has the details.",
+                    "node_id": None,
+                    "traceback": [],
+                }
                 rec.ended_at = now_ms()
                 self.store.finish(rec)
             finally:
@@ -251,7 +293,7 @@ class PromptQueue:
     def _run(self, rec: PromptRecord) -> None:
         rec.started_at = now_ms()
         self.store.mark_running(rec.prompt_id, rec.started_at)
-        listener = PromptListener(self.hub, rec)
+        listener = PromptListener(self.hub, rec, self.store)
         result = self.executor.execute(rec.prompt, rec.outputs_to_execute, listener, rec.extra_data)
         rec.state = result.status
         rec.outputs = {node_id: ui for node_id, ui in result.ui.items()}

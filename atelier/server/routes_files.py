@@ -3,23 +3,36 @@
 Every name from a request goes through files.safe_join (no absolute paths, no `..`, no symlinks out). Uploads are
 read as a stream and refused past the size limit, refused when they are not images, and refused when their
 header announces more pixels than the decompression-bomb limit (checked before any pixel is decoded).
+
+An upload never replaces a file in output/ (what a prompt made, which history points to), even with overwrite.
+A file is served with the type its bytes show, never the one its name suggests (security.stored_file): an upload
+named `gallery.html` that is a PNG with a script appended comes back as image/png, and a file that is no image
+comes back as a download.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import mimetypes
 import warnings
 from pathlib import Path
 
-from aiohttp import BodyPartReader, web
-from PIL import Image, UnidentifiedImageError
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from atelier.server.files import FILE_KINDS, DataDir, UnsafePathError, encode_png, safe_join, write_atomic
-from atelier.server.state import add_api, error_text, state
+from atelier.server.security import content_disposition, stored_file
+from atelier.server.state import ServerState, add_api, error_text, state
 
-PREVIEW_FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg")}
+# ?preview=<format>;<quality>; "png" is what ?channel= alone gives.
+PREVIEW_FORMATS = {
+    "webp": ("WEBP", "image/webp"),
+    "jpeg": ("JPEG", "image/jpeg"),
+    "jpg": ("JPEG", "image/jpeg"),
+    "png": ("PNG", "image/png"),
+}
 
 
 def split_type_suffix(filename: str, default: str) -> tuple[str, str]:
@@ -34,12 +47,25 @@ def split_type_suffix(filename: str, default: str) -> tuple[str, str]:
 # ---- GET /view ----
 
 
-def _image_response(image: Image.Image, fmt: str, mime: str, filename: str, quality: int = 90) -> web.Response:
+def _render(path: Path, channel: str, fmt: str, quality: int) -> bytes | None:
+    """The image at `path` with one channel kept (rgba, rgb, or a: the alpha alone on black, as the mask editor
+    reads a mask), encoded as `fmt` (PNG, WEBP, JPEG); None when the file is not an image."""
+    try:
+        with Image.open(path) as opened:
+            image = opened.copy()
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    if channel == "rgb":
+        image = image.convert("RGB")
+    elif channel == "a":
+        alpha = image.convert("RGBA").getchannel("A")
+        image = Image.new("RGBA", image.size)
+        image.putalpha(alpha)
+    if fmt == "JPEG":
+        image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, quality=quality)
-    return web.Response(
-        body=buffer.getvalue(), content_type=mime, headers={"Content-Disposition": f'filename="{filename}"'}
-    )
+    return buffer.getvalue()
 
 
 async def view(request: web.Request) -> web.StreamResponse:
@@ -58,32 +84,20 @@ async def view(request: web.Request) -> web.StreamResponse:
     preview = request.query.get("preview")
     channel = request.query.get("channel", "rgba")
     if preview is None and channel == "rgba":
-        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        headers = {"Content-Disposition": f'filename="{path.name}"', "Content-Type": mime}
-        return web.FileResponse(path, headers=headers)
-    try:
-        with Image.open(path) as opened:
-            image = opened.copy()
-    except (OSError, UnidentifiedImageError):
-        return error_text(400, f"The file {filename!r} is not an image, so it has no preview or channels.")
-    if channel == "rgb":
-        image = image.convert("RGB")
-    elif channel == "a":  # the alpha channel alone, on black: how the mask editor reads a mask
-        alpha = image.convert("RGBA").getchannel("A")
-        image = Image.new("RGBA", image.size)
-        image.putalpha(alpha)
-    elif channel != "rgba":
+        return stored_file(path)
+    if channel not in ("rgba", "rgb", "a"):
         return error_text(400, f"The channel {channel!r} is not known; expected rgba, rgb or a.")
-    if preview is not None:
-        name, _, quality = preview.partition(";")
-        if name.lower() not in PREVIEW_FORMATS:
-            return error_text(400, f"The preview format {name!r} is not known; expected webp or jpeg.")
-        fmt, mime = PREVIEW_FORMATS[name.lower()]
-        if fmt == "JPEG":
-            image = image.convert("RGB")
-        q = int(quality) if quality.isdigit() else 90
-        return _image_response(image, fmt, mime, Path(path.name).stem + "." + name.lower(), min(100, q))
-    return _image_response(image, "PNG", "image/png", Path(path.name).stem + ".png")
+    name, _, quality = (preview or "png").partition(";")
+    if name.lower() not in PREVIEW_FORMATS:
+        return error_text(400, f"The preview format {name!r} is not known; expected webp or jpeg.")
+    fmt, mime = PREVIEW_FORMATS[name.lower()]
+    q = min(100, int(quality)) if quality.isdigit() else 90
+    # Decoding and encoding take long for a large image: in a thread, so the event loop keeps serving others.
+    body = await asyncio.get_running_loop().run_in_executor(None, _render, path, channel, fmt, q)
+    if body is None:
+        return error_text(400, f"The file {filename!r} is not an image, so it has no preview or channels.")
+    disposition = content_disposition("inline", f"{path.stem}.{name.lower()}")
+    return web.Response(body=body, content_type=mime, headers={"Content-Disposition": disposition})
 
 
 # ---- uploads ----
@@ -96,10 +110,19 @@ class UploadError(Exception):
 
 
 async def _read_form(request: web.Request, limit: int) -> tuple[dict[str, str], str, bytes]:
-    """The text fields and the one file ("image") of a multipart upload, refusing files over `limit` bytes."""
+    """The text fields and the one file ("image") of a multipart upload, refusing files over `limit` bytes and
+    bodies that are not valid multipart (no boundary, cut short, a part without headers) with a 400."""
     if not request.content_type.startswith("multipart/"):
         raise UploadError(400, "An upload must be multipart/form-data with the file in the 'image' field.")
-    reader = await request.multipart()
+    try:
+        return await _read_parts(await request.multipart(), limit)
+    except (ValueError, AssertionError, HttpProcessingError) as ex:  # aiohttp's parser on a broken body
+        text = ex.message if isinstance(ex, HttpProcessingError) else str(ex)
+        reason = text.strip().splitlines()[0] if text.strip() else "a part with malformed headers"
+        raise UploadError(400, f"The upload body is not valid multipart/form-data ({reason[:80]}).") from None
+
+
+async def _read_parts(reader: MultipartReader, limit: int) -> tuple[dict[str, str], str, bytes]:
     fields: dict[str, str] = {}
     filename, data = "", b""
     while (part := await reader.next()) is not None:
@@ -136,51 +159,85 @@ def check_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
         raise UploadError(400, f"The image {filename!r} has far more pixels than {limit}.") from None
     except (UnidentifiedImageError, OSError):
         raise UploadError(400, f"The file {filename!r} is not an image; expected a PNG, JPEG or WebP file.") from None
+    except ValueError:  # a text chunk that inflates past PngImagePlugin.MAX_TEXT_CHUNK (a zTXt/iTXt bomb), ...
+        raise UploadError(400, _metadata_refusal(filename)) from None
     width, height = image.size
     if width * height > max_pixels:
         raise UploadError(400, f"The image {filename!r} is {width}x{height}, more than {limit}.")
     try:
         image.load()  # decode fully: a truncated or corrupt file is refused now, not when a node reads it
-    except (OSError, SyntaxError, ValueError):
+    except ValueError:  # ... also when the text chunk comes after the pixels
+        raise UploadError(400, _metadata_refusal(filename)) from None
+    except (OSError, SyntaxError, EOFError):
         raise UploadError(400, f"The image {filename!r} is damaged and cannot be decoded.") from None
     return image
 
 
-def _store(folder: Path, subfolder: str, filename: str, data: bytes, overwrite: bool) -> str:
+def _metadata_refusal(filename: str) -> str:
+    """PIL inflates each PNG text chunk to at most MAX_TEXT_CHUNK bytes (64 x that in all), then raises ValueError:
+    a 200 MB zTXt bomb costs a few MB of memory, not 200."""
+    mb = PngImagePlugin.MAX_TEXT_CHUNK / (1024 * 1024)
+    return (
+        f"The image {filename!r} has metadata that is malformed or too large (PNG text chunks may inflate to "
+        f"{mb:.0f} MB each); expected an ordinary PNG, JPEG or WebP file."
+    )
+
+
+def upload_name(filename: str) -> str:
+    """The name an upload is stored under: the last component of what the browser sent ("x/cat.png" -> "cat.png"),
+    refused when it names no file ("", ".", "..")."""
+    name = Path(filename).name
+    if name in ("", ".", ".."):
+        raise UploadError(400, f"The upload's file name {filename[:80]!r} names no file; expected e.g. 'photo.png'.")
+    return name
+
+
+def _store(folder: Path, subfolder: str, filename: str, data: bytes, overwrite: bool, kind: str) -> str:
     """Save under `filename`, or `name (1).ext`, `name (2).ext`... when taken by different content.
-    Returns the name used (the existing one when the same bytes are already there)."""
+    Returns the name used (the existing one when the same bytes are already there). An image that a prompt made
+    (output/) is never replaced, even with overwrite: history and the PNG's own metadata point to it."""
     base = safe_join(folder, subfolder, what="subfolder")
     target = safe_join(base, filename, what="file name")
+    if overwrite and kind == "output" and target.exists():
+        raise UploadError(
+            403, f"The output file {filename!r} was made by a prompt; an upload may not replace it (use another name)."
+        )
     stem, ext = Path(filename).stem, Path(filename).suffix
     counter = 1
     while target.exists() and not overwrite:
         if target.is_file() and target.read_bytes() == data:
             return target.name
-        target = base / f"{stem} ({counter}){ext}"
+        target = safe_join(base, f"{stem} ({counter}){ext}", what="file name")  # the longer name is checked too
         counter += 1
+    if target.is_dir():
+        raise UploadError(400, f"The upload's file name {filename!r} is the name of a folder; expected a file name.")
     write_atomic(target, data)
     return target.name
+
+
+def _save_upload(st: ServerState, fields: dict[str, str], filename: str, data: bytes, mask: bool) -> dict:
+    """Check, (for the mask editor) combine, and store an upload; its file reference {name, subfolder, type}."""
+    image = check_image(data, filename, st.limits.max_image_pixels)
+    kind = fields.get("type") or "input"
+    if kind not in FILE_KINDS:
+        raise UploadError(400, f"The upload type {kind!r} is not known; expected input, output or temp.")
+    subfolder = fields.get("subfolder", "")
+    overwrite = fields.get("overwrite", "").lower() in ("true", "1")
+    if mask:
+        data = _apply_mask(st.data, fields.get("original_ref", ""), image)
+    name = _store(st.data.folder(kind), subfolder, upload_name(filename), data, overwrite, kind)
+    return {"name": name, "subfolder": subfolder, "type": kind}
 
 
 async def _upload(request: web.Request, mask: bool) -> web.Response:
     st = state(request)
     try:
         fields, filename, data = await _read_form(request, st.limits.max_upload_bytes)
-        image = check_image(data, filename, st.limits.max_image_pixels)
-        kind = fields.get("type") or "input"
-        if kind not in FILE_KINDS:
-            raise UploadError(400, f"The upload type {kind!r} is not known; expected input, output or temp.")
-        subfolder = fields.get("subfolder", "")
-        folder = st.data.folder(kind)
-        overwrite = fields.get("overwrite", "").lower() in ("true", "1")
-        if mask:
-            data = _apply_mask(st.data, fields.get("original_ref", ""), image)
-        name = _store(folder, subfolder, Path(filename).name, data, overwrite)
-    except UploadError as ex:
+        # Decoding an 8000x8000 image takes most of a second: in a thread, so the event loop serves everyone else.
+        ref = await asyncio.get_running_loop().run_in_executor(None, _save_upload, st, fields, filename, data, mask)
+    except (UploadError, UnsafePathError) as ex:
         return error_text(ex.status, str(ex))
-    except UnsafePathError as ex:
-        return error_text(ex.status, str(ex))
-    return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+    return web.json_response(ref)
 
 
 def _apply_mask(data_dir: DataDir, original_ref: str, mask: Image.Image) -> bytes:

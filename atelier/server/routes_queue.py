@@ -2,87 +2,160 @@
 
 A prompt is validated before it is queued (graph/validation.py); a rejected prompt gets ComfyUI's 400 body
 {"error": {type, message, details, extra_info}, "node_errors": {...}}, which the editor turns into red outlines.
+
+The room shares one event loop, so no request may hold it: bodies are decoded as strict JSON (strict_json.py),
+a large graph is validated in a worker thread, and queue, history and jobs are read from the database and written
+out in a thread, one record at a time (json's C code holds the GIL for the whole of one call, so one 400 MB
+dumps would still pause the loop; 400 calls of 1 MB each let it run in between). Each field has a size limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import uuid
+from typing import Any
 
 from aiohttp import web
 
-from atelier.graph.validation import error_entry, validate_prompt
+from atelier.graph.validation import ValidationResult, error_entry, validate_prompt
 from atelier.server.state import add_api, state
-from atelier.server.store import FINISHED, PromptRecord, now_ms
+from atelier.server.store import FINISHED, MAX_NUMBER, PromptRecord, now_ms
+from atelier.server.strict_json import BadJSON, dumps, json_kind, json_response_off_loop, read_json, read_object
 
 # extra_data keys that hold credentials for Comfy's paid API nodes: never stored, never echoed back.
 SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")
 
+# Per-field limits of POST /prompt, far above what the editor sends: its biggest workflows are 1-2 MB, and the
+# 5,000-node chain of the hardening tests is 0.7 MB and validates in under a second.
+MAX_PROMPT_NODES = 20_000
+MAX_EXTRA_DATA_BYTES = 4 * 1024 * 1024  # the editor's copy of the workflow: stored with the prompt, put in each PNG
+MAX_ID_CHARACTERS = 256  # prompt_id and client_id
+MAX_IDS = 10_000  # ids one POST /queue, /history or /jobs/cancel may list (the editor sends one at a time)
 
-def _bad_prompt(kind: str, message: str, details: str = "") -> web.Response:
-    return web.json_response({"error": error_entry(kind, message, details), "node_errors": {}}, status=400)
+
+def _bad_prompt(kind: str, message: str, details: str = "", status: int = 400) -> web.Response:
+    return web.json_response({"error": error_entry(kind, message, details), "node_errors": {}}, status=status)
 
 
 async def get_prompt(request: web.Request) -> web.Response:
     return web.json_response(state(request).queue.status())
 
 
+def queue_number(value: Any) -> int:
+    """The `number` a script asks for (its queue priority): a whole number within +-2**53, as a number or text."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    sound = isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
+    if not sound or abs(number) >= MAX_NUMBER or number != int(number):
+        shown = str(value)[:40]
+        raise ValueError(f"The 'number' field must be a whole number between -2**53 and 2**53; got {shown!r}.")
+    return int(number)
+
+
+def _field_problem(body: dict) -> tuple[str, int] | None:
+    """(sentence, status) for the first field of a prompt body that is of the wrong type or too large."""
+    prompt, extra = body["prompt"], body.get("extra_data")
+    if isinstance(prompt, dict) and len(prompt) > MAX_PROMPT_NODES:
+        return f"The prompt has {len(prompt):,} nodes; the most is {MAX_PROMPT_NODES:,}.", 413
+    if extra is not None and not isinstance(extra, dict):
+        return f'extra_data is {json_kind(extra)}; expected an object such as {{"extra_pnginfo": ...}}.', 400
+    for name in ("prompt_id", "client_id"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{name} is {json_kind(value)}; expected a string such as a UUID.", 400
+        if isinstance(value, str) and len(value) > MAX_ID_CHARACTERS:
+            return f"{name} has {len(value):,} characters; the most is {MAX_ID_CHARACTERS}.", 400
+    size = len(dumps(extra).encode()) if extra else 0
+    if size > MAX_EXTRA_DATA_BYTES:
+        return f"extra_data is {size:,} bytes of JSON; the most is {MAX_EXTRA_DATA_BYTES:,}.", 413
+    return None
+
+
+def _admit(body: dict, registry: Any) -> tuple[str, int] | ValidationResult:
+    """Field checks, then the graph's validation (run in a worker thread: a large graph takes a while)."""
+    return _field_problem(body) or validate_prompt(body["prompt"], registry, body.get("partial_execution_targets"))
+
+
 async def post_prompt(request: web.Request) -> web.Response:
     st = state(request)
     try:
-        body = await request.json()
-    except ValueError as ex:
-        return _bad_prompt("invalid_prompt", "The request body is not valid JSON.", str(ex))
+        body = await read_json(request, "prompt body", "an object {prompt, client_id, extra_data}")
+    except BadJSON as ex:
+        return _bad_prompt("invalid_prompt", str(ex), ex.details, status=ex.status)
     if not isinstance(body, dict) or "prompt" not in body:
         return _bad_prompt("no_prompt", "No prompt provided", "The body must have a 'prompt' key.")
-    targets = body.get("partial_execution_targets")
-    result = validate_prompt(body["prompt"], st.registry, targets)
+    try:
+        number = queue_number(body["number"]) if "number" in body else None
+    except ValueError as ex:
+        return _bad_prompt("invalid_prompt", str(ex))
+    result = await asyncio.get_running_loop().run_in_executor(None, _admit, body, st.registry)
+    if isinstance(result, tuple):
+        message, status = result
+        return _bad_prompt("invalid_prompt", message, status=status)
     if not result.ok:
         return web.json_response({"error": result.error, "node_errors": result.node_errors}, status=400)
 
     prompt_id = body.get("prompt_id")
-    if not isinstance(prompt_id, str) or not prompt_id or st.store.exists(prompt_id):
+    if not prompt_id or st.store.exists(prompt_id):
         prompt_id = str(uuid.uuid4())
-    if "number" in body:
-        try:
-            number = float(body["number"])
-        except (TypeError, ValueError):
-            return _bad_prompt("invalid_prompt", "The 'number' field must be a number.", repr(body["number"]))
-    else:
+    if number is None:
         number = st.queue.next_number(front=bool(body.get("front")))
-    extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+    extra = body.get("extra_data") or {}
     extra = {k: v for k, v in extra.items() if k not in SENSITIVE_EXTRA_DATA}
     if isinstance(body.get("client_id"), str):
         extra["client_id"] = body["client_id"]
     extra["create_time"] = now_ms()
     rec = PromptRecord(prompt_id, number, result.prompt, extra, result.outputs, created_at=extra["create_time"])
-    st.queue.put(rec)
+    await asyncio.to_thread(st.queue.put, rec)  # stored as JSON: a large prompt takes a while to write
     reply = {"prompt_id": prompt_id, "number": rec.queue_tuple()[0], "node_errors": result.node_errors}
     return web.json_response(reply)
 
 
 async def get_queue(request: web.Request) -> web.Response:
-    running, pending = state(request).queue.snapshot()
-    return web.json_response(
-        {"queue_running": [r.queue_tuple() for r in running], "queue_pending": [r.queue_tuple() for r in pending]}
-    )
+    queue = state(request).queue
+
+    def build() -> dict:
+        running, pending = queue.snapshot()
+        return {
+            "queue_running": [r.queue_tuple() for r in running],
+            "queue_pending": [r.queue_tuple() for r in pending],
+        }
+
+    return await json_response_off_loop(build)
 
 
 async def _json_body(request: web.Request) -> dict:
+    """The body of the small POST routes (queue, history, jobs/cancel): a JSON object, or {} when empty."""
     try:
-        body = await request.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+        return await read_object(request)
+    except BadJSON as ex:
+        raise ex.http_error() from None
 
 
 async def post_queue(request: web.Request) -> web.Response:
     body = await _json_body(request)
     queue = state(request).queue
+    ids = _ids(body, "delete")
     if body.get("clear"):
         queue.clear()
-    if isinstance(body.get("delete"), list):
-        queue.cancel([str(i) for i in body["delete"]])
+    if ids:
+        queue.cancel(ids)
     return web.Response(status=200)
+
+
+def _ids(body: dict, key: str) -> list[str]:
+    """The prompt ids listed under `key` (none when it is not a list), at most MAX_IDS of them."""
+    ids = body.get(key)
+    if not isinstance(ids, list):
+        return []
+    if len(ids) > MAX_IDS:
+        raise web.HTTPBadRequest(text=f"{key} lists {len(ids):,} ids; the most in one request is {MAX_IDS:,}.")
+    return [str(i) for i in ids]
 
 
 # ---- history ----
@@ -113,29 +186,38 @@ def _int_query(request: web.Request, name: str, default: int | None) -> int | No
 
 
 async def get_history(request: web.Request) -> web.Response:
-    records = state(request).store.history()
+    store = state(request).store
     max_items = _int_query(request, "max_items", None)
     offset = _int_query(request, "offset", -1)
-    if offset < 0:  # as ComfyUI: without an offset, the most recent max_items (still oldest first)
-        offset = max(0, len(records) - max_items) if max_items is not None else 0
-    chosen = records[offset:] if max_items is None else records[offset : offset + max_items]
-    return web.json_response({rec.prompt_id: history_entry(rec) for rec in chosen})
+
+    def build() -> dict:
+        records = store.history()
+        start = offset
+        if start < 0:  # as ComfyUI: without an offset, the most recent max_items (still oldest first)
+            start = max(0, len(records) - max_items) if max_items is not None else 0
+        chosen = records[start:] if max_items is None else records[start : start + max_items]
+        return {rec.prompt_id: history_entry(rec) for rec in chosen}
+
+    return await json_response_off_loop(build)
 
 
 async def get_history_one(request: web.Request) -> web.Response:
-    rec = state(request).store.get(request.match_info["prompt_id"])
-    if rec is None or rec.state not in FINISHED:
-        return web.json_response({})
-    return web.json_response({rec.prompt_id: history_entry(rec)})
+    store, prompt_id = state(request).store, request.match_info["prompt_id"]
+
+    def build() -> dict:
+        rec = store.get(prompt_id)
+        return {rec.prompt_id: history_entry(rec)} if rec is not None and rec.state in FINISHED else {}
+
+    return await json_response_off_loop(build)
 
 
 async def post_history(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    store = state(request).store
+    store, ids = state(request).store, _ids(body, "delete")
     if body.get("clear"):
-        store.delete_history()
-    if isinstance(body.get("delete"), list):
-        store.delete_history([str(i) for i in body["delete"]])
+        await asyncio.to_thread(store.delete_history)
+    if ids:
+        await asyncio.to_thread(store.delete_history, ids)
     return web.Response(status=200)
 
 
@@ -157,7 +239,9 @@ def _outputs_summary(outputs: dict) -> tuple[int, int, dict | None]:
     count = previewable = 0
     preview = fallback = None
     for node_id, node_outputs in outputs.items():
-        for media, items in (node_outputs or {}).items():
+        if not isinstance(node_outputs, dict):
+            continue
+        for media, items in node_outputs.items():
             if not isinstance(items, list):
                 continue
             for item in items:
@@ -174,6 +258,14 @@ def _outputs_summary(outputs: dict) -> tuple[int, int, dict | None]:
     return count, previewable, preview or fallback
 
 
+def _workflow_id(extra_data: dict) -> Any:
+    """extra_data["extra_pnginfo"]["workflow"]["id"], where each level is an object (a client sends what it likes)."""
+    found: Any = extra_data
+    for key in ("extra_pnginfo", "workflow", "id"):
+        found = found.get(key) if isinstance(found, dict) else None
+    return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
+
+
 def job_entry(rec: PromptRecord, detail: bool = False) -> dict:
     count, previewable, preview = _outputs_summary(rec.outputs)
     job = {
@@ -187,7 +279,7 @@ def job_entry(rec: PromptRecord, detail: bool = False) -> dict:
         "outputs_count": count,
         "previewable_outputs_count": previewable,
         "preview_output": preview,
-        "workflow_id": ((rec.extra_data.get("extra_pnginfo") or {}).get("workflow") or {}).get("id"),
+        "workflow_id": _workflow_id(rec.extra_data),
     }
     job = {k: v for k, v in job.items() if v is not None}
     if detail:
@@ -209,9 +301,7 @@ async def get_jobs(request: web.Request) -> web.Response:
     limit = _int_query(request, "limit", None)
     offset = max(0, _int_query(request, "offset", 0) or 0)
     workflow_id = request.query.get("workflow_id")
-
-    jobs = [job_entry(rec) for rec in state(request).store.select()]
-    jobs = [j for j in jobs if j["status"] in wanted and (not workflow_id or j.get("workflow_id") == workflow_id)]
+    store = state(request).store
 
     def key(job: dict) -> float:
         if sort_by == "execution_duration":
@@ -219,18 +309,24 @@ async def get_jobs(request: web.Request) -> web.Response:
             return end - start if start and end else 0
         return job["create_time"]
 
-    jobs.sort(key=key, reverse=descending)
-    total = len(jobs)
-    page = jobs[offset:] if limit is None else jobs[offset : offset + limit]
-    pagination = {"offset": offset, "limit": limit, "total": total, "has_more": offset + len(page) < total}
-    return web.json_response({"jobs": page, "pagination": pagination})
+    def build() -> dict:
+        jobs = [job_entry(rec) for rec in store.select()]
+        jobs = [j for j in jobs if j["status"] in wanted and (not workflow_id or j.get("workflow_id") == workflow_id)]
+        jobs.sort(key=key, reverse=descending)
+        total = len(jobs)
+        page = jobs[offset:] if limit is None else jobs[offset : offset + limit]
+        pagination = {"offset": offset, "limit": limit, "total": total, "has_more": offset + len(page) < total}
+        return {"jobs": page, "pagination": pagination}
+
+    return await json_response_off_loop(build)
 
 
 async def get_job(request: web.Request) -> web.Response:
-    rec = state(request).store.get(request.match_info["job_id"])
+    job_id = request.match_info["job_id"]
+    rec = await asyncio.to_thread(state(request).store.get, job_id)
     if rec is None:
-        return web.json_response({"error": f"No job with id {request.match_info['job_id']!r}."}, status=404)
-    return web.json_response(job_entry(rec, detail=True))
+        return web.json_response({"error": f"No job with id {job_id[:MAX_ID_CHARACTERS]!r}."}, status=404)
+    return await json_response_off_loop(lambda: job_entry(rec, detail=True))
 
 
 def _cancel(request: web.Request, job_id: str) -> bool:
@@ -245,8 +341,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def cancel_jobs(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    ids = body.get("job_ids") if isinstance(body.get("job_ids"), list) else []
-    results = [_cancel(request, str(i)) for i in ids]
+    results = [_cancel(request, job_id) for job_id in _ids(body, "job_ids")]
     return web.json_response({"cancelled": any(results)})
 
 

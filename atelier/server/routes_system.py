@@ -1,6 +1,8 @@
 """Routes the editor needs to start and to describe the machine: users, settings, node definitions, models, stats.
 
-Shapes follow ComfyUI's server (see shared/reference/comfyui-api.md, section 1).
+Shapes follow ComfyUI's server (see shared/reference/comfyui-api.md, section 1). A client on another machine (the
+server runs with --listen) is not told where the files live nor which Python and PyTorch run it: /system_stats and
+the model-folder routes keep their shapes (the editor checks them) with relative folders and empty versions.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import sys
 from aiohttp import web
 
 import atelier
+from atelier.errors import InputError
 from atelier.server.files import MODEL_EXTENSIONS, MODEL_FOLDERS, UnsafePathError, files_under, safe_join
+from atelier.server.security import is_local_client
 from atelier.server.state import ServerState, add_api, error_text, state
+from atelier.server.strict_json import BadJSON, read_json, read_object
 
 
 def feature_flags(st: ServerState) -> dict:
@@ -37,12 +42,19 @@ async def get_settings(request: web.Request) -> web.Response:
 
 async def post_settings(request: web.Request) -> web.Response:
     try:
-        values = await request.json()
-    except ValueError:
-        return error_text(400, "The settings body is not JSON; expected an object of setting ids and values.")
+        values = await read_json(request, "settings body", "an object of setting ids and values")
+    except BadJSON as ex:
+        return error_text(ex.status, str(ex))
     if not isinstance(values, dict):
         return error_text(400, "The settings body must be a JSON object of setting ids and values.")
-    state(request).settings.update(values)
+    return _store_settings(request, values)
+
+
+def _store_settings(request: web.Request, values: dict) -> web.Response:
+    try:
+        state(request).settings.update(values)
+    except InputError as ex:
+        return error_text(400, str(ex))
     return web.Response(status=200)
 
 
@@ -52,11 +64,10 @@ async def get_setting(request: web.Request) -> web.Response:
 
 async def post_setting(request: web.Request) -> web.Response:
     try:
-        value = await request.json()
-    except ValueError:
-        return error_text(400, "The setting value is not JSON.")
-    state(request).settings.update({request.match_info["id"]: value})
-    return web.Response(status=200)
+        value = await read_json(request, "setting value")
+    except BadJSON as ex:
+        return error_text(ex.status, str(ex))
+    return _store_settings(request, {request.match_info["id"]: value})
 
 
 async def extensions(request: web.Request) -> web.Response:
@@ -124,18 +135,22 @@ async def system_stats(request: web.Request) -> web.Response:
     import torch
 
     total, free = _memory()
+    argv = state(request).argv
     system = {
         "os": sys.platform,
         "ram_total": total,
         "ram_free": free,
-        "comfyui_version": atelier.__version__,
+        "comfyui_version": atelier.__version__,  # the editor compares it with the version it requires
         "atelier_version": atelier.__version__,
         "python_version": sys.version,
         "pytorch_version": torch.__version__,
         "embedded_python": False,
-        "argv": state(request).argv,
+        "argv": argv,  # the editor looks for --disable-api-nodes here
         "platform": platform.platform(),
     }
+    if not is_local_client(request):  # strings still (the editor's schema wants them), but nothing to aim at
+        system.update(python_version="", pytorch_version="", platform="")
+        system["argv"] = [a for a in argv if "/" not in a and "\\" not in a]  # no paths
     return web.json_response({"system": system, "devices": _devices()})
 
 
@@ -144,22 +159,20 @@ async def features(request: web.Request) -> web.Response:
 
 
 async def interrupt(request: web.Request) -> web.Response:
-    prompt_id = None
-    if request.can_read_body:
-        try:
-            body = await request.json()
-            prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-        except ValueError:
-            pass  # the editor may post an empty body: interrupt whatever runs
-    state(request).queue.interrupt(prompt_id)
+    try:
+        body = await read_object(request)  # the editor may post no body at all: interrupt whatever runs
+    except BadJSON as ex:
+        return error_text(ex.status, str(ex))
+    prompt_id = body.get("prompt_id")
+    state(request).queue.interrupt(prompt_id if isinstance(prompt_id, str) else None)
     return web.Response(status=200)
 
 
 async def free(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
-    except ValueError:
-        body = {}
+        body = await read_object(request)
+    except BadJSON as ex:
+        return error_text(ex.status, str(ex))
     unload, free_memory = bool(body.get("unload_models")), bool(body.get("free_memory"))
     st = state(request)
     if free_memory:
@@ -195,9 +208,14 @@ async def embeddings(request: web.Request) -> web.Response:
     return web.json_response([os.path.splitext(n)[0] for n in names])
 
 
-async def experiment_models(request: web.Request) -> web.Response:
+def _shown_folder(request: web.Request, folder: str) -> str:
+    """models/<folder> as a client may see it: absolute on this machine, relative to the data dir from another."""
     models_dir = state(request).data.models
-    return web.json_response([{"name": f, "folders": [str(models_dir / f)]} for f in MODEL_FOLDERS])
+    return str(models_dir / folder) if is_local_client(request) else f"{models_dir.name}/{folder}"
+
+
+async def experiment_models(request: web.Request) -> web.Response:
+    return web.json_response([{"name": f, "folders": [_shown_folder(request, f)]} for f in MODEL_FOLDERS])
 
 
 async def experiment_models_in(request: web.Request) -> web.Response:
@@ -271,8 +289,7 @@ async def subscribe_logs(request: web.Request) -> web.Response:
 
 
 async def folder_paths(request: web.Request) -> web.Response:
-    models_dir = state(request).data.models
-    return web.json_response({f: [str(models_dir / f)] for f in MODEL_FOLDERS})
+    return web.json_response({f: [_shown_folder(request, f)] for f in MODEL_FOLDERS})
 
 
 async def no_translations(request: web.Request) -> web.Response:

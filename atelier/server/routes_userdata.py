@@ -1,7 +1,9 @@
 """The editor's own files under user/default/: saved workflows, keybindings, templates it remembers.
 
 A file name arrives URL-encoded in one path segment ("workflows%2Fcat.json"); aiohttp decodes it and safe_join
-keeps it inside user/default/ (no absolute paths, no `..`, no symlinks out).
+keeps it inside user/default/ (no absolute paths, no `..`, no symlinks out). Files are served as stored files
+(security.stored_file: an image type read from the bytes, or a download), so a file saved as `x.html` never runs as
+a page; the one exception is user.css, the editor's style sheet for the user's own styles.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from pathlib import Path
 from aiohttp import web
 
 from atelier.server.files import UnsafePathError, files_under, safe_join, write_atomic
+from atelier.server.security import stored_file
 from atelier.server.state import add_api, error_text, state
+
+USER_STYLESHEET = "user.css"  # index.html links it as a style sheet: it applies only when served as text/css
 
 
 def _user_path(request: web.Request, relative: str) -> Path:
@@ -83,8 +88,13 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
     relative = request.match_info["file"]
     path = _user_path(request, relative)
     if not path.is_file():
-        return error_text(404, f"The user file {relative!r} does not exist.")
-    return web.FileResponse(path)
+        missing = error_text(404, f"The user file {relative!r} does not exist.")
+        if relative == USER_STYLESHEET:  # a 404 as text/plain would log a second, MIME-type error in the console
+            missing.content_type = "text/css"
+        return missing
+    if relative == USER_STYLESHEET:  # CSS runs no script; with nosniff it cannot be read as anything else
+        return web.FileResponse(path, headers={"Content-Type": "text/css"})
+    return stored_file(path)
 
 
 async def post_userdata(request: web.Request) -> web.Response:

@@ -23,16 +23,22 @@ the editor is stored and wins over the default.
 Two outbound calls are not governed by settings: the error reporter (Sentry, to sentry.io, on Vue errors) and
 Firebase sign-in. frontend.py serves index.html with a Content-Security-Policy whose connect-src allows only this
 server, so the browser refuses both.
+
+Every browser in the room parses GET /settings, so a stored value must be strict JSON: a non-finite number (NaN,
+Infinity) is refused, and one written by an older version reads as null. The file is kept under MAX_BYTES.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
 
+from atelier.errors import InputError
 from atelier.server.files import write_atomic
+from atelier.server.strict_json import dumps, loads_lenient
+
+MAX_BYTES = 2 * 1024 * 1024  # the editor's settings are a few kB; every page load reads them all
 
 PRIVATE_DEFAULTS: dict[str, Any] = {
     "Comfy.Notification.ShowVersionUpdates": False,
@@ -55,8 +61,8 @@ class Settings:
     def stored(self) -> dict[str, Any]:
         """What the user changed (an unreadable file counts as empty rather than stopping the editor)."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = loads_lenient(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -67,6 +73,17 @@ class Settings:
         return self.all().get(setting_id)
 
     def update(self, values: dict[str, Any]) -> None:
+        """Store these settings over the others; raises InputError for a non-finite number or a file too large."""
+        for setting_id, value in values.items():
+            try:
+                dumps(value)
+            except ValueError:
+                raise InputError(
+                    f"The setting {setting_id[:100]!r} holds a number that is not finite (NaN or Infinity); "
+                    "expected a JSON value."
+                ) from None
         with self._lock:
-            merged = {**self.stored(), **values}
-            write_atomic(self.path, json.dumps(merged, indent=4).encode())
+            text = dumps({**self.stored(), **values}, indent=4).encode()
+            if len(text) > MAX_BYTES:
+                raise InputError(f"The settings would take {len(text):,} bytes; the most is {MAX_BYTES:,}.")
+            write_atomic(self.path, text)

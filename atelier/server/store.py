@@ -3,12 +3,18 @@
 One row per prompt, whose `state` moves   pending -> running -> success | error | interrupted
                                           pending -> cancelled            (deleted from the queue before it ran)
 On start, pending prompts are queued again; a prompt that was running when the server died is marked as an error
-(running it again could crash the server again). The HTTP routes read history, queue and jobs from here.
+(running it again could crash the server again), keeping the outputs it had recorded (`record_output`: each file
+as it is written), so history knows every file a prompt left. The HTTP routes read history, queue and jobs from here.
+
+Values are written as strict JSON (no NaN or Infinity) and queue numbers stay within MAX_NUMBER. A row that an
+older version (or a hand edit) left unreadable, say `number` = Infinity or a prompt that is not an object, is
+reported once in the log and skipped: the server starts and serves the rest of the history.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import sqlite3
 import threading
 import time
@@ -16,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atelier.server.strict_json import dumps, dumps_finite, loads_lenient
+
+log = logging.getLogger("atelier.server")
+
 FINISHED = ("success", "error", "interrupted")  # the states that make up the history
+STATES = ("pending", "running", *FINISHED, "cancelled")
+MAX_NUMBER = 2**53  # queue numbers are exact in a JSON number (a double) and in SQLite's REAL up to here
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -77,6 +89,7 @@ class PromptStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._reported: set[str] = set()  # ids of unreadable rows already reported in the log
 
     def close(self) -> None:
         with self._lock:
@@ -94,9 +107,9 @@ class PromptStore:
                 rec.prompt_id,
                 rec.number,
                 rec.state,
-                json.dumps(rec.prompt),
-                json.dumps(rec.extra_data),
-                json.dumps(rec.outputs_to_execute),
+                dumps(rec.prompt),
+                dumps(rec.extra_data),
+                dumps(rec.outputs_to_execute),
                 rec.created_at,
             ),
         )
@@ -114,6 +127,15 @@ class PromptStore:
                 (now_ms(), prompt_id),
             )
 
+    def record_output(self, prompt_id: str, node_id: str, ref: dict) -> None:
+        """Add a file reference to a running prompt's outputs ({node_id: {"images": [refs]}}) as the file is
+        written; `finish` then stores the prompt's final outputs in their place."""
+        with self._lock:
+            row = self._db.execute("SELECT outputs FROM prompts WHERE prompt_id = ?", (prompt_id,)).fetchone()
+            outputs = loads_lenient(row["outputs"]) if row is not None and row["outputs"] else {}
+            outputs.setdefault(node_id, {}).setdefault("images", []).append(ref)
+            self._db.execute("UPDATE prompts SET outputs = ? WHERE prompt_id = ?", (dumps_finite(outputs), prompt_id))
+
     def finish(self, rec: PromptRecord) -> None:
         """Store how a prompt ended (state, outputs, messages, error)."""
         self._run(
@@ -121,9 +143,9 @@ class PromptStore:
             (
                 rec.state,
                 rec.ended_at,
-                json.dumps(rec.outputs),
-                json.dumps(rec.messages),
-                json.dumps(rec.error) if rec.error is not None else None,
+                dumps_finite(rec.outputs),
+                dumps_finite(rec.messages),
+                dumps_finite(rec.error) if rec.error is not None else None,
                 rec.prompt_id,
             ),
         )
@@ -135,20 +157,38 @@ class PromptStore:
             error = {"exception_message": message, "exception_type": "ServerRestart", "node_id": None}
             msgs = [["execution_error", {"prompt_id": row["prompt_id"], **error, "timestamp": now_ms()}]]
             self._run(
-                "UPDATE prompts SET state = 'error', ended_at = ?, outputs = '{}', messages = ?, error = ? "
+                "UPDATE prompts SET state = 'error', ended_at = ?, outputs = COALESCE(outputs, '{}'), messages = ?, "
+                "error = ? "
                 "WHERE prompt_id = ?",
-                (now_ms(), json.dumps(msgs), json.dumps(error), row["prompt_id"]),
+                (now_ms(), dumps(msgs), dumps(error), row["prompt_id"]),
             )
         return self.select("state = 'pending'", order="number, created_at")
 
     def next_number(self) -> int:
-        """One more than the highest queue number used so far (numbers keep growing across restarts)."""
-        row = self._run("SELECT MAX(ABS(number)) AS top FROM prompts")[0]
+        """One more than the highest queue number used so far (numbers keep growing across restarts). Numbers
+        that are not numbers, or beyond MAX_NUMBER (Infinity, 1e19: stored by older versions), are left out."""
+        row = self._run(
+            "SELECT MAX(ABS(number)) AS top FROM prompts WHERE typeof(number) IN ('integer', 'real') "
+            "AND ABS(number) <= ?",
+            (MAX_NUMBER,),
+        )[0]
         return int(row["top"] or 0) + 1
 
     def select(self, where: str = "1", args: tuple = (), order: str = "ended_at, rowid") -> list[PromptRecord]:
-        rows = self._run(f"SELECT * FROM prompts WHERE {where} ORDER BY {order}", args)
-        return [_record(row) for row in rows]
+        """The readable rows that match; an unreadable one is reported (once) and left out."""
+        records = []
+        for row in self._run(f"SELECT * FROM prompts WHERE {where} ORDER BY {order}", args):
+            try:
+                records.append(_record(row))
+            except (ValueError, TypeError, RecursionError) as ex:
+                self._report(row, ex)
+        return records
+
+    def _report(self, row: sqlite3.Row, ex: Exception) -> None:
+        prompt_id = str(row["prompt_id"])
+        if prompt_id not in self._reported:
+            self._reported.add(prompt_id)
+            log.warning("Skipped prompt %r in the database: %s (the row is kept, unread).", prompt_id[:80], ex)
 
     def get(self, prompt_id: str) -> PromptRecord | None:
         found = self.select("prompt_id = ?", (prompt_id,))
@@ -165,22 +205,48 @@ class PromptStore:
         if prompt_ids is None:
             self._run(f"DELETE FROM prompts WHERE state IN ({marks}) OR state = 'cancelled'", FINISHED)
             return
-        for prompt_id in prompt_ids:
-            self._run(f"DELETE FROM prompts WHERE prompt_id = ? AND state IN ({marks})", (prompt_id, *FINISHED))
+        self._run(  # one statement: a DELETE per id took 7.6 s for a million ids
+            f"DELETE FROM prompts WHERE prompt_id IN (SELECT value FROM json_each(?)) AND state IN ({marks})",
+            (dumps(prompt_ids), *FINISHED),
+        )
 
 
 def _record(row: sqlite3.Row) -> PromptRecord:
+    """A row as a PromptRecord, every column checked; raises ValueError or TypeError (one sentence) otherwise."""
+    number = row["number"]
+    if not isinstance(number, (int, float)) or not math.isfinite(number) or abs(number) > MAX_NUMBER:
+        raise ValueError(f"its queue number {number!r} is not a finite number within +-2**53")
+    if row["state"] not in STATES:
+        raise ValueError(f"its state {row['state']!r} is not one of {', '.join(STATES)}")
+    times = {name: row[name] for name in ("created_at", "started_at", "ended_at")}
+    for name, value in times.items():
+        if not (isinstance(value, int) or (value is None and name != "created_at")):
+            raise ValueError(f"its {name} {value!r} is not a time in milliseconds")
     return PromptRecord(
-        prompt_id=row["prompt_id"],
-        number=row["number"],
-        prompt=json.loads(row["prompt"]),
-        extra_data=json.loads(row["extra_data"]),
-        outputs_to_execute=json.loads(row["outputs_to_execute"]),
+        prompt_id=_text(row["prompt_id"], "prompt_id"),
+        number=number,
+        prompt=_json(row["prompt"], dict, "prompt"),
+        extra_data=_json(row["extra_data"], dict, "extra_data"),
+        outputs_to_execute=_json(row["outputs_to_execute"], list, "outputs_to_execute"),
         state=row["state"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        outputs=json.loads(row["outputs"]) if row["outputs"] else {},
-        messages=json.loads(row["messages"]) if row["messages"] else [],
-        error=json.loads(row["error"]) if row["error"] else None,
+        created_at=times["created_at"],
+        started_at=times["started_at"],
+        ended_at=times["ended_at"],
+        outputs=_json(row["outputs"], dict, "outputs") if row["outputs"] else {},
+        messages=_json(row["messages"], list, "messages") if row["messages"] else [],
+        error=_json(row["error"], dict, "error") if row["error"] else None,
     )
+
+
+def _text(value: Any, column: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"its {column} is a {type(value).__name__}, not text")
+    return value
+
+
+def _json(text: Any, kind: type, column: str) -> Any:
+    """A JSON column decoded (NaN and Infinity, which older versions wrote, read as null) and of the right kind."""
+    value = loads_lenient(_text(text, column))
+    if not isinstance(value, kind):
+        raise TypeError(f"its {column} is a JSON {type(value).__name__}; expected a {kind.__name__}")
+    return value

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 
@@ -18,6 +17,7 @@ from aiohttp import WSMsgType, web
 
 from atelier.server.routes_system import feature_flags
 from atelier.server.state import state
+from atelier.server.strict_json import BadJSON, loads
 
 log = logging.getLogger("atelier.server")
 
@@ -37,8 +37,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if message.type != WSMsgType.TEXT:
                 continue
             try:
-                parsed = json.loads(message.data)
-            except ValueError:
+                parsed = loads(message.data, "WebSocket message")
+            except BadJSON:  # not strict JSON, or nested too deep: ignored, as any message the server does not know
                 continue
             if isinstance(parsed, dict) and parsed.get("type") == "feature_flags":
                 client.flags = parsed.get("data") if isinstance(parsed.get("data"), dict) else {}

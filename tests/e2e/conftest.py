@@ -54,7 +54,9 @@ class Editor:
 
     def open(self) -> None:
         self.page.goto(f"{self.url}/")
-        self.page.wait_for_function("window.app && window.app.graph && window.app.extensionManager", timeout=60_000)
+        # Predicates are functions, not strings: a string is run with eval, which the editor's policy forbids.
+        ready = "() => window.app && window.app.graph && window.app.extensionManager"
+        self.page.wait_for_function(ready, timeout=60_000)
 
     def command(self, command_id: str) -> None:
         """Run one of the editor's commands, as its menus and keyboard shortcuts do."""

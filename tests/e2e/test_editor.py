@@ -41,7 +41,7 @@ def open_template(editor, title: str, node_count: int) -> None:
     """Open the template browser (the sidebar's Templates button runs this command) and click a card."""
     editor.command("Comfy.BrowseTemplates")
     editor.page.get_by_text(title, exact=True).first.click()
-    editor.page.wait_for_function(f"window.app.graph.nodes.length === {node_count}", timeout=30_000)
+    editor.page.wait_for_function(f"() => window.app.graph.nodes.length === {node_count}", timeout=30_000)
 
 
 def run_and_wait_for_image(editor, node_id: int, timeout_ms: int = 120_000) -> list:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from atelier.errors import InputError
 from atelier.graph.catalog import default_registry
-from atelier.graph.executor import EventLog, Executor
+from atelier.graph.executor import EventLog, Executor, Interrupted
 from atelier.graph.kit import ClipModel
 from atelier.graph.teaching import (
     PLOT_SIZE,
@@ -263,6 +263,34 @@ def test_film_strip_without_vae_uses_the_linear_preview_map(registry, embedded):
     assert torch.equal(blocks, blocks[:, :, :1, :, :1].expand_as(blocks))
     expected = latent_preview(out["samples"], model.preview.float()).float() / 255.0  # (1, 16, 16, 3)
     assert torch.allclose(predicted[-1, ::8, ::8], expected[0], atol=1 / 255)
+
+
+class StopAfterSampling(Ctx):
+    """Stop pressed once the last step is done: only the film strip's decoding is left to interrupt."""
+
+    def check_interrupt(self) -> None:
+        if self.progress_calls and self.progress_calls[-1][0] == self.progress_calls[-1][1]:
+            raise Interrupted("stop")
+
+
+def test_a_stop_during_the_film_strips_decoding_is_heard(registry, embedded):
+    model, clip, vae = embedded
+    positive = node(registry, "CLIPTextEncode").run(Ctx(), PROMPT, clip)[0]
+    with pytest.raises(Interrupted):
+        node(registry, "AtelierFilmStripSampler").run(
+            StopAfterSampling(),
+            model,
+            3,
+            2,
+            5.0,
+            "euler",
+            "karras",
+            positive,
+            positive,
+            {"samples": torch.zeros(1, 4, 16, 16)},
+            1.0,
+            vae,
+        )
 
 
 # ---- latent channels --------------------------------------------------------------------------------------------

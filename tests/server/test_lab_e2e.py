@@ -66,7 +66,7 @@ def shot(pg, name: str) -> None:
 def images_in(pg, selector: str) -> list[str]:
     """The src of every loaded image under `selector`."""
     pg.wait_for_function(
-        f"[...document.querySelectorAll('{selector} img')].every(i => i.complete && i.naturalWidth > 0)"
+        f"() => [...document.querySelectorAll('{selector} img')].every(i => i.complete && i.naturalWidth > 0)"
     )
     return pg.eval_on_selector_all(f"{selector} img", "els => els.map(e => e.getAttribute('src'))")
 
@@ -121,7 +121,8 @@ def test_open_in_node_editor_loads_the_same_graph(page):
     with page.context.expect_page() as opened:
         page.click("#open-editor")
     editor = opened.value
-    editor.wait_for_function("window.app && window.app.graph && window.app.graph._nodes.length > 0", timeout=60_000)
+    loaded = "() => window.app && window.app.graph && window.app.graph._nodes.length > 0"  # a function: no eval
+    editor.wait_for_function(loaded, timeout=60_000)
     nodes = editor.evaluate("window.app.graph.serialize().nodes.map(n => [n.type, n.widgets_values])")
     sampler = next(values for kind, values in nodes if kind == "KSampler")
     assert sampler[0] == 1234 and sampler[2] == int(STEPS)
@@ -151,10 +152,10 @@ def test_bad_value_shows_a_message_and_nothing_runs(page):
 def test_stop_interrupts_the_run_with_a_message(page):
     page.fill("#f-steps", "200")  # long enough to be stopped half-way
     page.click("#generate")
-    page.wait_for_function("/step [1-9][0-9]*\\/200/.test(document.querySelector('#progress-text').innerText)",
+    page.wait_for_function("() => /step [1-9][0-9]*\\/200/.test(document.querySelector('#progress-text').innerText)",
                            timeout=RUN_TIMEOUT)
     page.click("#stop")
-    page.wait_for_function("document.querySelector('#message-text').innerText.length > 0", timeout=RUN_TIMEOUT)
+    page.wait_for_function("() => document.querySelector('#message-text').innerText.length > 0", timeout=RUN_TIMEOUT)
     assert page.inner_text("#message-text") == "Stopped: the run was interrupted."
     assert page.locator("#result-images img").count() == 0  # nothing half-made is shown
     shot(page, "stopped")
@@ -202,10 +203,10 @@ def test_french_interface(browser, server):
     pg.wait_for_selector("body[data-ready=true]")
     assert pg.inner_text("#generate") == "Générer" and pg.get_attribute("html", "lang") == "fr"
     pg.click("#lang")
-    pg.wait_for_function("document.getElementById('generate').textContent === 'Generate'")
+    pg.wait_for_function("() => document.getElementById('generate').textContent === 'Generate'")
     assert pg.get_attribute("html", "lang") == "en"
     pg.click("#lang")
-    pg.wait_for_function("document.getElementById('generate').textContent === 'Générer'")
+    pg.wait_for_function("() => document.getElementById('generate').textContent === 'Générer'")
     shot(pg, "french")
     context.close()
 

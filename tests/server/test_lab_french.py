@@ -117,7 +117,7 @@ def test_the_model_shows_its_world_in_french_and_builds_a_prompt(page):
     assert "couleur" in page.inner_text("#world .world-hint").lower()
     for category, name in [("colours", "green"), ("sizes", "small"), ("places", "1,0"), ("backgrounds", "grass")]:
         page.click(f"#world [data-category={category}] [data-name='{name}']")
-    page.wait_for_function("document.querySelector('#f-prompt').value.startsWith('une petite')")
+    page.wait_for_function("() => document.querySelector('#f-prompt').value.startsWith('une petite')")
     assert page.input_value("#f-prompt") == "une petite étoile verte à gauche sur l'herbe"  # agreement, elision
     assert page.is_hidden("#prompt-unknown")
     shot(page, "2-world-builder")
@@ -174,19 +174,19 @@ def test_stop_says_stopped_only_once_the_server_has_stopped(page, server):
     page.fill("#f-steps", "400")  # long enough to be stopped half-way
     page.click("#generate")
     page.wait_for_function(
-        "/étape [1-9][0-9]*\\/400/.test(document.querySelector('#progress-text').innerText)", timeout=RUN_TIMEOUT
+        "() => /étape [1-9][0-9]*\\/400/.test(document.querySelector('#progress-text').innerText)", timeout=RUN_TIMEOUT
     )
     # A server that has not stopped yet: the interrupt request is answered but never reaches it.
     page.route("**/api/interrupt", lambda route: route.fulfill(status=200, body=""))
     page.click("#stop")
-    page.wait_for_function("document.querySelector('#progress-text').innerText.includes('arrêt demandé')")
+    page.wait_for_function("() => document.querySelector('#progress-text').innerText.includes('arrêt demandé')")
     page.wait_for_timeout(1500)
     assert page.is_hidden("#message")  # no "Arrêté" while the server computes on
     assert page.locator("#result-images img.live").count() == 1
     shot(page, "3-stop-requested")
     page.unroute("**/api/interrupt")
     page.click("#stop")
-    page.wait_for_function("document.querySelector('#message-text').innerText.length > 0", timeout=RUN_TIMEOUT)
+    page.wait_for_function("() => document.querySelector('#message-text').innerText.length > 0", timeout=RUN_TIMEOUT)
     assert page.inner_text("#message-text") == "Arrêté : le calcul a été interrompu."
     with urllib.request.urlopen(f"{server}/api/history?max_items=1") as resp:
         [entry] = json.load(resp).values()
@@ -223,7 +223,7 @@ def test_lab_route_errors_are_said_in_french(page):
     )
     open_view(page, "text")
     set_prompt(page, "rouge " * 400)
-    page.wait_for_function("document.querySelector('#view-text .out').innerText.startsWith('Le texte fait')")
+    page.wait_for_function("() => document.querySelector('#view-text .out').innerText.startsWith('Le texte fait')")
     assert (
         page.inner_text("#view-text .out") == "Le texte fait 2400 caractères ; la vue des tokens en lit au plus 2000."
     )
@@ -289,7 +289,7 @@ def test_a_result_from_the_cache_says_so_with_french_numbers_and_no_broken_image
     page.fill("#f-seed", "9")
     page.click("#generate")
     broken = "[...document.querySelectorAll('#result-images img')].filter(i => !i.hidden && !i.getAttribute('src'))"
-    assert page.evaluate(f"{broken}.length") == 0  # before the first preview: a waiting slot, no broken image
+    assert page.evaluate(f"() => {broken}.length") == 0  # before the first preview: a waiting slot, no broken image
     page.wait_for_selector("#download:not([hidden])", timeout=RUN_TIMEOUT)
     assert "cache" not in page.inner_text("#progress-text") and page.is_hidden("#result-note")
     params = dict(
@@ -302,7 +302,7 @@ def test_a_result_from_the_cache_says_so_with_french_numbers_and_no_broken_image
     assert params["CFG"] == "7,5"  # a decimal comma in French
     page.click("#generate")  # the same graph again
     page.wait_for_function(
-        "document.querySelector('#progress-text').innerText.includes('depuis le cache')", timeout=RUN_TIMEOUT
+        "() => document.querySelector('#progress-text').innerText.includes('depuis le cache')", timeout=RUN_TIMEOUT
     )
     assert page.inner_text("#result-note").startswith("Depuis le cache : ce graphe exact a déjà tourné")
     hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")

@@ -12,10 +12,14 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from atelier.graph.kit import MAX_RESOLUTION, Node
-from atelier.graph.resize import CROP, UPSCALE_IMAGE, resize_image
+from atelier.errors import AtelierError
+from atelier.graph.kit import Node, target_size_inputs
+from atelier.graph.resize import CROP, CROP_TOOLTIP, IMAGE_METHOD_TOOLTIP, UPSCALE_IMAGE, resize_image, target_size
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
 from atelier.imaging import bhwc_unit_to_pil, pil_to_bhwc_unit, pil_to_hw_unit
+from atelier.limits import check_image_batch
+
+IMAGE_FILE_TOOLTIP = "An image from the input folder; the upload button adds one there."
 
 
 def _file_hash(path: Path) -> str:
@@ -27,8 +31,13 @@ class LoadImage(Node):
         name="LoadImage",
         display_name="Load Image",
         category="image",
-        inputs=[Input("image", "COMBO", options=(), image_upload=True)],
-        outputs=[Output("IMAGE"), Output("MASK")],
+        description="Loads an image from the input folder: its colours, and a mask of its transparent parts (to "
+        "repaint).",
+        inputs=[Input("image", "COMBO", options=(), image_upload=True, tooltip=IMAGE_FILE_TOOLTIP)],
+        outputs=[
+            Output("IMAGE", tooltip="The picture's RGB, (1, height, width, 3) in [0, 1]."),
+            Output("MASK", tooltip="1 where the picture is transparent, 0 elsewhere; 64x64 zeros without alpha."),
+        ],
     )
 
     def run(self, ctx: NodeContext, image: str) -> tuple:
@@ -57,11 +66,18 @@ class LoadImageMask(Node):
         name="LoadImageMask",
         display_name="Load Image (as Mask)",
         category="mask",
+        description="Loads one channel of an image from the input folder as a mask: paint it white where the "
+        "sampler should repaint.",
         inputs=[
-            Input("image", "COMBO", options=(), image_upload=True),
-            Input("channel", "COMBO", options=["alpha", "red", "green", "blue"]),
+            Input("image", "COMBO", options=(), image_upload=True, tooltip=IMAGE_FILE_TOOLTIP),
+            Input(
+                "channel",
+                "COMBO",
+                options=["alpha", "red", "green", "blue"],
+                tooltip="The channel that becomes the mask; alpha is inverted, so transparent means 1 (repaint).",
+            ),
         ],
-        outputs=[Output("MASK")],
+        outputs=[Output("MASK", tooltip="The channel in [0, 1]; 64x64 zeros when the image lacks it.")],
     )
 
     def run(self, ctx: NodeContext, image: str, channel: str) -> tuple:
@@ -84,19 +100,20 @@ class ImageScale(Node):
         name="ImageScale",
         display_name="Upscale Image",
         category="image/upscaling",
+        description="Resizes images to a width and height in pixels, by resampling (no model adds detail).",
         inputs=[
-            Input("image", "IMAGE"),
-            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
-            Input("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=1),
-            Input("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=1),
-            Input("crop", "COMBO", options=CROP),
+            Input("image", "IMAGE", tooltip="The images to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE, tooltip=IMAGE_METHOD_TOOLTIP),
+            *target_size_inputs(step=1),
+            Input("crop", "COMBO", options=CROP, tooltip=CROP_TOOLTIP),
         ],
-        outputs=[Output("IMAGE")],
+        outputs=[Output("IMAGE", tooltip="The resized images.")],
     )
 
     def run(
         self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str
     ) -> tuple:
+        check_image_batch(image.shape[0], *target_size(image.shape[1], image.shape[2], width, height))
         return (resize_image(image, width, height, upscale_method, crop),)
 
 
@@ -105,16 +122,26 @@ class ImageScaleBy(Node):
         name="ImageScaleBy",
         display_name="Upscale Image By",
         category="image/upscaling",
+        description="Resizes images by a factor on both sides, by resampling (no model adds detail).",
         inputs=[
-            Input("image", "IMAGE"),
-            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
-            Input("scale_by", "FLOAT", default=1.0, min=0.01, max=8.0, step=0.01),
+            Input("image", "IMAGE", tooltip="The images to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE, tooltip=IMAGE_METHOD_TOOLTIP),
+            Input(
+                "scale_by",
+                "FLOAT",
+                default=1.0,
+                min=0.01,
+                max=8.0,
+                step=0.01,
+                tooltip="The factor on width and height, each rounded to whole pixels.",
+            ),
         ],
-        outputs=[Output("IMAGE")],
+        outputs=[Output("IMAGE", tooltip="The resized images.")],
     )
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
         h, w = image.shape[1:3]
+        check_image_batch(image.shape[0], round(h * scale_by), round(w * scale_by))
         return (resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
 
 
@@ -123,17 +150,27 @@ class ImageScaleToTotalPixels(Node):
         name="ImageScaleToTotalPixels",
         display_name="Scale Image to Total Pixels",
         category="image/upscaling",
+        description="Resizes images to about a given number of pixels, keeping their aspect ratio.",
         inputs=[
-            Input("image", "IMAGE"),
-            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE),
-            Input("megapixels", "FLOAT", default=1.0, min=0.01, max=16.0, step=0.01),
+            Input("image", "IMAGE", tooltip="The images to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_IMAGE, tooltip=IMAGE_METHOD_TOOLTIP),
+            Input(
+                "megapixels",
+                "FLOAT",
+                default=1.0,
+                min=0.01,
+                max=16.0,
+                step=0.01,
+                tooltip="The target area; 1.0 means 1024 x 1024 pixels.",
+            ),
         ],
-        outputs=[Output("IMAGE")],
+        outputs=[Output("IMAGE", tooltip="The resized images.")],
     )
 
     def run(self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple:
         h, w = image.shape[1:3]
         scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
+        check_image_batch(image.shape[0], round(h * scale), round(w * scale))
         return (resize_image(image, round(w * scale), round(h * scale), upscale_method),)
 
 
@@ -171,8 +208,25 @@ class SaveImage(Node):
             text["prompt"] = json.dumps(prompt)
         for key, value in (extra_pnginfo or {}).items():
             text[key] = json.dumps(value)
-        refs = [self.env.files.save_image(pil, filename_prefix, self.kind, text) for pil in bhwc_unit_to_pil(images)]
+        refs: list[dict] = []
+        try:
+            for pil in bhwc_unit_to_pil(images):
+                ctx.check_interrupt()
+                refs.append(self.env.files.save_image(pil, filename_prefix, self.kind, text, claim=ctx.will_write))
+        except BaseException:  # a prompt that fails shows no outputs: leave none of its files behind
+            for ref in refs:
+                self.env.files.path(ref).unlink(missing_ok=True)
+            raise
         return NodeOutput(result=(), ui={"images": refs})
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix: str | None = "ComfyUI") -> bool | str:
+        """Refuse a prefix no file can be written with (NUL, absolute, '..', too long) before the prompt is queued."""
+        try:
+            cls.env.files.check_prefix(filename_prefix or "", cls.kind)
+        except AtelierError as error:  # the file API's UnsafePathError: one sentence
+            return str(error)
+        return True
 
 
 class PreviewImage(SaveImage):
@@ -182,7 +236,7 @@ class PreviewImage(SaveImage):
         display_name="Preview Image",
         description="Shows the images in the editor without keeping them (temporary files).",
         inputs=[
-            Input("images", "IMAGE"),
+            Input("images", "IMAGE", tooltip="The images to show."),
             Input("prompt", "PROMPT", hidden=True),
             Input("extra_pnginfo", "EXTRA_PNGINFO", hidden=True),
         ],

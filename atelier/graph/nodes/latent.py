@@ -6,10 +6,12 @@ from typing import Any
 
 import torch
 
-from atelier.graph.kit import MAX_RESOLUTION, Node, vae_pixels
-from atelier.graph.resize import CROP, UPSCALE_LATENT, resize
+from atelier.errors import InputError
+from atelier.graph.kit import MAX_RESOLUTION, InterruptFlag, Node, out_of_range, target_size_inputs, vae_pixels
+from atelier.graph.resize import CROP, CROP_TOOLTIP, LATENT_METHOD_TOOLTIP, UPSCALE_LATENT, resize, target_size
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.imaging import bchw_signed_to_bhwc_unit
+from atelier.limits import check_image_batch
 from atelier.pipeline import decode, encode
 
 
@@ -28,7 +30,19 @@ class EmptyLatentImage(Node):
     )
 
     def run(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple:
+        check_image_batch(batch_size, height, width)  # sizes that came through a link were not validated
         return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
+
+    @classmethod
+    def validate_inputs(cls, width: int | None, height: int | None, batch_size: int | None = 1) -> bool | str:
+        """Refuse a batch too large to make (limits.py) before the prompt is queued."""
+        problem = out_of_range(cls.SCHEMA, width=width, height=height, batch_size=batch_size)
+        if problem is None and None not in (width, height, batch_size):
+            try:
+                check_image_batch(batch_size, height, width)
+            except InputError as error:
+                problem = str(error)
+        return problem or True
 
 
 class RepeatLatentBatch(Node):
@@ -36,11 +50,17 @@ class RepeatLatentBatch(Node):
         name="RepeatLatentBatch",
         display_name="Repeat Latent Batch",
         category="latent/batch",
-        inputs=[Input("samples", "LATENT"), Input("amount", "INT", default=1, min=1, max=64)],
-        outputs=[Output("LATENT")],
+        description="Repeats a latent batch end to end; each copy gets its own noise, so one image becomes variations.",
+        inputs=[
+            Input("samples", "LATENT", tooltip="The latent batch to repeat."),
+            Input("amount", "INT", default=1, min=1, max=64, tooltip="How many copies of the batch."),
+        ],
+        outputs=[Output("LATENT", tooltip="The batch repeated amount times.")],
     )
 
     def run(self, ctx: NodeContext, samples: dict, amount: int) -> tuple:
+        b, _, h, w = samples["samples"].shape
+        check_image_batch(b * amount, h * 8, w * 8)
         out = dict(samples)
         out["samples"] = samples["samples"].repeat(amount, 1, 1, 1)
         if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
@@ -56,17 +76,20 @@ class LatentUpscale(Node):
         name="LatentUpscale",
         display_name="Upscale Latent",
         category="latent",
+        description="Resizes a latent to a size in pixels (1/8 of it in latent pixels), for a second pass at a "
+        "higher resolution (hires fix). Drops the noise mask.",
         inputs=[
-            Input("samples", "LATENT"),
-            Input("upscale_method", "COMBO", options=UPSCALE_LATENT),
-            Input("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
-            Input("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
-            Input("crop", "COMBO", options=CROP),
+            Input("samples", "LATENT", tooltip="The latent to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_LATENT, tooltip=LATENT_METHOD_TOOLTIP),
+            *target_size_inputs(step=8),
+            Input("crop", "COMBO", options=CROP, tooltip=CROP_TOOLTIP),
         ],
-        outputs=[Output("LATENT")],
+        outputs=[Output("LATENT", tooltip="The resized latent, (batch, 4, height/8, width/8).")],
     )
 
     def run(self, ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str) -> tuple:
+        b, _, h, w = samples["samples"].shape
+        check_image_batch(b, *(8 * side for side in target_size(h, w, width // 8, height // 8)))
         out = dict(samples)
         out["samples"] = resize(samples["samples"], width // 8, height // 8, upscale_method, crop)
         out.pop("noise_mask", None)
@@ -78,16 +101,27 @@ class LatentUpscaleBy(Node):
         name="LatentUpscaleBy",
         display_name="Upscale Latent By",
         category="latent",
+        description="Resizes a latent by a factor, for a second pass at a higher resolution (hires fix). Drops the "
+        "noise mask.",
         inputs=[
-            Input("samples", "LATENT"),
-            Input("upscale_method", "COMBO", options=UPSCALE_LATENT),
-            Input("scale_by", "FLOAT", default=1.5, min=0.01, max=8.0, step=0.01),
+            Input("samples", "LATENT", tooltip="The latent to resize."),
+            Input("upscale_method", "COMBO", options=UPSCALE_LATENT, tooltip=LATENT_METHOD_TOOLTIP),
+            Input(
+                "scale_by",
+                "FLOAT",
+                default=1.5,
+                min=0.01,
+                max=8.0,
+                step=0.01,
+                tooltip="The factor on width and height, each rounded to whole latent pixels.",
+            ),
         ],
-        outputs=[Output("LATENT")],
+        outputs=[Output("LATENT", tooltip="The resized latent.")],
     )
 
     def run(self, ctx: NodeContext, samples: dict, upscale_method: str, scale_by: float) -> tuple:
-        h, w = samples["samples"].shape[-2:]
+        b, _, h, w = samples["samples"].shape
+        check_image_batch(b, round(h * scale_by) * 8, round(w * scale_by) * 8)
         out = dict(samples)
         out["samples"] = resize(
             samples["samples"], round(w * scale_by), round(h * scale_by), upscale_method, "disabled"
@@ -110,7 +144,7 @@ class VAEDecode(Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict, vae: Any) -> tuple:
-        return (bchw_signed_to_bhwc_unit(decode(vae, samples["samples"])),)
+        return (bchw_signed_to_bhwc_unit(decode(vae, samples["samples"], interrupt=InterruptFlag(ctx))),)
 
 
 class VAEEncode(Node):
@@ -118,9 +152,13 @@ class VAEEncode(Node):
         name="VAEEncode",
         display_name="VAE Encode",
         category="latent",
-        inputs=[Input("pixels", "IMAGE"), Input("vae", "VAE")],
-        outputs=[Output("LATENT")],
+        description="Encodes images into latents with the VAE encoder (8x smaller per side): img2img starts here.",
+        inputs=[
+            Input("pixels", "IMAGE", tooltip="The images to encode; cropped to multiples of 8, alpha dropped."),
+            Input("vae", "VAE", tooltip="The VAE model used for encoding the image."),
+        ],
+        outputs=[Output("LATENT", tooltip="The posterior's mean, (batch, 4, height/8, width/8).")],
     )
 
     def run(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any) -> tuple:
-        return ({"samples": encode(vae, vae_pixels(pixels))},)
+        return ({"samples": encode(vae, vae_pixels(pixels), interrupt=InterruptFlag(ctx))},)

@@ -49,8 +49,12 @@ class VAELoader(Node):
         name="VAELoader",
         display_name="Load VAE",
         category="loaders",
-        inputs=[Input("vae_name", "COMBO", options=())],
-        outputs=[Output("VAE")],
+        description="Loads a standalone VAE from models/vae, to decode and encode with it instead of the "
+        "checkpoint's own.",
+        inputs=[Input("vae_name", "COMBO", options=(), tooltip="The VAE file to load, from models/vae.")],
+        outputs=[
+            Output("VAE", tooltip="The autoencoder between images and latents (latents are 8x smaller per side).")
+        ],
     )
 
     def run(self, ctx: NodeContext, vae_name: str) -> tuple:

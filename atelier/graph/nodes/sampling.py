@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from atelier.graph.kit import KSAMPLER_INPUTS, SAMPLER_INPUTS, SEED_MAX, Node, run_sampler
+import dataclasses
+
+from atelier.graph.kit import KSAMPLER_INPUTS, SAMPLER_INPUTS, SEED_INPUT, Node, run_sampler
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.pipeline import Cond, DiffusionModel, SamplerSettings
 
@@ -40,16 +42,44 @@ class KSamplerAdvanced(Node):
         name="KSamplerAdvanced",
         display_name="KSampler (Advanced)",
         category="sampling",
+        description="The KSampler run over a slice of its steps: chain two of them to hand a half-denoised latent "
+        "from one model to another, or to start from a latent that already holds noise.",
         inputs=[
-            Input("model", "MODEL"),
-            Input("add_noise", "COMBO", options=["enable", "disable"]),
-            Input("noise_seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True),
+            Input("model", "MODEL", tooltip="The model used for denoising the input latent."),
+            Input(
+                "add_noise",
+                "COMBO",
+                options=["enable", "disable"],
+                tooltip="enable noises the latent to the first sigma; disable when it already holds noise (a "
+                "previous sampler's leftover).",
+            ),
+            dataclasses.replace(SEED_INPUT, name="noise_seed"),
             *SAMPLER_INPUTS,
-            Input("start_at_step", "INT", default=0, min=0, max=10000),
-            Input("end_at_step", "INT", default=10000, min=0, max=10000),
-            Input("return_with_leftover_noise", "COMBO", options=["disable", "enable"]),
+            Input(
+                "start_at_step",
+                "INT",
+                default=0,
+                min=0,
+                max=10000,
+                tooltip="The step to start at, out of steps; the steps before it are skipped.",
+            ),
+            Input(
+                "end_at_step",
+                "INT",
+                default=10000,
+                min=0,
+                max=10000,
+                tooltip="The step to stop at; steps or more runs to the end.",
+            ),
+            Input(
+                "return_with_leftover_noise",
+                "COMBO",
+                options=["disable", "enable"],
+                tooltip="When stopping early: enable returns the latent still noisy, for a next sampler; disable "
+                "takes the last step down to sigma 0 (a clean latent).",
+            ),
         ],
-        outputs=[Output("LATENT")],
+        outputs=[Output("LATENT", tooltip="The latent after the chosen steps.")],
     )
 
     def run(
