@@ -308,6 +308,13 @@ def test_a_result_from_the_cache_says_so_with_french_numbers_and_no_broken_image
     hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
     assert hrefs and all(h.startswith(page.url.split("/lab/")[0] + "/") for h in hrefs)  # nothing points outside
     shot(page, "9-from-cache")
+    page.click("#tab-exercises")
+    page.fill("#ex-steps-list", "2")
+    for expected in ("false", "true"):  # the same exercise twice: the second answer comes from the cache
+        page.click("#ex-steps .run")
+        page.wait_for_selector(f"#ex-steps figure[data-from-cache={expected}]", timeout=RUN_TIMEOUT)
+    assert page.inner_text("#ex-steps .cache-note") == "depuis le cache"
+    assert page.locator("#ex-steps figcaption").all_inner_texts() == ["2 étapes"]
 
 
 def test_a_batch_is_shown_as_a_grid(page):

@@ -157,10 +157,16 @@ function onBinary(buffer) {
 async function finish(promptId) {
   const run = running.get(promptId);
   if (!run) return;
-  // The history is the record: it holds every output even if a socket message was lost.
+  // The history is the record: it holds every output and message even if the socket's were lost, as they are
+  // when a prompt answered from the cache ends before this page has heard its id back from POST /api/prompt.
   try {
     const found = await getJSON(`/api/history/${promptId}`);
-    if (found[promptId]) Object.assign(run.outputs, found[promptId].outputs);
+    const entry = found[promptId];
+    if (entry) {
+      Object.assign(run.outputs, entry.outputs);
+      const cached = (entry.status?.messages || []).find(([kind]) => kind === "execution_cached");
+      if (cached) run.cached = cached[1].nodes || [];
+    }
   } catch { /* keep what the socket delivered */ }
   run.done({ promptId, outputs: run.outputs, cached: run.cached || [], stopRequested: Boolean(run.stopRequested) });
 }

@@ -70,10 +70,7 @@ function fillSlot(fig, ref, fromCache = false) {
   fig.classList.remove("pending");
   fig.querySelector(".slot").replaceWith(el("img", { src: viewUrl(ref), alt: fig.dataset.label }));
   fig.dataset.fromCache = String(fromCache);
-  if (fromCache) {
-    const caption = fig.querySelector("figcaption") || fig.appendChild(el("figcaption"));
-    caption.append(el("span.cache-note", {}, ` · ${t("ex.from_cache")}`));
-  }
+  if (fromCache) fig.append(el("small.cache-note", {}, t("ex.from_cache")));  // beside the caption, which names the run
 }
 
 async function generateInto(fig, params, label) {
