@@ -38,7 +38,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     p.add_argument("--denoise", type=float, help="how much of the init image to redo, 0..1 (img2img default 0.6)")
     p.add_argument("--mask", type=Path, help="inpainting mask: white = repaint, black = keep (needs --init-image)")
-    p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNGs (never overwritten)")
+    p.add_argument("-o", "--out", type=Path, default=Path("outputs"),
+                   help="a folder for numbered PNGs (never overwritten), or the PNG file itself when it ends in .png "
+                        "(a batch adds _2, _3, ...)")
     p.add_argument("--prefix", default="atelier", help="file name prefix")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU, half on GPU)")
@@ -52,9 +54,34 @@ def _add_no_fast(p: argparse.ArgumentParser) -> None:
                         "same result to rounding, compiled on first use)")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _out_file(out: Path) -> Path | None:
+    """--out as the file to write: a path with an image extension that is not an existing folder; None: a folder."""
+    if out.suffix.lower() not in IMAGE_SUFFIXES or out.is_dir():
+        return None
+    if out.suffix.lower() != ".png":
+        raise InputError(
+            f"--out {out} names a {out.suffix} file, but generate writes PNG (its graph goes in the PNG's text); "
+            f"expected a name ending in .png, such as {out.with_suffix('.png')}."
+        )
+    return out
+
+
+def _out_path(out: Path, out_file: Path | None, prefix: str, index: int) -> Path:
+    """Where image `index` of the batch goes: the named file (then name_2.png, ...), or the folder's next number."""
+    from atelier.images import next_free_path
+
+    if out_file is None:
+        return next_free_path(out, prefix)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    return out_file if index == 0 else out_file.with_name(f"{out_file.stem}_{index + 1}{out_file.suffix}")
+
+
 def _generate(args: argparse.Namespace) -> int:
     from atelier.generation import GenerationParams, a1111_parameters, api_graph, run
-    from atelier.images import load_image, next_free_path, save_png
+    from atelier.images import load_image, save_png
     from atelier.models.checkpoint import load_checkpoint
     from atelier.models.library import native_size, resolve_model
 
@@ -67,6 +94,7 @@ def _generate(args: argparse.Namespace) -> int:
         batch=args.batch, denoise=denoise, clip_skip=args.clip_skip,
     )
     params.check()  # every flag is checked before the model loads
+    out_file = _out_file(args.out)
     init = load_image(args.init_image, "init image") if args.init_image else None
     mask = load_image(args.mask, "mask") if args.mask else None
     lora_files = [_lora_argument(value) for value in args.lora]
@@ -110,7 +138,7 @@ def _generate(args: argparse.Namespace) -> int:
         "parameters": a1111_parameters(result.params, loras=named),
     }
     for i, image in enumerate(result.images):
-        path = save_png(image, next_free_path(args.out, args.prefix), text)
+        path = save_png(image, _out_path(args.out, out_file, args.prefix, i), text)
         print(path)
         if i == 0:
             extra = " (CFG 1: the unconditional pass was skipped)" if result.skipped_uncond else ""

@@ -7,7 +7,16 @@ exception is a bug in Atelier.
 
 
 class AtelierError(Exception):
-    """A user-facing error: `str(error)` is one clear sentence."""
+    """A user-facing error: `str(error)` is one clear sentence, in English.
+
+    `key` and `params` name the same sentence for a page that speaks the learner's language: the lab sends them
+    with the English (server/lab.py) and shows its own `server.<key>` string of i18n/<lang>.json, {param} filled.
+    """
+
+    def __init__(self, message: str, key: str | None = None, **params: object) -> None:
+        super().__init__(message)
+        self.key = key
+        self.params = params
 
 
 class CheckpointError(AtelierError):

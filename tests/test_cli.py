@@ -45,6 +45,27 @@ def test_generate_writes_png_with_comfyui_and_a1111_metadata(tmp_path, capsys):
 
 
 @needs_model
+def test_out_ending_in_png_is_the_file_written(tmp_path, capsys):
+    """`--out x.png` (or `-o`) writes the file x.png, not a folder of that name; a batch adds _2, _3."""
+    target = tmp_path / "pictures" / "x.png"
+    assert main(["generate", "un soleil jaune", "--seed", "1", "--steps", "1", "--width", "32", "--height", "32",
+                 "-o", str(target)]) == 0
+    assert target.is_file() and Image.open(target).size == (32, 32)
+    assert capsys.readouterr().out.split() == [str(target)]
+    batch = tmp_path / "batch.PNG"
+    assert main(["generate", "x", "--steps", "1", "--width", "32", "--height", "32", "--batch", "2",
+                 "--out", str(batch)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["batch.PNG", "batch_2.PNG"]
+
+
+def test_out_naming_another_image_format_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(["generate", "x", "--steps", "1", "-o", str(tmp_path / "x.jpg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("atelier: --out ") and "expected a name ending in .png" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_model
 def test_run_reproduces_a_generated_png_through_the_node_graph(tmp_path):
     """One engine: the graph embedded in the PNG, run by the node executor, gives the same pixels."""
     out = tmp_path / "out"

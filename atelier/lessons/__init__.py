@@ -9,5 +9,6 @@ outputs for the editor. Nothing here knows of HTTP or of nodes.
     channels.py    a latent's channels as greys, and their statistics
     concepts.py    where words and images sit in the shared text-image space (a 2-D map)
     round_trip.py  what the VAE keeps of an image: encode, decode, measure
+    vocabulary.py  what the embedded model can draw, and the prompt words it never read in training
     embedded.py    the embedded model's pieces the lessons need (text encoder, tokenizer, VAE, image encoder)
 """

@@ -74,10 +74,15 @@ def word_positions(tokenizer: CLIPTokenizer, text: str, word: str) -> list[int]:
     ids = [t.id for window in prompt.windows for t in window]
     target = tokenizer.encode(word)
     if not target:
-        raise InputError("The word input is empty; expected a word of the prompt, such as 'red'.")
+        raise InputError("The word input is empty; expected a word of the prompt, such as 'red'.", "word_empty")
     n = len(target)
     positions = [p + i for p in range(len(ids) - n + 1) if ids[p : p + n] == target for i in range(n)]
     if not positions:
         words = ", ".join(tokenizer.decode([t.id for t in prompt.tokens]).split())
-        raise InputError(f"The word {word!r} is not in the prompt; expected one of its words: {words}.")
+        raise InputError(
+            f"The word {word!r} is not in the prompt; expected one of its words: {words}.",
+            "word_not_in_prompt",
+            word=word,
+            words=words,
+        )
     return positions

@@ -8,12 +8,14 @@ visits, where words (and images) sit in the text encoder's space, what the VAE k
 images are the same pixel for pixel.
 
     GET  /lab/                          the page (atelier/web/lab/: index.html, lab.css, *.js, i18n/*.json)
-    GET  /atelier/lab/options           models, LoRAs, embeddings, samplers, schedulers, the teaching defaults and
-                                        the form's limits
+    GET  /atelier/lab/options           models and their native sizes, LoRAs, embeddings, samplers, schedulers, the
+                                        teaching defaults and the form's limits
     POST /atelier/lab/graph             {params, view?, init_image?, words?} -> {prompt (API), roles, workflow}
     POST /atelier/lab/workflow          {prompt} -> {workflow}: any API prompt, laid out for the node editor
     GET  /atelier/lab/tokens?text=      the prompt's tokens, ids and 77-token windows
     GET  /atelier/lab/schedules?steps=&scheduler=&denoise=   sigma per step for every scheduler
+    GET  /atelier/lab/vocabulary?lang=&model=   what the embedded model can draw, and every word it read in training
+    GET  /atelier/lab/compose?lang=&kind=&colour=[&size=&cell=&background=]   a prompt in its training captions' grammar
     POST /atelier/lab/concepts          {words, images?} -> 2-D map (PCA) of text and image embeddings
     POST /atelier/lab/vae-roundtrip     {image: file ref} -> reconstruction, 4 latent channels, compression figures
     POST /atelier/lab/compare           {a, b: file refs} -> pixel difference of two images
@@ -39,7 +41,7 @@ from PIL import Image, ImageOps
 from atelier.errors import AtelierError, InputError
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.validation import shape_problem
-from atelier.lessons.tokens import PromptTokens, read_tokens
+from atelier.lessons.tokens import PromptTokens, read_tokens, word_positions
 from atelier.server.classroom import may_read, who
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
@@ -96,8 +98,10 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _bad(message: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _bad(message: str, status: int = 400, key: str | None = None, params: dict | None = None) -> web.Response:
+    """{"error": the English sentence} and, for the page to say it in the learner's language, its key and params."""
+    body = {"error": message} if key is None else {"error": message, "message_key": key, "params": params or {}}
+    return web.json_response(body, status=status)
 
 
 async def _body(request: web.Request) -> dict:
@@ -139,7 +143,7 @@ def _handler(fn: Callable) -> Callable:
         except UnsafePathError as ex:
             return _bad(str(ex), ex.status)
         except AtelierError as ex:
-            return _bad(str(ex))
+            return _bad(str(ex), key=ex.key, params=ex.params)
 
     return wrapped
 
@@ -213,14 +217,30 @@ def _embedding_folder(request: web.Request) -> Any:
     return EmbeddingFolder(folders, None) if folders is not None else None
 
 
+def native_sizes(request: web.Request, models: list[str]) -> dict[str, int]:
+    """The image side each model was trained at (models/library.py native_size: our metadata, else SD1.x's 512).
+    Above it the UNet meets a latent larger than any it learned from, and repeats what it knows across it."""
+    from atelier.models.library import native_size, resolve_model
+
+    sizes = {}
+    for name in models:
+        try:
+            sizes[name] = native_size(resolve_model(name, state(request).data.root))
+        except AtelierError:  # a name the loader will refuse with its own sentence
+            sizes[name] = 512
+    return sizes
+
+
 @_handler
 async def options(request: web.Request) -> web.Response:
     from atelier.sampling.samplers import SAMPLERS
     from atelier.sampling.schedules import SCHEDULERS
 
+    models = _choices(request, "CheckpointLoaderSimple", "ckpt_name", [EMBEDDED])
     return web.json_response(
         {
-            "models": _choices(request, "CheckpointLoaderSimple", "ckpt_name", [EMBEDDED]),
+            "models": models,
+            "native_sizes": native_sizes(request, models),
             "loras": _choices(request, "LoraLoader", "lora_name", []),
             "embeddings": _embedding_names(request),
             "samplers": list(SAMPLERS),
@@ -278,7 +298,12 @@ async def graph(request: web.Request) -> web.Response:
     prefix = body.get("filename_prefix") or "lab"
     if not isinstance(prefix, str):
         raise InputError("filename_prefix must be text, e.g. 'lab'.")
-    lab_graph = view_graph(params, str(body.get("view") or "generate"), init_image, words, prefix)
+    view = str(body.get("view") or "generate")
+    if view == "attention" and isinstance(words, list):  # the node would refuse them only once queued, in English
+        tokenizer = await _in_thread(state(request).lab.tokenizer)
+        for word in words:
+            word_positions(tokenizer, params.prompt, str(word))
+    lab_graph = view_graph(params, view, init_image, words, prefix)
     return web.json_response(
         {"prompt": lab_graph.prompt, "roles": lab_graph.roles, "workflow": ui_workflow(request, lab_graph.prompt)}
     )
@@ -320,11 +345,51 @@ def token_report(prompt: PromptTokens) -> dict:
 async def tokens(request: web.Request) -> web.Response:
     text = request.query.get("text", "")
     if len(text) > MAX_TEXT:
-        raise InputError(f"text is {len(text)} characters long; the token view reads at most {MAX_TEXT}.")
+        raise InputError(
+            f"text is {len(text)} characters long; the token view reads at most {MAX_TEXT}.",
+            "text_too_long",
+            length=len(text),
+            max=MAX_TEXT,
+        )
     lab = state(request).lab
     embeddings = _embedding_folder(request)
     prompt = await _in_thread(lambda: read_tokens(lab.tokenizer(), text, embeddings))
     return web.json_response(token_report(prompt))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Vocabulary: what the embedded model knows (lessons/vocabulary.py)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@_handler
+async def vocabulary(request: web.Request) -> web.Response:
+    """The embedded model's world in the interface language; for any other model, only {"known": false}: what a
+    user's own checkpoint learned is not ours to say."""
+    from atelier.lessons.vocabulary import CATEGORIES, known_words, world_choices
+
+    if request.query.get("model", EMBEDDED) != EMBEDDED:
+        return web.json_response({"known": False})
+    choices = world_choices(request.query.get("lang", "en"))
+    return web.json_response(
+        {
+            "known": True,
+            "categories": list(CATEGORIES),
+            "choices": {category: [dataclasses.asdict(c) for c in choices[category]] for category in CATEGORIES},
+            "words": sorted(known_words()),
+        }
+    )
+
+
+@_handler
+async def compose(request: web.Request) -> web.Response:
+    from atelier.lessons.vocabulary import compose_prompt
+
+    q = request.query
+    names = {key: q.get(key) or None for key in ("kind", "colour", "size", "cell", "background")}
+    if not names["kind"] or not names["colour"]:
+        raise InputError("compose needs an object (kind) and a colour: every training caption names both.")
+    return web.json_response({"prompt": compose_prompt(q.get("lang", "en"), **names)})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -392,9 +457,16 @@ async def concepts(request: web.Request) -> web.Response:
         raise InputError("images must be a list of file references {filename, subfolder, type}.")
     words = [w.strip() for w in words if w.strip()]
     if len(words) > MAX_WORDS or len(refs) > MAX_IMAGES:
-        raise InputError(f"The concept map takes at most {MAX_WORDS} words and {MAX_IMAGES} images at once.")
+        raise InputError(
+            f"The concept map takes at most {MAX_WORDS} words and {MAX_IMAGES} images at once.",
+            "concepts_too_many",
+            words=MAX_WORDS,
+            images=MAX_IMAGES,
+        )
     if len(words) + len(refs) < 3:
-        raise InputError("Give at least 3 words or images in all: a map of fewer points shows nothing.")
+        raise InputError(
+            "Give at least 3 words or images in all: a map of fewer points shows nothing.", "concepts_too_few"
+        )
     images = [_open_ref(request, ref, "image") for ref in refs]
     labels = [str(ref.get("label") or ref["filename"]) for ref in refs]
     lab = state(request).lab
@@ -495,6 +567,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{API}/workflow", workflow)
     app.router.add_get(f"{API}/tokens", tokens)
     app.router.add_get(f"{API}/schedules", schedules)
+    app.router.add_get(f"{API}/vocabulary", vocabulary)
+    app.router.add_get(f"{API}/compose", compose)
     app.router.add_post(f"{API}/concepts", concepts)
     app.router.add_post(f"{API}/vae-roundtrip", vae_roundtrip_route)
     app.router.add_post(f"{API}/compare", compare)

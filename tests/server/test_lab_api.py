@@ -63,6 +63,7 @@ async def test_options_list_the_loras_and_embeddings_of_the_models_folder(tmp_pa
 async def test_options_give_the_teaching_defaults(tmp_path):
     async with lab_server(tmp_path) as client:
         body = await (await client.get(f"{LAB}/options")).json()
+    assert body["native_sizes"] == {"embedded.safetensors": 128}  # the embedded model's own metadata
     assert body["defaults"] | {"prompt": None} == {
         "model": "embedded.safetensors",
         "prompt": None,
@@ -314,3 +315,40 @@ def test_both_languages_have_every_key_the_page_uses():
     assert used - set(en) == set(), sorted(used - set(en))
     same = {"ex.steps.title", "in.convergence.euler_ancestral", "in.attention.image"}  # the same in both languages
     assert not [k for k in en if en[k] == fr[k] and len(en[k]) > 12 and "{" not in en[k] and k not in same]
+
+
+@async_test
+async def test_vocabulary_is_the_embedded_models_world_only(tmp_path):
+    async with lab_server(tmp_path) as client:
+        fr = await (await client.get(f"{LAB}/vocabulary", params={"lang": "fr"})).json()
+        own = await (await client.get(f"{LAB}/vocabulary", params={"model": "mine.safetensors"})).json()
+        composed = await (
+            await client.get(f"{LAB}/compose", params={"lang": "fr", "kind": "sun", "colour": "yellow"})
+        ).json()
+        missing = await error_of(await client.get(f"{LAB}/compose", params={"kind": "sun"}))
+    assert fr["known"] and fr["categories"] == ["objects", "colours", "sizes", "places", "backgrounds"]
+    assert fr["choices"]["colours"][0] == {"name": "red", "label": "rouge", "forms": ["rouge"]}
+    assert {"rouge", "red", "herbe", "l"} <= set(fr["words"]) and "chat" not in fr["words"]
+    assert own == {"known": False}
+    assert composed == {"prompt": "un soleil jaune"}
+    assert missing.startswith("compose needs an object (kind) and a colour")
+
+
+@async_test
+async def test_errors_carry_a_message_key_for_the_page_to_translate(tmp_path):
+    """The English sentence stays for the node editor and scripts; the key and params let the lab say it in French."""
+    async with lab_server(tmp_path) as client:
+        long = await client.get(f"{LAB}/tokens", params={"text": "x" * 2001})
+        params = {**lab.TEACHING_DEFAULTS, "prompt": "un cercle rouge"}
+        word = await client.post(f"{LAB}/graph", json={"params": params, "view": "attention", "words": ["chat"]})
+        long_body, word_body = await long.json(), await word.json()
+    assert long_body == {
+        "error": "text is 2001 characters long; the token view reads at most 2000.",
+        "message_key": "text_too_long",
+        "params": {"length": 2001, "max": 2000},
+    }
+    assert word.status == 400 and word_body["message_key"] == "word_not_in_prompt"
+    assert word_body["params"] == {"word": "chat", "words": "un, cercle, rouge"}
+    assert word_body["error"].startswith("The word 'chat' is not in the prompt")
+    strings = json.loads((lab.LAB_ROOT / "i18n" / "fr.json").read_text(encoding="utf-8"))
+    assert {f"server.{body['message_key']}" for body in (long_body, word_body)} <= set(strings)

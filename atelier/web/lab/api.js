@@ -5,7 +5,14 @@
 //   GET /api/view?...       the image files named in node outputs
 // plus the lab's own routes under /atelier/lab/ (atelier/server/lab.py).
 
-export class ServerError extends Error {}
+/** A sentence from the server (English), with the key and params of its translation when it sent them. */
+export class ServerError extends Error {
+  constructor(message, key = null, params = {}) {
+    super(message);
+    this.key = key;
+    this.params = params;
+  }
+}
 export class Interrupted extends Error {}
 
 const clientId = (sessionStorage.getItem("atelier.lab.client") || crypto.randomUUID());
@@ -17,15 +24,15 @@ async function readError(resp) {
   const text = await resp.text();
   try {
     const body = JSON.parse(text);
-    if (body.error && typeof body.error === "string") return body.error;
+    if (body.error && typeof body.error === "string") return new ServerError(body.error, body.message_key, body.params);
     if (body.error && body.error.message) {
       // A rejected prompt: the general message plus the first node's first problem.
       const nodes = Object.values(body.node_errors || {});
       const detail = nodes.length ? nodes[0].errors?.[0] : null;
-      return detail ? `${body.error.message}: ${detail.message} (${detail.details || ""})` : body.error.message;
+      return new ServerError(detail ? `${body.error.message}: ${detail.message} (${detail.details || ""})` : body.error.message);
     }
   } catch { /* not JSON: plain-text sentence */ }
-  return text || `${resp.status} ${resp.statusText}`;
+  return new ServerError(text || `${resp.status} ${resp.statusText}`);
 }
 
 export async function getJSON(url) {
@@ -35,7 +42,7 @@ export async function getJSON(url) {
   } catch {
     throw new ServerError("offline");
   }
-  if (!resp.ok) throw new ServerError(await readError(resp));
+  if (!resp.ok) throw await readError(resp);
   return resp.json();
 }
 
@@ -46,7 +53,7 @@ export async function postJSON(url, body) {
   } catch {
     throw new ServerError("offline");
   }
-  if (!resp.ok) throw new ServerError(await readError(resp));
+  if (!resp.ok) throw await readError(resp);
   const text = await resp.text();
   return text ? JSON.parse(text) : {};
 }
@@ -58,7 +65,7 @@ export async function uploadImage(file) {
   form.append("type", "input");
   form.append("overwrite", "true");
   const resp = await fetch("/api/upload/image", { method: "POST", body: form });
-  if (!resp.ok) throw new ServerError(await readError(resp));
+  if (!resp.ok) throw await readError(resp);
   const ref = await resp.json();  // {name, subfolder, type}
   return { filename: ref.name, subfolder: ref.subfolder || "", type: ref.type || "input" };
 }
@@ -150,12 +157,18 @@ function onBinary(buffer) {
 async function finish(promptId) {
   const run = running.get(promptId);
   if (!run) return;
-  // The history is the record: it holds every output even if a socket message was lost.
+  // The history is the record: it holds every output and message even if the socket's were lost, as they are
+  // when a prompt answered from the cache ends before this page has heard its id back from POST /api/prompt.
   try {
     const found = await getJSON(`/api/history/${promptId}`);
-    if (found[promptId]) Object.assign(run.outputs, found[promptId].outputs);
+    const entry = found[promptId];
+    if (entry) {
+      Object.assign(run.outputs, entry.outputs);
+      const cached = (entry.status?.messages || []).find(([kind]) => kind === "execution_cached");
+      if (cached) run.cached = cached[1].nodes || [];
+    }
   } catch { /* keep what the socket delivered */ }
-  run.done({ promptId, outputs: run.outputs, cached: run.cached || [] });
+  run.done({ promptId, outputs: run.outputs, cached: run.cached || [], stopRequested: Boolean(run.stopRequested) });
 }
 
 /**
@@ -193,13 +206,32 @@ export async function runPrompt(prompt, extraData = {}, handlers = {}) {
   });
 }
 
-/** Stop our prompts: drop the pending ones from the queue, interrupt the running one (only if it is ours). */
+/**
+ * Stop our prompts, and say so only once the server has: a pending prompt is taken off the queue (then GET
+ * /api/queue no longer lists it, nor the history), the running one is asked to stop and ends when the server
+ * reports execution_interrupted (on the socket, or in the history the poll reads). Meanwhile each run hears
+ * onStopping(), and a run that finishes before the stop lands resolves as usual, with stopRequested set.
+ */
 export async function interrupt() {
   const runs = [...running.values()];
-  await postJSON("/api/queue", { delete: runs.map((r) => r.promptId) }).catch(() => {});
   for (const run of runs) {
-    await postJSON("/api/interrupt", { prompt_id: run.promptId }).catch(() => {});
-    run.fail(new Interrupted("interrupted"));
+    run.stopRequested = true;
+    run.onStopping?.();
+  }
+  await postJSON("/api/queue", { delete: runs.map((r) => r.promptId) }).catch(() => {});
+  let queue = null;
+  try {
+    queue = await getJSON("/api/queue");
+  } catch { /* not known: ask every run to stop */ }
+  const ids = (items) => new Set((items || []).map((item) => item[1]));  // queue tuples [number, prompt_id, ...]
+  const pending = ids(queue?.queue_pending), current = ids(queue?.queue_running);
+  for (const run of runs) {
+    if (!queue || current.has(run.promptId)) {
+      await postJSON("/api/interrupt", { prompt_id: run.promptId }).catch(() => {});
+    } else if (!pending.has(run.promptId)) {
+      const found = await getJSON(`/api/history/${run.promptId}`).catch(() => ({}));
+      if (!found[run.promptId]) run.fail(new Interrupted("dequeued"));  // removed before it started
+    }
   }
 }
 

@@ -3,9 +3,10 @@
 
 import { forgetCache, postJSON, viewUrl } from "./api.js";
 import * as form from "./form.js";
-import { t } from "./i18n.js";
+import { formatNumber, t } from "./i18n.js";
 import { runView } from "./runner.js";
 import { busy, el, hideMessage, images } from "./ui.js";
+import { colourSwap, wordsOf } from "./world.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -33,9 +34,19 @@ function wholeNumber(text) {
   return value;
 }
 
-function list(id, parse) {
+/**
+ * The values typed in the field `id`, each read by `parse` and, when `field` is a numeric parameter, checked
+ * against what its node input takes (form.state.limits): a step count of 0 is refused here, in the page's words.
+ */
+function list(id, parse, field = null) {
   const values = $(id).value.split(",").map((s) => s.trim()).filter(Boolean).map(parse);
   if (!values.length) throw new Error(t("err.list_empty"));
+  const limit = form.state.limits[field];
+  if (limit) {
+    const bad = values.find((v) => v < limit.min || v > limit.max);
+    const key = limit.type === "INT" ? "err.integer" : "err.number";
+    if (bad !== undefined) throw new Error(t(key, { field: t(`form.${field}`), lo: limit.min, hi: limit.max }));
+  }
   return values;
 }
 
@@ -55,15 +66,17 @@ function slots(out, labels) {
   return figures;
 }
 
-function fillSlot(fig, ref) {
+function fillSlot(fig, ref, fromCache = false) {
   fig.classList.remove("pending");
   fig.querySelector(".slot").replaceWith(el("img", { src: viewUrl(ref), alt: fig.dataset.label }));
+  fig.dataset.fromCache = String(fromCache);
+  if (fromCache) fig.append(el("small.cache-note", {}, t("ex.from_cache")));  // beside the caption, which names the run
 }
 
 async function generateInto(fig, params, label) {
   const result = await runView(params, { label, init: form.initImage(), prefix: "lab/exercise" });
   const [first] = images(result, "image");
-  fillSlot(fig, first);
+  fillSlot(fig, first, result.fromCache);
   return { ...result, ref: first };
 }
 
@@ -74,7 +87,7 @@ function compare(a, b) {
 function verdict(diff) {
   const key = diff.identical ? "ex.identical" : "ex.different";
   return el("p.verdict", { dataset: { identical: String(diff.identical), maxDiff: String(diff.max_abs) } },
-    t(key, { max: diff.max_abs, mean: diff.mean_abs.toFixed(2), n: diff.differing_pixels, total: diff.pixels }));
+    t(key, { max: diff.max_abs, mean: formatNumber(diff.mean_abs, 2), n: formatNumber(diff.differing_pixels), total: formatNumber(diff.pixels) }));
 }
 
 // ---- 1. Stability: the same seed twice, every node really recomputed ----
@@ -106,11 +119,25 @@ async function variability(out) {
   out.append(verdict(await compare(a, b)), el("p.help", {}, t("ex.variability.after", { seed: p.seed })));
 }
 
+/**
+ * The replace fields follow the prompt and the language until the learner types in them: the prompt's first
+ * colour swapped for another ("rouge" -> "bleu", "verte" -> "bleue"), else its first word and the language's "blue".
+ */
+const variabilityDefaults = { edited: false };
+
+export function suggestReplacement() {
+  if (variabilityDefaults.edited) return;
+  const prompt = $("f-prompt").value;
+  const swap = colourSwap(prompt) || { from: wordsOf(prompt).find((w) => w.length > 3) || "", to: t("ex.variability.to_default") };
+  $("ex-var-from").value = swap.from;
+  $("ex-var-to").value = swap.to;
+}
+
 // ---- 3 and 4: one parameter over a list of values ----
 
 async function sweep(out, listId, field, parse, labelKey) {
   const p = baseParams();
-  const values = list(listId, parse);
+  const values = list(listId, parse, field);
   const labels = values.map((value) => t(labelKey, { value }));
   const figs = slots(out, labels);
   for (let i = 0; i < values.length; i++) {
@@ -122,7 +149,7 @@ async function sweep(out, listId, field, parse, labelKey) {
 // ---- XY grid ----
 
 function axisValues(axis, id) {
-  return list(id, AXES[axis].parse);
+  return list(id, AXES[axis].parse, axis);
 }
 
 function applyAxis(params, axis, values, index) {
@@ -147,7 +174,7 @@ async function xyGrid(out) {
     figs.push([fig, j]);
     return el("td", {}, fig);
   })));
-  out.replaceChildren(el("table.xy", {}, el("thead", {}, head), el("tbody", {}, rows)));
+  out.replaceChildren(el("table.xy", { style: `--columns: ${xs.length}` }, el("thead", {}, head), el("tbody", {}, rows)));
   for (let j = 0; j < ys.length; j++) {
     for (let i = 0; i < xs.length; i++) {
       const label = `${t(`axis.${xAxis}`)} ${xs[i]} · ${t(`axis.${yAxis}`)} ${ys[j]}`;
@@ -174,6 +201,11 @@ export function setup(options) {
       busy(button, () => run(card.querySelector(".out")));
     });
   }
+  for (const id of ["ex-var-from", "ex-var-to"]) {
+    $(id).addEventListener("input", () => { variabilityDefaults.edited = true; });
+  }
+  $("f-prompt").addEventListener("input", suggestReplacement);
+  suggestReplacement();
   for (const [select, chosen] of [["xy-x", "cfg"], ["xy-y", "seed"]]) {
     $(select).replaceChildren(...Object.keys(AXES).map((axis) => {
       const option = new Option(axis, axis);

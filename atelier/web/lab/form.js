@@ -2,7 +2,7 @@
 // the seed's controls and the img2img upload. What the panel shows is exactly what the graph gets.
 
 import { inputName, uploadImage, viewUrl } from "./api.js";
-import { t } from "./i18n.js";
+import { formatNumber, t } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
 const FIELDS = ["model", "prompt", "negative", "seed", "steps", "cfg", "sampler", "scheduler", "width", "height",
@@ -13,7 +13,12 @@ export const state = {
   limits: null,  // numeric field -> {type, min, max, step}: the schema of the node input it sets (lab.py form_limits)
   lastSeed: null,  // the seed the last run actually used
   init: null,  // the uploaded img2img image {filename, subfolder, type}, or null
+  nativeSizes: {},  // model -> the image side it was trained at (lab.py native_sizes)
+  secondsPerPixelStep: null,  // measured on the last generation here: its time / (steps x pixels x batch)
 };
+
+const SLOW_FACTOR = 4;  // more pixels than 4x the native size's: warn before running
+const SLOW_SECONDS = 30;  // or, once a run has been timed here, an estimate above this
 
 function fill(select, values) {
   select.replaceChildren(...values.map((v) => new Option(v, v)));
@@ -26,7 +31,10 @@ export function setup(options, onChange) {
   fill($("f-sampler"), options.samplers);
   fill($("f-scheduler"), options.schedulers);
   setLimits(options.limits);
+  state.nativeSizes = options.native_sizes || {};
   write(state.defaults);
+  for (const id of ["f-model", "f-width", "f-height", "f-batch", "f-steps"]) $(id).addEventListener("input", showSize);
+  $("f-model").addEventListener("change", showSize);
   $("f-denoise").addEventListener("input", showDenoise);
   $("seed-random").addEventListener("click", () => setSeed(-1));
   $("seed-last").addEventListener("click", () => state.lastSeed !== null && setSeed(state.lastSeed));
@@ -69,7 +77,7 @@ function lockSeed() {
 
 function showDenoise() {
   const value = Number($("f-denoise").value);
-  $("denoise-out").textContent = value.toFixed(2);
+  $("denoise-out").textContent = formatNumber(value, 2);
   $("f-denoise").disabled = !state.init;
   $("f-denoise").title = state.init ? "" : t("form.denoise_needs_image");
 }
@@ -122,6 +130,36 @@ export function read() {
   return p;
 }
 
+/**
+ * Under the size fields: the model's native size, what happens above it (the UNet never saw a larger latent and
+ * repeats its objects over it), and a warning before a size that will take long here: at least the ratio of
+ * pixels (attention grows faster than that), in seconds once a run here has been timed.
+ */
+export function showSize() {
+  const native = state.nativeSizes[$("f-model").value];
+  const w = Number($("f-width").value), h = Number($("f-height").value);
+  const batch = Number($("f-batch").value) || 1, steps = Number($("f-steps").value) || 1;
+  $("size-native").hidden = !native;
+  if (!native) return;
+  const above = w > native || h > native;
+  $("size-native").textContent = `${t("size.native", { n: native })}${above ? ` ${t("size.above")}` : ""}`;
+  $("size-native").dataset.above = String(above);
+  const factor = (w * h) / (native * native);
+  const seconds = state.secondsPerPixelStep ? state.secondsPerPixelStep * w * h * batch * steps : null;
+  const slow = seconds === null ? factor >= SLOW_FACTOR : seconds > SLOW_SECONDS;
+  $("size-warning").hidden = !slow || !Number.isFinite(factor);
+  $("size-warning").textContent = slow ? [
+    t("size.slow", { factor: formatNumber(factor, 0), n: native }),
+    seconds === null ? "" : t("size.eta", { seconds: formatNumber(seconds, 0) }),
+  ].join(" ").trim() : "";
+}
+
+/** Time one finished generation (not from the cache) for the estimates of showSize. */
+export function timed(params, seconds) {
+  state.secondsPerPixelStep = seconds / (params.steps * params.width * params.height * params.batch);
+  showSize();
+}
+
 /** The init image's name for LoadImage, or null for txt2img. */
 export function initImage() {
   return state.init ? inputName(state.init) : null;
@@ -139,6 +177,8 @@ export function write(params) {
     input.value = params[name];
   }
   showDenoise();
+  showSize();
+  $("f-prompt").dispatchEvent(new Event("input"));  // what reads the prompt live (unknown words, tokens) follows
 }
 
 /** Restore an img2img image by its input name (from the history). */

@@ -26,6 +26,11 @@ export function language() {
   return lang;
 }
 
+/** Whether the current language has a string for `key`. */
+export function has(key) {
+  return key in strings;
+}
+
 /** The string for `key` with {name} placeholders filled from `vars`; the key itself when missing. */
 export function t(key, vars = {}) {
   const text = strings[key] ?? key;
@@ -37,4 +42,14 @@ export function apply(root) {
   for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
   for (const el of root.querySelectorAll("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle);
   for (const el of root.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+}
+
+/**
+ * A number as the interface language writes it (7,5 in French, 7.5 in English), with `digits` decimals when given
+ * and its sign always shown when `signed`.
+ */
+export function formatNumber(value, digits = null, signed = false) {
+  const options = digits === null ? {} : { minimumFractionDigits: digits, maximumFractionDigits: digits };
+  if (signed) options.signDisplay = "always";
+  return new Intl.NumberFormat(lang === "fr" ? "fr-FR" : "en-US", options).format(value);
 }

@@ -3,7 +3,7 @@
 
 import { getJSON, historyEntry, postJSON, uploadImage, viewUrl } from "./api.js";
 import * as form from "./form.js";
-import { t } from "./i18n.js";
+import { formatNumber, t } from "./i18n.js";
 import { lineChart, scatter } from "./plot.js";
 import { runView } from "./runner.js";
 import { busy, el, errorText, figure, hideMessage, images, output, showMessage } from "./ui.js";
@@ -51,7 +51,7 @@ async function filmstrip(out) {
   const row = (frames, key) => el("div.filmrow", {},
     el("h4", {}, t(key)),
     el("div.strip.film", { dataset: { frames: frames.length } }, frames.map((ref, i) =>
-      figure(ref, t("in.filmstrip.frame", { n: i + 1, sigma: sigmas[i]?.toFixed(3) ?? "?" })))));
+      figure(ref, t("in.filmstrip.frame", { n: i + 1, sigma: sigmas[i] === undefined ? "?" : formatNumber(sigmas[i], 3) })))));
   out.replaceChildren(
     row(noisy, "in.filmstrip.noisy"), row(predicted, "in.filmstrip.predicted"),
     el("div.anims", {},
@@ -141,7 +141,7 @@ async function convergence(out) {
   out.append(lineChart(runs.map((r, k) => ({ name: t(`in.convergence.${r.name}`), values: curves[k], color: colours[k] })),
     { height: 240, xLabel: t("in.step"), yLabel: t("in.convergence.change"), title: t("in.convergence.change") }),
   el("p.help", {}, t("in.convergence.after", {
-    count, euler: tail(curves[0]).toFixed(2), ancestral: tail(curves[1]).toFixed(2), seed: params.seed,
+    count, euler: formatNumber(tail(curves[0]), 2), ancestral: formatNumber(tail(curves[1]), 2), seed: params.seed,
   })));
 }
 
@@ -153,16 +153,37 @@ async function latent(out) {
   const result = await runView(params, { view: "latent", init: form.initImage(), label: t("in.latent.title") });
   const [image] = images(result, "image");
   const channels = images(result, "channels");
-  const stats = output(result, "channel_stats").text?.[0] || "";
+  const stats = statsText(output(result, "channel_stats").text?.[0] || "");
   out.replaceChildren(
     el("div.strip", {}, figure(image, t("in.latent.image", { w: params.width, h: params.height })),
       channels.map((ref, i) => figure(ref, t("in.latent.channel", { n: i, w: params.width / 8, h: params.height / 8 }),
         { class: "fig channel" }))),
     el("pre.stats", {}, stats),
-    el("p.help", {}, t("in.latent.after", { n: (params.width * params.height * 3) / ((params.width / 8) * (params.height / 8) * 4) })));
+    el("p.help", {}, t("in.latent.after", { n: formatNumber((params.width * params.height * 3) / ((params.width / 8) * (params.height / 8) * 4)) })));
+}
+
+/**
+ * The Latent Channels node's statistics (graph/teaching.py AtelierLatentChannels: English lines for the node editor,
+ * "latent (4, 16, 16) ..." then "channel c: mean +m  std s  min +a  max +b") in the page's language and number style.
+ * Text of any other shape is shown as it came.
+ */
+function statsText(text) {
+  const [head, ...lines] = text.split("\n");
+  const shape = /^latent (\([\d, ]+\))/.exec(head || "");
+  const number = String.raw`([+-]?[\d.]+)`;
+  const line = new RegExp(String.raw`^channel (\d+): mean ${number}\s+std ${number}\s+min ${number}\s+max ${number}$`);
+  const rows = lines.map((l) => line.exec(l.trim()));
+  if (!shape || rows.some((r) => !r)) return text;
+  const signed = (v) => formatNumber(Number(v), 3, true), plain = (v) => formatNumber(Number(v), 3);
+  return [t("in.latent.stats_head", { shape: shape[1] }), ...rows.map(([, n, mean, std, min, max]) =>
+    t("in.latent.stats_line", { n, mean: signed(mean), std: plain(std), min: signed(min), max: signed(max) }))].join("\n");
 }
 
 // ---- VAE round trip ----
+
+// Below this PSNR the reconstruction has visibly lost the picture: images of the embedded model's world come back
+// at 30-39 dB (world/dataset.py render_item, seed 0, items 0-3), a photo or a noise picture near 10 dB.
+const VAE_OUTSIDE_DB = 20;
 
 async function vaeRoundtrip(out) {
   const file = $("vae-file").files[0];
@@ -176,10 +197,12 @@ async function vaeRoundtrip(out) {
       figure(r.reconstruction, t("in.vae.reconstruction")),
       r.channels.map((ref, i) => figure(ref, t("in.latent.channel", { n: i, w: lw, h: lh }), { class: "fig channel" }))),
     el("p.figures", { dataset: { ratio: String(r.ratio_values) } }, t("in.vae.ratio", {
-      c, h, w, pixels: r.pixel_values.toLocaleString(), lc, lh, lw, latents: r.latent_values.toLocaleString(),
-      ratio: r.ratio_values.toFixed(0), bytes: r.ratio_bytes_fp16.toFixed(0),
+      c, h, w, pixels: formatNumber(r.pixel_values), lc, lh, lw, latents: formatNumber(r.latent_values),
+      ratio: formatNumber(r.ratio_values, 0), bytes: formatNumber(r.ratio_bytes_fp16, 0),
     })),
-    el("p.figures", {}, t("in.vae.error", { psnr: Number.isFinite(r.psnr_db) ? r.psnr_db.toFixed(1) : "∞", mae: r.mean_abs_error.toFixed(2) })));
+    el("p.figures", {}, t("in.vae.error", { psnr: Number.isFinite(r.psnr_db) ? formatNumber(r.psnr_db, 1) : "∞", mae: formatNumber(r.mean_abs_error, 2) })),
+    r.psnr_db < VAE_OUTSIDE_DB ? el("p.warning.vae-outside", {}, t("in.vae.outside", { psnr: formatNumber(r.psnr_db, 1) })) : "",
+    el("p.help", {}, t("in.vae.world")));
 }
 
 // ---- Text: tokens and the 77-token window ----
@@ -202,7 +225,7 @@ async function tokens(out) {
   const missing = unknown ? el("p.warning", { role: "status" }, t("in.text.unknown_embedding", { names: unknown })) : null;
   out.replaceChildren(
     el("p.figures", { dataset: { count: r.count } }, t("in.text.count", { count: r.count, slots: r.text_slots })),
-    warn, missing, el("div.tokens", {}, chips), ...windows,
+    ...[warn, missing].filter(Boolean), el("div.tokens", {}, chips), ...windows,  // replaceChildren writes null as "null"
     el("p.help", {}, t("in.text.after")));
 }
 
@@ -238,8 +261,8 @@ async function schedules(out) {
   const chosen = r.schedulers[scheduler];
   out.replaceChildren(
     lineChart(series, { log: $("sched-log").checked, xLabel: t("in.step"), yLabel: "σ", title: t("in.schedules.title") }),
-    el("p.figures", { dataset: { scheduler } }, t("in.schedules.chosen", { scheduler, steps, values: chosen.map((s) => s.toFixed(3)).join(" → ") })),
-    el("p.help", {}, t("in.schedules.after", { max: r.sigma_max.toFixed(2), min: r.sigma_min.toFixed(3) })));
+    el("p.figures", { dataset: { scheduler } }, t("in.schedules.chosen", { scheduler, steps, values: chosen.map((s) => formatNumber(s, 3)).join(" → ") })),
+    el("p.help", {}, t("in.schedules.after", { max: formatNumber(r.sigma_max, 2), min: formatNumber(r.sigma_min, 3) })));
 }
 
 // ---- Concept map ----
@@ -255,12 +278,12 @@ async function concepts(out) {
   const words = $("concept-words").value.split(",").map((s) => s.trim()).filter(Boolean);
   const images = $("concept-images").checked ? await recentImages() : [];
   const r = await postJSON("/atelier/lab/concepts", { words, images });
-  const pairs = r.points.map((p) => el("li", {}, el("b", {}, p.label), ` → ${p.nearest} (${p.nearest_similarity.toFixed(2)})`));
+  const pairs = r.points.map((p) => el("li", {}, el("b", {}, p.label), ` → ${p.nearest} (${formatNumber(p.nearest_similarity, 2)})`));
   out.replaceChildren(
     el("div.concepts", {},
       scatter(r.points, { title: t("in.concepts.title") }),
       el("div", {}, el("h4", {}, t("in.concepts.nearest")), el("ul.nearest", {}, pairs))),
-    el("p.help", {}, t("in.concepts.after", { dim: r.dim, a: (r.explained[0] * 100).toFixed(0), b: (r.explained[1] * 100).toFixed(0) })));
+    el("p.help", {}, t("in.concepts.after", { dim: r.dim, a: formatNumber(r.explained[0] * 100, 0), b: formatNumber(r.explained[1] * 100, 0) })));
 }
 
 // ---- wiring ----

@@ -3,11 +3,12 @@
 
 import { getJSON, historyEntry, interrupt, postJSON, viewUrl } from "./api.js";
 import * as form from "./form.js";
-import { apply, language, preferredLanguage, setLanguage, t } from "./i18n.js";
+import { apply, formatNumber, language, preferredLanguage, setLanguage, t } from "./i18n.js";
 import { runView } from "./runner.js";
 import { busy, el, errorText, hideMessage, images, showMessage } from "./ui.js";
 import * as exercises from "./exercises.js";
 import * as inside from "./inside.js";
+import * as world from "./world.js";
 
 const $ = (id) => document.getElementById(id);
 const current = { result: null };  // the last generation: {params, prompt, workflow, outputs, roles}
@@ -45,22 +46,24 @@ function setupTabs() {
 function paramsTable(p, seedNote = "") {
   const rows = [
     ["form.model", p.model], ["form.prompt", p.prompt || "—"], ["form.negative", p.negative || "—"],
-    ["form.seed", `${p.seed}${seedNote}`], ["form.steps", p.steps], ["form.cfg", p.cfg],
+    ["form.seed", `${p.seed}${seedNote}`], ["form.steps", p.steps], ["form.cfg", formatNumber(p.cfg)],
     ["form.sampler", p.sampler], ["form.scheduler", p.scheduler], ["result.size", `${p.width} × ${p.height}`],
     ["form.batch", p.batch],
   ];
-  if (p.denoise < 1) rows.push(["form.denoise", p.denoise]);
+  if (p.denoise < 1) rows.push(["form.denoise", formatNumber(p.denoise)]);
   return rows.flatMap(([key, value]) => [el("dt", {}, t(key)), el("dd", {}, String(value))]);
 }
 
 function showResult(result) {
   current.result = result;
   const refs = images(result, "image");
+  $("result-images").classList.toggle("batch", refs.length > 1);  // a batch in a grid, not one image per row
   $("result-images").replaceChildren(...refs.map((ref, i) =>
     el("figure.fig.big", {}, el("img", { src: viewUrl(ref), alt: t("result.image_alt", { n: i + 1 }) }),
       el("figcaption", {}, refs.length > 1 ? t("result.batch_item", { n: i + 1, seed: result.params.seed }) : ""))));
   $("result-params").replaceChildren(...paramsTable(result.params));
-  const note = result.params.cfg === 1 ? t("result.cfg1") : "";
+  const note = [result.fromCache ? t("result.from_cache") : "", result.params.cfg === 1 ? t("result.cfg1") : ""]
+    .filter(Boolean).join(" ");
   $("result-note").textContent = note;
   $("result-note").hidden = !note;
   if (refs.length) {
@@ -83,9 +86,13 @@ async function generate(event) {
   }
   params.seed = form.drawSeed(params);
   await busy($("generate"), async () => {
-    const live = el("img.live", { alt: t("result.preview_alt") });
-    $("result-images").replaceChildren(el("figure.fig.big", {}, live, el("figcaption", {}, t("result.preview"))));
+    // The live preview has no picture until the first step's: a waiting slot stands in for it (no broken image).
+    const live = el("img.live", { alt: t("result.preview_alt"), hidden: true });
+    const wait = el("div.slot.live-wait", {}, "…");
+    $("result-images").classList.remove("batch");
+    $("result-images").replaceChildren(el("figure.fig.big", {}, wait, live, el("figcaption", {}, t("result.preview"))));
     let result;
+    const start = performance.now();
     try {
       result = await runView(params, {
         init: form.initImage(),
@@ -93,6 +100,8 @@ async function generate(event) {
         onPreview: (url) => {
           if (live.src.startsWith("blob:")) URL.revokeObjectURL(live.src);
           live.src = url;
+          live.hidden = false;
+          wait.remove();
         },
       });
     } catch (error) {
@@ -100,6 +109,7 @@ async function generate(event) {
       throw error;
     }
     form.state.lastSeed = params.seed;
+    if (!result.fromCache) form.timed(params, (performance.now() - start) / 1000);
     showResult(result);
   });
 }
@@ -142,7 +152,7 @@ async function loadHistory() {
 function historyItem(entry) {
   const p = entry.lab.params;
   const [first] = images(entry, "image");
-  const caption = `${p.prompt} · ${t("form.seed")} ${p.seed} · ${p.steps} · CFG ${p.cfg} · ${p.sampler}`;
+  const caption = `${p.prompt} · ${t("form.seed")} ${p.seed} · ${p.steps} · CFG ${formatNumber(p.cfg)} · ${p.sampler}`;
   return el("button.hist", {
     type: "button",
     title: t("hist.restore"),
@@ -166,7 +176,10 @@ async function main() {
     await setLanguage(language() === "fr" ? "en" : "fr");
     $("lang").textContent = language() === "fr" ? "EN" : "FR";
     if (current.result) showResult(current.result);
+    form.showSize();
     inside.languageChanged();
+    await world.load().catch((error) => showMessage(errorText(error)));
+    exercises.suggestReplacement();
   });
   $("message-close").addEventListener("click", hideMessage);
   setupTabs();
@@ -185,8 +198,9 @@ async function main() {
     const workflow = result.workflow || (await postJSON("/atelier/lab/workflow", { prompt: result.prompt })).workflow;
     openInEditor(workflow);
   });
-  exercises.setup(options);
   inside.setup(options);
+  await world.setup().catch((error) => showMessage(errorText(error)));
+  exercises.setup(options);
   apply(document);
   document.body.dataset.ready = "true";  // for tests: options are loaded and handlers attached
 }

@@ -1,5 +1,7 @@
 // Two small SVG charts, no library: lines (sigma per step, change per step) and a labelled scatter (concepts).
 
+import { formatNumber } from "./i18n.js";
+
 const NS = "http://www.w3.org/2000/svg";
 
 function svg(tag, attrs = {}, text = null) {
@@ -37,7 +39,7 @@ export function lineChart(series, { width = 720, height = 340, log = false, xLab
   const yTicks = log ? Array.from({ length: hi - lo + 1 }, (_, k) => 10 ** (lo + k)) : ticks(lo, hi);
   for (const v of yTicks) {
     root.append(svg("line", { x1: m.left, x2: width - m.right, y1: py(v), y2: py(v), class: "grid" }));
-    root.append(svg("text", { x: m.left - 6, y: py(v) + 4, "text-anchor": "end", class: "tick" }, String(Number(v.toPrecision(3)))));
+    root.append(svg("text", { x: m.left - 6, y: py(v) + 4, "text-anchor": "end", class: "tick" }, formatNumber(Number(v.toPrecision(3)))));
   }
   for (const i of ticks(0, xs, Math.min(10, xs))) {
     root.append(svg("text", { x: px(i), y: height - m.bottom + 16, "text-anchor": "middle", class: "tick" }, String(i)));

@@ -35,17 +35,25 @@ export async function runView(params, { view = "generate", init = null, words = 
   active += 1;
   $("stop").disabled = false;
   const name = label ? `${label} · ` : "";
+  let stopping = false;  // Stop was pressed: the line says so until the server reports how the run ended
   setProgress(0, 1, `${name}${t("run.queued")}`);
   try {
     const result = await runPrompt(prompt, extra, {
       onQueued: (_, ahead) => ahead > 0 && setProgress(0, 1, `${name}${t("run.waiting", { n: ahead })}`),
       onStart: () => setProgress(0, 1, `${name}${t("run.started")}`),
-      onProgress: (value, max) => setProgress(value, max, `${name}${t("run.step", { value, max })}`),
+      onProgress: (value, max) => !stopping && setProgress(value, max, `${name}${t("run.step", { value, max })}`),
+      onStopping: () => {
+        stopping = true;
+        $("progress-text").textContent = `${name}${t("run.stopping")}`;
+      },
       onPreview,
       onExecuted,
     });
-    setProgress(1, 1, `${name}${t("run.done")}`);
-    return { prompt, roles, workflow, params, ...result };
+    // Every node answered from the node cache: the same graph ran before, so nothing was computed again.
+    const fromCache = Object.keys(prompt).every((node) => result.cached.includes(node));
+    const done = result.stopRequested ? "run.done_before_stop" : fromCache ? "run.from_cache" : "run.done";
+    setProgress(1, 1, `${name}${t(done)}`);
+    return { prompt, roles, workflow, params, ...result, fromCache };
   } catch (error) {
     setProgress(0, 1, "");
     throw error;

@@ -1,6 +1,6 @@
 // Small DOM helpers shared by the views: building elements, labelled figures, the message bar.
 
-import { t } from "./i18n.js";
+import { has, t } from "./i18n.js";
 import { Interrupted, viewUrl } from "./api.js";
 
 /** el("p.note", {title: "x"}, "text", child...) -> <p class="note" title="x">text child</p> */
@@ -41,8 +41,9 @@ export function hideMessage() {
 
 /** The sentence for an error, in the page's language where we know it. */
 export function errorText(error) {
-  if (error instanceof Interrupted) return t("err.interrupted");
+  if (error instanceof Interrupted) return t(error.message === "dequeued" ? "err.dequeued" : "err.interrupted");
   if (error?.message === "offline") return t("err.offline");
+  if (error?.key && has(`server.${error.key}`)) return t(`server.${error.key}`, error.params);
   return t("err.prefix", { message: error?.message || String(error) });
 }
 
