@@ -69,13 +69,13 @@ class QueueFull(AtelierError):
 
     def __init__(self, asked: int, waiting: int, limit: int) -> None:
         self.asked, self.waiting, self.limit = asked, waiting, limit
-        self.key = "too_big" if asked > limit else "more"  # which of QUEUE_FULL_SENTENCES
+        self.reason = "too_big" if asked > limit else "more"  # which of QUEUE_FULL_SENTENCES
         super().__init__(self.text("en"))
 
     def text(self, lang: str) -> str:
         """The sentence in `lang` ("en" or "fr"; anything else gets English)."""
         sentences = QUEUE_FULL_SENTENCES.get(lang, QUEUE_FULL_SENTENCES["en"])
-        return sentences[self.key].format(asked=self.asked, waiting=self.waiting, limit=self.limit)
+        return sentences[self.reason].format(asked=self.asked, waiting=self.waiting, limit=self.limit)
 
 
 @dataclasses.dataclass(frozen=True)

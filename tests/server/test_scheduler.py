@@ -114,7 +114,7 @@ def test_a_job_larger_than_the_cap_is_refused_with_its_own_sentence():
     s = Scheduler(max_waiting_images=4)
     with pytest.raises(QueueFull) as full:
         s.submit("ana", "grid", pieces("grid", 25))
-    assert full.value.key == "too_big"
+    assert full.value.reason == "too_big"
     assert str(full.value) == (
         "This asks for 25 images and the limit is 4 waiting images per learner: ask for at most 4 at a time."
     )
