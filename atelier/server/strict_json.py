@@ -157,5 +157,5 @@ def dumps_chunked(value: Any, levels: int = 3) -> str:
 
 async def json_response_off_loop(build: Callable[[], Any]) -> web.Response:
     """A JSON response whose data is built (say, read from the database) and written in a worker thread."""
-    text = await asyncio.to_thread(lambda: dumps_chunked(build()))
-    return web.Response(text=text, content_type="application/json")
+    body = await asyncio.to_thread(lambda: dumps_chunked(build()).encode())  # 20 MB encode: 10 ms, not on the loop
+    return web.Response(body=body, content_type="application/json")
