@@ -1,6 +1,6 @@
 """The HTTP + WebSocket server that speaks ComfyUI's protocol and serves the lab and the node editor.
 
-The official ComfyUI frontend (comfyui-frontend-package 1.27.10) runs against it unchanged. One file per job:
+The official ComfyUI frontend (comfyui-frontend-package 1.58.1) runs against it unchanged. One file per job:
 
     app.py             create_app / serve / run_server: wiring, lifecycle, --listen [ADDRESS] and its URL
     files.py           the data directory, safe paths, OutputFiles (the file API nodes write outputs with)

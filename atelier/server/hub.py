@@ -3,9 +3,12 @@
 Text frames are JSON `{"type": T, "data": D}`. Preview images go as binary frames, big-endian:
 
     event 1 PREVIEW_IMAGE                  [u32 1][u32 format: 1 = JPEG, 2 = PNG][image bytes]
+    event 3 PROGRESS_TEXT                  [u32 3]([u32 p][p bytes: prompt id])[u32 n][n bytes: node id][UTF-8 text]
     event 4 PREVIEW_IMAGE_WITH_METADATA    [u32 4][u32 n][n bytes of JSON metadata][image bytes]
 
-Event 4 is used for clients that announced `supports_preview_metadata` in their first `feature_flags` message.
+Event 4 is used for clients that announced `supports_preview_metadata` in their first `feature_flags` message;
+event 3 carries the prompt id (the part in brackets) for clients that announced `supports_progress_text_metadata`
+(the server announces it too: the frontend reads the prefix only then). Other clients get the older layouts.
 
 The worker thread calls `send(...)`; each client has a FIFO queue drained by one task on the event loop, so
 messages arrive in the order they were sent even when a slow client makes a write wait.
@@ -27,6 +30,7 @@ from aiohttp import web
 from atelier.server.strict_json import dumps_finite
 
 PREVIEW_IMAGE = 1
+PROGRESS_TEXT = 3
 PREVIEW_IMAGE_WITH_METADATA = 4
 IMAGE_FORMATS = {"image/jpeg": 1, "image/png": 2}
 
@@ -37,6 +41,18 @@ def preview_frame(image: bytes, mime: str, metadata: dict | None) -> bytes:
         return struct.pack(">II", PREVIEW_IMAGE, IMAGE_FORMATS.get(mime, 1)) + image
     meta = dumps_finite({**metadata, "image_type": mime}).encode()
     return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + image
+
+
+def progress_text_frame(text: str, node_id: str, prompt_id: str | None) -> bytes:
+    """One binary progress-text frame (event 3): a line of text shown on node `node_id`, prefixed by the prompt
+    id when `prompt_id` is given (clients with supports_progress_text_metadata)."""
+
+    def sized(value: str) -> bytes:
+        data = value.encode("utf-8")
+        return struct.pack(">I", len(data)) + data
+
+    prefix = sized(prompt_id) if prompt_id is not None else b""
+    return struct.pack(">I", PROGRESS_TEXT) + prefix + sized(node_id) + text.encode("utf-8")
 
 
 class Client:
@@ -52,6 +68,10 @@ class Client:
     @property
     def wants_metadata(self) -> bool:
         return self.flags.get("supports_preview_metadata") is True
+
+    @property
+    def wants_text_metadata(self) -> bool:
+        return self.flags.get("supports_progress_text_metadata") is True
 
     async def _drain(self) -> None:
         while (message := await self.outbox.get()) is not None:
@@ -112,6 +132,19 @@ class Hub:
         client = self.clients.get(sid)
         if client is not None:
             client.outbox.put_nowait(preview_frame(image, mime, metadata if client.wants_metadata else None))
+
+    def send_progress_text(self, text: str, node_id: str, prompt_id: str, sid: str | None) -> None:
+        """Show a line of text on node `node_id` of client `sid` while prompt `prompt_id` runs (event 3)."""
+        if self.loop is None or sid is None:
+            return
+        self.loop.call_soon_threadsafe(self._text_now, text, str(node_id), prompt_id, sid)
+
+    def _text_now(self, text: str, node_id: str, prompt_id: str, sid: str) -> None:
+        client = self.clients.get(sid)
+        if client is not None:
+            client.outbox.put_nowait(
+                progress_text_frame(text, node_id, prompt_id if client.wants_text_metadata else None)
+            )
 
     def _post(self, message: str, sid: str | None) -> None:
         if self.loop is None or self.loop.is_closed():

@@ -26,7 +26,13 @@ from atelier.server.strict_json import BadJSON, read_json, read_object
 
 def feature_flags(st: ServerState) -> dict:
     """What this server supports, sent as the WebSocket `feature_flags` reply and by GET /features."""
-    return {"supports_preview_metadata": True, "max_upload_size": st.limits.max_upload_bytes}
+    # supports_progress_text_metadata: text frames (event 3) start with the prompt id for clients that announced
+    # it too (hub.py); the frontend reads that prefix only when the server sends this flag.
+    return {
+        "supports_preview_metadata": True,
+        "supports_progress_text_metadata": True,
+        "max_upload_size": st.limits.max_upload_bytes,
+    }
 
 
 # ---- users and settings ----
@@ -69,10 +75,6 @@ async def post_setting(request: web.Request) -> web.Response:
     except BadJSON as ex:
         return error_text(ex.status, str(ex))
     return _store_settings(request, {request.match_info["id"]: value})
-
-
-async def extensions(request: web.Request) -> web.Response:
-    return web.json_response([])  # no custom-node scripts: the editor loads only its own core extensions
 
 
 # ---- nodes ----
@@ -280,10 +282,6 @@ async def view_metadata(request: web.Request) -> web.Response:
 # ---- small things the editor asks for ----
 
 
-async def not_found(request: web.Request) -> web.Response:
-    return error_text(404, "Not provided by Atelier.")
-
-
 async def logs(request: web.Request) -> web.Response:
     return web.json_response("")
 
@@ -300,17 +298,12 @@ async def folder_paths(request: web.Request) -> web.Response:
     return web.json_response({f: [_shown_folder(request, f)] for f in MODEL_FOLDERS})
 
 
-async def no_translations(request: web.Request) -> web.Response:
-    return web.json_response({})
-
-
 def setup(app: web.Application) -> None:
     add_api(app, "GET", "/users", users)
     add_api(app, "GET", "/settings", get_settings)
     add_api(app, "POST", "/settings", post_settings)
     add_api(app, "GET", "/settings/{id}", get_setting)
     add_api(app, "POST", "/settings/{id}", post_setting)
-    add_api(app, "GET", "/extensions", extensions)
     add_api(app, "GET", "/object_info", object_info)
     add_api(app, "GET", "/object_info/{cls}", object_info_one)
     add_api(app, "GET", "/system_stats", system_stats)
@@ -323,8 +316,6 @@ def setup(app: web.Application) -> None:
     add_api(app, "GET", "/experiment/models", experiment_models)
     add_api(app, "GET", "/experiment/models/{folder}", experiment_models_in)
     add_api(app, "GET", "/view_metadata/{folder}", view_metadata)
-    add_api(app, "GET", "/i18n", no_translations)  # custom nodes' translations: none; the editor keeps its own
-    add_api(app, "GET", "/global_subgraphs", not_found)  # no shared subgraph blueprints (non-200 = none)
     app.router.add_get("/internal/logs", logs)
     app.router.add_get("/internal/logs/raw", raw_logs)
     app.router.add_patch("/internal/logs/subscribe", subscribe_logs)

@@ -19,6 +19,12 @@ from atelier.server.state import add_api, error_text, state
 
 USER_STYLESHEET = "user.css"  # index.html links it as a style sheet: it applies only when served as text/css
 
+# What the editor reads on every start before the user has saved anything: its own files and folders, which are
+# empty until then. They answer as empty (200) rather than 404, which the browser would log as a console error
+# on every page load; any other missing file or folder is a 404, as in ComfyUI.
+EMPTY_EDITOR_FILES = {USER_STYLESHEET: ("", "text/css"), "comfy.templates.json": ("[]", "application/json")}
+EDITOR_FOLDERS = ("workflows", "subgraphs")
+
 
 def _user_path(request: web.Request, relative: str) -> Path:
     try:
@@ -48,6 +54,8 @@ async def list_userdata(request: web.Request) -> web.Response:
         return error_text(400, "The query parameter 'dir' is missing; expected e.g. dir=workflows.")
     folder = _user_path(request, directory)
     if not folder.is_dir():
+        if directory.strip("/") in EDITOR_FOLDERS:
+            return web.json_response([])
         return error_text(404, f"The user folder {directory!r} does not exist.")
     recurse = _flag(request, "recurse")
     paths = files_under(folder) if recurse else (p for p in sorted(folder.iterdir()) if p.is_file())
@@ -89,10 +97,10 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
     relative = request.match_info["file"]
     path = _user_path(request, relative)
     if not path.is_file():
-        missing = error_text(404, f"The user file {relative!r} does not exist.")
-        if relative == USER_STYLESHEET:  # a 404 as text/plain would log a second, MIME-type error in the console
-            missing.content_type = "text/css"
-        return missing
+        if relative in EMPTY_EDITOR_FILES:
+            text, content_type = EMPTY_EDITOR_FILES[relative]
+            return web.Response(text=text, content_type=content_type)
+        return error_text(404, f"The user file {relative!r} does not exist.")
     if relative == USER_STYLESHEET:  # CSS runs no script; with nosniff it cannot be read as anything else
         return web.FileResponse(path, headers={"Content-Type": "text/css"})
     return stored_file(path)

@@ -1,6 +1,6 @@
 """The editor's settings: stored in user/default/comfy.settings.json, served over Atelier's private defaults.
 
-The ComfyUI frontend (1.27.10) talks to servers other than ours unless some settings say otherwise. Each default
+The ComfyUI frontend (1.58.1) talks to servers other than ours unless some settings say otherwise. Each default
 below was found by reading the frontend bundle (assets/GraphView-*.js, index-*.js); a setting the user changes in
 the editor is stored and wins over the default.
 
@@ -19,6 +19,11 @@ the editor is stored and wins over the default.
     The editor's own defaults, stored so that start-up does not throw: registering "Comfy.Canvas.NavigationMode"
     ("legacy") sets these two before they are registered, and setting an unregistered one raises a TypeError
     (settingsById[key].id) unless the value is already there. Seen as an uncaught page error in headless Chromium.
+
+- "Comfy.TutorialCompleted": True
+    A first visit otherwise opens on an empty canvas under the template browser (and, for a signed-in user, a
+    "getting started" screen); with it the editor opens on its default graph, which is Atelier's own
+    (atelier/web/editor/default_graph.js). The templates stay one click away in the sidebar.
 
 Two outbound calls are not governed by settings: the error reporter (Sentry, to sentry.io, on Vue errors) and
 Firebase sign-in. frontend.py serves index.html with a Content-Security-Policy whose connect-src allows only this
@@ -47,6 +52,7 @@ PRIVATE_DEFAULTS: dict[str, Any] = {
     "Comfy.NodeBadge.ShowApiPricing": False,
     "Comfy.Canvas.LeftMouseClickBehavior": "panning",
     "Comfy.Canvas.MouseWheelScroll": "zoom",
+    "Comfy.TutorialCompleted": True,
 }
 
 

@@ -107,7 +107,12 @@ async def test_userdata_routes(tmp_path):
 
         resp = await client.get("/api/userdata/workflows%2Fcat.json")
         assert resp.status == 200 and await resp.text() == body
-        assert (await client.get("/api/userdata/user.css")).status == 404
+        # The editor's own start-up files read as empty before they exist (no 404 in its console); others 404.
+        resp = await client.get("/api/userdata/user.css")
+        assert resp.status == 200 and resp.content_type == "text/css" and await resp.text() == ""
+        assert await get_json(client, "/userdata/comfy.templates.json") == []
+        assert await get_json(client, "/userdata", dir="subgraphs", recurse="true") == []
+        assert (await client.get("/api/userdata/other.css")).status == 404
         resp = await client.post("/api/userdata/workflows%2Fcat.json/move/workflows%2Flion.json")
         assert resp.status == 200 and await resp.json() == "workflows/lion.json"
         resp = await client.post("/api/userdata/workflows%2Flion.json/move/workflows%2Fsub%2Fdog.json")
