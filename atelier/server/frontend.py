@@ -290,8 +290,8 @@ def node_translations(registry: NodeRegistry, folder: Path = TRANSLATIONS_DIR) -
                 for key, spec in inputs.items()
             },
             "outputs": {
-                str(k): {"name": label, "tooltip": tip}
-                for k, (label, tip) in enumerate(zip(info["output_name"], info["output_tooltips"]))
+                str(k): {"name": label, **({"tooltip": tip} if tip else {})}
+                for k, (label, tip) in enumerate(zip(info["output_name"], info["output_tooltips"], strict=True))
             },
         }
     return {"en": {"nodeDefs": english}, "fr": {"nodeDefs": {k: v for k, v in french.items() if k in english}}}

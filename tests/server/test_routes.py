@@ -30,15 +30,21 @@ async def test_startup_routes(tmp_path):
         assert settings["Comfy.Notification.ShowVersionUpdates"] is False
         assert await get_json(client, "/settings/Comfy.Workflow.ShowMissingNodesWarning") is False
         assert await get_json(client, "/settings/Not.A.Setting") is None
-        assert await get_json(client, "/extensions") == []
+        assert await get_json(client, "/extensions") == ["/extensions/atelier/default_graph.js"]
         assert await get_json(client, "/embeddings") == []
         assert await get_json(client, "/workflow_templates") == {}
-        assert await get_json(client, "/features") == {"supports_preview_metadata": True, "max_upload_size": 52428800}
+        assert await get_json(client, "/features") == {
+            "supports_preview_metadata": True,
+            "supports_progress_text_metadata": True,
+            "max_upload_size": 52428800,
+        }
         assert await get_json(client, "/prompt") == {"exec_info": {"queue_remaining": 0}}
         assert await get_json(client, "/queue") == {"queue_running": [], "queue_pending": []}
         assert await get_json(client, "/history") == {}
-        assert await get_json(client, "/i18n") == {}
-        await get_json(client, "/global_subgraphs", expect=404)
+        # Translations of Atelier's teaching nodes (none in this stub registry); no shared subgraph blueprints.
+        assert await get_json(client, "/i18n") == {"en": {"nodeDefs": {}}, "fr": {"nodeDefs": {}}}
+        assert await get_json(client, "/global_subgraphs") == {}
+        await get_json(client, "/global_subgraphs/some-id", expect=404)
         assert (await client.get("/internal/logs/raw")).status == 200
 
         info = await get_json(client, "/object_info")
@@ -227,7 +233,8 @@ async def test_frontend_and_templates_are_served(tmp_path):
         resp = await client.get("/" + script)
         assert resp.status == 200 and resp.content_type == "application/javascript"
         assert len(await resp.read()) == (frontend_root() / script).stat().st_size
-        resp = await client.get("/assets/lib/vue/dist/vue.esm-browser.prod.js")
+        assert "'wasm-unsafe-eval'" in policy["script-src"] and "'unsafe-eval'" not in policy["script-src"]
+        resp = await client.get("/extensions/atelier/default_graph.js")  # Atelier's editor extension
         assert resp.status == 200 and resp.content_type == "application/javascript"
         css = next(p for p in (frontend_root() / "assets").glob("*.css"))
         assert (await client.get(f"/assets/{css.name}")).content_type == "text/css"
@@ -249,6 +256,20 @@ async def test_frontend_and_templates_are_served(tmp_path):
         assert resp.status == 200 and resp.content_type == "image/webp"
         assert (await client.get("/templates/templates.json")).status == 404
         assert (await client.get("/templates/missing.json")).status == 404
+        assert (await client.get("/templates/missing.fr.json")).status == 404
+        assert await (await client.get("/templates/index_logo.json")).json() == {}
+
+        # The template browser in French asks for index.fr.json: French titles, templates named <name>.fr.
+        french = (await (await client.get("/templates/index.fr.json")).json())[0]["templates"][0]
+        assert french["name"] == "atelier_txt2img.fr" and french["title"] == "Texte vers image"
+        workflow = await (await client.get("/templates/atelier_txt2img.fr.json")).json()
+        prompt = next(n for n in workflow["nodes"] if n["id"] == 6)
+        assert prompt["widgets_values"] == ["un grand cercle rouge à gauche d'une petite maison bleue"]
+        resp = await client.get("/templates/atelier_txt2img.fr-1.webp")
+        assert resp.status == 200 and resp.content_type == "image/webp"
+        # A locale without translations gets the English list (a 404 would be a console error).
+        other = await (await client.get("/templates/index.zh-TW.json")).json()
+        assert other[0]["templates"][0]["name"] == "atelier_txt2img"
 
 
 @async_test
