@@ -25,6 +25,14 @@ the editor is stored and wins over the default.
     "getting started" screen); with it the editor opens on its default graph, which is Atelier's own
     (atelier/web/editor/default_graph.js). The templates stay one click away in the sidebar.
 
+- "Comfy.Minimap.Visible": False
+    On the workshop's 1366 x 768 screens the minimap (a 250 x 200 panel in the bottom-right corner) covers the
+    output node of a fitted template (Save Image of the hires fix). The canvas toolbar's map button shows it.
+
+- "LiteGraph.Canvas.MinFontSizeForLOD": 4
+    Below this on-screen font size (px) nodes are drawn as blank boxes. The editor's 8 blanks every template
+    fitted to 1366 x 768 (zoom 0.48-0.58 makes its 14 px text 7-8 px); at 4 their titles and widgets stay drawn.
+
 Two outbound calls are not governed by settings: the error reporter (Sentry, to sentry.io, on Vue errors) and
 Firebase sign-in. frontend.py serves index.html with a Content-Security-Policy whose connect-src allows only this
 server, so the browser refuses both.
@@ -53,6 +61,8 @@ PRIVATE_DEFAULTS: dict[str, Any] = {
     "Comfy.Canvas.LeftMouseClickBehavior": "panning",
     "Comfy.Canvas.MouseWheelScroll": "zoom",
     "Comfy.TutorialCompleted": True,
+    "Comfy.Minimap.Visible": False,
+    "LiteGraph.Canvas.MinFontSizeForLOD": 4,
 }
 
 
