@@ -66,10 +66,9 @@ class Editor:
         return [m["data"] for m in self.messages if m.get("type") == kind]
 
 
-@pytest.fixture
-def editor(browser, server):
-    """A fresh browser context (empty local storage) with request, console and WebSocket recorders."""
-    context = browser.new_context(viewport=VIEWPORT)
+def open_context(browser, server: str, locale: str):
+    """A fresh browser context (empty local storage) in `locale`, with request, console and WebSocket recorders."""
+    context = browser.new_context(viewport=VIEWPORT, locale=locale)
     page = context.new_page()
     ed = Editor(page, server)
     page.on("request", lambda request: ed.requests.append(request.url))
@@ -80,6 +79,21 @@ def editor(browser, server):
         ws.on("framereceived", lambda frame: isinstance(frame, str) and ed.messages.append(json.loads(frame)))
 
     page.on("websocket", on_socket)
+    return context, ed
+
+
+@pytest.fixture
+def editor(browser, server):
+    """The editor in an English (en-US) browser."""
+    context, ed = open_context(browser, server, "en-US")
+    yield ed
+    context.close()
+
+
+@pytest.fixture
+def editor_fr(browser, server):
+    """The editor in a French (fr-FR) browser, as the workshop's learners have it."""
+    context, ed = open_context(browser, server, "fr-FR")
     yield ed
     context.close()
 

@@ -1,7 +1,9 @@
-"""The official ComfyUI editor, served by `atelier serve`, in headless Chromium: it starts offline and clean, runs
-Atelier's templates with live progress, and shows the images it made.
+"""The official ComfyUI editor (comfyui-frontend-package 1.58), served by `atelier serve`, in headless Chromium at
+1366 x 768: one test per frontend feature Atelier relies on. It starts offline and clean on Atelier's own default
+graph (in English and in French), opens templates fitted to the view, speaks French for Atelier's nodes and
+templates, runs them with live progress, shows the images it made, and lists the jobs in its queue panel.
 
-About 30-60 s on a 2-core machine (the editor boots in ~5 s per tab; each 128x128 image takes a few seconds).
+About 1-2 minutes on a 2-core machine (the editor boots in ~5-10 s per tab; each 128x128 image takes a few seconds).
 """
 
 from __future__ import annotations
@@ -9,21 +11,36 @@ from __future__ import annotations
 import json
 from urllib.parse import urlparse
 
-from atelier.server.frontend import TEMPLATES_DIR, template_manifest
+import pytest
 
-# Console errors the editor prints for requests that ComfyUI answers with 404 as well: optional user files and
-# folders that do not exist yet. Each entry is the exact text Chromium logs.
-EXPECTED_404S = {
-    "Failed to load resource: the server responded with a status of 404 (The user file 'user.css' does not exist.)",
-    "Failed to load resource: the server responded with a status of 404 "
-    "(The user file 'comfy.templates.json' does not exist.)",
-    "Failed to load resource: the server responded with a status of 404 (The user folder 'subgraphs/' does not exist.)",
-}
+from atelier.server.frontend import TEMPLATES_DIR, localized_workflow, template_index, template_manifest
 
 SAVE_IMAGE_SHOWN = """id => {
     const node = window.app.graph.getNodeById(id);
     const img = node && node.imgs && node.imgs[0];
     return img && img.complete && img.naturalWidth > 0 ? [img.src, img.naturalWidth, img.naturalHeight] : null;
+}"""
+
+GRAPH = """() => window.app.graph.nodes.map(n => ({
+    id: Number(n.id), type: n.type, title: n.title, widgets: (n.widgets || []).map(w => w.value)
+}))"""
+
+# Where each output node is on screen (title bar included), with the canvas and, when shown, the minimap.
+OUTPUTS_ON_SCREEN = """() => {
+    const canvas = window.app.canvas, box = canvas.canvas.getBoundingClientRect();
+    const minimap = document.querySelector('.minimap-main-container');
+    const title = window.LiteGraph ? window.LiteGraph.NODE_TITLE_HEIGHT : 30;
+    const outputs = window.app.graph.nodes.filter(n => n.constructor.nodeData && n.constructor.nodeData.output_node);
+    return {
+        canvas: [box.left, box.top, box.right, box.bottom],
+        minimap: minimap ? (r => [r.left, r.top, r.right, r.bottom])(minimap.getBoundingClientRect()) : null,
+        outputs: outputs.map(n => {
+            const [x, y] = canvas.ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - title]);
+            const s = canvas.ds.scale;
+            const [x1, y1] = [x + n.size[0] * s, y + (n.size[1] + title) * s];
+            return [n.type, box.left + x, box.top + y, box.left + x1, box.top + y1];
+        }),
+    };
 }"""
 
 
@@ -37,6 +54,13 @@ def assert_only_local_requests(editor) -> None:
     assert editor.requests and not elsewhere, elsewhere
 
 
+def assert_clean(editor) -> None:
+    """Nothing left the machine, nothing failed: no page error, no console error (no 404 from our routes)."""
+    assert_only_local_requests(editor)
+    assert editor.page_errors == []
+    assert editor.console_errors == []
+
+
 def open_template(editor, title: str, node_count: int) -> None:
     """Open the template browser (the sidebar's Templates button runs this command) and click a card."""
     editor.command("Comfy.BrowseTemplates")
@@ -44,32 +68,93 @@ def open_template(editor, title: str, node_count: int) -> None:
     editor.page.wait_for_function(f"() => window.app.graph.nodes.length === {node_count}", timeout=30_000)
 
 
-def run_and_wait_for_image(editor, node_id: int, timeout_ms: int = 120_000) -> list:
-    """Press Run, wait for the prompt to finish, bring every node into view and wait for the saved image."""
-    editor.page.get_by_role("button", name="Run").first.click()
-    deadline_checks = timeout_ms // 250
-    for _ in range(deadline_checks):
+def wait_for_prompt(editor, timeout_ms: int = 300_000) -> None:
+    for _ in range(timeout_ms // 250):
         if editor.of_type("execution_success") or editor.of_type("execution_error"):
             break
         editor.page.wait_for_timeout(250)
     assert not editor.of_type("execution_error"), editor.of_type("execution_error")
     assert editor.of_type("execution_success"), "the prompt did not finish"
+
+
+def run_and_wait_for_image(editor, node_id: int, button: str = "Run", timeout_ms: int = 300_000) -> list:
+    """Press Run, wait for the prompt to finish, bring every node into view and wait for the saved image."""
+    editor.page.get_by_role("button", name=button).first.click()
+    wait_for_prompt(editor, timeout_ms)
     editor.command("Comfy.Canvas.FitView")  # outputs load when their node is drawn
     editor.page.wait_for_function(SAVE_IMAGE_SHOWN, arg=node_id, timeout=30_000)
     return editor.page.evaluate(SAVE_IMAGE_SHOWN, node_id)
 
 
-def test_editor_starts_offline_without_errors(editor, artifacts):
+@pytest.mark.parametrize("locale", ["en-US", "fr-FR"])
+def test_editor_starts_offline_on_atelier_default_graph(locale, request, artifacts):
+    ed = request.getfixturevalue("editor" if locale == "en-US" else "editor_fr")
+    lang = locale[:2]
+    ed.open()
+    ed.page.wait_for_function("() => window.app.graph.nodes.length === 7", timeout=30_000)
+    ed.page.wait_for_timeout(1_500)  # late start-up requests (jobs, templates, i18n)
+    ed.page.screenshot(path=artifacts / f"01-start-default-graph-{lang}.png")
+    nodes = {n["id"]: n for n in ed.page.evaluate(GRAPH)}
+    # Atelier's graph, never the bundle's Z-Image Turbo one: the embedded model at its native 128 x 128, and the
+    # prompt in the interface language.
+    expected = localized_workflow(TEMPLATES_DIR, "atelier_txt2img", lang)
+    assert sorted((n["id"], n["type"]) for n in nodes.values()) == sorted(
+        (n["id"], n["type"]) for n in expected["nodes"]
+    )
+    assert not {"CLIPLoader", "EmptySD3LatentImage", "ModelSamplingAuraFlow"} & {n["type"] for n in nodes.values()}
+    assert nodes[4]["widgets"] == ["embedded.safetensors"] and nodes[5]["widgets"] == [128, 128, 1]
+    prompt = nodes[6]["widgets"][0]
+    assert prompt == next(n for n in expected["nodes"] if n["id"] == 6)["widgets_values"][0]
+    if lang == "fr":
+        assert prompt.startswith("un grand cercle rouge") and nodes[4]["title"] == "Charger le checkpoint"
+    else:
+        assert prompt.startswith("a big red circle") and nodes[4]["title"] == "Load Checkpoint"
+    assert_clean(ed)
+    print(f"start-up ({locale}): {len(ed.requests)} requests, all to {ed.url}, no console error")
+
+
+def test_templates_open_fitted_with_their_output_node_on_screen(editor, artifacts):
     editor.open()
-    # First start (no settings yet): the editor opens its template browser, listing Atelier's templates.
     for entry in template_manifest(TEMPLATES_DIR):
-        editor.page.get_by_text(entry["title"], exact=True).first.wait_for(timeout=30_000)
-    editor.page.wait_for_timeout(1_000)  # late start-up requests (release notes, i18n, workflows)
-    editor.page.screenshot(path=artifacts / "01-start-template-browser.png")
-    assert_only_local_requests(editor)
-    assert editor.page_errors == []
-    assert [e for e in editor.console_errors if e not in EXPECTED_404S] == []
-    print(f"start-up: {len(editor.requests)} requests, all to {editor.url}; console errors: {editor.console_errors}")
+        nodes = json.loads((TEMPLATES_DIR / f"{entry['name']}.json").read_text())["nodes"]
+        open_template(editor, entry["title"], len(nodes))
+        editor.page.wait_for_timeout(500)  # the camera is fitted on the next frame
+        editor.page.screenshot(path=artifacts / f"02-template-{entry['name']}.png")
+        screen = editor.page.evaluate(OUTPUTS_ON_SCREEN)
+        left, top, right, bottom = screen["canvas"]
+        assert screen["outputs"], entry["name"]
+        for kind, x0, y0, x1, y1 in screen["outputs"]:
+            assert left <= x0 and top <= y0 and x1 <= right and y1 <= bottom, (entry["name"], kind, screen)
+            if screen["minimap"]:  # the minimap, when shown, must not cover it
+                mx0, my0, mx1, my1 = screen["minimap"]
+                assert x1 <= mx0 or mx1 <= x0 or y1 <= my0 or my1 <= y0, (entry["name"], kind, screen)
+    assert_clean(editor)
+
+
+def test_french_node_names_and_template_notes(editor_fr, artifacts):
+    ed = editor_fr
+    ed.open()
+    # The template browser in French: Atelier's titles from /templates/index.fr.json.
+    titles = [t["title"] for t in template_index(TEMPLATES_DIR, "fr")[0]["templates"]]
+    ed.command("Comfy.BrowseTemplates")
+    for title in titles:
+        ed.page.get_by_text(title, exact=True).first.wait_for(timeout=30_000)
+    ed.page.screenshot(path=artifacts / "03-templates-fr.png")
+    ed.page.get_by_text("Puzzle : reliez les nœuds", exact=True).first.click()
+    ed.page.wait_for_function("() => window.app.graph.nodes.length === 8", timeout=30_000)
+    note = ed.page.evaluate("() => window.app.graph.nodes.find(n => n.type === 'Note').widgets[0].value")
+    assert "MODÈLE" in note and "CONDITIONNEMENT" in note and note.startswith("Puzzle : voici")
+    # A teaching node as the French editor names it (its name, sockets and tooltips come from /i18n).
+    shown = ed.page.evaluate(
+        """() => {
+            const node = window.LiteGraph.createNode('AtelierFilmStripSampler');
+            window.app.graph.add(node);
+            return [node.title, node.outputs.map(o => o.label || o.localized_name || o.name)];
+        }"""
+    )
+    ed.page.screenshot(path=artifacts / "04-puzzle-fr.png")
+    assert shown[0] == "Échantillonneur film" and shown[1] == ["latent", "bruité", "prédit"], shown
+    assert_clean(ed)
 
 
 def test_txt2img_template_runs_with_progress_and_shows_its_image(editor, artifacts):
@@ -79,20 +164,25 @@ def test_txt2img_template_runs_with_progress_and_shows_its_image(editor, artifac
         "Object.fromEntries(window.app.graph.nodes.map(n => [n.id, (n.widgets || []).map(w => w.value)]))"
     )
     assert widgets["4"] == ["embedded.safetensors"] and widgets["5"] == [128, 128, 1]
-    editor.page.screenshot(path=artifacts / "02-txt2img-loaded.png")
+    editor.page.screenshot(path=artifacts / "05-txt2img-loaded.png")
 
     src, width, height = run_and_wait_for_image(editor, 9)
-    editor.page.screenshot(path=artifacts / "03-txt2img-done.png")
+    editor.page.screenshot(path=artifacts / "06-txt2img-done.png")
     assert "/api/view?" in src and "filename=Atelier_" in src and (width, height) == (128, 128)
     # Per-step progress of the KSampler (node 3) reached the editor: 1, 2, ... 20 of 20.
     steps = [m["value"] for m in editor.of_type("progress") if m["node"] == "3"]
     assert steps == list(range(1, 21)) and {m["max"] for m in editor.of_type("progress")} == {20}
     executed = [m["node"] for m in editor.of_type("executed")]
     assert executed == ["9"]
-    assert_only_local_requests(editor)
-    assert editor.page_errors == []
-    assert [e for e in editor.console_errors if e not in EXPECTED_404S] == []
-    print(f"txt2img: {len(steps)} progress messages, image {src}")
+
+    # The jobs panel (1.58 reads /api/jobs only): the finished prompt is listed with its image.
+    editor.command("Comfy.Queue.ToggleOverlay")
+    editor.page.get_by_text("Completed", exact=True).first.click()
+    job_image = editor.page.locator('img[src*="/api/view"][src*="filename=Atelier_"]').first
+    job_image.wait_for(timeout=30_000)
+    editor.page.screenshot(path=artifacts / "07-txt2img-jobs-panel.png")
+    assert_clean(editor)
+    print(f"txt2img: {len(steps)} progress messages, image {src}, listed in the jobs panel")
 
 
 def test_puzzle_template_can_be_solved_and_run(editor, artifacts):
@@ -100,7 +190,7 @@ def test_puzzle_template_can_be_solved_and_run(editor, artifacts):
     open_template(editor, "Puzzle: connect the nodes", 8)  # the seven nodes and a note
     assert editor.page.evaluate("window.app.graph.links ? Object.keys(window.app.graph.links).length : -1") in (0, -1)
     assert editor.page.evaluate("window.app.graph.nodes.every(n => (n.inputs || []).every(i => i.link == null))")
-    editor.page.screenshot(path=artifacts / "04-puzzle-open.png")
+    editor.page.screenshot(path=artifacts / "08-puzzle-open.png")
 
     # Connect the links of the txt2img template through LiteGraph, as dragging from socket to socket does.
     # Inputs are named: the live node also lists its widgets as input slots, so template slot indices differ.
@@ -126,7 +216,7 @@ def test_puzzle_template_can_be_solved_and_run(editor, artifacts):
     linked = editor.page.evaluate("window.app.graph.getNodeById(3).inputs.filter(i => i.link != null).map(i => i.name)")
     assert sorted(linked) == ["latent_image", "model", "negative", "positive"]
     src, width, height = run_and_wait_for_image(editor, 9)
-    editor.page.screenshot(path=artifacts / "05-puzzle-solved.png")
+    editor.page.screenshot(path=artifacts / "09-puzzle-solved.png")
     assert (width, height) == (128, 128) and "/api/view?" in src
     assert [m["value"] for m in editor.of_type("progress") if m["node"] == "3"][-1] == 20
     assert_only_local_requests(editor)
