@@ -10,9 +10,10 @@ the editor is stored and wins over the default.
 - "Comfy.Workflow.ShowMissingNodesWarning": False
     The "missing nodes" dialog looks the missing node types up in the Comfy registry (api.comfy.org/nodes...).
     Our /prompt still answers missing_node_type, and the editor still outlines unknown nodes in red.
-- "Comfy.Workflow.ShowMissingModelsWarning": False
-    The "missing models" dialog sends a HEAD request to every model URL a workflow mentions (huggingface.co...)
-    to show download sizes.
+- Missing models (1.58 lists them in its issues tab, Comfy.ErrorSystem.ShowMissingModels) are found from
+    /api/experiment/models, locally. Only a model that a workflow gives a download URL for makes it send a HEAD
+    request to that URL for its size; the policy's connect-src refuses it (the 1.27 setting
+    Comfy.Workflow.ShowMissingModelsWarning is gone). Atelier's templates name no URL.
 - "Comfy.NodeBadge.ShowApiPricing": False
     Price badges belong to paid API nodes, which Atelier does not have.
 - "Comfy.Canvas.LeftMouseClickBehavior": "panning", "Comfy.Canvas.MouseWheelScroll": "zoom"
@@ -56,7 +57,6 @@ MAX_BYTES = 2 * 1024 * 1024  # the editor's settings are a few kB; every page lo
 PRIVATE_DEFAULTS: dict[str, Any] = {
     "Comfy.Notification.ShowVersionUpdates": False,
     "Comfy.Workflow.ShowMissingNodesWarning": False,
-    "Comfy.Workflow.ShowMissingModelsWarning": False,
     "Comfy.NodeBadge.ShowApiPricing": False,
     "Comfy.Canvas.LeftMouseClickBehavior": "panning",
     "Comfy.Canvas.MouseWheelScroll": "zoom",

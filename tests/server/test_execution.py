@@ -22,7 +22,11 @@ async def test_prompt_runs_with_comfyui_message_sequence(tmp_path):
         assert hello[-1]["data"] == {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "editor-1"}
         await ws.send_str(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
         flags = await receive(ws, is_type("feature_flags"))
-        assert flags[-1]["data"] == {"supports_preview_metadata": True, "max_upload_size": 50 * 1024 * 1024}
+        assert flags[-1]["data"] == {
+            "supports_preview_metadata": True,
+            "supports_progress_text_metadata": True,
+            "max_upload_size": 50 * 1024 * 1024,
+        }
 
         queued = await post_prompt(client, graph(steps=2), client_id="editor-1")
         pid = queued["prompt_id"]

@@ -168,8 +168,10 @@ async def test_upload_refuses_big_files_bombs_and_non_images(tmp_path):
         resp = await client.post("/api/upload/image", data=upload_form(huge, "huge.png"))
         assert resp.status == 400 and "far more pixels than the 67 megapixel limit" in await resp.text()
         # Only the templates' example images (copied at start-up) are there: nothing refused was written.
-        assert sorted(p.name for p in (tmp_path / "input").iterdir()) == ["atelier_example.png",
-                                                                          "atelier_inpaint_example.png"]
+        assert sorted(p.name for p in (tmp_path / "input").iterdir()) == [
+            "atelier_example.png",
+            "atelier_inpaint_example.png",
+        ]
         resp = await client.post("/api/upload/image", data={"subfolder": "x"})
         assert resp.status == 400
 
@@ -202,12 +204,16 @@ async def test_cross_origin_writes_are_refused(tmp_path):
 def test_private_defaults_match_the_frontend_bundle():
     """Each default must still name a setting the bundled frontend reads; a frontend upgrade that renames one
     would silently let the editor call out again."""
-    bundle = "".join(p.read_text(encoding="utf-8") for p in (frontend_root() / "assets").glob("GraphView-*.js"))
+    assets = [
+        *(frontend_root() / "assets").glob("GraphView-*.js"),
+        *(frontend_root() / "assets").glob("releaseStore-*.js"),
+    ]
+    bundle = "".join(p.read_text(encoding="utf-8") for p in assets)
     for setting in PRIVATE_DEFAULTS:
-        assert f'"{setting}"' in bundle, setting
+        assert f"`{setting}`" in bundle, setting  # the 1.58 bundle quotes its setting ids with backticks
     # The release check is skipped when the setting is off, or when the server lists --disable-api-nodes.
-    release = bundle[bundle.index("async function fetchReleases()") :][:600]
-    assert "if (!showVersionUpdates.value)" in release and '"--disable-api-nodes"' in release
+    release = bundle[bundle.index("async function fetchReleases()") :][:300]
+    assert "argv?.includes(`--disable-api-nodes`)" in release
 
 
 def test_listen_prints_a_warning_and_binds_every_interface(tmp_path, monkeypatch, capsys):
