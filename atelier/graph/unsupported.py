@@ -2,7 +2,7 @@
 
 Why list nodes that do nothing? Two reasons.
 
-1. The official editor (comfyui-frontend-package 1.27.10) assumes ComfyUI's model loaders exist. On the first
+1. The official editor (comfyui-frontend-package, since 1.27) assumes ComfyUI's model loaders exist. On the first
    combo widget named ckpt_name, vae_name or lora_name it maps model folders to loader nodes (LoraLoader,
    UpscaleModelLoader, ControlNetLoader, ...) and reads `nodeDef.name` of each; a loader missing from
    /object_info makes that throw, and the Load Checkpoint node is drawn without its ckpt_name widget.

@@ -41,6 +41,11 @@ async def test_startup_routes(tmp_path):
         assert await get_json(client, "/prompt") == {"exec_info": {"queue_remaining": 0}}
         assert await get_json(client, "/queue") == {"queue_running": [], "queue_pending": []}
         assert await get_json(client, "/history") == {}
+        for language, start in (("fr-FR,fr;q=0.9", "un grand"), ("de-DE", "a big"), ("en-US", "a big")):
+            resp = await client.get("/api/atelier/default_graph", headers={"Accept-Language": language})
+            graph = await resp.json()
+            prompt = next(n for n in graph["nodes"] if n["id"] == 6)["widgets_values"][0]
+            assert prompt.startswith(start), (language, prompt)
         # Translations of Atelier's teaching nodes (none in this stub registry); no shared subgraph blueprints.
         assert await get_json(client, "/i18n") == {"en": {"nodeDefs": {}}, "fr": {"nodeDefs": {}}}
         assert await get_json(client, "/global_subgraphs") == {}
@@ -76,8 +81,12 @@ async def test_settings_are_stored_and_override_defaults(tmp_path):
         assert resp.status == 200
         settings = await get_json(client, "/settings")
         assert settings["Comfy.Notification.ShowVersionUpdates"] is True  # the user's choice wins
-        assert settings["Comfy.Workflow.ShowMissingModelsWarning"] is False  # untouched default
+        assert settings["Comfy.Workflow.ShowMissingNodesWarning"] is False  # untouched default
         assert settings["Comfy.Locale"] == "fr" and settings["Comfy.TutorialCompleted"] is True
+        # The editor's default graph follows the chosen language, over the browser's.
+        graph = await get_json(client, "/atelier/default_graph")
+        prompt = next(n for n in graph["nodes"] if n["type"] == "CLIPTextEncode")["widgets_values"][0]
+        assert prompt.startswith("un grand cercle rouge") and "ds" not in graph["extra"]
         stored = json.loads((tmp_path / "user" / "default" / "comfy.settings.json").read_text())
         assert stored == {
             "Comfy.Notification.ShowVersionUpdates": True,
