@@ -83,7 +83,9 @@ def test_latent_blend_weights_the_first_by_the_factor():
     (out,) = LatentBlend().run(CTX, a, b, 0.25)
     assert torch.allclose(out["samples"], torch.full((1, 4, 2, 2), 0.25 * 1 + 0.75 * 5))
     (resized,) = LatentBlend().run(CTX, latent(1, 4, 4, 4, value=1.0), latent(1, 4, 2, 2, value=5.0), 0.5)
-    assert resized["samples"].shape == (1, 4, 4, 4) and torch.allclose(resized["samples"], torch.full((1, 4, 4, 4), 3.0))
+    assert resized["samples"].shape == (1, 4, 4, 4) and torch.allclose(
+        resized["samples"], torch.full((1, 4, 4, 4), 3.0)
+    )
 
 
 def test_latent_crop_keeps_8_latent_pixels_inside():

@@ -61,7 +61,7 @@ def nodes(tmp_path_factory):
 def sd(nodes):
     """(model, positive, negative, empty latent) from the embedded checkpoint."""
     ctx = Context()
-    model, clip, vae = nodes.CheckpointLoaderSimple.run(ctx, "embedded.safetensors")
+    model, clip, _vae = nodes.CheckpointLoaderSimple.run(ctx, "embedded.safetensors")
     (positive,) = nodes.CLIPTextEncode.run(ctx, "a red circle", clip)
     (negative,) = nodes.CLIPTextEncode.run(ctx, "", clip)
     (latent,) = nodes.EmptyLatentImage.run(ctx, SIZE, SIZE, 2)
@@ -185,7 +185,7 @@ def test_per_sampler_nodes_pass_their_options(nodes, sd):
 
 
 def test_guiders_follow_comfyuis_formulas(nodes, sd):
-    model, positive, negative, latent = sd
+    model, positive, negative, _ = sd
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     sigma = torch.full((2,), 3.0)
     raw = model.denoiser()
