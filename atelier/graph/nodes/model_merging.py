@@ -103,6 +103,8 @@ class CheckpointSave(Node):
             metadata[key] = json.dumps(value)
         with patched(model.unet, model.patches), patched(clip.text_encoder, clip.patches):
             state, meta = checkpoint_state(model.unet, vae, clip.text_encoder, metadata)
+            # On the CPU the state shares the weights' memory, which the patches leave when the block ends: copy.
+            state = {name: tensor.clone() for name, tensor in state.items()}
         data = save(state, metadata=meta)
         ref = self.env.files.write(data, filename_prefix, "safetensors", "output", claim=ctx.will_write)
         return NodeOutput(result=(), ui={"checkpoints": [ref]})
