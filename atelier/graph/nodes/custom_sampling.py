@@ -398,14 +398,12 @@ NOISE_DEVICE = Input(
 )
 
 
-def _sampler_node(name: str, sampler: str, description: str, inputs: list[Input]) -> type[Node]:
-    """A node giving SamplerChoice(sampler, {its inputs}); noise_device is accepted and not passed on."""
+# One node per sampler with options, named as in ComfyUI (SamplerDPMPP_2M_SDE...); each gives a SamplerChoice.
+# noise_device is accepted for ComfyUI's workflows and has no effect (see NOISE_DEVICE).
 
-    def run(self: Node, ctx: NodeContext, **options: Any) -> tuple:
-        options.pop("noise_device", None)
-        return (SamplerChoice(sampler, options),)
 
-    schema = NodeSchema(
+def _sampler_schema(name: str, sampler: str, description: str, inputs: list[Input]) -> NodeSchema:
+    return NodeSchema(
         name=name,
         display_name=name,
         category="sampling/samplers",
@@ -413,56 +411,90 @@ def _sampler_node(name: str, sampler: str, description: str, inputs: list[Input]
         inputs=inputs,
         outputs=[Output("SAMPLER", tooltip=f"The {sampler} sampler with these options.")],
     )
-    return type(name, (Node,), {"SCHEMA": schema, "run": run, "__doc__": description, "__module__": __name__})
 
 
-SamplerEulerAncestral = _sampler_node(
-    "SamplerEulerAncestral",
-    "euler_ancestral",
-    "Euler a: an Euler step down to sigma_down, then fresh noise back up to the next sigma.",
-    [ETA, S_NOISE],
-)
-SamplerDPMPP_2S_Ancestral = _sampler_node(
-    "SamplerDPMPP_2S_Ancestral",
-    "dpmpp_2s_ancestral",
-    "DPM-Solver++(2S) (Lu et al. 2022) with fresh noise after each step, as Euler a adds it.",
-    [ETA, S_NOISE],
-)
-SamplerDPMPP_2M_SDE = _sampler_node(
-    "SamplerDPMPP_2M_SDE",
-    "dpmpp_2m_sde",
-    "DPM-Solver++(2M) for the reverse SDE (Lu et al. 2022): second order from the previous step, noise each step.",
-    [
-        Input(
-            "solver_type",
-            "COMBO",
-            options=["midpoint", "heun"],
-            tooltip="How the previous denoised guess enters the second-order term.",
-        ),
-        ETA,
-        S_NOISE,
-        NOISE_DEVICE,
-    ],
-)
-SamplerDPMPP_3M_SDE = _sampler_node(
-    "SamplerDPMPP_3M_SDE",
-    "dpmpp_3m_sde",
-    "DPM-Solver++(3M) SDE: the 2M SDE with a quadratic through the last three denoised guesses.",
-    [ETA, S_NOISE, NOISE_DEVICE],
-)
-SamplerDPMPP_SDE = _sampler_node(
-    "SamplerDPMPP_SDE",
-    "dpmpp_sde",
-    "DPM-Solver++ SDE: two stages per step, the first a fraction r of the way, fresh noise in each.",
-    [ETA, S_NOISE, _amount("r", "Where the first stage stops, as a fraction of the step in log-sigma.", 0.5),
-     NOISE_DEVICE],
-)  # fmt: skip
-SamplerLMS = _sampler_node(
-    "SamplerLMS",
-    "lms",
-    "Linear multistep: the last few slopes interpolated by a polynomial in sigma, integrated over the step.",
-    [Input("order", "INT", default=4, min=1, max=100, tooltip="How many past slopes the polynomial goes through.")],
-)
+class SamplerEulerAncestral(Node):
+    SCHEMA = _sampler_schema(
+        "SamplerEulerAncestral",
+        "euler_ancestral",
+        "Euler a: an Euler step down to sigma_down, then fresh noise back up to the next sigma.",
+        [ETA, S_NOISE],
+    )
+
+    def run(self, ctx: NodeContext, eta: float, s_noise: float) -> tuple:
+        return (SamplerChoice("euler_ancestral", {"eta": eta, "s_noise": s_noise}),)
+
+
+class SamplerDPMPP_2S_Ancestral(Node):
+    SCHEMA = _sampler_schema(
+        "SamplerDPMPP_2S_Ancestral",
+        "dpmpp_2s_ancestral",
+        "DPM-Solver++(2S) (Lu et al. 2022) with fresh noise after each step, as Euler a adds it.",
+        [ETA, S_NOISE],
+    )
+
+    def run(self, ctx: NodeContext, eta: float, s_noise: float) -> tuple:
+        return (SamplerChoice("dpmpp_2s_ancestral", {"eta": eta, "s_noise": s_noise}),)
+
+
+class SamplerDPMPP_2M_SDE(Node):
+    SCHEMA = _sampler_schema(
+        "SamplerDPMPP_2M_SDE",
+        "dpmpp_2m_sde",
+        "DPM-Solver++(2M) for the reverse SDE (Lu et al. 2022): second order from the previous step, noise each step.",
+        [
+            Input(
+                "solver_type",
+                "COMBO",
+                options=["midpoint", "heun"],
+                tooltip="How the previous denoised guess enters the second-order term.",
+            ),
+            ETA,
+            S_NOISE,
+            NOISE_DEVICE,
+        ],
+    )
+
+    def run(self, ctx: NodeContext, solver_type: str, eta: float, s_noise: float, noise_device: str) -> tuple:
+        return (SamplerChoice("dpmpp_2m_sde", {"solver_type": solver_type, "eta": eta, "s_noise": s_noise}),)
+
+
+class SamplerDPMPP_3M_SDE(Node):
+    SCHEMA = _sampler_schema(
+        "SamplerDPMPP_3M_SDE",
+        "dpmpp_3m_sde",
+        "DPM-Solver++(3M) SDE: the 2M SDE with a quadratic through the last three denoised guesses.",
+        [ETA, S_NOISE, NOISE_DEVICE],
+    )
+
+    def run(self, ctx: NodeContext, eta: float, s_noise: float, noise_device: str) -> tuple:
+        return (SamplerChoice("dpmpp_3m_sde", {"eta": eta, "s_noise": s_noise}),)
+
+
+class SamplerDPMPP_SDE(Node):
+    SCHEMA = _sampler_schema(
+        "SamplerDPMPP_SDE",
+        "dpmpp_sde",
+        "DPM-Solver++ SDE: two stages per step, the first a fraction r of the way, fresh noise in each.",
+        [ETA, S_NOISE, _amount("r", "Where the first stage stops, as a fraction of the step in log-sigma.", 0.5),
+         NOISE_DEVICE],
+    )  # fmt: skip
+
+    def run(self, ctx: NodeContext, eta: float, s_noise: float, r: float, noise_device: str) -> tuple:
+        return (SamplerChoice("dpmpp_sde", {"eta": eta, "s_noise": s_noise, "r": r}),)
+
+
+class SamplerLMS(Node):
+    SCHEMA = _sampler_schema(
+        "SamplerLMS",
+        "lms",
+        "Linear multistep: the last few slopes interpolated by a polynomial in sigma, integrated over the step.",
+        [Input("order", "INT", default=4, min=1, max=100, tooltip="How many past slopes the polynomial goes through.")],
+    )
+
+    def run(self, ctx: NodeContext, order: int) -> tuple:
+        return (SamplerChoice("lms", {"order": order}),)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # SIGMAS
