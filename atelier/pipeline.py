@@ -387,7 +387,8 @@ def sample_sigmas(
     sigmas = sigmas.to(device, dtype)
     scaled = latent.to(device, dtype) * model.latent_scale  # (B, 4, h, w), the sampler's space
     noise = noise.to(device, dtype)
-    x = start_latent(model.schedule, sigmas, noise, scaled) if len(sigmas) > 1 else scaled
+    # Noised to sigmas[0]; a lone sigma means no step, and the latent comes back noised to it (ComfyUI's rule too).
+    x = start_latent(model.schedule, sigmas, noise, scaled)
 
     denoise: Callable[..., Tensor] = guided
     if noise_mask is not None:

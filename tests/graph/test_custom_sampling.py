@@ -132,6 +132,11 @@ def test_split_sigmas_then_two_passes_equal_one_run(nodes, sd):
     # Only the raw <-> scaled latent round trip (x / scale * scale) between the passes differs: a rounding error.
     assert torch.allclose(second["samples"], whole["samples"], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(first["samples"], whole["samples"], atol=1e-2)  # the first half alone is still noisy
+    # Split at the last step: the low half is the lone sigma 0, no step, and the latent comes back as it was.
+    _, lone = nodes.SplitSigmas.run(Context(), sigmas, 6)
+    assert lone.tolist() == [0.0]
+    again, _ = nodes.SamplerCustomAdvanced.run(Context(), noise, guider, euler, lone, whole)
+    assert torch.allclose(again["samples"], whole["samples"], atol=1e-6)
 
 
 def test_flip_sigmas_reverses_and_lifts_a_zero_start():
