@@ -106,6 +106,16 @@ def test_img2img_denoise_matches_the_ksampler(nodes, sd):
     out, _ = nodes.SamplerCustom.run(Context(), model, True, 7, 5.0, positive, negative, SamplerChoice("euler"),
                                      sigmas, start)  # fmt: skip
     assert torch.equal(out["samples"], expected)
+    # Inpainting: a noise mask on the latent limits the change the same way in both.
+    mask = torch.zeros(1, SIZE, SIZE)
+    mask[:, :, : SIZE // 2] = 1.0
+    masked = dict(start, noise_mask=mask)
+    expected = ksampler(nodes, sd, "euler", "normal", steps=3, denoise=0.5, latent=masked)
+    out, _ = nodes.SamplerCustom.run(Context(), model, True, 7, 5.0, positive, negative, SamplerChoice("euler"),
+                                     sigmas, masked)  # fmt: skip
+    assert torch.equal(out["samples"], expected)
+    kept = (out["samples"] - start["samples"])[..., SIZE // 16 :]  # the kept half, up to the x * scale / scale trip
+    assert float(kept.abs().max()) < 1e-6
 
 
 def test_denoise_zero_gives_no_sigmas_and_the_latent_back(nodes, sd):

@@ -13,7 +13,9 @@ import torch
 
 from atelier.errors import InputError
 from atelier.graph.catalog import default_registry
+from atelier.graph.kit import ClipModel
 from atelier.models.lora import patched
+from atelier.pipeline import DiffusionModel
 from atelier.server.files import DataDir, OutputFiles
 
 
@@ -88,15 +90,10 @@ def test_checkpoint_save_writes_a_loadable_checkpoint_of_the_merge(env):
     for name, w in weights(merged).items():
         assert torch.allclose(saved[name], w, atol=1e-6), name
 
-    # The reloaded file draws the merged model's latent (same seed, same prompt).
-    models_dir = data.models / "checkpoints"
-    path.replace(models_dir / "merged.safetensors")
-    reloaded, reclip, _ = registry.get("CheckpointLoaderSimple")().run(CTX, "merged.safetensors")
-    encode, empty, sampler = (
-        registry.get("CLIPTextEncode")(),
-        registry.get("EmptyLatentImage")(),
-        registry.get("KSampler")(),
-    )
+    # The reloaded file draws the merged model's latent (same seed, same prompt), its text encoder included.
+    reloaded = DiffusionModel(loaded.unet, loaded.vae.config.scaling_factor)
+    reclip = ClipModel(loaded.text_encoder, loaded.tokenizer)
+    encode, empty, sampler = (registry.get(name)() for name in ("CLIPTextEncode", "EmptyLatentImage", "KSampler"))
     (latent,) = empty.run(CTX, 32, 32, 1)
 
     def draw(model, text_clip):
