@@ -18,7 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from atelier.graph.kit import Node, NodeEnvironment
-from atelier.graph.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea
+from atelier.graph.nodes.compose import COMPOSE_NODES
+from atelier.graph.nodes.conditioning import (
+    CLIPSetLastLayer,
+    CLIPTextEncode,
+    ConditioningAverage,
+    ConditioningCombine,
+    ConditioningConcat,
+    ConditioningSetArea,
+    ConditioningSetTimestepRange,
+    ConditioningZeroOut,
+)
+from atelier.graph.nodes.custom_sampling import CUSTOM_SAMPLING_NODES
 from atelier.graph.nodes.image import (
     ImageScale,
     ImageScaleBy,
@@ -38,6 +49,7 @@ from atelier.graph.nodes.latent import (
     VAEEncode,
 )
 from atelier.graph.nodes.loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
+from atelier.graph.nodes.model_merging import MODEL_MERGING_NODES
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
@@ -72,6 +84,14 @@ CORE_NODES: tuple[type[Node], ...] = (
     ImagePadForOutpaint,
     SaveImage,
     PreviewImage,
+    # conditioning arithmetic (nodes/conditioning.py)
+    ConditioningAverage,
+    ConditioningConcat,
+    ConditioningSetTimestepRange,
+    ConditioningZeroOut,
+    *COMPOSE_NODES,  # latent and image tools (nodes/compose.py)
+    *MODEL_MERGING_NODES,  # ModelMergeSimple, CheckpointSave (nodes/model_merging.py)
+    *CUSTOM_SAMPLING_NODES,  # the custom-sampling graph (nodes/custom_sampling.py)
 )
 
 

@@ -224,6 +224,21 @@ def save_checkpoint(
     temporary name and renamed into place, so a crash never leaves a half-written model behind.
     """
     path = Path(path)
+    state, meta = checkpoint_state(unet, vae, text_encoder, metadata)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def checkpoint_state(
+    unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, metadata: Mapping[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """What `save_checkpoint` writes: the SD-layout tensors (on the CPU) and the metadata with our configs; hand
+    both to safetensors' `save` for the bytes of a single-file checkpoint (CheckpointSave writes them itself)."""
     unet_config, vae_config, text_config = (
         _config_of(unet, "unet"),
         _config_of(vae, "vae"),
@@ -239,13 +254,7 @@ def save_checkpoint(
     meta[META_UNET], meta[META_VAE], meta[META_TEXT] = (
         config_to_json(c) for c in (unet_config, vae_config, text_config)
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return state, meta
 
 
 _CONFIG_TYPES = {"unet": UNetConfig, "vae": VAEConfig, "text": TextEncoderConfig}
