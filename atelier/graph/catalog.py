@@ -27,6 +27,7 @@ from atelier.graph.nodes.image import (
     LoadImageMask,
     PreviewImage,
     SaveImage,
+    SaveImageWebsocket,
 )
 from atelier.graph.nodes.inpaint import ImagePadForOutpaint, SetLatentNoiseMask, VAEEncodeForInpaint
 from atelier.graph.nodes.latent import (
@@ -72,6 +73,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     ImagePadForOutpaint,
     SaveImage,
     PreviewImage,
+    SaveImageWebsocket,
 )
 
 
