@@ -17,8 +17,9 @@ A node is a plain class with a `SCHEMA` and a `run` method:
   are not passed: give them a Python default) and returns a tuple with one value per output, or a `NodeOutput`
   when it also has something to show in the editor: `NodeOutput(result=(...), ui={"images": [...]})`.
   ComfyUI's `{"ui": ..., "result": ...}` dict is accepted as well.
-- `ctx` is the node's line back to the executor: `ctx.progress(value, total)`, `ctx.preview(image)`, `ctx.send_image(png)`,
-  `ctx.check_interrupt()`, plus `ctx.node_id`, `ctx.prompt` and `ctx.extra_pnginfo` (see executor.py).
+- `ctx` is the node's line back to the executor: `ctx.progress(value, total)`, `ctx.preview(image)`,
+  `ctx.send_image(png)`, `ctx.check_interrupt()`, plus `ctx.node_id`, `ctx.prompt` and `ctx.extra_pnginfo`
+  (see executor.py).
 - Optional class methods, both called with the node's constant inputs (only those their signature names, or all
   of them with `**kwargs`):
   - `is_changed(**inputs)` -> a value that changes when the node's result would (a file hash, say); the cache

@@ -81,8 +81,9 @@ def create_app(
       "none", as in ComfyUI, or "auto" / "latent2rgb" / "taesd" (prompt_queue.wants_previews).
     """
     if preview_method not in PREVIEW_METHODS:
-        raise AtelierError(f"The preview method {preview_method!r} is not known; expected one of "
-                           f"{', '.join(PREVIEW_METHODS)}.")
+        raise AtelierError(
+            f"The preview method {preview_method!r} is not known; expected one of {', '.join(PREVIEW_METHODS)}."
+        )
     data = DataDir(data_dir)
     for path in data.remove_partial_writes():  # left by a server killed while it wrote
         log.warning("Removed %s, a file a stopped server had not finished writing.", path)
@@ -251,8 +252,8 @@ def run_server(
     preview_method: str = "none",
 ) -> int:
     """What `atelier serve [--port N] [--listen [ADDRESS]] [--allowed-host NAME] [--data-dir DIR] [--no-fast]
-    [--classroom] [--preview-method M]` calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one used without it, except in
-    classroom mode, which binds 0.0.0.0 unless told an address. Returns the exit code."""
+    [--classroom] [--preview-method M]` calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one
+    used without it, except in classroom mode, which binds 0.0.0.0 unless told an address. Returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     address = "0.0.0.0" if listen is True or (classroom and not listen) else listen or host
     serve(

@@ -262,7 +262,7 @@ class SaveImageWebsocket(Node):
     SCHEMA = NodeSchema(
         name="SaveImageWebsocket",
         display_name="Save Image (Websocket)",
-        category="api node/image",
+        category="image",
         description="Sends the images to the client through the WebSocket as PNG frames, without saving a file (for "
         "scripts: see ComfyUI's websockets_api_example_ws_images.py).",
         inputs=[Input("images", "IMAGE", tooltip="The images to send, one frame each.")],
