@@ -17,7 +17,8 @@ UI -> API (what the editor does when you press Queue):
 API -> UI (`api_to_ui`) lays nodes out left to right by depth (a node sits one column right of its deepest input)
 so a prompt made outside the editor (CLI, script, lab) can be opened and edited there.
 
-Subgraphs (workflow `definitions`) are not supported yet.
+Subgraphs (workflow `definitions.subgraphs`, see `_UIGraph`) are expanded into their nodes, with "12:5" ids (node
+5 inside instance 12), as the editor queues them.
 """
 
 from __future__ import annotations
@@ -86,18 +87,74 @@ def _ui_links(workflow: dict) -> dict[int, _UILink]:
     return links
 
 
+SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE = -10, -20  # the ids of a subgraph's input and output boundary nodes
+MAX_SUBGRAPH_DEPTH = 32  # subgraphs inside subgraphs; deeper means a definition that contains itself
+
+
+def _subgraph_definitions(workflow: dict) -> dict[str, dict]:
+    """Every subgraph definition by its id (a uuid): `definitions.subgraphs`, and nested `definitions` inside them."""
+    found: dict[str, dict] = {}
+    pending = [workflow]
+    while pending:
+        holder = pending.pop()
+        definitions = holder.get("definitions") if isinstance(holder, dict) else None
+        for sub in (definitions or {}).get("subgraphs") or [] if isinstance(definitions, dict) else []:
+            if isinstance(sub, dict) and isinstance(sub.get("id"), str) and sub["id"] not in found:
+                found[sub["id"]] = sub
+                pending.append(sub)
+    return found
+
+
 class _UIGraph:
-    def __init__(self, workflow: dict) -> None:
-        self.nodes = {n["id"]: n for n in workflow.get("nodes") or []}
+    """One level of a workflow: the root graph, or the inside of one subgraph instance.
+
+    Subgraphs (frontend 1.2x+): a node whose `type` is the id of a definition in `definitions.subgraphs` is an
+    instance of it. Inside, links from the input boundary node (id -10, slot i) stand for whatever feeds the
+    instance's input i, and links into the output boundary node (id -20, slot j) are what its output j gives.
+    Expanding an instance puts its inner nodes into the prompt under the path of instance ids, "12:5" (node 5
+    inside instance 12; "12:7:5" one level deeper), exactly as the editor queues them; its links are followed
+    across the boundaries, so the instance itself never reaches the prompt.
+    """
+
+    def __init__(
+        self,
+        workflow: dict,
+        subgraphs: dict[str, dict],
+        prefix: str = "",
+        parent: _UIGraph | None = None,
+        instance: dict | None = None,
+    ) -> None:
+        self.nodes = {n["id"]: n for n in workflow.get("nodes") or [] if isinstance(n, dict) and "id" in n}
         self.links = _ui_links(workflow)
+        self.subgraphs = subgraphs
+        self.prefix = prefix  # "" at the root, "12:" inside instance 12, "12:7:" inside instance 7 of that
+        self.parent = parent
+        self.instance = instance  # the node of the parent level this level is the inside of
+        self.promoted = _promoted_widgets(instance) if instance is not None else {}
+
+    def is_instance(self, node: dict) -> bool:
+        return node.get("type") in self.subgraphs
+
+    def inside(self, node: dict) -> _UIGraph:
+        """The level inside subgraph instance `node` of this level."""
+        prefix = f"{self.prefix}{node['id']}:"
+        if prefix.count(":") > MAX_SUBGRAPH_DEPTH:
+            raise InputError(
+                f"Workflow node {prefix[:-1]!r} nests subgraphs more than {MAX_SUBGRAPH_DEPTH} deep; expected a "
+                "subgraph that does not contain itself."
+            )
+        return _UIGraph(self.subgraphs[node["type"]], self.subgraphs, prefix, self, node)
 
     def resolve(self, link_id: int | None, wanted_type: str) -> tuple[str, Any] | None:
-        """Follow a link back through reroutes and bypassed nodes: ("link", [origin_id, slot]), ("value", v) for
-        a PrimitiveNode, or None when it leads nowhere (a muted node, an unconnected reroute)."""
+        """Follow a link back through reroutes, bypassed nodes and subgraph boundaries: ("link", [origin_id, slot]),
+        ("value", v) for a PrimitiveNode or a subgraph input's widget, or None when it leads nowhere (a muted
+        node, an unconnected reroute, an unconnected subgraph input)."""
         seen = set()
         while link_id is not None and link_id not in seen:
             seen.add(link_id)
             link = self.links.get(link_id)
+            if link is not None and link.origin_id == SUBGRAPH_INPUT_NODE and self.parent is not None:
+                return self._from_outside(link.origin_slot, wanted_type)
             origin = None if link is None else self.nodes.get(link.origin_id)
             if origin is None:
                 return None
@@ -111,8 +168,36 @@ class _UIGraph:
                 return None
             elif mode == MODE_BYPASS:
                 link_id = self._bypass(origin, link.origin_slot, wanted_type)
+            elif self.is_instance(origin):  # what the subgraph's output boundary receives at that slot
+                inner = self.inside(origin)
+                feed = next(
+                    (
+                        inner_link.id
+                        for inner_link in inner.links.values()
+                        if inner_link.target_id == SUBGRAPH_OUTPUT_NODE and inner_link.target_slot == link.origin_slot
+                    ),
+                    None,
+                )
+                return inner.resolve(feed, wanted_type)
             else:
-                return ("link", [str(origin["id"]), link.origin_slot])
+                return ("link", [f"{self.prefix}{origin['id']}", link.origin_slot])
+        return None
+
+    def _from_outside(self, index: int, wanted_type: str) -> tuple[str, Any] | None:
+        """What feeds input `index` of the instance this level is the inside of: its link in the parent level, or
+        the value of its widget when the subgraph input is drawn as one on the instance."""
+        slots = self.instance.get("inputs") or []
+        if not 0 <= index < len(slots):
+            return None
+        slot = slots[index]
+        if slot.get("link") is not None:
+            return self.parent.resolve(slot["link"], wanted_type)
+        if "widget" in slot and isinstance(self.instance.get("widgets_values"), list):
+            widgets = [s for s in slots if "widget" in s]
+            values = self.instance["widgets_values"]
+            position = widgets.index(slot)
+            if position < len(values):
+                return ("value", values[position])
         return None
 
     @staticmethod
@@ -123,6 +208,22 @@ class _UIGraph:
             if index < len(inputs) and inputs[index].get("type") == wanted_type:
                 return inputs[index].get("link")
         return None
+
+
+def _promoted_widgets(instance: dict) -> dict[str, dict[str, Any]]:
+    """Widgets of inner nodes shown on a subgraph instance (`properties.proxyWidgets`, [[inner id, widget name]]),
+    with the values the instance stores for them: {inner id: {widget name: value}}. The editor keeps a promoted
+    widget's value in the inner node itself and the instance's widgets_values empty; a file whose instance lists
+    one value per proxy widget overrides the inner ones with them."""
+    proxies = (instance.get("properties") or {}).get("proxyWidgets")
+    values = instance.get("widgets_values")
+    if not isinstance(proxies, list) or not isinstance(values, list) or len(values) != len(proxies):
+        return {}
+    promoted: dict[str, dict[str, Any]] = {}
+    for proxy, value in zip(proxies, values, strict=True):
+        if isinstance(proxy, list) and len(proxy) == 2:
+            promoted.setdefault(str(proxy[0]), {})[str(proxy[1])] = value
+    return promoted
 
 
 def _widget_values(node: dict, schema: NodeSchema) -> dict[str, Any]:
@@ -146,20 +247,35 @@ def _widget_values(node: dict, schema: NodeSchema) -> dict[str, Any]:
 
 
 def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
-    """An editor workflow (UI format) -> an API prompt, as the editor builds it when you queue."""
+    """An editor workflow (UI format) -> an API prompt, as the editor builds it when you queue (subgraph
+    instances expanded into their nodes, with "instance:inner" ids)."""
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
         raise InputError("The workflow must be a UI-format object with a 'nodes' list.")
-    subgraphs = {s.get("id") for s in (workflow.get("definitions") or {}).get("subgraphs") or []}
-    graph = _UIGraph(workflow)
     prompt: dict[str, dict] = {}
-    for node in workflow["nodes"]:
+    _add_level(_UIGraph(workflow, _subgraph_definitions(workflow)), registry, prompt)
+    for node in prompt.values():  # drop links into nodes that did not make it (muted, unknown ids)
+        for name, value in list(node["inputs"].items()):
+            link = as_link(value)
+            if link is not None and link.node_id not in prompt:
+                del node["inputs"][name]
+    return prompt
+
+
+def _add_level(graph: _UIGraph, registry: NodeRegistry, prompt: dict[str, dict]) -> None:
+    """Put the nodes of one level into `prompt`, expanding subgraph instances in place (depth first)."""
+    for node in graph.nodes.values():
         kind, mode = node.get("type"), node.get("mode", MODE_ALWAYS)
         if kind in VIRTUAL_NODES or mode in (MODE_MUTED, MODE_BYPASS):
+            continue  # a muted or bypassed instance takes its whole inside with it
+        if graph.is_instance(node):
+            _add_level(graph.inside(node), registry, prompt)
             continue
-        if kind in subgraphs:
-            raise InputError(f"Workflow node {node['id']} is a subgraph, which Atelier cannot run yet; unpack it.")
         schema = registry.schema(kind)
         inputs = _widget_values(node, schema) if schema is not None else {}
+        promoted = graph.promoted.get(str(node["id"]), {})
+        inputs.update(
+            {name: promoted[name] for name in (i.name for i in schema.inputs) if name in promoted} if schema else {}
+        )
         for slot in node.get("inputs") or []:
             if slot.get("link") is None:
                 continue
@@ -169,14 +285,7 @@ def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
             elif "widget" not in slot:
                 inputs.pop(slot["name"], None)
         title = node.get("title") or (schema.display_name if schema and schema.display_name else kind)
-        prompt[str(node["id"])] = {"inputs": inputs, "class_type": kind, "_meta": {"title": title}}
-
-    for node in prompt.values():  # drop links into nodes that did not make it (muted, unknown ids)
-        for name, value in list(node["inputs"].items()):
-            link = as_link(value)
-            if link is not None and link.node_id not in prompt:
-                del node["inputs"][name]
-    return prompt
+        prompt[f"{graph.prefix}{node['id']}"] = {"inputs": inputs, "class_type": kind, "_meta": {"title": title}}
 
 
 # ---- API -> UI ----------------------------------------------------------------------------------------------------
