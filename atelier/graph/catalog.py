@@ -38,7 +38,15 @@ from atelier.graph.nodes.latent import (
     VAEDecode,
     VAEEncode,
 )
-from atelier.graph.nodes.loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
+from atelier.graph.nodes.loaders import (
+    CheckpointLoaderSimple,
+    CLIPLoader,
+    DualCLIPLoader,
+    LoraLoader,
+    LoraLoaderModelOnly,
+    UNETLoader,
+    VAELoader,
+)
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
@@ -49,6 +57,9 @@ from atelier.models.paths import ModelPaths
 CORE_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple,
     VAELoader,
+    UNETLoader,
+    CLIPLoader,
+    DualCLIPLoader,
     LoraLoader,
     LoraLoaderModelOnly,
     CLIPTextEncode,
@@ -86,6 +97,10 @@ def _input_images(env: NodeEnvironment) -> Options:
 _DYNAMIC_OPTIONS = {
     ("CheckpointLoaderSimple", "ckpt_name"): lambda env: env.checkpoint_names,
     ("VAELoader", "vae_name"): lambda env: lambda: env.models.list("vae"),
+    ("UNETLoader", "unet_name"): lambda env: lambda: env.models.list("diffusion_models"),
+    ("CLIPLoader", "clip_name"): lambda env: lambda: env.models.list("text_encoders"),
+    ("DualCLIPLoader", "clip_name1"): lambda env: lambda: env.models.list("text_encoders"),
+    ("DualCLIPLoader", "clip_name2"): lambda env: lambda: env.models.list("text_encoders"),
     ("LoraLoader", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoraLoaderModelOnly", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoadImage", "image"): _input_images,

@@ -5,7 +5,7 @@
         output/           what SaveImage writes: <prefix>_00001_.png, never overwritten
         temp/             PreviewImage files; emptied when the server starts
         user/default/     the editor's settings (comfy.settings.json) and saved workflows (workflows/)
-        models/           checkpoints/, vae/, loras/, embeddings/ (ComfyUI's layout)
+        models/           checkpoints/, vae/, loras/, embeddings/, diffusion_models/, text_encoders/ (ComfyUI's)
         atelier.sqlite    the queue and the history, so both survive a restart
 
 Every path that comes from a request goes through `safe_join`: it refuses absolute paths, `..` and symlinks that
@@ -32,7 +32,7 @@ from PIL import Image, PngImagePlugin
 from atelier.errors import AtelierError
 
 FILE_KINDS = ("input", "output", "temp")  # the `type` of a file reference {"filename", "subfolder", "type"}
-MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings")
+MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings", "diffusion_models", "text_encoders")
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 MAX_PREFIX_CHARACTERS = 200  # a filename prefix, subfolders included: file names stop at 255 bytes
 PARTIAL_PREFIX = ".tmp-"  # files being written (write_atomic, write_new); left over only by a killed server
