@@ -172,7 +172,7 @@ def read_diffusion_model(path: str | Path, dtype: torch.dtype | None = None) -> 
     file = WeightsFile(path)
     names = _part(list(file.index.shapes), keymap.UNET_PREFIX)
     shapes = {n.removeprefix(keymap.UNET_PREFIX): file.index.shapes[n] for n in names}
-    family, evidence = detect_diffusion_model(shapes)
+    family, evidence = detect_diffusion_model(shapes, file.index.metadata)
     _require_split(family, evidence, file.name, "a diffusion model")
     config = metadata_config(UNetConfig, file.index.metadata, META_UNET, file.name) or infer_unet_config(
         shapes, prediction_type(file.path, file.index.shapes), f"{file.name}: the UNet"
@@ -191,7 +191,7 @@ def read_text_encoder(path: str | Path, dtype: torch.dtype | None = None) -> tup
     file = WeightsFile(path)
     names = [n for n in _part(list(file.index.shapes), keymap.TEXT_PREFIX) if n not in _TEXT_EXTRAS]
     shapes = {n.removeprefix(keymap.TEXT_PREFIX): file.index.shapes[n] for n in names}
-    family, evidence = detect_text_encoder(shapes)
+    family, evidence = detect_text_encoder(shapes, file.index.metadata)
     _require_split(family, evidence, file.name, "a text encoder")
     config = metadata_config(TextEncoderConfig, file.index.metadata, META_TEXT, file.name) or (
         infer_text_encoder_config(shapes, f"{file.name}: the text encoder")

@@ -136,16 +136,19 @@ class UNETLoader(Node):
 
     def run(self, ctx: NodeContext, unet_name: str, weight_dtype: str) -> tuple:
         from atelier.models.checkpoint import load_diffusion_model
-        from atelier.models.config import VAEConfig
+        from atelier.models.detect import latent_scale
+        from atelier.models.weights import WeightsFile
 
         if weight_dtype != "default":
             log.info("%s: weight_dtype %s is not used by Atelier; the weights keep the device's precision.",
                      unet_name, weight_dtype)  # fmt: skip
         path = self.env.models.resolve("diffusion_models", unet_name)
-        unet, _, _ = load_diffusion_model(path, device=self.env.device, dtype=self.env.dtype)
-        # No VAE is at hand to fit a preview map: this MODEL gives no live previews. The latent scale is the SD
-        # VAE's (Rombach et al. 2022, sec. 4: latents scaled to unit variance), the one every SD1.x VAE uses.
-        return (DiffusionModel(unet, VAEConfig().scaling_factor, preview=None),)
+        unet, _, family = load_diffusion_model(path, device=self.env.device, dtype=self.env.dtype)
+        # Without its VAE the latent scale is the family's (or the one Atelier stored in the file), and the live
+        # preview map is the one stored in the file, if any: there is no VAE here to fit one on.
+        stored = latent_rgb(path)
+        scale = latent_scale(family, WeightsFile(path).index.metadata)
+        return (DiffusionModel(unet, scale, preview=torch.tensor(stored) if stored is not None else None),)
 
 
 class CLIPLoader(Node):
