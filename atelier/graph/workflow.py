@@ -130,7 +130,7 @@ class _UIGraph:
         self.prefix = prefix  # "" at the root, "12:" inside instance 12, "12:7:" inside instance 7 of that
         self.parent = parent
         self.instance = instance  # the node of the parent level this level is the inside of
-        self.promoted = _promoted_widgets(instance) if instance is not None else {}
+        self.promoted = _promoted_widgets(instance, workflow.get(GROUP_WIDGETS)) if instance is not None else {}
 
     def is_instance(self, node: dict) -> bool:
         return node.get("type") in self.subgraphs
@@ -210,12 +210,13 @@ class _UIGraph:
         return None
 
 
-def _promoted_widgets(instance: dict) -> dict[str, dict[str, Any]]:
+def _promoted_widgets(instance: dict, group_widgets: list | None = None) -> dict[str, dict[str, Any]]:
     """Widgets of inner nodes shown on a subgraph instance (`properties.proxyWidgets`, [[inner id, widget name]]),
     with the values the instance stores for them: {inner id: {widget name: value}}. The editor keeps a promoted
     widget's value in the inner node itself and the instance's widgets_values empty; a file whose instance lists
-    one value per proxy widget overrides the inner ones with them."""
-    proxies = (instance.get("properties") or {}).get("proxyWidgets")
+    one value per proxy widget overrides the inner ones with them. A legacy group node lists every inner widget
+    (`group_widgets`, see _group_definition) and its widgets_values always hold their values."""
+    proxies = group_widgets if group_widgets is not None else (instance.get("properties") or {}).get("proxyWidgets")
     values = instance.get("widgets_values")
     if not isinstance(proxies, list) or not isinstance(values, list) or len(values) != len(proxies):
         return {}
@@ -246,13 +247,81 @@ def _widget_values(node: dict, schema: NodeSchema) -> dict[str, Any]:
     return found
 
 
+# ---- legacy group nodes -------------------------------------------------------------------------------------------
+
+GROUP_PREFIXES = ("workflow>", "workflow/")  # the type of a group node instance: "workflow>Name" (older: "workflow/")
+GROUP_WIDGETS = "atelier_group_widgets"  # a key of the converted definition: [inner id, input name] per widget value
+
+
+def _group_definitions(workflow: dict, registry: NodeRegistry) -> dict[str, dict]:
+    """Legacy group nodes (frontend before subgraphs; `extra.groupNodes`), as subgraph definitions by instance type.
+
+    A group node {nodes, links: [[from index, slot, to index, slot, ...]], external: [[index, slot, type]]} is
+    drawn as one node whose sockets are its inner nodes' free ones, in the order the editor builds them
+    (GroupNodeConfig): first every inner input that no inner link feeds, node by node, then the inner inputs made
+    from widgets; outputs are every inner output not used only inside. Its widgets are the inner nodes' widgets in
+    order, and the editor queues inner node i of instance 12 as "12:i". Each group becomes the equivalent subgraph
+    (boundary links from -10 and into -20), which _UIGraph expands like any other."""
+    groups = (workflow.get("extra") or {}).get("groupNodes")
+    found: dict[str, dict] = {}
+    for name, group in groups.items() if isinstance(groups, dict) else []:
+        if isinstance(group, dict) and isinstance(group.get("nodes"), list):
+            definition = _group_definition(group, registry)
+            found.update({prefix + name: definition for prefix in GROUP_PREFIXES})
+    return found
+
+
+def _group_definition(group: dict, registry: NodeRegistry) -> dict:
+    nodes = [dict(node, id=index) for index, node in enumerate(group["nodes"]) if isinstance(node, dict)]
+    inner = [link for link in group.get("links") or [] if isinstance(link, list) and len(link) >= 4]
+    fed = {(link[2], link[3]) for link in inner if link[0] is not None}  # (node index, input slot) fed inside
+    used_inside = {(link[0], link[1]) for link in inner if link[0] is not None}
+    external = {(e[0], e[1]) for e in group.get("external") or [] if isinstance(e, list) and len(e) >= 2}
+    links = [
+        {"id": n, "origin_id": l[0], "origin_slot": l[1], "target_id": l[2], "target_slot": l[3], "type": l[-1]}
+        for n, l in enumerate(inner, start=1)
+        if l[0] is not None
+    ]
+
+    def boundary(origin: int, origin_slot: int, target: int, target_slot: int) -> None:
+        links.append(
+            {"id": len(links) + 1, "origin_id": origin, "origin_slot": origin_slot, "target_id": target,
+             "target_slot": target_slot, "type": "*"}
+        )  # fmt: skip
+
+    free = [(n["id"], s) for n in nodes for s, slot in enumerate(n.get("inputs") or []) if "widget" not in slot]
+    converted = [(n["id"], s) for n in nodes for s, slot in enumerate(n.get("inputs") or []) if "widget" in slot]
+    for index, (node_id, slot) in enumerate(p for p in free + converted if p not in fed):
+        boundary(SUBGRAPH_INPUT_NODE, index, node_id, slot)
+    widgets, output = [], 0
+    for node in nodes:
+        schema = registry.schema(node.get("type"))
+        if schema is None:
+            continue
+        for out_slot in range(len(schema.outputs)):
+            if (node["id"], out_slot) not in used_inside or (node["id"], out_slot) in external:
+                boundary(node["id"], out_slot, SUBGRAPH_OUTPUT_NODE, output)
+                output += 1
+        as_inputs = {slot.get("name") for slot in node.get("inputs") or [] if "widget" in slot}
+        widgets += [[str(node["id"]), w.name if w.kind == "value" else None] for w in widget_slots(schema)
+                    if w.name not in as_inputs]  # fmt: skip
+    # The inner inputs keep the link ids of the graph the group was made from: point them at the links above.
+    feeding = {(link["target_id"], link["target_slot"]): link["id"] for link in links}
+    for node in nodes:
+        node["inputs"] = [
+            {**slot, "link": feeding.get((node["id"], s))} for s, slot in enumerate(node.get("inputs") or [])
+        ]
+    return {"nodes": nodes, "links": links, GROUP_WIDGETS: widgets}
+
+
 def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
     """An editor workflow (UI format) -> an API prompt, as the editor builds it when you queue (subgraph
     instances expanded into their nodes, with "instance:inner" ids)."""
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
         raise InputError("The workflow must be a UI-format object with a 'nodes' list.")
     prompt: dict[str, dict] = {}
-    _add_level(_UIGraph(workflow, _subgraph_definitions(workflow)), registry, prompt)
+    definitions = {**_group_definitions(workflow, registry), **_subgraph_definitions(workflow)}
+    _add_level(_UIGraph(workflow, definitions), registry, prompt)
     for node in prompt.values():  # drop links into nodes that did not make it (muted, unknown ids)
         for name, value in list(node["inputs"].items()):
             link = as_link(value)
