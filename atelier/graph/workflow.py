@@ -18,7 +18,8 @@ API -> UI (`api_to_ui`) lays nodes out left to right by depth (a node sits one c
 so a prompt made outside the editor (CLI, script, lab) can be opened and edited there.
 
 Subgraphs (workflow `definitions.subgraphs`, see `_UIGraph`) are expanded into their nodes, with "12:5" ids (node
-5 inside instance 12), as the editor queues them.
+5 inside instance 12), as the editor queues them; legacy group nodes (`extra.groupNodes`, see `_group_definitions`)
+become the equivalent subgraphs first, their inner nodes queued as "12:0", "12:1"...
 """
 
 from __future__ import annotations
@@ -285,9 +286,15 @@ def _group_definition(group: dict, registry: NodeRegistry) -> dict:
 
     def boundary(origin: int, origin_slot: int, target: int, target_slot: int) -> None:
         links.append(
-            {"id": len(links) + 1, "origin_id": origin, "origin_slot": origin_slot, "target_id": target,
-             "target_slot": target_slot, "type": "*"}
-        )  # fmt: skip
+            {
+                "id": len(links) + 1,
+                "origin_id": origin,
+                "origin_slot": origin_slot,
+                "target_id": target,
+                "target_slot": target_slot,
+                "type": "*",
+            }
+        )
 
     free = [(n["id"], s) for n in nodes for s, slot in enumerate(n.get("inputs") or []) if "widget" not in slot]
     converted = [(n["id"], s) for n in nodes for s, slot in enumerate(n.get("inputs") or []) if "widget" in slot]
@@ -303,8 +310,11 @@ def _group_definition(group: dict, registry: NodeRegistry) -> dict:
                 boundary(node["id"], out_slot, SUBGRAPH_OUTPUT_NODE, output)
                 output += 1
         as_inputs = {slot.get("name") for slot in node.get("inputs") or [] if "widget" in slot}
-        widgets += [[str(node["id"]), w.name if w.kind == "value" else None] for w in widget_slots(schema)
-                    if w.name not in as_inputs]  # fmt: skip
+        widgets += [
+            [str(node["id"]), w.name if w.kind == "value" else None]
+            for w in widget_slots(schema)
+            if w.name not in as_inputs
+        ]
     # The inner inputs keep the link ids of the graph the group was made from: point them at the links above.
     feeding = {(link["target_id"], link["target_slot"]): link["id"] for link in links}
     for node in nodes:

@@ -156,8 +156,9 @@ def _require_split(family: str, evidence: str, name: str, what: str) -> None:
     if family in SUPPORTED_FAMILIES:
         return
     detail = _SPLIT_DETAILS.get(family, "Atelier runs the Stable Diffusion 1.x family only for now")
-    raise CheckpointError(f"{name} is not {what} Atelier can load: it looks like {FAMILY_NAMES[family]} "
-                          f"(found {evidence}); {detail}.")  # fmt: skip
+    raise CheckpointError(
+        f"{name} is not {what} Atelier can load: it looks like {FAMILY_NAMES[family]} (found {evidence}); {detail}."
+    )
 
 
 def _part(names: list[str], prefix: str) -> list[str]:

@@ -93,8 +93,14 @@ CLIP_TYPES = {
     "qwen_image": "qwen_image",
     "hunyuan_image": "hunyuan_image",
 }
-DUAL_CLIP_TYPES = {"sdxl": "sdxl", "sd3": "sd3", "flux": "flux", "hunyuan_video": "hunyuan_video",
-                   "hidream": "hidream", "hunyuan_image": "hunyuan_image"}  # fmt: skip
+DUAL_CLIP_TYPES = {
+    "sdxl": "sdxl",
+    "sd3": "sd3",
+    "flux": "flux",
+    "hunyuan_video": "hunyuan_video",
+    "hidream": "hidream",
+    "hunyuan_image": "hunyuan_image",
+}
 DEVICE_INPUT = Input(
     "device",
     "COMBO",
@@ -140,8 +146,11 @@ class UNETLoader(Node):
         from atelier.models.weights import WeightsFile
 
         if weight_dtype != "default":
-            log.info("%s: weight_dtype %s is not used by Atelier; the weights keep the device's precision.",
-                     unet_name, weight_dtype)  # fmt: skip
+            log.info(
+                "%s: weight_dtype %s is not used by Atelier; the weights keep the device's precision.",
+                unet_name,
+                weight_dtype,
+            )
         path = self.env.models.resolve("diffusion_models", unet_name)
         unet, _, family = load_diffusion_model(path, device=self.env.device, dtype=self.env.dtype)
         # Without its VAE the latent scale is the family's (or the one Atelier stored in the file), and the live
