@@ -200,7 +200,7 @@ class DualCLIPLoader(Node):
     )
 
     def run(self, ctx: NodeContext, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple:
-        raise AtelierError(str(_refuse_family("DualCLIPLoader", type, DUAL_CLIP_TYPES.get(type, type))))
+        raise AtelierError(str(self.validate_inputs(type)))  # validation refuses it first; a direct call, here
 
     @classmethod
     def validate_inputs(cls, type: str) -> bool | str:
