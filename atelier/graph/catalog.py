@@ -38,6 +38,7 @@ from atelier.graph.nodes.image import (
     LoadImageMask,
     PreviewImage,
     SaveImage,
+    SaveImageWebsocket,
 )
 from atelier.graph.nodes.inpaint import ImagePadForOutpaint, SetLatentNoiseMask, VAEEncodeForInpaint
 from atelier.graph.nodes.latent import (
@@ -48,7 +49,15 @@ from atelier.graph.nodes.latent import (
     VAEDecode,
     VAEEncode,
 )
-from atelier.graph.nodes.loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
+from atelier.graph.nodes.loaders import (
+    CheckpointLoaderSimple,
+    CLIPLoader,
+    DualCLIPLoader,
+    LoraLoader,
+    LoraLoaderModelOnly,
+    UNETLoader,
+    VAELoader,
+)
 from atelier.graph.nodes.model_merging import MODEL_MERGING_NODES
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
 from atelier.graph.registry import NodeRegistry
@@ -60,6 +69,9 @@ from atelier.models.paths import ModelPaths
 CORE_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple,
     VAELoader,
+    UNETLoader,
+    CLIPLoader,
+    DualCLIPLoader,
     LoraLoader,
     LoraLoaderModelOnly,
     CLIPTextEncode,
@@ -84,6 +96,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     ImagePadForOutpaint,
     SaveImage,
     PreviewImage,
+    SaveImageWebsocket,
     # conditioning arithmetic (nodes/conditioning.py)
     ConditioningAverage,
     ConditioningConcat,
@@ -104,6 +117,10 @@ def _input_images(env: NodeEnvironment) -> Options:
 _DYNAMIC_OPTIONS = {
     ("CheckpointLoaderSimple", "ckpt_name"): lambda env: env.checkpoint_names,
     ("VAELoader", "vae_name"): lambda env: lambda: env.models.list("vae"),
+    ("UNETLoader", "unet_name"): lambda env: lambda: env.models.list("diffusion_models"),
+    ("CLIPLoader", "clip_name"): lambda env: lambda: env.models.list("text_encoders"),
+    ("DualCLIPLoader", "clip_name1"): lambda env: lambda: env.models.list("text_encoders"),
+    ("DualCLIPLoader", "clip_name2"): lambda env: lambda: env.models.list("text_encoders"),
     ("LoraLoader", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoraLoaderModelOnly", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoadImage", "image"): _input_images,
