@@ -7,10 +7,10 @@
    (`ComfyApiWrapper.queue_and_wait_images`) and comfy-catapult (`ComfyCatapult.Catapult`, then its remote-file
    API to fetch the image and to upload and fetch back a text file).
 
-They need websocket-client (the script examples), comfy-api-simplified and comfy-catapult, which are not
-dependencies of Atelier: each test is skipped when its client is not installed (`pip install websocket-client
-comfy-api-simplified comfy-catapult`). The module is marked slow (about 2.5 minutes on two busy cores: a real
-server, real sampling); tests/server/test_previews.py checks the same protocol points quickly with stub nodes.
+They need websocket-client (the script examples), comfy-api-simplified and comfy-catapult, which are test extras,
+not dependencies of Atelier (`make test` installs them). The module runs in the normal suite, about a minute on two
+quiet cores (a real server, real sampling); tests/server/test_previews.py checks the same protocol points with stub
+nodes.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ import pytest
 from PIL import Image
 
 from tests.browser import atelier_server
-
-pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).parents[1] / "fixtures" / "comfyui_script_examples"
 SIZE = 64  # the examples ask for 512 x 512; the embedded model draws 128 natively, 64 keeps the test short
