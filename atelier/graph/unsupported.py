@@ -95,23 +95,6 @@ class ControlNetLoader(NotSupportedYet):
         return cls.refusal()
 
 
-class UNETLoader(NotSupportedYet):
-    SCHEMA = _schema(
-        "UNETLoader",
-        "Load Diffusion Model",
-        [
-            _file("unet_name"),
-            Input("weight_dtype", "COMBO", options=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]),
-        ],
-        [Output("MODEL")],
-    )
-    WHY = "would load a diffusion model on its own; use Load Checkpoint, which holds the UNet, CLIP and VAE"
-
-    @classmethod
-    def validate_inputs(cls, unet_name: str) -> str:
-        return cls.refusal()
-
-
 class ImageOnlyCheckpointLoader(NotSupportedYet):
     SCHEMA = _schema(
         "ImageOnlyCheckpointLoader",
@@ -148,7 +131,6 @@ UNSUPPORTED_NODES: tuple[type[NotSupportedYet], ...] = (
     UpscaleModelLoader,
     ImageUpscaleWithModel,
     ControlNetLoader,
-    UNETLoader,
     ImageOnlyCheckpointLoader,
     StyleModelLoader,
     GLIGENLoader,
