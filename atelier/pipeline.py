@@ -37,7 +37,7 @@ from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import SCHEDULERS, sigmas_for
 
 if TYPE_CHECKING:
-    from atelier.models.clip import CLIPTextEncoder
+    from atelier.models.clip import CLIPTextEncoder, SDXLTextEncoder
     from atelier.models.tokenizer import CLIPTokenizer, EmbeddingLookup
     from atelier.models.unet import UNet
     from atelier.models.vae import VAE
@@ -98,6 +98,51 @@ def encode_prompt(
         z_empty = text_encoder.encode(empty, clip_skip=clip_skip)  # (1, 77, width)
         z = z_empty + weights[..., None].to(z.dtype) * (z - z_empty)
     return z.reshape(1, -1, z.shape[-1])
+
+
+@torch.no_grad()
+def encode_prompt_sdxl(
+    text_encoder: SDXLTextEncoder,
+    tokenizer_l: CLIPTokenizer,
+    tokenizer_g: CLIPTokenizer,
+    text_l: str,
+    text_g: str | None = None,
+    clip_skip: int = 2,
+) -> tuple[Tensor, Tensor]:
+    """SDXL prompts -> (context (1, 77 * chunks, 2048), pooled (1, 1280)), as ComfyUI's CLIPTextEncodeSDXL does.
+
+    Each tower tokenizes its own text (`text_g` defaults to `text_l`; bigG's tokenizer pads with 0) into the same
+    75-token chunks as SD1.x, with the same weighting rule applied per tower against that tower's empty prompt:
+    z = z_empty + weight * (z - z_empty). If one text has more chunks, the other is padded with empty chunks.
+    The pooled vector is bigG's for the first chunk (ComfyUI keeps the first chunk's). The refiner
+    (`text_encoder.clip_l` None) reads `text_g` alone: context (1, 77 * chunks, 1280). Textual-inversion
+    embeddings are not read here yet.
+    """
+    text_g = text_l if text_g is None else text_g
+    check_prompt_text(text_l)
+    check_prompt_text(text_g)
+    device = next(text_encoder.parameters()).device
+    windows_g = tokenizer_g.tokenize_prompt(text_g).windows
+    windows_l = tokenizer_l.tokenize_prompt(text_l).windows if text_encoder.clip_l is not None else []
+    chunks = max(len(windows_g), len(windows_l))
+
+    def weighted(tower: CLIPTextEncoder, tokenizer: CLIPTokenizer, windows: list) -> tuple[Tensor, Tensor]:
+        empty_window = tokenizer.tokenize_weighted("")[0]
+        windows = windows + [empty_window] * (chunks - len(windows))
+        ids = torch.tensor([[i for i, _ in w] for w in windows], device=device)  # (chunks, 77)
+        weights = torch.tensor([[x for _, x in w] for w in windows], device=device)  # (chunks, 77)
+        z, pooled = tower.encode_with_pooled(ids, clip_skip)  # (chunks, 77, width), (chunks, P)
+        if not torch.all(weights == 1.0):
+            empty = torch.tensor([[i for i, _ in empty_window]], device=device)  # (1, 77)
+            z_empty, _ = tower.encode_with_pooled(empty, clip_skip)
+            z = z_empty + weights[..., None].to(z.dtype) * (z - z_empty)
+        return z.reshape(1, -1, z.shape[-1]), pooled[:1]  # (1, 77 * chunks, width), (1, P)
+
+    z_g, pooled = weighted(text_encoder.clip_g, tokenizer_g, windows_g)
+    if text_encoder.clip_l is None:
+        return z_g, pooled
+    z_l, _ = weighted(text_encoder.clip_l, tokenizer_l, windows_l)
+    return torch.cat([z_l, z_g], dim=-1), pooled  # (1, 77 * chunks, 2048), (1, 1280)
 
 
 # --------------------------------------------------------------------------------------------------------------

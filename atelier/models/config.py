@@ -61,6 +61,18 @@ class TextEncoderConfig:
     def tiny(cls) -> TextEncoderConfig:
         return cls(width=32, layers=3, heads=4, mlp_width=64)
 
+    @classmethod
+    def open_clip_h(cls) -> TextEncoderConfig:
+        """OpenCLIP ViT-H/14's text tower (Cherti et al. 2023, trained on LAION-2B), SD 2.x's: 24 layers, 1024 wide,
+        exact GELU. SD 2.x reads its penultimate layer (through the final LayerNorm)."""
+        return cls(width=1024, layers=24, heads=16, mlp_width=4096, activation="gelu")
+
+    @classmethod
+    def open_clip_bigg(cls) -> TextEncoderConfig:
+        """OpenCLIP ViT-bigG/14's text tower, SDXL's second encoder: 32 layers, 1280 wide, exact GELU, and the
+        projection of its pooled <end> token (1280 -> 1280) that SDXL's UNet reads in its vector y."""
+        return cls(width=1280, layers=32, heads=20, mlp_width=5120, activation="gelu", projection_dim=1280)
+
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
