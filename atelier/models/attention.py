@@ -135,16 +135,18 @@ class SpatialTransformer(nn.Module):
         residual = x
         h, w = x.shape[-2:]
         x = self.norm(x)
+        if not self.linear:
+            x = self.proj_in(x)  # SD1.x: a 1x1 conv on the map (B, C, h, w)
+        x = x.flatten(2).transpose(1, 2)  # one token per pixel: (B, h*w, C)
         if self.linear:
-            x = self.proj_in(x.flatten(2).transpose(1, 2))  # tokens first, then project: (B, h*w, C)
-        else:
-            x = self.proj_in(x).flatten(2).transpose(1, 2)  # project the map, then one token per pixel: (B, h*w, C)
+            x = self.proj_in(x)  # SD 2.x / SDXL: a Linear on the tokens
         for block in self.transformer_blocks:
             x = block(x, context, (h, w))
         if self.linear:
-            x = self.proj_out(x).transpose(1, 2).unflatten(2, (h, w))  # (B, C, h, w)
-        else:
-            x = self.proj_out(x.transpose(1, 2).unflatten(2, (h, w)))  # back to a feature map: (B, C, h, w)
+            x = self.proj_out(x)
+        x = x.transpose(1, 2).unflatten(2, (h, w))  # back to a feature map: (B, C, h, w)
+        if not self.linear:
+            x = self.proj_out(x)
         return x + residual
 
 

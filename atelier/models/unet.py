@@ -143,10 +143,7 @@ class DownBlock(nn.Module):
             ]
         )
         self.attentions = nn.ModuleList(
-            [
-                _transformer(cfg, out_channels, depth)
-                for _ in range(cfg.layers_per_block if attention else 0)
-            ]
+            [_transformer(cfg, out_channels, depth) for _ in range(cfg.layers_per_block if attention else 0)]
         )
         self.downsamplers = nn.ModuleList([Downsample(out_channels)] if downsample else [])
 
@@ -172,9 +169,7 @@ class MidBlock(nn.Module):
         super().__init__()
         t, g, e = cfg.time_embed_dim, cfg.norm_groups, cfg.norm_eps
         self.resnets = nn.ModuleList([ResBlock(channels, channels, t, g, e), ResBlock(channels, channels, t, g, e)])
-        self.attentions = nn.ModuleList(
-            [_transformer(cfg, channels, cfg.mid_depth)]
-        )
+        self.attentions = nn.ModuleList([_transformer(cfg, channels, cfg.mid_depth)])
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb)
@@ -208,10 +203,7 @@ class UpBlock(nn.Module):
             ]
         )
         self.attentions = nn.ModuleList(
-            [
-                _transformer(cfg, out_channels, depth)
-                for _ in range(len(skip_channels) if attention else 0)
-            ]
+            [_transformer(cfg, out_channels, depth) for _ in range(len(skip_channels) if attention else 0)]
         )
         self.upsamplers = nn.ModuleList([Upsample(out_channels)] if upsample else [])
 

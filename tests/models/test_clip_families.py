@@ -151,4 +151,3 @@ def test_sdxl_prompt_chunks_and_weights_per_tower():
     two, _ = encode_prompt_sdxl(encoder, tok_l, tok_g, "a cat", long)
     assert two.shape == (1, 154, 72)
     assert torch.allclose(two[:, 77:, :32], empty[..., :32], atol=1e-6)
-

@@ -160,7 +160,10 @@ def test_size_conditioning_changes_the_prediction():
 def test_sdxl_vector_is_pooled_then_each_number_embedded():
     from diffusers.models.embeddings import get_timestep_embedding
 
-    pooled, numbers = torch.randn(2, 1280), torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024], [768, 1344, 8, 0, 768, 1344]])
+    pooled, numbers = (
+        torch.randn(2, 1280),
+        torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024], [768, 1344, 8, 0, 768, 1344]]),
+    )
     y = sdxl_vector(pooled, numbers)
     assert y.shape == (2, 2816)
     assert torch.equal(y[:, :1280], pooled)
