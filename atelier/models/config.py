@@ -168,8 +168,7 @@ class UNetConfig:
             block_channels=(384, 768, 1536, 1536),
             cross_attention_levels=(False, True, True, False),
             attention_head_dim=64,
-            transformer_depth=(0, 4, 4, 0),
-            mid_transformer_depth=4,
+            transformer_depth=4,  # at levels 1, 2 and the middle (levels 0 and 3 have no transformer)
             linear_projection=True,
             context_dim=1280,
             adm_in_channels=2560,
