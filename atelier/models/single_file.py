@@ -155,7 +155,18 @@ _TOWERS = {
 }
 
 
-def _sd2_prediction(file: WeightsFile, shapes: Mapping[str, tuple[int, ...]]) -> str:
+def _towers(family: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[str, str]]:
+    refiner = family == "sdxl" and not any(n.startswith(keymap.SDXL_CLIP_G_PREFIX) for n in shapes)
+    return _TOWERS["sdxl-refiner" if refiner else family]
+
+
+def family_prefixes(family: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
+    """Component -> prefix in an SD 2.x / SDXL file: "unet", "vae", then "clip_h" or "clip_l"/"clip_g"."""
+    towers = {tower: prefix for tower, (prefix, _) in _towers(family, shapes).items()}
+    return {"unet": keymap.UNET_PREFIX, "vae": keymap.VAE_PREFIX, **towers}
+
+
+def sd2_prediction(file: WeightsFile, shapes: Mapping[str, tuple[int, ...]]) -> str:
     """SD 2.x 768-v vs 512-base: a .yaml or a v_pred marker when there is one; else ComfyUI's test
     (comfy/supported_models.py, SD20.model_type): the 768-v model's last transformer has a LayerNorm bias of
     spread > 0.09 (output_blocks.11.1.transformer_blocks.0.norm1.bias), the base model's is tighter."""
@@ -178,13 +189,12 @@ def read_family_single_file(path: Path, dtype: torch.dtype, need_vae: bool = Tru
         raise CheckpointError(
             f"{file.name} looks like {FAMILY_NAMES[family]} (found {evidence}); expected an SD 2.x or SDXL checkpoint."
         )
-    refiner = family == "sdxl" and not any(n.startswith(keymap.SDXL_CLIP_G_PREFIX) for n in shapes)
-    towers = _TOWERS["sdxl-refiner" if refiner else family]
-    prefixes = {"unet": keymap.UNET_PREFIX, **{k: p for k, (p, _) in towers.items()}}
-    if need_vae:
-        prefixes["vae"] = keymap.VAE_PREFIX
+    towers = _towers(family, shapes)
+    prefixes = family_prefixes(family, shapes)
+    if not need_vae:
+        del prefixes["vae"]
     split_shapes = keymap.split_by_prefix(shapes, prefixes)
-    prediction = _sd2_prediction(file, shapes) if family == "sd2" else prediction_type(file.path, shapes)
+    prediction = sd2_prediction(file, shapes) if family == "sd2" else prediction_type(file.path, shapes)
     unet_config = infer_unet_config(split_shapes["unet"], prediction, f"{file.name}: the UNet")
 
     vae_config = None

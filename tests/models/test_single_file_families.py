@@ -272,3 +272,16 @@ def test_full_size_sdxl_shapes_read_back_as_the_preset():
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in keymap.unet_to_sd(UNet(preset).state_dict(), preset).items()}
         assert infer_unet_config(shapes, preset.prediction) == preset
+
+
+def test_atelier_info_names_the_variant_and_counts(sdxl_file):
+    from atelier.models.info import describe_model
+
+    path, ref_unet, _ = sdxl_file
+    lines = describe_model(path).splitlines()
+    unet_params = sum(p.numel() for p in ref_unet.parameters())
+    assert lines[1] == "  kind          SDXL base (sdxl), predicts noise (eps)"
+    assert lines[2] == f"  unet          {unet_params / 1e6:.2f} M parameters in {len(ref_unet.state_dict())} tensors"
+    assert lines[4].startswith("  clip_l        CLIP ViT-L/14 text, ")
+    assert lines[5].startswith("  clip_g        OpenCLIP ViT-bigG/14 text, ")
+    assert lines[6].startswith("  file          ")
