@@ -37,6 +37,7 @@ from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, conf
 from atelier.models.detect import META_TEXT, META_UNET, META_VAE
 from atelier.models.diffusers_folder import (
     read_diffusers_folder,
+    read_family_diffusers_folder,
     text_encoder_config_from_diffusers,
     unet_config_from_diffusers,
     vae_config_from_diffusers,
@@ -197,7 +198,8 @@ def load_checkpoint(
 def load_family_checkpoint(
     path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> Checkpoint:
-    """Load an SD 2.x or SDXL (base or refiner) single file, ready to run; the same checks as `load_checkpoint`.
+    """Load an SD 2.x or SDXL (base or refiner) single file or diffusers folder, ready to run; the same checks as
+    `load_checkpoint`.
 
     The text encoder is a CLIPTextEncoder (SD 2.x's OpenCLIP ViT-H) or an SDXLTextEncoder (CLIP-L + bigG, or bigG
     alone for the refiner); `tokenizer` is one CLIPTokenizer (SD 2.x, padding with 0 as open_clip did) or the
@@ -208,9 +210,9 @@ def load_family_checkpoint(
 
     path = Path(path)
     device, dtype = _pick(device, dtype)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; expected an SD 2.x or SDXL .safetensors file.")
-    parts = read_family_single_file(path, dtype)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; expected an SD 2.x or SDXL .safetensors file or folder.")
+    parts = read_family_diffusers_folder(path, dtype) if path.is_dir() else read_family_single_file(path, dtype)
     assert parts.vae is not None and parts.vae_config is not None
     name, configs = path.name, parts.text_encoder_configs
     unet = build_module(_new_unet(parts.unet_config), parts.unet, device, "the UNet", name)

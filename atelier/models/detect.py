@@ -161,8 +161,8 @@ def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
 def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "eps", what: str = "") -> UNetConfig:
     """A UNet config from SD-layout shapes (SD1.x, SD 2.x, SDXL base and refiner).
 
-    The number of attention heads is not visible in the shapes. SD1.x (1x1-conv projections, a 768-wide context)
-    uses 8 heads everywhere; SD 2.x and SDXL (linear projections) 64-wide heads, as their LDM configs say
+    The number of attention heads is not visible in the shapes. SD1.x (1x1-conv projections) uses 8 heads
+    everywhere; SD 2.x and SDXL (linear projections) 64-wide heads, as their LDM configs say
     (num_head_channels: 64). GroupNorm with 32 groups is assumed. Transformer depths are counted per level, and
     SDXL's `label_emb` gives the width of its vector y.
     """
@@ -194,7 +194,7 @@ def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "
         depth = depths  # SDXL base: 0, 2, 10 per level, and 10 in the middle (the last level's)
         mid_depth = None if mid == depths[-1] else mid
     label = shapes.get("label_emb.0.0.weight")  # (4 * C0, adm_in_channels)
-    head_dim = 64 if linear or context_dim != 768 else None
+    head_dim = 64 if linear else None  # every SD 2.x and SDXL config: use_linear_in_transformer, num_head_channels 64
     return UNetConfig(
         in_channels=conv_in[1],
         out_channels=_shape(shapes, "out.2.weight", what)[0],

@@ -285,3 +285,36 @@ def test_atelier_info_names_the_variant_and_counts(sdxl_file):
     assert lines[4].startswith("  clip_l        CLIP ViT-L/14 text, ")
     assert lines[5].startswith("  clip_g        OpenCLIP ViT-bigG/14 text, ")
     assert lines[6].startswith("  file          ")
+
+
+@torch.no_grad()
+def test_sdxl_diffusers_folder_loads_to_the_same_outputs(tmp_path):
+    ref_unet, _ = unet_and_sd_state(TINY_SDXL, seed=50)
+    clip_l, clip_g = hf_tower(TINY_L, 51), hf_tower(TINY_G, 52)
+    torch.manual_seed(53)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        scaling_factor=0.13025,
+    )
+    folder = tmp_path / "tiny-sdxl"
+    ref_unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    clip_l.save_pretrained(folder / "text_encoder")
+    clip_g.save_pretrained(folder / "text_encoder_2")
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    model = load_family_checkpoint(folder, device="cpu", dtype=torch.float32)
+    assert (model.family, model.variant, model.unet_config) == ("sdxl", "SDXL base", TINY_SDXL)
+    assert model.vae_config.scaling_factor == 0.13025
+    x, context, pooled = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 40), torch.randn(1, 16)
+    numbers = torch.tensor([[768.0, 1024, 0, 0, 1024, 1024]])
+    added = {"text_embeds": pooled, "time_ids": numbers}
+    expected = ref_unet(x, 300.0, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    assert rel(model.unet(x, 300.0, context, sdxl_vector(pooled, numbers)), expected) <= 1e-5
+    ids_l, ids_g = ids(END), ids(0)
+    got_context, got_pooled = model.text_encoder.encode(ids_l, ids_g)
+    theirs_l, theirs_g = clip_l(ids_l, output_hidden_states=True), clip_g(ids_g, output_hidden_states=True)
+    assert rel(got_context, torch.cat([theirs_l.hidden_states[-2], theirs_g.hidden_states[-2]], -1)) <= 1e-5
+    assert rel(got_pooled, theirs_g.text_embeds) <= 1e-5
