@@ -53,6 +53,25 @@ class DiscreteSchedule:
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
         return cls(betas)
 
+    def zero_terminal_snr(self) -> DiscreteSchedule:
+        """The same schedule rescaled so that its last step is (almost) pure noise: ComfyUI's ModelSamplingDiscrete
+        with zsnr=True.
+
+        Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1: shift and
+        scale sqrt(a_t) so that it keeps its first value and reaches 0 at the last step. SD's schedule ends at
+        sqrt(a_T) = 0.068, a signal the model learns to rely on; models trained with the rescale (most v-prediction
+        fine-tunes that ask for zsnr) start from true noise. A last a_T of exactly 0 is an infinite sigma, so it is
+        set to 4.8973451890853435e-08 (sigma ~ 4500), ComfyUI's value.
+        """
+        root = self.alphas_cumprod.sqrt()  # (T,) float64, sqrt(a_t)
+        first, last = root[0].clone(), root[-1].clone()
+        root = (root - last) * first / (first - last)  # now root[0] = first, root[-1] = 0
+        alphas_cumprod = root**2
+        alphas_cumprod[-1] = 4.8973451890853435e-08
+        ratios = alphas_cumprod[1:] / alphas_cumprod[:-1]
+        betas = torch.cat([1.0 - alphas_cumprod[:1], 1.0 - ratios])  # the betas whose cumulative product this is
+        return DiscreteSchedule(betas)
+
     @property
     def num_timesteps(self) -> int:
         return len(self.sigmas)
