@@ -151,3 +151,28 @@ def test_sdxl_prompt_chunks_and_weights_per_tower():
     two, _ = encode_prompt_sdxl(encoder, tok_l, tok_g, "a cat", long)
     assert two.shape == (1, 154, 72)
     assert torch.allclose(two[:, 77:, :32], empty[..., :32], atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Full size, run on purpose: pytest -m slow tests/models/test_clip_families.py -s
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["open_clip_h", "open_clip_bigg"])
+@torch.no_grad()
+def test_full_size_open_clip_towers_match_transformers(name):
+    config = getattr(TextEncoderConfig, name)()
+    reference, ours = pair(config, seed=7)
+    ids = prompt_ids(0)
+    theirs, mine = reference(ids, output_hidden_states=True), ours(ids)
+    scale = max(h.abs().max().item() for h in theirs.hidden_states)
+    hidden = max((a - b).abs().max().item() for a, b in zip(theirs.hidden_states, mine.hidden_states, strict=True))
+    pooled_ref = theirs.text_embeds if config.projection_dim else theirs.pooler_output
+    pooled = (pooled_ref - (mine.projected if config.projection_dim else mine.pooled)).abs().max().item()
+    params = sum(p.numel() for p in ours.parameters())
+    print(
+        f"\n{name}: {params:,} parameters; max|diff| hidden states {hidden:.2e} (scale {scale:.1f}), "
+        f"pooled {pooled:.2e}"
+    )
+    assert hidden <= 1e-4 * max(1.0, scale) and pooled <= 1e-4 * max(1.0, pooled_ref.abs().max().item())
