@@ -186,6 +186,8 @@ class Cond:
     context: Tensor  # (1, T, D)
     area: tuple[int, int, int, int] | None = None  # (height, width, y, x) in LATENT pixels; None: everywhere
     strength: float = 1.0
+    # SDXL: the vector y (1, adm) = pooled text + size embeddings (models/unet.sdxl_vector); None for SD1.x/2.x.
+    y: Tensor | None = None
 
 
 def _area_weight(cond: Cond, x: Tensor) -> tuple[tuple[slice, slice], Tensor]:
@@ -222,6 +224,8 @@ def composed_denoiser(denoise: Callable[..., Tensor], conds: list[Cond]) -> Call
             weight = weight.to(x.device, x.dtype)
             crop = x[:, :, ys, xs]
             context = cond.context.to(x.device).expand(x.shape[0], -1, -1)
+            if cond.y is not None:  # SDXL: each entry brings its own pooled/size vector
+                kwargs = {**kwargs, "y": cond.y.to(x.device).expand(x.shape[0], -1)}
             total[:, :, ys, xs] += denoise(crop, sigma, context=context, **kwargs) * weight
             count[:, :, ys, xs] += weight
         return total / count
@@ -236,7 +240,9 @@ def _as_conds(conditioning: Tensor | Sequence[Cond]) -> list[Cond]:
 def guide(denoise: Callable[..., Tensor], positive: list[Cond], negative: list[Cond], scale: float):
     """Classifier-free guidance over conditionings. The common case, one full-image context on each side, runs
     cond and uncond as one batch (guidance.cfg_denoiser); area compositions combine their entries first."""
-    simple = all(len(c) == 1 and c[0].area is None and c[0].strength == 1.0 for c in (positive, negative))
+    simple = all(
+        len(c) == 1 and c[0].area is None and c[0].strength == 1.0 and c[0].y is None for c in (positive, negative)
+    )  # SDXL's conds (with y) take the general path: cond and uncond run as two calls, not one batch
     if simple:
         return cfg_denoiser(denoise, positive[0].context, negative[0].context, scale)
     cond_fn, uncond_fn = composed_denoiser(denoise, positive), composed_denoiser(denoise, negative)

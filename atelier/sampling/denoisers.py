@@ -161,7 +161,9 @@ class Denoiser:
         self.quantize_timesteps = quantize_timesteps
         self.dtype = dtype  # the dtype the network's inputs are cast to (None: keep x's dtype)
 
-    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor | None = None, y: Tensor | None = None) -> Tensor:
+        """x0 from x (B, C, h, w) at noise level sigma (B,) or (); `y` (B, adm) is SDXL's pooled/size vector,
+        handed to the network as its fourth argument (UNet.forward), None for models without one."""
         sigma = sigma.to(x.device).expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device)  # (B,)
         t = self.schedule.sigma_to_t(sigma, quantize=self.quantize_timesteps)  # (B,) float32
         if sigma.device.type == "cpu" and bool((sigma == sigma[:1]).all()):
@@ -173,7 +175,10 @@ class Denoiser:
         net_dtype = self.dtype or x.dtype
         x_in = x / (s**2 + 1) ** 0.5  # c_in * x: back to the DDPM's unit-variance input
         ctx = context.to(net_dtype) if context is not None else None
-        out = self.unet(x_in.to(net_dtype), t, ctx).to(x.dtype)  # (B, C, h, w) eps or v
+        if y is None:
+            out = self.unet(x_in.to(net_dtype), t, ctx).to(x.dtype)  # (B, C, h, w) eps or v
+        else:
+            out = self.unet(x_in.to(net_dtype), t, ctx, y.to(x.device, net_dtype)).to(x.dtype)
         if self.prediction == "eps":
             return x - out * s  # c_skip = 1, c_out = -sigma
         return x / (s**2 + 1) - out * s / (s**2 + 1) ** 0.5  # c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(..)
