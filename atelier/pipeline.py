@@ -161,6 +161,8 @@ class DiffusionModel:
     # LoRAs, applied to the shared UNet in place while `sample` runs and undone after (models/lora.py): a MODEL
     # with LoRAs is this same object with a longer list, never a copy of the network.
     patches: tuple[WeightPatch, ...] = ()
+    # What the network predicts, when a node says so (ModelSamplingDiscrete); None: the UNet config's.
+    prediction: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -171,7 +173,8 @@ class DiffusionModel:
         return next(self.unet.parameters()).dtype
 
     def denoiser(self) -> Denoiser:
-        return Denoiser(self.unet, self.schedule, self.unet.config.prediction, dtype=self.dtype)
+        prediction = self.prediction or self.unet.config.prediction
+        return Denoiser(self.unet, self.schedule, prediction, dtype=self.dtype)
 
 
 @dataclasses.dataclass

@@ -96,3 +96,16 @@ def test_tiny_sdxl_samples_and_size_conditioning_matters():
     assert torch.equal(square, run(SIZES))  # seeded: the same again
     cropped = run(torch.tensor([[512.0, 512, 256, 0, 1024, 1024]]))
     assert (square - cropped).abs().max() > 1e-3  # the micro-conditioning reaches the UNet
+
+
+def test_model_sampling_discrete_node_sets_prediction_and_zsnr():
+    from atelier.graph.nodes.sampling import ModelSamplingDiscrete
+
+    ours, _ = paired(TINY_SD2)  # its config says "v"; the node overrides what the file could not say
+    model = DiffusionModel(ours, 0.18215)
+    (eps,) = ModelSamplingDiscrete().run(None, model, "eps", False)
+    (v_zsnr,) = ModelSamplingDiscrete().run(None, model, "v_prediction", True)
+    assert eps.denoiser().prediction == "eps" and v_zsnr.denoiser().prediction == "v"
+    assert eps.unet is model.unet and model.prediction is None  # the network is shared, the input MODEL unchanged
+    assert abs(eps.schedule.sigma_max - SD.sigma_max) < 1e-6
+    assert v_zsnr.schedule.sigma_max > 4000  # the last step is pure noise

@@ -38,7 +38,7 @@ from atelier.graph.nodes.latent import (
     VAEEncode,
 )
 from atelier.graph.nodes.loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
-from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
+from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced, ModelSamplingDiscrete
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
 from atelier.graph.teaching import TEACHING_NODES
@@ -61,6 +61,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     SetLatentNoiseMask,
     KSampler,
     KSamplerAdvanced,
+    ModelSamplingDiscrete,
     VAEDecode,
     VAEEncode,
     VAEEncodeForInpaint,
