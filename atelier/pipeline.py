@@ -37,7 +37,7 @@ from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import SCHEDULERS, sigmas_for
 
 if TYPE_CHECKING:
-    from atelier.models.clip import CLIPTextEncoder
+    from atelier.models.clip import CLIPTextEncoder, SDXLTextEncoder
     from atelier.models.tokenizer import CLIPTokenizer, EmbeddingLookup
     from atelier.models.unet import UNet
     from atelier.models.vae import VAE
@@ -100,6 +100,51 @@ def encode_prompt(
     return z.reshape(1, -1, z.shape[-1])
 
 
+@torch.no_grad()
+def encode_prompt_sdxl(
+    text_encoder: SDXLTextEncoder,
+    tokenizer_l: CLIPTokenizer,
+    tokenizer_g: CLIPTokenizer,
+    text_l: str,
+    text_g: str | None = None,
+    clip_skip: int = 2,
+) -> tuple[Tensor, Tensor]:
+    """SDXL prompts -> (context (1, 77 * chunks, 2048), pooled (1, 1280)), as ComfyUI's CLIPTextEncodeSDXL does.
+
+    Each tower tokenizes its own text (`text_g` defaults to `text_l`; bigG's tokenizer pads with 0) into the same
+    75-token chunks as SD1.x, with the same weighting rule applied per tower against that tower's empty prompt:
+    z = z_empty + weight * (z - z_empty). If one text has more chunks, the other is padded with empty chunks.
+    The pooled vector is bigG's for the first chunk (ComfyUI keeps the first chunk's). The refiner
+    (`text_encoder.clip_l` None) reads `text_g` alone: context (1, 77 * chunks, 1280). Textual-inversion
+    embeddings are not read here yet.
+    """
+    text_g = text_l if text_g is None else text_g
+    check_prompt_text(text_l)
+    check_prompt_text(text_g)
+    device = next(text_encoder.parameters()).device
+    windows_g = tokenizer_g.tokenize_prompt(text_g).windows
+    windows_l = tokenizer_l.tokenize_prompt(text_l).windows if text_encoder.clip_l is not None else []
+    chunks = max(len(windows_g), len(windows_l))
+
+    def weighted(tower: CLIPTextEncoder, tokenizer: CLIPTokenizer, windows: list) -> tuple[Tensor, Tensor]:
+        empty_window = tokenizer.tokenize_weighted("")[0]
+        windows = windows + [empty_window] * (chunks - len(windows))
+        ids = torch.tensor([[i for i, _ in w] for w in windows], device=device)  # (chunks, 77)
+        weights = torch.tensor([[x for _, x in w] for w in windows], device=device)  # (chunks, 77)
+        z, pooled = tower.encode_with_pooled(ids, clip_skip)  # (chunks, 77, width), (chunks, P)
+        if not torch.all(weights == 1.0):
+            empty = torch.tensor([[i for i, _ in empty_window]], device=device)  # (1, 77)
+            z_empty, _ = tower.encode_with_pooled(empty, clip_skip)
+            z = z_empty + weights[..., None].to(z.dtype) * (z - z_empty)
+        return z.reshape(1, -1, z.shape[-1]), pooled[:1]  # (1, 77 * chunks, width), (1, P)
+
+    z_g, pooled = weighted(text_encoder.clip_g, tokenizer_g, windows_g)
+    if text_encoder.clip_l is None:
+        return z_g, pooled
+    z_l, _ = weighted(text_encoder.clip_l, tokenizer_l, windows_l)
+    return torch.cat([z_l, z_g], dim=-1), pooled  # (1, 77 * chunks, 2048), (1, 1280)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The denoising model as the samplers see it
 # --------------------------------------------------------------------------------------------------------------
@@ -116,6 +161,8 @@ class DiffusionModel:
     # LoRAs, applied to the shared UNet in place while `sample` runs and undone after (models/lora.py): a MODEL
     # with LoRAs is this same object with a longer list, never a copy of the network.
     patches: tuple[WeightPatch, ...] = ()
+    # What the network predicts, when a node says so (ModelSamplingDiscrete); None: the UNet config's.
+    prediction: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -126,7 +173,8 @@ class DiffusionModel:
         return next(self.unet.parameters()).dtype
 
     def denoiser(self) -> Denoiser:
-        return Denoiser(self.unet, self.schedule, self.unet.config.prediction, dtype=self.dtype)
+        prediction = self.prediction or self.unet.config.prediction
+        return Denoiser(self.unet, self.schedule, prediction, dtype=self.dtype)
 
 
 @dataclasses.dataclass
@@ -145,11 +193,17 @@ class Cond:
     # pure noise (0) to the end (1); outside it the entry is left out of the average, as in ComfyUI.
     start_percent: float = 0.0
     end_percent: float = 1.0
+    # SDXL: the vector y (1, adm) = pooled text + size embeddings (models/unet.sdxl_vector); None for SD1.x/2.x.
+    y: Tensor | None = None
 
     @property
     def everywhere_always(self) -> bool:
-        """True for a plain entry: the whole image, full strength, every step."""
-        return self.area is None and self.strength == 1.0 and self.start_percent <= 0.0 and self.end_percent >= 1.0
+        """True for a plain entry: the whole image, full strength, every step, no SDXL vector (conds with y take
+        the general path: cond and uncond as two calls, not one batch)."""
+        return (
+            self.area is None and self.strength == 1.0 and self.start_percent <= 0.0 and self.end_percent >= 1.0
+            and self.y is None
+        )
 
     def active_at(self, sigma: float, schedule: DiscreteSchedule) -> bool:
         """Whether this entry takes part in the step at noise level `sigma` (ComfyUI's rule: the step's sigma lies
@@ -200,6 +254,8 @@ def composed_denoiser(
             weight = weight.to(x.device, x.dtype)
             crop = x[:, :, ys, xs]
             context = cond.context.to(x.device).expand(x.shape[0], -1, -1)
+            if cond.y is not None:  # SDXL: each entry brings its own pooled/size vector
+                kwargs = {**kwargs, "y": cond.y.to(x.device).expand(x.shape[0], -1)}
             total[:, :, ys, xs] += denoise(crop, sigma, context=context, **kwargs) * weight
             count[:, :, ys, xs] += weight
         return total / count

@@ -59,7 +59,7 @@ from atelier.graph.nodes.loaders import (
     VAELoader,
 )
 from atelier.graph.nodes.model_merging import MODEL_MERGING_NODES
-from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
+from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced, ModelSamplingDiscrete
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
 from atelier.graph.teaching import TEACHING_NODES
@@ -85,6 +85,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     SetLatentNoiseMask,
     KSampler,
     KSamplerAdvanced,
+    ModelSamplingDiscrete,
     VAEDecode,
     VAEEncode,
     VAEEncodeForInpaint,

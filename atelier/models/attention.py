@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -116,26 +117,37 @@ class TransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Runs transformer blocks over a feature map: (B, C, h, w) -> h*w tokens of width C -> (B, C, h, w).
 
-    The LDM "spatial transformer": GroupNorm, a 1x1 conv in, `depth` transformer blocks, a 1x1 conv out, and a
-    residual connection around the whole thing.
+    The LDM "spatial transformer": GroupNorm, a projection in, `depth` transformer blocks, a projection out, and a
+    residual connection around the whole thing. SD1.x projects with 1x1 convs on the map; SD 2.x and SDXL
+    (`linear=True`) with Linear layers on the tokens, which is the same per-pixel map stored as (C, C).
     """
 
-    def __init__(self, channels: int, heads: int, context_dim: int, depth: int, norm_groups: int):
+    def __init__(self, channels: int, heads: int, context_dim: int, depth: int, norm_groups: int, linear: bool = False):
         super().__init__()
+        self.linear = linear
         self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)  # 1e-6 here, as in LDM and diffusers
-        self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
+        projection = nn.Linear if linear else functools.partial(nn.Conv2d, kernel_size=1)
+        self.proj_in = projection(channels, channels)
         self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim) for _ in range(depth)])
-        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+        self.proj_out = projection(channels, channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         residual = x
         h, w = x.shape[-2:]
-        x = self.proj_in(self.norm(x))  # (B, C, h, w)
+        x = self.norm(x)
+        if not self.linear:
+            x = self.proj_in(x)  # SD1.x: a 1x1 conv on the map (B, C, h, w)
         x = x.flatten(2).transpose(1, 2)  # one token per pixel: (B, h*w, C)
+        if self.linear:
+            x = self.proj_in(x)  # SD 2.x / SDXL: a Linear on the tokens
         for block in self.transformer_blocks:
             x = block(x, context, (h, w))
+        if self.linear:
+            x = self.proj_out(x)
         x = x.transpose(1, 2).unflatten(2, (h, w))  # back to a feature map: (B, C, h, w)
-        return self.proj_out(x) + residual
+        if not self.linear:
+            x = self.proj_out(x)
+        return x + residual
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -37,11 +37,18 @@ from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig, conf
 from atelier.models.detect import META_TEXT, META_UNET, META_VAE
 from atelier.models.diffusers_folder import (
     read_diffusers_folder,
+    read_family_diffusers_folder,
     text_encoder_config_from_diffusers,
     unet_config_from_diffusers,
     vae_config_from_diffusers,
 )
-from atelier.models.single_file import read_diffusion_model, read_single_file, read_text_encoder, read_vae
+from atelier.models.single_file import (
+    read_diffusion_model,
+    read_family_single_file,
+    read_single_file,
+    read_text_encoder,
+    read_vae,
+)
 
 
 @dataclass
@@ -55,10 +62,11 @@ class Checkpoint:
     unet_config: UNetConfig
     vae_config: VAEConfig
     text_encoder_config: TextEncoderConfig
-    family: str  # "sd1" or "sd1-inpaint"
+    family: str  # "sd1", "sd1-inpaint", "sd2" or "sdxl"
     source: Path
     dtype: torch.dtype
     device: torch.device
+    variant: str = ""  # detect.family_variant's name, e.g. "SDXL base" (set by load_family_checkpoint)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -190,6 +198,58 @@ def load_checkpoint(
         source=path,
         dtype=dtype,
         device=device,
+    )
+
+
+def load_family_checkpoint(
+    path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> Checkpoint:
+    """Load an SD 2.x or SDXL (base or refiner) single file or diffusers folder, ready to run; the same checks as
+    `load_checkpoint`.
+
+    The text encoder is a CLIPTextEncoder (SD 2.x's OpenCLIP ViT-H) or an SDXLTextEncoder (CLIP-L + bigG, or bigG
+    alone for the refiner); `tokenizer` is one CLIPTokenizer (SD 2.x, padding with 0 as open_clip did) or the
+    pair (CLIP-L's, bigG's) for SDXL; `text_encoder_config` is the widest tower's (ViT-H or bigG).
+    """
+    from atelier.models.clip import SDXLTextEncoder
+    from atelier.models.tokenizer import CLIPTokenizer
+
+    path = Path(path)
+    device, dtype = _pick(device, dtype)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; expected an SD 2.x or SDXL .safetensors file or folder.")
+    parts = read_family_diffusers_folder(path, dtype) if path.is_dir() else read_family_single_file(path, dtype)
+    assert parts.vae is not None and parts.vae_config is not None
+    name, configs = path.name, parts.text_encoder_configs
+    unet = build_module(_new_unet(parts.unet_config), parts.unet, device, "the UNet", name)
+    vae = build_module(_new_vae(parts.vae_config), parts.vae, device, "the VAE", name)
+    tokenizer: Any
+    if parts.family == "sd2":
+        state, text_config = parts.text_encoders["clip_h"], configs["clip_h"]
+        text_encoder = build_module(_new_text_encoder(text_config), state, device, "the text encoder", name)
+        tokenizer = CLIPTokenizer.from_default(pad_with_end=False)
+    else:
+        state = {
+            f"{tower}.{k}": v for tower, tower_state in parts.text_encoders.items() for k, v in tower_state.items()
+        }
+        text_config = configs["clip_g"]
+        text_encoder = build_module(
+            lambda: SDXLTextEncoder(configs.get("clip_l"), configs["clip_g"]), state, device, "the text encoders", name
+        )
+        tokenizer = (CLIPTokenizer.from_default(), CLIPTokenizer.from_default(pad_with_end=False))
+    return Checkpoint(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet_config=parts.unet_config,
+        vae_config=parts.vae_config,
+        text_encoder_config=text_config,
+        family=parts.family,
+        source=path,
+        dtype=dtype,
+        device=device,
+        variant=parts.variant,
     )
 
 

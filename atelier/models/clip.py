@@ -12,6 +12,12 @@ The forward pass, for ids (B, T) with T <= 77:
     3. final LN     last_hidden_state = LN(x)                                # (B, T, 768)
     4. pooling      pooled = last_hidden_state at the <end> token             # (B, 768)
 
+SD 2.x swaps in OpenCLIP ViT-H/14 (24 layers, 1024 wide, exact GELU) and reads its penultimate layer. SDXL reads two
+towers side by side (`SDXLTextEncoder`): OpenAI's ViT-L/14 and OpenCLIP ViT-bigG/14 (32 layers, 1280 wide), each
+at its penultimate layer without the final LayerNorm, concatenated to 2048 per token; bigG's pooled <end> vector,
+projected, also feeds the UNet (its vector y). OpenCLIP's towers are the same network as OpenAI's, so one module
+serves all three; only the names inside the files differ (keymap.py).
+
 Parameter names follow transformers' CLIPTextModel (and CLIPTextModelWithProjection for `text_projection`), so
 their state_dict loads here unchanged.
 """
@@ -196,3 +202,65 @@ class CLIPTextEncoder(nn.Module):
             raise InputError("Token ids below 0 stand for embedding vectors, but no vectors were given.")
         hidden_states = self.text_model(input_ids, num_layers=self.config.layers - clip_skip + 1, vectors=vectors)
         return self.text_model.final_layer_norm(hidden_states[-1])  # (B, T, width)
+
+    def encode_with_pooled(
+        self,
+        input_ids: torch.Tensor,
+        clip_skip: int = 2,
+        final_norm: bool = False,
+        vectors: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL's reading of a tower: (hidden (B, T, width), pooled (B, projection_dim or width)).
+
+        `hidden` is layer `clip_skip` from the end (2, the penultimate, by default), through the final LayerNorm
+        only if `final_norm` (SDXL: not; ComfyUI's `layer_norm_hidden_state=False`, diffusers' hidden_states[-2]).
+        `pooled` always comes from the last layer after the final LayerNorm, at the first <end> token, projected
+        when the tower has a projection: CLIPTextModelWithProjection's text_embeds, whatever `clip_skip` is.
+        """
+        self._check_ids(input_ids)
+        if not 1 <= clip_skip <= self.config.layers:
+            raise InputError(f"clip_skip is {clip_skip}; expected a whole number from 1 to {self.config.layers}.")
+        if vectors is None and bool((input_ids < 0).any()):
+            raise InputError("Token ids below 0 stand for embedding vectors, but no vectors were given.")
+        hidden_states = self.text_model(input_ids, num_layers=self.config.layers, vectors=vectors)
+        picked = hidden_states[-clip_skip]  # (B, T, width)
+        if final_norm:
+            picked = self.text_model.final_layer_norm(picked)
+        last = self.text_model.final_layer_norm(hidden_states[-1])
+        # <end> is the largest id; bigG pads with 0 and SD1.x with <end>, so the argmax is the first <end> in both.
+        pooled = last[torch.arange(last.shape[0], device=last.device), input_ids.argmax(dim=-1)]  # (B, width)
+        if self.text_projection is not None:
+            pooled = self.text_projection(pooled)  # (B, projection_dim)
+        return picked, pooled
+
+
+class SDXLTextEncoder(nn.Module):
+    """SDXL's two text towers (Podell et al. 2023, section 2.1): CLIP ViT-L/14 and OpenCLIP ViT-bigG/14.
+
+    encode(ids_l (B, T), ids_g (B, T)) -> context (B, T, 768 + 1280 = 2048), pooled (B, 1280): per token, the
+    penultimate layers of both towers side by side (no final LayerNorm), and bigG's projected pooled vector. The
+    refiner has `clip_l=None` and reads bigG alone (context 1280 wide).
+    """
+
+    def __init__(self, clip_l: TextEncoderConfig | None, clip_g: TextEncoderConfig):
+        super().__init__()
+        self.clip_l = CLIPTextEncoder(clip_l) if clip_l is not None else None
+        self.clip_g = CLIPTextEncoder(clip_g)
+
+    @property
+    def context_dim(self) -> int:
+        return self.clip_g.config.width + (self.clip_l.config.width if self.clip_l is not None else 0)
+
+    def encode(
+        self, ids_l: torch.Tensor | None, ids_g: torch.Tensor, clip_skip: int = 2
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context (B, T, 2048), pooled (B, 1280)); `clip_skip` counts from the end in each tower (2 = penultimate,
+        SDXL's default; 1 = ComfyUI's CLIPSetLastLayer -1)."""
+        hidden_g, pooled = self.clip_g.encode_with_pooled(ids_g, clip_skip)
+        if self.clip_l is None:
+            return hidden_g, pooled
+        if ids_l is None or ids_l.shape != ids_g.shape:
+            got = None if ids_l is None else tuple(ids_l.shape)
+            raise InputError(f"The CLIP-L token ids have shape {got}; expected {tuple(ids_g.shape)}, as bigG's.")
+        hidden_l, _ = self.clip_l.encode_with_pooled(ids_l, clip_skip)
+        return torch.cat([hidden_l, hidden_g], dim=-1), pooled

@@ -221,8 +221,13 @@ def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
 
 
 def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "eps", what: str = "") -> UNetConfig:
-    """A UNet config from SD-layout shapes. The number of attention heads is not visible in the shapes; SD1.x
-    uses 8 everywhere (and GroupNorm with 32 groups), so those are assumed."""
+    """A UNet config from SD-layout shapes (SD1.x, SD 2.x, SDXL base and refiner).
+
+    The number of attention heads is not visible in the shapes. SD1.x (1x1-conv projections) uses 8 heads
+    everywhere; SD 2.x and SDXL (linear projections) 64-wide heads, as their LDM configs say
+    (num_head_channels: 64). GroupNorm with 32 groups is assumed. Transformer depths are counted per level, and
+    SDXL's `label_emb` gives the width of its vector y.
+    """
     what = what or "The UNet"
     conv_in = _shape(shapes, "input_blocks.0.0.weight", what)  # (C0, in, 3, 3)
     blocks = 1 + max((int(n.split(".")[1]) for n in shapes if n.startswith("input_blocks.")), default=0)
@@ -233,11 +238,25 @@ def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "
     firsts = [1 + level * (n + 1) for level in range(levels)]  # the first ResNet of each level
     channels = tuple(_shape(shapes, f"input_blocks.{i}.0.out_layers.3.weight", what)[0] for i in firsts)
     attention = tuple(f"input_blocks.{i}.1.proj_in.weight" in shapes for i in firsts)
+    depths = tuple(_count(shapes, f"input_blocks.{i}.1.transformer_blocks.{{}}.attn1.to_q.weight") for i in firsts)
     first_attention = next((f"input_blocks.{i}.1" for i, a in zip(firsts, attention, strict=True) if a), None)
-    context_dim, depth = 768, 1
+    context_dim, linear = 768, False
     if first_attention is not None:
         context_dim = _shape(shapes, f"{first_attention}.transformer_blocks.0.attn2.to_k.weight", what)[1]
-        depth = _count(shapes, first_attention + ".transformer_blocks.{}.attn1.to_q.weight")
+        linear = len(_shape(shapes, f"{first_attention}.proj_in.weight", what)) == 2  # (C, C) not (C, C, 1, 1)
+    mid = _count(shapes, "middle_block.1.transformer_blocks.{}.attn1.to_q.weight")
+    used = {d for d, a in zip(depths, attention, strict=True) if a}  # depths of the levels with transformers
+    uniform = next(iter(used)) if len(used) == 1 else None
+    depth: int | tuple[int, ...]
+    if uniform is not None and mid == uniform:
+        depth, mid_depth = uniform, None  # SD1.x, SD 2.x: 1 everywhere; SDXL refiner: 4 everywhere
+    elif not used:
+        depth, mid_depth = mid or 1, None  # transformers in the middle only
+    else:
+        depth = depths  # SDXL base: 0, 2, 10 per level, and 10 in the middle (the last level's)
+        mid_depth = None if mid == depths[-1] else mid
+    label = shapes.get("label_emb.0.0.weight")  # (4 * C0, adm_in_channels)
+    head_dim = 64 if linear else None  # every SD 2.x and SDXL config: use_linear_in_transformer, num_head_channels 64
     return UNetConfig(
         in_channels=conv_in[1],
         out_channels=_shape(shapes, "out.2.weight", what)[0],
@@ -245,10 +264,31 @@ def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "
         layers_per_block=n,
         cross_attention_levels=attention,
         attention_heads=8,
+        attention_head_dim=head_dim,
         transformer_depth=depth,
+        mid_transformer_depth=mid_depth,
+        linear_projection=linear,
         context_dim=context_dim,
+        adm_in_channels=label[1] if label is not None else None,
         prediction=prediction,
     )
+
+
+def family_variant(family: str, unet: UNetConfig | None = None) -> str:
+    """The name people use for what was found: "SD1.x", "SD2.x-v", "SD2.x-base", "SDXL base", "SDXL refiner".
+
+    SD 2.x's 768-v and 512-base share every shape; only the prediction target tells them apart. SDXL's refiner
+    is told from the base by its vector y: 2560 wide (pooled + 5 numbers, one the aesthetic score) vs 2816.
+    """
+    if family == "sd1":
+        return "SD1.x"
+    if family == "sd1-inpaint":
+        return "SD1.x inpainting"
+    if family == "sd2":
+        return "SD2.x-v" if unet is not None and unet.prediction == "v" else "SD2.x-base"
+    if family == "sdxl":
+        return "SDXL refiner" if unet is not None and unet.adm_in_channels == 2560 else "SDXL base"
+    return FAMILY_NAMES.get(family, family)
 
 
 def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> VAEConfig:
@@ -266,8 +306,11 @@ def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> V
     )
 
 
-def infer_text_encoder_config(shapes: Mapping[str, tuple[int, ...]], what: str = "") -> TextEncoderConfig:
-    """A CLIP text config from shapes (our names). Heads are 64 wide in every CLIP model, so heads = width / 64."""
+def infer_text_encoder_config(
+    shapes: Mapping[str, tuple[int, ...]], what: str = "", activation: str = "quick_gelu"
+) -> TextEncoderConfig:
+    """A CLIP text config from shapes (our names). Heads are 64 wide in every CLIP model, so heads = width / 64.
+    The activation is not in the shapes: OpenAI's towers use quick_gelu, OpenCLIP's (ViT-H, bigG) exact "gelu"."""
     what = what or "The text encoder"
     shapes = keymap.text_encoder_names(shapes)
     vocab, width = _shape(shapes, "text_model.embeddings.token_embedding.weight", what)
@@ -280,6 +323,7 @@ def infer_text_encoder_config(shapes: Mapping[str, tuple[int, ...]], what: str =
         heads=max(1, width // 64),
         mlp_width=_shape(shapes, "text_model.encoder.layers.0.mlp.fc1.weight", what)[0],
         projection_dim=projection[0] if projection is not None else None,
+        activation=activation,
     )
 
 
@@ -332,3 +376,40 @@ class Parts:
     text_encoder_config: TextEncoderConfig
     family: str
     tokenizer_dir: Path | None = None
+
+
+@dataclass
+class FamilyParts:
+    """An SD 2.x or SDXL single file read into our names: one UNet, one VAE, and one or two text towers.
+
+    text_encoders / text_encoder_configs are keyed by tower: "clip_h" (SD 2.x's OpenCLIP ViT-H), or "clip_l" and
+    "clip_g" (SDXL base; the refiner has "clip_g" only).
+    """
+
+    family: str  # "sd2" or "sdxl"
+    variant: str  # family_variant's name: "SD2.x-v", "SDXL base", ...
+    unet: dict[str, torch.Tensor]
+    unet_config: UNetConfig
+    vae: dict[str, torch.Tensor] | None
+    vae_config: VAEConfig | None
+    text_encoders: dict[str, dict[str, torch.Tensor]]
+    text_encoder_configs: dict[str, TextEncoderConfig]
+
+
+def infer_open_clip_config(
+    shapes: Mapping[str, tuple[int, ...]], projection: bool, what: str = ""
+) -> TextEncoderConfig:
+    """An OpenCLIP text tower's config from its open_clip-layout shapes (prefix removed). Exact GELU, 64-wide heads."""
+    what = what or "The OpenCLIP text encoder"
+    vocab, width = _shape(shapes, "token_embedding.weight", what)
+    proj = shapes.get("text_projection")  # (W, P)
+    return TextEncoderConfig(
+        vocab_size=vocab,
+        max_positions=_shape(shapes, "positional_embedding", what)[0],
+        width=width,
+        layers=_count(shapes, "transformer.resblocks.{}.attn.in_proj_weight"),
+        heads=max(1, width // 64),
+        mlp_width=_shape(shapes, "transformer.resblocks.0.mlp.c_fc.weight", what)[0],
+        activation="gelu",
+        projection_dim=proj[1] if projection and proj is not None else None,
+    )

@@ -25,7 +25,7 @@ import torch
 from atelier.errors import CheckpointError
 from atelier.models import keymap
 from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
-from atelier.models.detect import Configs, Parts, require_supported
+from atelier.models.detect import Configs, FamilyParts, Parts, family_variant, require_supported
 from atelier.models.weights import WeightsFile
 
 # --------------------------------------------------------------------------------------------------------------
@@ -184,4 +184,83 @@ def read_diffusers_folder(folder: Path, dtype: torch.dtype, need_vae: bool) -> P
         text_encoder_config=configs.text_encoder,
         family=folder_family(configs),
         tokenizer_dir=folder / "tokenizer",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SD 2.x and SDXL folders
+# --------------------------------------------------------------------------------------------------------------
+
+
+def family_unet_config_from_diffusers(
+    cfg: Mapping[str, Any], folder: str = "model", prediction: str = "eps"
+) -> UNetConfig:
+    """Our UNetConfig from the unet/config.json of an SD 2.x or SDXL folder.
+
+    diffusers lists one `attention_head_dim` per level, which (its SD1 quirk again) holds head counts: SD 2.x's
+    [5, 10, 20, 20] over channels [320, 640, 1280, 1280] are 64-wide heads, SDXL's [5, 10, 20] too.
+    `addition_embed_type: "text_time"` is SDXL's vector y, `projection_class_embeddings_input_dim` its width.
+    """
+    channels = tuple(cfg["block_out_channels"])
+    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
+    heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(channels)
+    widths = {c // h for c, h in zip(channels, heads, strict=True)}
+    if len(widths) != 1:
+        raise CheckpointError(f"{folder}/unet/config.json has heads {heads} of different widths; expected one width.")
+    depth = cfg.get("transformer_layers_per_block", 1)
+    adm = cfg.get("projection_class_embeddings_input_dim") if cfg.get("addition_embed_type") == "text_time" else None
+    return UNetConfig(
+        in_channels=cfg.get("in_channels", 4),
+        out_channels=cfg.get("out_channels", 4),
+        block_channels=channels,
+        layers_per_block=_single(cfg.get("layers_per_block", 2), "layers_per_block", folder),
+        cross_attention_levels=tuple("CrossAttn" in t for t in cfg["down_block_types"]),
+        attention_head_dim=widths.pop(),
+        transformer_depth=tuple(depth) if isinstance(depth, (list, tuple)) else int(depth),
+        linear_projection=bool(cfg.get("use_linear_projection", False)),
+        context_dim=cfg.get("cross_attention_dim", 1024),
+        adm_in_channels=adm,
+        size_embed_dim=cfg.get("addition_time_embed_dim") or 256,
+        norm_groups=cfg.get("norm_num_groups", 32),
+        norm_eps=cfg.get("norm_eps", 1e-5),
+        prediction=prediction,
+    )
+
+
+def read_family_diffusers_folder(folder: Path, dtype: torch.dtype) -> FamilyParts:
+    """An SD 2.x or SDXL diffusers folder (unet/, vae/, text_encoder/ and, for SDXL, text_encoder_2/) in our names.
+
+    Note: diffusers' SD 2.x text_encoder/ keeps only 23 of ViT-H's 24 layers (the last is never read), so its
+    last layer is SD 2.x's penultimate: read it with clip_skip 1 where a single file needs 2.
+    """
+    index = _read_json(folder / "model_index.json", folder)
+    pipeline = str(index.get("_class_name", ""))
+    prediction = "eps"
+    if (folder / "scheduler" / "scheduler_config.json").is_file():
+        scheduler = _read_json(folder / "scheduler" / "scheduler_config.json", folder)
+        prediction = "v" if scheduler.get("prediction_type") == "v_prediction" else "eps"
+    unet_config = family_unet_config_from_diffusers(
+        _read_json(folder / "unet" / "config.json", folder), folder.name, prediction
+    )
+    family = "sdxl" if unet_config.adm_in_channels is not None or "XL" in pipeline else "sd2"
+    vae_config = vae_config_from_diffusers(_read_json(folder / "vae" / "config.json", folder), folder.name)
+    towers = {"text_encoder": "clip_h"} if family == "sd2" else {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
+    if family == "sdxl" and not (folder / "text_encoder").is_dir():
+        towers = {"text_encoder_2": "clip_g"}  # the refiner: bigG alone
+    texts, text_configs = {}, {}
+    for sub, tower in towers.items():
+        text_configs[tower] = text_encoder_config_from_diffusers(_read_json(folder / sub / "config.json", folder))
+        file = WeightsFile(_weights_in(folder / sub, "model", folder))
+        texts[tower] = keymap.text_encoder_names(file.read(list(file.index.shapes), dtype))
+    unet_file = WeightsFile(diffusers_weights_file(folder, "unet"))
+    vae_file = WeightsFile(diffusers_weights_file(folder, "vae"))
+    return FamilyParts(
+        family=family,
+        variant=family_variant(family, unet_config),
+        unet=unet_file.read(list(unet_file.index.shapes), dtype),
+        unet_config=unet_config,
+        vae=keymap.vae_from_diffusers(vae_file.read(list(vae_file.index.shapes), dtype)),
+        vae_config=vae_config,
+        text_encoders=texts,
+        text_encoder_configs=text_configs,
     )

@@ -50,6 +50,8 @@ def _describe_file(path: Path) -> list[str]:
         return lines[:1] + _describe_lora(file) + lines[1:]
     if family == "embedding":
         return lines[:1] + _describe_embedding(file) + lines[1:]
+    if family in ("sd2", "sdxl") and keymap.UNET_PREFIX + "input_blocks.0.0.weight" in shapes:
+        return lines[:1] + _describe_family(file, family) + lines[1:]
     if family not in detect.SUPPORTED_FAMILIES:
         lines.insert(1, _row("kind", f"{_family_label(family)} (found {evidence})"))
         try:
@@ -75,6 +77,30 @@ def _describe_file(path: Path) -> list[str]:
     extra = {k: v for k, v in file.index.metadata.items() if k not in configs_keys}
     if extra:
         lines.append(_row("metadata", ", ".join(f"{k}={_short(v)}" for k, v in sorted(extra.items()))))
+    return lines
+
+
+_TOWERS = {"clip_h": "OpenCLIP ViT-H/14 text", "clip_l": "CLIP ViT-L/14 text", "clip_g": "OpenCLIP ViT-bigG/14 text"}
+
+
+def _describe_family(file: WeightsFile, family: str) -> list[str]:
+    """SD 2.x / SDXL: the variant found (SD2.x-v, SDXL base, ...), then the parameters of each network."""
+    shapes = file.index.shapes
+    prefixes = single_file.family_prefixes(family, shapes)
+    split = keymap.split_by_prefix(shapes, prefixes)
+    if family == "sd2":
+        prediction = single_file.sd2_prediction(file, shapes)
+    else:
+        prediction = single_file.prediction_type(file.path, shapes)
+    unet = detect.infer_unet_config(split["unet"], prediction, f"{file.name}: the UNet")
+    variant = detect.family_variant(family, unet)
+    lines = [_row("kind", f"{variant} ({family}), {_prediction(prediction)}")]
+    for component in prefixes:
+        part = {k: v for k, v in split[component].items() if not k.endswith("position_ids")}
+        text = _params(part) if part else "not in this file"
+        lines.append(_row(component, f"{_TOWERS[component]}, {text}" if component in _TOWERS else text))
+    if split["ignored"]:
+        lines.append(_row("other", _ignored(split["ignored"])))
     return lines
 
 

@@ -34,6 +34,12 @@ T = TypeVar("T")  # a tensor, or only its shape
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
+# SD 2.x: OpenCLIP ViT-H in open_clip's own names. SDXL (Stability's `sgm` code): a list of conditioners, the first
+# OpenAI's CLIP-L in transformers' names, the second bigG in open_clip's (the refiner has bigG alone, as embedder 0).
+SD2_TEXT_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
+REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ def unet_table(config: UNetConfig) -> list[Row]:
         Row("time_embedding.linear_2", "time_embed.2"),
         Row("conv_in", "input_blocks.0.0"),
     ]
+    if config.adm_in_channels is not None:  # SDXL's vector y: label_emb = Sequential(Sequential(Linear, SiLU, Linear))
+        rows += [Row("add_embedding.linear_1", "label_emb.0.0"), Row("add_embedding.linear_2", "label_emb.0.2")]
     for level in range(levels):
         has_attention = config.cross_attention_levels[level]
         for j in range(n):
@@ -152,6 +160,96 @@ def text_encoder_table(config: TextEncoderConfig) -> list[Row]:
     if config.projection_dim is not None:
         rows.append(Row("text_projection", "text_projection"))
     return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# OpenCLIP's text tower (SD 2.x's ViT-H, SDXL's bigG) <-> transformers' names
+# --------------------------------------------------------------------------------------------------------------
+
+# Inside transformer.resblocks.N (open_clip) = text_model.encoder.layers.N (ours); in_proj is split apart below.
+OPEN_CLIP_LAYER = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+OPEN_CLIP_TOP = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",  # a bare (77, W) parameter there
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+}
+# Buffers and training-only parameters open_clip stores beside the tower: the causal mask, CLIP's temperature.
+OPEN_CLIP_IGNORED = ("attn_mask", "logit_scale")
+
+
+def text_encoder_from_open_clip(state: Mapping[str, torch.Tensor], projection: bool) -> dict[str, torch.Tensor]:
+    """An OpenCLIP text tower (prefix removed) -> our CLIPTextEncoder's names.
+
+    Two changes beyond renaming: open_clip packs the attention's q, k and v into one `in_proj_weight` (3W, W), cut
+    here into three (W, W) blocks in that order; and it stores `text_projection` as (W, P) for `x @ P`, which is a
+    Linear's weight transposed. `projection=False` drops the projection (SD 2.x's UNet never reads it).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in OPEN_CLIP_TOP:
+            out[OPEN_CLIP_TOP[key]] = value
+        elif key == "text_projection":
+            if projection:
+                out["text_projection.weight"] = value.T.contiguous()  # (W, P) -> (P, W)
+        elif key.startswith("transformer.resblocks."):
+            n, rest = key.removeprefix("transformer.resblocks.").split(".", 1)
+            layer = f"text_model.encoder.layers.{n}."
+            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                leaf = rest.rsplit("_", 1)[1]  # weight / bias
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True):
+                    out[f"{layer}self_attn.{name}.{leaf}"] = part.contiguous()  # (W, W) or (W,)
+                continue
+            module, leaf = rest.rsplit(".", 1)
+            if module not in OPEN_CLIP_LAYER:
+                raise CheckpointError(f"The OpenCLIP text encoder has an unexpected weight {key}.")
+            out[f"{layer}{OPEN_CLIP_LAYER[module]}.{leaf}"] = value
+        elif key not in OPEN_CLIP_IGNORED:
+            raise CheckpointError(f"The OpenCLIP text encoder has an unexpected weight {key}.")
+    return out
+
+
+def text_encoder_to_open_clip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Ours -> an OpenCLIP text tower's names (the inverse of `text_encoder_from_open_clip`, as files store it)."""
+    top = {ours: theirs for theirs, ours in OPEN_CLIP_TOP.items()}
+    layer_names = {ours: theirs for theirs, ours in OPEN_CLIP_LAYER.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in top:
+            out[top[key]] = value
+        elif key == "text_projection.weight":
+            out["text_projection"] = value.T.contiguous()
+        elif key.startswith("text_model.encoder.layers."):
+            n, rest = key.removeprefix("text_model.encoder.layers.").split(".", 1)
+            module, leaf = rest.rsplit(".", 1)
+            if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                if module == "self_attn.q_proj":  # written once, from the three: (3W, W) = [q; k; v]
+                    parts = [state[f"text_model.encoder.layers.{n}.self_attn.{p}_proj.{leaf}"] for p in "qkv"]
+                    out[f"transformer.resblocks.{n}.attn.in_proj_{leaf}"] = torch.cat(parts, dim=0)
+                continue
+            out[f"transformer.resblocks.{n}.{layer_names[module]}.{leaf}"] = value
+        else:
+            raise CheckpointError(f"The text encoder has a weight {key} that OpenCLIP's layout has no place for.")
+    return out
+
+
+def split_by_prefix(state: Mapping[str, T], prefixes: Mapping[str, str]) -> dict[str, dict[str, T]]:
+    """{part: {name without the prefix: value}} for each (part, prefix), everything else under "ignored"."""
+    parts: dict[str, dict[str, T]] = {name: {} for name in [*prefixes, "ignored"]}
+    for key, value in state.items():
+        for name, prefix in prefixes.items():
+            if key.startswith(prefix):
+                parts[name][key[len(prefix) :]] = value
+                break
+        else:
+            parts["ignored"][key] = value
+    return parts
 
 
 # --------------------------------------------------------------------------------------------------------------

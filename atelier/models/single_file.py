@@ -18,6 +18,7 @@ Pickles: `.ckpt` files are Python pickles, which can run arbitrary code when ope
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,11 +36,14 @@ from atelier.models.detect import (
     META_VAE,
     SUPPORTED_FAMILIES,
     Configs,
+    FamilyParts,
     Parts,
     detect_diffusion_model,
     detect_family,
     detect_text_encoder,
+    family_variant,
     infer_diffusers_vae_config,
+    infer_open_clip_config,
     infer_text_encoder_config,
     infer_unet_config,
     infer_vae_config,
@@ -199,3 +203,87 @@ def read_text_encoder(path: str | Path, dtype: torch.dtype | None = None) -> tup
     )
     state = {n.removeprefix(keymap.TEXT_PREFIX): t for n, t in file.read(names, dtype).items()}
     return config, _renamed(file.name, keymap.text_encoder_from_sd, state, config), family
+# SD 2.x and SDXL single files
+# --------------------------------------------------------------------------------------------------------------
+
+SDXL_SCALING_FACTOR = 0.13025  # SDXL's VAE: same network as SD's, retrained; its latents need this scale
+# Where each family keeps its text towers, and in which layout: "hf" (transformers' names) or "open_clip".
+_TOWERS = {
+    "sd2": {"clip_h": (keymap.SD2_TEXT_PREFIX, "open_clip")},
+    "sdxl": {"clip_l": (keymap.SDXL_CLIP_L_PREFIX, "hf"), "clip_g": (keymap.SDXL_CLIP_G_PREFIX, "open_clip")},
+    "sdxl-refiner": {"clip_g": (keymap.REFINER_CLIP_G_PREFIX, "open_clip")},
+}
+
+
+def _towers(family: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[str, str]]:
+    refiner = family == "sdxl" and not any(n.startswith(keymap.SDXL_CLIP_G_PREFIX) for n in shapes)
+    return _TOWERS["sdxl-refiner" if refiner else family]
+
+
+def family_prefixes(family: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
+    """Component -> prefix in an SD 2.x / SDXL file: "unet", "vae", then "clip_h" or "clip_l"/"clip_g"."""
+    towers = {tower: prefix for tower, (prefix, _) in _towers(family, shapes).items()}
+    return {"unet": keymap.UNET_PREFIX, "vae": keymap.VAE_PREFIX, **towers}
+
+
+def sd2_prediction(file: WeightsFile, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """SD 2.x 768-v vs 512-base: a .yaml or a v_pred marker when there is one; else ComfyUI's test
+    (comfy/supported_models.py, SD20.model_type): the 768-v model's last transformer has a LayerNorm bias of
+    spread > 0.09 (output_blocks.11.1.transformer_blocks.0.norm1.bias), the base model's is tighter."""
+    if prediction_type(file.path, shapes) == "v":
+        return "v"
+    probe = keymap.UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    if probe in shapes:
+        bias = file.read([probe], torch.float32)[probe]
+        if torch.std(bias, unbiased=False).item() > 0.09:
+            return "v"
+    return "eps"
+
+
+def read_family_single_file(path: Path, dtype: torch.dtype, need_vae: bool = True) -> FamilyParts:
+    """The weights (in `dtype`, our names) and configs of an SD 2.x or SDXL (base or refiner) single file."""
+    file = WeightsFile(path)
+    shapes = file.index.shapes
+    family, evidence = detect_family(shapes, file.index.metadata)
+    if family not in _TOWERS:
+        raise CheckpointError(
+            f"{file.name} looks like {FAMILY_NAMES[family]} (found {evidence}); expected an SD 2.x or SDXL checkpoint."
+        )
+    towers = _towers(family, shapes)
+    prefixes = family_prefixes(family, shapes)
+    if not need_vae:
+        del prefixes["vae"]
+    split_shapes = keymap.split_by_prefix(shapes, prefixes)
+    prediction = sd2_prediction(file, shapes) if family == "sd2" else prediction_type(file.path, shapes)
+    unet_config = infer_unet_config(split_shapes["unet"], prediction, f"{file.name}: the UNet")
+
+    vae_config = None
+    if need_vae:
+        if not split_shapes["vae"]:
+            raise CheckpointError(f"{file.name} has no VAE (first_stage_model.*); give a VAE file beside it.")
+        vae_config = infer_vae_config(split_shapes["vae"], f"{file.name}: the VAE")
+        if family == "sdxl":
+            vae_config = dataclasses.replace(vae_config, scaling_factor=SDXL_SCALING_FACTOR)
+
+    wanted = [n for n in shapes if n.startswith(tuple(prefixes.values()))]
+    tensors = keymap.split_by_prefix(file.read(wanted, dtype), prefixes)
+    texts, text_configs = {}, {}
+    for tower, (_, layout) in towers.items():
+        what = f"{file.name}: the text encoder {tower}"
+        if layout == "open_clip":
+            projection = tower == "clip_g"  # bigG's pooled vector is projected for SDXL; SD 2.x never reads it
+            text_configs[tower] = infer_open_clip_config(split_shapes[tower], projection, what)
+            texts[tower] = _renamed(file.name, keymap.text_encoder_from_open_clip, tensors[tower], projection)
+        else:
+            text_configs[tower] = infer_text_encoder_config(split_shapes[tower], what)
+            texts[tower] = _renamed(file.name, keymap.text_encoder_from_sd, tensors[tower], text_configs[tower])
+    return FamilyParts(
+        family=family,
+        variant=family_variant(family, unet_config),
+        unet=_renamed(file.name, keymap.unet_from_sd, tensors["unet"], unet_config),
+        unet_config=unet_config,
+        vae=_renamed(file.name, keymap.vae_from_sd, tensors["vae"], vae_config) if need_vae else None,
+        vae_config=vae_config,
+        text_encoders=texts,
+        text_encoder_configs=text_configs,
+    )

@@ -272,7 +272,7 @@ class CLIPTokenizer:
 
     window: int = WINDOW
 
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pad_with_end: bool = True) -> None:
         for special in (START_TOKEN, END_TOKEN):
             if special not in vocab:
                 raise CheckpointError(f"The CLIP vocabulary has no {special} token; expected the SD1.x CLIP vocab.")
@@ -281,7 +281,9 @@ class CLIPTokenizer:
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}  # lower rank = learned earlier = merged first
         self.start_id = vocab[START_TOKEN]
         self.end_id = vocab[END_TOKEN]
-        self.pad_id = self.end_id  # SD1.x pads with the end token
+        # SD1.x, SD 2.x and SDXL's CLIP-L pad with the end token; SDXL's bigG pads with id 0 ("!"), as its
+        # open_clip tokenizer did in training (ComfyUI: pad_with_end=False; diffusers: tokenizer_2's pad "!").
+        self.pad_id = self.end_id if pad_with_end else 0
         self.byte_to_symbol = byte_symbols()
         self.symbol_to_byte = {s: b for b, s in self.byte_to_symbol.items()}
         # word (in byte symbols) -> its BPE tokens: prompts reuse words, so each distinct word is merged only once.
@@ -296,9 +298,11 @@ class CLIPTokenizer:
         return cls(build_vocab(merges), merges)
 
     @classmethod
-    def from_default(cls) -> CLIPTokenizer:
-        """The SD1.x tokenizer, from the merges file shipped inside the open-clip-torch package (no network)."""
-        return cls.from_bpe_gz(default_bpe_path())
+    def from_default(cls, pad_with_end: bool = True) -> CLIPTokenizer:
+        """The SD1.x tokenizer, from the merges file shipped inside the open-clip-torch package (no network).
+        `pad_with_end=False` is SDXL bigG's (same vocabulary, padded with 0)."""
+        merges = read_merges_gz(default_bpe_path())
+        return cls(build_vocab(merges), merges, pad_with_end)
 
     @classmethod
     def from_files(cls, vocab_json: str | Path, merges_txt: str | Path) -> CLIPTokenizer:

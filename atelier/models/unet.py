@@ -1,4 +1,4 @@
-"""The Stable Diffusion 1.x denoising UNet.
+"""The denoising UNet of Stable Diffusion 1.x, 2.x and SDXL (one module; `UNetConfig` says which).
 
 Given a noisy latent x_t, its timestep t and the prompt's text features, the UNet predicts the noise in x_t
 (eps, Ho et al. 2020, "Denoising Diffusion Probabilistic Models") or the velocity v (Salimans & Ho 2022); the
@@ -6,7 +6,9 @@ sampling code turns either into a denoised latent. The shape is the UNet of Ronn
 Convolutional Networks for Biomedical Image Segmentation"): a down path that halves the resolution level by
 level, a middle, and an up path that doubles it again while concatenating the down path's feature maps (skip
 connections). Latent diffusion (Rombach et al. 2022) adds timestep-conditioned ResNet blocks and, at some
-levels, spatial transformers whose cross-attention reads the text (see attention.py).
+levels, spatial transformers whose cross-attention reads the text (see attention.py). SDXL (Podell et al. 2023)
+keeps the same blocks, with more transformer blocks per level, and adds one more input: a vector y made of the
+pooled text embedding and embeddings of the image's sizes (`sdxl_vector`), added to the time embedding.
 
 Module and parameter names match diffusers' UNet2DConditionModel, so its state_dict loads without renaming.
 """
@@ -50,6 +52,19 @@ class TimestepMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.silu(self.linear_1(x)))
+
+
+def sdxl_vector(pooled: torch.Tensor, numbers: torch.Tensor, size_embed_dim: int = 256) -> torch.Tensor:
+    """SDXL's conditioning vector y: the pooled text embedding, then each size number's sinusoidal embedding.
+
+    Podell et al. 2023 (section 2.2, "micro-conditioning") condition on the image's original size, the crop's top-left
+    corner and the target size, each number embedded like a timestep: pooled (B, P) and numbers (B, K) =
+    [orig_h, orig_w, crop_top, crop_left, target_h, target_w] (base, K = 6) or [orig_h, orig_w, crop_top,
+    crop_left, aesthetic_score] (refiner, K = 5) -> (B, P + K * size_embed_dim): 1280 + 6*256 = 2816 for the base.
+    """
+    B, K = numbers.shape
+    sizes = timestep_embedding(numbers.reshape(-1), size_embed_dim).reshape(B, K * size_embed_dim)  # (B, K*256)
+    return torch.cat([pooled, sizes.to(pooled.dtype)], dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -105,11 +120,20 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
+def _transformer(cfg: UNetConfig, channels: int, depth: int) -> SpatialTransformer:
+    """The spatial transformer of a level `channels` wide with `depth` blocks, as the config shapes it."""
+    return SpatialTransformer(
+        channels, cfg.heads_at(channels), cfg.context_dim, depth, cfg.norm_groups, linear=cfg.linear_projection
+    )
+
+
 class DownBlock(nn.Module):
     """One level of the down path: `layers` ResBlocks (each followed by a transformer if `attention`), then a
     downsampler unless this is the last level. Every intermediate result is kept as a skip for the up path."""
 
-    def __init__(self, cfg: UNetConfig, in_channels: int, out_channels: int, attention: bool, downsample: bool):
+    def __init__(
+        self, cfg: UNetConfig, in_channels: int, out_channels: int, attention: bool, downsample: bool, depth: int = 1
+    ):
         super().__init__()
         t, g, e = cfg.time_embed_dim, cfg.norm_groups, cfg.norm_eps
         self.resnets = nn.ModuleList(
@@ -119,10 +143,7 @@ class DownBlock(nn.Module):
             ]
         )
         self.attentions = nn.ModuleList(
-            [
-                SpatialTransformer(out_channels, cfg.attention_heads, cfg.context_dim, cfg.transformer_depth, g)
-                for _ in range(cfg.layers_per_block if attention else 0)
-            ]
+            [_transformer(cfg, out_channels, depth) for _ in range(cfg.layers_per_block if attention else 0)]
         )
         self.downsamplers = nn.ModuleList([Downsample(out_channels)] if downsample else [])
 
@@ -148,9 +169,7 @@ class MidBlock(nn.Module):
         super().__init__()
         t, g, e = cfg.time_embed_dim, cfg.norm_groups, cfg.norm_eps
         self.resnets = nn.ModuleList([ResBlock(channels, channels, t, g, e), ResBlock(channels, channels, t, g, e)])
-        self.attentions = nn.ModuleList(
-            [SpatialTransformer(channels, cfg.attention_heads, cfg.context_dim, cfg.transformer_depth, g)]
-        )
+        self.attentions = nn.ModuleList([_transformer(cfg, channels, cfg.mid_depth)])
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb)
@@ -173,6 +192,7 @@ class UpBlock(nn.Module):
         skip_channels: list[int],
         attention: bool,
         upsample: bool,
+        depth: int = 1,
     ):
         super().__init__()
         t, g, e = cfg.time_embed_dim, cfg.norm_groups, cfg.norm_eps
@@ -183,10 +203,7 @@ class UpBlock(nn.Module):
             ]
         )
         self.attentions = nn.ModuleList(
-            [
-                SpatialTransformer(out_channels, cfg.attention_heads, cfg.context_dim, cfg.transformer_depth, g)
-                for _ in range(len(skip_channels) if attention else 0)
-            ]
+            [_transformer(cfg, out_channels, depth) for _ in range(len(skip_channels) if attention else 0)]
         )
         self.upsamplers = nn.ModuleList([Upsample(out_channels)] if upsample else [])
 
@@ -231,6 +248,10 @@ class UNet(nn.Module):
             )
 
         self.time_embedding = TimestepMLP(channels[0], cfg.time_embed_dim)
+        # SDXL: the vector y (pooled text + size embeddings) gets an MLP of its own, added to the time embedding.
+        self.add_embedding = (
+            TimestepMLP(cfg.adm_in_channels, cfg.time_embed_dim) if cfg.adm_in_channels is not None else None
+        )
         self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=3, padding=1)
 
         # Down path. Track the channels of every skip in storage order: conv_in's output, then each ResBlock's
@@ -240,7 +261,8 @@ class UNet(nn.Module):
         for i, out_ch in enumerate(channels):
             in_ch = channels[max(i - 1, 0)]
             last = i == levels - 1
-            self.down_blocks.append(DownBlock(cfg, in_ch, out_ch, cfg.cross_attention_levels[i], not last))
+            attention, depth = cfg.cross_attention_levels[i], cfg.depth_at(i)
+            self.down_blocks.append(DownBlock(cfg, in_ch, out_ch, attention, not last, depth))
             skip_channels += [out_ch] * (cfg.layers_per_block + (0 if last else 1))
 
         self.mid_block = MidBlock(cfg, channels[-1])
@@ -252,12 +274,17 @@ class UNet(nn.Module):
             in_ch = channels[min(level + 1, levels - 1)]  # what comes up from the level below
             consumed = [skip_channels.pop() for _ in range(cfg.layers_per_block + 1)]
             attention = cfg.cross_attention_levels[level]
-            self.up_blocks.append(UpBlock(cfg, in_ch, out_ch, consumed, attention, upsample=level > 0))
+            depth = cfg.depth_at(level)
+            self.up_blocks.append(UpBlock(cfg, in_ch, out_ch, consumed, attention, upsample=level > 0, depth=depth))
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_groups, channels[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, C_in, h, w), timestep scalar or (B,), context (B, T, context_dim), and for SDXL y (B or 1,
+        adm_in_channels), the vector `sdxl_vector` builds -> the prediction (B, C_out, h, w)."""
         B = x.shape[0]
         t = torch.as_tensor(timestep, device=x.device)
         if t.ndim != 0 and t.shape != (B,):
@@ -269,6 +296,11 @@ class UNet(nn.Module):
                 f"The text conditioning has shape {tuple(context.shape)}; expected (batch, tokens, "
                 f"{self.config.context_dim}) from a matching text encoder."
             )
+        adm = self.config.adm_in_channels
+        if (y is None) != (adm is None) or (y is not None and (y.ndim != 2 or y.shape[-1] != adm)):
+            got = "none" if y is None else f"shape {tuple(y.shape)}"
+            want = "none (this UNet has no size conditioning)" if adm is None else f"(batch, {adm})"
+            raise InputError(f"The pooled/size conditioning vector y has {got}; expected {want}.")
 
         # --- Time embedding: t -> sinusoidal features (B, C0) -> MLP -> (B, 4*C0), read by every ResBlock.
         # A scalar t (one noise level for the whole batch, as in sampling) is embedded once, (1, 4*C0), and the
@@ -277,6 +309,9 @@ class UNet(nn.Module):
         # relies on a batched image being computed exactly as alone).
         temb = timestep_embedding(t.reshape(-1), self.config.block_channels[0]).to(x.dtype)
         temb = self.time_embedding(temb)  # (B or 1, 1280) for SD1.x
+        if self.add_embedding is not None:
+            # SDXL: what the image is (pooled text) and how it was framed (sizes, crop) join the noise level.
+            temb = temb + self.add_embedding(y.to(x.dtype))  # (B, 1280)
 
         # --- Down path: each level refines, then halves the resolution; every intermediate map is kept.
         x = self.conv_in(x)  # (B, 320, h, w)

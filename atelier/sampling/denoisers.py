@@ -53,6 +53,25 @@ class DiscreteSchedule:
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
         return cls(betas)
 
+    def zero_terminal_snr(self) -> DiscreteSchedule:
+        """The same schedule rescaled so that its last step is (almost) pure noise: ComfyUI's ModelSamplingDiscrete
+        with zsnr=True.
+
+        Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1: shift and
+        scale sqrt(a_t) so that it keeps its first value and reaches 0 at the last step. SD's schedule ends at
+        sqrt(a_T) = 0.068, a signal the model learns to rely on; models trained with the rescale (most v-prediction
+        fine-tunes that ask for zsnr) start from true noise. A last a_T of exactly 0 is an infinite sigma, so it is
+        set to 4.8973451890853435e-08 (sigma ~ 4500), ComfyUI's value.
+        """
+        root = self.alphas_cumprod.sqrt()  # (T,) float64, sqrt(a_t)
+        first, last = root[0].clone(), root[-1].clone()
+        root = (root - last) * first / (first - last)  # now root[0] = first, root[-1] = 0
+        alphas_cumprod = root**2
+        alphas_cumprod[-1] = 4.8973451890853435e-08
+        ratios = alphas_cumprod[1:] / alphas_cumprod[:-1]
+        betas = torch.cat([1.0 - alphas_cumprod[:1], 1.0 - ratios])  # the betas whose cumulative product this is
+        return DiscreteSchedule(betas)
+
     @property
     def num_timesteps(self) -> int:
         return len(self.sigmas)
@@ -154,7 +173,9 @@ class Denoiser:
         self.quantize_timesteps = quantize_timesteps
         self.dtype = dtype  # the dtype the network's inputs are cast to (None: keep x's dtype)
 
-    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor | None = None, y: Tensor | None = None) -> Tensor:
+        """x0 from x (B, C, h, w) at noise level sigma (B,) or (); `y` (B, adm) is SDXL's pooled/size vector,
+        handed to the network as its fourth argument (UNet.forward), None for models without one."""
         sigma = sigma.to(x.device).expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device)  # (B,)
         t = self.schedule.sigma_to_t(sigma, quantize=self.quantize_timesteps)  # (B,) float32
         if sigma.device.type == "cpu" and bool((sigma == sigma[:1]).all()):
@@ -166,7 +187,10 @@ class Denoiser:
         net_dtype = self.dtype or x.dtype
         x_in = x / (s**2 + 1) ** 0.5  # c_in * x: back to the DDPM's unit-variance input
         ctx = context.to(net_dtype) if context is not None else None
-        out = self.unet(x_in.to(net_dtype), t, ctx).to(x.dtype)  # (B, C, h, w) eps or v
+        if y is None:
+            out = self.unet(x_in.to(net_dtype), t, ctx).to(x.dtype)  # (B, C, h, w) eps or v
+        else:
+            out = self.unet(x_in.to(net_dtype), t, ctx, y.to(x.device, net_dtype)).to(x.dtype)
         if self.prediction == "eps":
             return x - out * s  # c_skip = 1, c_out = -sigma
         return x / (s**2 + 1) - out * s / (s**2 + 1) ** 0.5  # c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(..)

@@ -7,6 +7,7 @@ import dataclasses
 from atelier.graph.kit import KSAMPLER_INPUTS, SAMPLER_INPUTS, SEED_INPUT, Node, run_sampler
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.pipeline import Cond, DiffusionModel, SamplerSettings
+from atelier.sampling.denoisers import DiscreteSchedule
 
 
 class KSampler(Node):
@@ -113,3 +114,39 @@ class KSamplerAdvanced(Node):
             force_full_denoise=return_with_leftover_noise != "enable",
         )
         return (out,)
+
+
+class ModelSamplingDiscrete(Node):
+    SCHEMA = NodeSchema(
+        name="ModelSamplingDiscrete",
+        display_name="ModelSamplingDiscrete",
+        category="advanced/model",
+        description="Says what the model predicts (noise or velocity) and whether its noise schedule is rescaled "
+        "to a zero terminal SNR, for checkpoints whose file does not say it (e.g. SD 2.x 768-v fine-tunes).",
+        inputs=[
+            Input("model", "MODEL", tooltip="The model to sample with."),
+            Input(
+                "sampling",
+                "COMBO",
+                options=["eps", "v_prediction"],
+                default="eps",
+                tooltip="eps: the network predicts the noise (SD1.x, SD 2.x base, SDXL); v_prediction: the "
+                "velocity (Salimans & Ho 2022; SD 2.x 768-v).",
+            ),
+            Input(
+                "zsnr",
+                "BOOLEAN",
+                default=False,
+                tooltip="Rescale the schedule so that its last step is pure noise (Lin et al. 2024), for models "
+                "trained that way.",
+            ),
+        ],
+        outputs=[Output("MODEL", tooltip="The same network with this prediction type and schedule.")],
+    )
+
+    def run(self, ctx: NodeContext, model: DiffusionModel, sampling: str, zsnr: bool) -> tuple:
+        schedule = DiscreteSchedule.scaled_linear()  # ComfyUI starts from the default schedule too
+        if zsnr:
+            schedule = schedule.zero_terminal_snr()
+        prediction = "v" if sampling == "v_prediction" else "eps"
+        return (dataclasses.replace(model, schedule=schedule, prediction=prediction),)
