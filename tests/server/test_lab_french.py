@@ -365,3 +365,33 @@ def test_the_vae_says_it_knows_only_its_world(page, tmp_path):
 def teardown_module() -> None:
     if ARTIFACTS.exists() and not any(ARTIFACTS.iterdir()):
         shutil.rmtree(ARTIFACTS)
+
+
+# ---- 8. Euler settles, Euler a keeps moving: visible to the eye ----
+
+MOVED_BRIGHTNESS = """sel => {
+  const c = document.querySelector(sel);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let sum = 0;
+  for (let k = 0; k < d.length; k += 4) sum += d[k] + d[k + 1] + d[k + 2];
+  return sum / (d.length / 4) / 3;
+}"""
+
+
+def test_euler_settles_and_euler_a_keeps_moving_in_french(page):
+    """At 40 steps the second half's change per step is several times larger for Euler a (the verdict's ratio), and
+    the amplified "what moved" picture is black for Euler and lit for Euler a."""
+    open_view(page, "convergence")
+    page.fill("#conv-steps", "40")
+    page.click("#view-convergence .run")
+    page.wait_for_selector("#view-convergence p.verdict", timeout=RUN_TIMEOUT * 2)
+    verdict = page.inner_text("#view-convergence p.verdict")
+    assert verdict.startswith("Des étapes 21 à 40 : Euler change son image de") and "fois plus" in verdict, verdict
+    ratio = float(page.get_attribute("#view-convergence p.verdict", "data-ratio"))
+    assert ratio > 3, verdict
+    assert re.search(r"\d,\d", verdict)  # decimal commas
+    euler = page.evaluate(MOVED_BRIGHTNESS, "#view-convergence .moved [data-sampler=euler] canvas")
+    ancestral = page.evaluate(MOVED_BRIGHTNESS, "#view-convergence .moved [data-sampler=euler_ancestral] canvas")
+    assert ancestral > 3 * max(euler, 0.5), (euler, ancestral)
+    assert page.locator("#view-convergence .moved figcaption").first.inner_text() == "Euler : |étape 40 − étape 20| × 20"
+    shot(page, "8-convergence-40-steps")
