@@ -333,7 +333,7 @@ async function concepts(out) {
 
 const RUNS = { filmstrip, convergence, latent, attention, concepts };
 
-function showView(name) {
+export function showView(name) {
   shownView = name;
   for (const button of document.querySelectorAll(".subnav button")) {
     button.setAttribute("aria-pressed", String(button.dataset.view === name));
@@ -372,7 +372,10 @@ export function setup(options) {
     const button = view.querySelector(".run");
     button.addEventListener("click", () => {
       hideMessage();
-      busy(button, () => run(view.querySelector(".out")));
+      busy(button, async () => {
+        await run(view.querySelector(".out"));
+        document.dispatchEvent(new CustomEvent("atelier:ran", { detail: `view-${name}` }));  // the parcours ticks its step
+      });
     });
   }
   $("vae-file").addEventListener("change", () => {
