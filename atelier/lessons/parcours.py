@@ -79,9 +79,13 @@ def _missing_around(prompt: dict, sampler: dict, check: str) -> list[str]:
         if not isinstance(denoise, (int, float)) or not 0 < denoise < 1:
             missing.append("denoise")
     sampler_id = next(k for k, v in prompt.items() if v is sampler)
-    decoders = [n for n in prompt.values() if n.get("class_type") == "VAEDecode"
-                and _source(prompt, n.get("inputs", {}).get("samples"))[0] is not None
-                and str(n["inputs"]["samples"][0]) == sampler_id]
+    decoders = [
+        n
+        for n in prompt.values()
+        if n.get("class_type") == "VAEDecode"
+        and _source(prompt, n.get("inputs", {}).get("samples"))[0] is not None
+        and str(n["inputs"]["samples"][0]) == sampler_id
+    ]
     if not decoders:
         missing.append("decode")
         return missing
@@ -89,9 +93,12 @@ def _missing_around(prompt: dict, sampler: dict, check: str) -> list[str]:
     if not _wired(prompt, decoder, "vae", "CheckpointLoaderSimple", CHECKPOINT_OUTPUTS["VAE"]):
         missing.append("decode_vae")
     decoder_id = next(k for k, v in prompt.items() if v is decoder)
-    shown = any(n.get("class_type") in ("SaveImage", "PreviewImage")
-                and isinstance(n.get("inputs", {}).get("images"), list)
-                and str(n["inputs"]["images"][0]) == decoder_id for n in prompt.values())
+    shown = any(
+        n.get("class_type") in ("SaveImage", "PreviewImage")
+        and isinstance(n.get("inputs", {}).get("images"), list)
+        and str(n["inputs"]["images"][0]) == decoder_id
+        for n in prompt.values()
+    )
     if not shown:
         missing.append("save")
     return missing

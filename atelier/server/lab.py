@@ -41,8 +41,8 @@ from PIL import Image, ImageOps
 from atelier.errors import AtelierError, InputError
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.validation import shape_problem
-from atelier.lessons.tokens import PromptTokens, read_tokens, word_positions
 from atelier.lessons.parcours import CHECKS, missing_wires
+from atelier.lessons.tokens import PromptTokens, read_tokens, word_positions
 from atelier.server.classroom import may_read, visible, who
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
@@ -575,8 +575,11 @@ async def parcours_check(request: web.Request) -> web.Response:
     store, person = state(request).store, who(request)
 
     def newest() -> dict:
-        runs = [rec for rec in visible(person, store.history())
-                if rec.state == "success" and "atelier_lab" not in rec.extra_data and rec.created_at >= since]
+        runs = [
+            rec
+            for rec in visible(person, store.history())
+            if rec.state == "success" and "atelier_lab" not in rec.extra_data and rec.created_at >= since
+        ]
         if not runs:
             return {"done": False, "ran": False, "missing": []}
         rec = max(runs, key=lambda r: r.created_at)

@@ -393,5 +393,37 @@ def test_euler_settles_and_euler_a_keeps_moving_in_french(page):
     euler = page.evaluate(MOVED_BRIGHTNESS, "#view-convergence .moved [data-sampler=euler] canvas")
     ancestral = page.evaluate(MOVED_BRIGHTNESS, "#view-convergence .moved [data-sampler=euler_ancestral] canvas")
     assert ancestral > 3 * max(euler, 0.5), (euler, ancestral)
-    assert page.locator("#view-convergence .moved figcaption").first.inner_text() == "Euler : |étape 40 − étape 20| × 20"
+    assert (
+        page.locator("#view-convergence .moved figcaption").first.inner_text() == "Euler : |étape 40 − étape 20| × 20"
+    )
     shot(page, "8-convergence-40-steps")
+
+
+# ---- every figure can be saved as a PNG with its parameters ----
+
+
+def png_texts(path: Path) -> dict[str, str]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return dict(image.text)
+
+
+def test_a_figure_and_a_chart_are_saved_as_png_with_their_parameters(page):
+    page.click("#generate")
+    page.wait_for_selector("#result-images figure .png-save", timeout=RUN_TIMEOUT)
+    with page.expect_download() as download:
+        page.click("#result-images figure .png-save")
+    name = download.value.suggested_filename
+    assert name == "atelier-result-seed42-2steps-cfg7.5-euler.png", name
+    texts = png_texts(Path(download.value.path()))
+    assert "un cercle rouge à gauche" in json.loads(texts["atelier"])["params"]["prompt"]
+    assert "Steps: 2, Sampler: euler" in texts["parameters"]
+    open_view(page, "schedules")
+    page.wait_for_selector("#view-schedules svg.chart + .png-save")
+    assert page.get_attribute("#view-schedules .png-save", "title").startswith("Enregistrer cette figure en PNG")
+    with page.expect_download() as download:
+        page.click("#view-schedules .png-save")
+    assert download.value.suggested_filename.startswith("atelier-schedules-seed42-")
+    with Image.open(download.value.path()) as chart:
+        assert chart.size == (1440, 680) and len(set(chart.convert("RGB").getdata())) > 3  # drawn, not blank
+    shot(page, "figures-png-buttons")

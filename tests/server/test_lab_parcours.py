@@ -89,8 +89,11 @@ def shot(pg, name: str) -> None:
 
 def queue_as_the_editor(pg, server: str, prompt: dict) -> None:
     """POST /prompt as the editor does, then wait until the history says it finished."""
-    r = pg.request.post(f"{server}/prompt", data=json.dumps({"prompt": prompt, "client_id": "editor-test"}),
-                        headers={"Content-Type": "application/json"})
+    r = pg.request.post(
+        f"{server}/prompt",
+        data=json.dumps({"prompt": prompt, "client_id": "editor-test"}),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.ok, r.text()
     prompt_id = r.json()["prompt_id"]
     deadline = time.monotonic() + RUN_TIMEOUT / 1000
@@ -103,14 +106,27 @@ def queue_as_the_editor(pg, server: str, prompt: dict) -> None:
 
 
 WORDS = {
-    "fr": {"tab": "Le parcours", "done": "✓ Fait", "count": "13 étapes faites sur 13", "part": "Théorie : du bruit à l'image",
-           "not_ran": "Aucun graphe n'a tourné", "missing": "ce n'est pas encore celui attendu"},
-    "en": {"tab": "The path", "done": "✓ Done", "count": "13 of 13 steps done", "part": "Theory: from noise to an image",
-           "not_ran": "No graph has run", "missing": "it is not the expected one yet"},
+    "fr": {
+        "tab": "Le parcours",
+        "done": "✓ Fait",
+        "count": "13 étapes faites sur 13",
+        "part": "Théorie : du bruit à l'image",
+        "not_ran": "Aucun graphe n'a tourné",
+        "missing": "ce n'est pas encore celui attendu",
+    },
+    "en": {
+        "tab": "The path",
+        "done": "✓ Done",
+        "count": "13 of 13 steps done",
+        "part": "Theory: from noise to an image",
+        "not_ran": "No graph has run",
+        "missing": "it is not the expected one yet",
+    },
 }
 
 
-@pytest.mark.parametrize("lang", ["fr", pytest.param("en", marks=pytest.mark.slow)])  # the same walk; English on slow runs
+# The same walk in both languages; the English one runs with the slow tests.
+@pytest.mark.parametrize("lang", ["fr", pytest.param("en", marks=pytest.mark.slow)])
 def test_the_whole_parcours(browser, server, registry, lang):
     words = WORDS[lang]
     context = browser.new_context(viewport=VIEWPORT, locale="fr-FR" if lang == "fr" else "en-GB")
@@ -136,7 +152,12 @@ def test_the_whole_parcours(browser, server, registry, lang):
         assert pg.inner_text(f"{step(sid)} .step-status") == words["done"]
 
     # Theory: open the view the screen speaks of, then say it is read.
-    for sid, view in [("th-noise", "filmstrip"), ("th-latent", "latent"), ("th-clip", "text"), ("th-scheduler", "schedules")]:
+    for sid, view in [
+        ("th-noise", "filmstrip"),
+        ("th-latent", "latent"),
+        ("th-clip", "text"),
+        ("th-scheduler", "schedules"),
+    ]:
         pg.click(f"{step(sid)} .open")
         assert pg.is_visible(f"#view-{view}")
         pg.click("#tab-parcours")
@@ -144,10 +165,19 @@ def test_the_whole_parcours(browser, server, registry, lang):
         done(sid)
 
     # Module 1: each step's button opens its exercise on the teaching defaults; the step ticks when it has run.
-    fast = {"m1-steps": ("#ex-steps-list", "2, 3"), "m1-xy": ("#xy-x-values", "1, 7"), "m1-samplers": ("#conv-steps", "4")}
-    for sid, run in [("m1-stability", "#ex-stability .run"), ("m1-variability", "#ex-variability .run"),
-                     ("m1-cfg", "#ex-cfg .run"), ("m1-steps", "#ex-steps .run"), ("m1-xy", "#ex-xy .run"),
-                     ("m1-samplers", "#view-convergence .run")]:
+    fast = {
+        "m1-steps": ("#ex-steps-list", "2, 3"),
+        "m1-xy": ("#xy-x-values", "1, 7"),
+        "m1-samplers": ("#conv-steps", "4"),
+    }
+    for sid, run in [
+        ("m1-stability", "#ex-stability .run"),
+        ("m1-variability", "#ex-variability .run"),
+        ("m1-cfg", "#ex-cfg .run"),
+        ("m1-steps", "#ex-steps .run"),
+        ("m1-xy", "#ex-xy .run"),
+        ("m1-samplers", "#view-convergence .run"),
+    ]:
         pg.click(f"{step(sid)} .open")
         if sid == "m1-samplers":
             assert pg.input_value("#conv-steps") == "40"  # the step's own setting
@@ -160,8 +190,11 @@ def test_the_whole_parcours(browser, server, registry, lang):
     shot(pg, f"{lang}-1-module1")
 
     # Module 2: the button hands the editor its template; the check reads the newest graph run from the editor.
-    for sid, template, check_with in [("m2-rebuild", None, "atelier_txt2img"), ("m2-puzzle", "atelier_puzzle", "atelier_txt2img"),
-                                      ("m2-img2img", "atelier_img2img", "atelier_img2img")]:
+    for sid, template, check_with in [
+        ("m2-rebuild", None, "atelier_txt2img"),
+        ("m2-puzzle", "atelier_puzzle", "atelier_txt2img"),
+        ("m2-img2img", "atelier_img2img", "atelier_img2img"),
+    ]:
         pg.click(f"{step(sid)} .open")
         pg.wait_for_function("() => window.__opened === '/'")
         handed = json.loads(pg.evaluate("() => localStorage.getItem('workflow')"))

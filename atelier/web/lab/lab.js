@@ -8,6 +8,7 @@ import { runView } from "./runner.js";
 import { busy, el, errorText, hideMessage, images, showMessage } from "./ui.js";
 import * as exercises from "./exercises.js";
 import * as inside from "./inside.js";
+import * as figures from "./figures.js";
 import * as parcours from "./parcours.js";
 import * as world from "./world.js";
 
@@ -205,6 +206,7 @@ async function main() {
   await world.setup().catch((error) => showMessage(errorText(error)));
   exercises.setup(options);
   parcours.setup({ openInEditor, selectTab });
+  figures.setup(() => { try { return form.read(); } catch { return {}; } });  // a half-typed field: no parameters
   apply(document);
   document.body.dataset.ready = "true";  // for tests: options are loaded and handlers attached
 }
