@@ -102,19 +102,26 @@ const CHANGE_FLOOR = 0.01;
 const MOVED_GAIN = 20;  // how much "what moved" amplifies the difference so that a change of a few levels shows
 
 /**
- * "What moved": |last frame - middle frame| x MOVED_GAIN as a picture (black = nothing moved). The change of a
- * settled sampler is a fraction of a level per step, invisible in the frames themselves; amplified, Euler's picture
- * stays black while Euler a's shows the edges that its fresh noise keeps redrawing.
+ * "What moved": for every pixel, the change summed over the steps from `from` to the last (the path it travelled),
+ * x MOVED_GAIN, as a picture (black = nothing moved). The change of a settled sampler is a hundredth of a level per
+ * step, invisible in the frames themselves; summed and amplified, Euler's picture stays dark while Euler a's lights
+ * up where its fresh noise keeps redrawing the picture.
  */
 function movedPicture({ pixels, width, height }, from) {
-  const a = pixels[from], b = pixels[pixels.length - 1];
   const canvas = document.createElement("canvas");
   canvas.width = width;
   canvas.height = height;
   const ctx = canvas.getContext("2d");
   const out = ctx.createImageData(width, height);
-  for (let k = 0; k < a.length; k += 4) {
-    for (let c = 0; c < 3; c++) out.data[k + c] = Math.min(255, Math.abs(b[k + c] - a[k + c]) * MOVED_GAIN);
+  const path = new Float32Array(width * height * 3);
+  for (let i = from + 1; i < pixels.length; i++) {
+    const a = pixels[i - 1], b = pixels[i];
+    for (let k = 0, j = 0; k < a.length; k += 4, j += 3) {
+      for (let c = 0; c < 3; c++) path[j + c] += Math.abs(b[k + c] - a[k + c]);
+    }
+  }
+  for (let k = 0, j = 0; k < out.data.length; k += 4, j += 3) {
+    for (let c = 0; c < 3; c++) out.data[k + c] = Math.min(255, path[j + c] * MOVED_GAIN);
     out.data[k + 3] = 255;
   }
   ctx.putImageData(out, 0, 0);
