@@ -393,9 +393,8 @@ def test_euler_settles_and_euler_a_keeps_moving_in_french(page):
     euler = page.evaluate(MOVED_BRIGHTNESS, "#view-convergence .moved [data-sampler=euler] canvas")
     ancestral = page.evaluate(MOVED_BRIGHTNESS, "#view-convergence .moved [data-sampler=euler_ancestral] canvas")
     assert ancestral > 3 * max(euler, 0.5), (euler, ancestral)
-    assert (
-        page.locator("#view-convergence .moved figcaption").first.inner_text() == "Euler : changement cumulé de l'étape 20 à 40, × 20"
-    )
+    caption = page.locator("#view-convergence .moved figcaption").first.inner_text()
+    assert caption == "Euler : changement cumulé de l'étape 20 à 40, × 20"
     shot(page, "8-convergence-40-steps")
 
 
