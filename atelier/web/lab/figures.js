@@ -5,6 +5,7 @@
 // and in PNG tEXt chunks ("parameters": the panel's settings as text, "atelier": the same as JSON, "caption").
 
 import { t } from "./i18n.js";
+import { errorText, showMessage } from "./ui.js";
 
 const MARK = "pngSave";  // dataset flag: this figure has its button
 
@@ -150,7 +151,9 @@ function addButton(holder, target, readParams) {
   button.title = t("fig.save_title");
   button.dataset.i18n = "fig.save";
   button.dataset.i18nTitle = "fig.save_title";
-  button.addEventListener("click", () => save(target, kindOf(holder), caption, params));
+  button.addEventListener("click", () => {
+    save(target, kindOf(holder), caption, params).catch((error) => showMessage(errorText(error)));
+  });
   if (holder === target) holder.after(button);
   else holder.append(button);
 }
