@@ -187,7 +187,7 @@ async function convergence(out) {
       values: curves[k].map((v) => (Number.isFinite(v) ? Math.max(v, CHANGE_FLOOR) : v)), color: colours[k] })),
     { height: 240, log: true, xLabel: t("in.step"), yLabel: t("in.convergence.change"), title: t("in.convergence.change") }),
     el("h4", {}, t("in.convergence.moved_title")),
-    el("div.pair.moved", {}, moved),
+    el("div.moved-pair.moved", {}, moved),  // not a .pair: that holds the two players
     el("p.verdict", { dataset: { ratio: ratio.toFixed(2), euler: eulerTail.toFixed(4), ancestral: ancestralTail.toFixed(4) } },
       t("in.convergence.after", {
         from: half + 1, to: n, euler: formatNumber(eulerTail, 3), ancestral: formatNumber(ancestralTail, 3),
