@@ -41,8 +41,9 @@ from PIL import Image, ImageOps
 from atelier.errors import AtelierError, InputError
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.validation import shape_problem
+from atelier.lessons.parcours import CHECKS, missing_wires
 from atelier.lessons.tokens import PromptTokens, read_tokens, word_positions
-from atelier.server.classroom import may_read, who
+from atelier.server.classroom import may_read, visible, who
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.security import page_policy
@@ -557,6 +558,37 @@ async def compare(request: web.Request) -> web.Response:
     return web.json_response(compare_images(a, b))
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Le parcours: did the learner's own graph run, with the structure the step asks for?
+# --------------------------------------------------------------------------------------------------------------
+
+
+@_handler
+async def parcours_check(request: web.Request) -> web.Response:
+    """GET ?check=txt2img|img2img&since=<ms>: the newest graph the learner ran from the node editor since `since`
+    (the lab's own runs carry extra_data.atelier_lab and are left out), and the wires it lacks (lessons/parcours.py).
+    In classroom mode a learner's history holds only their own prompts, so each learner is checked on their work."""
+    check = request.query.get("check", "")
+    if check not in CHECKS:
+        raise InputError(f"check must be one of {', '.join(CHECKS)}, got {check!r}.")
+    since = _int_arg(request.query, "since", 0, 0, 2**53)
+    store, person = state(request).store, who(request)
+
+    def newest() -> dict:
+        runs = [
+            rec
+            for rec in visible(person, store.history())
+            if rec.state == "success" and "atelier_lab" not in rec.extra_data and rec.created_at >= since
+        ]
+        if not runs:
+            return {"done": False, "ran": False, "missing": []}
+        rec = max(runs, key=lambda r: r.created_at)
+        missing = missing_wires(rec.prompt, check)
+        return {"done": not missing, "ran": True, "prompt_id": rec.prompt_id, "missing": missing}
+
+    return web.json_response(await asyncio.to_thread(newest))
+
+
 def setup(app: web.Application) -> None:
     """Mount the page and its routes (before the editor's catch-all static route)."""
     app.router.add_get("/lab", lab_redirect)
@@ -572,3 +604,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{API}/concepts", concepts)
     app.router.add_post(f"{API}/vae-roundtrip", vae_roundtrip_route)
     app.router.add_post(f"{API}/compare", compare)
+    app.router.add_get(f"{API}/parcours/check", parcours_check)

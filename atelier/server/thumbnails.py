@@ -34,7 +34,10 @@ SIZE = (512, 512)
 # name -> (prompt, seed, transparent box (left, top, right, bottom) or None), at the embedded model's 128x128.
 EXAMPLE_INPUTS: dict[str, tuple[str, int, tuple[int, int, int, int] | None]] = {
     "atelier_example.png": ("a yellow sun above a green tree on the grass", 3, None),
-    "atelier_inpaint_example.png": ("a small blue house on the right on the grass", 8, (8, 24, 64, 104)),
+    # The inpainting example: an object on the right that the repainted hole on the left leaves as it was. A
+    # yellow sun keeps its colour next to a new red circle; a blue house or a pink flower turns dark, because the
+    # VAE decoder sees the whole latent at once (GroupNorm statistics and mid-block attention are image-wide).
+    "atelier_inpaint_example.png": ("a yellow sun on the right on the grass", 3, (8, 24, 64, 104)),
 }
 
 

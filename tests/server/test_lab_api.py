@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from atelier.lessons import parcours
 from atelier.server import lab
 from atelier.server.app import create_app, default_registry
 from atelier.server.files import DataDir
@@ -315,6 +316,25 @@ def test_both_languages_have_every_key_the_page_uses():
     assert used - set(en) == set(), sorted(used - set(en))
     same = {"ex.steps.title", "in.convergence.euler_ancestral", "in.attention.image"}  # the same in both languages
     assert not [k for k in en if en[k] == fr[k] and len(en[k]) > 12 and "{" not in en[k] and k not in same]
+
+
+def test_both_languages_have_every_string_of_the_parcours():
+    """The parcours builds its keys from its steps (pc.<step>.title, pc.open.<part>) and from the wire names of
+    lessons/parcours.py (pc.wire.<name>): each exists in English and French, and the French is not the English."""
+    root = lab.LAB_ROOT
+    en = json.loads((root / "i18n" / "en.json").read_text(encoding="utf-8"))
+    fr = json.loads((root / "i18n" / "fr.json").read_text(encoding="utf-8"))
+    script = (root / "parcours.js").read_text()
+    steps = re.findall(r'\{ id: "([\w-]+)", part: "(\w+)"', script)
+    assert len(steps) == 13
+    keys = {f"pc.{sid}.{what}" for sid, _ in steps for what in ("title", "text")}
+    keys |= {f"pc.{what}.{part}" for _, part in steps for what in ("open", "part")}
+    wires = re.findall(r'(?:missing\.append\(|return \[)f?"([\w{}]+)"', Path(parcours.__file__).read_text())
+    wires = [w.replace("{side}", side) for w in wires for side in (("positive", "negative") if "{" in w else ("",))]
+    assert {"sampler", "sampler_positive", "negative_clip", "denoise", "save"} <= set(wires)
+    keys |= {f"pc.wire.{w}" for w in wires}
+    assert keys - set(en) == set() and keys - set(fr) == set(), sorted((keys - set(en)) | (keys - set(fr)))
+    assert [k for k in keys if en[k] == fr[k]] == []
 
 
 @async_test

@@ -365,3 +365,65 @@ def test_the_vae_says_it_knows_only_its_world(page, tmp_path):
 def teardown_module() -> None:
     if ARTIFACTS.exists() and not any(ARTIFACTS.iterdir()):
         shutil.rmtree(ARTIFACTS)
+
+
+# ---- 8. Euler settles, Euler a keeps moving: visible to the eye ----
+
+MOVED_BRIGHTNESS = """sel => {
+  const c = document.querySelector(sel);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let sum = 0;
+  for (let k = 0; k < d.length; k += 4) sum += d[k] + d[k + 1] + d[k + 2];
+  return sum / (d.length / 4) / 3;
+}"""
+
+
+def test_euler_settles_and_euler_a_keeps_moving_in_french(page):
+    """At 40 steps the second half's change per step is several times larger for Euler a (the verdict's ratio), and
+    the amplified "what moved" picture (change summed over the second half) is dark for Euler, lit for Euler a."""
+    open_view(page, "convergence")
+    page.fill("#conv-steps", "40")
+    page.click("#view-convergence .run")
+    page.wait_for_selector("#view-convergence p.verdict, #message:not([hidden])", timeout=RUN_TIMEOUT * 6)  # busy CPU
+    assert page.is_hidden("#message"), page.inner_text("#message-text")
+    verdict = page.inner_text("#view-convergence p.verdict")
+    assert verdict.startswith("Des étapes 21 à 40 : Euler change son image de") and "fois plus" in verdict, verdict
+    ratio = float(page.get_attribute("#view-convergence p.verdict", "data-ratio"))
+    assert ratio > 3, verdict
+    assert re.search(r"\d,\d", verdict)  # decimal commas
+    euler = page.evaluate(MOVED_BRIGHTNESS, "#view-convergence .moved [data-sampler=euler] canvas")
+    ancestral = page.evaluate(MOVED_BRIGHTNESS, "#view-convergence .moved [data-sampler=euler_ancestral] canvas")
+    assert ancestral > 1.5 * max(euler, 0.5), (euler, ancestral)  # measured 16.7 vs 8.1 (seed 42), mean of 0-255
+    caption = page.locator("#view-convergence .moved figcaption").first.inner_text()
+    assert caption == "Euler : changement cumulé de l'étape 20 à 40, × 20"
+    shot(page, "8-convergence-40-steps")
+
+
+# ---- every figure can be saved as a PNG with its parameters ----
+
+
+def png_texts(path: Path) -> dict[str, str]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return dict(image.text)
+
+
+def test_a_figure_and_a_chart_are_saved_as_png_with_their_parameters(page):
+    page.click("#generate")
+    page.wait_for_selector("#download:not([hidden])", timeout=RUN_TIMEOUT)  # the final image, not a preview
+    with page.expect_download() as download:
+        page.click("#result-images figure .png-save")
+    name = download.value.suggested_filename
+    assert name == "atelier-result-seed42-2steps-cfg7.5-euler.png", name
+    texts = png_texts(Path(download.value.path()))
+    assert "un cercle rouge à gauche" in json.loads(texts["atelier"])["params"]["prompt"]
+    assert "Steps: 2, Sampler: euler" in texts["parameters"]
+    open_view(page, "schedules")
+    page.wait_for_selector("#view-schedules svg.chart + .png-save")
+    assert page.get_attribute("#view-schedules .png-save", "title").startswith("Enregistrer cette figure en PNG")
+    with page.expect_download() as download:
+        page.click("#view-schedules .png-save")
+    assert download.value.suggested_filename.startswith("atelier-schedules-seed42-")
+    with Image.open(download.value.path()) as chart:
+        assert chart.size == (1440, 680) and len(set(chart.convert("RGB").getdata())) > 3  # drawn, not blank
+    shot(page, "figures-png-buttons")

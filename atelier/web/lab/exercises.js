@@ -198,7 +198,10 @@ export function setup(options) {
     const button = card.querySelector(".run");
     button.addEventListener("click", () => {
       hideMessage();
-      busy(button, () => run(card.querySelector(".out")));
+      busy(button, async () => {
+        await run(card.querySelector(".out"));
+        document.dispatchEvent(new CustomEvent("atelier:ran", { detail: id }));  // the parcours ticks its step
+      });
     });
   }
   for (const id of ["ex-var-from", "ex-var-to"]) {

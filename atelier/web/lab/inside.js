@@ -64,8 +64,8 @@ async function filmstrip(out) {
 
 // ---- Sampler convergence: Euler vs Euler a, frame by frame in step ----
 
-/** Mean absolute change (0-255) between consecutive frames, measured on the pictures themselves. */
-async function changes(urls) {
+/** The frames (URLs) as RGBA pixel arrays, all of the first frame's size. */
+async function pixelsOf(urls) {
   const frames = await Promise.all(urls.map((src) => new Promise((resolve, reject) => {
     const img = new Image();
     img.onload = () => resolve(img);
@@ -80,16 +80,52 @@ async function changes(urls) {
     ctx.drawImage(img, 0, 0);
     return ctx.getImageData(0, 0, canvas.width, canvas.height).data;
   });
-  const out = [NaN];
-  for (let i = 1; i < pixels.length; i++) {
-    let sum = 0;
-    for (let k = 0; k < pixels[i].length; k += 4) {
-      sum += Math.abs(pixels[i][k] - pixels[i - 1][k]) + Math.abs(pixels[i][k + 1] - pixels[i - 1][k + 1]) +
-        Math.abs(pixels[i][k + 2] - pixels[i - 1][k + 2]);
-    }
-    out.push(sum / ((pixels[i].length / 4) * 3));
+  return { pixels, width: canvas.width, height: canvas.height };
+}
+
+/** Mean absolute difference (0-255) of the colour channels of two RGBA arrays. */
+function meanChange(a, b) {
+  let sum = 0;
+  for (let k = 0; k < a.length; k += 4) {
+    sum += Math.abs(a[k] - b[k]) + Math.abs(a[k + 1] - b[k + 1]) + Math.abs(a[k + 2] - b[k + 2]);
   }
-  return out;
+  return sum / ((a.length / 4) * 3);
+}
+
+/** Mean absolute change between consecutive frames: [NaN, |f1 - f0|, |f2 - f1|, ...]. */
+function changes(pixels) {
+  return [NaN, ...pixels.slice(1).map((p, i) => meanChange(p, pixels[i]))];
+}
+
+// Changes below this (in 0-255 levels) are drawn at it: a log axis has no 0, and 8-bit frames cannot tell less.
+const CHANGE_FLOOR = 0.01;
+const MOVED_GAIN = 20;  // how much "what moved" amplifies the difference so that a change of a few levels shows
+
+/**
+ * "What moved": for every pixel, the change summed over the steps from `from` to the last (the path it travelled),
+ * x MOVED_GAIN, as a picture (black = nothing moved). The change of a settled sampler is a hundredth of a level per
+ * step, invisible in the frames themselves; summed and amplified, Euler's picture stays dark while Euler a's lights
+ * up where its fresh noise keeps redrawing the picture.
+ */
+function movedPicture({ pixels, width, height }, from) {
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  const out = ctx.createImageData(width, height);
+  const path = new Float32Array(width * height * 3);
+  for (let i = from + 1; i < pixels.length; i++) {
+    const a = pixels[i - 1], b = pixels[i];
+    for (let k = 0, j = 0; k < a.length; k += 4, j += 3) {
+      for (let c = 0; c < 3; c++) path[j + c] += Math.abs(b[k + c] - a[k + c]);
+    }
+  }
+  for (let k = 0, j = 0; k < out.data.length; k += 4, j += 3) {
+    for (let c = 0; c < 3; c++) out.data[k + c] = Math.min(255, path[j + c] * MOVED_GAIN);
+    out.data[k + 3] = 255;
+  }
+  ctx.putImageData(out, 0, 0);
+  return canvas;
 }
 
 let player = null;
@@ -133,16 +169,30 @@ async function convergence(out) {
       el("figcaption", {}, t(`in.convergence.${r.name}`), " ", download(r.anim, t("in.download_webp")))))),
     el("div.row.player", {}, play, slider, label));
   show(n);
-  const curves = await Promise.all(runs.map((r) => changes(r.frames)));
+  const frames = await Promise.all(runs.map((r) => pixelsOf(r.frames)));
+  const curves = frames.map((f) => changes(f.pixels));
   const colours = ["#1a5fb4", "#b3391b"];
-  // The last quarter of the steps: Euler's guesses have settled there, Euler a's new noise keeps moving them.
-  const count = Math.max(1, Math.round((n - 1) / 4));
-  const tail = (values) => values.slice(-count).reduce((a, b) => a + b, 0) / count;
-  out.append(lineChart(runs.map((r, k) => ({ name: t(`in.convergence.${r.name}`), values: curves[k], color: colours[k] })),
-    { height: 240, xLabel: t("in.step"), yLabel: t("in.convergence.change"), title: t("in.convergence.change") }),
-  el("p.help", {}, t("in.convergence.after", {
-    count, euler: formatNumber(tail(curves[0]), 2), ancestral: formatNumber(tail(curves[1]), 2), seed: params.seed,
-  })));
+  // The second half of the steps: Euler's guesses have settled there (a hundredth of a level per step), while
+  // Euler a adds fresh noise at every step (sigma_up, Karras et al. 2022 eq. 5 of the ancestral step) and its
+  // guesses keep moving. Both are drawn on a log axis: on a linear one the first steps' big changes hide the rest.
+  const half = Math.floor(n / 2);
+  const tail = (values) => values.slice(half + 1).reduce((a, b) => a + b, 0) / Math.max(1, values.length - half - 1);
+  const [eulerTail, ancestralTail] = curves.map(tail);
+  const ratio = ancestralTail / Math.max(eulerTail, CHANGE_FLOOR);
+  const moved = frames.map((f, k) => el("figure.fig.moved", { dataset: { sampler: runs[k].name } },
+    movedPicture(f, half - 1), el("figcaption", {}, t("in.convergence.moved_caption", {
+      name: t(`in.convergence.${runs[k].name}`), from: half, to: n, gain: MOVED_GAIN }))));
+  out.append(
+    lineChart(runs.map((r, k) => ({ name: t(`in.convergence.${r.name}`),
+      values: curves[k].map((v) => (Number.isFinite(v) ? Math.max(v, CHANGE_FLOOR) : v)), color: colours[k] })),
+    { height: 240, log: true, xLabel: t("in.step"), yLabel: t("in.convergence.change"), title: t("in.convergence.change") }),
+    el("h4", {}, t("in.convergence.moved_title")),
+    el("div.moved-pair.moved", {}, moved),  // not a .pair: that holds the two players
+    el("p.verdict", { dataset: { ratio: ratio.toFixed(2), euler: eulerTail.toFixed(4), ancestral: ancestralTail.toFixed(4) } },
+      t("in.convergence.after", {
+        from: half + 1, to: n, euler: formatNumber(eulerTail, 3), ancestral: formatNumber(ancestralTail, 3),
+        ratio: formatNumber(ratio, 1), seed: params.seed,
+      })));
 }
 
 // ---- Latent space ----
@@ -290,7 +340,7 @@ async function concepts(out) {
 
 const RUNS = { filmstrip, convergence, latent, attention, concepts };
 
-function showView(name) {
+export function showView(name) {
   shownView = name;
   for (const button of document.querySelectorAll(".subnav button")) {
     button.setAttribute("aria-pressed", String(button.dataset.view === name));
@@ -329,7 +379,10 @@ export function setup(options) {
     const button = view.querySelector(".run");
     button.addEventListener("click", () => {
       hideMessage();
-      busy(button, () => run(view.querySelector(".out")));
+      busy(button, async () => {
+        await run(view.querySelector(".out"));
+        document.dispatchEvent(new CustomEvent("atelier:ran", { detail: `view-${name}` }));  // the parcours ticks its step
+      });
     });
   }
   $("vae-file").addEventListener("change", () => {

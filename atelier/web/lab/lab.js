@@ -8,6 +8,8 @@ import { runView } from "./runner.js";
 import { busy, el, errorText, hideMessage, images, showMessage } from "./ui.js";
 import * as exercises from "./exercises.js";
 import * as inside from "./inside.js";
+import * as figures from "./figures.js";
+import * as parcours from "./parcours.js";
 import * as world from "./world.js";
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +26,7 @@ function selectTab(tab) {
   }
   if (tab.id === "tab-history") loadHistory();
   if (tab.id === "tab-inside") inside.shown();
+  if (tab.id === "tab-parcours") parcours.render();
 }
 
 function setupTabs() {
@@ -38,7 +41,7 @@ function setupTabs() {
       selectTab(next);
     });
   }
-  selectTab(tabs[0]);
+  selectTab($("tab-result"));  // the parcours tab comes first in the row, the result is what opens
 }
 
 // ---- generate ----
@@ -180,6 +183,7 @@ async function main() {
     inside.languageChanged();
     await world.load().catch((error) => showMessage(errorText(error)));
     exercises.suggestReplacement();
+    parcours.render();
   });
   $("message-close").addEventListener("click", hideMessage);
   setupTabs();
@@ -201,6 +205,8 @@ async function main() {
   inside.setup(options);
   await world.setup().catch((error) => showMessage(errorText(error)));
   exercises.setup(options);
+  parcours.setup({ openInEditor, selectTab });
+  figures.setup(() => { try { return form.read(); } catch { return {}; } });  // a half-typed field: no parameters
   apply(document);
   document.body.dataset.ready = "true";  // for tests: options are loaded and handlers attached
 }
