@@ -181,6 +181,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "join link; each learner sees only their own work")
     p.add_argument("--data-dir", type=Path, default=Path("atelier-data"),
                    help="inputs, outputs, history, user workflows and models/ (ComfyUI layout)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="the most images one shared sampling call makes for several people's txt2img prompts "
+                        "(default: 8 on a GPU, 4 on a CPU; 1: no merging)")
+    p.add_argument("--max-waiting", type=int, default=None, metavar="N",
+                   help="classroom mode: the most images one learner may have waiting (default 32)")
     _add_no_fast(p)
     p.set_defaults(func=_serve)
 
@@ -189,7 +194,8 @@ def _serve(args: argparse.Namespace) -> int:
     from atelier.server.app import run_server
 
     return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir,
-                      fast=False if args.no_fast else None, allowed_hosts=args.allowed_host, classroom=args.classroom)
+                      fast=False if args.no_fast else None, allowed_hosts=args.allowed_host, classroom=args.classroom,
+                      batch_images=args.batch_size, max_waiting_images=args.max_waiting)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
