@@ -73,7 +73,7 @@ async def listen(ws, into: list, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             msg = await ws.receive(timeout=0.2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         if msg.type == WSMsgType.TEXT:
             into.append(json.loads(msg.data))
