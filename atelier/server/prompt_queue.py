@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -475,6 +476,7 @@ class PromptQueue:
                 for prompt_id in dict.fromkeys(p.job_id for p in batch.parts):
                     found = txt2img(self.active[prompt_id].prompt)
                     self._listeners[prompt_id].executing(found.sampler_node if found else "")
+            started = time.monotonic()
             try:
                 results: Sequence[Any] = self.worker.run(batch)
             except Exception as error:  # every part of the batch gets the error
@@ -485,6 +487,11 @@ class PromptQueue:
                 with self._cond:
                     self.scheduler.finish(batch)
                     self._batch = None
+            if merged:
+                prompts = len({p.job_id for p in batch.parts})
+                seconds = time.monotonic() - started
+                log.info("Batch %d: %d images of %d prompts in one sampling call (%.1f s)", batch.number,
+                         batch.images, prompts, seconds)  # fmt: skip
             try:
                 if merged:
                     self._deliver_merged(batch, results)
