@@ -166,6 +166,7 @@ class Learner:
     seen: set[str] = field(default_factory=set)  # every prompt id its socket heard of (text and previews)
     previews: int = 0
     positions: int = 0  # status messages that said where its prompts wait
+    first_error: str = ""  # the first refusal of POST /prompt other than the cap
 
 
 def prompt_for(learner: int, n: int, args: argparse.Namespace) -> dict:
@@ -251,8 +252,10 @@ async def learner_loop(
                     me.submitted[(await resp.json())["prompt_id"]] = time.monotonic()
                 elif resp.status == 429:
                     me.refused += 1
-                else:
+                else:  # counted, its first sentence kept; then a pause, not a loop of refusals
                     me.post_errors += 1
+                    me.first_error = me.first_error or f"{resp.status}: {(await resp.text())[:300]}"
+                    await asyncio.sleep(1.0)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout=max(0.1, min(2.0, submit_until - time.monotonic())))
@@ -327,6 +330,7 @@ def summarize(
         "failed": failed,
         "refused_at_cap": sum(me.refused for me in learners),
         "post_errors": sum(me.post_errors for me in learners),
+        "first_post_error": next((me.first_error for me in learners if me.first_error), None),
         "lost": lost,
         "duplicated": duplicated,
         "wrong_deliveries": wrong,
@@ -368,10 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--size", type=int, default=128, help="image side (the embedded model's native 128)")
-    parser.add_argument("--model", default="embedded", help="checkpoint name (default: the embedded model)")
+    parser.add_argument("--model", default="embedded.safetensors", help="checkpoint name (default: the embedded model)")
     parser.add_argument("--sd15", action="store_true", help="serve random SD1.5-size weights (for a GPU)")
     parser.add_argument("--rss-every", type=float, default=5.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--logs", type=Path, default=None, help="a folder to keep the servers' output in")
     parser.add_argument("--note", default="", help="a sentence kept in the JSON (e.g. the machine's other load)")
     args = parser.parse_args(argv)
 
@@ -386,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_start": [round(x, 2) for x in os.getloadavg()],
         },
         "note": args.note,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "note")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "note", "logs")},
         "runs": {},
     }
     with tempfile.TemporaryDirectory(prefix="atelier-classroom-bench-") as folder:
@@ -413,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["server_log_tracebacks"] = log.count("Traceback")
             finally:
                 stop_server(server)
+                if args.logs:  # the server's output, kept for reading
+                    args.logs.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(server.log, args.logs / f"server-batching-{mode}.log")
             record["runs"][f"batching_{mode}"] = result
             print(json.dumps({k: v for k, v in result.items() if k != "server_rss_mib"}, indent=1), flush=True)
             if args.json:  # rewritten after each run: a run cut short keeps what it measured
