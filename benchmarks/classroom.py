@@ -12,8 +12,9 @@ jar (they join with the class code and a name, as in a browser) and its own WebS
 its own prompt text and seed, so the server may merge them), until `--duration` seconds have passed; then the
 queue drains (at most `--drain` seconds) and everything is counted:
 
-- submitted, finished, failed, refused (429: the per-learner cap), lost (submitted and neither finished nor
-  failed, nor in the history as done: must be 0), duplicated (a prompt that finished twice, or an output file
+- submitted, finished, failed, refused (429: the per-learner cap), unfinished (still queued or running when
+  the drain ended), lost (submitted, and the server has it nowhere: not finished, not failed, not in its queue:
+  must be 0), duplicated (a prompt that finished twice, or an output file
   that two prompts name: 0);
 - wrong deliveries: WebSocket messages (text or preview frames) about a prompt of another learner (must be 0);
 - wait: seconds from POST /prompt's answer to the prompt's execution_start (p50, p95), and to its end;
@@ -103,7 +104,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_server(data: Path, batch_size: int | None, max_waiting: int, timeout: float = 180.0) -> Server:
+def start_server(
+    data: Path, batch_size: int | None, max_waiting: int, threads: int | None = None, timeout: float = 180.0
+) -> Server:
     """`python -m atelier.cli serve --classroom` on 127.0.0.1; waits for its join code (printed at start)."""
     port = free_port()
     command = [
@@ -126,6 +129,8 @@ def start_server(data: Path, batch_size: int | None, max_waiting: int, timeout: 
     log = data / "server.log"
     out = log.open("w")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -167,6 +172,7 @@ class Learner:
     previews: int = 0
     positions: int = 0  # status messages that said where its prompts wait
     first_error: str = ""  # the first refusal of POST /prompt other than the cap
+    unfinished: set[str] = field(default_factory=set)  # still queued or running when the drain ended
 
 
 def prompt_for(learner: int, n: int, args: argparse.Namespace) -> dict:
@@ -264,6 +270,8 @@ async def learner_loop(
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)
         histories[me.index] = await (await http.get("/api/history")).json()
+        queue = await (await http.get("/api/queue")).json()  # what still waits or runs when the drain ends
+        me.unfinished = {item[1] for item in queue["queue_running"] + queue["queue_pending"]}
         listener.cancel()
         await ws.close()
 
@@ -309,8 +317,8 @@ def summarize(
                     waits.append(me.started[pid] - asked)
                 if pid in me.ended:
                     totals.append(me.ended[pid] - asked)
-            elif pid not in me.failed and pid not in history:
-                lost += 1
+            elif pid not in me.failed and pid not in history and pid not in me.unfinished:
+                lost += 1  # the server neither finished it, nor failed it, nor still has it
         duplicated += sum(1 for count in me.successes.values() if count > 1)
         for pid, entry in history.items():
             for output in entry["outputs"].values():
@@ -331,6 +339,7 @@ def summarize(
         "refused_at_cap": sum(me.refused for me in learners),
         "post_errors": sum(me.post_errors for me in learners),
         "first_post_error": next((me.first_error for me in learners if me.first_error), None),
+        "unfinished_at_end": sum(len(me.unfinished) for me in learners),
         "lost": lost,
         "duplicated": duplicated,
         "wrong_deliveries": wrong,
@@ -375,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="embedded.safetensors", help="checkpoint name (default: the embedded model)")
     parser.add_argument("--sd15", action="store_true", help="serve random SD1.5-size weights (for a GPU)")
     parser.add_argument("--rss-every", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads in the server (OMP_NUM_THREADS)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--logs", type=Path, default=None, help="a folder to keep the servers' output in")
     parser.add_argument("--note", default="", help="a sentence kept in the JSON (e.g. the machine's other load)")
@@ -404,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             data.mkdir()
             if models.exists():
                 shutil.copytree(models, data / "models")
-            server = start_server(data, 1 if mode == "off" else args.batch_size, args.max_waiting)
+            server = start_server(data, 1 if mode == "off" else args.batch_size, args.max_waiting, args.threads)
             try:
                 print(
                     f"batching {mode}: server on port {server.port}, {args.learners} learners, {args.duration} s",

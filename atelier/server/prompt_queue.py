@@ -412,6 +412,17 @@ class PromptQueue:
     def paused(self) -> bool:
         return self.scheduler.paused
 
+    def cancel_owner(self, owner: str) -> list[str]:
+        """A learner removed from the class: their waiting prompts are cancelled and their running ones stopped;
+        returns the ids of both."""
+        with self._cond:
+            waiting = [r.prompt_id for r in self.pending if r.owner == owner]
+            running = [r.prompt_id for r in self.active.values() if r.owner == owner]
+        removed = self.cancel(waiting)
+        for prompt_id in running:
+            self.interrupt(prompt_id)
+        return removed + running
+
     # ---- the worker ----
 
     def start(self) -> None:

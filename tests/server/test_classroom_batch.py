@@ -211,3 +211,29 @@ async def test_the_cap_answers_in_the_learners_language_and_free_is_the_instruct
         refused = await ana.post("/api/free", json={"unload_models": True})
         assert refused.status == 403 and "Only the instructor" in await refused.text()
         assert (await teacher.post("/api/free", json={"free_memory": True})).status == 200
+
+
+@async_test
+async def test_stopping_ones_prompt_in_a_shared_batch_leaves_the_others_image(tmp_path, model_file):
+    data = data_dir_with_model(tmp_path / "class", model_file)
+    async with class_server(data, batch_images=4) as client, browser(client) as ana, browser(client) as bob:
+        st = client.server.app[STATE]
+        await join(ana, st.classroom.join_code, "Ana")
+        await join(bob, st.classroom.join_code, "Bob")
+        st.queue.pause()
+        mine = (await post_prompt(ana, prompt_of("a red circle", 1, "ana", steps=40), client_id="a"))["prompt_id"]
+        theirs = (await post_prompt(bob, prompt_of("a blue square", 2, "bob", steps=40), client_id="b"))["prompt_id"]
+        st.queue.resume()
+        for _ in range(500):  # until their shared batch runs
+            if st.queue._batch is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert {p.job_id for p in st.queue._batch.parts} == {mine, theirs}
+        assert (await bob.post("/api/interrupt", json={"prompt_id": mine})).status == 200  # not Bob's to stop
+        assert (await ana.post("/api/interrupt", json={"prompt_id": mine})).status == 200
+        stopped = await wait_history(ana, mine, timeout=60)
+        done = await wait_history(bob, theirs, timeout=60)
+        assert [m[0] for m in stopped["status"]["messages"]][-1] == "execution_interrupted"
+        assert stopped["outputs"] == {} and done["status"]["completed"]
+        assert len(done["outputs"]["9"]["images"]) == 1
+        assert not list((data / "output").glob("ana*"))  # no file left of the stopped prompt
