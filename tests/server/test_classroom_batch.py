@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import struct
 from collections.abc import AsyncIterator
@@ -20,11 +21,23 @@ from atelier.graph.executor import EventLog, Executor
 from atelier.server.app import create_app, default_registry
 from atelier.server.files import DataDir
 from atelier.server.state import STATE
-from tests.server.harness import async_test, post_prompt, wait_history
+from tests.server.harness import post_prompt, wait_history
 from tests.server.test_classroom import browser, instructor, join
 from tests.test_pipeline import tiny_checkpoint
 
 SIZE = 32
+
+
+def async_test(fn):
+    """harness.async_test with a longer bound: these tests run a real model (fast alone, slow on a busy CPU)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 300))
+
+    return wrapper
+
+
 COMMON = {
     "steps": 3,
     "cfg": 6.0,
@@ -129,7 +142,7 @@ async def test_two_learners_take_turns_share_one_sampling_call_and_get_their_own
 
         st.queue.resume()
         entries = {
-            name: await wait_history(ana if name[0] == "a" else bob, pid, timeout=60) for name, pid in ids.items()
+            name: await wait_history(ana if name[0] == "a" else bob, pid, timeout=240) for name, pid in ids.items()
         }
         await asyncio.sleep(0.3)  # the last messages reach the sockets
         stop.set()
@@ -231,8 +244,8 @@ async def test_stopping_ones_prompt_in_a_shared_batch_leaves_the_others_image(tm
         assert {p.job_id for p in st.queue._batch.parts} == {mine, theirs}
         assert (await bob.post("/api/interrupt", json={"prompt_id": mine})).status == 200  # not Bob's to stop
         assert (await ana.post("/api/interrupt", json={"prompt_id": mine})).status == 200
-        stopped = await wait_history(ana, mine, timeout=60)
-        done = await wait_history(bob, theirs, timeout=60)
+        stopped = await wait_history(ana, mine, timeout=240)
+        done = await wait_history(bob, theirs, timeout=240)
         assert [m[0] for m in stopped["status"]["messages"]][-1] == "execution_interrupted"
         assert stopped["outputs"] == {} and done["status"]["completed"]
         assert len(done["outputs"]["9"]["images"]) == 1
