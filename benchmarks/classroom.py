@@ -294,12 +294,19 @@ async def run_class(server: Server, args: argparse.Namespace) -> dict:
     await asyncio.gather(*(learner_loop(server, me, args, submit_until, stop_at, histories) for me in learners))
     ended = time.monotonic()
     sampler.cancel()
-    return summarize(learners, histories, rss, ended - start, args)
+    last = max((t for me in learners for t in me.ended.values()), default=ended)
+    return summarize(learners, histories, rss, ended - start, last - start, args)
 
 
 def summarize(
-    learners: list[Learner], histories: dict[int, dict], rss: list, seconds: float, args: argparse.Namespace
+    learners: list[Learner],
+    histories: dict[int, dict],
+    rss: list,
+    seconds: float,
+    busy: float,
+    args: argparse.Namespace,
 ) -> dict:
+    """The run's figures; `busy`: seconds from the start to the last prompt's end (images per second use it)."""
     owner_of = {pid: me.index for me in learners for pid in me.submitted}
     wrong = sum(1 for me in learners for pid in me.seen if pid in owner_of and owner_of[pid] != me.index)
     finished, lost, duplicated, files = 0, 0, 0, {}
@@ -349,7 +356,8 @@ def summarize(
         "wait_to_end_s": {"p50": rounded(percentile(totals, 50)), "p95": rounded(percentile(totals, 95))},
         "images_per_learner": per_learner,
         "jain_fairness": rounded(jain(per_learner)),
-        "images_per_second": rounded(finished / args.duration) if args.duration else None,
+        "seconds_to_last_image": round(busy, 1),
+        "images_per_second": round(finished / busy, 3) if busy > 0 else None,
         "server_rss_mib": [[t, rounded(m)] for t, m in rss],
     }
 
