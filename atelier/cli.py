@@ -184,6 +184,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preview-method", choices=["none", "auto", "latent2rgb", "taesd"], default="none",
                    help="live sampler previews for prompts that do not ask (extra_data.preview_method), as in "
                         "ComfyUI: none by default; the lab and the node editor ask for them themselves")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="the most images one shared sampling call makes for several people's txt2img prompts "
+                        "(default: 8 on a GPU, 4 on a CPU; 1: no merging)")
+    p.add_argument("--max-waiting", type=int, default=None, metavar="N",
+                   help="classroom mode: the most images one learner may have waiting (default 32)")
     _add_no_fast(p)
     p.set_defaults(func=_serve)
 
@@ -193,7 +198,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir,
                       fast=False if args.no_fast else None, allowed_hosts=args.allowed_host, classroom=args.classroom,
-                      preview_method=args.preview_method)
+                      preview_method=args.preview_method, batch_images=args.batch_size,
+                      max_waiting_images=args.max_waiting)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from atelier.graph.schema import Input, NodeContext, NodeSchema
 from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_bchw_signed, bhwc_unit_to_pil
@@ -196,21 +197,27 @@ def run_sampler(
 def progress_and_previews(ctx: NodeContext, model: DiffusionModel, also_on_step: OnStep | None = None) -> OnStep:
     """The per-step callback of every node that samples: progress, and a live preview of the denoised guess
     (when the model has a latent -> RGB map); `also_on_step(step)` sees every step too."""
-    preview_map = _preview_map(model)
+    to_rgb = preview_map(model)
 
     def on_step(step: Step) -> None:
         ctx.progress(step.index + 1, step.total)
-        if preview_map is not None:
-            rgb = step.denoised[:1].float().cpu().permute(0, 2, 3, 1) @ preview_map[:4] + preview_map[4]  # [-1, 1]
-            big = F.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8)  # (1, 3, 8h, 8w), nearest
-            ctx.preview(bhwc_unit_to_pil(bchw_signed_to_bhwc_unit(big))[0])
+        if to_rgb is not None:
+            ctx.preview(step_preview(to_rgb, step.denoised[:1]))
         if also_on_step is not None:
             also_on_step(step)
 
     return on_step
 
 
-def _preview_map(model: DiffusionModel) -> torch.Tensor | None:
+def step_preview(preview_map: torch.Tensor, denoised: torch.Tensor) -> Image.Image:
+    """A live preview of one step: the denoised guess (1, 4, h, w), in scaled latent units, through the (5, 3)
+    linear latent -> RGB map, enlarged 8x (nearest) to the image's size. Cheap: no VAE call."""
+    rgb = denoised.float().cpu().permute(0, 2, 3, 1) @ preview_map[:4] + preview_map[4]  # (1, h, w, 3) in [-1, 1]
+    big = F.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8)  # (1, 3, 8h, 8w), nearest
+    return bhwc_unit_to_pil(bchw_signed_to_bhwc_unit(big))[0]
+
+
+def preview_map(model: DiffusionModel) -> torch.Tensor | None:
     """The (5, 3) latent -> RGB map in SCALED latent units, or None (no preview) when unknown."""
     if model.preview is None:
         return None

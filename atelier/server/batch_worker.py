@@ -1,9 +1,12 @@
-"""The worker that runs a batch of merged txt2img parts (server/merging.py) as one sampling call.
+"""The workers that run the scheduler's batches (server/scheduler.py's `Worker`: `run(batch) -> results`).
 
-It is a scheduler `Worker`: `run(batch)` returns one `PartImage` per part, in the batch's order, and nothing else
-of the server's (no files, no history, no WebSocket): the caller saves and reports, so this worker could as well
-run on another machine. Each image equals the one its prompt makes alone (generation.run, whose pixels the graph
-executor reproduces: tests/test_cli.py), bit for bit on the CPU in fp32 (atelier/batching.py says why and how).
+- `MergedTxt2ImgWorker` runs a batch of merged txt2img parts (server/merging.py) as one sampling call and
+  returns one `PartImage` per part, in the batch's order, and nothing else of the server's (no files, no history,
+  no WebSocket): the caller saves and reports, so this worker could as well run on another machine. Each image
+  equals the one its prompt makes alone (generation.run, whose pixels the graph executor reproduces:
+  tests/test_cli.py), bit for bit on the CPU in fp32 (atelier/batching.py says why and how).
+- `LocalWorker` is this machine's worker as the prompt queue sees it: a merged batch goes to the merged worker,
+  a graph that runs alone (any node-editor graph, or a lone one-image txt2img job) to the graph executor.
 """
 
 from __future__ import annotations
@@ -11,19 +14,37 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from atelier.batching import Member, OnMemberStep, decode_member, sample_members
 from atelier.errors import InputError
+from atelier.graph.kit import ClipModel, preview_map, step_preview
 from atelier.imaging import bchw_signed_to_pil
-from atelier.pipeline import DiffusionModel, SamplerSettings, encode_prompt
-from atelier.server.merging import ImageOf, Txt2Img, txt2img
+from atelier.pipeline import DiffusionModel, SamplerSettings, Step
+from atelier.server.merging import ImageOf, Txt2Img, runs_merged, txt2img
 from atelier.server.scheduler import Batch
 
 if TYPE_CHECKING:
     from atelier.models.checkpoint import Checkpoint
+    from atelier.models.vae import VAE
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """What a CheckpointLoaderSimple gives (MODEL, CLIP, VAE): the graph executor's own objects, so the merged
+    worker shares the loaded weights with the graphs that run alone (and the node cache keeps one copy)."""
+
+    model: DiffusionModel
+    clip: ClipModel
+    vae: VAE
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> Models:
+        """A loaded Checkpoint as MODEL, CLIP and VAE (without preview map, LoRAs or embeddings)."""
+        model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor)
+        return cls(model, ClipModel(ckpt.text_encoder, ckpt.tokenizer), ckpt.vae)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +60,13 @@ class PartImage:
 class MergedTxt2ImgWorker:
     """Runs batches whose parts all carry the same merge key; each part's payload is an `ImageOf`.
 
-    load(checkpoint name) -> the loaded Checkpoint; prompt_of(prompt id) -> its API prompt. `on_step(rows, step)`
-    and `interrupt` are passed to batching.sample_members (rows: positions in the batch).
+    load(checkpoint name) -> its `Models` (or a loaded Checkpoint); prompt_of(prompt id) -> its API prompt.
+    `on_step(rows, step)` and `interrupt` are passed to batching.sample_members (rows: positions in the batch).
     """
 
     def __init__(
         self,
-        load: Callable[[str], Checkpoint],
+        load: Callable[[str], Models | Checkpoint],
         prompt_of: Callable[[str], dict],
         batch_images: int,
         on_step: OnMemberStep | None = None,
@@ -53,6 +74,10 @@ class MergedTxt2ImgWorker:
     ) -> None:
         self.load, self.prompt_of, self.batch_images = load, prompt_of, batch_images
         self.on_step, self.interrupt = on_step, interrupt
+
+    def models(self, checkpoint: str) -> Models:
+        loaded = self.load(checkpoint)
+        return loaded if isinstance(loaded, Models) else Models.of(loaded)
 
     def run(self, batch: Batch) -> Sequence[PartImage]:
         wanted: list[tuple[ImageOf, Txt2Img]] = []
@@ -62,20 +87,88 @@ class MergedTxt2ImgWorker:
                 raise InputError(f"Prompt {part.payload.prompt_id!r} cannot run in this merged batch; run it alone.")
             wanted.append((part.payload, found))
         first = wanted[0][1]
-        ckpt = self.load(first.checkpoint)
+        models = self.models(first.checkpoint)
 
-        def encode(text: str, clip_skip: int):
-            return encode_prompt(ckpt.text_encoder, ckpt.tokenizer, text, clip_skip)  # (1, 77 * chunks, D)
+        def encode(text: str, clip_skip: int):  # (1, 77 * chunks, D), as CLIPTextEncode (embeddings included)
+            return dataclasses.replace(models.clip, clip_skip=clip_skip).encode(text)
 
         members = [
             Member(encode(t.prompt, t.clip_skip), encode(t.negative, t.clip_skip), t.seed, part.index, part.of)
             for part, t in wanted
         ]
         settings = SamplerSettings(0, first.steps, first.cfg, first.sampler, first.scheduler, first.denoise)
-        model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor)
+        model = models.model
         latents = sample_members(model, members, settings, first.width, first.height, self.on_step, self.interrupt)
-        images = [decode_member(ckpt.vae, z, part.index, part.of) for (part, _), z in zip(wanted, latents, strict=True)]
+        vae = models.vae
+        images = [decode_member(vae, z, part.index, part.of) for (part, _), z in zip(wanted, latents, strict=True)]
         return [
             PartImage(part.prompt_id, part.index, part.of, bchw_signed_to_pil(image)[0])
             for (part, _), image in zip(wanted, images, strict=True)
         ]
+
+
+class LocalWorker:
+    """This machine's worker: `run(batch)` gives [PartImage per part] for a merged batch (`runs_merged`), or
+    [run_graph(prompt id)] (the executor's result) for a prompt that runs alone."""
+
+    def __init__(
+        self, merged: MergedTxt2ImgWorker | None, run_graph: Callable[[str], Any], batch_images: int = 1
+    ) -> None:
+        self.merged, self.run_graph = merged, run_graph
+        self.batch_images = batch_images if merged is not None else 1
+
+    def run(self, batch: Batch) -> Sequence[Any]:
+        if runs_merged(batch):
+            if self.merged is None:
+                raise InputError("This server has no merged txt2img worker; expected prompts that run alone.")
+            return self.merged.run(batch)
+        (part,) = batch.parts
+        return [self.run_graph(part.job_id)]
+
+
+# What the merged worker reports of each step: (row in the batch, steps done, steps in all, preview), where
+# preview() makes the row's live preview (None without a latent -> RGB map), only for the rows someone watches.
+OnPartStep = Callable[[int, int, int, Callable[[], "Image.Image | None"]], None]
+
+
+def executor_loader(executor: Any) -> Callable[[str], Models]:
+    """load(checkpoint name) through the graph executor's CheckpointLoaderSimple: its node cache then holds one
+    copy of the weights for the graphs that run alone and for the merged batches (the same node signature)."""
+
+    def load(name: str) -> Models:
+        graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}}}
+        result = executor.execute(graph, ["ckpt"])
+        if result.status != "success":
+            raise InputError(f"The checkpoint {name!r} could not be loaded: {result.error.get('exception_message')}")
+        (model,), (clip,), (vae,) = result.outputs["ckpt"]
+        return Models(model, clip, vae)
+
+    return load
+
+
+def local_worker(
+    executor: Any,
+    prompt_of: Callable[[str], dict],
+    run_graph: Callable[[str], Any],
+    on_part_step: OnPartStep,
+    interrupt: threading.Event,
+    batch_images: int,
+) -> LocalWorker:
+    """The server's worker: merged batches sampled together (weights from the executor's cache), with progress
+    and a live preview per row through `on_part_step`; everything else through `run_graph`."""
+    load = executor_loader(executor)
+    current: dict[str, Models] = {}
+
+    def remembered(name: str) -> Models:
+        current["models"] = load(name)
+        return current["models"]
+
+    def on_step(rows: Sequence[int], step: Step) -> None:
+        to_rgb = preview_map(current["models"].model) if "models" in current else None
+        for j, row in enumerate(rows):
+            latent = step.denoised[j : j + 1]  # (1, 4, h, w), scaled latent units
+            preview = lambda latent=latent: None if to_rgb is None else step_preview(to_rgb, latent)  # noqa: E731
+            on_part_step(row, step.index + 1, step.total, preview)
+
+    merged = MergedTxt2ImgWorker(remembered, prompt_of, batch_images, on_step, interrupt)
+    return LocalWorker(merged, run_graph, batch_images)

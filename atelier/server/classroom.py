@@ -305,13 +305,17 @@ def own_ids(store: PromptStore, person: Who, prompt_ids: list[str]) -> list[str]
     return [i for i in prompt_ids if (rec := store.get(i)) is not None and rec.owner == person.owner]
 
 
-def queue_status(queue: PromptQueue, person: Who) -> dict:
+def queue_status(queue: PromptQueue, person: Who, with_wait: bool = False) -> dict:
     """The `status` body of GET /prompt and of a socket's first message: the prompts that `person` still waits
-    for (every prompt, for the local user and the instructor)."""
+    for (every prompt, for the local user and the instructor); with_wait (a socket's status) adds where they wait
+    (`atelier_wait`: position and expected seconds of each, PromptQueue.waits_of; left out while nothing waits)."""
+    wait = queue.waits_of(None if person.sees_all else person.owner) if with_wait else {"prompts": {}}
     if person.sees_all:
-        return queue.status()
-    running, pending = queue.snapshot()
-    return {"exec_info": {"queue_remaining": len(visible(person, running + pending))}}
+        status = queue.status()
+    else:
+        running, pending = queue.snapshot()
+        status = {"exec_info": {"queue_remaining": len(visible(person, running + pending))}}
+    return {**status, "atelier_wait": wait} if wait["prompts"] else status
 
 
 def client_id_for(hub: Hub, person: Who, client_id: Any) -> str | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,7 @@ PREVIEW_IMAGE = 1
 PROGRESS_TEXT = 3
 PREVIEW_IMAGE_WITH_METADATA = 4
 IMAGE_FORMATS = {"image/jpeg": 1, "image/png": 2}
+_NOBODY = object()  # the owner of a socket send_each did not know about
 
 
 def preview_frame(image: bytes, mime: str, metadata: dict | None) -> bytes:
@@ -121,6 +123,27 @@ class Hub:
         if sid is None and self.private and event != "status":
             return
         self._post(dumps_finite({"type": event, "data": data}), sid)  # a node's NaN arrives as null
+
+    def send_each(self, event: str, body: Callable[[str | None, bool], Any]) -> None:
+        """Send each connected client its own `{"type": event, "data": body(owner, sees_all)}`: the owner holding
+        its sid (classroom mode), and whether that person sees everybody's work (the local user, the instructor).
+        One body is made per owner (in the caller's thread), not per socket."""
+        if self.loop is None or self.loop.is_closed():
+            return
+        with self._owners_lock:
+            owners = dict(self.owners) if self.private else {}
+        made = {
+            owner: dumps_finite({"type": event, "data": body(owner, owner is None)})
+            for owner in {None, *owners.values()}
+        }
+        self.loop.call_soon_threadsafe(self._each_now, made, owners)
+
+    def _each_now(self, made: dict[str | None, str], owners: dict[str, str | None]) -> None:
+        for sid, client in self.clients.items():
+            # A socket claimed since `owners` was read gets nothing now (its own status comes on connect).
+            message = made.get(owners.get(sid, _NOBODY) if self.private else None)
+            if message is not None:
+                client.outbox.put_nowait(message)
 
     def send_preview(self, image: bytes, mime: str, metadata: dict, sid: str | None) -> None:
         """Send a preview frame to `sid` (event 4 if it supports metadata, else event 1)."""

@@ -27,7 +27,7 @@ import dataclasses
 import math
 from typing import Any
 
-from atelier.server.scheduler import Part
+from atelier.server.scheduler import Batch, Part
 
 OUTPUTS = ("SaveImage", "PreviewImage")
 
@@ -51,6 +51,7 @@ class Txt2Img:
     clip_skip: int  # 1: the last layer (no CLIPSetLastLayer); n: CLIPSetLastLayer(stop_at_clip_layer=-n)
     output: str  # the id of the SaveImage or PreviewImage node
     filename_prefix: str | None  # SaveImage's; None for PreviewImage
+    sampler_node: str = ""  # the id of the KSampler (its progress and previews are reported under this id)
 
     @property
     def merge_key(self) -> tuple | None:
@@ -170,6 +171,7 @@ def _read(prompt: dict[str, Any]) -> Txt2Img:
         clip_skip=clip_skip,
         output=outputs[0],
         filename_prefix=filename_prefix,
+        sampler_node=sampler_link[0],
     )
 
 
@@ -209,3 +211,11 @@ def whole(prompt_id: str, prompt: dict[str, Any]) -> Part:
     found = txt2img(prompt)
     images = 1 if found is None else max(1, found.batch)
     return Part(prompt_id, 0, images=images, cost=float(images), payload=ImageOf(prompt_id, 0, 1))
+
+
+def runs_merged(batch: Batch) -> bool:
+    """Whether a batch goes to the merged worker (batch_worker.py): parts with a merge key, unless it is one whole
+    one-image prompt, which the graph executor runs as it always has (its node cache included)."""
+    if batch.merge_key is None:
+        return False
+    return not (len(batch.parts) == 1 and batch.parts[0].payload.of == 1)

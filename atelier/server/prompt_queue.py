@@ -1,9 +1,18 @@
-"""The prompt queue and its worker: one thread that runs queued prompts one at a time with the graph Executor.
+"""The prompt queue and its worker: one thread that takes the scheduler's batches and hands them to a worker.
 
-    POST /prompt ──► PromptQueue.put ──► pending (sorted by number) ──► worker thread ──► Executor.execute
-                          │                                                    │
-                          └── status broadcast                 PromptListener: WebSocket messages to the
-                                                               prompt's client + history messages
+    POST /prompt ──► PromptQueue.put ──► Scheduler.submit (parts, per owner) ──► worker thread: Scheduler.take
+                          │                                                         │
+                          └── status broadcast (with each person's           Worker.run(batch): the graph
+                              positions and expected waits)                  Executor for a prompt alone, or one
+                                                                             sampling call for merged txt2img parts
+                                                                             (batch_worker.py); then PNGs, history
+                                                                             and WebSocket messages per prompt
+
+Every prompt goes through the scheduler (scheduler.py). Without classroom mode everybody is one owner,
+`LOCAL_OWNER`, and the scheduler's order is the queue's numbers: today's FIFO. In classroom mode each learner is an
+owner: turns round-robin, a cap per learner, big txt2img jobs cut into one-image parts (merging.py), and parts of
+several learners with the same settings share one sampling call. Each prompt keeps its own PromptListener, so its
+messages go only to its own client, whichever batch its images were made in.
 
 What a node sends while it runs reaches the editor like this (see executor.py for the listener calls):
   ctx.progress(v, n)  -> "progress" {value, max, prompt_id, node} and "progress_state"
@@ -17,18 +26,21 @@ A node that raises ends its prompt with "execution_error"; the worker then moves
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
 
-from atelier.graph.executor import ExecutionListener, Executor
+from atelier.errors import AtelierError
+from atelier.graph.executor import ExecutionListener, Executor, normalize_prompt
 from atelier.server.hub import Hub
-from atelier.server.merging import whole
-from atelier.server.scheduler import LOCAL_OWNER, Batch, Scheduler
+from atelier.server.merging import Txt2Img, runs_merged, txt2img, whole
+from atelier.server.scheduler import LOCAL_OWNER, Batch, Part, Position, Scheduler, Worker
 from atelier.server.store import PromptRecord, PromptStore, now_ms
 
 log = logging.getLogger("atelier.server")
@@ -201,12 +213,47 @@ class PromptListener(ExecutionListener):
         self._send("execution_interrupted", {**info, "timestamp": now_ms()}, keep=True)
 
 
-class PromptQueue:
-    """Pending prompts in priority order, the running one, and the worker thread that runs them.
+def owner_of_record(rec: PromptRecord) -> str:
+    """The scheduler's owner of a prompt: its learner, or LOCAL_OWNER for the local user and the instructor (whose
+    records have owner None): one owner, who waits in queue-number order as before."""
+    return rec.owner or LOCAL_OWNER
 
-    With a `scheduler` (classroom mode), the scheduler picks which pending prompt runs next: round-robin between
-    the owners `owner_of` names, each owner's cap on waiting images, pause (scheduler.py). Each prompt is one part
-    there, run whole by the executor. Without one, the first pending prompt runs next, as always.
+
+def whole_parts(prompt_id: str, prompt: dict) -> list[Part]:
+    """A prompt as one part that runs alone (a server without the merged worker: stub nodes in tests)."""
+    return [whole(prompt_id, prompt)]
+
+
+class GraphWorker:
+    """A worker for batches of one part that runs alone: `run_graph(prompt id)` (the graph executor's run)."""
+
+    batch_images = 1
+
+    def __init__(self, run_graph: Callable[[str], Any]) -> None:
+        self.run_graph = run_graph
+
+    def run(self, batch: Batch) -> Sequence[Any]:
+        (part,) = batch.parts
+        return [self.run_graph(part.job_id)]
+
+
+def wait_entry(position: Position, running_batches: int) -> dict:
+    """A waiting prompt's place as a client reads it: `position` 1 is the next batch to start after the running
+    ones; `starts_in` / `done_in` are seconds (None until a first batch was timed)."""
+    rounded = lambda s: None if s is None else round(s, 1)  # noqa: E731
+    return {
+        "position": max(1, position.batches_ahead - running_batches + 1),
+        "starts_in": rounded(position.starts_in),
+        "done_in": rounded(position.done_in),
+    }
+
+
+class PromptQueue:
+    """Pending prompts, the running ones, and the worker thread that runs the scheduler's batches.
+
+    The scheduler (a plain FIFO one when none is given, everybody `LOCAL_OWNER`) picks the batches; `owner_of`
+    names a prompt's owner, `parts_of` cuts it into parts (merging.parts when a merged worker is there, else one
+    part). `worker` runs each batch: a `GraphWorker` by default; create_app puts a batch_worker.LocalWorker there.
     """
 
     def __init__(
@@ -215,27 +262,36 @@ class PromptQueue:
         store: PromptStore,
         hub: Hub,
         scheduler: Scheduler | None = None,
-        owner_of: Callable[[PromptRecord], str] = lambda rec: LOCAL_OWNER,
+        owner_of: Callable[[PromptRecord], str] = owner_of_record,
+        parts_of: Callable[[str, dict], list[Part]] = whole_parts,
         preview_method: str = "none",
     ) -> None:
         self.executor = executor
         self.preview_method = preview_method  # the server's --preview-method, for prompts that do not say
         self.store = store
         self.hub = hub
+        if scheduler is None:  # one owner: the queue numbers decide, as in ComfyUI
+            scheduler, owner_of = Scheduler(), lambda rec: LOCAL_OWNER
         self.scheduler = scheduler
         self.owner_of = owner_of
-        self.pending: list[PromptRecord] = []
-        self.running: PromptRecord | None = None
-        self._batch: Batch | None = None  # the scheduler's batch of the running prompt
-        self._cond = threading.Condition()
+        self.parts_of = parts_of
+        self.worker: Worker = GraphWorker(self.run_graph)
+        self.pending: list[PromptRecord] = []  # not started, by queue number
+        self.active: dict[str, PromptRecord] = {}  # started and not finished (a split prompt spans batches)
+        self._listeners: dict[str, PromptListener] = {}
+        self._images: dict[str, list[dict]] = {}  # prompt id -> file refs its merged parts saved so far
+        self._stopped: set[str] = set()  # running prompts a person stopped while their batch was running
+        self._batch: Batch | None = None  # the batch the worker runs now
+        self.merged_stop = threading.Event()  # asks the merged worker's sampling call to stop (batching.py)
+        self._cond = threading.Condition(threading.RLock())
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._number = store.next_number()
         self.on_finished: Callable[[PromptRecord], None] | None = None  # for tests and logging
-        for rec in store.recover():  # prompts that were waiting when the server stopped
+        self.on_batch: Callable[[Batch], None] | None = None  # for tests and benchmarks: each batch taken
+        for rec in store.recover():  # prompts that were waiting when the server stopped: all come back, uncapped
             self.pending.append(rec)
-            if scheduler is not None:  # all of them come back, whatever the cap
-                scheduler.submit(owner_of(rec), rec.prompt_id, [whole(rec.prompt_id, rec.prompt)], rec.number, False)
+            scheduler.submit(owner_of(rec), rec.prompt_id, self.parts_of(rec.prompt_id, rec.prompt), rec.number, False)
 
     # ---- the queue, used by the HTTP handlers ----
 
@@ -246,31 +302,74 @@ class PromptQueue:
         return -number if front else number
 
     def put(self, rec: PromptRecord) -> None:
-        """Queue a prompt. In classroom mode the owner's cap may refuse it first (scheduler.QueueFull)."""
-        if self.scheduler is not None:
-            self.scheduler.submit(self.owner_of(rec), rec.prompt_id, [whole(rec.prompt_id, rec.prompt)], rec.number)
-        self.store.add(rec)
-        with self._cond:  # (a re-entrant lock: status() takes it again)
+        """Queue a prompt. The owner's cap may refuse it first (scheduler.QueueFull), before it is stored."""
+        parts = self.parts_of(rec.prompt_id, rec.prompt)
+        with self._cond:  # (a re-entrant lock: status() takes it again). Held throughout, so that the worker
+            # never takes a part whose record is not stored and pending yet.
+            self.scheduler.submit(self.owner_of(rec), rec.prompt_id, parts, rec.number)
+            try:
+                self.store.add(rec)
+            except BaseException:
+                self.scheduler.cancel(rec.prompt_id)
+                raise
             self.pending.append(rec)
             self.pending.sort(key=lambda r: (r.number, r.created_at))
             self.broadcast_status()  # posted before the worker wakes, so editors see "queued" before "started"
-            self._cond.notify()
+            self._cond.notify_all()
 
     def remaining(self) -> int:
         with self._cond:
-            return len(self.pending) + (self.running is not None)
+            return len(self.pending) + len(self.active)
 
     def status(self) -> dict:
         """The `status` message body: {"exec_info": {"queue_remaining": N}}."""
         return {"exec_info": {"queue_remaining": self.remaining()}}
 
+    def waits(self) -> dict[str, dict]:
+        """Every waiting prompt's place (`wait_entry`): position, seconds until it starts and until it is done."""
+        with self._cond:
+            running = len(self.scheduler.running())
+            return {job_id: wait_entry(p, running) for job_id, p in self.scheduler.positions().items()}
+
+    def waits_of(self, owner: str | None, waits: dict[str, dict] | None = None) -> dict:
+        """What one person waits for, for their status messages: their prompts' places and the earliest start.
+        owner None: everybody's (the local user and the instructor)."""
+        waits = self.waits() if waits is None else waits
+        with self._cond:
+            records = {r.prompt_id: r for r in [*self.pending, *self.active.values()]}
+        mine = {
+            job_id: entry
+            for job_id, entry in waits.items()
+            if job_id in records and (owner is None or records[job_id].owner == owner)
+        }
+        first = min(mine.values(), key=lambda e: e["position"], default=None)
+        return {
+            "prompts": mine,
+            "position": None if first is None else first["position"],
+            "starts_in": None if first is None else first["starts_in"],
+        }
+
     def broadcast_status(self) -> None:
-        self.hub.send("status", {"status": self.status()})
+        """`status` to every socket; each one's body also says where its person's prompts wait (atelier_wait)."""
+        waits = self.waits()
+        queue_remaining = self.remaining()
+        with self._cond:
+            records = [*self.pending, *self.active.values()]
+
+        def body(owner: str | None, sees_all: bool) -> dict:
+            remaining = queue_remaining if sees_all else sum(r.owner == owner for r in records)
+            wait = self.waits_of(None if sees_all else owner, waits)
+            status: dict = {"exec_info": {"queue_remaining": remaining}}
+            if wait["prompts"]:  # where this person's prompts wait (left out when none does)
+                status["atelier_wait"] = wait
+            return {"status": status}
+
+        self.hub.send_each("status", body)
 
     def snapshot(self) -> tuple[list[PromptRecord], list[PromptRecord]]:
         """(running, pending) as lists, for /queue and /jobs."""
         with self._cond:
-            return ([self.running] if self.running else []), list(self.pending)
+            return list(self.active.values()), list(self.pending)
 
     def cancel(self, prompt_ids: list[str]) -> list[str]:
         """Remove pending prompts; returns the ids that were removed."""
@@ -278,7 +377,7 @@ class PromptQueue:
         with self._cond:
             removed = [r.prompt_id for r in self.pending if r.prompt_id in wanted]
             self.pending = [r for r in self.pending if r.prompt_id not in wanted]
-            for prompt_id in removed if self.scheduler is not None else []:
+            for prompt_id in removed:
                 self.scheduler.cancel(prompt_id)
         if removed:
             self.store.mark_cancelled(removed)
@@ -291,13 +390,70 @@ class PromptQueue:
         return self.cancel(ids)
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Stop the running prompt (only if it is `prompt_id`, when given). True when something was asked to stop."""
+        """Stop the running prompt `prompt_id` (every running one when None). True when something was asked to stop.
+
+        A prompt alone stops in the executor. In a merged batch shared with others the batch goes on and the
+        prompt's images are dropped when it ends; a split prompt between batches ends at once, interrupted.
+        """
         with self._cond:
-            running = self.running
-        if running is None or (prompt_id is not None and running.prompt_id != prompt_id):
-            return False
-        self.executor.interrupt()
+            if prompt_id is not None and prompt_id not in self.active:
+                return False
+            if not self.active:
+                return False
+            batch = self._batch
+            in_batch = {p.job_id for p in batch.parts} if batch is not None else set()
+            targets = list(self.active) if prompt_id is None else [prompt_id]
+            for target in targets:  # its parts still waiting will not run
+                self.scheduler.cancel(target)
+            if batch is not None and not runs_merged(batch):
+                if in_batch & set(targets):
+                    self.executor.interrupt()
+                between = [t for t in targets if t not in in_batch]
+            elif batch is not None and in_batch <= set(targets):
+                self.merged_stop.set()  # nobody else's images in this call: stop it
+                between = [t for t in targets if t not in in_batch]
+            else:
+                self._stopped.update(t for t in targets if t in in_batch)
+                between = [t for t in targets if t not in in_batch]
+        for target in between:
+            self._end(target, "interrupted")
         return True
+
+    # ---- what the instructor's page reads ----
+
+    def waiting(self) -> list[dict]:
+        """Who waits for what, in the order the prompts will start: prompt id, owner (None: local user or
+        instructor), images asked, place (`wait_entry`), and whether it has started (a split prompt)."""
+        waits = self.waits()
+        with self._cond:
+            records = {r.prompt_id: r for r in [*self.pending, *self.active.values()]}
+            jobs = self.scheduler.waiting_jobs()
+        return [
+            {
+                "prompt_id": job.job_id,
+                "owner": records[job.job_id].owner,
+                "images": job.images,
+                "started": job.job_id in self.active,
+                **waits.get(job.job_id, {}),
+            }
+            for job in jobs
+            if job.job_id in records
+        ]
+
+    @property
+    def paused(self) -> bool:
+        return self.scheduler.paused
+
+    def cancel_owner(self, owner: str) -> list[str]:
+        """A learner removed from the class: their waiting prompts are cancelled and their running ones stopped;
+        returns the ids of both."""
+        with self._cond:
+            waiting = [r.prompt_id for r in self.pending if r.owner == owner]
+            running = [r.prompt_id for r in self.active.values() if r.owner == owner]
+        removed = self.cancel(waiting)
+        for prompt_id in running:
+            self.interrupt(prompt_id)
+        return removed + running
 
     # ---- the worker ----
 
@@ -306,78 +462,220 @@ class PromptQueue:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to stop after the running prompt (which is interrupted) and wait for it."""
+        """Ask the worker to stop after the running batch (which is interrupted) and wait for it."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         self.executor.interrupt()
+        self.merged_stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def pause(self) -> None:
-        """Classroom mode: start no more prompts (the running one finishes)."""
-        if self.scheduler is not None:
-            self.scheduler.pause()
+        """Start no more batches (the running one finishes)."""
+        self.scheduler.pause()
+        self.broadcast_status()
 
     def resume(self) -> None:
-        if self.scheduler is not None:
-            with self._cond:
-                self.scheduler.resume()
-                self._cond.notify()
-
-    def _take(self) -> PromptRecord | None:
         with self._cond:
-            while not self._stopping and (rec := self._next()) is None:
-                self._cond.wait()
+            self.scheduler.resume()
+            self._cond.notify_all()
+        self.broadcast_status()
+
+    def _take(self) -> Batch | None:
+        """The next batch, its prompts marked running; None when the queue stops. Waits while nothing can start."""
+        with self._cond:
+            while not self._stopping and (batch := self.scheduler.take(self.worker.batch_images)) is None:
+                self._cond.wait(0.5)  # (a resume from elsewhere is seen within half a second)
             if self._stopping:
                 return None
-            self.running = rec
-            return rec
+            self._batch = batch
+            self.merged_stop.clear()
+            for part in batch.parts:
+                if part.job_id not in self.active:
+                    self._start(part.job_id, listen=runs_merged(batch))
+            return batch
 
-    def _next(self) -> PromptRecord | None:
-        """The prompt to run next, taken off `pending`: the first, or the scheduler's pick (None while paused)."""
-        if self.scheduler is None:
-            return self.pending.pop(0) if self.pending else None
-        self._batch = self.scheduler.take(1)
-        if self._batch is None:
-            return None
-        (part,) = self._batch.parts
-        rec = next(r for r in self.pending if r.prompt_id == part.job_id)
+    def _start(self, prompt_id: str, listen: bool) -> None:
+        """A prompt's first part starts: pending -> active. listen: the queue sends its start (merged batches;
+        the executor sends its own)."""
+        rec = next(r for r in self.pending if r.prompt_id == prompt_id)
         self.pending.remove(rec)
-        return rec
+        self.active[prompt_id] = rec
+        rec.state = "running"
+        rec.started_at = now_ms()
+        self.store.mark_running(prompt_id, rec.started_at)
+        listener = self._listeners[prompt_id] = PromptListener(
+            self.hub, rec, self.store, wants_previews(rec.extra_data, self.preview_method)
+        )
+        if listen:
+            listener.execution_start()
+            listener.execution_cached([])
 
     def _work(self) -> None:
-        while (rec := self._take()) is not None:
+        while (batch := self._take()) is not None:
+            if self.on_batch is not None:
+                self.on_batch(batch)
+            merged = runs_merged(batch)
+            if merged:
+                for prompt_id in dict.fromkeys(p.job_id for p in batch.parts):
+                    found = txt2img(self.active[prompt_id].prompt)
+                    self._listeners[prompt_id].executing(found.sampler_node if found else "")
+            started = time.monotonic()
             try:
-                self._run(rec)
-            except Exception:  # a bug in the engine must not stop the queue
-                log.exception("Prompt %s failed outside any node.", rec.prompt_id)
-                rec.state = "error"
-                rec.error = {
-                    "exception_message": "The prompt failed outside any node (a bug in Atelier); the server log "
-                    "has the details.",
-                    "node_id": None,
-                    "traceback": [],
-                }
-                rec.ended_at = now_ms()
-                self.store.finish(rec)
+                results: Sequence[Any] = self.worker.run(batch)
+            except Exception as error:  # every part of the batch gets the error
+                if not _is_interruption(error):
+                    log.exception("Batch %d failed in its worker.", batch.number)
+                results = [error] * len(batch.parts)
             finally:
                 with self._cond:
-                    self.running = None
-                    if self._batch is not None:  # its duration feeds the expected waits
-                        self.scheduler.finish(self._batch)
-                        self._batch = None
-                self.hub.send("executing", {"node": None, "prompt_id": rec.prompt_id}, rec.client_id)
-                self.broadcast_status()
-                if self.on_finished is not None:
-                    self.on_finished(rec)
+                    self.scheduler.finish(batch)
+                    self._batch = None
+            if merged:
+                prompts = len({p.job_id for p in batch.parts})
+                seconds = time.monotonic() - started
+                log.info("Batch %d: %d images of %d prompts in one sampling call (%.1f s)", batch.number,
+                         batch.images, prompts, seconds)  # fmt: skip
+            try:
+                if merged:
+                    self._deliver_merged(batch, results)
+                else:
+                    self._deliver_alone(batch.parts[0].job_id, results[0])
+            except Exception:  # a bug in Atelier must not stop the queue
+                log.exception("Batch %d could not be delivered.", batch.number)
+                for prompt_id in {p.job_id for p in batch.parts} & set(self.active):
+                    self._end(prompt_id, "error", _bug())
+            self.broadcast_status()
 
-    def _run(self, rec: PromptRecord) -> None:
-        rec.started_at = now_ms()
-        self.store.mark_running(rec.prompt_id, rec.started_at)
-        listener = PromptListener(self.hub, rec, self.store, wants_previews(rec.extra_data, self.preview_method))
-        result = self.executor.execute(rec.prompt, rec.outputs_to_execute, listener, rec.extra_data)
-        rec.state = result.status
+    def run_graph(self, prompt_id: str) -> Any:
+        """Run a prompt alone with the graph executor (GraphWorker's job): the executor's result."""
+        rec, listener = self.active[prompt_id], self._listeners[prompt_id]
+        return self.executor.execute(rec.prompt, rec.outputs_to_execute, listener, rec.extra_data)
+
+    def _deliver_alone(self, prompt_id: str, result: Any) -> None:
+        if isinstance(result, BaseException):
+            log.error("Prompt %s failed outside any node.", prompt_id, exc_info=result)
+            self._end(prompt_id, "error", _bug())
+            return
+        rec = self.active[prompt_id]
         rec.outputs = {node_id: ui for node_id, ui in result.ui.items()}
+        self._end(prompt_id, result.status, None, listened=True)
+
+    def _deliver_merged(self, batch: Batch, results: Sequence[Any]) -> None:
+        """Save each part's image as its prompt's SaveImage / PreviewImage would, and end the prompts done."""
+        for part, result in zip(batch.parts, results, strict=True):
+            prompt_id = part.job_id
+            if prompt_id not in self.active:  # ended already (an error in an earlier part of this batch)
+                continue
+            if prompt_id in self._stopped:
+                self._stopped.discard(prompt_id)
+                self._end(prompt_id, "interrupted")
+                continue
+            if isinstance(result, BaseException):
+                self._end(prompt_id, "interrupted" if _is_interruption(result) else "error", result)
+                continue
+            rec, listener = self.active[prompt_id], self._listeners[prompt_id]
+            found = txt2img(rec.prompt)
+            refs = self._images.setdefault(prompt_id, [])
+            refs.append(self._save(rec, found, result.image, listener))
+            if part.payload.index == part.payload.of - 1:  # a prompt's parts run in order: this was its last
+                rec.outputs = {found.output: {"images": list(refs)}}
+                listener.executed(found.output, {"images": list(refs)})
+                self._end(prompt_id, "success")
+
+    def _save(self, rec: PromptRecord, found: Txt2Img, image: Image.Image, listener: PromptListener) -> dict:
+        """The PNG its SaveImage (or PreviewImage) node writes alone: same folder, name counter and text chunks
+        (the prompt as the executor hands it to the node, then extra_pnginfo's entries)."""
+        text = {"prompt": json.dumps(normalize_prompt(rec.prompt, self.executor.registry))}
+        for key, value in ((rec.extra_data or {}).get("extra_pnginfo") or {}).items():
+            text[key] = json.dumps(value)
+        files = self._files(rec, found)
+        kind = "output" if found.filename_prefix is not None else "temp"
+        prefix = found.filename_prefix if found.filename_prefix is not None else "ComfyUI"
+        return files.save_image(image, prefix, kind, text, claim=lambda ref: listener.will_write(found.output, ref))
+
+    def _files(self, rec: PromptRecord, found: Txt2Img) -> Any:
+        """The OutputFiles its output node writes with (the node class's environment)."""
+        return self.executor.registry.require(rec.prompt[found.output]["class_type"]).env.files
+
+    def _end(
+        self, prompt_id: str, status: str, error: BaseException | dict | None = None, listened: bool = False
+    ) -> None:
+        """A running prompt is over: its last messages (unless the executor sent them: listened), its record."""
+        with self._cond:
+            rec = self.active.pop(prompt_id, None)
+            listener = self._listeners.pop(prompt_id, None)
+            refs = self._images.pop(prompt_id, [])
+            self._stopped.discard(prompt_id)
+            self.scheduler.cancel(prompt_id)  # parts still waiting (an error or a stop mid-way)
+        if rec is None or listener is None:
+            return
+        if status != "success" and refs:  # a prompt that fails shows no outputs: leave none of its files behind
+            files = self._files(rec, txt2img(rec.prompt))
+            for ref in refs:
+                files.path(ref).unlink(missing_ok=True)
+        if not listened:
+            found = txt2img(rec.prompt)
+            node = found.sampler_node if found else None
+            if status == "success":
+                listener.execution_success()
+            elif status == "interrupted":
+                listener.execution_interrupted({"node_id": node, "node_type": "KSampler", "executed": []})
+            else:
+                info = error if isinstance(error, dict) else _error_info(error, node)
+                listener.execution_error(info)
+        rec.state = status
         rec.ended_at = now_ms()
         self.store.finish(rec)
+        self.hub.send("executing", {"node": None, "prompt_id": rec.prompt_id}, rec.client_id)
+        if self.on_finished is not None:
+            self.on_finished(rec)
+
+    # ---- what the merged worker reports while it samples ----
+
+    def on_member_step(self, row: int, value: int, total: int, preview: Callable[[], Any]) -> None:
+        """Step `value` of `total` of the batch's part at `row`: progress and the preview to its own prompt's
+        client (once per prompt: a split prompt's other rows in the same batch stay quiet)."""
+        batch = self._batch
+        if batch is None:
+            return
+        part = batch.parts[row]
+        if any(p.job_id == part.job_id for p in batch.parts[:row]):
+            return
+        listener = self._listeners.get(part.job_id)
+        found = None if listener is None else txt2img(listener.rec.prompt)
+        if listener is None or found is None:
+            return
+        listener.progress(found.sampler_node, value, total)
+        if listener.previews and (image := preview()) is not None:  # drawn only for a prompt that wants it
+            listener.preview(found.sampler_node, image)
+
+
+def _is_interruption(error: BaseException) -> bool:
+    """The executor's or the pipeline's Interrupted (a person stopped it), not a failure."""
+    return type(error).__name__ == "Interrupted"
+
+
+def _bug() -> dict:
+    return {
+        "exception_message": "The prompt failed outside any node (a bug in Atelier); the server log has the details.",
+        "exception_type": "InternalError",
+        "node_id": None,
+        "traceback": [],
+    }
+
+
+def _error_info(error: BaseException | None, node: str | None) -> dict:
+    """An execution_error body for an error of the merged worker: a user's sentence, or a bug's notice."""
+    if not isinstance(error, AtelierError):
+        return _bug()
+    return {
+        "exception_message": str(error),
+        "exception_type": type(error).__name__,
+        "node_id": node,
+        "node_type": "KSampler",
+        "traceback": [],
+        "current_inputs": {},
+        "current_outputs": {},
+    }

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from atelier.graph.validation import ValidationResult, error_entry, validate_prompt
 from atelier.server.classroom import client_id_for, own_ids, prompt_names_others_files, queue_status, visible, who
+from atelier.server.scheduler import QueueFull
 from atelier.server.state import add_api, state
 from atelier.server.store import FINISHED, MAX_NUMBER, PromptRecord, now_ms
 from atelier.server.strict_json import BadJSON, dumps, json_kind, json_response_off_loop, read_json, read_object
@@ -124,9 +125,26 @@ async def post_prompt(request: web.Request) -> web.Response:
         created_at=extra["create_time"],
         owner=who(request).owner,
     )
-    await asyncio.to_thread(st.queue.put, rec)  # stored as JSON: a large prompt takes a while to write
+    try:
+        await asyncio.to_thread(st.queue.put, rec)  # stored as JSON: a large prompt takes a while to write
+    except QueueFull as full:
+        return queue_full(request, full)
     reply = {"prompt_id": prompt_id, "number": rec.queue_tuple()[0], "node_errors": result.node_errors}
     return web.json_response(reply)
+
+
+def queue_full(request: web.Request, full: QueueFull) -> web.Response:
+    """429 for a learner past their cap: the sentence in the request's language (Accept-Language: French or
+    English), the other language in `details`, and the key and params the lab translates with."""
+    french = request.headers.get("Accept-Language", "").lower().startswith("fr")
+    first, other = ("fr", "en") if french else ("en", "fr")
+    body = {
+        "error": error_entry("queue_full", full.text(first), full.text(other)),
+        "node_errors": {},
+        "message_key": full.key,
+        "params": full.params,
+    }
+    return web.json_response(body, status=429)
 
 
 async def get_queue(request: web.Request) -> web.Response:
@@ -286,7 +304,8 @@ def _workflow_id(extra_data: dict) -> Any:
     return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
 
 
-def job_entry(rec: PromptRecord, detail: bool = False) -> dict:
+def job_entry(rec: PromptRecord, detail: bool = False, wait: dict | None = None) -> dict:
+    """One job of /jobs; `wait` (PromptQueue.waits) adds where a waiting job stands: `atelier_wait`."""
     count, previewable, preview = _outputs_summary(rec.outputs)
     job = {
         "id": rec.prompt_id,
@@ -302,6 +321,8 @@ def job_entry(rec: PromptRecord, detail: bool = False) -> dict:
         "workflow_id": _workflow_id(rec.extra_data),
     }
     job = {k: v for k, v in job.items() if v is not None}
+    if wait is not None:
+        job["atelier_wait"] = wait
     if detail:
         job["outputs"] = rec.outputs
         job["execution_status"] = history_entry(rec)["status"] if rec.state in FINISHED else None
@@ -329,8 +350,11 @@ async def get_jobs(request: web.Request) -> web.Response:
             return end - start if start and end else 0
         return job["create_time"]
 
+    queue = state(request).queue
+
     def build() -> dict:
-        jobs = [job_entry(rec) for rec in visible(person, store.select())]
+        waits = queue.waits()  # a waiting job's place: {"position", "starts_in", "done_in"} (seconds)
+        jobs = [job_entry(rec, wait=waits.get(rec.prompt_id)) for rec in visible(person, store.select())]
         jobs = [j for j in jobs if j["status"] in wanted and (not workflow_id or j.get("workflow_id") == workflow_id)]
         jobs.sort(key=key, reverse=descending)
         total = len(jobs)
@@ -346,7 +370,8 @@ async def get_job(request: web.Request) -> web.Response:
     rec = await asyncio.to_thread(state(request).store.get, job_id)
     if rec is None or not who(request).sees(rec.owner):
         return web.json_response({"error": f"No job with id {job_id[:MAX_ID_CHARACTERS]!r}."}, status=404)
-    return await json_response_off_loop(lambda: job_entry(rec, detail=True))
+    queue = state(request).queue
+    return await json_response_off_loop(lambda: job_entry(rec, detail=True, wait=queue.waits().get(rec.prompt_id)))
 
 
 def _cancel(request: web.Request, job_id: str) -> bool:

@@ -178,6 +178,12 @@ async def interrupt(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+FREE_REFUSED = (
+    "Seul le formateur peut vider la mémoire du serveur (toute la classe l'utilise). / "
+    "Only the instructor can free the server's memory (the whole class uses it)."
+)
+
+
 async def free(request: web.Request) -> web.Response:
     try:
         body = await read_object(request)
@@ -185,6 +191,8 @@ async def free(request: web.Request) -> web.Response:
         return error_text(ex.status, str(ex))
     unload, free_memory = bool(body.get("unload_models")), bool(body.get("free_memory"))
     st = state(request)
+    if not who(request).sees_all:  # classroom mode: unloading the model would slow down the whole class
+        return error_text(403, FREE_REFUSED)
     if free_memory:
         st.queue.executor.cache.clear()  # forget cached node outputs: the next prompt recomputes everything
     if st.on_free is not None and (unload or free_memory):

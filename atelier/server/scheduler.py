@@ -70,7 +70,8 @@ class QueueFull(AtelierError):
     def __init__(self, asked: int, waiting: int, limit: int) -> None:
         self.asked, self.waiting, self.limit = asked, waiting, limit
         self.reason = "too_big" if asked > limit else "more"  # which of QUEUE_FULL_SENTENCES
-        super().__init__(self.text("en"))
+        # key: the lab's own copy of the sentence, server.queue_full_<reason> in web/lab/i18n/<lang>.json
+        super().__init__(self.text("en"), f"queue_full_{self.reason}", asked=asked, waiting=waiting, limit=limit)
 
     def text(self, lang: str) -> str:
         """The sentence in `lang` ("en" or "fr"; anything else gets English)."""

@@ -32,10 +32,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         sid = uuid.uuid4().hex
         st.hub.claim(sid, who(request).owner)
     client = st.hub.connect(sid, ws)
-    st.hub.send("status", {"status": queue_status(st.queue, who(request)), "sid": sid}, sid)
+    st.hub.send("status", {"status": queue_status(st.queue, who(request), with_wait=True), "sid": sid}, sid)
     running, _ = st.queue.snapshot()
-    if running and running[0].client_id == sid:  # a reconnect in the middle of its own prompt
-        st.hub.send("execution_start", {"prompt_id": running[0].prompt_id, "timestamp": running[0].started_at}, sid)
+    for rec in running:  # a reconnect in the middle of its own prompt (several run at once in a merged batch)
+        if rec.client_id == sid:
+            st.hub.send("execution_start", {"prompt_id": rec.prompt_id, "timestamp": rec.started_at}, sid)
     try:
         async for message in ws:
             if message.type != WSMsgType.TEXT:

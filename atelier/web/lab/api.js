@@ -25,6 +25,9 @@ async function readError(resp) {
   try {
     const body = JSON.parse(text);
     if (body.error && typeof body.error === "string") return new ServerError(body.error, body.message_key, body.params);
+    if (body.error && body.error.message && body.message_key) {  // a sentence the lab has in its languages (queue full)
+      return new ServerError(body.error.message, body.message_key, body.params);
+    }
     if (body.error && body.error.message) {
       // A rejected prompt: the general message plus the first node's first problem.
       const nodes = Object.values(body.node_errors || {});
@@ -104,6 +107,7 @@ export function historyEntry(h) {
 const running = new Map();  // prompt_id -> handlers of the run in flight
 let socket = null;
 let queueRemaining = 0;
+let waits = {};  // prompt_id -> its place in the queue, from the latest status message
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -122,7 +126,13 @@ function connect() {
 function onMessage({ type, data }) {
   if (type === "status") {
     queueRemaining = data.status?.exec_info?.queue_remaining ?? 0;
-    for (const run of running.values()) run.onQueue?.(queueRemaining);
+    // Where our prompts wait (Atelier's scheduler): {prompts: {id: {position, starts_in, done_in}}}, absent when
+    // nothing of ours waits.
+    waits = data.status?.atelier_wait?.prompts || {};
+    for (const run of running.values()) {
+      run.onQueue?.(queueRemaining);
+      if (!run.started && waits[run.promptId]) run.onWait?.(waits[run.promptId]);
+    }
     return;
   }
   const run = running.get(data?.prompt_id);
@@ -173,7 +183,8 @@ async function finish(promptId) {
 
 /**
  * Queue a prompt and wait for it. Resolves with {promptId, outputs: {node_id: ui}, cached: [node ids]}; rejects
- * with ServerError (rejected graph, node error) or Interrupted. `handlers`: onQueue(n), onStart(), onProgress(v,
+ * with ServerError (rejected graph, node error) or Interrupted. `handlers`: onQueue(n), onWait({position,
+ * starts_in, done_in}) while it waits, onStart(), onProgress(v,
  * max, node), onPreview(url, node), onExecuted(node, output).
  */
 export async function runPrompt(prompt, extraData = {}, handlers = {}) {
@@ -204,6 +215,7 @@ export async function runPrompt(prompt, extraData = {}, handlers = {}) {
     run.promptId = promptId;
     running.set(promptId, run);
     handlers.onQueued?.(promptId, queueRemaining);
+    if (waits[promptId]) handlers.onWait?.(waits[promptId]);  // the status sent while the prompt was queued
   });
 }
 

@@ -40,6 +40,10 @@ export async function runView(params, { view = "generate", init = null, words = 
   try {
     const result = await runPrompt(prompt, extra, {
       onQueued: (_, ahead) => ahead > 0 && setProgress(0, 1, `${name}${t("run.waiting", { n: ahead })}`),
+      onWait: ({ position, starts_in: startsIn }) => {
+        const wait = startsIn == null ? "" : t("run.wait_seconds", { s: Math.max(1, Math.round(startsIn)) });
+        setProgress(0, 1, `${name}${t("run.position", { n: position })}${wait}`);
+      },
       onStart: () => setProgress(0, 1, `${name}${t("run.started")}`),
       onProgress: (value, max) => !stopping && setProgress(value, max, `${name}${t("run.step", { value, max })}`),
       onStopping: () => {
