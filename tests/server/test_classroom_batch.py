@@ -132,7 +132,9 @@ async def test_two_learners_take_turns_share_one_sampling_call_and_get_their_own
         }
         ids = {}
         for name, (session, tab, prompt) in asked.items():
-            ids[name] = (await post_prompt(session, prompt, client_id=tab))["prompt_id"]
+            ids[name] = (await post_prompt(session, prompt, client_id=tab, extra_data={"preview_method": "auto"}))[
+                "prompt_id"
+            ]
         names = {v: k for k, v in ids.items()}
 
         # Each learner sees their own prompts' places (and nobody else's) in /api/jobs, before anything runs.
