@@ -455,6 +455,11 @@ async def get_exercise(request: web.Request) -> web.Response:
     return web.json_response({"exercise": exercise}, headers={"Cache-Control": "no-store"})
 
 
+def _cell_key(value: Any) -> Any:
+    """A value as a column of the results: 7 and 7.0 are one column (the page's JSON writes 7.0 as 7)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 def exercise_results(st: ServerState, room: Classroom, exercise: dict) -> list[dict]:
     """The class's images for one exercise: one row per person who ran it, their latest image per value."""
     records = st.store.select(
@@ -467,8 +472,8 @@ def exercise_results(st: ServerState, room: Classroom, exercise: dict) -> list[d
             continue
         row = rows.setdefault(rec.owner, {"owner": rec.owner, "name": room.name_of(rec.owner), "cells": {}})
         value = lab_record(rec).get("value")
-        row["cells"][json.dumps(value)] = {**entry, "value": value}
-    order = [json.dumps(v) for v in exercise["values"]] or [json.dumps(None)]
+        row["cells"][_cell_key(value)] = {**entry, "value": value}
+    order = [_cell_key(v) for v in exercise["values"]] or [_cell_key(None)]
     return [{**row, "cells": [row["cells"].get(key) for key in order]} for row in rows.values()]
 
 

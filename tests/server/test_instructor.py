@@ -174,7 +174,7 @@ async def test_an_exercise_reaches_every_lab_and_its_results_line_up(tmp_path):
             assert (await (await ben.get(f"{API}/exercise")).json())["exercise"] == exercise  # and readable
 
             # Ana runs two of the values (the second one twice: the latest counts), Ben one.
-            runs = [(ana, 30.0, "red"), (ana, 1.0, "green"), (ana, 1.0, "blue"), (ben, 7.0, "green")]
+            runs = [(ana, 30.0, "red"), (ana, 1, "green"), (ana, 1.0, "blue"), (ben, 7, "green")]  # 7 is 7.0
             ids = []
             for person, value, colour in runs:
                 params = {"seed": 42, "steps": 3, "cfg": value}

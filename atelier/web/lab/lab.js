@@ -1,11 +1,13 @@
 // The lab's entry point: language, tabs, the Generate button, the result, the history gallery and the way to
-// the node editor. The exercises and the look-inside views live in exercises.js and inside.js.
+// the node editor. The exercises and the look-inside views live in exercises.js and inside.js; the instructor's
+// exercise (classroom mode) in classroom.js.
 
 import { getJSON, historyEntry, interrupt, postJSON, viewUrl } from "./api.js";
 import * as form from "./form.js";
 import { apply, formatNumber, language, preferredLanguage, setLanguage, t } from "./i18n.js";
 import { runView } from "./runner.js";
 import { busy, el, errorText, hideMessage, images, showMessage } from "./ui.js";
+import * as classroom from "./classroom.js";
 import * as exercises from "./exercises.js";
 import * as inside from "./inside.js";
 import * as world from "./world.js";
@@ -180,6 +182,7 @@ async function main() {
     inside.languageChanged();
     await world.load().catch((error) => showMessage(errorText(error)));
     exercises.suggestReplacement();
+    classroom.languageChanged();
   });
   $("message-close").addEventListener("click", hideMessage);
   setupTabs();
@@ -201,6 +204,7 @@ async function main() {
   inside.setup(options);
   await world.setup().catch((error) => showMessage(errorText(error)));
   exercises.setup(options);
+  await classroom.setup(() => selectTab($("tab-exercises")));  // classroom mode: the instructor's exercise
   apply(document);
   document.body.dataset.ready = "true";  // for tests: options are loaded and handlers attached
 }
