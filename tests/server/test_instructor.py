@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -296,3 +297,23 @@ def test_contact_sheet_escapes_and_names():
     assert "<title>&lt;t&gt;</title>" in sheet
     assert folder_name("Zoé Martin", "1a2b") == "zoe-martin-1a2b" and folder_name("图", "9f") == "learner-9f"
     assert folder_name("x", None) == "instructor"
+
+
+def test_both_languages_have_every_key_the_page_and_the_routes_use():
+    import re
+
+    from atelier.server import instructor as module
+
+    root = module.PAGE_ROOT
+    en = json.loads((root / "i18n" / "en.json").read_text(encoding="utf-8"))
+    fr = json.loads((root / "i18n" / "fr.json").read_text(encoding="utf-8"))
+    assert set(en) == set(fr)
+    used = set(re.findall(r'data-i18n(?:-title|-placeholder)?="([\w.]+)"', (root / "index.html").read_text()))
+    script = (root / "classroom.js").read_text()
+    used |= set(re.findall(r'\bt\(\s*"([\w.]+)"', script))
+    used |= {f"field.{name}" for name in (*module.TEXT_FIELDS, *module.NUMBER_FIELDS, *module.CHOICE_FIELDS)}
+    used |= {"queue.from_lab", "queue.from_editor", "ex.vary_none"}  # keys the script builds
+    source = Path(module.__file__).read_text()
+    used |= {f"server.{key}" for key in re.findall(r'"(err\.\w+)"', source)}  # every ExerciseError's key
+    assert used - set(en) == set(), sorted(used - set(en))
+    assert not [k for k in en if en[k] == fr[k] and len(en[k]) > 12 and "{" not in en[k]]
