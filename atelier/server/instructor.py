@@ -46,7 +46,7 @@ from atelier.server.merging import txt2img
 from atelier.server.security import page_policy
 from atelier.server.state import ServerState, error_text, state
 from atelier.server.store import PromptRecord, now_ms
-from atelier.server.strict_json import BadJSON, dumps, read_json
+from atelier.server.strict_json import BadJSON, dumps, dumps_finite, read_json
 
 PAGE_ROOT = Path(__file__).resolve().parent.parent / "web" / "classroom"
 API = "/atelier/classroom"
@@ -92,6 +92,13 @@ def _bad(error: ExerciseError) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 # Who may ask
 # --------------------------------------------------------------------------------------------------------------
+
+
+INSTRUCTOR_NAME = "Formateur / Instructor"  # the owner of prompts queued by the instructor (owner None)
+
+
+def name_of(room: Classroom, owner: str | None) -> str:
+    return INSTRUCTOR_NAME if owner is None else room.name_of(owner)
 
 
 def _room(request: web.Request) -> Classroom | None:
@@ -193,7 +200,7 @@ def waiting_entry(rec: PromptRecord, room: Classroom, running: bool, place: Any)
     entry = {
         "prompt_id": rec.prompt_id,
         "owner": rec.owner,
-        "name": room.name_of(rec.owner),
+        "name": name_of(room, rec.owner),
         "running": running,
         "params": params,
         "images": _batch_of(rec),
@@ -284,7 +291,7 @@ def _base_url(request: web.Request) -> str:
 async def get_state(request: web.Request) -> web.Response:
     st, room = state(request), _room(request)
     body = await asyncio.to_thread(class_state, st, room, _base_url(request))
-    return web.json_response(body, dumps=dumps, headers={"Cache-Control": "no-store"})
+    return web.json_response(body, dumps=dumps_finite, headers={"Cache-Control": "no-store"})
 
 
 @instructor_only
@@ -470,7 +477,7 @@ def exercise_results(st: ServerState, room: Classroom, exercise: dict) -> list[d
         entry = image_entry(rec)
         if entry is None:
             continue
-        row = rows.setdefault(rec.owner, {"owner": rec.owner, "name": room.name_of(rec.owner), "cells": {}})
+        row = rows.setdefault(rec.owner, {"owner": rec.owner, "name": name_of(room, rec.owner), "cells": {}})
         value = lab_record(rec).get("value")
         row["cells"][_cell_key(value)] = {**entry, "value": value}
     order = [_cell_key(v) for v in exercise["values"]] or [_cell_key(None)]
@@ -579,9 +586,11 @@ def build_export(st: ServerState, room: Classroom) -> bytes:
                 path = st.files.path(ref)
                 if not path.is_file():
                     continue  # deleted since: the sheet lists what exists
-                name = room.name_of(rec.owner)
-                arc = f"images/{folder_name(name, rec.owner)}/{ref['subfolder'] + '/' if ref['subfolder'] else ''}"
-                arc = (arc + ref["filename"]).replace("//", "/")
+                name = name_of(room, rec.owner)
+                inside = f"{ref['subfolder']}/{ref['filename']}".replace("\\", "/").split("/")
+                arc = "/".join(
+                    ["images", folder_name(name, rec.owner), *(p for p in inside if p not in ("", ".", ".."))]
+                )
                 if arc in used:
                     continue
                 used.add(arc)
@@ -601,7 +610,7 @@ def build_export(st: ServerState, room: Classroom) -> bytes:
                 )
         ranked = sorted(people.items(), key=lambda kv: order.get(kv[0], len(order)) if kv[0] is not None else 1e9)
         sheet = contact_sheet(
-            [(room.name_of(owner), items) for owner, items in ranked], "Atelier : la séance / the session"
+            [(name_of(room, owner), items) for owner, items in ranked], "Atelier : la séance / the session"
         )
         zf.writestr("index.html", sheet)
         zf.writestr("metadata.json", json.dumps(metadata, ensure_ascii=False, indent=1))
