@@ -116,5 +116,15 @@ def test_the_instructor_watches_the_class_and_sends_an_exercise(browser, server)
     assert export.status == 200
     with zipfile.ZipFile(io.BytesIO(export.body())) as zf:
         assert sum(name.endswith(".png") for name in zf.namelist()) == 6
+
+    # Removing Ben takes two clicks; then his cookie opens nothing, and the wall shows Ana alone.
+    remove = teacher.locator('#wall .learner[data-name="Ben"] button')
+    remove.click()
+    assert remove.inner_text() == "Retirer ? Cliquez encore"
+    remove.click()
+    teacher.wait_for_function("() => document.querySelectorAll('#wall .learner').length === 1")
+    assert "Ben" in teacher.inner_text("#removed")
+    assert ben.request.get(f"{url}/api/history").status == 403
+    shot(teacher, "instructor-after-removal")
     assert errors == []
     print(f"\nClassroom screenshots: {ARTIFACTS}")
