@@ -26,7 +26,16 @@ from aiohttp import web
 from atelier.errors import AtelierError
 from atelier.graph.executor import Executor
 from atelier.graph.registry import NodeRegistry
-from atelier.server import frontend, lab, routes_files, routes_queue, routes_system, routes_userdata, websocket
+from atelier.server import (
+    frontend,
+    instructor,
+    lab,
+    routes_files,
+    routes_queue,
+    routes_system,
+    routes_userdata,
+    websocket,
+)
 from atelier.server.classroom import Classroom, announcement, classroom_middleware
 from atelier.server.files import DataDir, OutputFiles
 from atelier.server.hub import Hub
@@ -130,6 +139,7 @@ def create_app(
     routes_files.setup(app)
     routes_userdata.setup(app)
     lab.setup(app)  # the workshop page at /lab/ and its routes under /atelier/lab/
+    instructor.setup(app)  # classroom mode: the instructor's page at /classroom/, routes under /atelier/classroom/
     frontend.setup(app)  # last: its catch-all static route must not shadow the others
 
     async def start(app: web.Application) -> None:
@@ -280,6 +290,7 @@ def serve(
     def started(_: str) -> None:
         print(f"Atelier is running at {shown}")
         if room is not None:
+            room.public_url = urls[0]  # the join link the instructor's page shows
             print(announcement(room, urls[0]))
 
     web.run_app(app, host=bind, port=port, print=started)

@@ -3,7 +3,7 @@
     $ atelier serve --classroom                       (or CLASSROOM=1 make start)
     Classe / Class: code K7P3QX
       Élèves / Learners:      http://192.168.1.20:8188/lab/?join=K7P3QX
-      Formateur / Instructor: http://192.168.1.20:8188/?instructor=...   (gardez-le pour vous / keep it to yourself)
+      Formateur / Instructor: http://192.168.1.20:8188/classroom/?instructor=...   (gardez-le pour vous / keep it)
     (then the join link as a QR code, for the learners' phones and laptops: segno, in text)
 
 Who is asking. Every request passes `classroom_middleware`, which puts a `Who` in request[WHO] (`who(request)`):
@@ -65,6 +65,7 @@ class ServerState(Protocol):
     store: PromptStore
     data: DataDir
     settings: Settings
+
 
 JOIN_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: the code is read from a projector or aloud
 JOIN_CODE_LENGTH = 6  # 31**6 ~ 8.9e8 codes
@@ -134,6 +135,8 @@ class Classroom:
         self._key = bytes.fromhex(store.class_secret("cookie_key", lambda: secrets.token_hex(32)))
         self._lock = threading.Lock()
         self.learners: dict[str, Who] = {lid: Who(lid, name, False) for lid, name, _ in store.learners()}
+        self.removed: dict[str, str] = {lid: name for lid, name, _ in store.learners(removed=True)}  # id -> name
+        self.public_url: str | None = None  # the URL `serve` printed (the instructor's page shows the join link)
         self._made: set[tuple[str, str]] = set()  # (owner, "type/subfolder/filename") made for them by lab routes
         self._settings: dict[str, Settings] = {}  # learner id -> their editor settings
 
@@ -146,6 +149,24 @@ class Classroom:
         with self._lock:
             self.learners[learner.owner] = learner
         return learner
+
+    def remove(self, learner_id: str) -> Who | None:
+        """Take a learner out of the class: their cookie names nobody from now on, even after a restart (the
+        instructor's page also cancels their waiting prompts; their history stays). None: no such learner."""
+        with self._lock:
+            learner = self.learners.pop(learner_id, None)
+            if learner is not None:
+                self.removed[learner_id] = learner.name
+        if learner is not None:
+            self.store.remove_learner(learner_id, now_ms())
+        return learner
+
+    def name_of(self, owner: str | None) -> str:
+        """The display name of a prompt's owner: a learner (in the class or removed), else the instructor's."""
+        if owner is None:
+            return INSTRUCTOR.name
+        learner = self.learners.get(owner)
+        return learner.name if learner is not None else self.removed.get(owner, owner)
 
     def _sign(self, identity: str) -> str:
         return hmac.new(self._key, identity.encode(), hashlib.sha256).hexdigest()[:32]
@@ -168,9 +189,10 @@ class Classroom:
         return hmac.compare_digest(secret.encode(), self.instructor_secret.encode())
 
     def links(self, base_url: str) -> tuple[str, str]:
-        """(the learners' join link, the instructor's link) for a base URL such as http://192.168.1.20:8188/."""
+        """(the learners' join link, the instructor's link: their page, server/instructor.py) for a base URL such
+        as http://192.168.1.20:8188/."""
         base = base_url.rstrip("/")
-        return f"{base}/lab/?join={self.join_code}", f"{base}/?instructor={self.instructor_secret}"
+        return f"{base}/lab/?join={self.join_code}", f"{base}/classroom/?instructor={self.instructor_secret}"
 
     def settings(self, person: Who, make: Callable[[], Settings]) -> Settings:
         """A learner's Settings, made once (its lock then orders the writes of their tabs)."""

@@ -51,13 +51,16 @@ CREATE TABLE IF NOT EXISTS learners (      -- classroom mode (classroom.py): who
     name TEXT NOT NULL,
     created_at INTEGER NOT NULL            -- ms since the epoch
 );
-CREATE TABLE IF NOT EXISTS class_secrets ( -- classroom mode: the join code, the instructor secret, the cookie key
+CREATE TABLE IF NOT EXISTS class_secrets ( -- classroom mode: the join code, the instructor secret, the cookie key,
+                                           -- the exercise pushed last (JSON)
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
 # Added after the first release: the learner who queued the prompt (NULL: the local user or the instructor).
 _OWNER_COLUMN = "ALTER TABLE prompts ADD COLUMN owner TEXT"
+# Added with the instructor's page: when the instructor removed the learner (NULL: still in the class).
+_REMOVED_COLUMN = "ALTER TABLE learners ADD COLUMN removed_at INTEGER"
 
 
 def now_ms() -> int:
@@ -104,6 +107,8 @@ class PromptStore:
         self._db.executescript(_SCHEMA)
         if "owner" not in {row["name"] for row in self._db.execute("PRAGMA table_info(prompts)")}:
             self._db.execute(_OWNER_COLUMN)
+        if "removed_at" not in {row["name"] for row in self._db.execute("PRAGMA table_info(learners)")}:
+            self._db.execute(_REMOVED_COLUMN)
         self._reported: set[str] = set()  # ids of unreadable rows already reported in the log
 
     def close(self) -> None:
@@ -233,10 +238,27 @@ class PromptStore:
             "INSERT INTO learners (learner_id, name, created_at) VALUES (?, ?, ?)", (learner_id, name, created_at)
         )
 
-    def learners(self) -> list[tuple[str, str, int]]:
-        """(learner_id, name, created_at) of everyone who joined, first joined first."""
-        rows = self._run("SELECT learner_id, name, created_at FROM learners ORDER BY created_at, rowid")
+    def learners(self, removed: bool = False) -> list[tuple[str, str, int]]:
+        """(learner_id, name, created_at) of everyone in the class, first joined first; removed=True: of those the
+        instructor removed instead."""
+        where = "removed_at IS NOT NULL" if removed else "removed_at IS NULL"
+        rows = self._run(f"SELECT learner_id, name, created_at FROM learners WHERE {where} ORDER BY created_at, rowid")
         return [(row["learner_id"], row["name"], row["created_at"]) for row in rows]
+
+    def remove_learner(self, learner_id: str, removed_at: int) -> None:
+        """Mark a learner removed (their row stays: their history keeps its name in the session's export)."""
+        self._run("UPDATE learners SET removed_at = ? WHERE learner_id = ?", (removed_at, learner_id))
+
+    def set_class_value(self, name: str, value: str | None) -> None:
+        """Store (or, with None, forget) a value of the class that changes, such as the exercise pushed last."""
+        if value is None:
+            self._run("DELETE FROM class_secrets WHERE name = ?", (name,))
+        else:
+            self._run("INSERT OR REPLACE INTO class_secrets (name, value) VALUES (?, ?)", (name, value))
+
+    def class_value(self, name: str) -> str | None:
+        rows = self._run("SELECT value FROM class_secrets WHERE name = ?", (name,))
+        return rows[0]["value"] if rows else None
 
     def class_secret(self, name: str, make: Callable[[], str]) -> str:
         """The stored secret `name`, made with `make()` and stored the first time it is asked for."""

@@ -368,7 +368,7 @@ def test_announcement_names_both_links(tmp_path):
     room = Classroom(store)
     text = announcement(room, "http://192.168.1.20:8188/")
     assert f"http://192.168.1.20:8188/lab/?join={room.join_code}" in text
-    assert f"http://192.168.1.20:8188/?instructor={room.instructor_secret}" in text
+    assert f"http://192.168.1.20:8188/classroom/?instructor={room.instructor_secret}" in text
     qr = join_qr(f"http://192.168.1.20:8188/lab/?join={room.join_code}")
     assert qr in text and qr.count("\n") >= 15  # version 3 or more: 29+ modules, two rows per line
     store.close()
@@ -460,7 +460,7 @@ def test_serve_classroom_listens_on_the_lan_and_prints_both_links(tmp_path, monk
     out = capsys.readouterr().out
     assert bound == {"host": "0.0.0.0", "port": 8190}
     [code] = re.findall(r"http://192\.168\.1\.20:8190/lab/\?join=([A-Z2-9]{6})", out)
-    [secret] = re.findall(r"http://192\.168\.1\.20:8190/\?instructor=(\S+)", out)
+    [secret] = re.findall(r"http://192\.168\.1\.20:8190/classroom/\?instructor=(\S+)", out)
     assert code != secret and f"code {code}" in out
     assert "█" in out and "Anyone who can reach" not in capsys.readouterr().err  # the QR code, not the warning
 

@@ -117,8 +117,11 @@ function connect() {
     socket.send(JSON.stringify({ type: "feature_flags", data: { supports_preview_metadata: true } }));
   });
   socket.addEventListener("message", (event) => {
-    if (typeof event.data === "string") onMessage(JSON.parse(event.data));
-    else onBinary(event.data);
+    if (typeof event.data === "string") {
+      const message = JSON.parse(event.data);
+      onMessage(message);
+      notices.get(message.type)?.(message.data);  // a message about no prompt (classroom.js)
+    } else onBinary(event.data);
   });
   socket.addEventListener("close", () => setTimeout(connect, 1000));  // the server restarted: try again
 }
@@ -251,6 +254,15 @@ export async function interrupt() {
 /** Forget cached node outputs so that the next prompt really runs every node again (POST /api/free). */
 export async function forgetCache() {
   await postJSON("/api/free", { free_memory: true });
+}
+
+// ---- messages about no prompt: the instructor's exercise, in classroom mode (classroom.js) ----
+
+const notices = new Map();  // message type -> handler(data)
+
+/** Call `handler(data)` for every socket message of `type` ("atelier_exercise"). */
+export function onNotice(type, handler) {
+  notices.set(type, handler);
 }
 
 connect();

@@ -59,14 +59,14 @@ function baseParams() {
 }
 
 /** A row of labelled slots, filled in as the runs finish. */
-function slots(out, labels) {
+export function slots(out, labels) {
   const figures = labels.map((label) =>
     el("figure.fig.pending", { dataset: { label } }, el("div.slot", {}, "…"), el("figcaption", {}, label)));
   out.replaceChildren(el("div.strip", {}, figures));
   return figures;
 }
 
-function fillSlot(fig, ref, fromCache = false) {
+export function fillSlot(fig, ref, fromCache = false) {
   fig.classList.remove("pending");
   fig.querySelector(".slot").replaceWith(el("img", { src: viewUrl(ref), alt: fig.dataset.label }));
   fig.dataset.fromCache = String(fromCache);

@@ -1,11 +1,13 @@
 // The lab's entry point: language, tabs, the Generate button, the result, the history gallery and the way to
-// the node editor. The exercises and the look-inside views live in exercises.js and inside.js.
+// the node editor. The exercises and the look-inside views live in exercises.js and inside.js; the instructor's
+// exercise (classroom mode) in classroom.js.
 
 import { getJSON, historyEntry, interrupt, postJSON, viewUrl } from "./api.js";
 import * as form from "./form.js";
 import { apply, formatNumber, language, preferredLanguage, setLanguage, t } from "./i18n.js";
 import { runView } from "./runner.js";
 import { busy, el, errorText, hideMessage, images, showMessage } from "./ui.js";
+import * as classroom from "./classroom.js";
 import * as exercises from "./exercises.js";
 import * as inside from "./inside.js";
 import * as figures from "./figures.js";
@@ -184,6 +186,7 @@ async function main() {
     await world.load().catch((error) => showMessage(errorText(error)));
     exercises.suggestReplacement();
     parcours.render();
+    classroom.languageChanged();
   });
   $("message-close").addEventListener("click", hideMessage);
   setupTabs();
@@ -207,6 +210,7 @@ async function main() {
   exercises.setup(options);
   parcours.setup({ openInEditor, selectTab });
   figures.setup(() => { try { return form.read(); } catch { return {}; } });  // a half-typed field: no parameters
+  await classroom.setup(() => selectTab($("tab-exercises")));  // classroom mode: the instructor's exercise
   apply(document);
   document.body.dataset.ready = "true";  // for tests: options are loaded and handlers attached
 }
