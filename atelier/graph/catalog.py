@@ -39,6 +39,7 @@ from atelier.graph.nodes.latent import (
 )
 from atelier.graph.nodes.loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
+from atelier.graph.nodes.upscale import ImageUpscaleWithModel, UpscaleModelLoader
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
 from atelier.graph.teaching import TEACHING_NODES
@@ -50,6 +51,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     VAELoader,
     LoraLoader,
     LoraLoaderModelOnly,
+    UpscaleModelLoader,
     CLIPTextEncode,
     CLIPSetLastLayer,
     ConditioningCombine,
@@ -70,6 +72,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     ImageScaleBy,
     ImageScaleToTotalPixels,
     ImagePadForOutpaint,
+    ImageUpscaleWithModel,
     SaveImage,
     PreviewImage,
 )
@@ -86,6 +89,7 @@ _DYNAMIC_OPTIONS = {
     ("VAELoader", "vae_name"): lambda env: lambda: env.models.list("vae"),
     ("LoraLoader", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoraLoaderModelOnly", "lora_name"): lambda env: lambda: env.models.list("loras"),
+    ("UpscaleModelLoader", "model_name"): lambda env: lambda: env.models.list("upscale_models"),
     ("LoadImage", "image"): _input_images,
     ("LoadImageMask", "image"): _input_images,
 }

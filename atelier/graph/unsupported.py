@@ -1,4 +1,4 @@
-"""ComfyUI core nodes that Atelier knows by name but cannot run yet: upscale models, ControlNet, ...
+"""ComfyUI core nodes that Atelier knows by name but cannot run yet: ControlNet, GLIGEN, style models, ...
 
 Why list nodes that do nothing? Two reasons.
 
@@ -63,29 +63,6 @@ def _strength(name: str) -> Input:
     return Input(name, "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01)
 
 
-class UpscaleModelLoader(NotSupportedYet):
-    SCHEMA = _schema("UpscaleModelLoader", "Load Upscale Model", [_file("model_name")], [Output("UPSCALE_MODEL")])
-    WHY = "would load a super-resolution network (ESRGAN and the like)"
-
-    @classmethod
-    def validate_inputs(cls, model_name: str) -> str:
-        return cls.refusal()
-
-
-class ImageUpscaleWithModel(NotSupportedYet):
-    SCHEMA = _schema(
-        "ImageUpscaleWithModel",
-        "Upscale Image (using Model)",
-        [Input("upscale_model", "UPSCALE_MODEL"), Input("image", "IMAGE")],
-        [Output("IMAGE")],
-    )
-    WHY = "would enlarge the image with a super-resolution network; Upscale Image or Upscale Latent By can instead"
-
-    @classmethod
-    def validate_inputs(cls, upscale_model: Any) -> str:
-        return cls.refusal()
-
-
 class ControlNetLoader(NotSupportedYet):
     SCHEMA = _schema("ControlNetLoader", "Load ControlNet Model", [_file("control_net_name")], [Output("CONTROL_NET")])
     WHY = "would load a ControlNet, which steers the UNet with an edge map, a pose or a depth map"
@@ -145,8 +122,6 @@ class GLIGENLoader(NotSupportedYet):
 
 
 UNSUPPORTED_NODES: tuple[type[NotSupportedYet], ...] = (
-    UpscaleModelLoader,
-    ImageUpscaleWithModel,
     ControlNetLoader,
     UNETLoader,
     ImageOnlyCheckpointLoader,

@@ -50,6 +50,8 @@ def _describe_file(path: Path) -> list[str]:
         return lines[:1] + _describe_lora(file) + lines[1:]
     if family == "embedding":
         return lines[:1] + _describe_embedding(file) + lines[1:]
+    if family == "upscaler":
+        return lines[:1] + _describe_upscaler(file) + lines[1:]
     if family not in detect.SUPPORTED_FAMILIES:
         lines.insert(1, _row("kind", f"{_family_label(family)} (found {evidence})"))
         try:
@@ -164,6 +166,19 @@ def _describe_embedding(file: WeightsFile) -> list[str]:
         _row("kind", f"a textual-inversion embedding for {what}"),
         _row("vectors", f"{count} x {width} (it takes {count} of the prompt's 75 token positions)"),
         _row("use", f"embedding:{Path(file.name).stem} in a prompt, the file in models/embeddings"),
+    ]
+
+
+def _describe_upscaler(file: WeightsFile) -> list[str]:
+    """A super-resolution network: its architecture and key layout, factor and sizes."""
+    from atelier.models.upscale import describe_upscaler
+
+    architecture, config = describe_upscaler(file.index.shapes) or ("an unknown upscaler", "")
+    return [
+        _row("kind", f"an upscale model: {architecture}"),
+        _row("config", config),
+        _row("params", _params(file.index.shapes)),
+        _row("use", "Load Upscale Model + Upscale Image (using Model), the file in models/upscale_models"),
     ]
 
 

@@ -6,6 +6,8 @@ The layout is ComfyUI's, so an existing ComfyUI install can be pointed at direct
     <root>/models/vae/           standalone VAEs
     <root>/models/loras/         LoRAs
     <root>/models/embeddings/    textual-inversion embeddings
+    <root>/models/upscale_models/  super-resolution networks (ESRGAN, Real-ESRGAN)
+    <root>/models/controlnet/    ControlNets
 
 More folders come from an `extra_model_paths.yaml` in ComfyUI's format, e.g. to share an A1111 install:
 
@@ -43,6 +45,8 @@ DEFAULT_FOLDERS = {
     "vae": "models/vae",
     "loras": "models/loras",
     "embeddings": "models/embeddings",
+    "upscale_models": "models/upscale_models",
+    "controlnet": "models/controlnet",
 }
 
 

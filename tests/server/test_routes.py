@@ -127,7 +127,14 @@ async def test_models_routes(tmp_path):
     (models / "embeddings").mkdir()
     (models / "embeddings" / "style.pt").write_bytes(b"x")
     async with server(tmp_path) as client:
-        assert await get_json(client, "/models") == ["checkpoints", "vae", "loras", "embeddings"]
+        assert await get_json(client, "/models") == [
+            "checkpoints",
+            "vae",
+            "loras",
+            "embeddings",
+            "upscale_models",
+            "controlnet",
+        ]
         assert await get_json(client, "/models/checkpoints") == ["tiny.safetensors"]
         await get_json(client, "/models/unknown", expect=404)
         assert await get_json(client, "/embeddings") == ["style"]
