@@ -29,6 +29,7 @@ from torch import Tensor
 from atelier.errors import AtelierError, InputError
 from atelier.imaging import signed_to_uint8
 from atelier.limits import check_image_batch, check_prompt_text, check_sampling_cost
+from atelier.models.controlnet import AppliedControlNet, ControlStack
 from atelier.models.lora import WeightPatch, patched
 from atelier.sampling.denoisers import Denoiser, DiscreteSchedule, start_latent
 from atelier.sampling.guidance import GuidanceTrace, cfg_denoiser
@@ -141,6 +142,8 @@ class Cond:
     context: Tensor  # (1, T, D)
     area: tuple[int, int, int, int] | None = None  # (height, width, y, x) in LATENT pixels; None: everywhere
     strength: float = 1.0
+    # ControlNets steering the UNet while it reads this entry (ControlNetApply appends; models/controlnet.py)
+    control: tuple[AppliedControlNet, ...] = ()
 
 
 def _area_weight(cond: Cond, x: Tensor) -> tuple[tuple[slice, slice], Tensor]:
@@ -177,6 +180,9 @@ def composed_denoiser(denoise: Callable[..., Tensor], conds: list[Cond]) -> Call
             weight = weight.to(x.device, x.dtype)
             crop = x[:, :, ys, xs]
             context = cond.context.to(x.device).expand(x.shape[0], -1, -1)
+            if cond.control:  # the ControlNets' residuals, for the part of the latent this entry covers
+                area = (ys, xs) if cond.area is not None else None
+                kwargs = {**kwargs, "control": ControlStack(cond.control, area, full=tuple(x.shape[-2:]))}
             total[:, :, ys, xs] += denoise(crop, sigma, context=context, **kwargs) * weight
             count[:, :, ys, xs] += weight
         return total / count
@@ -190,8 +196,12 @@ def _as_conds(conditioning: Tensor | Sequence[Cond]) -> list[Cond]:
 
 def guide(denoise: Callable[..., Tensor], positive: list[Cond], negative: list[Cond], scale: float):
     """Classifier-free guidance over conditionings. The common case, one full-image context on each side, runs
-    cond and uncond as one batch (guidance.cfg_denoiser); area compositions combine their entries first."""
-    simple = all(len(c) == 1 and c[0].area is None and c[0].strength == 1.0 for c in (positive, negative))
+    cond and uncond as one batch (guidance.cfg_denoiser); area compositions combine their entries first, and so
+    do conditionings with ControlNets (each side then runs on its own, with its own ControlNets: two UNet passes
+    per step instead of one batch of two)."""
+    simple = all(
+        len(c) == 1 and c[0].area is None and c[0].strength == 1.0 and not c[0].control for c in (positive, negative)
+    )
     if simple:
         return cfg_denoiser(denoise, positive[0].context, negative[0].context, scale)
     cond_fn, uncond_fn = composed_denoiser(denoise, positive), composed_denoiser(denoise, negative)

@@ -52,6 +52,8 @@ def _describe_file(path: Path) -> list[str]:
         return lines[:1] + _describe_embedding(file) + lines[1:]
     if family == "upscaler":
         return lines[:1] + _describe_upscaler(file) + lines[1:]
+    if family == "controlnet":
+        return lines[:1] + _describe_controlnet(file) + lines[1:]
     if family not in detect.SUPPORTED_FAMILIES:
         lines.insert(1, _row("kind", f"{_family_label(family)} (found {evidence})"))
         try:
@@ -167,6 +169,27 @@ def _describe_embedding(file: WeightsFile) -> list[str]:
         _row("vectors", f"{count} x {width} (it takes {count} of the prompt's 75 token positions)"),
         _row("use", f"embedding:{Path(file.name).stem} in a prompt, the file in models/embeddings"),
     ]
+
+
+def _describe_controlnet(file: WeightsFile) -> list[str]:
+    """A ControlNet: its layout, the UNet it copies, its hint encoder, what it adds to the UNet."""
+    from atelier.models.controlnet import describe_controlnet, skip_channels
+
+    layout, config = describe_controlnet(file.index.shapes)
+    lines = [_row("layout", layout)]
+    if config is None:
+        return [_row("kind", "a ControlNet whose shapes could not be read (incomplete file?)"), *lines]
+    unet = config.unet
+    lines.insert(0, _row("kind", f"a ControlNet for a Stable Diffusion 1.x UNet {unet.block_channels} wide "
+                                 f"(context {unet.context_dim})"))  # fmt: skip
+    widths = ", ".join(map(str, config.hint_block_channels))
+    lines += [
+        _row("hint", f"a {config.hint_channels}-channel image at the picture's size, encoded by convs {widths} wide"),
+        _row("adds", f"{len(skip_channels(unet))} residuals to the UNet's skips and 1 to its middle block"),
+        _row("params", _params(file.index.shapes)),
+        _row("use", "Load ControlNet Model + Apply ControlNet, the file in models/controlnet"),
+    ]
+    return lines
 
 
 def _describe_upscaler(file: WeightsFile) -> list[str]:
