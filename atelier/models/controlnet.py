@@ -26,6 +26,7 @@ applies add up): each call of the denoiser asks it for the summed residuals of t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,7 +73,7 @@ class HintEncoder(nn.Module):
         widths = config.hint_block_channels
         self.conv_in = nn.Conv2d(config.hint_channels, widths[0], 3, padding=1)
         blocks = []
-        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+        for c_in, c_out in itertools.pairwise(widths):
             blocks += [nn.Conv2d(c_in, c_in, 3, padding=1), nn.Conv2d(c_in, c_out, 3, padding=1, stride=2)]
         self.blocks = nn.ModuleList(blocks)
         self.conv_out = nn.Conv2d(widths[-1], config.unet.block_channels[0], 3, padding=1)

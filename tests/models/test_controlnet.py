@@ -196,6 +196,8 @@ def test_sd15_size_matches_diffusers():
     with torch.no_grad():
         got = ours(x, t, context, hint)
         down, mid = ref(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
-    worst = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip([*got.down, got.mid], [*down, mid]))
+    worst = max(
+        ((a - b).abs().max() / b.abs().max()).item() for a, b in zip([*got.down, got.mid], [*down, mid], strict=True)
+    )
     print(f"\nSD1.5 ControlNet, 32x32 latent: worst relative max difference over the 13 residuals {worst:.2e}")
     assert worst < 1e-4
