@@ -19,6 +19,7 @@ from typing import Any
 
 from atelier.graph.kit import Node, NodeEnvironment
 from atelier.graph.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea
+from atelier.graph.nodes.controlnet import ControlNetApply, ControlNetApplyAdvanced, ControlNetLoader
 from atelier.graph.nodes.image import (
     ImageScale,
     ImageScaleBy,
@@ -38,6 +39,7 @@ from atelier.graph.nodes.latent import (
     VAEEncode,
 )
 from atelier.graph.nodes.loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
+from atelier.graph.nodes.preprocessors import Canny, ScribbleFromEdges
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
 from atelier.graph.nodes.upscale import ImageUpscaleWithModel, UpscaleModelLoader
 from atelier.graph.registry import NodeRegistry
@@ -52,10 +54,13 @@ CORE_NODES: tuple[type[Node], ...] = (
     LoraLoader,
     LoraLoaderModelOnly,
     UpscaleModelLoader,
+    ControlNetLoader,
     CLIPTextEncode,
     CLIPSetLastLayer,
     ConditioningCombine,
     ConditioningSetArea,
+    ControlNetApply,
+    ControlNetApplyAdvanced,
     EmptyLatentImage,
     RepeatLatentBatch,
     LatentUpscale,
@@ -73,6 +78,8 @@ CORE_NODES: tuple[type[Node], ...] = (
     ImageScaleToTotalPixels,
     ImagePadForOutpaint,
     ImageUpscaleWithModel,
+    Canny,
+    ScribbleFromEdges,
     SaveImage,
     PreviewImage,
 )
@@ -90,6 +97,7 @@ _DYNAMIC_OPTIONS = {
     ("LoraLoader", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoraLoaderModelOnly", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("UpscaleModelLoader", "model_name"): lambda env: lambda: env.models.list("upscale_models"),
+    ("ControlNetLoader", "control_net_name"): lambda env: lambda: env.models.list("controlnet"),
     ("LoadImage", "image"): _input_images,
     ("LoadImageMask", "image"): _input_images,
 }

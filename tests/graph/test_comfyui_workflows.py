@@ -271,3 +271,59 @@ def test_embeddings_in_a_prompt_are_read_and_unknown_ones_are_named(env):
     assert styled != plain
     assert ui["6"] == {"warnings": ["embedding:nowhere matched no file in models/embeddings and was left out."]}
     assert missing == run(f"{text} ")[0]  # left out: the same windows as the prompt without it
+
+
+def random_controlnet_files(folder: Path) -> None:
+    """Two random ControlNets for the embedded model's UNet: the canny one in the original single-file layout
+    (control_model.*), the scribble one in diffusers' names; both carry the UNet config (heads, norm groups)."""
+    from atelier.models.config import config_to_json
+    from atelier.models.controlnet import ControlNet, ControlNetConfig
+    from tests.models.test_controlnet import original_layout
+
+    unet = load_checkpoint(embedded_model_path(), device="cpu").unet.config
+    config = ControlNetConfig(unet)
+    meta = {"atelier.unet_config": config_to_json(unet)}
+    torch.manual_seed(5)
+    canny = {k: v.contiguous() for k, v in ControlNet(config).state_dict().items()}  # zero convs not zero: random
+    canny_file = folder / "control_v11p_sd15_canny_fp16.safetensors"
+    save_file(original_layout(canny, config, "control_model."), str(canny_file), metadata=meta)
+    scribble = {k: v.contiguous() for k, v in ControlNet(config).state_dict().items()}
+    save_file(scribble, str(folder / "control_v11p_sd15_scribble_fp16.safetensors"), metadata=meta)
+
+
+def test_controlnet_workflow_converts_to_the_api_prompt_and_runs(env):
+    """A workflow drawn as ComfyUI's ControlNet examples are (Canny edges of a photo into Apply ControlNet with a
+    step window, then a scribble ControlNet stacked with Apply ControlNet (OLD)): it converts to the API prompt
+    ComfyUI queues for it and runs on random-weight files. With both strengths at 0 the image is the plain
+    txt2img one, pixel for pixel; with the ControlNets it differs."""
+    registry, executor, files = env
+    folder = registry.get("ControlNetLoader").env.models.folders_for("controlnet")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    random_controlnet_files(folder)
+    example_image(files.input_path("house_photo.png"), (64, 48))
+    example_image(files.input_path("input_scribble_example.png"), (96, 96))
+    prompt = ui_to_api(load("controlnet_canny_scribble.json"), registry)
+    queued = load("controlnet_canny_scribble.api.json")
+    assert {k: {"inputs": v["inputs"], "class_type": v["class_type"]} for k, v in prompt.items()} == queued
+    prompt = shrink(prompt, registry)
+
+    def run(graph: dict) -> dict[str, bytes]:
+        checked = validate_prompt(graph, registry)
+        assert checked.ok and checked.node_errors == {}, checked.node_errors
+        log = EventLog()
+        executor.execute(checked.prompt, checked.outputs, listener=log)
+        assert log.names()[-1] == "execution_success", log.payloads("execution_error")
+        out = {}
+        for node_id, ui in log.payloads("executed"):
+            with Image.open(files.path(ui["images"][0])) as png:
+                out[node_id] = (png.size, png.tobytes())
+        return out
+
+    controlled = run(prompt)
+    assert controlled["9"][0] == (64, 64) and controlled["18"][0] == (64, 48)  # the image; the Canny edges
+    off = json.loads(json.dumps(prompt))
+    off["13"]["inputs"]["strength"] = off["17"]["inputs"]["strength"] = 0.0
+    plain = json.loads(json.dumps(prompt))
+    plain["3"]["inputs"]["positive"], plain["3"]["inputs"]["negative"] = ["6", 0], ["7", 0]
+    assert run(off)["9"] == run(plain)["9"]
+    assert controlled["9"] != run(plain)["9"]
