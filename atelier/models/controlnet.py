@@ -254,7 +254,8 @@ def load_controlnet(
         config = controlnet_config(shapes)
     except KeyError as error:
         raise CheckpointError(f"{file.name} looks like a ControlNet but lacks the weight {error}.") from None
-    settings = unstored_settings(file, weights.parent / "config.json" if path.is_dir() else None)
+    # a diffusers ControlNet folder lists as <folder>/diffusion_pytorch_model.safetensors: its config.json is beside
+    settings = unstored_settings(file, weights.parent / "config.json" if layout == "diffusers" else None)
     config = dataclasses.replace(config, unet=dataclasses.replace(config.unet, **settings))
     with torch.device("meta"):
         network = ControlNet(config)

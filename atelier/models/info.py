@@ -34,7 +34,13 @@ def describe_model(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; expected a model file or a diffusers model folder.")
-    lines = _describe_folder(path) if path.is_dir() else _describe_file(path)
+    if path.is_dir() and not (path / "model_index.json").is_file() and (path / "config.json").is_file():
+        from atelier.models.controlnet import controlnet_weights_file  # a diffusers ControlNet folder
+
+        weights = controlnet_weights_file(path)
+        lines = [path.name + "/", *_describe_file(weights)[1:]]
+    else:
+        lines = _describe_folder(path) if path.is_dir() else _describe_file(path)
     return "\n".join(lines)
 
 
