@@ -239,3 +239,33 @@ def test_bad_files_get_one_sentence(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="truncated"):
         load_upscale_model(truncated)
+
+
+class StopAfter:
+    """A node context whose check_interrupt raises once `tiles` progress reports have come (a user pressing stop)."""
+
+    def __init__(self, tiles: int) -> None:
+        self.tiles, self.reports = tiles, []
+
+    def progress(self, value, total):
+        self.reports.append((value, total))
+
+    def check_interrupt(self):
+        if len(self.reports) >= self.tiles:
+            raise KeyboardInterrupt("stopped")
+
+
+def test_the_node_reports_each_tile_and_stops_between_tiles(tmp_path, monkeypatch):
+    from atelier.graph.nodes.upscale import ImageUpscaleWithModel
+
+    path = tmp_path / "x4.safetensors"
+    save_file(real_esrgan_state(nb=1), str(path))
+    model = load_upscale_model(path)
+    monkeypatch.setattr("atelier.graph.nodes.upscale.TILE", 8)  # 16x24 input: 2 x 3 tiles
+    done = StopAfter(tiles=100)
+    (out,) = ImageUpscaleWithModel().run(done, model, image(16, 24))
+    assert out.shape == (1, 64, 96, 3) and done.reports == [(i, 6) for i in range(1, 7)]
+    stop = StopAfter(tiles=2)
+    with pytest.raises(KeyboardInterrupt):
+        ImageUpscaleWithModel().run(stop, model, image(16, 24))
+    assert stop.reports == [(1, 6), (2, 6)]

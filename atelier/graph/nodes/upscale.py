@@ -8,7 +8,7 @@ from atelier import device as devices
 from atelier.graph.kit import Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.limits import check_image_batch
-from atelier.models.upscale import TILE, UpscaleModel, load_upscale_model, upscale_image
+from atelier.models.upscale import OVERLAP, TILE, UpscaleModel, load_upscale_model, upscale_image
 
 
 class UpscaleModelLoader(Node):
@@ -51,4 +51,4 @@ class ImageUpscaleWithModel(Node):
             ctx.check_interrupt()  # raises the executor's Interrupted between tiles
 
         ctx.check_interrupt()
-        return (upscale_image(upscale_model, image, on_tile=on_tile).to(image.dtype).cpu(),)
+        return (upscale_image(upscale_model, image, TILE, OVERLAP, on_tile).to(image.dtype).cpu(),)
