@@ -180,10 +180,11 @@ def composed_denoiser(denoise: Callable[..., Tensor], conds: list[Cond]) -> Call
             weight = weight.to(x.device, x.dtype)
             crop = x[:, :, ys, xs]
             context = cond.context.to(x.device).expand(x.shape[0], -1, -1)
+            extra = dict(kwargs)
             if cond.control:  # the ControlNets' residuals, for the part of the latent this entry covers
                 area = (ys, xs) if cond.area is not None else None
-                kwargs = {**kwargs, "control": ControlStack(cond.control, area, full=tuple(x.shape[-2:]))}
-            total[:, :, ys, xs] += denoise(crop, sigma, context=context, **kwargs) * weight
+                extra["control"] = ControlStack(cond.control, area, full=tuple(x.shape[-2:]))
+            total[:, :, ys, xs] += denoise(crop, sigma, context=context, **extra) * weight
             count[:, :, ys, xs] += weight
         return total / count
 

@@ -344,7 +344,12 @@ class ControlStack:
     `area` (ys, xs) is the slice of the full latent that x_in covers when the conditioning is limited to an area
     (ConditioningSetArea): the hint is resized to the whole latent and cut the same way."""
 
-    def __init__(self, controls: tuple[AppliedControlNet, ...], area: tuple[slice, slice] | None = None, full=None):
+    def __init__(
+        self,
+        controls: tuple[AppliedControlNet, ...],
+        area: tuple[slice, slice] | None = None,
+        full: tuple[int, int] | None = None,
+    ) -> None:
         self.controls = controls
         self.area = area
         self.full = full  # (h, w) of the whole latent, when `area` is given

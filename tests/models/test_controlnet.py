@@ -200,3 +200,26 @@ def test_sd15_size_matches_diffusers():
     )
     print(f"\nSD1.5 ControlNet, 32x32 latent: worst relative max difference over the 13 residuals {worst:.2e}")
     assert worst < 1e-4
+
+
+def test_only_the_entries_that_carry_controlnets_get_them_and_areas_cut_the_hint():
+    from atelier.pipeline import Cond, composed_denoiser
+
+    ours, _ = paired(TINY)
+    x, _, context, hint = inputs(TINY, batch=1, size=8)
+    applied = AppliedControlNet(ours, hint.movedim(1, -1))
+    seen = []
+
+    def denoise(x, sigma, context, control=None):
+        seen.append(control)
+        return x
+
+    conds = [
+        Cond(context[:1], control=(applied,)),
+        Cond(context[:1]),
+        Cond(context[:1], area=(4, 4, 2, 4), control=(applied,)),
+    ]
+    composed_denoiser(denoise, conds)(x, torch.tensor([1.0]))
+    assert isinstance(seen[0], ControlStack) and seen[1] is None and isinstance(seen[2], ControlStack)
+    crop = seen[2]._hint(applied, 0, x[:, :, 2:6, 4:8])
+    torch.testing.assert_close(crop, hint[:, :, 16:48, 32:64])  # the area's part of the hint, 8x the latent
