@@ -181,6 +181,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "join link; each learner sees only their own work")
     p.add_argument("--data-dir", type=Path, default=Path("atelier-data"),
                    help="inputs, outputs, history, user workflows and models/ (ComfyUI layout)")
+    p.add_argument("--preview-method", choices=["none", "auto", "latent2rgb", "taesd"], default="none",
+                   help="live sampler previews for prompts that do not ask (extra_data.preview_method), as in "
+                        "ComfyUI: none by default; the lab and the node editor ask for them themselves")
     _add_no_fast(p)
     p.set_defaults(func=_serve)
 
@@ -189,7 +192,8 @@ def _serve(args: argparse.Namespace) -> int:
     from atelier.server.app import run_server
 
     return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir,
-                      fast=False if args.no_fast else None, allowed_hosts=args.allowed_host, classroom=args.classroom)
+                      fast=False if args.no_fast else None, allowed_hosts=args.allowed_host, classroom=args.classroom,
+                      preview_method=args.preview_method)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

@@ -142,8 +142,24 @@ class Cond:
     context: Tensor  # (1, T, D)
     area: tuple[int, int, int, int] | None = None  # (height, width, y, x) in LATENT pixels; None: everywhere
     strength: float = 1.0
+    # The part of sampling this entry takes part in (ConditioningSetTimestepRange), as fractions of the way from
+    # pure noise (0) to the end (1); outside it the entry is left out of the average, as in ComfyUI.
+    start_percent: float = 0.0
+    end_percent: float = 1.0
     # ControlNets steering the UNet while it reads this entry (ControlNetApply appends; models/controlnet.py)
     control: tuple[AppliedControlNet, ...] = ()
+
+    @property
+    def everywhere_always(self) -> bool:
+        """True for a plain entry: the whole image, full strength, every step."""
+        return self.area is None and self.strength == 1.0 and self.start_percent <= 0.0 and self.end_percent >= 1.0
+
+    def active_at(self, sigma: float, schedule: DiscreteSchedule) -> bool:
+        """Whether this entry takes part in the step at noise level `sigma` (ComfyUI's rule: the step's sigma lies
+        between the sigmas of end_percent and start_percent, both ends included)."""
+        if self.start_percent <= 0.0 and self.end_percent >= 1.0:
+            return True
+        return schedule.percent_to_sigma(self.end_percent) <= sigma <= schedule.percent_to_sigma(self.start_percent)
 
 
 def _area_weight(cond: Cond, x: Tensor) -> tuple[tuple[slice, slice], Tensor]:
@@ -169,13 +185,20 @@ def _area_weight(cond: Cond, x: Tensor) -> tuple[tuple[slice, slice], Tensor]:
     return (slice(y, y + ah), slice(x0, x0 + aw)), weight
 
 
-def composed_denoiser(denoise: Callable[..., Tensor], conds: list[Cond]) -> Callable[..., Tensor]:
-    """x0 for a list of Conds: each predicts on its area, predictions are averaged with their weights."""
+def composed_denoiser(
+    denoise: Callable[..., Tensor], conds: list[Cond], schedule: DiscreteSchedule | None = None
+) -> Callable[..., Tensor]:
+    """x0 for a list of Conds: each predicts on its area, predictions are averaged with their weights. Entries with
+    a timestep range (start/end percent) join only the steps inside it (`schedule` converts percents to sigmas)."""
+    schedule = schedule or DiscreteSchedule.scaled_linear()
 
     def combined(x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         total = torch.zeros_like(x)
         count = torch.full_like(x, 1e-37)  # a pixel no Cond covers keeps x0 = 0 instead of dividing by zero
+        now = float(sigma.reshape(-1)[0])  # the batch steps through the same sigmas (ComfyUI reads the first too)
         for cond in conds:
+            if not cond.active_at(now, schedule):
+                continue
             (ys, xs), weight = _area_weight(cond, x)
             weight = weight.to(x.device, x.dtype)
             crop = x[:, :, ys, xs]
@@ -195,17 +218,22 @@ def _as_conds(conditioning: Tensor | Sequence[Cond]) -> list[Cond]:
     return [Cond(conditioning)] if isinstance(conditioning, Tensor) else list(conditioning)
 
 
-def guide(denoise: Callable[..., Tensor], positive: list[Cond], negative: list[Cond], scale: float):
+def guide(
+    denoise: Callable[..., Tensor],
+    positive: list[Cond],
+    negative: list[Cond],
+    scale: float,
+    schedule: DiscreteSchedule | None = None,
+):
     """Classifier-free guidance over conditionings. The common case, one full-image context on each side, runs
-    cond and uncond as one batch (guidance.cfg_denoiser); area compositions combine their entries first, and so
-    do conditionings with ControlNets (each side then runs on its own, with its own ControlNets: two UNet passes
-    per step instead of one batch of two)."""
-    simple = all(
-        len(c) == 1 and c[0].area is None and c[0].strength == 1.0 and not c[0].control for c in (positive, negative)
-    )
+    cond and uncond as one batch (guidance.cfg_denoiser); area compositions, several entries, timestep ranges and
+    ControlNets combine their entries first (`composed_denoiser`; with ControlNets each side then runs on its own,
+    with its own ControlNets: two UNet passes per step instead of one batch of two)."""
+    simple = all(len(c) == 1 and c[0].everywhere_always and not c[0].control for c in (positive, negative))
     if simple:
         return cfg_denoiser(denoise, positive[0].context, negative[0].context, scale)
-    cond_fn, uncond_fn = composed_denoiser(denoise, positive), composed_denoiser(denoise, negative)
+    cond_fn = composed_denoiser(denoise, positive, schedule)
+    uncond_fn = composed_denoiser(denoise, negative, schedule)
     trace = GuidanceTrace(scale=float(scale), skipped_uncond=math.isclose(scale, 1.0))
 
     def guided(x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
@@ -321,7 +349,6 @@ def sample(
     """
     settings.check()
     seed = resolve_seed(settings.seed)
-    device, dtype = model.device, torch.float32
     sigmas = sigmas_for(settings.scheduler, model.schedule, settings.steps, settings.denoise)
     if end_step is not None and end_step < len(sigmas) - 1:
         sigmas = sigmas[: end_step + 1].clone()
@@ -332,13 +359,45 @@ def sample(
             return SampleResult(latent, seed, sigmas[-1:], GuidanceTrace(settings.cfg, False))
         sigmas = sigmas[start_step:]
     check_sampling_cost(latent.shape, len(sigmas) - 1)  # the steps that will run, after denoise and the cuts
-    sigmas = sigmas.to(device)
 
+    noise = initial_noise(seed, latent.shape, batch_index) if add_noise else torch.zeros(latent.shape)
+    guided = guide(model.denoiser(), _as_conds(positive), _as_conds(negative), settings.cfg, model.schedule)
+    out = sample_sigmas(
+        model, latent, sigmas, guided, settings.sampler, noise, seed,
+        noise_mask=noise_mask, on_step=on_step, interrupt=interrupt,
+    )  # fmt: skip
+    return SampleResult(out, seed, sigmas.cpu(), guided.trace)
+
+
+@torch.no_grad()
+def sample_sigmas(
+    model: DiffusionModel,
+    latent: Tensor,
+    sigmas: Tensor,
+    guided: Callable[..., Tensor],
+    sampler: str,
+    noise: Tensor,
+    seed: int,
+    *,
+    sampler_options: dict | None = None,
+    noise_mask: Tensor | None = None,
+    on_step: OnStep | None = None,
+    interrupt: threading.Event | None = None,
+) -> Tensor:
+    """The sampling loop itself, once every choice is made: ComfyUI's SamplerCustomAdvanced, and what `sample`
+    (the KSampler) calls after computing its sigmas, noise and guidance. Returns the RAW latent.
+
+    latent: RAW (B, 4, h, w); sigmas: the (N + 1,) noise levels to walk; guided(x, sigma) -> x0 (guidance done);
+    sampler: a name of SAMPLERS, called with `sampler_options` (eta, s_noise...); noise: (B, 4, h, w) N(0, I) or
+    zeros, scaled to sigmas[0] here (`start_latent`); seed: the per-step noise of ancestral and SDE samplers.
+    """
+    device, dtype = model.device, torch.float32
+    sigmas = sigmas.to(device, dtype)
     scaled = latent.to(device, dtype) * model.latent_scale  # (B, 4, h, w), the sampler's space
-    noise = initial_noise(seed, latent.shape, batch_index).to(device) if add_noise else torch.zeros_like(scaled)
-    x = start_latent(model.schedule, sigmas, noise, scaled) if len(sigmas) > 1 else scaled
+    noise = noise.to(device, dtype)
+    # Noised to sigmas[0]; a lone sigma means no step, and the latent comes back noised to it (ComfyUI's rule too).
+    x = start_latent(model.schedule, sigmas, noise, scaled)
 
-    guided = guide(model.denoiser(), _as_conds(positive), _as_conds(negative), settings.cfg)
     denoise: Callable[..., Tensor] = guided
     if noise_mask is not None:
         mask = prepare_mask(noise_mask, scaled)
@@ -355,12 +414,12 @@ def sample(
         check_interrupt(interrupt)
         # Per-step noise of ancestral/SDE samplers: its own stream, seeded from the seed (see noise.py).
         noise_sampler = seeded_noise_sampler(x, seed)
-        sampler = SAMPLERS[settings.sampler]
         with patched(model.unet, model.patches):
-            x = sampler(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler)
+            x = SAMPLERS[sampler](denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler,
+                                  **(sampler_options or {}))  # fmt: skip
         if noise_mask is not None:
             x = x * mask + scaled * (1 - mask)
-    return SampleResult(x / model.latent_scale, seed, sigmas.cpu(), guided.trace)
+    return x / model.latent_scale
 
 
 # --------------------------------------------------------------------------------------------------------------

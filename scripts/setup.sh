@@ -29,7 +29,7 @@ fi
 "${pip[@]}" --no-deps open-clip-torch==3.3.0
 
 if [ "$extra" = "test" ]; then
-    "${pip[@]}" -e ".[test]"
+    "${pip[@]}" -e ".[test,cluster]"  # cluster: the Ray workers' tests
     # End-to-end tests drive the system Chromium (Debian's package); browser downloads are not possible here.
     if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null

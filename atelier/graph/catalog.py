@@ -18,8 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from atelier.graph.kit import Node, NodeEnvironment
-from atelier.graph.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea
+from atelier.graph.nodes.compose import COMPOSE_NODES
+from atelier.graph.nodes.conditioning import (
+    CLIPSetLastLayer,
+    CLIPTextEncode,
+    ConditioningAverage,
+    ConditioningCombine,
+    ConditioningConcat,
+    ConditioningSetArea,
+    ConditioningSetTimestepRange,
+    ConditioningZeroOut,
+)
 from atelier.graph.nodes.controlnet import ControlNetApply, ControlNetApplyAdvanced, ControlNetLoader
+from atelier.graph.nodes.custom_sampling import CUSTOM_SAMPLING_NODES
 from atelier.graph.nodes.image import (
     ImageScale,
     ImageScaleBy,
@@ -28,6 +39,7 @@ from atelier.graph.nodes.image import (
     LoadImageMask,
     PreviewImage,
     SaveImage,
+    SaveImageWebsocket,
 )
 from atelier.graph.nodes.inpaint import ImagePadForOutpaint, SetLatentNoiseMask, VAEEncodeForInpaint
 from atelier.graph.nodes.latent import (
@@ -38,7 +50,16 @@ from atelier.graph.nodes.latent import (
     VAEDecode,
     VAEEncode,
 )
-from atelier.graph.nodes.loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
+from atelier.graph.nodes.loaders import (
+    CheckpointLoaderSimple,
+    CLIPLoader,
+    DualCLIPLoader,
+    LoraLoader,
+    LoraLoaderModelOnly,
+    UNETLoader,
+    VAELoader,
+)
+from atelier.graph.nodes.model_merging import MODEL_MERGING_NODES
 from atelier.graph.nodes.preprocessors import Canny, ScribbleFromEdges
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced
 from atelier.graph.nodes.upscale import ImageUpscaleWithModel, UpscaleModelLoader
@@ -51,6 +72,9 @@ from atelier.models.paths import ModelPaths
 CORE_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple,
     VAELoader,
+    UNETLoader,
+    CLIPLoader,
+    DualCLIPLoader,
     LoraLoader,
     LoraLoaderModelOnly,
     UpscaleModelLoader,
@@ -82,6 +106,15 @@ CORE_NODES: tuple[type[Node], ...] = (
     ScribbleFromEdges,
     SaveImage,
     PreviewImage,
+    SaveImageWebsocket,
+    # conditioning arithmetic (nodes/conditioning.py)
+    ConditioningAverage,
+    ConditioningConcat,
+    ConditioningSetTimestepRange,
+    ConditioningZeroOut,
+    *COMPOSE_NODES,  # latent and image tools (nodes/compose.py)
+    *MODEL_MERGING_NODES,  # ModelMergeSimple, CheckpointSave (nodes/model_merging.py)
+    *CUSTOM_SAMPLING_NODES,  # the custom-sampling graph (nodes/custom_sampling.py)
 )
 
 
@@ -94,6 +127,10 @@ def _input_images(env: NodeEnvironment) -> Options:
 _DYNAMIC_OPTIONS = {
     ("CheckpointLoaderSimple", "ckpt_name"): lambda env: env.checkpoint_names,
     ("VAELoader", "vae_name"): lambda env: lambda: env.models.list("vae"),
+    ("UNETLoader", "unet_name"): lambda env: lambda: env.models.list("diffusion_models"),
+    ("CLIPLoader", "clip_name"): lambda env: lambda: env.models.list("text_encoders"),
+    ("DualCLIPLoader", "clip_name1"): lambda env: lambda: env.models.list("text_encoders"),
+    ("DualCLIPLoader", "clip_name2"): lambda env: lambda: env.models.list("text_encoders"),
     ("LoraLoader", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoraLoaderModelOnly", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("UpscaleModelLoader", "model_name"): lambda env: lambda: env.models.list("upscale_models"),

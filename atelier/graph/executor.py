@@ -19,7 +19,8 @@ input list, shorter lists repeating their last item (so one prompt x four seeds 
 
 Events go to an `ExecutionListener` (names and payloads follow ComfyUI's WebSocket messages; the server adds
 prompt_id and timestamps): execution_start, execution_cached(node_ids), executing(node_id),
-progress(node_id, value, total), preview(node_id, image), will_write(node_id, file ref: an output file about to
+progress(node_id, value, total), preview(node_id, image), image(node_id, bytes, mime: a whole image a node
+sends through the socket, SaveImageWebsocket), will_write(node_id, file ref: an output file about to
 appear, see files.write_new), executed(node_id, ui), then one of execution_success,
 execution_error(error) or execution_interrupted(info). A failing node ends the prompt with execution_error; the
 executor itself stays usable for the next prompt. `execute` is synchronous: the server calls it from its worker
@@ -66,6 +67,8 @@ class ExecutionListener:
 
     def preview(self, node_id: str, image: Any) -> None: ...
 
+    def image(self, node_id: str, data: bytes, mime: str) -> None: ...
+
     def will_write(self, node_id: str, ref: dict) -> None: ...
 
     def executed(self, node_id: str, ui: dict) -> None: ...
@@ -103,6 +106,9 @@ class EventLog(ExecutionListener):
 
     def preview(self, node_id: str, image: Any) -> None:
         self.events.append(("preview", (node_id, image)))
+
+    def image(self, node_id: str, data: bytes, mime: str) -> None:
+        self.events.append(("image", (node_id, data, mime)))
 
     def will_write(self, node_id: str, ref: dict) -> None:
         self.events.append(("will_write", (node_id, ref)))
@@ -150,6 +156,9 @@ class RunContext:
 
     def preview(self, image: Any) -> None:
         self._listener.preview(self.node_id, image)
+
+    def send_image(self, data: bytes, mime: str = "image/png") -> None:
+        self._listener.image(self.node_id, data, mime)
 
     def will_write(self, ref: dict) -> None:
         self._listener.will_write(self.node_id, ref)

@@ -176,6 +176,26 @@ def run_sampler(
     """The KSampler's loop, shared by KSampler, KSamplerAdvanced and the teaching nodes: progress and live
     previews through the node context; `also_on_step(step)`, when given, sees every step too (film strips,
     attention maps). `options` go to `pipeline.sample` (add_noise, start_step, ...). Returns the LATENT."""
+    result = sample(
+        model,
+        latent["samples"],
+        positive,
+        negative,
+        settings,
+        noise_mask=latent.get("noise_mask"),
+        batch_index=latent.get("batch_index"),
+        on_step=progress_and_previews(ctx, model, also_on_step),
+        interrupt=InterruptFlag(ctx),
+        **options,
+    )
+    out = dict(latent)
+    out["samples"] = result.latent.cpu()
+    return out
+
+
+def progress_and_previews(ctx: NodeContext, model: DiffusionModel, also_on_step: OnStep | None = None) -> OnStep:
+    """The per-step callback of every node that samples: progress, and a live preview of the denoised guess
+    (when the model has a latent -> RGB map); `also_on_step(step)` sees every step too."""
     preview_map = _preview_map(model)
 
     def on_step(step: Step) -> None:
@@ -187,21 +207,7 @@ def run_sampler(
         if also_on_step is not None:
             also_on_step(step)
 
-    result = sample(
-        model,
-        latent["samples"],
-        positive,
-        negative,
-        settings,
-        noise_mask=latent.get("noise_mask"),
-        batch_index=latent.get("batch_index"),
-        on_step=on_step,
-        interrupt=InterruptFlag(ctx),
-        **options,
-    )
-    out = dict(latent)
-    out["samples"] = result.latent.cpu()
-    return out
+    return on_step
 
 
 def _preview_map(model: DiffusionModel) -> torch.Tensor | None:

@@ -18,7 +18,8 @@ A node is a plain class with a `SCHEMA` and a `run` method:
   when it also has something to show in the editor: `NodeOutput(result=(...), ui={"images": [...]})`.
   ComfyUI's `{"ui": ..., "result": ...}` dict is accepted as well.
 - `ctx` is the node's line back to the executor: `ctx.progress(value, total)`, `ctx.preview(image)`,
-  `ctx.check_interrupt()`, plus `ctx.node_id`, `ctx.prompt` and `ctx.extra_pnginfo` (see executor.py).
+  `ctx.send_image(png)`, `ctx.check_interrupt()`, plus `ctx.node_id`, `ctx.prompt` and `ctx.extra_pnginfo`
+  (see executor.py).
 - Optional class methods, both called with the node's constant inputs (only those their signature names, or all
   of them with `**kwargs`):
   - `is_changed(**inputs)` -> a value that changes when the node's result would (a file hash, say); the cache
@@ -279,7 +280,10 @@ class NodeContext(Protocol):
         """Report progress of this node (a sampler calls it once per step)."""
 
     def preview(self, image: Any) -> None:
-        """Send a preview image of work in progress to the editor."""
+        """Send a preview image of work in progress to the editor (dropped when the prompt asked for none)."""
+
+    def send_image(self, data: bytes, mime: str = "image/png") -> None:
+        """Send a finished, encoded image to the prompt's client through the WebSocket (SaveImageWebsocket)."""
 
     def check_interrupt(self) -> None:
         """Raise executor.Interrupted if the user pressed Cancel; long loops call it once per step."""

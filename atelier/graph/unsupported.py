@@ -63,23 +63,6 @@ def _strength(name: str) -> Input:
     return Input(name, "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01)
 
 
-class UNETLoader(NotSupportedYet):
-    SCHEMA = _schema(
-        "UNETLoader",
-        "Load Diffusion Model",
-        [
-            _file("unet_name"),
-            Input("weight_dtype", "COMBO", options=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]),
-        ],
-        [Output("MODEL")],
-    )
-    WHY = "would load a diffusion model on its own; use Load Checkpoint, which holds the UNet, CLIP and VAE"
-
-    @classmethod
-    def validate_inputs(cls, unet_name: str) -> str:
-        return cls.refusal()
-
-
 class ImageOnlyCheckpointLoader(NotSupportedYet):
     SCHEMA = _schema(
         "ImageOnlyCheckpointLoader",
@@ -113,7 +96,6 @@ class GLIGENLoader(NotSupportedYet):
 
 
 UNSUPPORTED_NODES: tuple[type[NotSupportedYet], ...] = (
-    UNETLoader,
     ImageOnlyCheckpointLoader,
     StyleModelLoader,
     GLIGENLoader,

@@ -25,6 +25,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from atelier.graph.comfy_core import is_comfyui_core
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Input, NodeSchema, as_link, coerce, nesting_depth, unwrap
 from atelier.graph.topology import Sources, sources_within, strongly_connected
@@ -118,10 +119,19 @@ def _unknown_node_type(prompt: dict, registry: NodeRegistry) -> dict | None:
             title = meta.get("title") if isinstance(meta, dict) else None
             title = title if isinstance(title, str) else class_type
             named = f"'{title}'" if title == class_type else f"'{title}' ({class_type})"
+            if is_comfyui_core(class_type):
+                message = (
+                    f"Node {named} is a ComfyUI node that Atelier does not have yet; bypass or delete it, or "
+                    "replace it with one Atelier runs."
+                )
+            else:
+                message = (
+                    f"Node {named} is not supported by Atelier: it is not one of ComfyUI's own nodes but comes "
+                    "from a custom node pack, and custom node packs cannot be installed."
+                )
             return error_entry(
                 "missing_node_type",
-                f"Node {named} is not supported by Atelier: it is not one of the core Stable "
-                "Diffusion 1.x nodes Atelier runs (custom node packs cannot be installed).",
+                message,
                 f"Node ID '#{node_id}'",
                 node_id=node_id,
                 class_type=class_type,

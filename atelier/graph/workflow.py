@@ -17,7 +17,9 @@ UI -> API (what the editor does when you press Queue):
 API -> UI (`api_to_ui`) lays nodes out left to right by depth (a node sits one column right of its deepest input)
 so a prompt made outside the editor (CLI, script, lab) can be opened and edited there.
 
-Subgraphs (workflow `definitions`) are not supported yet.
+Subgraphs (workflow `definitions.subgraphs`, see `_UIGraph`) are expanded into their nodes, with "12:5" ids (node
+5 inside instance 12), as the editor queues them; legacy group nodes (`extra.groupNodes`, see `_group_definitions`)
+become the equivalent subgraphs first, their inner nodes queued as "12:0", "12:1"...
 """
 
 from __future__ import annotations
@@ -86,18 +88,74 @@ def _ui_links(workflow: dict) -> dict[int, _UILink]:
     return links
 
 
+SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE = -10, -20  # the ids of a subgraph's input and output boundary nodes
+MAX_SUBGRAPH_DEPTH = 32  # subgraphs inside subgraphs; deeper means a definition that contains itself
+
+
+def _subgraph_definitions(workflow: dict) -> dict[str, dict]:
+    """Every subgraph definition by its id (a uuid): `definitions.subgraphs`, and nested `definitions` inside them."""
+    found: dict[str, dict] = {}
+    pending = [workflow]
+    while pending:
+        holder = pending.pop()
+        definitions = holder.get("definitions") if isinstance(holder, dict) else None
+        for sub in (definitions or {}).get("subgraphs") or [] if isinstance(definitions, dict) else []:
+            if isinstance(sub, dict) and isinstance(sub.get("id"), str) and sub["id"] not in found:
+                found[sub["id"]] = sub
+                pending.append(sub)
+    return found
+
+
 class _UIGraph:
-    def __init__(self, workflow: dict) -> None:
-        self.nodes = {n["id"]: n for n in workflow.get("nodes") or []}
+    """One level of a workflow: the root graph, or the inside of one subgraph instance.
+
+    Subgraphs (frontend 1.2x+): a node whose `type` is the id of a definition in `definitions.subgraphs` is an
+    instance of it. Inside, links from the input boundary node (id -10, slot i) stand for whatever feeds the
+    instance's input i, and links into the output boundary node (id -20, slot j) are what its output j gives.
+    Expanding an instance puts its inner nodes into the prompt under the path of instance ids, "12:5" (node 5
+    inside instance 12; "12:7:5" one level deeper), exactly as the editor queues them; its links are followed
+    across the boundaries, so the instance itself never reaches the prompt.
+    """
+
+    def __init__(
+        self,
+        workflow: dict,
+        subgraphs: dict[str, dict],
+        prefix: str = "",
+        parent: _UIGraph | None = None,
+        instance: dict | None = None,
+    ) -> None:
+        self.nodes = {n["id"]: n for n in workflow.get("nodes") or [] if isinstance(n, dict) and "id" in n}
         self.links = _ui_links(workflow)
+        self.subgraphs = subgraphs
+        self.prefix = prefix  # "" at the root, "12:" inside instance 12, "12:7:" inside instance 7 of that
+        self.parent = parent
+        self.instance = instance  # the node of the parent level this level is the inside of
+        self.promoted = _promoted_widgets(instance, workflow.get(GROUP_WIDGETS)) if instance is not None else {}
+
+    def is_instance(self, node: dict) -> bool:
+        return node.get("type") in self.subgraphs
+
+    def inside(self, node: dict) -> _UIGraph:
+        """The level inside subgraph instance `node` of this level."""
+        prefix = f"{self.prefix}{node['id']}:"
+        if prefix.count(":") > MAX_SUBGRAPH_DEPTH:
+            raise InputError(
+                f"Workflow node {prefix[:-1]!r} nests subgraphs more than {MAX_SUBGRAPH_DEPTH} deep; expected a "
+                "subgraph that does not contain itself."
+            )
+        return _UIGraph(self.subgraphs[node["type"]], self.subgraphs, prefix, self, node)
 
     def resolve(self, link_id: int | None, wanted_type: str) -> tuple[str, Any] | None:
-        """Follow a link back through reroutes and bypassed nodes: ("link", [origin_id, slot]), ("value", v) for
-        a PrimitiveNode, or None when it leads nowhere (a muted node, an unconnected reroute)."""
+        """Follow a link back through reroutes, bypassed nodes and subgraph boundaries: ("link", [origin_id, slot]),
+        ("value", v) for a PrimitiveNode or a subgraph input's widget, or None when it leads nowhere (a muted
+        node, an unconnected reroute, an unconnected subgraph input)."""
         seen = set()
         while link_id is not None and link_id not in seen:
             seen.add(link_id)
             link = self.links.get(link_id)
+            if link is not None and link.origin_id == SUBGRAPH_INPUT_NODE and self.parent is not None:
+                return self._from_outside(link.origin_slot, wanted_type)
             origin = None if link is None else self.nodes.get(link.origin_id)
             if origin is None:
                 return None
@@ -111,8 +169,36 @@ class _UIGraph:
                 return None
             elif mode == MODE_BYPASS:
                 link_id = self._bypass(origin, link.origin_slot, wanted_type)
+            elif self.is_instance(origin):  # what the subgraph's output boundary receives at that slot
+                inner = self.inside(origin)
+                feed = next(
+                    (
+                        inner_link.id
+                        for inner_link in inner.links.values()
+                        if inner_link.target_id == SUBGRAPH_OUTPUT_NODE and inner_link.target_slot == link.origin_slot
+                    ),
+                    None,
+                )
+                return inner.resolve(feed, wanted_type)
             else:
-                return ("link", [str(origin["id"]), link.origin_slot])
+                return ("link", [f"{self.prefix}{origin['id']}", link.origin_slot])
+        return None
+
+    def _from_outside(self, index: int, wanted_type: str) -> tuple[str, Any] | None:
+        """What feeds input `index` of the instance this level is the inside of: its link in the parent level, or
+        the value of its widget when the subgraph input is drawn as one on the instance."""
+        slots = self.instance.get("inputs") or []
+        if not 0 <= index < len(slots):
+            return None
+        slot = slots[index]
+        if slot.get("link") is not None:
+            return self.parent.resolve(slot["link"], wanted_type)
+        if "widget" in slot and isinstance(self.instance.get("widgets_values"), list):
+            widgets = [s for s in slots if "widget" in s]
+            values = self.instance["widgets_values"]
+            position = widgets.index(slot)
+            if position < len(values):
+                return ("value", values[position])
         return None
 
     @staticmethod
@@ -123,6 +209,23 @@ class _UIGraph:
             if index < len(inputs) and inputs[index].get("type") == wanted_type:
                 return inputs[index].get("link")
         return None
+
+
+def _promoted_widgets(instance: dict, group_widgets: list | None = None) -> dict[str, dict[str, Any]]:
+    """Widgets of inner nodes shown on a subgraph instance (`properties.proxyWidgets`, [[inner id, widget name]]),
+    with the values the instance stores for them: {inner id: {widget name: value}}. The editor keeps a promoted
+    widget's value in the inner node itself and the instance's widgets_values empty; a file whose instance lists
+    one value per proxy widget overrides the inner ones with them. A legacy group node lists every inner widget
+    (`group_widgets`, see _group_definition) and its widgets_values always hold their values."""
+    proxies = group_widgets if group_widgets is not None else (instance.get("properties") or {}).get("proxyWidgets")
+    values = instance.get("widgets_values")
+    if not isinstance(proxies, list) or not isinstance(values, list) or len(values) != len(proxies):
+        return {}
+    promoted: dict[str, dict[str, Any]] = {}
+    for proxy, value in zip(proxies, values, strict=True):
+        if isinstance(proxy, list) and len(proxy) == 2:
+            promoted.setdefault(str(proxy[0]), {})[str(proxy[1])] = value
+    return promoted
 
 
 def _widget_values(node: dict, schema: NodeSchema) -> dict[str, Any]:
@@ -145,21 +248,113 @@ def _widget_values(node: dict, schema: NodeSchema) -> dict[str, Any]:
     return found
 
 
+# ---- legacy group nodes -------------------------------------------------------------------------------------------
+
+GROUP_PREFIXES = ("workflow>", "workflow/")  # the type of a group node instance: "workflow>Name" (older: "workflow/")
+GROUP_WIDGETS = "atelier_group_widgets"  # a key of the converted definition: [inner id, input name] per widget value
+
+
+def _group_definitions(workflow: dict, registry: NodeRegistry) -> dict[str, dict]:
+    """Legacy group nodes (frontend before subgraphs; `extra.groupNodes`), as subgraph definitions by instance type.
+
+    A group node {nodes, links: [[from index, slot, to index, slot, ...]], external: [[index, slot, type]]} is
+    drawn as one node whose sockets are its inner nodes' free ones, in the order the editor builds them
+    (GroupNodeConfig): first every inner input that no inner link feeds, node by node, then the inner inputs made
+    from widgets; outputs are every inner output not used only inside. Its widgets are the inner nodes' widgets in
+    order, and the editor queues inner node i of instance 12 as "12:i". Each group becomes the equivalent subgraph
+    (boundary links from -10 and into -20), which _UIGraph expands like any other."""
+    groups = (workflow.get("extra") or {}).get("groupNodes")
+    found: dict[str, dict] = {}
+    for name, group in groups.items() if isinstance(groups, dict) else []:
+        if isinstance(group, dict) and isinstance(group.get("nodes"), list):
+            definition = _group_definition(group, registry)
+            found.update({prefix + name: definition for prefix in GROUP_PREFIXES})
+    return found
+
+
+def _group_definition(group: dict, registry: NodeRegistry) -> dict:
+    nodes = [dict(node, id=index) for index, node in enumerate(group["nodes"]) if isinstance(node, dict)]
+    inner = [link for link in group.get("links") or [] if isinstance(link, list) and len(link) >= 4]
+    fed = {(link[2], link[3]) for link in inner if link[0] is not None}  # (node index, input slot) fed inside
+    used_inside = {(link[0], link[1]) for link in inner if link[0] is not None}
+    external = {(e[0], e[1]) for e in group.get("external") or [] if isinstance(e, list) and len(e) >= 2}
+    links = [
+        {"id": n, "origin_id": l[0], "origin_slot": l[1], "target_id": l[2], "target_slot": l[3], "type": l[-1]}
+        for n, l in enumerate(inner, start=1)
+        if l[0] is not None
+    ]
+
+    def boundary(origin: int, origin_slot: int, target: int, target_slot: int) -> None:
+        links.append(
+            {
+                "id": len(links) + 1,
+                "origin_id": origin,
+                "origin_slot": origin_slot,
+                "target_id": target,
+                "target_slot": target_slot,
+                "type": "*",
+            }
+        )
+
+    free = [(n["id"], s) for n in nodes for s, slot in enumerate(n.get("inputs") or []) if "widget" not in slot]
+    converted = [(n["id"], s) for n in nodes for s, slot in enumerate(n.get("inputs") or []) if "widget" in slot]
+    for index, (node_id, slot) in enumerate(p for p in free + converted if p not in fed):
+        boundary(SUBGRAPH_INPUT_NODE, index, node_id, slot)
+    widgets, output = [], 0
+    for node in nodes:
+        schema = registry.schema(node.get("type"))
+        if schema is None:
+            continue
+        for out_slot in range(len(schema.outputs)):
+            if (node["id"], out_slot) not in used_inside or (node["id"], out_slot) in external:
+                boundary(node["id"], out_slot, SUBGRAPH_OUTPUT_NODE, output)
+                output += 1
+        as_inputs = {slot.get("name") for slot in node.get("inputs") or [] if "widget" in slot}
+        widgets += [
+            [str(node["id"]), w.name if w.kind == "value" else None]
+            for w in widget_slots(schema)
+            if w.name not in as_inputs
+        ]
+    # The inner inputs keep the link ids of the graph the group was made from: point them at the links above.
+    feeding = {(link["target_id"], link["target_slot"]): link["id"] for link in links}
+    for node in nodes:
+        node["inputs"] = [
+            {**slot, "link": feeding.get((node["id"], s))} for s, slot in enumerate(node.get("inputs") or [])
+        ]
+    return {"nodes": nodes, "links": links, GROUP_WIDGETS: widgets}
+
+
 def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
-    """An editor workflow (UI format) -> an API prompt, as the editor builds it when you queue."""
+    """An editor workflow (UI format) -> an API prompt, as the editor builds it when you queue (subgraph
+    instances expanded into their nodes, with "instance:inner" ids)."""
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
         raise InputError("The workflow must be a UI-format object with a 'nodes' list.")
-    subgraphs = {s.get("id") for s in (workflow.get("definitions") or {}).get("subgraphs") or []}
-    graph = _UIGraph(workflow)
     prompt: dict[str, dict] = {}
-    for node in workflow["nodes"]:
+    definitions = {**_group_definitions(workflow, registry), **_subgraph_definitions(workflow)}
+    _add_level(_UIGraph(workflow, definitions), registry, prompt)
+    for node in prompt.values():  # drop links into nodes that did not make it (muted, unknown ids)
+        for name, value in list(node["inputs"].items()):
+            link = as_link(value)
+            if link is not None and link.node_id not in prompt:
+                del node["inputs"][name]
+    return prompt
+
+
+def _add_level(graph: _UIGraph, registry: NodeRegistry, prompt: dict[str, dict]) -> None:
+    """Put the nodes of one level into `prompt`, expanding subgraph instances in place (depth first)."""
+    for node in graph.nodes.values():
         kind, mode = node.get("type"), node.get("mode", MODE_ALWAYS)
         if kind in VIRTUAL_NODES or mode in (MODE_MUTED, MODE_BYPASS):
+            continue  # a muted or bypassed instance takes its whole inside with it
+        if graph.is_instance(node):
+            _add_level(graph.inside(node), registry, prompt)
             continue
-        if kind in subgraphs:
-            raise InputError(f"Workflow node {node['id']} is a subgraph, which Atelier cannot run yet; unpack it.")
         schema = registry.schema(kind)
         inputs = _widget_values(node, schema) if schema is not None else {}
+        promoted = graph.promoted.get(str(node["id"]), {})
+        inputs.update(
+            {name: promoted[name] for name in (i.name for i in schema.inputs) if name in promoted} if schema else {}
+        )
         for slot in node.get("inputs") or []:
             if slot.get("link") is None:
                 continue
@@ -169,14 +364,7 @@ def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
             elif "widget" not in slot:
                 inputs.pop(slot["name"], None)
         title = node.get("title") or (schema.display_name if schema and schema.display_name else kind)
-        prompt[str(node["id"])] = {"inputs": inputs, "class_type": kind, "_meta": {"title": title}}
-
-    for node in prompt.values():  # drop links into nodes that did not make it (muted, unknown ids)
-        for name, value in list(node["inputs"].items()):
-            link = as_link(value)
-            if link is not None and link.node_id not in prompt:
-                del node["inputs"][name]
-    return prompt
+        prompt[f"{graph.prefix}{node['id']}"] = {"inputs": inputs, "class_type": kind, "_meta": {"title": title}}
 
 
 # ---- API -> UI ----------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from atelier.models.diffusers_folder import (
     unet_config_from_diffusers,
     vae_config_from_diffusers,
 )
-from atelier.models.single_file import read_single_file, read_vae
+from atelier.models.single_file import read_diffusion_model, read_single_file, read_text_encoder, read_vae
 
 
 @dataclass
@@ -224,6 +224,21 @@ def save_checkpoint(
     temporary name and renamed into place, so a crash never leaves a half-written model behind.
     """
     path = Path(path)
+    state, meta = checkpoint_state(unet, vae, text_encoder, metadata)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def checkpoint_state(
+    unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, metadata: Mapping[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """What `save_checkpoint` writes: the SD-layout tensors (on the CPU) and the metadata with our configs; hand
+    both to safetensors' `save` for the bytes of a single-file checkpoint (CheckpointSave writes them itself)."""
     unet_config, vae_config, text_config = (
         _config_of(unet, "unet"),
         _config_of(vae, "vae"),
@@ -239,13 +254,7 @@ def save_checkpoint(
     meta[META_UNET], meta[META_VAE], meta[META_TEXT] = (
         config_to_json(c) for c in (unet_config, vae_config, text_config)
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return state, meta
 
 
 _CONFIG_TYPES = {"unet": UNetConfig, "vae": VAEConfig, "text": TextEncoderConfig}
@@ -262,3 +271,28 @@ def _config_of(module: nn.Module, kind: str) -> Any:
     if not isinstance(config, _CONFIG_TYPES[kind]):
         raise TypeError(f"save_checkpoint got a {type(module).__name__} where a {kind} model belongs")
     return config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Split files: one network per file (UNETLoader, CLIPLoader)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_diffusion_model(
+    path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[nn.Module, UNetConfig, str]:
+    """A diffusion model file alone (models/diffusion_models) as an Atelier UNet: (module, config, family)."""
+    device, dtype = _pick(device, dtype)
+    config, state, family = read_diffusion_model(path, dtype)
+    return build_module(_new_unet(config), state, device, "the UNet", Path(path).name), config, family
+
+
+def load_text_encoder(
+    path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[nn.Module, Any, TextEncoderConfig]:
+    """A text encoder file alone (models/text_encoders): (CLIP text encoder module, its tokenizer, config).
+    CLIP's tokenizer is the same for every CLIP text encoder (Radford et al. 2021: one BPE vocabulary)."""
+    device, dtype = _pick(device, dtype)
+    config, state, _ = read_text_encoder(path, dtype)
+    module = build_module(_new_text_encoder(config), state, device, "the text encoder", Path(path).name)
+    return module, _tokenizer(None), config

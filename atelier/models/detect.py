@@ -57,6 +57,8 @@ FAMILY_NAMES = {
     "embedding": "a textual-inversion embedding",
     "vae": "a standalone VAE",
     "unet": "a UNet without its CLIP text encoder",
+    "unet-diffusers": "a diffusers-layout UNet file",
+    "t5": "a T5 text encoder (Stable Diffusion 3, Flux)",
     "unknown": "an unknown kind of model",
 }
 
@@ -115,6 +117,66 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
     if first(lambda n: n.startswith("down_blocks.")) and first(lambda n: n.startswith("time_embedding.")):
         return "unet", "a diffusers UNet (down_blocks.*, time_embedding.*)"
     return "unknown", ", ".join(sorted(names)[:3]) or "no tensors"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Split files: one network per file, as ComfyUI's models/diffusion_models and models/text_encoders hold them
+# --------------------------------------------------------------------------------------------------------------
+
+
+def detect_diffusion_model(
+    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """(family, evidence) of a file that holds a diffusion model alone (UNETLoader), its names in the SD layout
+    with or without `model.diffusion_model.`. The family rules are detect_family's, the UNet's signs being enough:
+    its cross-attention context width (768 for SD1.x), its input channels (9: inpainting), label_emb (SDXL); a
+    file written by Atelier (its UNet config in `metadata`) is SD1.x-shaped whatever its widths."""
+    names = list(shapes)
+    if any(n.startswith("down_blocks.") for n in names) and "conv_in.weight" in shapes:
+        return "unet-diffusers", "a diffusers UNet (down_blocks.*, conv_in.weight)"
+    prefixed = {n if n.startswith(keymap.UNET_PREFIX) else keymap.UNET_PREFIX + n: s for n, s in shapes.items()}
+    family, evidence = detect_family(prefixed, metadata)
+    if family == "unet":  # what detect_family says of an SD1.x-shaped UNet with no text encoder beside it
+        conv_in = prefixed.get(keymap.UNET_PREFIX + "input_blocks.0.0.weight")
+        if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
+            return "sd1-inpaint", "a UNet with 9 input channels and 768-wide cross-attention"
+        return "sd1", "a UNet with 768-wide cross-attention"
+    return family, evidence
+
+
+# The VAE scaling factor each family's latents use, for a diffusion model loaded without its VAE (ComfyUI keeps
+# it in the model's latent format): SD1.x and SD2.x 0.18215 (Rombach et al. 2022, sec. 4.3.2), SDXL 0.13025.
+LATENT_SCALES = {"sd1": 0.18215, "sd1-inpaint": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
+
+
+def latent_scale(family: str, metadata: Mapping[str, str]) -> float:
+    """The latent scale of a diffusion model file: its VAE config's, when Atelier stored one, else its family's."""
+    stored = metadata_config(VAEConfig, metadata, META_VAE, "the diffusion model")
+    return stored.scaling_factor if stored is not None else LATENT_SCALES[family]
+
+
+# CLIP text encoders by the width of their token embedding: which family's text side each one is.
+_TEXT_ENCODER_WIDTHS = {
+    768: ("sd1", "a CLIP ViT-L/14 text encoder (768 wide)"),
+    1024: ("sd2", "an OpenCLIP ViT-H/14 text encoder (1024 wide)"),
+    1280: ("sdxl", "an OpenCLIP ViT-bigG/14 text encoder (1280 wide)"),
+}
+
+
+def detect_text_encoder(
+    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """(family, evidence) of a file that holds a text encoder alone (CLIPLoader): a CLIP in the transformers
+    layout, with or without `cond_stage_model.transformer.`; a T5 (`encoder.block.*`: SD3, Flux) is "t5"."""
+    names = list(shapes)
+    if metadata is not None and META_TEXT in metadata:
+        return "sd1", "Atelier's text encoder config in the file's metadata"
+    if any("encoder.block." in n for n in names):
+        return "t5", "a T5 text encoder (encoder.block.*)"
+    width = next((s[1] for n, s in shapes.items() if n.endswith("token_embedding.weight") and len(s) == 2), None)
+    if width is None:
+        return "unknown", ", ".join(sorted(names)[:3]) or "no tensors"
+    return _TEXT_ENCODER_WIDTHS.get(width, ("unknown", f"a text encoder {width} wide"))
 
 
 # The parts of a VAE file, and what VAE training files may carry besides (the GAN/LPIPS loss, EMA copies).

@@ -21,6 +21,8 @@ changes only how it is computed, never what; each trick can be switched off on i
     CUDA graphs         the whole UNet call replayed as one recorded graph, with no        cuda_graphs
                         per-kernel launch cost on the host (sampling/graphs.py)
     prompt cache        the same token ids are encoded once                                cache_prompts
+    compile cache       compiled kernels kept on disk, one folder per torch/GPU/fast-path  (with compile)
+                        version, so a second start compiles nothing (compile_cache.py)
 
 Batched classifier-free guidance (cond and uncond as one batch of 2B) is already what the readable path does
 (sampling/guidance.py).
@@ -45,6 +47,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from atelier.errors import InputError
 from atelier.models.attention import Attention, SpatialTransformer, TransformerBlock
 from atelier.models.clip import CLIPTextEncoder
+from atelier.models.compile_cache import use_compile_cache
 from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
 from atelier.models.layers import multi_head_attention
 from atelier.models.unet import ControlResiduals, ResBlock, UNet
@@ -447,6 +450,8 @@ def accelerate(ckpt: Checkpoint, enabled: bool | None = None, options: FastOptio
         enabled = fast_path_default(ckpt.device)
     if not enabled:
         return ckpt
+    if (options or FastOptions()).compile != "none":
+        use_compile_cache(ckpt.device)  # the second start finds its kernels on disk (compile_cache.py)
     return dataclasses.replace(
         ckpt,
         unet=fast_unet(ckpt.unet, options),

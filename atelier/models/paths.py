@@ -6,6 +6,8 @@ The layout is ComfyUI's, so an existing ComfyUI install can be pointed at direct
     <root>/models/vae/           standalone VAEs
     <root>/models/loras/         LoRAs
     <root>/models/embeddings/    textual-inversion embeddings
+    <root>/models/diffusion_models/  a diffusion model (UNet) alone (UNETLoader); ComfyUI's older name, unet/, too
+    <root>/models/text_encoders/     a text encoder alone (CLIPLoader); ComfyUI's older name, clip/, too
     <root>/models/upscale_models/  super-resolution networks (ESRGAN, Real-ESRGAN)
     <root>/models/controlnet/    ControlNets
 
@@ -45,9 +47,13 @@ DEFAULT_FOLDERS = {
     "vae": "models/vae",
     "loras": "models/loras",
     "embeddings": "models/embeddings",
+    "diffusion_models": "models/diffusion_models",
+    "text_encoders": "models/text_encoders",
     "upscale_models": "models/upscale_models",
     "controlnet": "models/controlnet",
 }
+# ComfyUI's earlier folder names, searched after the current ones (its folder_paths does the same).
+LEGACY_FOLDERS = {"diffusion_models": "models/unet", "text_encoders": "models/clip"}
 
 
 class ModelPaths:
@@ -56,6 +62,8 @@ class ModelPaths:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.folders: dict[str, list[Path]] = {kind: [self.root / rel] for kind, rel in DEFAULT_FOLDERS.items()}
+        for kind, rel in LEGACY_FOLDERS.items():
+            self.folders[kind].append(self.root / rel)
 
     def add_folder(self, kind: str, folder: str | Path, first: bool = False) -> None:
         """Search `folder` for models of `kind` too (before the others when `first`)."""

@@ -36,7 +36,9 @@ from atelier.models.detect import (
     SUPPORTED_FAMILIES,
     Configs,
     Parts,
+    detect_diffusion_model,
     detect_family,
+    detect_text_encoder,
     infer_diffusers_vae_config,
     infer_text_encoder_config,
     infer_unet_config,
@@ -136,3 +138,64 @@ def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAECon
         return stored or infer_diffusers_vae_config(shapes), keymap.vae_from_diffusers(state)
     config = stored or infer_vae_config(shapes, f"{file.name}: the VAE")
     return config, _renamed(file.name, keymap.vae_from_sd, state, config)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Split files: a diffusion model or a text encoder alone (UNETLoader, CLIPLoader)
+# --------------------------------------------------------------------------------------------------------------
+
+_SPLIT_DETAILS = {
+    "unet-diffusers": "re-save it in the original SD layout (input_blocks.*), or load the diffusers folder whole",
+    "vae": "load it with VAELoader",
+    "lora": "load it with LoraLoader",
+}
+
+
+def _require_split(family: str, evidence: str, name: str, what: str) -> None:
+    """The one-sentence refusal of a split file whose family Atelier cannot run (or that is another kind)."""
+    if family in SUPPORTED_FAMILIES:
+        return
+    detail = _SPLIT_DETAILS.get(family, "Atelier runs the Stable Diffusion 1.x family only for now")
+    raise CheckpointError(
+        f"{name} is not {what} Atelier can load: it looks like {FAMILY_NAMES[family]} (found {evidence}); {detail}."
+    )
+
+
+def _part(names: list[str], prefix: str) -> list[str]:
+    """The names of one network: those under `prefix` when the file is a whole checkpoint, else all of them."""
+    under = [n for n in names if n.startswith(prefix)]
+    return under or names
+
+
+def read_diffusion_model(path: str | Path, dtype: torch.dtype | None = None) -> tuple[UNetConfig, dict, str]:
+    """(config, weights in our names, family) of a diffusion model file (models/diffusion_models): the UNet's
+    names in the SD layout, with or without `model.diffusion_model.` (a whole checkpoint gives its UNet)."""
+    file = WeightsFile(path)
+    names = _part(list(file.index.shapes), keymap.UNET_PREFIX)
+    shapes = {n.removeprefix(keymap.UNET_PREFIX): file.index.shapes[n] for n in names}
+    family, evidence = detect_diffusion_model(shapes, file.index.metadata)
+    _require_split(family, evidence, file.name, "a diffusion model")
+    config = metadata_config(UNetConfig, file.index.metadata, META_UNET, file.name) or infer_unet_config(
+        shapes, prediction_type(file.path, file.index.shapes), f"{file.name}: the UNet"
+    )
+    state = {n.removeprefix(keymap.UNET_PREFIX): t for n, t in file.read(names, dtype).items()}
+    return config, _renamed(file.name, keymap.unet_from_sd, state, config), family
+
+
+# Tensors a CLIP file may carry that the text encoder does not use: CLIP's contrastive temperature.
+_TEXT_EXTRAS = ("logit_scale",)
+
+
+def read_text_encoder(path: str | Path, dtype: torch.dtype | None = None) -> tuple[TextEncoderConfig, dict, str]:
+    """(config, weights in our names, family) of a text encoder file (models/text_encoders): a CLIP in the
+    transformers layout (text_model.*), with or without `cond_stage_model.transformer.`."""
+    file = WeightsFile(path)
+    names = [n for n in _part(list(file.index.shapes), keymap.TEXT_PREFIX) if n not in _TEXT_EXTRAS]
+    shapes = {n.removeprefix(keymap.TEXT_PREFIX): file.index.shapes[n] for n in names}
+    family, evidence = detect_text_encoder(shapes, file.index.metadata)
+    _require_split(family, evidence, file.name, "a text encoder")
+    config = metadata_config(TextEncoderConfig, file.index.metadata, META_TEXT, file.name) or (
+        infer_text_encoder_config(shapes, f"{file.name}: the text encoder")
+    )
+    state = {n.removeprefix(keymap.TEXT_PREFIX): t for n, t in file.read(names, dtype).items()}
+    return config, _renamed(file.name, keymap.text_encoder_from_sd, state, config), family

@@ -88,6 +88,18 @@ class DiscreteSchedule:
         w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high])).clamp(0, 1)
         return ((1 - w) * low + w * high).float()
 
+    def percent_to_sigma(self, percent: float) -> float:
+        """The sigma reached `percent` of the way through sampling (0 = the start, pure noise; 1 = the end), as
+        ComfyUI's ModelSamplingDiscrete.percent_to_sigma: the timestep (1 - percent) * 999, interpolated in
+        log-sigma. 0 and below give a sigma above every trained one (1e9), 1 and above give 0, so the ends of a
+        range such as ConditioningSetTimestepRange's (0, 1) take in every step.
+        """
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return float(self.t_to_sigma(torch.tensor((1.0 - percent) * 999.0)))
+
     def _log_sigmas_on(self, device: torch.device) -> Tensor:
         """The log-sigma table, copied once to each device that asks for it."""
         key = (device, id(self.log_sigmas))  # a schedule whose table is replaced gets fresh copies

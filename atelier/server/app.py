@@ -30,7 +30,7 @@ from atelier.server import frontend, lab, routes_files, routes_queue, routes_sys
 from atelier.server.classroom import Classroom, announcement, classroom_middleware
 from atelier.server.files import DataDir, OutputFiles
 from atelier.server.hub import Hub
-from atelier.server.prompt_queue import PromptQueue
+from atelier.server.prompt_queue import PREVIEW_METHODS, PromptQueue
 from atelier.server.security import (
     add_security_headers,
     bound_addresses,
@@ -65,6 +65,7 @@ def create_app(
     on_free: Callable[[bool, bool], None] | None = None,
     argv: list[str] | None = None,
     classroom: bool = False,
+    preview_method: str = "none",
 ) -> web.Application:
     """The aiohttp application: routes, WebSocket, the prompt queue and its worker (started with the app).
 
@@ -76,7 +77,13 @@ def create_app(
     - settings_defaults: replaces settings.PRIVATE_DEFAULTS (what the editor sees before the user changes it).
     - on_free: called by POST /free with (unload_models, free_memory), e.g. to drop loaded checkpoints.
     - classroom: classroom mode (classroom.py): join code, learners, each seeing only their own work.
+    - preview_method: live sampler previews for prompts whose extra_data does not choose (--preview-method):
+      "none", as in ComfyUI, or "auto" / "latent2rgb" / "taesd" (prompt_queue.wants_previews).
     """
+    if preview_method not in PREVIEW_METHODS:
+        raise AtelierError(
+            f"The preview method {preview_method!r} is not known; expected one of {', '.join(PREVIEW_METHODS)}."
+        )
     data = DataDir(data_dir)
     for path in data.remove_partial_writes():  # left by a server killed while it wrote
         log.warning("Removed %s, a file a stopped server had not finished writing.", path)
@@ -84,7 +91,7 @@ def create_app(
     data.install_inputs((templates_dir or frontend.TEMPLATES_DIR) / "inputs")  # the templates' example images
     store = PromptStore(data.database)
     hub = Hub()
-    queue = PromptQueue(Executor(registry), store, hub)
+    queue = PromptQueue(Executor(registry), store, hub, preview_method=preview_method)
     if static_root == "auto":
         static_root = frontend.frontend_root()
     st = ServerState(
@@ -182,6 +189,7 @@ def serve(
     fast: bool | None = None,
     allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
+    preview_method: str = "none",
 ) -> None:
     """Run the server until Ctrl+C on `host` (addresses, comma-separated; `listen=True` means 0.0.0.0, every
     interface). An address that is not loopback prints a warning; `allowed_hosts` are more names to answer to.
@@ -197,7 +205,14 @@ def serve(
         print(LISTEN_WARNING.format(where=where, host=",".join(network), port=port), file=sys.stderr)
     if registry is None:
         registry = default_registry(DataDir(data_dir), fast=fast)
-    app = create_app(registry, data_dir, listen_host=host, allowed_hosts=allowed_hosts, classroom=classroom)
+    app = create_app(
+        registry,
+        data_dir,
+        listen_host=host,
+        allowed_hosts=allowed_hosts,
+        classroom=classroom,
+        preview_method=preview_method,
+    )
     urls = server_urls(addresses, port)
     shown = urls[0] + "".join(f" (on this machine: {u})" for u in urls[1:] if "127.0.0.1" in u)
     bind = addresses[0] if len(addresses) == 1 else addresses
@@ -234,10 +249,11 @@ def run_server(
     fast: bool | None = None,
     allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
+    preview_method: str = "none",
 ) -> int:
     """What `atelier serve [--port N] [--listen [ADDRESS]] [--allowed-host NAME] [--data-dir DIR] [--no-fast]
-    [--classroom]` calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one used without it, except in
-    classroom mode, which binds 0.0.0.0 unless told an address. Returns the exit code."""
+    [--classroom] [--preview-method M]` calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one
+    used without it, except in classroom mode, which binds 0.0.0.0 unless told an address. Returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     address = "0.0.0.0" if listen is True or (classroom and not listen) else listen or host
     serve(
@@ -247,5 +263,6 @@ def run_server(
         fast=fast,
         allowed_hosts=allowed_hosts,
         classroom=classroom,
+        preview_method=preview_method,
     )
     return 0

@@ -5,7 +5,7 @@
         output/           what SaveImage writes: <prefix>_00001_.png, never overwritten
         temp/             PreviewImage files; emptied when the server starts
         user/default/     the editor's settings (comfy.settings.json) and saved workflows (workflows/)
-        models/           checkpoints/, vae/, loras/, embeddings/ (ComfyUI's layout)
+        models/           checkpoints/, vae/, loras/, embeddings/, diffusion_models/, text_encoders/ (ComfyUI's)
         atelier.sqlite    the queue and the history, so both survive a restart
 
 Every path that comes from a request goes through `safe_join`: it refuses absolute paths, `..` and symlinks that
@@ -32,7 +32,16 @@ from PIL import Image, PngImagePlugin
 from atelier.errors import AtelierError
 
 FILE_KINDS = ("input", "output", "temp")  # the `type` of a file reference {"filename", "subfolder", "type"}
-MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings", "upscale_models", "controlnet")
+MODEL_FOLDERS = (
+    "checkpoints",
+    "vae",
+    "loras",
+    "embeddings",
+    "diffusion_models",
+    "text_encoders",
+    "upscale_models",
+    "controlnet",
+)
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 MAX_PREFIX_CHARACTERS = 200  # a filename prefix, subfolders included: file names stop at 255 bytes
 PARTIAL_PREFIX = ".tmp-"  # files being written (write_atomic, write_new); left over only by a killed server
@@ -125,8 +134,6 @@ def _parts(relative: str, what: str) -> list[str]:
     ):
         raise UnsafePathError(f"The {what} {relative!r} is an absolute path; expected a path relative to its folder.")
     parts = [p for p in re.split(r"[\\/]+", relative) if p not in ("", ".")]
-    if ".." in parts:
-        raise UnsafePathError(f"The {what} {relative!r} contains '..'; expected a path inside its folder.")
     for part in parts:
         if len(part.encode("utf-8", "replace")) > NAME_MAX:
             raise UnsafePathError(
@@ -136,9 +143,25 @@ def _parts(relative: str, what: str) -> list[str]:
     return parts
 
 
+def _inside(parts: list[str], shown: str, what: str) -> list[str]:
+    """The parts with each `..` taken back lexically ("a/../b" -> ["b"], as ComfyUI's normpath does), or an
+    UnsafePathError when a `..` would climb above the folder ("../x", "a/../../x")."""
+    kept: list[str] = []
+    for part in parts:
+        if part != "..":
+            kept.append(part)
+        elif kept:
+            kept.pop()
+        else:
+            raise UnsafePathError(f"The {what} {shown!r} contains '..'; expected a path inside its folder.")
+    return kept
+
+
 def safe_join(base: Path, *relative: str, what: str = "path") -> Path:
-    """`base / relative...`, refusing absolute paths, `..`, and symlinks that resolve outside `base` (403)."""
-    parts = [p for rel in relative for p in _parts(rel, what)]
+    """`base / relative...`, refusing absolute paths, a `..` that leads out of `base` (one that stays inside is
+    taken back: "a/../b.png" is "b.png"), and symlinks that resolve outside `base` (403)."""
+    shown = "/".join(r for r in relative if r)
+    parts = _inside([p for rel in relative for p in _parts(rel, what)], shown, what)
     candidate = base.joinpath(*parts)
     resolved = candidate.resolve()
     if not resolved.is_relative_to(base.resolve()):
@@ -232,7 +255,7 @@ class OutputFiles:
             raise UnsafePathError(
                 f"The filename prefix has {len(prefix)} characters; the most is {MAX_PREFIX_CHARACTERS}."
             )
-        parts = _parts(prefix.strip() or "Atelier", "filename prefix")
+        parts = _inside(_parts(prefix.strip() or "Atelier", "filename prefix"), prefix, "filename prefix")
         if not parts:
             raise UnsafePathError(f"The filename prefix {prefix!r} has no file name; expected e.g. 'Atelier'.")
         room = NAME_MAX - len("_00001_.webp") - 8  # the counter may grow past five digits

@@ -7,7 +7,9 @@
 
 What a node sends while it runs reaches the editor like this (see executor.py for the listener calls):
   ctx.progress(v, n)  -> "progress" {value, max, prompt_id, node} and "progress_state"
-  ctx.preview(image)  -> a binary preview frame (image: a PIL image, or encoded JPEG/PNG bytes), at most 512 px
+  ctx.preview(image)  -> a binary preview frame (image: a PIL image, or encoded JPEG/PNG bytes), at most 512 px,
+                         only when the prompt asked for previews (see `wants_previews`)
+  ctx.send_image(png) -> the same binary frame with the whole image, always (SaveImageWebsocket)
   NodeOutput(ui=...)  -> "executed" {node, display_node, output: ui, prompt_id}, and the history's outputs
 A node that raises ends its prompt with "execution_error"; the worker then moves on to the next prompt.
 """
@@ -32,6 +34,24 @@ from atelier.server.store import PromptRecord, PromptStore, now_ms
 log = logging.getLogger("atelier.server")
 
 PREVIEW_MAX_SIDE = 512  # previews are shrunk to this size before they are sent (they are only a glimpse)
+
+# extra_data.preview_method, ComfyUI's LatentPreviewMethod: whether the client wants live previews of the sampler's
+# x0 estimate, and drawn how. Atelier draws a preview one way only, the latent -> RGB linear map (kit.py), so
+# every method but "none" gets that ("taesd" included: the tiny VAE is not in Atelier). "default", or no
+# preview_method at all, means the server's --preview-method, "none" unless told otherwise, as in ComfyUI: an API
+# client that only wants its image does not receive 20 JPEGs first. The node editor sends its own setting
+# (Comfy.Execution.PreviewMethod, which settings.py serves as "auto") and the lab asks for "auto" itself.
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+
+
+def wants_previews(extra_data: dict | None, server_default: str) -> bool:
+    """Whether a prompt's sampler previews are sent: its extra_data.preview_method, else the server's default."""
+    asked = (extra_data or {}).get("preview_method")
+    if isinstance(asked, str) and asked.lower() in PREVIEW_METHODS:
+        return asked.lower() != "none"
+    if asked not in (None, "default"):
+        log.warning("Unknown preview_method %r; using the server's default, %r.", asked, server_default)
+    return server_default != "none"
 
 
 def encode_preview(image: Any) -> tuple[bytes, str] | None:
@@ -78,11 +98,12 @@ def error_for_client(error: dict) -> dict:
 class PromptListener(ExecutionListener):
     """Turns executor events into ComfyUI WebSocket messages for one prompt, and keeps its history messages."""
 
-    def __init__(self, hub: Hub, rec: PromptRecord, store: PromptStore) -> None:
+    def __init__(self, hub: Hub, rec: PromptRecord, store: PromptStore, previews: bool = True) -> None:
         self.hub = hub
         self.rec = rec
         self.store = store
         self.sid = rec.client_id
+        self.previews = previews  # whether sampler previews are sent (wants_previews)
         self.states: dict[str, dict] = {}  # node id -> its progress_state entry
 
     def _send(self, event: str, data: dict, keep: bool = False) -> None:
@@ -125,6 +146,8 @@ class PromptListener(ExecutionListener):
         self._progress_state(node_id, value, total, "running")
 
     def preview(self, node_id: str, image: Any) -> None:
+        if not self.previews:
+            return
         try:
             encoded = encode_preview(image)
         except Exception:  # a preview is a courtesy: never let it fail the node
@@ -133,14 +156,21 @@ class PromptListener(ExecutionListener):
         if encoded is None:
             log.warning("Node %s sent a preview of type %s; expected a PIL image.", node_id, type(image).__name__)
             return
-        meta = {
+        self.hub.send_preview(encoded[0], encoded[1], self._image_metadata(node_id), self.sid)
+
+    def image(self, node_id: str, data: bytes, mime: str) -> None:
+        """A whole image a node sends through the socket (SaveImageWebsocket): the preview frame, full size,
+        whatever the preview method, as ComfyUI sends it."""
+        self.hub.send_preview(data, mime, self._image_metadata(node_id), self.sid)
+
+    def _image_metadata(self, node_id: str) -> dict:
+        return {
             "node_id": node_id,
             "prompt_id": self.rec.prompt_id,
             "display_node_id": node_id,
             "parent_node_id": None,
             "real_node_id": node_id,
         }
-        self.hub.send_preview(encoded[0], encoded[1], meta, self.sid)
 
     def will_write(self, node_id: str, ref: dict) -> None:
         self.store.record_output(self.rec.prompt_id, node_id, ref)  # before the file appears: see files.write_new
@@ -186,8 +216,10 @@ class PromptQueue:
         hub: Hub,
         scheduler: Scheduler | None = None,
         owner_of: Callable[[PromptRecord], str] = lambda rec: LOCAL_OWNER,
+        preview_method: str = "none",
     ) -> None:
         self.executor = executor
+        self.preview_method = preview_method  # the server's --preview-method, for prompts that do not say
         self.store = store
         self.hub = hub
         self.scheduler = scheduler
@@ -343,7 +375,7 @@ class PromptQueue:
     def _run(self, rec: PromptRecord) -> None:
         rec.started_at = now_ms()
         self.store.mark_running(rec.prompt_id, rec.started_at)
-        listener = PromptListener(self.hub, rec, self.store)
+        listener = PromptListener(self.hub, rec, self.store, wants_previews(rec.extra_data, self.preview_method))
         result = self.executor.execute(rec.prompt, rec.outputs_to_execute, listener, rec.extra_data)
         rec.state = result.status
         rec.outputs = {node_id: ui for node_id, ui in result.ui.items()}

@@ -1,8 +1,9 @@
 """Images in and out: GET /view serves input/output/temp files, POST /upload/image and /upload/mask store uploads.
 
-Every name from a request goes through files.safe_join (no absolute paths, no `..`, no symlinks out). Uploads are
-read as a stream and refused past the size limit, refused when they are not images, and refused when their
-header announces more pixels than the decompression-bomb limit (checked before any pixel is decoded).
+Every name from a request goes through files.safe_join (no absolute paths, no `..` that leads out, no symlinks
+out). Uploads are read as a stream and refused past the size limit. An upload that is an image is refused when its
+header announces more pixels than the decompression-bomb limit (checked before any pixel is decoded) or when it is
+damaged; any other file is stored as it came, as ComfyUI stores it (API clients upload text, JSON, audio...).
 
 An upload never replaces a file in output/ (what a prompt made, which history points to), even with overwrite.
 A file is served with the type its bytes show, never the one its name suggests (security.stored_file): an upload
@@ -71,6 +72,8 @@ def _render(path: Path, channel: str, fmt: str, quality: int) -> bytes | None:
 
 
 async def view(request: web.Request) -> web.StreamResponse:
+    """GET and HEAD /view: HEAD answers the same status and headers with no body (aiohttp drops it), so a client
+    can ask whether an image exists, and how large it is, without downloading it."""
     st = state(request)
     if "filename" not in request.query:
         return error_text(400, "The query parameter 'filename' is missing.")
@@ -151,8 +154,9 @@ async def _read_parts(reader: MultipartReader, limit: int) -> tuple[dict[str, st
     return fields, filename, data
 
 
-def check_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
-    """Open uploaded bytes as an image (size read from the header first), or raise an UploadError sentence."""
+def check_image(data: bytes, filename: str, max_pixels: int, required: bool = True) -> Image.Image | None:
+    """Open uploaded bytes as an image (size read from the header first), or raise an UploadError sentence.
+    Bytes that are no image at all raise too when `required`, else give None (a file stored as it is)."""
     limit = f"the {max_pixels / 1e6:.0f} megapixel limit for uploads"
     try:
         with warnings.catch_warnings():  # PIL warns above its own limit; ours is checked just below
@@ -161,6 +165,8 @@ def check_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:  # PIL's own guard, for sizes far above ours
         raise UploadError(400, f"The image {filename!r} has far more pixels than {limit}.") from None
     except (UnidentifiedImageError, OSError):
+        if not required:
+            return None
         raise UploadError(400, f"The file {filename!r} is not an image; expected a PNG, JPEG or WebP file.") from None
     except ValueError:  # a text chunk that inflates past PngImagePlugin.MAX_TEXT_CHUNK (a zTXt/iTXt bomb), ...
         raise UploadError(400, _metadata_refusal(filename)) from None
@@ -221,8 +227,9 @@ def _store(folder: Path, subfolder: str, filename: str, data: bytes, overwrite: 
 def _save_upload(st: ServerState, fields: dict[str, str], filename: str, data: bytes, mask: bool, person: Who) -> dict:
     """Check, (for the mask editor) combine, and store an upload; its file reference {name, subfolder, type}.
     In classroom mode a learner's uploads go to their own folder, classroom/<id>/, and a mask's original must be
-    theirs to open."""
-    image = check_image(data, filename, st.limits.max_image_pixels)
+    theirs to open. A mask must be an image; /upload/image also stores other files as they came (ComfyUI does:
+    API clients upload text and JSON through it), which GET /view then serves only as a download."""
+    image = check_image(data, filename, st.limits.max_image_pixels, required=mask)
     kind = fields.get("type") or "input"
     if kind not in FILE_KINDS:
         raise UploadError(400, f"The upload type {kind!r} is not known; expected input, output or temp.")
@@ -230,9 +237,12 @@ def _save_upload(st: ServerState, fields: dict[str, str], filename: str, data: b
     if st.classroom is not None:
         subfolder = "/".join(p for p in (st.classroom.upload_folder(person), subfolder) if p)
     overwrite = fields.get("overwrite", "").lower() in ("true", "1")
-    if mask:
+    if mask and image is not None:
         data = _apply_mask(st.data, fields.get("original_ref", ""), image, lambda ref: may_read(st, person, ref))
-    name = _store(st.data.folder(kind), subfolder, upload_name(filename), data, overwrite, kind)
+    folder = st.data.folder(kind)
+    stored = safe_join(folder, subfolder, what="subfolder")  # "a/../b" is "b": the reference names where it is
+    subfolder = stored.relative_to(folder).as_posix() if stored != folder else ""
+    name = _store(folder, subfolder, upload_name(filename), data, overwrite, kind)
     return {"name": name, "subfolder": subfolder, "type": kind}
 
 
@@ -277,5 +287,6 @@ async def upload_mask(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     add_api(app, "GET", "/view", view)
+    add_api(app, "HEAD", "/view", view)
     add_api(app, "POST", "/upload/image", upload_image)
     add_api(app, "POST", "/upload/mask", upload_mask)

@@ -15,6 +15,10 @@ the editor is stored and wins over the default.
     to show download sizes.
 - "Comfy.NodeBadge.ShowApiPricing": False
     Price badges belong to paid API nodes, which Atelier does not have.
+- "Comfy.Execution.PreviewMethod": "auto"
+    The editor (1.58) sends this setting with every prompt as extra_data.preview_method. The server's own default,
+    for clients that send none, is ComfyUI's "none" (prompt_queue.wants_previews); the editor shows live sampler
+    previews, so it asks for them. A user who picks "default" or "none" in the editor gets what they chose.
 - "Comfy.Canvas.LeftMouseClickBehavior": "panning", "Comfy.Canvas.MouseWheelScroll": "zoom"
     The editor's own defaults, stored so that start-up does not throw: registering "Comfy.Canvas.NavigationMode"
     ("legacy") sets these two before they are registered, and setting an unregistered one raises a TypeError
@@ -45,6 +49,7 @@ PRIVATE_DEFAULTS: dict[str, Any] = {
     "Comfy.Workflow.ShowMissingNodesWarning": False,
     "Comfy.Workflow.ShowMissingModelsWarning": False,
     "Comfy.NodeBadge.ShowApiPricing": False,
+    "Comfy.Execution.PreviewMethod": "auto",
     "Comfy.Canvas.LeftMouseClickBehavior": "panning",
     "Comfy.Canvas.MouseWheelScroll": "zoom",
 }

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from atelier.generation import GenerationParams, api_graph
 from atelier.graph.executor import EventLog, Executor
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.validation import validate_prompt
@@ -38,30 +39,9 @@ EXAMPLE_INPUTS: dict[str, tuple[str, int, tuple[int, int, int, int] | None]] = {
 
 
 def txt2img_prompt(text: str, seed: int, size: int = 128, steps: int = 20) -> dict:
-    """The classic seven-node API prompt (checkpoint, two text encoders, empty latent, KSampler, decode, save)."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "embedded.safetensors"}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["4", 0],
-                "seed": seed,
-                "steps": steps,
-                "cfg": 7.5,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-                "denoise": 1.0,
-            },
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "example"}},
-    }
+    """The classic seven-node API prompt on the embedded model (generation.api_graph, Euler, CFG 7.5)."""
+    params = GenerationParams(text, seed=seed, steps=steps, width=size, height=size, model="embedded.safetensors")
+    return api_graph(params, filename_prefix="example")
 
 
 def run_prompt(prompt: dict, registry: NodeRegistry, files: OutputFiles) -> list[Path]:

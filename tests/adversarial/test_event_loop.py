@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import json
 import sys
@@ -27,23 +28,42 @@ from tests.server.harness import async_test, post_prompt, server, wait_history
 PING_LIMIT = 0.1  # seconds
 
 
+@dataclasses.dataclass
+class Pings:
+    """Latencies (seconds) of the pings sent at rest, before the body, and of those sent while it ran."""
+
+    rest: list[float] = dataclasses.field(default_factory=list)
+    during: list[float] = dataclasses.field(default_factory=list)
+
+    def check(self, what: str) -> None:
+        """The worst ping during the work is within PING_LIMIT of the worst at rest: on a busy machine (CI's two
+        cores, or other jobs) every ping is slower, and a loop held by the work is slower by the work's length."""
+        assert len(self.during) >= 3, f"only {len(self.during)} pings during {what}"
+        worst, rest = max(self.during), max(self.rest)
+        assert worst < PING_LIMIT + rest, (
+            f"a ping waited {worst * 1000:.0f} ms during {what} (at rest: {rest * 1000:.0f} ms at worst)"
+        )
+
+
 @contextlib.asynccontextmanager
-async def pinger(port: int, folder: Path) -> AsyncIterator[list[tuple[float, float]]]:
-    """Pings from another process while the body runs; yields the list that gets (start, latency) of each ping
-    that started after the body began (filled when the body ends)."""
+async def pinger(port: int, folder: Path, rest_s: float = 1.0) -> AsyncIterator[Pings]:
+    """Pings from another process: `rest_s` seconds of them before the body, then while it runs (the lists are
+    filled when the body ends)."""
     stop = folder / "stop-pinging"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", PINGER, str(port), str(stop), stdout=asyncio.subprocess.PIPE
     )
     assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"ready"
-    began, pings = time.monotonic(), []
+    await asyncio.sleep(rest_s)
+    began, pings = time.monotonic(), Pings()
     try:
         yield pings
     finally:
         stop.touch()
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         stop.unlink()
-        pings.extend((start, latency) for start, latency in json.loads(out) if start >= began)
+        for start, latency in json.loads(out)[1:]:  # the first ping opened the connection
+            (pings.during if start >= began else pings.rest).append(latency)
 
 
 def _get(port: int, path: str) -> tuple[int, int]:
@@ -66,9 +86,7 @@ async def test_the_loop_answers_within_100_ms_while_a_5000_node_graph_is_validat
         errors = (await resp.json())["node_errors"]
         assert list(errors) == ["0"] and errors["0"]["dependent_outputs"] == ["4999"]
     # Validation alone takes 0.15-0.25 s here: on the loop, the pings meanwhile would have waited that long.
-    latencies = [latency for _, latency in pings]
-    assert len(latencies) >= 5, f"only {len(latencies)} pings in {took:.2f} s"
-    assert max(latencies) < PING_LIMIT, f"a ping waited {max(latencies) * 1000:.0f} ms (3 POSTs took {took:.2f} s)"
+    pings.check(f"3 POSTs of 5,000 nodes ({took:.2f} s)")
 
 
 @async_test
@@ -97,6 +115,4 @@ async def test_45_mb_of_extra_data_is_refused_and_jobs_do_not_block(tmp_path):
             took = time.perf_counter() - start
         jobs = await (await client.get("/api/jobs?workflow_id=w")).json()
         assert jobs["pagination"]["total"] == 5
-    latencies = [latency for _, latency in pings]
-    assert len(latencies) >= 3, f"only {len(latencies)} pings in {took:.2f} s"
-    assert max(latencies) < PING_LIMIT, f"a ping waited {max(latencies) * 1000:.0f} ms (8 GETs took {took:.2f} s)"
+    pings.check(f"8 GETs of 20 MB ({took:.2f} s)")

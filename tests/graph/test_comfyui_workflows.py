@@ -236,9 +236,8 @@ def test_without_the_placeholders_an_unknown_node_is_named(tmp_path):
     checked = validate_prompt(prompt, registry)
     assert checked.error["type"] == "missing_node_type"
     assert checked.error["message"] == (
-        "Node 'Load LoRA' (ImpactWildcardEncode) is not supported by Atelier: it is not one of the core "
-        "Stable Diffusion 1.x "
-        "nodes Atelier runs (custom node packs cannot be installed)."
+        "Node 'Load LoRA' (ImpactWildcardEncode) is not supported by Atelier: it is not one of ComfyUI's own "
+        "nodes but comes from a custom node pack, and custom node packs cannot be installed."
     )
 
 

@@ -11,6 +11,7 @@ import torch
 
 from atelier import pipeline
 from atelier.errors import InputError
+from atelier.generation import GenerationParams, api_graph
 from atelier.graph.catalog import default_registry
 from atelier.graph.nodes.image import ImageScale, ImageScaleBy
 from atelier.graph.nodes.inpaint import ImagePadForOutpaint
@@ -30,30 +31,12 @@ def registry(tmp_path_factory):
     return default_registry(data.root, OutputFiles(data))
 
 
+LATENT, SAMPLER, TEXT = "5", "3", "6"  # api_graph's EmptyLatentImage, KSampler and positive CLIPTextEncode
+
+
 def txt2img(width: int = 512, height: int = 512, batch: int = 1, text: str = "a red circle") -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "embedded.safetensors"}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "seed": 0,
-                "steps": 20,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "limits"}},
-    }
+    params = GenerationParams(text, cfg=7.0, width=width, height=height, batch=batch, model="embedded.safetensors")
+    return api_graph(params, filename_prefix="limits")
 
 
 def errors_of(result, node_id: str) -> list[dict]:
@@ -71,19 +54,19 @@ def test_a_reasonable_prompt_passes(registry):
 
 def test_a_huge_empty_latent_is_refused_at_validation(registry):
     result = validate_prompt(txt2img(16384, 16384, 4096), registry)
-    errors = errors_of(result, "4")
+    errors = errors_of(result, LATENT)
     assert {e["type"] for e in errors} == {"custom_validation_failed"}
     assert {e["extra_info"]["input_name"] for e in errors} == {"width", "height", "batch_size"}
     assert "A batch of 4096 at 16384x16384 is too large" in errors[0]["details"]
     # One image of 16384x16384 is too large as well (268 Mpx; the most per batch is 134 Mpx).
-    assert errors_of(validate_prompt(txt2img(16384, 16384, 1), registry), "4")
+    assert errors_of(validate_prompt(txt2img(16384, 16384, 1), registry), LATENT)
 
 
 def test_the_empty_latent_hook_keeps_the_range_checks(registry):
     """Validation skips min/max for the inputs a hook names: the hook makes them, in the same words."""
-    errors = errors_of(validate_prompt(txt2img(width=20000), registry), "4")
+    errors = errors_of(validate_prompt(txt2img(width=20000), registry), LATENT)
     assert errors[0]["details"] == "width - Value 20000 of width bigger than max of 16384"
-    errors = errors_of(validate_prompt(txt2img(batch=0), registry), "4")
+    errors = errors_of(validate_prompt(txt2img(batch=0), registry), LATENT)
     assert {e["details"] for e in errors} == {
         f"{name} - Value 0 of batch_size smaller than min of 1" for name in ("width", "height", "batch_size")
     }
@@ -91,11 +74,11 @@ def test_the_empty_latent_hook_keeps_the_range_checks(registry):
 
 def test_booleans_are_not_steps_and_null_is_not_text(registry):
     prompt = txt2img()
-    prompt["5"]["inputs"]["steps"] = True
-    prompt["2"]["inputs"]["text"] = None
+    prompt[SAMPLER]["inputs"]["steps"] = True
+    prompt[TEXT]["inputs"]["text"] = None
     result = validate_prompt(prompt, registry)
-    assert errors_of(result, "5")[0]["details"] == "steps, True, true is a boolean, not a number"
-    assert errors_of(result, "2")[0]["details"] == "text, None, null is not text"
+    assert errors_of(result, SAMPLER)[0]["details"] == "steps, True, true is a boolean, not a number"
+    assert errors_of(result, TEXT)[0]["details"] == "text, None, null is not text"
 
 
 def test_a_size_the_node_gets_at_run_time_is_refused_when_it_runs():
@@ -107,7 +90,7 @@ def test_a_megabyte_prompt_is_refused_at_validation_in_milliseconds(registry):
     started = time.perf_counter()
     result = validate_prompt(txt2img(text="a red circle, " * 75_000), registry)  # 1.05 MB
     elapsed = time.perf_counter() - started
-    errors = errors_of(result, "2")
+    errors = errors_of(result, TEXT)
     # Every text input is held to the same bound by validation itself (linked text when it is encoded).
     assert errors[0]["details"] == f"text - The text has 1,050,000 characters; the most is {MAX_PROMPT_CHARACTERS:,}."
     assert elapsed < 1.0

@@ -59,11 +59,18 @@ def test_missing_node_type(registry):
     assert not result.ok and result.node_errors == {} and result.outputs == []
     assert result.error == {
         "type": "missing_node_type",
-        "message": "Node 'My node' (Nope) is not supported by Atelier: it is not one of the core Stable Diffusion "
-        "1.x nodes Atelier runs (custom node packs cannot be installed).",
+        "message": "Node 'My node' (Nope) is not supported by Atelier: it is not one of ComfyUI's own nodes but "
+        "comes from a custom node pack, and custom node packs cannot be installed.",
         "details": "Node ID '#9'",
         "extra_info": {"node_id": "9", "class_type": "Nope", "node_title": "My node"},
     }
+    # One of ComfyUI's own nodes is never called a custom node: Atelier does not have it yet.
+    prompt["9"] = {"class_type": "ModelSamplingAuraFlow", "inputs": {}}
+    result = validate_prompt(prompt, registry)
+    assert result.error["type"] == "missing_node_type" and result.error["message"] == (
+        "Node 'ModelSamplingAuraFlow' is a ComfyUI node that Atelier does not have yet; bypass or delete it, or "
+        "replace it with one Atelier runs."
+    )
 
 
 def test_missing_class_type_is_invalid_prompt(registry):

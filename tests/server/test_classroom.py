@@ -294,12 +294,13 @@ async def test_websocket_messages_reach_only_the_owner(tmp_path):
             assert b_status["data"]["sid"] not in ("ana-sid", "")  # Ben cannot take Ana's socket by its id
             b_sid = b_status["data"]["sid"]
 
-            a = (await post_prompt(ana, graph(steps=3), client_id="ana-sid"))["prompt_id"]
+            queued = await post_prompt(ana, graph(steps=3), client_id="ana-sid", extra_data={"preview_method": "auto"})
+            a = queued["prompt_id"]
             got = await receive(
                 a_ws, lambda m: isinstance(m, dict) and m["type"] == "executing" and m["data"]["node"] is None
             )
             assert {"execution_start", "progress", "executed", "execution_success"} <= set(text_types(got))
-            assert sum(isinstance(m, bytes) for m in got) == 3  # one preview per step
+            assert sum(isinstance(m, bytes) for m in got) == 3  # one preview per step, as asked
             # Ben posts with Ana's socket id and with none: his messages go to neither Ana nor anyone.
             b1 = (await post_prompt(ben, graph("blue"), client_id="ana-sid"))["prompt_id"]
             b2 = (await post_prompt(ben, graph("green"), client_id=None))["prompt_id"]

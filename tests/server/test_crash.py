@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from atelier.generation import GenerationParams, api_graph
 from tests.browser import free_port
 
 pytestmark = pytest.mark.slow  # about 3 minutes on 2 CPU cores: ten starts of the server, the model loaded each time
@@ -38,29 +39,9 @@ KILL_AFTER_S = (0.5, 20.0)  # each kill falls at a random moment this long after
 
 def txt2img(seed: int) -> dict:
     """The classic graph on the embedded model: a batch of 8 at 64x64, 1 step, 8 PNGs saved."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "embedded.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 8}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["4", 0],
-                "seed": seed,
-                "steps": 1,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-                "denoise": 1.0,
-            },
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "crash/run"}},
-    }
+    params = GenerationParams("a red circle", seed=seed, steps=1, cfg=7.0, width=64, height=64, batch=8,
+                              model="embedded.safetensors")
+    return api_graph(params, filename_prefix="crash/run")
 
 
 class Server:

@@ -24,7 +24,7 @@ async def test_prompt_runs_with_comfyui_message_sequence(tmp_path):
         flags = await receive(ws, is_type("feature_flags"))
         assert flags[-1]["data"] == {"supports_preview_metadata": True, "max_upload_size": 50 * 1024 * 1024}
 
-        queued = await post_prompt(client, graph(steps=2), client_id="editor-1")
+        queued = await post_prompt(client, graph(steps=2), client_id="editor-1", extra_data={"preview_method": "auto"})
         pid = queued["prompt_id"]
         assert queued["node_errors"] == {} and isinstance(queued["number"], int)
         messages = await receive(ws, is_type("executing", node=None))

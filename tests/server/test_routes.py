@@ -132,6 +132,8 @@ async def test_models_routes(tmp_path):
             "vae",
             "loras",
             "embeddings",
+            "diffusion_models",
+            "text_encoders",
             "upscale_models",
             "controlnet",
         ]

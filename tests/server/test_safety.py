@@ -6,6 +6,7 @@ import io
 import json
 import struct
 import zlib
+from importlib.metadata import version
 
 from aiohttp import FormData, WSServerHandshakeError
 from PIL import Image
@@ -122,6 +123,18 @@ async def test_view_refuses_paths_out_of_its_folder(tmp_path):
         assert (await client.get("/api/userdata", params={"dir": "../.."})).status == 400
         resp = await client.post("/api/upload/image", data=upload_form(png_bytes(), "a.png", subfolder="../output"))
         assert resp.status == 400 and "contains '..'" in await resp.text()
+        # A '..' that stays inside input/ is taken back, as ComfyUI's normpath does; the reference says where.
+        resp = await client.post("/api/upload/image", data=upload_form(png_bytes(), "b.png", subfolder="x/../y"))
+        assert await resp.json() == {"name": "b.png", "subfolder": "y", "type": "input"}
+        assert (tmp_path / "input" / "y" / "b.png").is_file()
+        resp = await client.get("/api/view", params={"filename": "b.png", "subfolder": "x/../y", "type": "input"})
+        assert resp.status == 200 and resp.content_type == "image/png"
+        # HEAD /view: the same status and headers, no body.
+        resp = await client.head("/api/view", params={"filename": "b.png", "subfolder": "y", "type": "input"})
+        assert resp.status == 200 and resp.content_type == "image/png" and await resp.read() == b""
+        assert int(resp.headers["Content-Length"]) == len(png_bytes())
+        resp = await client.head("/view", params={"filename": "missing.png"})
+        assert resp.status == 404
 
 
 @async_test
@@ -154,9 +167,15 @@ async def test_upload_refuses_big_files_bombs_and_non_images(tmp_path):
     async with server(tmp_path, limits=Limits(max_upload_bytes=20_000)) as client:
         resp = await client.post("/api/upload/image", data=upload_form(b"\x89PNG" + bytes(30_000), "big.png"))
         assert resp.status == 413 and "larger than the" in await resp.text()
-        resp = await client.post("/api/upload/image", data=upload_form(b"hello, world", "notes.txt"))
-        text = await resp.text()
-        assert resp.status == 400 and text == "The file 'notes.txt' is not an image; expected a PNG, JPEG or WebP file."
+        # A file that is no image is stored as it came (as ComfyUI does) and comes back only as a download.
+        resp = await client.post("/api/upload/image", data=upload_form(b"<script>alert(1)</script>", "notes.txt"))
+        assert resp.status == 200 and await resp.json() == {"name": "notes.txt", "subfolder": "", "type": "input"}
+        resp = await client.get("/api/view", params={"filename": "notes.txt", "type": "input"})
+        assert await resp.read() == b"<script>alert(1)</script>"
+        assert resp.headers["Content-Type"] == "application/octet-stream"
+        assert resp.headers["Content-Disposition"].startswith("attachment;")
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        (tmp_path / "input" / "notes.txt").unlink()
         bomb = with_claimed_size(png_bytes(), 10_000, 10_000)  # 100 Mpx announced, a few hundred bytes sent
         resp = await client.post("/api/upload/image", data=upload_form(bomb, "bomb.png"))
         text = await resp.text()
@@ -203,7 +222,9 @@ def test_private_defaults_match_the_frontend_bundle():
     """Each default must still name a setting the bundled frontend reads; a frontend upgrade that renames one
     would silently let the editor call out again."""
     bundle = "".join(p.read_text(encoding="utf-8") for p in (frontend_root() / "assets").glob("GraphView-*.js"))
-    for setting in PRIVATE_DEFAULTS:
+    # The preview-method setting came after 1.27 (which sends no extra_data.preview_method at all).
+    newer = {"Comfy.Execution.PreviewMethod"} if version("comfyui-frontend-package").startswith("1.27.") else set()
+    for setting in set(PRIVATE_DEFAULTS) - newer:
         assert f'"{setting}"' in bundle, setting
     # The release check is skipped when the setting is off, or when the server lists --disable-api-nodes.
     release = bundle[bundle.index("async function fetchReleases()") :][:600]

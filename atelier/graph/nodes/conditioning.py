@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
+import torch
+
+from atelier.errors import InputError
 from atelier.graph.kit import MAX_RESOLUTION, ClipModel, Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.pipeline import Cond
+
+log = logging.getLogger(__name__)
 
 
 class CLIPTextEncode(Node):
@@ -128,3 +134,126 @@ class ConditioningSetArea(Node):
     ) -> tuple:
         area = (height // 8, width // 8, y // 8, x // 8)
         return ([dataclasses.replace(c, area=area, strength=strength) for c in conditioning],)
+
+
+def _first_context(conditioning: list[Cond], node: str) -> torch.Tensor:
+    """The context of a conditioning's first entry: ConditioningAverage and ConditioningConcat read only that one
+    (ComfyUI warns and does the same)."""
+    if not conditioning:
+        raise InputError(f"{node}'s conditioning_from is empty; expected at least one entry (a CLIPTextEncode).")
+    if len(conditioning) > 1:
+        log.warning("%s: conditioning_from has %d entries; only the first is used", node, len(conditioning))
+    return conditioning[0].context
+
+
+class ConditioningAverage(Node):
+    SCHEMA = NodeSchema(
+        name="ConditioningAverage",
+        display_name="Conditioning (Average)",
+        category="conditioning",
+        description="Mixes two prompts' token vectors, position by position: strength * to + (1 - strength) * from. "
+        "The shorter is padded with zeros (or the longer cut) to the length of conditioning_to.",
+        inputs=[
+            Input("conditioning_to", "CONDITIONING", tooltip="The conditioning whose entries are mixed (and kept)."),
+            Input("conditioning_from", "CONDITIONING", tooltip="The conditioning mixed in; only its first entry."),
+            Input(
+                "conditioning_to_strength",
+                "FLOAT",
+                default=1.0,
+                min=0.0,
+                max=1.0,
+                step=0.01,
+                tooltip="The share of conditioning_to: 1 keeps it alone, 0 gives conditioning_from.",
+            ),
+        ],
+        outputs=[Output("CONDITIONING", tooltip="The entries of conditioning_to with mixed vectors.")],
+    )
+
+    def run(
+        self,
+        ctx: NodeContext,
+        conditioning_to: list[Cond],
+        conditioning_from: list[Cond],
+        conditioning_to_strength: float,
+    ) -> tuple:
+        source = _first_context(conditioning_from, "ConditioningAverage")  # (1, T', D)
+        out = []
+        for cond in conditioning_to:
+            t = cond.context.shape[1]
+            other = source[:, :t].to(cond.context)
+            if other.shape[1] < t:  # pad the shorter prompt with zero vectors
+                other = torch.cat([other, other.new_zeros(1, t - other.shape[1], other.shape[2])], dim=1)
+            mixed = cond.context * conditioning_to_strength + other * (1.0 - conditioning_to_strength)
+            out.append(dataclasses.replace(cond, context=mixed))
+        return (out,)
+
+
+class ConditioningConcat(Node):
+    SCHEMA = NodeSchema(
+        name="ConditioningConcat",
+        display_name="Conditioning (Concat)",
+        category="conditioning",
+        description="Appends one prompt's token vectors after another's: the UNet attends to both at once, as one "
+        "longer prompt (77 + 77 tokens).",
+        inputs=[
+            Input("conditioning_to", "CONDITIONING", tooltip="The conditioning whose entries are extended (and kept)."),
+            Input("conditioning_from", "CONDITIONING", tooltip="The tokens appended; only its first entry."),
+        ],
+        outputs=[Output("CONDITIONING", tooltip="The entries of conditioning_to, each with the tokens appended.")],
+    )
+
+    def run(self, ctx: NodeContext, conditioning_to: list[Cond], conditioning_from: list[Cond]) -> tuple:
+        source = _first_context(conditioning_from, "ConditioningConcat")
+        return ([dataclasses.replace(c, context=torch.cat([c.context, source.to(c.context)], dim=1))
+                 for c in conditioning_to],)  # fmt: skip
+
+
+class ConditioningSetTimestepRange(Node):
+    SCHEMA = NodeSchema(
+        name="ConditioningSetTimestepRange",
+        display_name="ConditioningSetTimestepRange",
+        category="advanced/conditioning",
+        description="Limits a conditioning to part of the sampling: from start to end, as fractions of the way from "
+        "pure noise (0) to the last step (1). Combined with another, one prompt can set the composition and the "
+        "other the details.",
+        inputs=[
+            Input("conditioning", "CONDITIONING", tooltip="The conditioning to limit."),
+            Input(
+                "start",
+                "FLOAT",
+                default=0.0,
+                min=0.0,
+                max=1.0,
+                step=0.001,
+                tooltip="Where it starts to count: 0 at the first step.",
+            ),
+            Input(
+                "end",
+                "FLOAT",
+                default=1.0,
+                min=0.0,
+                max=1.0,
+                step=0.001,
+                tooltip="Where it stops counting: 1 at the last step.",
+            ),
+        ],
+        outputs=[Output("CONDITIONING", tooltip="The same entries, used only between start and end.")],
+    )
+
+    def run(self, ctx: NodeContext, conditioning: list[Cond], start: float, end: float) -> tuple:
+        return ([dataclasses.replace(c, start_percent=start, end_percent=end) for c in conditioning],)
+
+
+class ConditioningZeroOut(Node):
+    SCHEMA = NodeSchema(
+        name="ConditioningZeroOut",
+        display_name="ConditioningZeroOut",
+        category="advanced/conditioning",
+        description="Sets every token vector to zero: a negative that is not even the empty prompt, which some "
+        "models were trained with.",
+        inputs=[Input("conditioning", "CONDITIONING", tooltip="The conditioning to zero.")],
+        outputs=[Output("CONDITIONING", tooltip="The same entries with all-zero vectors.")],
+    )
+
+    def run(self, ctx: NodeContext, conditioning: list[Cond]) -> tuple:
+        return ([dataclasses.replace(c, context=torch.zeros_like(c.context)) for c in conditioning],)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 from pathlib import Path
@@ -250,3 +251,35 @@ class PreviewImage(SaveImage):
 
     def run(self, ctx: NodeContext, images: torch.Tensor, prompt: Any = None, extra_pnginfo: Any = None) -> NodeOutput:
         return super().run(ctx, images, "ComfyUI_temp", prompt, extra_pnginfo)
+
+
+class SaveImageWebsocket(Node):
+    """ComfyUI's API node for scripts that want the pixels and no file: each image goes to the prompt's client as
+    a binary WebSocket frame, the one live previews use, `[u32 1 = PREVIEW_IMAGE][u32 2 = PNG][PNG bytes]` (event 4
+    with its JSON metadata for a client that announced supports_preview_metadata: hub.py). The PNG is full size and
+    carries no metadata; nothing is written to disk and the node shows nothing in the editor."""
+
+    SCHEMA = NodeSchema(
+        name="SaveImageWebsocket",
+        display_name="Save Image (Websocket)",
+        category="image",
+        description="Sends the images to the client through the WebSocket as PNG frames, without saving a file (for "
+        "scripts: see ComfyUI's websockets_api_example_ws_images.py).",
+        inputs=[Input("images", "IMAGE", tooltip="The images to send, one frame each.")],
+        output_node=True,
+    )
+
+    def run(self, ctx: NodeContext, images: torch.Tensor) -> tuple:
+        pictures = bhwc_unit_to_pil(images)
+        for index, picture in enumerate(pictures):
+            ctx.check_interrupt()
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG", compress_level=4)
+            ctx.send_image(buffer.getvalue(), "image/png")
+            ctx.progress(index + 1, len(pictures))
+        return ()
+
+    @classmethod
+    def is_changed(cls) -> float:
+        """NaN: always run again, as ComfyUI's node does; a cached run would send the client nothing."""
+        return math.nan

@@ -1,4 +1,5 @@
-"""Loaders: a checkpoint file -> MODEL, CLIP and VAE; a VAE file -> VAE; a LoRA file -> patched MODEL and CLIP."""
+"""Loaders: a checkpoint file -> MODEL, CLIP and VAE; a VAE file -> VAE; a LoRA file -> patched MODEL and CLIP;
+split files, one network each (ComfyUI's models/diffusion_models and models/text_encoders) -> MODEL or CLIP."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import logging
 
 import torch
 
+from atelier.errors import AtelierError
 from atelier.graph.kit import ClipModel, Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
+from atelier.models.detect import FAMILY_NAMES, SUPPORTED_FAMILIES
 from atelier.models.embeddings import EmbeddingFolder
 from atelier.models.library import latent_rgb
 from atelier.models.lora import WeightPatch, load_lora
@@ -65,6 +68,160 @@ class VAELoader(Node):
         from atelier.models.checkpoint import load_vae
 
         return (load_vae(self.env.models.resolve("vae", vae_name), device=self.env.device, dtype=self.env.dtype),)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Split files: the UNet and the text encoder each in a file of its own, as ComfyUI's newer templates ship models
+# --------------------------------------------------------------------------------------------------------------
+
+# ComfyUI's CLIPLoader types, each the family whose text side it builds; Atelier runs those of SUPPORTED_FAMILIES.
+CLIP_TYPES = {
+    "stable_diffusion": "sd1",
+    "stable_cascade": "stable_cascade",
+    "sd3": "sd3",
+    "stable_audio": "stable_audio",
+    "mochi": "mochi",
+    "ltxv": "ltxv",
+    "pixart": "pixart",
+    "cosmos": "cosmos",
+    "lumina2": "lumina2",
+    "wan": "wan",
+    "hidream": "hidream",
+    "chroma": "chroma",
+    "ace": "ace",
+    "omnigen2": "omnigen2",
+    "qwen_image": "qwen_image",
+    "hunyuan_image": "hunyuan_image",
+}
+DUAL_CLIP_TYPES = {
+    "sdxl": "sdxl",
+    "sd3": "sd3",
+    "flux": "flux",
+    "hunyuan_video": "hunyuan_video",
+    "hidream": "hidream",
+    "hunyuan_image": "hunyuan_image",
+}
+DEVICE_INPUT = Input(
+    "device",
+    "COMBO",
+    options=["default", "cpu"],
+    optional=True,
+    tooltip="Where the text encoder runs: Atelier's device (default) or the CPU.",
+)
+
+
+def _refuse_family(node: str, kind: str, family: str) -> str | bool:
+    """True when `family` is one Atelier runs, else the sentence validation reports."""
+    if family in SUPPORTED_FAMILIES:
+        return True
+    return (
+        f"{node}'s type {kind!r} builds the text encoder of {FAMILY_NAMES.get(family, family)}; Atelier runs "
+        "Stable Diffusion 1.x only for now (type 'stable_diffusion')."
+    )
+
+
+class UNETLoader(Node):
+    SCHEMA = NodeSchema(
+        name="UNETLoader",
+        display_name="Load Diffusion Model",
+        category="advanced/loaders",
+        description="Loads a diffusion model (the UNet) alone, from models/diffusion_models (or models/unet); its "
+        "family is read off its weights. Pair it with CLIPLoader and VAELoader.",
+        inputs=[
+            Input("unet_name", "COMBO", options=(), tooltip="The diffusion model file, from models/diffusion_models."),
+            Input(
+                "weight_dtype",
+                "COMBO",
+                options=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],
+                tooltip="Storage precision of the weights. Atelier keeps its device's precision (default); the fp8 "
+                "choices load the same way and say so in the log.",
+            ),
+        ],
+        outputs=[Output("MODEL", tooltip="The denoising UNet.")],
+    )
+
+    def run(self, ctx: NodeContext, unet_name: str, weight_dtype: str) -> tuple:
+        from atelier.models.checkpoint import load_diffusion_model
+        from atelier.models.detect import latent_scale
+        from atelier.models.weights import WeightsFile
+
+        if weight_dtype != "default":
+            log.info(
+                "%s: weight_dtype %s is not used by Atelier; the weights keep the device's precision.",
+                unet_name,
+                weight_dtype,
+            )
+        path = self.env.models.resolve("diffusion_models", unet_name)
+        unet, _, family = load_diffusion_model(path, device=self.env.device, dtype=self.env.dtype)
+        # Without its VAE the latent scale is the family's (or the one Atelier stored in the file), and the live
+        # preview map is the one stored in the file, if any: there is no VAE here to fit one on.
+        stored = latent_rgb(path)
+        scale = latent_scale(family, WeightsFile(path).index.metadata)
+        return (DiffusionModel(unet, scale, preview=torch.tensor(stored) if stored is not None else None),)
+
+
+class CLIPLoader(Node):
+    SCHEMA = NodeSchema(
+        name="CLIPLoader",
+        display_name="Load CLIP",
+        category="advanced/loaders",
+        description="Loads a text encoder alone, from models/text_encoders (or models/clip). Type stable_diffusion "
+        "is the CLIP ViT-L/14 of Stable Diffusion 1.x.",
+        inputs=[
+            Input("clip_name", "COMBO", options=(), tooltip="The text encoder file, from models/text_encoders."),
+            Input("type", "COMBO", options=list(CLIP_TYPES), tooltip="Which model family's text encoder it is."),
+            DEVICE_INPUT,
+        ],
+        outputs=[Output("CLIP", tooltip="The text encoder that turns prompts into conditioning.")],
+    )
+
+    def run(self, ctx: NodeContext, clip_name: str, type: str, device: str = "default") -> tuple:
+        return (_load_clip(self.env, clip_name, device),)
+
+    @classmethod
+    def validate_inputs(cls, type: str) -> bool | str:
+        return _refuse_family("CLIPLoader", type, CLIP_TYPES.get(type, type))
+
+
+class DualCLIPLoader(Node):
+    SCHEMA = NodeSchema(
+        name="DualCLIPLoader",
+        display_name="DualCLIPLoader",
+        category="advanced/loaders",
+        description="Loads the two text encoders of a family that has two (SDXL: CLIP ViT-L and OpenCLIP ViT-bigG; "
+        "SD3, Flux: CLIP and T5). Atelier's families have one text encoder, so every type is refused for now.",
+        inputs=[
+            Input("clip_name1", "COMBO", options=(), tooltip="The first text encoder file."),
+            Input("clip_name2", "COMBO", options=(), tooltip="The second text encoder file."),
+            Input("type", "COMBO", options=list(DUAL_CLIP_TYPES), tooltip="Which model family's text encoders."),
+            DEVICE_INPUT,
+        ],
+        outputs=[Output("CLIP", tooltip="The two text encoders, as one CLIP.")],
+    )
+
+    def run(self, ctx: NodeContext, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple:
+        raise AtelierError(str(self.validate_inputs(type)))  # validation refuses it first; a direct call, here
+
+    @classmethod
+    def validate_inputs(cls, type: str) -> bool | str:
+        family = DUAL_CLIP_TYPES.get(type, type)
+        refusal = _refuse_family("DualCLIPLoader", type, family)
+        # A family Atelier runs with one text encoder has no use for two (none today; the check stays honest).
+        return (
+            refusal
+            if refusal is not True
+            else f"DualCLIPLoader's type {type!r} has one text encoder in Atelier; use CLIPLoader."
+        )
+
+
+def _load_clip(env, clip_name: str, device: str) -> ClipModel:
+    from atelier.models.checkpoint import load_text_encoder
+
+    path = env.models.resolve("text_encoders", clip_name)
+    where = "cpu" if device == "cpu" else env.device
+    dtype = None if device == "cpu" else env.dtype  # the CPU's own precision (fp32) when moved there
+    text_encoder, tokenizer, config = load_text_encoder(path, device=where, dtype=dtype)
+    return ClipModel(text_encoder, tokenizer, embeddings=EmbeddingFolder(env.models, config.width))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -178,7 +178,8 @@ async function finish(promptId) {
  */
 export async function runPrompt(prompt, extraData = {}, handlers = {}) {
   if (!socket) connect();
-  const body = { prompt, client_id: clientId, extra_data: extraData };
+  // The lab shows the sampler's live previews, so it asks for them: the server's default, as ComfyUI's, is none.
+  const body = { prompt, client_id: clientId, extra_data: { preview_method: "auto", ...extraData } };
   const queued = await postJSON("/api/prompt", body);
   const promptId = queued.prompt_id;
   return new Promise((resolve, reject) => {

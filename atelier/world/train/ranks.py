@@ -32,6 +32,9 @@ class Ranks:
 def init_ranks(device: str | None) -> Ranks:
     if "RANK" in os.environ:
         rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        if device == "cpu" or not torch.cuda.is_available():  # torchrun on a CPU: the proof of a GPU script
+            dist.init_process_group("gloo")
+            return Ranks(rank, world, torch.device("cpu"))
         torch.cuda.set_device(local)
         dist.init_process_group("nccl")
         return Ranks(rank, world, torch.device("cuda", local))

@@ -1,0 +1,281 @@
+"""Workers on a Ray cluster: one actor per device, behind the scheduler's narrow `Worker` interface.
+
+A school outgrows one GPU. Rather than a home-made cluster, Atelier runs its workers as Ray actors (Moritz et al.,
+"Ray: A Distributed Framework for Emerging AI Applications", OSDI 2018): long-lived processes, one per GPU (or a
+chosen number of CPU workers), each holding the models it has loaded, on this machine or on any machine of a
+cluster. The server keeps everything else: the scheduler, the files, the history and the WebSockets.
+
+    scheduler.take() ──► RayPool (one dispatcher thread) ──► a free actor, preferably one with the batch's model
+                              ▲                                   │ run(batch): a stream of events, then results
+                              │ a worker lost mid-batch:          ▼
+                              └── the batch once more, elsewhere  events -> on_event (previews, progress);
+                                                                  results -> scheduler.finish + deliver
+
+- What runs inside an actor is a *local worker*, built there by `make_worker(emit)` (a picklable function): the
+  same kind of worker the server runs in-process. `emit(event)` streams an event back while the batch runs
+  (a preview, a step); `run(batch)` returns one result per part; `loaded()` names the models it holds.
+- The stream is a Ray streaming generator: events arrive as they happen, the results last, once. A batch whose
+  actor dies (process killed, node lost) is run once more on another actor (Ray restarts the dead one, which loads
+  its models again); `on_retry` tells the server so that learners read "re-running on another worker". A batch
+  that loses its worker twice gets `WorkerLost` as the result of every part. Results are only ever delivered by
+  the attempt that finished, so no learner receives an image twice.
+- Placement keeps models warm: a batch goes to a free actor that has its model loaded, else to the free actor with
+  the fewest models loaded (it loads it and says so through `emit`).
+- `add_worker()` while the server runs: the new actor takes waiting work at once.
+
+Ray is an optional extra (`pip install atelier[cluster]`); nothing else in Atelier imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from atelier.errors import AtelierError, InputError
+from atelier.server.scheduler import Batch, Scheduler
+
+log = logging.getLogger("atelier.server")
+
+Emit = Callable[[Any], None]
+
+
+class LocalWorker(Protocol):
+    """What runs inside an actor: the scheduler's `Worker` plus the names of the models it holds."""
+
+    batch_images: int
+
+    def run(self, batch: Batch) -> Sequence[Any]: ...
+
+    def loaded(self) -> set[str]: ...
+
+
+class WorkerLost(AtelierError):
+    """A batch whose worker was lost twice: its parts fail with this reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"The worker running this image was lost twice ({reason}); the image was not made.",
+            "worker_lost",
+            reason=reason,
+        )
+
+
+# What the actor's stream carries: (kind, value). "event": something emit() sent; "result": the batch's results;
+# "error": the local worker raised (the batch's own fault, not the worker's: it is not re-run).
+_EVENT, _RESULT, _ERROR = "event", "result", "error"
+_DONE = object()
+
+
+class _StreamEnded(Exception):
+    """The actor's stream stopped before its results: the worker went away."""
+
+
+class _Actor:
+    """The body of each Ray actor: builds its local worker once, then runs the batches it is sent."""
+
+    def __init__(self, make_worker: Callable[[Emit], LocalWorker], device: str, threads: int | None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = device
+        self._events: queue.Queue = queue.Queue()
+        self.worker = make_worker(self._events.put)
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "device": self.device, "batch_images": self.worker.batch_images,
+                "loaded": sorted(self.worker.loaded())}
+
+    def run(self, batch: Batch):
+        """A generator: the events emitted while the batch runs (in a thread of the actor), then its results."""
+        outcome: list[tuple[str, Any]] = []
+
+        def work() -> None:
+            try:
+                outcome.append((_RESULT, list(self.worker.run(batch))))
+            except Exception as error:
+                outcome.append((_ERROR, error))
+            self._events.put(_DONE)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (event := self._events.get()) is not _DONE:
+            yield _EVENT, event
+        yield outcome[0]
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One actor as the pool sees it."""
+
+    number: int
+    actor: Any  # the Ray actor handle
+    batch_images: int
+    loaded: set[str] = dataclasses.field(default_factory=set)
+    busy: bool = False
+    images_done: int = 0
+    device: str = "cpu"
+    pid: int | None = None
+
+
+class RayPool:
+    """Ray actors fed by the scheduler. `serve` is the loop; `describe` is what the instructor page shows.
+
+    make_worker(emit) -> LocalWorker: built inside each actor (picklable: a module-level function or a partial).
+    model_of(batch): the model a batch needs (None: any worker). on_event(batch, event): what an actor emitted.
+    on_retry(batch, reason): a batch is run again on another worker after its worker was lost.
+    """
+
+    def __init__(
+        self,
+        make_worker: Callable[[Emit], LocalWorker],
+        workers: int | None = None,
+        address: str | None = None,
+        model_of: Callable[[Batch], str | None] = lambda batch: None,
+        on_event: Callable[[Batch, Any], None] = lambda batch, event: None,
+        on_retry: Callable[[Batch, str], None] = lambda batch, reason: None,
+        cpus_per_worker: int = 1,
+    ) -> None:
+        import ray
+
+        self._ray = ray
+        if not ray.is_initialized():
+            if address is None:  # a local instance: this machine's CPUs and GPUs
+                ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            else:  # an existing cluster: "auto" or "ray://host:10001"
+                ray.init(address=address, log_to_driver=False)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        self._gpu = gpus > 0 and workers is None
+        count = workers if workers is not None else max(gpus, 1)
+        if count < 1:
+            raise InputError(f"--workers must be at least 1, got {count}.")
+        self.make_worker, self.model_of, self.on_event, self.on_retry = make_worker, model_of, on_event, on_retry
+        self.cpus_per_worker = cpus_per_worker
+        self._lock = threading.Condition()
+        self._slots: list[_Slot] = []
+        self._retries: deque[tuple[Batch, str]] = deque()  # batches to run once more, before new work
+        for _ in range(count):
+            self.add_worker()
+
+    # ---- workers ----
+
+    def add_worker(self) -> _Slot:
+        """Start one more actor (a GPU each when the cluster has GPUs, else `cpus_per_worker` CPUs)."""
+        resources = {"num_gpus": 1, "num_cpus": 1} if self._gpu else {"num_cpus": self.cpus_per_worker}
+        remote = self._ray.remote(max_restarts=-1, max_task_retries=0, **resources)(_Actor)
+        device = "cuda" if self._gpu else "cpu"
+        actor = remote.remote(self.make_worker, device, None if self._gpu else self.cpus_per_worker)
+        info = self._ray.get(actor.info.remote())
+        with self._lock:
+            slot = _Slot(len(self._slots), actor, info["batch_images"], set(info["loaded"]), device=device,
+                         pid=info["pid"])
+            self._slots.append(slot)
+            self._lock.notify_all()
+        log.info("Ray worker %d started (pid %d, %s).", slot.number, slot.pid, device)
+        return slot
+
+    @property
+    def batch_images(self) -> int:
+        return min(slot.batch_images for slot in self._slots)
+
+    def describe(self) -> list[dict]:
+        """Each worker: device, models loaded, busy or idle, images done (the instructor page's table)."""
+        with self._lock:
+            return [{"worker": s.number, "device": s.device, "pid": s.pid, "loaded": sorted(s.loaded),
+                     "busy": s.busy, "images_done": s.images_done} for s in self._slots]
+
+    def pids(self) -> list[int | None]:
+        return [slot.pid for slot in self._slots]
+
+    # ---- the loop ----
+
+    def serve(self, scheduler: Scheduler, deliver: Callable[[Batch, Sequence[Any]], None],
+              stop: threading.Event, poll: float = 0.2) -> None:
+        """Until `stop` is set: whenever an actor is free, give it a batch to re-run or the scheduler's next one."""
+        while not stop.is_set():
+            with self._lock:
+                self._lock.wait_for(lambda: any(not s.busy for s in self._slots), poll)
+                free = [s for s in self._slots if not s.busy]
+                retry = self._retries.popleft() if free and self._retries else None
+            if not free:
+                continue
+            if retry is not None:
+                batch, lost_on = retry
+                attempt = 2
+            else:
+                batch = scheduler.wait_take(poll, min(s.batch_images for s in free))
+                if batch is None:
+                    continue
+                attempt, lost_on = 1, None
+            with self._lock:  # the take may have waited: another actor may have become free meanwhile
+                free = [s for s in self._slots if not s.busy]
+            slot = self._place(batch, free, avoid=lost_on)
+            threading.Thread(
+                target=self._run, args=(slot, batch, attempt, scheduler, deliver), daemon=True,
+                name=f"ray-batch-{batch.number}",
+            ).start()
+
+    def _place(self, batch: Batch, free: list[_Slot], avoid: Any = None) -> _Slot:
+        """A free actor with the batch's model loaded; else the one with the fewest models (another than `avoid`,
+        the one the batch was lost on, when there is a choice)."""
+        model = self.model_of(batch)
+        candidates = [s for s in free if s.number != avoid] or free
+        warm = [s for s in candidates if model is not None and model in s.loaded]
+        slot = (warm or sorted(candidates, key=lambda s: len(s.loaded)))[0]
+        with self._lock:
+            slot.busy = True
+        return slot
+
+    def _run(self, slot: _Slot, batch: Batch, attempt: int, scheduler: Scheduler,
+             deliver: Callable[[Batch, Sequence[Any]], None]) -> None:
+        ray = self._ray
+        try:
+            results: Sequence[Any] | None = None
+            for ref in slot.actor.run.options(num_returns="streaming").remote(batch):
+                kind, value = ray.get(ref)
+                if kind == _EVENT:
+                    self.on_event(batch, value)
+                elif kind == _RESULT:
+                    results = value
+                else:  # the local worker raised: every part gets the error, as scheduler.serve does
+                    results = [value] * len(batch.parts)
+            if results is None:
+                raise _StreamEnded
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, _StreamEnded) as lost:
+            reason = f"worker {slot.number} lost: {type(lost).__name__}"
+            log.warning("Batch %d: %s (attempt %d).", batch.number, reason, attempt)
+            self._refresh(slot)
+            if attempt == 1:
+                self.on_retry(batch, reason)
+                with self._lock:
+                    self._retries.append((batch, slot.number))
+                    slot.busy = False
+                    self._lock.notify_all()
+                return
+            results = [WorkerLost(reason)] * len(batch.parts)
+        self._refresh(slot)
+        with self._lock:
+            slot.busy = False
+            slot.images_done += batch.images
+            self._lock.notify_all()
+        scheduler.finish(batch)
+        deliver(batch, results)
+
+    def _refresh(self, slot: _Slot) -> None:
+        """What the actor holds now (after a restart: nothing yet); a dead actor answers later or never."""
+        try:
+            info = self._ray.get(slot.actor.info.remote(), timeout=30)
+        except Exception:
+            slot.loaded = set()
+            return
+        slot.loaded, slot.pid = set(info["loaded"]), info["pid"]
+
+    def shutdown(self) -> None:
+        for slot in self._slots:
+            self._ray.kill(slot.actor)
+        self._slots.clear()
