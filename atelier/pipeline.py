@@ -29,6 +29,7 @@ from torch import Tensor
 from atelier.errors import AtelierError, InputError
 from atelier.imaging import signed_to_uint8
 from atelier.limits import check_image_batch, check_prompt_text, check_sampling_cost
+from atelier.models.controlnet import AppliedControlNet, ControlStack
 from atelier.models.lora import WeightPatch, patched
 from atelier.sampling.denoisers import Denoiser, DiscreteSchedule, start_latent
 from atelier.sampling.guidance import GuidanceTrace, cfg_denoiser
@@ -195,6 +196,8 @@ class Cond:
     end_percent: float = 1.0
     # SDXL: the vector y (1, adm) = pooled text + size embeddings (models/unet.sdxl_vector); None for SD1.x/2.x.
     y: Tensor | None = None
+    # ControlNets steering the UNet while it reads this entry (ControlNetApply appends; models/controlnet.py)
+    control: tuple[AppliedControlNet, ...] = ()
 
     @property
     def everywhere_always(self) -> bool:
@@ -254,9 +257,13 @@ def composed_denoiser(
             weight = weight.to(x.device, x.dtype)
             crop = x[:, :, ys, xs]
             context = cond.context.to(x.device).expand(x.shape[0], -1, -1)
+            extra = dict(kwargs)
             if cond.y is not None:  # SDXL: each entry brings its own pooled/size vector
-                kwargs = {**kwargs, "y": cond.y.to(x.device).expand(x.shape[0], -1)}
-            total[:, :, ys, xs] += denoise(crop, sigma, context=context, **kwargs) * weight
+                extra["y"] = cond.y.to(x.device).expand(x.shape[0], -1)
+            if cond.control:  # the ControlNets' residuals, for the part of the latent this entry covers
+                area = (ys, xs) if cond.area is not None else None
+                extra["control"] = ControlStack(cond.control, area, full=tuple(x.shape[-2:]))
+            total[:, :, ys, xs] += denoise(crop, sigma, context=context, **extra) * weight
             count[:, :, ys, xs] += weight
         return total / count
 
@@ -275,9 +282,10 @@ def guide(
     schedule: DiscreteSchedule | None = None,
 ):
     """Classifier-free guidance over conditionings. The common case, one full-image context on each side, runs
-    cond and uncond as one batch (guidance.cfg_denoiser); area compositions, several entries and timestep ranges
-    combine their entries first (`composed_denoiser`)."""
-    simple = all(len(c) == 1 and c[0].everywhere_always for c in (positive, negative))
+    cond and uncond as one batch (guidance.cfg_denoiser); area compositions, several entries, timestep ranges and
+    ControlNets combine their entries first (`composed_denoiser`; with ControlNets each side then runs on its own,
+    with its own ControlNets: two UNet passes per step instead of one batch of two)."""
+    simple = all(len(c) == 1 and c[0].everywhere_always and not c[0].control for c in (positive, negative))
     if simple:
         return cfg_denoiser(denoise, positive[0].context, negative[0].context, scale)
     cond_fn = composed_denoiser(denoise, positive, schedule)

@@ -29,6 +29,7 @@ from atelier.graph.nodes.conditioning import (
     ConditioningSetTimestepRange,
     ConditioningZeroOut,
 )
+from atelier.graph.nodes.controlnet import ControlNetApply, ControlNetApplyAdvanced, ControlNetLoader
 from atelier.graph.nodes.custom_sampling import CUSTOM_SAMPLING_NODES
 from atelier.graph.nodes.image import (
     ImageScale,
@@ -59,7 +60,9 @@ from atelier.graph.nodes.loaders import (
     VAELoader,
 )
 from atelier.graph.nodes.model_merging import MODEL_MERGING_NODES
+from atelier.graph.nodes.preprocessors import Canny, ScribbleFromEdges
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced, ModelSamplingDiscrete
+from atelier.graph.nodes.upscale import ImageUpscaleWithModel, UpscaleModelLoader
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
 from atelier.graph.teaching import TEACHING_NODES
@@ -74,10 +77,14 @@ CORE_NODES: tuple[type[Node], ...] = (
     DualCLIPLoader,
     LoraLoader,
     LoraLoaderModelOnly,
+    UpscaleModelLoader,
+    ControlNetLoader,
     CLIPTextEncode,
     CLIPSetLastLayer,
     ConditioningCombine,
     ConditioningSetArea,
+    ControlNetApply,
+    ControlNetApplyAdvanced,
     EmptyLatentImage,
     RepeatLatentBatch,
     LatentUpscale,
@@ -95,6 +102,9 @@ CORE_NODES: tuple[type[Node], ...] = (
     ImageScaleBy,
     ImageScaleToTotalPixels,
     ImagePadForOutpaint,
+    ImageUpscaleWithModel,
+    Canny,
+    ScribbleFromEdges,
     SaveImage,
     PreviewImage,
     SaveImageWebsocket,
@@ -124,6 +134,8 @@ _DYNAMIC_OPTIONS = {
     ("DualCLIPLoader", "clip_name2"): lambda env: lambda: env.models.list("text_encoders"),
     ("LoraLoader", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("LoraLoaderModelOnly", "lora_name"): lambda env: lambda: env.models.list("loras"),
+    ("UpscaleModelLoader", "model_name"): lambda env: lambda: env.models.list("upscale_models"),
+    ("ControlNetLoader", "control_net_name"): lambda env: lambda: env.models.list("controlnet"),
     ("LoadImage", "image"): _input_images,
     ("LoadImageMask", "image"): _input_images,
 }

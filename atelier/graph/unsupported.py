@@ -1,4 +1,4 @@
-"""ComfyUI core nodes that Atelier knows by name but cannot run yet: upscale models, ControlNet, ...
+"""ComfyUI core nodes that Atelier knows by name but cannot run yet: GLIGEN, style models, ...
 
 Why list nodes that do nothing? Two reasons.
 
@@ -7,7 +7,7 @@ Why list nodes that do nothing? Two reasons.
    UpscaleModelLoader, ControlNetLoader, ...) and reads `nodeDef.name` of each; a loader missing from
    /object_info makes that throw, and the Load Checkpoint node is drawn without its ckpt_name widget.
 2. A workflow saved with ComfyUI that uses one of them should open in the editor as it was drawn, and queueing it
-   should say plainly what is missing ("Load Upscale Model (UpscaleModelLoader) is not supported by Atelier
+   should say plainly what is missing ("Load Style Model (StyleModelLoader) is not supported by Atelier
    yet ..."), instead of the generic "node not found".
 
 Each class below copies ComfyUI's input names and order (so `widgets_values` map correctly) and refuses in
@@ -63,38 +63,6 @@ def _strength(name: str) -> Input:
     return Input(name, "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01)
 
 
-class UpscaleModelLoader(NotSupportedYet):
-    SCHEMA = _schema("UpscaleModelLoader", "Load Upscale Model", [_file("model_name")], [Output("UPSCALE_MODEL")])
-    WHY = "would load a super-resolution network (ESRGAN and the like)"
-
-    @classmethod
-    def validate_inputs(cls, model_name: str) -> str:
-        return cls.refusal()
-
-
-class ImageUpscaleWithModel(NotSupportedYet):
-    SCHEMA = _schema(
-        "ImageUpscaleWithModel",
-        "Upscale Image (using Model)",
-        [Input("upscale_model", "UPSCALE_MODEL"), Input("image", "IMAGE")],
-        [Output("IMAGE")],
-    )
-    WHY = "would enlarge the image with a super-resolution network; Upscale Image or Upscale Latent By can instead"
-
-    @classmethod
-    def validate_inputs(cls, upscale_model: Any) -> str:
-        return cls.refusal()
-
-
-class ControlNetLoader(NotSupportedYet):
-    SCHEMA = _schema("ControlNetLoader", "Load ControlNet Model", [_file("control_net_name")], [Output("CONTROL_NET")])
-    WHY = "would load a ControlNet, which steers the UNet with an edge map, a pose or a depth map"
-
-    @classmethod
-    def validate_inputs(cls, control_net_name: str) -> str:
-        return cls.refusal()
-
-
 class ImageOnlyCheckpointLoader(NotSupportedYet):
     SCHEMA = _schema(
         "ImageOnlyCheckpointLoader",
@@ -128,9 +96,6 @@ class GLIGENLoader(NotSupportedYet):
 
 
 UNSUPPORTED_NODES: tuple[type[NotSupportedYet], ...] = (
-    UpscaleModelLoader,
-    ImageUpscaleWithModel,
-    ControlNetLoader,
     ImageOnlyCheckpointLoader,
     StyleModelLoader,
     GLIGENLoader,

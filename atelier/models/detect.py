@@ -52,6 +52,7 @@ FAMILY_NAMES = {
     "sd3": "a Stable Diffusion 3 checkpoint",
     "flux": "a Flux checkpoint",
     "controlnet": "a ControlNet",
+    "upscaler": "an upscale model",
     "lora": "a LoRA",
     "embedding": "a textual-inversion embedding",
     "vae": "a standalone VAE",
@@ -91,6 +92,8 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
         return "sdxl", "model.diffusion_model.label_emb.*"
     if first(lambda n: n.startswith("control_model.") or "zero_convs." in n or "input_hint_block." in n):
         return "controlnet", "control_model.* / zero_convs.*"
+    if first(lambda n: n.startswith("controlnet_cond_embedding.")):
+        return "controlnet", "controlnet_cond_embedding.* (diffusers)"
     if first(lambda n: n.startswith("cond_stage_model.model.")):
         return "sd2", "an OpenCLIP text encoder, cond_stage_model.model.*"
     if first(lambda n: n.startswith(keymap.UNET_PREFIX)):
@@ -107,6 +110,10 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
         return "sd1", "model.diffusion_model.* and cond_stage_model.transformer.*"
     if vae_names(names):
         return "vae", "encoder.* and decoder.* only"
+    from atelier.models.upscale import layout_of, strip_container  # a leaf; imported here: detect runs on every file
+
+    if layout := layout_of(strip_container(shapes)):
+        return "upscaler", f"an upscale network's {layout} key layout"
     if first(lambda n: n.startswith("down_blocks.")) and first(lambda n: n.startswith("time_embedding.")):
         return "unet", "a diffusers UNet (down_blocks.*, time_embedding.*)"
     return "unknown", ", ".join(sorted(names)[:3]) or "no tensors"

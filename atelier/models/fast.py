@@ -50,7 +50,7 @@ from atelier.models.clip import CLIPTextEncoder
 from atelier.models.compile_cache import use_compile_cache
 from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
 from atelier.models.layers import multi_head_attention
-from atelier.models.unet import ResBlock, UNet
+from atelier.models.unet import ControlResiduals, ResBlock, UNet
 from atelier.models.vae import VAE, ResnetBlock, SpatialSelfAttention
 from atelier.sampling.graphs import GraphedCall
 
@@ -294,8 +294,18 @@ class FastUNet(UNet):
         """True while `capture_cross_attention` is active on this model."""
         return any(m.record is not None for m in self._cross)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor | float,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        control: ControlResiduals | None = None,
+    ) -> torch.Tensor:
         x = _channels_last(x, self.options)
+        if control is not None or y is not None:
+            # ControlNet residuals or SDXL's vector: the readable forward (its blocks compiled, no CUDA graph)
+            return UNet.forward(self, x, timestep, context, y, control=control).contiguous()
         if self.recording:
             with torch.compiler.set_stance("force_eager"):
                 return UNet.forward(self, x, timestep, context).contiguous()

@@ -34,7 +34,13 @@ def describe_model(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; expected a model file or a diffusers model folder.")
-    lines = _describe_folder(path) if path.is_dir() else _describe_file(path)
+    if path.is_dir() and not (path / "model_index.json").is_file() and (path / "config.json").is_file():
+        from atelier.models.controlnet import controlnet_weights_file  # a diffusers ControlNet folder
+
+        weights = controlnet_weights_file(path)
+        lines = [path.name + "/", *_describe_file(weights)[1:]]
+    else:
+        lines = _describe_folder(path) if path.is_dir() else _describe_file(path)
     return "\n".join(lines)
 
 
@@ -52,6 +58,10 @@ def _describe_file(path: Path) -> list[str]:
         return lines[:1] + _describe_embedding(file) + lines[1:]
     if family in ("sd2", "sdxl") and keymap.UNET_PREFIX + "input_blocks.0.0.weight" in shapes:
         return lines[:1] + _describe_family(file, family) + lines[1:]
+    if family == "upscaler":
+        return lines[:1] + _describe_upscaler(file) + lines[1:]
+    if family == "controlnet":
+        return lines[:1] + _describe_controlnet(file) + lines[1:]
     if family not in detect.SUPPORTED_FAMILIES:
         lines.insert(1, _row("kind", f"{_family_label(family)} (found {evidence})"))
         try:
@@ -190,6 +200,40 @@ def _describe_embedding(file: WeightsFile) -> list[str]:
         _row("kind", f"a textual-inversion embedding for {what}"),
         _row("vectors", f"{count} x {width} (it takes {count} of the prompt's 75 token positions)"),
         _row("use", f"embedding:{Path(file.name).stem} in a prompt, the file in models/embeddings"),
+    ]
+
+
+def _describe_controlnet(file: WeightsFile) -> list[str]:
+    """A ControlNet: its layout, the UNet it copies, its hint encoder, what it adds to the UNet."""
+    from atelier.models.controlnet import describe_controlnet, skip_channels
+
+    layout, config = describe_controlnet(file.index.shapes)
+    lines = [_row("layout", layout)]
+    if config is None:
+        return [_row("kind", "a ControlNet whose shapes could not be read (incomplete file?)"), *lines]
+    unet = config.unet
+    lines.insert(0, _row("kind", f"a ControlNet for a Stable Diffusion 1.x UNet {unet.block_channels} wide "
+                                 f"(context {unet.context_dim})"))  # fmt: skip
+    widths = ", ".join(map(str, config.hint_block_channels))
+    lines += [
+        _row("hint", f"a {config.hint_channels}-channel image at the picture's size, encoded by convs {widths} wide"),
+        _row("adds", f"{len(skip_channels(unet))} residuals to the UNet's skips and 1 to its middle block"),
+        _row("params", _params(file.index.shapes)),
+        _row("use", "Load ControlNet Model + Apply ControlNet, the file in models/controlnet"),
+    ]
+    return lines
+
+
+def _describe_upscaler(file: WeightsFile) -> list[str]:
+    """A super-resolution network: its architecture and key layout, factor and sizes."""
+    from atelier.models.upscale import describe_upscaler
+
+    architecture, config = describe_upscaler(file.index.shapes) or ("an unknown upscaler", "")
+    return [
+        _row("kind", f"an upscale model: {architecture}"),
+        _row("config", config),
+        _row("params", _params(file.index.shapes)),
+        _row("use", "Load Upscale Model + Upscale Image (using Model), the file in models/upscale_models"),
     ]
 
 

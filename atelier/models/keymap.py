@@ -424,6 +424,35 @@ def vae_from_sd(state: Mapping[str, torch.Tensor], config: VAEConfig) -> dict[st
     return vae_attention_to_linear(rename(state, vae_table(config), to_sd=False, what="The VAE"))
 
 
+def controlnet_table(config: UNetConfig, hint_convs: int) -> list[Row]:
+    """A ControlNet's rows: the UNet's for the copied encoder (time embedding, input and middle blocks), plus
+
+    input_hint_block.0            controlnet_cond_embedding.conv_in   (convs at even indices, SiLUs between)
+    input_hint_block.2 ... 2k     controlnet_cond_embedding.blocks.0 ... k-1
+    input_hint_block.{2n}         controlnet_cond_embedding.conv_out  (the last, a zero conv)
+    zero_convs.i.0                controlnet_down_blocks.i            (one 1x1 zero conv per skip)
+    middle_block_out.0            controlnet_mid_block
+    """
+    encoder = [r for r in unet_table(config) if not r.ours.startswith(("up_blocks.", "conv_norm_out", "conv_out"))]
+    last = 2 * (hint_convs - 1)
+    hint = [Row("controlnet_cond_embedding.conv_in", "input_hint_block.0")]
+    hint += [
+        Row(f"controlnet_cond_embedding.blocks.{k - 1}", f"input_hint_block.{2 * k}") for k in range(1, hint_convs - 1)
+    ]
+    hint.append(Row("controlnet_cond_embedding.conv_out", f"input_hint_block.{last}"))
+    zeros = [
+        Row(f"controlnet_down_blocks.{i}", f"zero_convs.{i}.0")
+        for i in range(len(config.block_channels) * (config.layers_per_block + 1))
+    ]
+    return [*encoder, *hint, *zeros, Row("controlnet_mid_block", "middle_block_out.0")]
+
+
+def controlnet_from_sd(state: Mapping[str, T], config: UNetConfig, name: str) -> dict[str, T]:
+    """ControlNet weights in the original layout (`control_model.` removed) -> ours (= diffusers')."""
+    hint_convs = sum(1 for k in state if k.startswith("input_hint_block.") and k.endswith(".weight"))
+    return rename(state, controlnet_table(config, hint_convs), to_sd=False, what=name)
+
+
 def vae_to_sd(state: Mapping[str, torch.Tensor], config: VAEConfig) -> dict[str, torch.Tensor]:
     """VAE weights, ours -> SD names (without the `first_stage_model.` prefix), attention stored as 1x1 convs."""
     return rename(vae_attention_to_conv(state), vae_table(config), to_sd=True, what="The VAE")

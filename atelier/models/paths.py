@@ -8,6 +8,8 @@ The layout is ComfyUI's, so an existing ComfyUI install can be pointed at direct
     <root>/models/embeddings/    textual-inversion embeddings
     <root>/models/diffusion_models/  a diffusion model (UNet) alone (UNETLoader); ComfyUI's older name, unet/, too
     <root>/models/text_encoders/     a text encoder alone (CLIPLoader); ComfyUI's older name, clip/, too
+    <root>/models/upscale_models/  super-resolution networks (ESRGAN, Real-ESRGAN)
+    <root>/models/controlnet/    ControlNets
 
 More folders come from an `extra_model_paths.yaml` in ComfyUI's format, e.g. to share an A1111 install:
 
@@ -47,6 +49,8 @@ DEFAULT_FOLDERS = {
     "embeddings": "models/embeddings",
     "diffusion_models": "models/diffusion_models",
     "text_encoders": "models/text_encoders",
+    "upscale_models": "models/upscale_models",
+    "controlnet": "models/controlnet",
 }
 # ComfyUI's earlier folder names, searched after the current ones (its folder_paths does the same).
 LEGACY_FOLDERS = {"diffusion_models": "models/unet", "text_encoders": "models/clip"}

@@ -16,6 +16,7 @@ Module and parameter names match diffusers' UNet2DConditionModel, so its state_d
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -230,6 +231,19 @@ class UpBlock(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class ControlResiduals:
+    """What a ControlNet (controlnet.py) adds to the UNet: one map per skip of the down path, in storage order
+    (conv_in's output first; SD1.x: 12 maps), and one for the middle block's output. diffusers calls them
+    down_block_additional_residuals and mid_block_additional_residual."""
+
+    down: list[torch.Tensor]
+    mid: torch.Tensor
+
+    def __add__(self, other: ControlResiduals) -> ControlResiduals:  # stacked ControlNets sum their residuals
+        return ControlResiduals([a + b for a, b in zip(self.down, other.down, strict=True)], self.mid + other.mid)
+
+
 class UNet(nn.Module):
     """The SD1.x UNet: forward(x (B, C_in, h, w), timestep (B,) or scalar, context (B, T, D)) -> (B, C_out, h, w).
 
@@ -281,10 +295,16 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
 
     def forward(
-        self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor, y: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor | float,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        control: ControlResiduals | None = None,
     ) -> torch.Tensor:
         """x (B, C_in, h, w), timestep scalar or (B,), context (B, T, context_dim), and for SDXL y (B or 1,
-        adm_in_channels), the vector `sdxl_vector` builds -> the prediction (B, C_out, h, w)."""
+        adm_in_channels), the vector `sdxl_vector` builds -> the prediction (B, C_out, h, w). `control`: the
+        ControlNets' residuals (models/controlnet.py), added to the skips and the middle block's output."""
         B = x.shape[0]
         t = torch.as_tensor(timestep, device=x.device)
         if t.ndim != 0 and t.shape != (B,):
@@ -322,6 +342,14 @@ class UNet(nn.Module):
 
         # --- Middle: the coarsest features (SD1.x: (B, 1280, h/8, w/8)) mix globally through attention.
         x = self.mid_block(x, temb, context)
+
+        # --- ControlNet (Zhang et al. 2023): its residuals are added to every skip and to the middle's output.
+        if control is not None:
+            if len(control.down) != len(skips):
+                raise InputError(f"The ControlNet gives {len(control.down)} residuals for {len(skips)} skips of the "
+                                 "UNet; it was made for another model shape.")  # fmt: skip
+            skips = [skip + residual.to(skip.dtype) for skip, residual in zip(skips, control.down, strict=True)]
+            x = x + control.mid.to(x.dtype)
 
         # --- Up path: each level concatenates its skips back in, then doubles the resolution. The upsampler
         # resizes to the size of the next skip it will meet, which is 2x except for odd sizes (9 -> 5 -> 9).

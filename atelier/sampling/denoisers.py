@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -135,6 +136,9 @@ class DiscreteSchedule:
 
 
 UNetFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # unet(x_in, t, context) -> eps or v, all batched on dim 0
+# control(x_in, t, context, sigma, schedule) -> the ControlNet residuals for this call (models/unet.py's
+# ControlResiduals), or None where no ControlNet is active at this sigma (models/controlnet.py's ControlStack).
+ControlFn = Callable[[Tensor, Tensor, Tensor | None, Tensor, "DiscreteSchedule"], Any]
 
 
 def _per_sample(sigma: Tensor, x: Tensor) -> Tensor:
@@ -173,9 +177,17 @@ class Denoiser:
         self.quantize_timesteps = quantize_timesteps
         self.dtype = dtype  # the dtype the network's inputs are cast to (None: keep x's dtype)
 
-    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor | None = None, y: Tensor | None = None) -> Tensor:
+    def __call__(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        context: Tensor | None = None,
+        y: Tensor | None = None,
+        control: ControlFn | None = None,
+    ) -> Tensor:
         """x0 from x (B, C, h, w) at noise level sigma (B,) or (); `y` (B, adm) is SDXL's pooled/size vector,
-        handed to the network as its fourth argument (UNet.forward), None for models without one."""
+        handed to the network as its fourth argument (UNet.forward), None for models without one; `control`
+        gives the ControlNets' residuals for this call (pipeline.ControlStack), None without ControlNets."""
         sigma = sigma.to(x.device).expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device)  # (B,)
         t = self.schedule.sigma_to_t(sigma, quantize=self.quantize_timesteps)  # (B,) float32
         if sigma.device.type == "cpu" and bool((sigma == sigma[:1]).all()):
@@ -187,10 +199,12 @@ class Denoiser:
         net_dtype = self.dtype or x.dtype
         x_in = x / (s**2 + 1) ** 0.5  # c_in * x: back to the DDPM's unit-variance input
         ctx = context.to(net_dtype) if context is not None else None
-        if y is None:
-            out = self.unet(x_in.to(net_dtype), t, ctx).to(x.dtype)  # (B, C, h, w) eps or v
-        else:
-            out = self.unet(x_in.to(net_dtype), t, ctx, y.to(x.device, net_dtype)).to(x.dtype)
+        # ControlNets see exactly the UNet's input (c_in * x, t, context) and give residuals to add inside it.
+        residuals = control(x_in.to(net_dtype), t, ctx, sigma, self.schedule) if control is not None else None
+        extra = {} if residuals is None else {"control": residuals}
+        if y is not None:
+            extra["y"] = y.to(x.device, net_dtype)
+        out = self.unet(x_in.to(net_dtype), t, ctx, **extra).to(x.dtype)  # (B, C, h, w) eps or v
         if self.prediction == "eps":
             return x - out * s  # c_skip = 1, c_out = -sigma
         return x / (s**2 + 1) - out * s / (s**2 + 1) ** 0.5  # c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(..)

@@ -32,7 +32,16 @@ from PIL import Image, PngImagePlugin
 from atelier.errors import AtelierError
 
 FILE_KINDS = ("input", "output", "temp")  # the `type` of a file reference {"filename", "subfolder", "type"}
-MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings", "diffusion_models", "text_encoders")
+MODEL_FOLDERS = (
+    "checkpoints",
+    "vae",
+    "loras",
+    "embeddings",
+    "diffusion_models",
+    "text_encoders",
+    "upscale_models",
+    "controlnet",
+)
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 MAX_PREFIX_CHARACTERS = 200  # a filename prefix, subfolders included: file names stop at 255 bytes
 PARTIAL_PREFIX = ".tmp-"  # files being written (write_atomic, write_new); left over only by a killed server

@@ -5,8 +5,7 @@ For each saved workflow (UI format, as the editor stores it):
 2. the prompt validates against Atelier's registry (every node type, input name, range and option);
 3. it runs through the executor, with the checkpoint swapped for the embedded model, sizes divided by 4 and
    4 sampling steps, and saves images of the expected sizes.
-Workflows with upscale-model nodes are refused with a sentence that names the node; the LoRA example runs on a
-random LoRA file made for the embedded model.
+The LoRA example runs on a random LoRA file made for the embedded model, the ESRGAN one on a random RRDBNet file.
 """
 
 from __future__ import annotations
@@ -207,20 +206,26 @@ def test_lora_workflow_runs_and_leaves_the_checkpoint_as_it_was(env):
     assert with_lora != before
 
 
-def test_upscale_model_workflow_runs_only_its_first_pass(env):
-    """As in ComfyUI, outputs that validate still run: the first pass is saved, the ESRGAN branch is refused."""
-    registry, _, _ = env
-    checked = validate_prompt(shrink(ui_to_api(load("hiresfix_esrgan.json"), registry), registry), registry)
-    assert checked.ok and checked.outputs == ["9"]
-    assert sorted(checked.node_errors) == ["22", "23"]
-    assert checked.node_errors["23"]["errors"][0]["details"].startswith(
-        "model_name - Load Upscale Model (UpscaleModelLoader) is not supported by Atelier yet"
-    )
-    assert (
-        "Upscale Image (using Model) (ImageUpscaleWithModel) is not supported by Atelier yet"
-        in (checked.node_errors["22"]["errors"][0]["details"])
-    )
-    assert checked.node_errors["22"]["dependent_outputs"] == ["12"]
+def test_esrgan_workflow_converts_to_comfyuis_prompt_and_runs(env):
+    """ComfyUI's two-pass example with ESRGAN: the UI workflow gives exactly the prompt ComfyUI queued, and it runs
+    on a random RRDBNet .pth in Real-ESRGAN's own layout ({"params_ema": ...}) under the file name it asks for:
+    the first image 4x larger, scaled to the second pass's size, with per-tile progress from the upscaler."""
+    from tests.models.test_upscale import real_esrgan_state
+
+    registry, executor, files = env
+    folder = registry.get("UpscaleModelLoader").env.models.folders_for("upscale_models")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"params_ema": real_esrgan_state(nb=1)}, folder / "RealESRGAN_x4plus.pth")
+    prompt = ui_to_api(load("hiresfix_esrgan.json"), registry)
+    queued = load("hiresfix_esrgan.api.json")
+    assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()} == queued
+    checked = validate_prompt(shrink(prompt, registry), registry)
+    assert checked.ok and checked.node_errors == {}, checked.node_errors
+    log = EventLog()
+    executor.execute(checked.prompt, checked.outputs, listener=log)
+    assert log.names()[-1] == "execution_success", log.payloads("execution_error")
+    assert saved_sizes(log, files) == {"9": (96, 96), "12": (192, 192)}  # 768 / SHRINK, then 1536 / SHRINK
+    assert [(v, t) for node, v, t in log.payloads("progress") if node == "22"] == [(1.0, 1.0)]  # 96 px: one tile
 
 
 def test_without_the_placeholders_an_unknown_node_is_named(tmp_path):
@@ -265,3 +270,59 @@ def test_embeddings_in_a_prompt_are_read_and_unknown_ones_are_named(env):
     assert styled != plain
     assert ui["6"] == {"warnings": ["embedding:nowhere matched no file in models/embeddings and was left out."]}
     assert missing == run(f"{text} ")[0]  # left out: the same windows as the prompt without it
+
+
+def random_controlnet_files(folder: Path) -> None:
+    """Two random ControlNets for the embedded model's UNet: the canny one in the original single-file layout
+    (control_model.*), the scribble one in diffusers' names; both carry the UNet config (heads, norm groups)."""
+    from atelier.models.config import config_to_json
+    from atelier.models.controlnet import ControlNet, ControlNetConfig
+    from tests.models.test_controlnet import original_layout
+
+    unet = load_checkpoint(embedded_model_path(), device="cpu").unet.config
+    config = ControlNetConfig(unet)
+    meta = {"atelier.unet_config": config_to_json(unet)}
+    torch.manual_seed(5)
+    canny = {k: v.contiguous() for k, v in ControlNet(config).state_dict().items()}  # zero convs not zero: random
+    canny_file = folder / "control_v11p_sd15_canny_fp16.safetensors"
+    save_file(original_layout(canny, config, "control_model."), str(canny_file), metadata=meta)
+    scribble = {k: v.contiguous() for k, v in ControlNet(config).state_dict().items()}
+    save_file(scribble, str(folder / "control_v11p_sd15_scribble_fp16.safetensors"), metadata=meta)
+
+
+def test_controlnet_workflow_converts_to_the_api_prompt_and_runs(env):
+    """A workflow drawn as ComfyUI's ControlNet examples are (Canny edges of a photo into Apply ControlNet with a
+    step window, then a scribble ControlNet stacked with Apply ControlNet (OLD)): it converts to the API prompt
+    ComfyUI queues for it and runs on random-weight files. With both strengths at 0 the image is the plain
+    txt2img one, pixel for pixel; with the ControlNets it differs."""
+    registry, executor, files = env
+    folder = registry.get("ControlNetLoader").env.models.folders_for("controlnet")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    random_controlnet_files(folder)
+    example_image(files.input_path("house_photo.png"), (64, 48))
+    example_image(files.input_path("input_scribble_example.png"), (96, 96))
+    prompt = ui_to_api(load("controlnet_canny_scribble.json"), registry)
+    queued = load("controlnet_canny_scribble.api.json")
+    assert {k: {"inputs": v["inputs"], "class_type": v["class_type"]} for k, v in prompt.items()} == queued
+    prompt = shrink(prompt, registry)
+
+    def run(graph: dict) -> dict[str, bytes]:
+        checked = validate_prompt(graph, registry)
+        assert checked.ok and checked.node_errors == {}, checked.node_errors
+        log = EventLog()
+        executor.execute(checked.prompt, checked.outputs, listener=log)
+        assert log.names()[-1] == "execution_success", log.payloads("execution_error")
+        out = {}
+        for node_id, ui in log.payloads("executed"):
+            with Image.open(files.path(ui["images"][0])) as png:
+                out[node_id] = (png.size, png.tobytes())
+        return out
+
+    controlled = run(prompt)
+    assert controlled["9"][0] == (64, 64) and controlled["18"][0] == (64, 48)  # the image; the Canny edges
+    off = json.loads(json.dumps(prompt))
+    off["13"]["inputs"]["strength"] = off["17"]["inputs"]["strength"] = 0.0
+    plain = json.loads(json.dumps(prompt))
+    plain["3"]["inputs"]["positive"], plain["3"]["inputs"]["negative"] = ["6", 0], ["7", 0]
+    assert run(off)["9"] == run(plain)["9"]
+    assert controlled["9"] != run(plain)["9"]

@@ -154,6 +154,8 @@ async def test_models_routes(tmp_path):
             "embeddings",
             "diffusion_models",
             "text_encoders",
+            "upscale_models",
+            "controlnet",
         ]
         assert await get_json(client, "/models/checkpoints") == ["tiny.safetensors"]
         await get_json(client, "/models/unknown", expect=404)
