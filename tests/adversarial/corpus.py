@@ -486,6 +486,28 @@ def _http_family() -> list[Case]:
     ]
 
 
+def _classroom_family() -> list[Case]:
+    """The instructor's routes on a server that is not in classroom mode (the corpus's): each one refused, whatever
+    it is sent (tests/server/test_instructor.py covers the learner's and the instructor's sides)."""
+    api = "/atelier/classroom"
+    return [
+        Case("classroom", "state", "GET", f"{api}/state"),
+        Case("classroom", "join-svg-query", "GET", f"{api}/join.svg?size=100000"),
+        Case("classroom", "pause-body", "POST", f"{api}/pause", '{"x": NaN}'),
+        Case("classroom", "resume-list", "POST", f"{api}/resume", "[]"),
+        Case("classroom", "exercise-get", "GET", f"{api}/exercise"),
+        Case("classroom", "exercise-nan", "POST", f"{api}/exercise", '{"seed": NaN, "cfg": [1, 7, 1e400]}'),
+        Case("classroom", "exercise-delete", "DELETE", f"{api}/exercise"),
+        Case("classroom", "remove-list", "POST", f"{api}/remove", '{"learner": ["a", {"b": 1}]}'),
+        Case("classroom", "export-zip", "GET", f"{api}/export.zip"),
+        Case("classroom", "page-climb", "GET", "/classroom/..%2f..%2fatelier.sqlite"),
+        Case("classroom", "page-bare", "GET", "/classroom"),
+        Case("classroom", "page-secret-guess", "GET", "/classroom/?instructor=guess"),
+        Case("lab", "parcours-check-unknown-step", "GET", "/atelier/lab/parcours/check?step=../../etc&since=-1e400"),
+        Case("lab", "parcours-check-no-step", "GET", "/atelier/lab/parcours/check"),
+    ]
+
+
 CORPUS: list[Case] = [
     *_json_family(),
     *_prompt_family(),
@@ -495,5 +517,6 @@ CORPUS: list[Case] = [
     *_id_list_family(),
     *_settings_family(),
     *_http_family(),
+    *_classroom_family(),
 ]
 FAMILIES = list(dict.fromkeys(case.family for case in CORPUS))

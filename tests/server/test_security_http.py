@@ -93,9 +93,9 @@ async def test_stored_files_are_served_by_content_never_by_name(tmp_path):
         assert resp.headers["Content-Disposition"].startswith("attachment;") and await resp.read() == HTML_PAGE
         assert (await client.post("/api/userdata/pic.json", data=png_bytes())).status == 200
         assert (await client.get("/api/userdata/pic.json")).headers["Content-Type"] == "image/png"
-        # user.css stays a style sheet (index.html links it); when missing, its 404 is CSS too.
+        # user.css stays a style sheet (index.html links it); when missing, an empty one (the 1.58 editor asks).
         missing = await client.get("/api/userdata/user.css")
-        assert missing.status == 404 and missing.content_type == "text/css"
+        assert missing.status == 200 and missing.content_type == "text/css" and await missing.read() == b""
         assert (await client.post("/api/userdata/user.css", data=b"body { color: red }")).status == 200
         assert (await client.get("/api/userdata/user.css")).content_type == "text/css"
         # Template thumbnails, by content too.
@@ -115,10 +115,13 @@ async def test_every_response_has_nosniff_and_a_policy_with_frame_ancestors(tmp_
         refused = await client.get("/api/users", headers={"Host": f"rebind.example:{client.port}"})
         assert refused.status == 403 and refused.headers["X-Content-Type-Options"] == "nosniff"
         assert policy(refused.headers["Content-Security-Policy"]) == policy(FILE_POLICY)
-        # The editor: scripts from this server and the import map by its hash; no eval, no other inline script.
+        # The editor: scripts from this server and the import map by its hash; WebAssembly compiled (the 1.58
+        # bundle has a module), but no JavaScript eval and no other inline script.
         editor = pages["/"]
         sources = editor["script-src"].split()
-        assert sources[0] == "'self'" and len(sources) == 2 and sources[1].startswith("'sha256-")
+        assert sources[:2] == ["'self'", "'wasm-unsafe-eval'"] and len(sources) == 3
+        assert sources[2].startswith("'sha256-")
+        assert "'unsafe-eval'" not in sources and "'unsafe-inline'" not in sources
         assert editor["connect-src"] == "'self'" and editor["object-src"] == "'none'"
         # The lab: its own scripts only; inline styles (the plots colour their lines with style attributes).
         assert pages["/lab/"]["script-src"] == "'self'" and pages["/lab/"]["style-src"] == "'self' 'unsafe-inline'"

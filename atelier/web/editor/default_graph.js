@@ -20,3 +20,20 @@ if (stock && typeof stock === "object") {
     Object.assign(stock, graph);
   }
 }
+
+// A graph the lab hands over ("Open in the node editor", the parcours' buttons): the lab leaves it in
+// localStorage under atelier.open_workflow and opens this page; once the editor has set itself up (its own
+// start-up graph loaded), the handed-over graph replaces it, and the key is removed so a reload does not load it
+// again. The editor's own persistence of the last workflow changed between frontend versions; this does not.
+const app = window.comfyAPI && window.comfyAPI.app && window.comfyAPI.app.app;
+if (app) {
+  app.registerExtension({
+    name: "atelier.openFromLab",
+    async setup() {
+      const text = localStorage.getItem("atelier.open_workflow");
+      if (!text) return;
+      localStorage.removeItem("atelier.open_workflow");
+      await app.loadGraphData(JSON.parse(text));
+    },
+  });
+}

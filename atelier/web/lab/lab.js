@@ -127,6 +127,7 @@ async function generate(event) {
  * sessionStorage win, so ours are cleared). This page and the editor share an origin, hence that storage.
  */
 export function openInEditor(workflow) {
+  localStorage.setItem("atelier.open_workflow", JSON.stringify(workflow));  // read by web/editor/default_graph.js
   localStorage.setItem("workflow", JSON.stringify(workflow));
   localStorage.setItem("Comfy.PreviousWorkflow", t("editor.workflow_name"));
   for (const key of Object.keys(sessionStorage)) {
