@@ -87,6 +87,33 @@ class MemberNoise:
         return torch.cat([draw(sigma, sigma_next)[i : i + 1] for draw, i in zip(self.streams, self.rows, strict=True)])
 
 
+class LoneShapedGuidance:
+    """The guided denoiser `guided(x, sigma) -> x0` of a batch of members on the CPU: each member's image goes
+    through the UNet in a call shaped exactly as its lone job's.
+
+    A lone job of N images asks the UNet for a batch of 2N (N cond, then N uncond: guidance.cfg_denoiser). Here a
+    member of a job of `of` images is sent as `of` copies of its own image, so the UNet sees the shapes its lone
+    job gave it and the member's row rounds as it did there (MKL's float32 GEMM rounds a row differently for
+    different row counts; see the module's docstring). The copies are work thrown away: a CPU batch costs what
+    its members' lone jobs cost, which is about what merging saves on a CPU anyway; GPUs take the merged path.
+    """
+
+    def __init__(self, model: DiffusionModel, members: Sequence[Member], cfg: float) -> None:
+        denoise = model.denoiser()
+        self.members = list(members)
+        # One guidance wrapper per member, with its own contexts (1, T, D) and (1, T', D), as its lone job builds.
+        self.guided = [cfg_denoiser(denoise, m.positive.to(model.device), m.negative.to(model.device), cfg)
+                       for m in members]
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
+        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma  # (B,)
+        rows = []
+        for i, (m, guided) in enumerate(zip(self.members, self.guided, strict=True)):
+            alone = x[i : i + 1].repeat(m.of, 1, 1, 1)  # (of, C, h, w): the batch its lone job samples
+            rows.append(guided(alone, sigma[i : i + 1].repeat(m.of), **extra_args)[m.index : m.index + 1])
+        return torch.cat(rows)  # (B, C, h, w)
+
+
 OnMemberStep = Callable[[Sequence[int], Step], None]  # (positions in `members` of the step's rows, the step)
 
 
@@ -139,10 +166,13 @@ def _sample_group(
     scaled = torch.zeros(len(members), *shape, device=device)  # (B, 4, h, w): EmptyLatentImage, scaled
     noise = torch.cat([member_noise(m.seed, m.index, m.of, shape) for m in members]).to(device)
     x = start_latent(model.schedule, sigmas, noise, scaled) if len(sigmas) > 1 else scaled
-    # (B, T, D) and (B, T', D): the guidance wrapper runs [cond; uncond] as one batch of 2B, as for a lone job.
-    positive = torch.cat([m.positive for m in members]).to(device)
-    negative = torch.cat([m.negative for m in members]).to(device)
-    guided = cfg_denoiser(model.denoiser(), positive, negative, settings.cfg)
+    if device.type == "cpu":
+        guided: Callable[[Tensor, Tensor], Tensor] = LoneShapedGuidance(model, members, settings.cfg)
+    else:
+        # (B, T, D) and (B, T', D): the guidance wrapper runs [cond; uncond] as one batch of 2B, as for a lone job.
+        positive = torch.cat([m.positive for m in members]).to(device)
+        negative = torch.cat([m.negative for m in members]).to(device)
+        guided = cfg_denoiser(model.denoiser(), positive, negative, settings.cfg)
     total = len(sigmas) - 1
 
     def callback(info: dict) -> None:
