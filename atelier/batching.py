@@ -23,6 +23,20 @@ from the lone one; each is handled here.
    decodes each image as its lone job does (alone for a one-image job, in a batch of two for an image that its
    job decodes with others). CFG 1 skips the uncond pass, so a lone one-image job samples a batch of one:
    merging.py does not merge CFG 1 jobs.
+   The UNet's products are a third case, found on an Intel Xeon (Sapphire Rapids: AVX-512, AMX; torch 2.13 with
+   MKL 2024.2, fp32, 1 or 2 threads) after the CI machine never showed it: MKL's SGEMM, which every nn.Linear
+   calls with the batch and the tokens folded into M rows, rounds a row differently for different M. For
+   (M, 256) @ (256, 64), the tiny test UNet's feed-forward output at its 2x2 level, a row is the same for M = 2
+   .. 10 and again for M >= 11, but not across the two (M = 1 is a third case); (M, 1280) @ (1280, 320) changes
+   at M = 16 and, with 2 threads, again at M = 240. With K of 64 or 128 no row changed. A row does not depend on
+   the other rows' values nor on its place among them, only on M. A lone one-image job multiplies 2 x 4 rows
+   there and a merged batch of 4 members 32, so its latent moved by ~1e-7 per UNet call, ~1e-4 after 4 steps.
+   No environment setting removed it (OMP_NUM_THREADS=1, ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA,
+   MKL_ENABLE_INSTRUCTIONS=AVX2, MKL_CBWR=COMPATIBLE). So on the CPU, `LoneShapedGuidance` sends each member
+   through the UNet as its lone job does: `of` copies of its image, [cond; uncond], a batch of 2 x `of`; the
+   member keeps its own row. Every shape the UNet meets is then its lone job's and the rounding is too. The
+   copies cost what the lone jobs cost, so a CPU gains nothing from merging (it gained little: a CPU's GEMMs are
+   already efficient at the 2 x 4096 rows of one 512x512 image); on a GPU the members share one call.
 
 On the CPU in fp32 a member's latent and PNG are then identical to its lone job's (tests/test_batching.py). On a
 GPU, cuDNN and cuBLAS choose kernels by batch size, so batched images match lone ones up to rounding only.
@@ -102,8 +116,9 @@ class LoneShapedGuidance:
         denoise = model.denoiser()
         self.members = list(members)
         # One guidance wrapper per member, with its own contexts (1, T, D) and (1, T', D), as its lone job builds.
-        self.guided = [cfg_denoiser(denoise, m.positive.to(model.device), m.negative.to(model.device), cfg)
-                       for m in members]
+        self.guided = [
+            cfg_denoiser(denoise, m.positive.to(model.device), m.negative.to(model.device), cfg) for m in members
+        ]
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma  # (B,)
