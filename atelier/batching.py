@@ -34,9 +34,10 @@ from the lone one; each is handled here.
    No environment setting removed it (OMP_NUM_THREADS=1, ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA,
    MKL_ENABLE_INSTRUCTIONS=AVX2, MKL_CBWR=COMPATIBLE). So on the CPU, `LoneShapedGuidance` sends each member
    through the UNet as its lone job does: `of` copies of its image, [cond; uncond], a batch of 2 x `of`; the
-   member keeps its own row. Every shape the UNet meets is then its lone job's and the rounding is too. The
-   copies cost what the lone jobs cost, so a CPU gains nothing from merging (it gained little: a CPU's GEMMs are
-   already efficient at the 2 x 4096 rows of one 512x512 image); on a GPU the members share one call.
+   member keeps its own row. Every shape the UNet meets is then its lone job's and the rounding is too. A CPU
+   batch thus costs what its members' lone jobs cost (more for a part of a job of several images, which samples
+   its copies too): on a CPU merging saves nothing, but keeps every image exact. On a GPU, what merging is for,
+   the members share one call.
 
 On the CPU in fp32 a member's latent and PNG are then identical to its lone job's (tests/test_batching.py). On a
 GPU, cuDNN and cuBLAS choose kernels by batch size, so batched images match lone ones up to rounding only.
@@ -108,8 +109,8 @@ class LoneShapedGuidance:
     A lone job of N images asks the UNet for a batch of 2N (N cond, then N uncond: guidance.cfg_denoiser). Here a
     member of a job of `of` images is sent as `of` copies of its own image, so the UNet sees the shapes its lone
     job gave it and the member's row rounds as it did there (MKL's float32 GEMM rounds a row differently for
-    different row counts; see the module's docstring). The copies are work thrown away: a CPU batch costs what
-    its members' lone jobs cost, which is about what merging saves on a CPU anyway; GPUs take the merged path.
+    different row counts; see the module's docstring). The copies are work thrown away, the price of exact
+    images on a CPU; GPUs take the merged path.
     """
 
     def __init__(self, model: DiffusionModel, members: Sequence[Member], cfg: float) -> None:
