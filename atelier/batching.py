@@ -23,6 +23,21 @@ from the lone one; each is handled here.
    decodes each image as its lone job does (alone for a one-image job, in a batch of two for an image that its
    job decodes with others). CFG 1 skips the uncond pass, so a lone one-image job samples a batch of one:
    merging.py does not merge CFG 1 jobs.
+   The UNet's products are a third case, found on an Intel Xeon (Sapphire Rapids: AVX-512, AMX; torch 2.13 with
+   MKL 2024.2, fp32, 1 or 2 threads) after the CI machine never showed it: MKL's SGEMM, which every nn.Linear
+   calls with the batch and the tokens folded into M rows, rounds a row differently for different M. For
+   (M, 256) @ (256, 64), the tiny test UNet's feed-forward output at its 2x2 level, a row is the same for M = 2
+   .. 10 and again for M >= 11, but not across the two (M = 1 is a third case); (M, 1280) @ (1280, 320) changes
+   at M = 16 and, with 2 threads, again at M = 240. With K of 64 or 128 no row changed. A row does not depend on
+   the other rows' values nor on its place among them, only on M. A lone one-image job multiplies 2 x 4 rows
+   there and a merged batch of 4 members 32, so its latent moved by ~1e-7 per UNet call, ~1e-4 after 4 steps.
+   No environment setting removed it (OMP_NUM_THREADS=1, ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA,
+   MKL_ENABLE_INSTRUCTIONS=AVX2, MKL_CBWR=COMPATIBLE). So on the CPU, `LoneShapedGuidance` sends each member
+   through the UNet as its lone job does: `of` copies of its image, [cond; uncond], a batch of 2 x `of`; the
+   member keeps its own row. Every shape the UNet meets is then its lone job's and the rounding is too. A CPU
+   batch thus costs what its members' lone jobs cost (more for a part of a job of several images, which samples
+   its copies too): on a CPU merging saves nothing, but keeps every image exact. On a GPU, what merging is for,
+   the members share one call.
 
 On the CPU in fp32 a member's latent and PNG are then identical to its lone job's (tests/test_batching.py). On a
 GPU, cuDNN and cuBLAS choose kernels by batch size, so batched images match lone ones up to rounding only.
@@ -87,6 +102,34 @@ class MemberNoise:
         return torch.cat([draw(sigma, sigma_next)[i : i + 1] for draw, i in zip(self.streams, self.rows, strict=True)])
 
 
+class LoneShapedGuidance:
+    """The guided denoiser `guided(x, sigma) -> x0` of a batch of members on the CPU: each member's image goes
+    through the UNet in a call shaped exactly as its lone job's.
+
+    A lone job of N images asks the UNet for a batch of 2N (N cond, then N uncond: guidance.cfg_denoiser). Here a
+    member of a job of `of` images is sent as `of` copies of its own image, so the UNet sees the shapes its lone
+    job gave it and the member's row rounds as it did there (MKL's float32 GEMM rounds a row differently for
+    different row counts; see the module's docstring). The copies are work thrown away, the price of exact
+    images on a CPU; GPUs take the merged path.
+    """
+
+    def __init__(self, model: DiffusionModel, members: Sequence[Member], cfg: float) -> None:
+        denoise = model.denoiser()
+        self.members = list(members)
+        # One guidance wrapper per member, with its own contexts (1, T, D) and (1, T', D), as its lone job builds.
+        self.guided = [
+            cfg_denoiser(denoise, m.positive.to(model.device), m.negative.to(model.device), cfg) for m in members
+        ]
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
+        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma  # (B,)
+        rows = []
+        for i, (m, guided) in enumerate(zip(self.members, self.guided, strict=True)):
+            alone = x[i : i + 1].repeat(m.of, 1, 1, 1)  # (of, C, h, w): the batch its lone job samples
+            rows.append(guided(alone, sigma[i : i + 1].repeat(m.of), **extra_args)[m.index : m.index + 1])
+        return torch.cat(rows)  # (B, C, h, w)
+
+
 OnMemberStep = Callable[[Sequence[int], Step], None]  # (positions in `members` of the step's rows, the step)
 
 
@@ -139,10 +182,13 @@ def _sample_group(
     scaled = torch.zeros(len(members), *shape, device=device)  # (B, 4, h, w): EmptyLatentImage, scaled
     noise = torch.cat([member_noise(m.seed, m.index, m.of, shape) for m in members]).to(device)
     x = start_latent(model.schedule, sigmas, noise, scaled) if len(sigmas) > 1 else scaled
-    # (B, T, D) and (B, T', D): the guidance wrapper runs [cond; uncond] as one batch of 2B, as for a lone job.
-    positive = torch.cat([m.positive for m in members]).to(device)
-    negative = torch.cat([m.negative for m in members]).to(device)
-    guided = cfg_denoiser(model.denoiser(), positive, negative, settings.cfg)
+    if device.type == "cpu":
+        guided: Callable[[Tensor, Tensor], Tensor] = LoneShapedGuidance(model, members, settings.cfg)
+    else:
+        # (B, T, D) and (B, T', D): the guidance wrapper runs [cond; uncond] as one batch of 2B, as for a lone job.
+        positive = torch.cat([m.positive for m in members]).to(device)
+        negative = torch.cat([m.negative for m in members]).to(device)
+        guided = cfg_denoiser(model.denoiser(), positive, negative, settings.cfg)
     total = len(sigmas) - 1
 
     def callback(info: dict) -> None:
