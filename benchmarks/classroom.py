@@ -128,7 +128,8 @@ def start_server(
         command += ["--batch-size", str(batch_size)]
     log = data / "server.log"
     out = log.open("w")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # carried packages too
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -283,8 +284,8 @@ async def sample_rss(pid: int, every: float, until: float, series: list) -> None
         await asyncio.sleep(every)
 
 
-async def run_class(server: Server, args: argparse.Namespace) -> dict:
-    learners = [Learner(i) for i in range(args.learners)]
+async def run_class(server: Server, args: argparse.Namespace, first_index: int = 0) -> dict:
+    learners = [Learner(first_index + i) for i in range(args.learners)]
     histories: dict[int, dict] = {}
     start = time.monotonic()
     submit_until = start + args.duration
@@ -391,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="image side (the embedded model's native 128)")
     parser.add_argument("--model", default="embedded.safetensors", help="checkpoint name (default: the embedded model)")
     parser.add_argument("--sd15", action="store_true", help="serve random SD1.5-size weights (for a GPU)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="seconds of uncounted class before each measured run (a GPU compiles each new batch shape once)",
+    )
     parser.add_argument("--rss-every", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads in the server (OMP_NUM_THREADS)")
     parser.add_argument("--json", type=Path, default=None)
@@ -428,8 +435,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"batching {mode}: server on port {server.port}, {args.learners} learners, {args.duration} s",
                     flush=True,
                 )
+                warmup, warm_log = None, 0
+                if args.warmup > 0:  # other learners, same settings: every batch shape the run meets is compiled
+                    short = argparse.Namespace(**{**vars(args), "duration": args.warmup, "drain": args.drain})
+                    warm = asyncio.run(run_class(server, short, first_index=10_000))
+                    warmup = {k: warm[k] for k in ("seconds", "finished", "lost", "duplicated", "wrong_deliveries")}
+                    warm_log = len(server.log.read_text(errors="replace"))
                 result = asyncio.run(run_class(server, args))
-                log = server.log.read_text(errors="replace")
+                result["warmup"] = warmup
+                log = server.log.read_text(errors="replace")[warm_log:]  # the measured run's part
                 sizes = [int(n) for n in re.findall(r"Batch \d+: (\d+) images of \d+ prompts", log)]
                 result["merged_sampling_calls"] = len(sizes)
                 result["images_in_merged_calls"] = sum(sizes)
