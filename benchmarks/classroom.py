@@ -437,9 +437,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 warmup, warm_log = None, 0
                 if args.warmup > 0:  # other learners, same settings: every batch shape the run meets is compiled
-                    short = argparse.Namespace(**{**vars(args), "duration": args.warmup, "drain": args.drain})
+                    # Its drain waits longer: the first image of each batch shape compiles for a minute or more,
+                    # and a warm-up prompt left in the queue would run inside the measured window.
+                    drain = max(args.drain, 300.0)
+                    short = argparse.Namespace(**{**vars(args), "duration": args.warmup, "drain": drain})
                     warm = asyncio.run(run_class(server, short, first_index=10_000))
-                    warmup = {k: warm[k] for k in ("seconds", "finished", "lost", "duplicated", "wrong_deliveries")}
+                    keep = ("seconds", "submitted", "finished", "unfinished_at_end", "lost", "duplicated")
+                    keep += ("wrong_deliveries",)
+                    warmup = {k: warm[k] for k in keep}
                     warm_log = len(server.log.read_text(errors="replace"))
                 result = asyncio.run(run_class(server, args))
                 result["warmup"] = warmup
