@@ -201,8 +201,8 @@ def progress_and_previews(ctx: NodeContext, model: DiffusionModel, also_on_step:
 
     def on_step(step: Step) -> None:
         ctx.progress(step.index + 1, step.total)
-        if to_rgb is not None:
-            ctx.preview(step_preview(to_rgb, step.denoised[:1]))
+        if to_rgb is not None:  # lazy: made only if the prompt wants previews (a GPU->CPU copy and a PIL image)
+            ctx.preview(lambda denoised=step.denoised[:1]: step_preview(to_rgb, denoised))
         if also_on_step is not None:
             also_on_step(step)
 

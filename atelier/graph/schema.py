@@ -280,7 +280,8 @@ class NodeContext(Protocol):
         """Report progress of this node (a sampler calls it once per step)."""
 
     def preview(self, image: Any) -> None:
-        """Send a preview image of work in progress to the editor (dropped when the prompt asked for none)."""
+        """Send a preview image of work in progress to the editor (dropped when the prompt asked for none): a PIL
+        image, encoded bytes, or a function of no argument that makes one, called only when the preview is sent."""
 
     def send_image(self, data: bytes, mime: str = "image/png") -> None:
         """Send a finished, encoded image to the prompt's client through the WebSocket (SaveImageWebsocket)."""

@@ -161,7 +161,7 @@ class PromptListener(ExecutionListener):
         if not self.previews:
             return
         try:
-            encoded = encode_preview(image)
+            encoded = encode_preview(image() if callable(image) else image)
         except Exception:  # a preview is a courtesy: never let it fail the node
             log.exception("Could not encode a preview image from node %s.", node_id)
             return
