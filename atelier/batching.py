@@ -210,6 +210,16 @@ def lone_decode_batch(index: int, of: int, pixels: int) -> int:
 
 
 @torch.no_grad()
+def decode_members(vae: VAE, latents: Sequence[Tensor], places: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """Each member's RAW latent (1, 4, h, w) -> its image (1, 3, 8h, 8w) in [-1, 1]. `places`: (index, of) of
+    each member in its job. On the CPU each is decoded as its lone job decodes it (`decode_member`); elsewhere
+    (a GPU, where images are equal within a tolerance, not bit for bit) all of them in one VAE call."""
+    if next(vae.parameters()).device.type == "cpu":
+        return [decode_member(vae, z, index, of) for z, (index, of) in zip(latents, places, strict=True)]
+    return list(decode(vae, torch.cat(list(latents))).split(1))  # pipeline.decode keeps its memory chunks
+
+
+@torch.no_grad()
 def decode_member(vae: VAE, latent: Tensor, index: int = 0, of: int = 1) -> Tensor:
     """A member's RAW latent (1, 4, h, w) -> its image (1, 3, 8h, 8w) in [-1, 1], rounded as its lone job's.
 

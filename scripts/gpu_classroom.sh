@@ -14,11 +14,11 @@ out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 case "${WHICH:-sd15}" in
   sd15) python3 benchmarks/classroom.py --sd15 --size 512 --steps 20 --learners "${LEARNERS:-24}" \
-          --duration "${DURATION:-75}" --warmup "${WARMUP:-30}" --drain 60 \
+          --duration "${DURATION:-75}" --warmup "${WARMUP:-30}" --drain 60 --batching "${BATCHING:-both}" \
           --note "one H200, random SD1.5-size weights, bf16 fast path" \
           --json "$out/classroom-gpu-sd15.json" --logs "$out/logs-sd15" ;;
   embedded) python3 benchmarks/classroom.py --size 128 --steps 20 --learners "${LEARNERS:-30}" \
-          --duration "${DURATION:-45}" --warmup "${WARMUP:-20}" --drain 40 \
+          --duration "${DURATION:-45}" --warmup "${WARMUP:-20}" --drain 40 --batching "${BATCHING:-both}" \
           --note "one H200, the embedded model, bf16 fast path" \
           --json "$out/classroom-gpu-embedded.json" --logs "$out/logs-embedded" ;;
 esac

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from atelier.batching import Member, OnMemberStep, decode_member, sample_members
+from atelier.batching import Member, OnMemberStep, decode_members, sample_members
 from atelier.errors import InputError
 from atelier.graph.kit import ClipModel, preview_map, step_preview
 from atelier.imaging import bchw_signed_to_pil
@@ -100,7 +100,7 @@ class MergedTxt2ImgWorker:
         model = models.model
         latents = sample_members(model, members, settings, first.width, first.height, self.on_step, self.interrupt)
         vae = models.vae
-        images = [decode_member(vae, z, part.index, part.of) for (part, _), z in zip(wanted, latents, strict=True)]
+        images = decode_members(vae, latents, [(part.index, part.of) for part, _ in wanted])
         return [
             PartImage(part.prompt_id, part.index, part.of, bchw_signed_to_pil(image)[0])
             for (part, _), image in zip(wanted, images, strict=True)
