@@ -270,8 +270,46 @@ def test_a_subgraph_workflow_queues_as_atelier_expands_it_and_runs(editor, artif
     (image,) = entry["outputs"]["60"]["images"]
     assert image["filename"].startswith("subgraph_") and image["filename"] in src
 
-    editor.command("Comfy.Queue.ToggleOverlay")
+    # The jobs panel: its open state is a stored setting, so an earlier test may have left it open.
+    if not editor.page.get_by_text("Job Queue", exact=True).first.is_visible():
+        editor.command("Comfy.Queue.ToggleOverlay")
     editor.page.get_by_text("Completed", exact=True).first.click()
     editor.page.locator('img[src*="/api/view"][src*="filename=subgraph_"]').first.wait_for(timeout=30_000)
     editor.page.screenshot(path=artifacts / "12-subgraph-jobs-panel.png")
     assert_clean(editor)
+
+
+MISSING_MODEL = {
+    "name": "v1-5-pruned-emaonly-fp16.safetensors",
+    "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+    "v1-5-pruned-emaonly-fp16.safetensors",
+    "directory": "checkpoints",
+}
+
+
+def test_a_missing_model_with_a_download_url_is_named_without_reaching_out(editor, artifacts):
+    """ComfyUI's templates give each model a download URL (properties.models, the workflow's `models`); when the
+    file is missing, 1.58 sends a HEAD request to it for the size, and its details panel asks the Comfy registry
+    about the workflow's node packs. The CSP refuses both with a console error; Atelier's offline guard
+    (atelier/web/editor/offline.js) refuses them before they are made. The learner still sees which file is
+    missing, and in which folder."""
+    editor.open()
+    workflow = json.loads((TEMPLATES_DIR / "atelier_txt2img.json").read_text(encoding="utf-8"))
+    loader = next(n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    loader["widgets_values"] = [MISSING_MODEL["name"]]
+    loader.setdefault("properties", {})["models"] = [MISSING_MODEL]
+    workflow["models"] = [MISSING_MODEL]
+    infos: list[str] = []
+    editor.page.on("console", lambda msg: msg.type == "info" and infos.append(msg.text))
+    editor.page.evaluate("workflow => window.app.loadGraphData(workflow)", workflow)
+    editor.page.get_by_text(f"{MISSING_MODEL['name']} is missing").first.wait_for(timeout=30_000)
+    editor.page.get_by_text("View details").first.click()
+    panel = editor.page.get_by_text("Missing Models").first
+    panel.wait_for(timeout=30_000)
+    editor.page.wait_for_timeout(1_500)  # the size check and the registry look-up run after the panel opens
+    editor.page.screenshot(path=artifacts / "13-missing-model.png")
+    shown = editor.page.evaluate("() => document.body.innerText")
+    assert MISSING_MODEL["name"] in shown and "\ncheckpoints\n" in shown, shown
+    assert "[Atelier] The editor works offline: nothing is sent to huggingface.co." in infos, infos
+    assert "[Atelier] The editor works offline: nothing is sent to api.comfy.org." in infos, infos
+    assert_clean(editor)  # no console error (no CSP refusal), no request to another site
