@@ -8,8 +8,8 @@ random-weight ControlNet files of the right layout made here, under the file nam
 - controlnet_mixing: `mixing_controlnets.png`, scribble and OpenPose ControlNets stacked;
 - t2i_adapter_depth: `depth_t2i_adapter.png`, a T2I-Adapter file through ControlNetLoader: it converts exactly,
   and Atelier, which reads ControlNets but not T2I-Adapters, refuses the file in one sentence;
-- controlnet_depth_diff: `depth_controlnet.png` uses DiffControlNetLoader (a ControlNet stored as a difference
-  to the SD1.5 UNet), which Atelier does not have: it is named as unsupported, never run half-way.
+- controlnet_depth_diff: `depth_controlnet.png`, DiffControlNetLoader with a ControlNet stored as its difference
+  to the SD1.5 UNet (a `difference` key, control_model.* weights): made whole with the model's UNet weights.
 
 The checkpoints become the embedded model and sizes / SHRINK (as in test_comfyui_workflows.py), with RUN_STEPS
 steps: ControlNet doubles the UNet's work, and dpmpp_sde evaluates it twice a step.
@@ -42,6 +42,7 @@ RUNS = {
     "controlnet_scribble.json": {"9": (64, 64)},  # 512 / 8
     "controlnet_pose_2pass.json": {"9": (160, 88), "18": (240, 136)},  # 1280 x 704, then 1920 x 1088
     "controlnet_mixing.json": {"9": (96, 96)},  # 768 / 8
+    "controlnet_depth_diff.json": {"9": (104, 48)},  # 832 x 384
 }
 INPUT_IMAGES = {  # what the examples load, drawn small (the originals are 512-768 px line drawings)
     "input_scribble_example.png": (64, 64),
@@ -64,21 +65,27 @@ def as_queued(prompt: dict) -> dict:
     }
 
 
-def random_controlnet(path: Path, seed: int, original: bool) -> None:
+def random_controlnet(path: Path, seed: int, original: bool, difference: bool = False) -> dict[str, torch.Tensor]:
     """A random ControlNet for the embedded model's UNet, in the original single-file layout (control_model.*,
     as lllyasviel's control_*.safetensors are) or in diffusers' names; the zero convolutions are random too, so
-    the control changes the image."""
+    the control changes the image. `difference`: stored minus the UNet's weights, with the `difference` key of
+    diff ControlNets (original layout). Returns the whole network's state, in diffusers' names."""
     from atelier.models.config import config_to_json
     from atelier.models.controlnet import ControlNet, ControlNetConfig
     from tests.models.test_controlnet import original_layout
 
-    unet = load_checkpoint(embedded_model_path(), device="cpu").unet.config
-    config = ControlNetConfig(unet)
+    model = load_checkpoint(embedded_model_path(), device="cpu").unet
+    config = ControlNetConfig(model.config)
     torch.manual_seed(seed)
-    state = {k: v.contiguous() for k, v in ControlNet(config).state_dict().items()}
+    whole = {k: v.contiguous() for k, v in ControlNet(config).state_dict().items()}
+    unet = model.state_dict()
+    state = {k: v - unet[k] if difference and k in unet else v for k, v in whole.items()}
     if original:
         state = original_layout(state, config, "control_model.")
-    save_file(state, str(path), metadata={"atelier.unet_config": config_to_json(unet)})
+    if difference:
+        state["difference"] = torch.tensor([])
+    save_file(state, str(path), metadata={"atelier.unet_config": config_to_json(model.config)})
+    return whole
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +101,13 @@ def env(tmp_path_factory):
     folder.mkdir(parents=True, exist_ok=True)
     random_controlnet(folder / "control_scribble.safetensors", seed=5, original=True)
     random_controlnet(folder / "control_openpose.safetensors", seed=6, original=False)
+    random_controlnet(folder / "diff_control_sd15_depth_fp16.safetensors", seed=8, original=True, difference=True)
     return registry, Executor(registry), files, folder
 
 
-@pytest.mark.parametrize("name", [*RUNS, "t2i_adapter_depth.json", "controlnet_depth_diff.json"])
+@pytest.mark.parametrize("name", [*RUNS, "t2i_adapter_depth.json"])
 def test_the_workflow_converts_to_exactly_comfyuis_prompt(env, name):
     registry = env[0]
-    if name == "controlnet_depth_diff.json":  # no DiffControlNetLoader schema: its widget cannot be read
-        pytest.xfail("DiffControlNetLoader is not one of Atelier's nodes")
     assert as_queued(ui_to_api(load(name), registry)) == as_queued(load(name.replace(".json", ".api.json")))
 
 
@@ -166,11 +172,22 @@ def test_a_t2i_adapter_file_is_refused_in_one_sentence(env):
     )
 
 
-def test_diff_controlnet_loader_is_named_as_unsupported(env):
-    registry = env[0]
-    checked = validate_prompt(ui_to_api(load("controlnet_depth_diff.json"), registry), registry)
-    assert not checked.ok and checked.error["type"] == "missing_node_type"
-    assert checked.error["message"] == (
-        "Node 'DiffControlNetLoader' is a ComfyUI node that Atelier does not have yet; bypass or delete it, or "
-        "replace it with one Atelier runs."
+def test_a_difference_controlnet_is_made_whole_with_the_models_unet(env, tmp_path):
+    """DiffControlNetLoader adds the model's UNet weights to a diff ControlNet: the network equals the random one
+    the file was made from; Load ControlNet Model, which has no model, refuses the file in one sentence."""
+    from atelier.errors import CheckpointError
+    from atelier.models.controlnet import load_controlnet
+
+    path = tmp_path / "diff_control.safetensors"
+    whole = random_controlnet(path, seed=9, original=True, difference=True)
+    unet = load_checkpoint(embedded_model_path(), device="cpu").unet
+    loaded = load_controlnet(path, base=unet).state_dict()
+    assert loaded.keys() == whole.keys()
+    for key, value in whole.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=1e-6, msg=key)
+    with pytest.raises(CheckpointError) as refused:
+        load_controlnet(path)
+    assert str(refused.value) == (
+        "diff_control.safetensors is a difference ControlNet (stored minus an SD1.5 UNet); load it with Load "
+        "ControlNet Model (diff), which adds it to a model."
     )
