@@ -177,6 +177,7 @@ def test_a_difference_controlnet_is_made_whole_with_the_models_unet(env, tmp_pat
     the file was made from; Load ControlNet Model, which has no model, refuses the file in one sentence."""
     from atelier.errors import CheckpointError
     from atelier.models.controlnet import load_controlnet
+    from atelier.models.info import describe_model
 
     path = tmp_path / "diff_control.safetensors"
     whole = random_controlnet(path, seed=9, original=True, difference=True)
@@ -191,3 +192,6 @@ def test_a_difference_controlnet_is_made_whole_with_the_models_unet(env, tmp_pat
         "diff_control.safetensors is a difference ControlNet (stored minus an SD1.5 UNet); load it with Load "
         "ControlNet Model (diff), which adds it to a model."
     )
+    told = describe_model(path)  # atelier info
+    assert "a difference ControlNet (stored minus the weights of an SD1.x UNet" in told
+    assert "Load ControlNet Model (diff), given the model to add it to" in told
