@@ -29,7 +29,12 @@ from atelier.graph.nodes.conditioning import (
     ConditioningSetTimestepRange,
     ConditioningZeroOut,
 )
-from atelier.graph.nodes.controlnet import ControlNetApply, ControlNetApplyAdvanced, ControlNetLoader
+from atelier.graph.nodes.controlnet import (
+    ControlNetApply,
+    ControlNetApplyAdvanced,
+    ControlNetLoader,
+    DiffControlNetLoader,
+)
 from atelier.graph.nodes.custom_sampling import CUSTOM_SAMPLING_NODES
 from atelier.graph.nodes.image import (
     ImageScale,
@@ -79,6 +84,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     LoraLoaderModelOnly,
     UpscaleModelLoader,
     ControlNetLoader,
+    DiffControlNetLoader,
     CLIPTextEncode,
     CLIPSetLastLayer,
     ConditioningCombine,
@@ -136,6 +142,7 @@ _DYNAMIC_OPTIONS = {
     ("LoraLoaderModelOnly", "lora_name"): lambda env: lambda: env.models.list("loras"),
     ("UpscaleModelLoader", "model_name"): lambda env: lambda: env.models.list("upscale_models"),
     ("ControlNetLoader", "control_net_name"): lambda env: lambda: env.models.list("controlnet"),
+    ("DiffControlNetLoader", "control_net_name"): lambda env: lambda: env.models.list("controlnet"),
     ("LoadImage", "image"): _input_images,
     ("LoadImageMask", "image"): _input_images,
 }

@@ -193,11 +193,15 @@ class _UIGraph:
         slot = slots[index]
         if slot.get("link") is not None:
             return self.parent.resolve(slot["link"], wanted_type)
-        if "widget" in slot and isinstance(self.instance.get("widgets_values"), list):
-            widgets = [s for s in slots if "widget" in s]
-            values = self.instance["widgets_values"]
-            position = widgets.index(slot)
-            if position < len(values):
+        values = self.instance.get("widgets_values")
+        if "widget" in slot and isinstance(values, list):
+            # Where the instance keeps this widget's value: at its own entry ["-1", name] of proxyWidgets when the
+            # file lists one (values follow proxyWidgets, see _promoted_widgets), else among the instance's
+            # widget inputs in order.
+            proxies = _proxy_widgets(self.instance)
+            own = [i for i, proxy in enumerate(proxies) if proxy == [SUBGRAPH_OWN_WIDGET, slot.get("name")]]
+            position = own[0] if own else [s for s in slots if "widget" in s].index(slot)
+            if position < len(values) and values[position] is not None:
                 return ("value", values[position])
         return None
 
@@ -211,19 +215,32 @@ class _UIGraph:
         return None
 
 
+def _proxy_widgets(instance: dict) -> list:
+    """`properties.proxyWidgets` of a subgraph instance: [[inner node id, widget name], ...], or []."""
+    proxies = (instance.get("properties") or {}).get("proxyWidgets")
+    return [[str(p[0]), p[1]] if isinstance(p, list) and len(p) >= 2 else None for p in proxies or []]
+
+
+SUBGRAPH_OWN_WIDGET = "-1"  # a proxyWidgets entry ["-1", name]: the instance's own widget for its subgraph input
+
+
 def _promoted_widgets(instance: dict, group_widgets: list | None = None) -> dict[str, dict[str, Any]]:
     """Widgets of inner nodes shown on a subgraph instance (`properties.proxyWidgets`, [[inner id, widget name]]),
-    with the values the instance stores for them: {inner id: {widget name: value}}. The editor keeps a promoted
-    widget's value in the inner node itself and the instance's widgets_values empty; a file whose instance lists
-    one value per proxy widget overrides the inner ones with them. A legacy group node lists every inner widget
-    (`group_widgets`, see _group_definition) and its widgets_values always hold their values."""
-    proxies = group_widgets if group_widgets is not None else (instance.get("properties") or {}).get("proxyWidgets")
+    with the values the instance stores for them: {inner id: {widget name: value}}.
+
+    The editor keeps a promoted widget's value in the inner node itself and the instance's widgets_values empty
+    (ComfyUI's templates). A file whose instance does list values is read as frontend 1.58 reads it (its
+    proxyWidget migration, `pickHostValue`): value i belongs to proxy i, a missing entry leaves the inner value.
+    Entries ["-1", name] are the instance's own subgraph-input widgets (`_UIGraph._from_outside` reads them). A
+    null value is left out here where 1.58 would queue null, which no widget accepts. A legacy group node lists
+    every inner widget (`group_widgets`, see _group_definition) and its widgets_values always hold their values."""
+    proxies = _proxy_widgets(instance) if group_widgets is None else group_widgets
     values = instance.get("widgets_values")
-    if not isinstance(proxies, list) or not isinstance(values, list) or len(values) != len(proxies):
+    if not isinstance(values, list):
         return {}
     promoted: dict[str, dict[str, Any]] = {}
-    for proxy, value in zip(proxies, values, strict=True):
-        if isinstance(proxy, list) and len(proxy) == 2:
+    for proxy, value in zip(proxies, values, strict=False):
+        if isinstance(proxy, list) and len(proxy) == 2 and proxy[0] != SUBGRAPH_OWN_WIDGET and value is not None:
             promoted.setdefault(str(proxy[0]), {})[str(proxy[1])] = value
     return promoted
 

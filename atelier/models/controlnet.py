@@ -241,14 +241,41 @@ def state_in_our_names(file: WeightsFile) -> tuple[dict[str, Tensor], str]:
     return keymap.controlnet_from_sd(state, unet, file.name), layout
 
 
+DIFFERENCE_KEY = "difference"  # marks a "diff" ControlNet file (original layout): weights minus an SD1.5 UNet's
+
+
+def add_base_weights(state: dict[str, Tensor], base: nn.Module | None, name: str) -> dict[str, Tensor]:
+    """A diff ControlNet's weights made whole: early ControlNet releases (e.g. diff_control_sd15_depth_fp16)
+    store the encoder copy as its difference to the SD1.5 UNet it was trained from, so that adding it to another
+    fine-tune's UNet transfers the control to that model. Each weight whose name (and shape) the UNet also has
+    gets the UNet's weight added, as ComfyUI's load_controlnet does for DiffControlNetLoader; the hint encoder and
+    the zero convolutions have no counterpart and are stored whole."""
+    if base is None:
+        raise CheckpointError(
+            f"{name} is a difference ControlNet (stored minus an SD1.5 UNet); load it with Load ControlNet Model "
+            "(diff), which adds it to a model."
+        )
+    unet = base.state_dict()
+    added = [k for k, v in state.items() if k in unet and tuple(unet[k].shape) == tuple(v.shape)]
+    if not added:
+        raise CheckpointError(f"{name} is a difference ControlNet, but no weight of it matches the model's UNet.")
+    return {k: v + unet[k].to(v.dtype) if k in added else v for k, v in state.items()}
+
+
 def load_controlnet(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    base: nn.Module | None = None,
 ) -> ControlNet:
-    """A ControlNet from one file (either layout) or a diffusers folder; every weight checked against the config."""
+    """A ControlNet from one file (either layout) or a diffusers folder; every weight checked against the config.
+    `base`: the UNet a difference ControlNet is added to (DiffControlNetLoader), see add_base_weights."""
     path = Path(path)
     weights = controlnet_weights_file(path)
     file = WeightsFile(weights)
     state, layout = state_in_our_names(file)
+    if DIFFERENCE_KEY in file.index.shapes:
+        state = add_base_weights(state, base, file.name)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     try:
         config = controlnet_config(shapes)

@@ -205,7 +205,7 @@ def _describe_embedding(file: WeightsFile) -> list[str]:
 
 def _describe_controlnet(file: WeightsFile) -> list[str]:
     """A ControlNet: its layout, the UNet it copies, its hint encoder, what it adds to the UNet."""
-    from atelier.models.controlnet import describe_controlnet, skip_channels
+    from atelier.models.controlnet import DIFFERENCE_KEY, describe_controlnet, skip_channels
 
     layout, config = describe_controlnet(file.index.shapes)
     lines = [_row("layout", layout)]
@@ -221,6 +221,10 @@ def _describe_controlnet(file: WeightsFile) -> list[str]:
         _row("params", _params(file.index.shapes)),
         _row("use", "Load ControlNet Model + Apply ControlNet, the file in models/controlnet"),
     ]
+    if DIFFERENCE_KEY in file.index.shapes:  # stored minus an SD1.5 UNet (models/controlnet.py, add_base_weights)
+        lines[0] = _row("kind", f"a difference ControlNet (stored minus the weights of an SD1.x UNet "
+                                f"{unet.block_channels} wide)")  # fmt: skip
+        lines[-1] = _row("use", "Load ControlNet Model (diff), given the model to add it to, + Apply ControlNet")
     return lines
 
 

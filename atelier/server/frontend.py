@@ -9,7 +9,8 @@
 - GET /workflow_templates                 `{}`: no custom-node templates
 - GET /global_subgraphs                   `{}`: no shared subgraph blueprints; /global_subgraphs/<id>: 404
 - GET /i18n                               Atelier's nodes in the editor's i18n format (see node_translations)
-- GET /extensions                         the one editor extension Atelier adds: its default graph
+- GET /extensions                         the two editor extensions Atelier adds: its default graph, and the
+                                          offline guard (remote requests refused before they are made)
 - GET /atelier/default_graph              that graph: the txt2img template in the learner's language
 
 Templates live in atelier/server/templates/: `<name>.json` (a UI-format workflow, in English), `<name>-1.webp`
@@ -29,7 +30,9 @@ How the frontend (1.58) localizes, and what each piece of Atelier plugs into:
 
 The Content-Security-Policy (security.page_policy) limits where the page may connect (fetch, XHR, WebSocket,
 beacons) and load scripts, images, fonts and media from: this server only. It stops what no setting turns off: the
-bundled error reporter (sentry.io) and Firebase sign-in. The one inline script of index.html, its import map, is
+bundled error reporter (sentry.io), Firebase sign-in, the Comfy registry and the size check of a missing model's
+download URL. Chromium logs each refusal as a console error, so atelier/web/editor/offline.js refuses them first,
+quietly, the way a failed request fails. The one inline script of index.html, its import map, is
 allowed by its SHA-256 hash (editor_policy), so no other inline script can run; styles may be inline (the editor
 positions its widgets with style attributes); WebAssembly may be compiled (1.58 bundles a module); no other site
 may frame the editor.
@@ -54,8 +57,10 @@ from atelier.server.state import add_api, error_text, state
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 TRANSLATIONS_DIR = TEMPLATES_DIR / "i18n"  # fr.json (templates), nodes.fr.json (the teaching nodes)
-EDITOR_EXTENSION = Path(__file__).resolve().parent.parent / "web" / "editor" / "default_graph.js"
-EXTENSION_URL = "/extensions/atelier/default_graph.js"
+EDITOR_DIR = Path(__file__).resolve().parent.parent / "web" / "editor"
+# URL -> file of the editor extensions Atelier adds (atelier/web/editor/); the editor imports them all before it
+# loads its first graph.
+EDITOR_EXTENSIONS = {f"/extensions/atelier/{name}": EDITOR_DIR / name for name in ("offline.js", "default_graph.js")}
 TEMPLATE_CATEGORY = "Atelier"
 LANGUAGES = ("en", "fr")  # English is the templates' own language; French comes from TRANSLATIONS_DIR
 DEFAULT_GRAPH_TEMPLATE = "atelier_txt2img"  # the embedded model at its native 128 x 128
@@ -251,11 +256,11 @@ async def default_graph(request: web.Request) -> web.Response:
 
 
 async def extensions(request: web.Request) -> web.Response:
-    return web.json_response([EXTENSION_URL])  # no custom-node scripts; the editor loads its core ones itself
+    return web.json_response(list(EDITOR_EXTENSIONS))  # no custom-node scripts; the editor loads its core ones
 
 
 async def extension_file(request: web.Request) -> web.StreamResponse:
-    return _serve(EDITOR_EXTENSION, NO_CACHE)
+    return _serve(EDITOR_EXTENSIONS[request.path], NO_CACHE)
 
 
 async def global_subgraphs(request: web.Request) -> web.Response:
@@ -320,7 +325,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/templates/index_logo.json", logo_index)
     app.router.add_get(r"/templates/index.{locale:[A-Za-z_-]+}.json", templates_index)
     app.router.add_get("/templates/{name}", template_file)
-    app.router.add_get(EXTENSION_URL, extension_file)
+    for url in EDITOR_EXTENSIONS:
+        app.router.add_get(url, extension_file)
     add_api(app, "GET", "/workflow_templates", workflow_templates)
     add_api(app, "GET", "/extensions", extensions)
     add_api(app, "GET", "/global_subgraphs", global_subgraphs)

@@ -12,8 +12,9 @@ the editor is stored and wins over the default.
     Our /prompt still answers missing_node_type, and the editor still outlines unknown nodes in red.
 - Missing models (1.58 lists them in its issues tab, Comfy.ErrorSystem.ShowMissingModels) are found from
     /api/experiment/models, locally. Only a model that a workflow gives a download URL for makes it send a HEAD
-    request to that URL for its size; the policy's connect-src refuses it (the 1.27 setting
-    Comfy.Workflow.ShowMissingModelsWarning is gone). Atelier's templates name no URL.
+    request to that URL for its size, which no setting turns off (the 1.27 setting
+    Comfy.Workflow.ShowMissingModelsWarning is gone): atelier/web/editor/offline.js refuses it before it is made,
+    and the issues panel still names the file and its folder. Atelier's templates name no URL.
 - "Comfy.NodeBadge.ShowApiPricing": False
     Price badges belong to paid API nodes, which Atelier does not have.
 - "Comfy.Execution.PreviewMethod": "auto"

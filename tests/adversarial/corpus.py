@@ -275,6 +275,7 @@ def _method_family() -> list[Case]:
         ("POST", "/api/global_subgraphs"),
         ("POST", "/api/atelier/default_graph"),
         ("PUT", "/extensions/atelier/default_graph.js"),
+        ("DELETE", "/extensions/atelier/offline.js"),
         ("POST", "/templates/index.fr.json"),
         ("DELETE", "/templates/index_logo.json"),
         ("POST", "/api/view_metadata/checkpoints"),

@@ -1,7 +1,8 @@
 """The official ComfyUI editor (comfyui-frontend-package 1.58), served by `atelier serve`, in headless Chromium at
 1366 x 768: one test per frontend feature Atelier relies on. It starts offline and clean on Atelier's own default
 graph (in English and in French), opens templates fitted to the view, speaks French for Atelier's nodes and
-templates, runs them with live progress, shows the images it made, and lists the jobs in its queue panel.
+templates, runs them with live progress, shows the images it made, and lists the jobs in its queue panel; a
+workflow with subgraphs queues as Atelier expands it, and runs.
 
 About 1-2 minutes on a 2-core machine (the editor boots in ~5-10 s per tab; each 128x128 image takes a few seconds).
 """
@@ -9,11 +10,18 @@ About 1-2 minutes on a 2-core machine (the editor boots in ~5-10 s per tab; each
 from __future__ import annotations
 
 import json
+import urllib.request
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
+from atelier.graph.catalog import default_registry
+from atelier.graph.workflow import ui_to_api
+from atelier.server.files import DataDir, OutputFiles
 from atelier.server.frontend import TEMPLATES_DIR, localized_workflow, template_index, template_manifest
+
+SUBGRAPH_WORKFLOW = Path(__file__).parents[1] / "fixtures" / "subgraphs" / "sd15_subgraph.json"
 
 SAVE_IMAGE_SHOWN = """id => {
     const node = window.app.graph.getNodeById(id);
@@ -221,3 +229,87 @@ def test_puzzle_template_can_be_solved_and_run(editor, artifacts):
     assert [m["value"] for m in editor.of_type("progress") if m["node"] == "3"][-1] == 20
     assert_only_local_requests(editor)
     assert editor.page_errors == []
+
+
+def _as_queued(prompt: dict) -> dict:
+    """What runs: class_type, inputs and title of each node (1.58 also copies properties.cnr_id/ver into _meta)."""
+    return {
+        node_id: {"class_type": n["class_type"], "inputs": n["inputs"], "title": n["_meta"]["title"]}
+        for node_id, n in prompt.items()
+    }
+
+
+def test_a_subgraph_workflow_queues_as_atelier_expands_it_and_runs(editor, artifacts, tmp_path):
+    """tests/fixtures/subgraphs/sd15_subgraph.json (a subgraph with a nested one, a promoted widget, a reroute and
+    a bypassed node inside) opened in the editor: the prompt the editor builds from it is the one Atelier's
+    converter builds, from the file and from the workflow as the editor saves it back (1.58 turns proxyWidgets
+    into subgraph inputs); pressing Run runs it, and the job's image is in the history and the jobs panel."""
+    editor.open()
+    workflow = json.loads(SUBGRAPH_WORKFLOW.read_text(encoding="utf-8"))
+    editor.page.evaluate("workflow => window.app.loadGraphData(workflow)", workflow)
+    editor.page.wait_for_function("() => window.app.graph.nodes.length === 4", timeout=30_000)
+    queued = editor.page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    saved = editor.page.evaluate("() => window.app.graph.serialize()")
+    data = DataDir(tmp_path / "data")
+    registry = default_registry(data.root, OutputFiles(data))
+    ours = _as_queued(ui_to_api(workflow, registry))
+    assert _as_queued(queued) == ours
+    assert _as_queued(ui_to_api(saved, registry)) == ours
+    assert sorted(ours) == ["4", "60", "83:13", "83:27", "83:3", "83:31", "83:7:8"]
+    assert ours["83:3"]["inputs"]["steps"] == 2  # the instance's promoted widget, not the inner 20
+    editor.page.screenshot(path=artifacts / "10-subgraph-loaded.png")
+
+    src, width, height = run_and_wait_for_image(editor, 60)
+    editor.page.screenshot(path=artifacts / "11-subgraph-done.png")
+    assert (width, height) == (64, 64) and "filename=subgraph_" in src
+    assert [m["value"] for m in editor.of_type("progress") if m["node"] == "83:3"] == [1, 2]
+    (done,) = editor.of_type("execution_success")
+    with urllib.request.urlopen(f"{editor.url}/api/history/{done['prompt_id']}") as response:
+        entry = json.load(response)[done["prompt_id"]]
+    assert sorted(entry["prompt"][2]) == sorted(ours)  # the server ran what the editor sent
+    (image,) = entry["outputs"]["60"]["images"]
+    assert image["filename"].startswith("subgraph_") and image["filename"] in src
+
+    # The jobs panel: its open state is a stored setting, so an earlier test may have left it open.
+    if not editor.page.get_by_text("Job Queue", exact=True).first.is_visible():
+        editor.command("Comfy.Queue.ToggleOverlay")
+    editor.page.get_by_text("Completed", exact=True).first.click()
+    editor.page.locator('img[src*="/api/view"][src*="filename=subgraph_"]').first.wait_for(timeout=30_000)
+    editor.page.screenshot(path=artifacts / "12-subgraph-jobs-panel.png")
+    assert_clean(editor)
+
+
+MISSING_MODEL = {
+    "name": "v1-5-pruned-emaonly-fp16.safetensors",
+    "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+    "v1-5-pruned-emaonly-fp16.safetensors",
+    "directory": "checkpoints",
+}
+
+
+def test_a_missing_model_with_a_download_url_is_named_without_reaching_out(editor, artifacts):
+    """ComfyUI's templates give each model a download URL (properties.models, the workflow's `models`); when the
+    file is missing, 1.58 sends a HEAD request to it for the size, and its details panel asks the Comfy registry
+    about the workflow's node packs. The CSP refuses both with a console error; Atelier's offline guard
+    (atelier/web/editor/offline.js) refuses them before they are made. The learner still sees which file is
+    missing, and in which folder."""
+    editor.open()
+    workflow = json.loads((TEMPLATES_DIR / "atelier_txt2img.json").read_text(encoding="utf-8"))
+    loader = next(n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    loader["widgets_values"] = [MISSING_MODEL["name"]]
+    loader.setdefault("properties", {})["models"] = [MISSING_MODEL]
+    workflow["models"] = [MISSING_MODEL]
+    infos: list[str] = []
+    editor.page.on("console", lambda msg: msg.type == "info" and infos.append(msg.text))
+    editor.page.evaluate("workflow => window.app.loadGraphData(workflow)", workflow)
+    editor.page.get_by_text(f"{MISSING_MODEL['name']} is missing").first.wait_for(timeout=30_000)
+    editor.page.get_by_text("View details").first.click()
+    panel = editor.page.get_by_text("Missing Models").first
+    panel.wait_for(timeout=30_000)
+    editor.page.wait_for_timeout(1_500)  # the size check and the registry look-up run after the panel opens
+    editor.page.screenshot(path=artifacts / "13-missing-model.png")
+    shown = editor.page.evaluate("() => document.body.innerText")
+    assert MISSING_MODEL["name"] in shown and "\ncheckpoints\n" in shown, shown
+    assert "[Atelier] The editor works offline: nothing is sent to huggingface.co." in infos, infos
+    assert "[Atelier] The editor works offline: nothing is sent to api.comfy.org." in infos, infos
+    assert_clean(editor)  # no console error (no CSP refusal), no request to another site

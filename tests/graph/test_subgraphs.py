@@ -5,7 +5,9 @@ subgraph templates (Comfy-Org/workflow_templates, templates/01_get_started_text_
 `definitions.subgraphs` with uuid ids, input and output boundary nodes -10 and -20, link objects, `linkIds`,
 `properties.proxyWidgets` on the instance. It is an SD1.5 txt2img whose sampling sits in a subgraph (instance 83),
 with a nested subgraph for the VAE decode (instance 7 inside it), a Reroute and a bypassed node on the negative
-prompt, a Note, and the sampler's steps promoted to a widget on the instance. Legacy group nodes
+prompt, a Note, and the sampler's steps promoted to a widget on the instance (its own proxyWidgets entry
+["-1", "steps"], so that frontend 1.58 reads the instance's widgets_values as we do: tests/e2e/test_editor.py
+queues this file from the editor and compares). Legacy group nodes
 (`extra.groupNodes`, "workflow>Name" instances, inner nodes queued as "12:0", "12:1"...) are checked at the end.
 """
 
@@ -112,14 +114,38 @@ def test_promoted_widget_values_on_the_instance_override_the_inner_ones(env):
     registry, _ = env
     changed = workflow()
     instance = next(n for n in changed["nodes"] if n["id"] == 83)
-    for input_slot in instance["inputs"]:  # no subgraph-input widget: the instance lists one value per proxy
-        input_slot.pop("widget", None)
-    instance["widgets_values"] = ["a blue tree", 128, 96, 7, "fixed"]
+    # One value per proxyWidgets entry, in its order (frontend 1.58's pickHostValue): first the instance's own
+    # "steps" widget (["-1", "steps"]), then the inner widgets it shows.
+    instance["widgets_values"] = [3, "a blue tree", 128, 96, 7, "fixed"]
     prompt = ui_to_api(changed, registry)
     assert prompt["83:27"]["inputs"]["text"] == "a blue tree"
     assert (prompt["83:13"]["inputs"]["width"], prompt["83:13"]["inputs"]["height"]) == (128, 96)
     assert prompt["83:3"]["inputs"]["seed"] == 7 and "control_after_generate" not in prompt["83:3"]["inputs"]
-    assert prompt["83:3"]["inputs"]["steps"] == 20  # the subgraph input is unconnected: the inner widget's value
+    assert prompt["83:3"]["inputs"]["steps"] == 3
+    # A shorter list leaves the rest to the inner nodes, as 1.58 does (an index it lacks is a "hole").
+    instance["widgets_values"] = [3, "a blue tree"]
+    prompt = ui_to_api(changed, registry)
+    assert prompt["83:27"]["inputs"]["text"] == "a blue tree" and prompt["83:13"]["inputs"]["width"] == 64
+    assert prompt["83:3"]["inputs"]["seed"] == 42
+    # Without the subgraph-input widget, the unconnected input leaves the inner widget's value.
+    for input_slot in instance["inputs"]:
+        input_slot.pop("widget", None)
+    del instance["properties"]["proxyWidgets"][0]
+    instance["widgets_values"] = ["a blue tree", 128, 96, 7, "fixed"]
+    prompt = ui_to_api(changed, registry)
+    assert prompt["83:27"]["inputs"]["text"] == "a blue tree" and prompt["83:13"]["inputs"]["height"] == 96
+    assert prompt["83:3"]["inputs"]["steps"] == 20
+
+
+def test_host_values_follow_proxy_widgets_as_frontend_1_58_reads_them(env):
+    """A file whose instance lists the value of its subgraph-input widget but no ["-1", name] proxy for it: 1.58
+    gives value 0 to both the input widget and the first proxy (seen in Chromium: the prompt text became 2)."""
+    registry, _ = env
+    legacy = workflow()
+    instance = next(n for n in legacy["nodes"] if n["id"] == 83)
+    del instance["properties"]["proxyWidgets"][0]
+    prompt = ui_to_api(legacy, registry)
+    assert prompt["83:3"]["inputs"]["steps"] == 2 and prompt["83:27"]["inputs"]["text"] == 2
 
 
 def test_muted_and_bypassed_instances(env):

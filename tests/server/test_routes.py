@@ -30,7 +30,10 @@ async def test_startup_routes(tmp_path):
         assert settings["Comfy.Notification.ShowVersionUpdates"] is False
         assert await get_json(client, "/settings/Comfy.Workflow.ShowMissingNodesWarning") is False
         assert await get_json(client, "/settings/Not.A.Setting") is None
-        assert await get_json(client, "/extensions") == ["/extensions/atelier/default_graph.js"]
+        assert await get_json(client, "/extensions") == [
+            "/extensions/atelier/offline.js",
+            "/extensions/atelier/default_graph.js",
+        ]
         assert await get_json(client, "/embeddings") == []
         assert await get_json(client, "/workflow_templates") == {}
         assert await get_json(client, "/features") == {
@@ -252,8 +255,9 @@ async def test_frontend_and_templates_are_served(tmp_path):
         assert resp.status == 200 and resp.content_type == "application/javascript"
         assert len(await resp.read()) == (frontend_root() / script).stat().st_size
         assert "'wasm-unsafe-eval'" in policy["script-src"] and "'unsafe-eval'" not in policy["script-src"]
-        resp = await client.get("/extensions/atelier/default_graph.js")  # Atelier's editor extension
-        assert resp.status == 200 and resp.content_type == "application/javascript"
+        for name in ("offline.js", "default_graph.js"):  # Atelier's editor extensions
+            resp = await client.get(f"/extensions/atelier/{name}")
+            assert resp.status == 200 and resp.content_type == "application/javascript"
         css = next(p for p in (frontend_root() / "assets").glob("*.css"))
         assert (await client.get(f"/assets/{css.name}")).content_type == "text/css"
         user_css = await client.get("/user.css")  # an empty style sheet, not a console error

@@ -15,7 +15,7 @@ from atelier import device as devices
 from atelier.graph.kit import Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.models.controlnet import AppliedControlNet, ControlNet, load_controlnet
-from atelier.pipeline import Cond
+from atelier.pipeline import Cond, DiffusionModel
 
 STRENGTH = Input(
     "strength",
@@ -48,6 +48,30 @@ class ControlNetLoader(Node):
         path = self.env.models.resolve("controlnet", control_net_name)
         device = devices.pick_device(self.env.device)
         return (load_controlnet(path, device=device, dtype=devices.pick_dtype(device, self.env.dtype)),)
+
+
+class DiffControlNetLoader(Node):
+    SCHEMA = NodeSchema(
+        name="DiffControlNetLoader",
+        display_name="Load ControlNet Model (diff)",
+        category="loaders",
+        description="Loads a ControlNet from models/controlnet for this model: a difference ControlNet (stored "
+        "minus the SD1.5 UNet it was trained from) gets the model's own UNet weights added, which carries the "
+        "control over to a fine-tune; any other ControlNet loads as with Load ControlNet Model.",
+        inputs=[
+            Input("model", "MODEL", tooltip="The model whose UNet a difference ControlNet is added to."),
+            Input("control_net_name", "COMBO", options=(), tooltip="The ControlNet, from models/controlnet."),
+        ],
+        outputs=[Output("CONTROL_NET", tooltip="A copy of the UNet's encoder that reads a hint image.")],
+    )
+
+    def run(self, ctx: NodeContext, model: DiffusionModel, control_net_name: str) -> tuple:
+        # The UNet's own weights: LoRA patches, which Atelier applies only while sampling, are not in them
+        # (ComfyUI adds the patched weights).
+        path = self.env.models.resolve("controlnet", control_net_name)
+        device = devices.pick_device(self.env.device)
+        dtype = devices.pick_dtype(device, self.env.dtype)
+        return (load_controlnet(path, device=device, dtype=dtype, base=model.unet),)
 
 
 def _apply(
