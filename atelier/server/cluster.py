@@ -10,7 +10,9 @@
 What stays on the server: the scheduler (turns, caps, merging), the files, the history, the WebSockets. A worker
 sends back one `PartImage` per part (a PIL image, pickled: its pixels) and the events of the run (a step, its
 preview, "loading" a model); the prompt queue saves the PNGs exactly as it does for its in-process worker, so the
-files are byte for byte the same whichever worker made them.
+files are byte for byte the same whichever worker made them, given the same torch thread count: a CPU worker
+samples on one thread, and a matrix product split over 2 threads adds in another order (other last bits), so
+compare with an in-process server on one thread (OMP_NUM_THREADS=1; tests/server/test_classroom_ray.py).
 
 Graphs that are not txt2img (node-editor graphs, img2img...) still run in this process, one at a time: their
 nodes read and write files (LoadImage, SaveImage), which live here.
