@@ -575,10 +575,10 @@ class PromptQueue:
             merged = self.merged_if(batch)
             if merged:
                 for prompt_id in dict.fromkeys(p.job_id for p in batch.parts):
-                    rec = self.active.get(prompt_id)
-                    if rec is not None:
+                    rec, listener = self.active.get(prompt_id), self._listeners.get(prompt_id)
+                    if rec is not None and listener is not None:  # (not ended by another batch meanwhile)
                         found = txt2img(rec.prompt)
-                        self._listeners[prompt_id].executing(found.sampler_node if found else "")
+                        listener.executing(found.sampler_node if found else "")
             started = time.monotonic()
             try:
                 results: Sequence[Any] = self.worker.run(batch)

@@ -166,6 +166,7 @@ class RayPool:
         self.cpus_per_worker = cpus_per_worker
         self._lock = threading.Condition()
         self._slots: list[_Slot] = []
+        self._closed = False
         for _ in range(count):
             self.add_worker()
 
@@ -239,7 +240,9 @@ class RayPool:
         fewest models (another than `avoid`, the one the batch was lost on, when there is a choice)."""
         model = self.model_of(batch)
         with self._lock:
-            self._lock.wait_for(lambda: any(not s.busy for s in self._slots))
+            self._lock.wait_for(lambda: self._closed or any(not s.busy for s in self._slots))
+            if self._closed:
+                raise WorkerLost("the server is stopping")
             free = [s for s in self._slots if not s.busy]
             candidates = [s for s in free if s.number != avoid] or free
             warm = [s for s in candidates if model is not None and model in s.loaded]
@@ -305,15 +308,19 @@ class RayPool:
             threading.Thread(target=one, args=(batch,), daemon=True, name=f"ray-batch-{batch.number}").start()
 
     def _refresh(self, slot: _Slot) -> None:
-        """What the actor holds now (after a restart: nothing yet); a dead actor answers later or never."""
+        """What the actor holds now (after a restart: nothing yet). After a loss this waits for Ray to restart the
+        actor (the slot stays busy meanwhile: a batch sent to a restarting actor would fail as lost)."""
         try:
-            info = self._ray.get(slot.actor.info.remote(), timeout=30)
+            info = self._ray.get(slot.actor.info.remote(), timeout=120)
         except Exception:
             slot.loaded = set()
             return
         slot.loaded, slot.pid = set(info["loaded"]), info["pid"]
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
         for slot in self._slots:
             self._ray.kill(slot.actor)
         self._slots.clear()
