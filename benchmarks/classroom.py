@@ -24,9 +24,10 @@ queue drains (at most `--drain` seconds) and everything is counted:
 - images per learner and Jain's fairness index (sum x)^2 / (n * sum x^2): 1 when all got the same;
 - images per second over the run; the server's resident memory (VmRSS of its process) every `--rss-every` s;
 - with --ray: each setting's images per second side by side, the speed-up of N workers over 1, and what Ray
-  costs per image against the in-process worker: 1/(images per second with 1 Ray worker) - 1/(in-process),
-  the same one CPU thread sampling in both (the difference is the actor round trip: pickled prompts, the
-  stream of step events and previews, the images coming back).
+  costs per image against the in-process worker, two ways: from the throughputs, 1/(images per second with 1
+  Ray worker) - 1/(in-process), the same one CPU thread sampling in both (noisy on a shared machine); and
+  measured per batch, the seconds around the actor's own run (the server's log: pickled prompts, the stream of
+  step events, the images coming back, the refresh of what the actor holds).
 
 Every loop is bounded by the clock: the script ends by itself. The JSON (with the machine's load average at
 the start and end: this machine may be shared) goes to --json.
@@ -455,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["merged_sampling_calls"] = len(sizes)
                 result["images_in_merged_calls"] = sum(sizes)
                 result["server_log_tracebacks"] = log.count("Traceback")
+                if workers is not None:
+                    result["ray"] = ray_figures(log)
             finally:
                 stop_server(server)
                 if args.logs:  # the server's output, kept for reading
@@ -478,6 +481,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+RAY_BATCH = re.compile(r"Ray batch \d+ on worker (\d+): (\d+) images, ([\d.]+) s in the actor, ([\d.]+) s around it")
+
+
+def ray_figures(log: str) -> dict:
+    """From a --ray server's log (one line per batch, ray_workers.RayPool.run): batches per worker, and the
+    seconds per image inside the actors (sampling, decoding) and around them (Ray: the pickled batch and images,
+    the stream of step events, the refresh of what the actor holds)."""
+    rows = [(int(w), int(n), float(inside), float(around)) for w, n, inside, around in RAY_BATCH.findall(log)]
+    per_worker: dict[int, int] = {}
+    for worker, _, _, _ in rows:
+        per_worker[worker] = per_worker.get(worker, 0) + 1
+    inside = [i / n for _, n, i, _ in rows if n]
+    around = [a / n for _, n, _, a in rows if n]
+    rounded = lambda v: None if v is None else round(v, 3)  # noqa: E731
+    return {
+        "batches_per_worker": {str(w): c for w, c in sorted(per_worker.items())},
+        "s_per_image_in_actor": {"p50": rounded(percentile(inside, 50)), "p95": rounded(percentile(inside, 95))},
+        "s_per_image_around_actor": {"p50": rounded(percentile(around, 50)), "p95": rounded(percentile(around, 95)),
+                                     "mean": rounded(sum(around) / len(around)) if around else None},
+    }
+
+
 def ray_summary(runs: dict) -> dict:
     """The --ray settings side by side: images per second, N workers over 1, Ray's seconds per image over the
     in-process worker's (1/ips(1 Ray worker) - 1/ips(in-process); both sample on one CPU thread)."""
@@ -487,8 +512,11 @@ def ray_summary(runs: dict) -> dict:
     if one:
         summary["speedup_over_1_worker"] = {m: round(v / one, 2) for m, v in ips.items() if m.startswith("ray_") and v}
     if one and here:
-        summary["ray_overhead_s_per_image"] = round(1 / one - 1 / here, 3)
-        summary["ray_overhead_fraction"] = round((1 / one - 1 / here) / (1 / here), 3)
+        summary["ray_overhead_s_per_image_from_throughput"] = round(1 / one - 1 / here, 3)
+        summary["ray_overhead_fraction_from_throughput"] = round((1 / one - 1 / here) / (1 / here), 3)
+    summary["ray_s_per_image_around_actor_p50"] = {
+        mode: run["ray"]["s_per_image_around_actor"]["p50"] for mode, run in runs.items() if "ray" in run
+    }
     return summary
 
 

@@ -35,6 +35,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -69,7 +70,8 @@ class WorkerLost(AtelierError):
 
 # What the actor's stream carries: (kind, value). "event": something emit() sent; "result": the batch's results;
 # "error": the local worker raised (the batch's own fault, not the worker's: it is not re-run).
-_EVENT, _RESULT, _ERROR = "event", "result", "error"
+# "seconds": how long the local worker's run took inside the actor (sent just before the result).
+_EVENT, _RESULT, _ERROR, _SECONDS = "event", "result", "error", "seconds"
 _DONE = object()
 
 
@@ -102,16 +104,18 @@ class _Actor:
         outcome: list[tuple[str, Any]] = []
 
         def work() -> None:
+            started = time.monotonic()
             try:
-                outcome.append((_RESULT, list(self.worker.run(batch))))
+                results = list(self.worker.run(batch))
+                outcome.extend([(_SECONDS, time.monotonic() - started), (_RESULT, results)])
             except Exception as error:
-                outcome.append((_ERROR, error))
+                outcome.extend([(_SECONDS, time.monotonic() - started), (_ERROR, error)])
             self._events.put(_DONE)
 
         threading.Thread(target=work, daemon=True).start()
         while (event := self._events.get()) is not _DONE:
             yield _EVENT, event
-        yield outcome[0]
+        yield from outcome
 
 
 @dataclasses.dataclass
@@ -221,8 +225,9 @@ class RayPool:
         reason = ""
         for attempt in (1, 2):
             slot = self._claim(batch, avoid=lost_on)
+            started = time.monotonic()
             try:
-                results = self._attempt(slot, batch)
+                results, inside = self._attempt(slot, batch)
             except _Lost as lost:
                 reason = f"worker {slot.number} lost: {lost.kind}"
                 log.warning("Batch %d: %s (attempt %d).", batch.number, reason, attempt)
@@ -232,6 +237,9 @@ class RayPool:
                 lost_on = slot.number
                 continue
             self._release(slot, images=batch.images)
+            around = time.monotonic() - started - inside  # what Ray adds: pickling, the stream, the refresh
+            log.info("Ray batch %d on worker %d: %d images, %.2f s in the actor, %.3f s around it", batch.number,
+                     slot.number, batch.images, inside, around)  # fmt: skip
             return results
         return [WorkerLost(reason)] * len(batch.parts)
 
@@ -257,10 +265,12 @@ class RayPool:
             slot.images_done += images
             self._lock.notify_all()
 
-    def _attempt(self, slot: _Slot, batch: Batch) -> Sequence[Any]:
-        """The actor's stream: events to `on_event` as they come, then the results; `_Lost` if it went away."""
+    def _attempt(self, slot: _Slot, batch: Batch) -> tuple[Sequence[Any], float]:
+        """The actor's stream: events to `on_event` as they come, then the results and the seconds the local
+        worker took; `_Lost` if the actor went away."""
         ray = self._ray
         results: Sequence[Any] | None = None
+        inside = 0.0
         try:
             for ref in slot.actor.run.options(num_returns="streaming").remote(batch):
                 kind, value = ray.get(ref)
@@ -268,6 +278,8 @@ class RayPool:
                     if isinstance(value, tuple) and value[:1] == ("loading",):  # ("loading", model name)
                         slot.loading = value[1]
                     self.on_event(batch, value)
+                elif kind == _SECONDS:
+                    inside = value
                 elif kind == _RESULT:
                     results = value
                 else:  # the local worker raised: every part gets the error, as scheduler.serve does
@@ -276,7 +288,7 @@ class RayPool:
             raise _Lost(type(lost).__name__) from lost
         if results is None:
             raise _Lost("its stream ended before its results")
-        return results
+        return results, inside
 
     # ---- the loop ----
 
