@@ -304,7 +304,7 @@ class PromptQueue:
         # Which batches the worker answers with one PartImage per part (the merged worker's), and how a merged
         # batch of nobody else's images is stopped (False: it cannot be; its prompts' images are dropped at its end).
         self.merged_if: Callable[[Batch], bool] = runs_merged
-        self.stop_merged: Callable[[Batch], bool] = lambda batch: self.merged_stop.set() or True
+        self.stop_merged: Callable[[Batch], bool] = self._stop_merged_here
         self._cond = threading.Condition(threading.RLock())
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -590,8 +590,10 @@ class PromptQueue:
                 with self._cond:
                     self.scheduler.finish(batch)
                     self._running.pop(batch.number, None)
-            with self._cond:
-                self._images_done += batch.images
+            with self._cond:  # what the instructor's page shows of the in-process worker
+                self._images_done += sum(part.images for part, result in zip(batch.parts, results, strict=True)
+                                         if getattr(result, "status", "success") == "success"
+                                         and not isinstance(result, BaseException))  # fmt: skip
                 rec = self.active.get(batch.parts[0].job_id)
                 found = txt2img(rec.prompt) if rec is not None else None
                 if found is not None:
@@ -616,6 +618,11 @@ class PromptQueue:
                 self._busy -= 1
                 self._runners.discard(threading.current_thread())
                 self._cond.notify_all()
+
+    def _stop_merged_here(self, batch: Batch) -> bool:
+        """Stop the in-process worker's sampling call (batching.py looks at the event between steps)."""
+        self.merged_stop.set()
+        return True
 
     @property
     def _batch(self) -> Batch | None:

@@ -115,7 +115,9 @@ class _Actor:
         threading.Thread(target=work, daemon=True).start()
         while (event := self._events.get()) is not _DONE:
             yield _EVENT, event
-        yield from outcome
+        seconds, result = outcome  # one by one, not `yield from`: Ray's generators are driven by send(),
+        yield seconds  # which a list's iterator lacks
+        yield result
 
 
 @dataclasses.dataclass
@@ -228,7 +230,11 @@ class RayPool:
             started = time.monotonic()
             try:
                 results, inside = self._attempt(slot, batch)
-            except _Lost as lost:
+            except BaseException as error:
+                if not isinstance(error, _Lost):  # a bug, not a loss: the actor is free again, the caller hears it
+                    self._release(slot, images=0)
+                    raise
+                lost = error
                 reason = f"worker {slot.number} lost: {lost.kind}"
                 log.warning("Batch %d: %s (attempt %d).", batch.number, reason, attempt)
                 self._release(slot, images=0)
