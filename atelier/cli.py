@@ -189,6 +189,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "(default: 8 on a GPU, 4 on a CPU; 1: no merging)")
     p.add_argument("--max-waiting", type=int, default=None, metavar="N",
                    help="classroom mode: the most images one learner may have waiting (default 32)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the txt2img batches on Ray workers (pip install 'atelier[cluster]'): alone, a local Ray "
+                        "instance; ADDRESS (auto, ray://host:10001): an existing cluster")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --ray: how many workers (default: one per GPU; N CPU workers on a machine without)")
     _add_no_fast(p)
     p.set_defaults(func=_serve)
 
@@ -196,10 +201,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from atelier.server.app import run_server
 
+    if args.workers is not None and args.ray is None:
+        raise AtelierError("--workers va avec --ray : ajoutez --ray ou retirez --workers. / "
+                           "--workers goes with --ray: add --ray or drop --workers.")
     return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir,
                       fast=False if args.no_fast else None, allowed_hosts=args.allowed_host, classroom=args.classroom,
                       preview_method=args.preview_method, batch_images=args.batch_size,
-                      max_waiting_images=args.max_waiting)
+                      max_waiting_images=args.max_waiting, ray=args.ray, workers=args.workers)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

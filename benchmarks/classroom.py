@@ -4,8 +4,11 @@ messages, fair turns, and what batching across learners buys.
     .venv/bin/python benchmarks/classroom.py                                  # 30 learners, 600 s, batching off then on
     .venv/bin/python benchmarks/classroom.py --learners 10 --duration 90 --json docs/benchmarks/classroom-cpu-short.json
     .venv/bin/python benchmarks/classroom.py --sd15 --size 512 --steps 20     # GPU: random SD1.5-size weights
+    .venv/bin/python benchmarks/classroom.py --ray --workers 1,2 --threads 1  # in-process, then 1 and 2 Ray workers
 
 For each `--batching` setting (off: --batch-size 1; on: the server's default for its device, or --batch-size N)
+(or, with `--ray --workers 1,2`: the in-process worker, then `atelier serve --ray --workers 1`, then 2: Ray
+CPU workers of a local Ray instance, 1 torch thread each, the server's default batch size throughout)
 the script starts a fresh server on 127.0.0.1 with its own data folder, and N learners, each with its own cookie
 jar (they join with the class code and a name, as in a browser) and its own WebSocket. Each learner keeps
 `--outstanding` prompts in flight: when one finishes, it asks for the next (the same settings for everybody,
@@ -19,7 +22,12 @@ queue drains (at most `--drain` seconds) and everything is counted:
 - wrong deliveries: WebSocket messages (text or preview frames) about a prompt of another learner (must be 0);
 - wait: seconds from POST /prompt's answer to the prompt's execution_start (p50, p95), and to its end;
 - images per learner and Jain's fairness index (sum x)^2 / (n * sum x^2): 1 when all got the same;
-- images per second over the run; the server's resident memory (VmRSS of its process) every `--rss-every` s.
+- images per second over the run; the server's resident memory (VmRSS of its process) every `--rss-every` s;
+- with --ray: each setting's images per second side by side, the speed-up of N workers over 1, and what Ray
+  costs per image against the in-process worker, two ways: from the throughputs, 1/(images per second with 1
+  Ray worker) - 1/(in-process), the same one CPU thread sampling in both (noisy on a shared machine); and
+  measured per batch, the seconds around the actor's own run (the server's log: pickled prompts, the stream of
+  step events, the images coming back, the refresh of what the actor holds).
 
 Every loop is bounded by the clock: the script ends by itself. The JSON (with the machine's load average at
 the start and end: this machine may be shared) goes to --json.
@@ -105,9 +113,15 @@ class Server:
 
 
 def start_server(
-    data: Path, batch_size: int | None, max_waiting: int, threads: int | None = None, timeout: float = 180.0
+    data: Path,
+    batch_size: int | None,
+    max_waiting: int,
+    threads: int | None = None,
+    timeout: float = 300.0,
+    ray_workers: int | None = None,
 ) -> Server:
-    """`python -m atelier.cli serve --classroom` on 127.0.0.1; waits for its join code (printed at start)."""
+    """`python -m atelier.cli serve --classroom` on 127.0.0.1 (with `--ray --workers N` when ray_workers); waits for
+    its join code, printed once the server (and its Ray workers) are up."""
     port = free_port()
     command = [
         sys.executable,
@@ -126,6 +140,8 @@ def start_server(
     ]
     if batch_size is not None:
         command += ["--batch-size", str(batch_size)]
+    if ray_workers is not None:
+        command += ["--ray", "--workers", str(ray_workers)]
     log = data / "server.log"
     out = log.open("w")
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # carried packages too
@@ -403,9 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--logs", type=Path, default=None, help="a folder to keep the servers' output in")
     parser.add_argument("--note", default="", help="a sentence kept in the JSON (e.g. the machine's other load)")
+    parser.add_argument("--ray", action="store_true",
+                        help="compare the in-process worker with Ray workers (atelier serve --ray --workers N)")
+    parser.add_argument("--workers", default="1,2", help="with --ray: the worker counts to run, comma-separated")
     args = parser.parse_args(argv)
 
-    modes = {"both": ["off", "on"], "on": ["on"], "off": ["off"]}[args.batching]
+    # (name, --batch-size, --workers) of each server to run, in order.
+    if args.ray:
+        counts = [int(n) for n in args.workers.split(",")]
+        modes = [("in_process", args.batch_size, None)] + [(f"ray_{n}_workers", args.batch_size, n) for n in counts]
+    else:
+        names = {"both": ["off", "on"], "on": ["on"], "off": ["off"]}[args.batching]
+        modes = [(f"batching_{m}", 1 if m == "off" else args.batch_size, None) for m in names]
     record = {
         "script": "benchmarks/classroom.py",
         "argv": sys.argv[1:] if argv is None else argv,
@@ -424,17 +449,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.sd15:
             (models / "checkpoints").mkdir(parents=True)
             args.model = make_sd15(models / "checkpoints")
-        for mode in modes:
+        for mode, batch_size, workers in modes:
             data = Path(folder) / f"data-{mode}"
             data.mkdir()
             if models.exists():
                 shutil.copytree(models, data / "models")
-            server = start_server(data, 1 if mode == "off" else args.batch_size, args.max_waiting, args.threads)
+            server = start_server(data, batch_size, args.max_waiting, args.threads, ray_workers=workers)
             try:
-                print(
-                    f"batching {mode}: server on port {server.port}, {args.learners} learners, {args.duration} s",
-                    flush=True,
-                )
+                print(f"{mode}: server on port {server.port}, {args.learners} learners, {args.duration} s", flush=True)
                 warmup, warm_log = None, 0
                 if args.warmup > 0:  # other learners, same settings: every batch shape the run meets is compiled
                     # Its drain waits longer: the first image of each batch shape compiles for a minute or more,
@@ -453,12 +475,14 @@ def main(argv: list[str] | None = None) -> int:
                 result["merged_sampling_calls"] = len(sizes)
                 result["images_in_merged_calls"] = sum(sizes)
                 result["server_log_tracebacks"] = log.count("Traceback")
+                if workers is not None:
+                    result["ray"] = ray_figures(log)
             finally:
                 stop_server(server)
                 if args.logs:  # the server's output, kept for reading
                     args.logs.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(server.log, args.logs / f"server-batching-{mode}.log")
-            record["runs"][f"batching_{mode}"] = result
+                    shutil.copy(server.log, args.logs / f"server-{mode}.log")
+            record["runs"][mode] = result
             print(json.dumps({k: v for k, v in result.items() if k != "server_rss_mib"}, indent=1), flush=True)
             if args.json:  # rewritten after each run: a run cut short keeps what it measured
                 args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -467,11 +491,52 @@ def main(argv: list[str] | None = None) -> int:
     if "batching_on" in runs and "batching_off" in runs:
         on, off = runs["batching_on"]["images_per_second"], runs["batching_off"]["images_per_second"]
         record["speedup_on_over_off"] = round(on / off, 2) if on and off else None
+    if args.ray:
+        record["ray"] = ray_summary(runs)
     record["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps({"speedup_on_over_off": record.get("speedup_on_over_off")}))
+    print(json.dumps({"speedup_on_over_off": record.get("speedup_on_over_off"), "ray": record.get("ray")}))
     return 0
+
+
+RAY_BATCH = re.compile(r"Ray batch \d+ on worker (\d+): (\d+) images, ([\d.]+) s in the actor, ([\d.]+) s around it")
+
+
+def ray_figures(log: str) -> dict:
+    """From a --ray server's log (one line per batch, ray_workers.RayPool.run): batches per worker, and the
+    seconds per image inside the actors (sampling, decoding) and around them (Ray: the pickled batch and images,
+    the stream of step events, the refresh of what the actor holds)."""
+    rows = [(int(w), int(n), float(inside), float(around)) for w, n, inside, around in RAY_BATCH.findall(log)]
+    per_worker: dict[int, int] = {}
+    for worker, _, _, _ in rows:
+        per_worker[worker] = per_worker.get(worker, 0) + 1
+    inside = [i / n for _, n, i, _ in rows if n]
+    around = [a / n for _, n, _, a in rows if n]
+    rounded = lambda v: None if v is None else round(v, 3)  # noqa: E731
+    return {
+        "batches_per_worker": {str(w): c for w, c in sorted(per_worker.items())},
+        "s_per_image_in_actor": {"p50": rounded(percentile(inside, 50)), "p95": rounded(percentile(inside, 95))},
+        "s_per_image_around_actor": {"p50": rounded(percentile(around, 50)), "p95": rounded(percentile(around, 95)),
+                                     "mean": rounded(sum(around) / len(around)) if around else None},
+    }
+
+
+def ray_summary(runs: dict) -> dict:
+    """The --ray settings side by side: images per second, N workers over 1, Ray's seconds per image over the
+    in-process worker's (1/ips(1 Ray worker) - 1/ips(in-process); both sample on one CPU thread)."""
+    ips = {mode: run["images_per_second"] for mode, run in runs.items()}
+    one, here = ips.get("ray_1_workers"), ips.get("in_process")
+    summary: dict = {"images_per_second": ips}
+    if one:
+        summary["speedup_over_1_worker"] = {m: round(v / one, 2) for m, v in ips.items() if m.startswith("ray_") and v}
+    if one and here:
+        summary["ray_overhead_s_per_image_from_throughput"] = round(1 / one - 1 / here, 3)
+        summary["ray_overhead_fraction_from_throughput"] = round((1 / one - 1 / here) / (1 / here), 3)
+    summary["ray_s_per_image_around_actor_p50"] = {
+        mode: run["ray"]["s_per_image_around_actor"]["p50"] for mode, run in runs.items() if "ray" in run
+    }
+    return summary
 
 
 if __name__ == "__main__":

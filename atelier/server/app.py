@@ -20,6 +20,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -77,6 +78,8 @@ def create_app(
     preview_method: str = "none",
     batch_images: int | None = None,
     max_waiting_images: int | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> web.Application:
     """The aiohttp application: routes, WebSocket, the prompt queue and its worker (started with the app).
 
@@ -93,6 +96,9 @@ def create_app(
       mode, no cap otherwise).
     - preview_method: live sampler previews for prompts whose extra_data does not choose (--preview-method):
       "none", as in ComfyUI, or "auto" / "latent2rgb" / "taesd" (prompt_queue.wants_previews).
+    - ray: run the txt2img batches on Ray actors (cluster.py): "local" for a Ray instance of this machine, else
+      a cluster's address ("auto", "ray://host:10001"); None (the default): the in-process worker, as before.
+      workers: how many actors (None: one per GPU, or one on a machine without).
     """
     if preview_method not in PREVIEW_METHODS:
         raise AtelierError(
@@ -105,7 +111,8 @@ def create_app(
     data.install_inputs((templates_dir or frontend.TEMPLATES_DIR) / "inputs")  # the templates' example images
     store = PromptStore(data.database)
     hub = Hub()
-    queue = make_queue(registry, store, hub, classroom, batch_images, max_waiting_images, preview_method)
+    queue = make_queue(registry, store, hub, classroom, batch_images, max_waiting_images, preview_method,
+                       data=data, ray=ray, workers=workers)  # fmt: skip
     if static_root == "auto":
         static_root = frontend.frontend_root()
     st = ServerState(
@@ -156,6 +163,9 @@ def create_app(
 
     async def stop(app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, queue.stop)
+        close = getattr(queue.worker, "close", None)  # a ClusterWorker's actors
+        if close is not None:
+            close()
         store.close()
 
     app.on_startup.append(start)
@@ -189,10 +199,14 @@ def make_queue(
     batch_images: int | None = None,
     max_waiting_images: int | None = None,
     preview_method: str = "none",
+    data: DataDir | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> PromptQueue:
     """The prompt queue with its scheduler and worker. With the real nodes (a CheckpointLoaderSimple that has an
     environment) txt2img prompts are cut into one-image parts and merged batches run in one sampling call
-    (batch_worker.py); with other registries (tests' stub nodes) every prompt runs alone through the executor."""
+    (batch_worker.py); with other registries (tests' stub nodes) every prompt runs alone through the executor.
+    ray (with the real nodes and `data`): the txt2img batches run on Ray actors instead (cluster.py)."""
     from atelier.server.merging import parts
     from atelier.server.prompt_queue import owner_of_record, whole_parts
     from atelier.server.scheduler import LOCAL_OWNER, Scheduler
@@ -206,12 +220,61 @@ def make_queue(
     queue = PromptQueue(
         executor, store, hub, scheduler, owner_of, parts if mergeable else whole_parts, preview_method=preview_method
     )
-    if mergeable:
+    queue.device = _device_of(registry)
+    prompt_of = lambda prompt_id: queue.active[prompt_id].prompt  # noqa: E731
+    if ray is not None:
+        if not mergeable or data is None:
+            raise AtelierError("--ray needs Atelier's own nodes and a data folder; expected `atelier serve --ray`.")
+        queue.worker = cluster_worker(queue, data, registry, size, None if ray == "local" else ray, workers)
+    elif mergeable:
         from atelier.server.batch_worker import local_worker  # torch: the real nodes have imported it already
 
-        prompt_of = lambda prompt_id: queue.active[prompt_id].prompt  # noqa: E731
         queue.worker = local_worker(executor, prompt_of, queue.run_graph, queue.on_member_step, queue.merged_stop, size)
     return queue
+
+
+def _device_of(registry: NodeRegistry) -> str:
+    """The device the nodes run on, as the instructor's page names it ("cpu", "cuda"...); "cpu" for stub nodes."""
+    env = getattr(registry.get("CheckpointLoaderSimple"), "env", None)
+    if env is None:
+        return "cpu"
+    if env.device:
+        return str(env.device)
+    from atelier.device import pick_device  # torch: only for a registry of the real nodes
+
+    return str(pick_device())
+
+
+def registry_at(data_root: str, fast: bool | None) -> NodeRegistry:
+    """The real nodes on the data folder at `data_root`: what each Ray actor builds for itself (picklable)."""
+    return default_registry(DataDir(data_root), fast=fast)
+
+
+def cluster_worker(
+    queue: PromptQueue, data: DataDir, registry: NodeRegistry, size: int, address: str | None, workers: int | None
+) -> Any:
+    """A cluster.ClusterWorker for `queue`: a RayPool whose actors build the same nodes on the same data folder;
+    their steps, previews and retries reach the queue's listeners."""
+    import functools
+
+    from atelier.server.cluster import ClusterWorker, actor_worker, start_pool
+
+    env = registry.get("CheckpointLoaderSimple").env
+    make_registry = functools.partial(registry_at, str(data.root), env.fast)
+    make_worker = functools.partial(actor_worker, make_registry=make_registry, batch_images=size)
+
+    def on_event(batch: Any, event: Any) -> None:
+        if isinstance(event, tuple) and event[0] == "step":
+            _, row, value, total, preview = event
+            queue.on_member_step(row, value, total, lambda: preview, batch)
+
+    pool = start_pool(make_worker, address, workers, on_event, queue.on_retry)
+    worker = ClusterWorker(pool, queue.run_graph)
+    worker.prompt_of = lambda prompt_id: queue.active[prompt_id].prompt
+    worker.previews_of = lambda prompt_id: queue.wants_preview(prompt_id)
+    queue.merged_if = ClusterWorker.remote
+    queue.stop_merged = lambda batch: False  # an actor's sampling call runs to its end; stopped images are dropped
+    return worker
 
 
 def check_listen(listen: str) -> list[str]:
@@ -257,6 +320,8 @@ def serve(
     preview_method: str = "none",
     batch_images: int | None = None,
     max_waiting_images: int | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Run the server until Ctrl+C on `host` (addresses, comma-separated; `listen=True` means 0.0.0.0, every
     interface). An address that is not loopback prints a warning; `allowed_hosts` are more names to answer to.
@@ -281,6 +346,8 @@ def serve(
         preview_method=preview_method,
         batch_images=batch_images,
         max_waiting_images=max_waiting_images,
+        ray=ray,
+        workers=workers,
     )
     urls = server_urls(addresses, port)
     shown = urls[0] + "".join(f" (on this machine: {u})" for u in urls[1:] if "127.0.0.1" in u)
@@ -322,10 +389,13 @@ def run_server(
     preview_method: str = "none",
     batch_images: int | None = None,
     max_waiting_images: int | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> int:
     """What `atelier serve [--port N] [--listen [ADDRESS]] [--allowed-host NAME] [--data-dir DIR] [--no-fast]
-    [--classroom] [--preview-method M]` calls; `listen` is the address to bind (True: 0.0.0.0), `host` the one
-    used without it, except in classroom mode, which binds 0.0.0.0 unless told an address. Returns the exit code."""
+    [--classroom] [--preview-method M] [--ray [ADDRESS] [--workers N]]` calls; `listen` is the address to bind
+    (True: 0.0.0.0), `host` the one used without it, except in classroom mode, which binds 0.0.0.0 unless told an
+    address. Returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     address = "0.0.0.0" if listen is True or (classroom and not listen) else listen or host
     serve(
@@ -338,5 +408,7 @@ def run_server(
         preview_method=preview_method,
         batch_images=batch_images,
         max_waiting_images=max_waiting_images,
+        ray=ray,
+        workers=workers,
     )
     return 0

@@ -116,6 +116,7 @@ class LocalWorker:
     ) -> None:
         self.merged, self.run_graph = merged, run_graph
         self.batch_images = batch_images if merged is not None else 1
+        self.slots = 1  # one batch at a time: one executor, one sampling call
 
     def run(self, batch: Batch) -> Sequence[Any]:
         if runs_merged(batch):

@@ -278,6 +278,7 @@ def class_state(st: ServerState, room: Classroom, base_url: str) -> dict:
         "learners": learners,
         "removed": [{"id": lid, "name": name} for lid, name in list(room.removed.items())],
         "queue": queue,
+        "workers": st.queue.workers(),  # who runs the batches: Ray's actors, or this process (PromptQueue.workers)
         "exercise": exercise,
         "results": exercise_results(st, room, exercise) if exercise is not None else [],
     }

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -214,6 +215,10 @@ class PromptListener(ExecutionListener):
     def execution_interrupted(self, info: dict) -> None:
         self._send("execution_interrupted", {**info, "timestamp": now_ms()}, keep=True)
 
+    def retry(self, reason: str) -> None:
+        """Its batch lost its worker and runs again on another one (Atelier's own message; ComfyUI has none)."""
+        self._send("atelier_retry", {"reason": reason, "message_key": "worker_retry", "timestamp": now_ms()})
+
 
 def owner_of_record(rec: PromptRecord) -> str:
     """The scheduler's owner of a prompt: its learner, or LOCAL_OWNER for the local user and the instructor (whose
@@ -230,6 +235,7 @@ class GraphWorker:
     """A worker for batches of one part that runs alone: `run_graph(prompt id)` (the graph executor's run)."""
 
     batch_images = 1
+    slots = 1
 
     def __init__(self, run_graph: Callable[[str], Any]) -> None:
         self.run_graph = run_graph
@@ -255,7 +261,13 @@ class PromptQueue:
 
     The scheduler (a plain FIFO one when none is given, everybody `LOCAL_OWNER`) picks the batches; `owner_of`
     names a prompt's owner, `parts_of` cuts it into parts (merging.parts when a merged worker is there, else one
-    part). `worker` runs each batch: a `GraphWorker` by default; create_app puts a batch_worker.LocalWorker there.
+    part). `worker` runs each batch: a `GraphWorker` by default; create_app puts a batch_worker.LocalWorker there,
+    or a cluster.ClusterWorker (Ray), whose `slots` batches run at once, one per worker process.
+
+    Several batches in flight: the dispatcher thread takes the scheduler's next batch whenever fewer than
+    `worker.slots` run, and runs each in a thread of its own. The scheduler's order is the order batches *start*
+    in (turns, caps and merging are unchanged); a split prompt's parts may then finish out of order, so a prompt
+    ends when all its parts are in (`_parts_in`), its images listed in its own order.
     """
 
     def __init__(
@@ -283,8 +295,18 @@ class PromptQueue:
         self._listeners: dict[str, PromptListener] = {}
         self._images: dict[str, list[dict]] = {}  # prompt id -> file refs its merged parts saved so far
         self._stopped: set[str] = set()  # running prompts a person stopped while their batch was running
-        self._batch: Batch | None = None  # the batch the worker runs now
+        self._parts_in: dict[str, int] = {}  # prompt id -> its merged parts delivered so far
+        self._running: dict[int, Batch] = {}  # batch number -> the batches the worker runs now
+        self._busy = 0  # batches taken and not yet delivered (at most worker.slots)
+        self._runners: set[threading.Thread] = set()
+        self.device = "cpu"  # where the in-process worker runs (create_app says), for the instructor's page
+        self._images_done = 0  # images the in-process worker made
+        self._models_used: set[str] = set()  # checkpoints its txt2img batches sampled with (the node cache holds them)
         self.merged_stop = threading.Event()  # asks the merged worker's sampling call to stop (batching.py)
+        # Which batches the worker answers with one PartImage per part (the merged worker's), and how a merged
+        # batch of nobody else's images is stopped (False: it cannot be; its prompts' images are dropped at its end).
+        self.merged_if: Callable[[Batch], bool] = runs_merged
+        self.stop_merged: Callable[[Batch], bool] = self._stop_merged_here
         self._cond = threading.Condition(threading.RLock())
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -402,22 +424,20 @@ class PromptQueue:
                 return False
             if not self.active:
                 return False
-            batch = self._batch
-            in_batch = {p.job_id for p in batch.parts} if batch is not None else set()
             targets = list(self.active) if prompt_id is None else [prompt_id]
             for target in targets:  # its parts still waiting will not run
                 self.scheduler.cancel(target)
-            if batch is not None and not runs_merged(batch):
-                if in_batch & set(targets):
-                    self.executor.interrupt()
-                between = [t for t in targets if t not in in_batch]
-            elif batch is not None and in_batch <= set(targets):
-                self.merged_stop.set()  # nobody else's images in this call: stop it
-                between = [t for t in targets if t not in in_batch]
-            else:
-                self._stopped.update(t for t in targets if t in in_batch)
-                between = [t for t in targets if t not in in_batch]
-        for target in between:
+            between = set(targets)  # stopped between two of their batches: they end now
+            for batch in self._running.values():
+                in_batch = {p.job_id for p in batch.parts}
+                if not in_batch & set(targets):
+                    continue
+                between -= in_batch
+                if not self.merged_if(batch):
+                    self.executor.interrupt()  # a prompt alone: the executor stops it
+                elif not (in_batch <= set(targets) and self.stop_merged(batch)):  # shared, or cannot be stopped
+                    self._stopped.update(in_batch & set(targets))
+        for target in [t for t in targets if t in between]:
             self._end(target, "interrupted")
         return True
 
@@ -446,6 +466,22 @@ class PromptQueue:
     def paused(self) -> bool:
         return self.scheduler.paused
 
+    def workers(self) -> list[dict]:
+        """Who runs the batches: each worker's device, models loaded, busy or idle, and images done. The Ray
+        actors (RayPool.describe) when there are; else this process's worker, described the same way."""
+        describe = getattr(self.worker, "describe", None)
+        if describe is not None:
+            return describe()
+        with self._cond:
+            busy, done, models = bool(self._running), self._images_done, sorted(self._models_used)
+        return [{"worker": 0, "device": self.device, "pid": os.getpid(), "loaded": models, "loading": None,
+                 "busy": busy, "images_done": done}]  # fmt: skip
+
+    def wants_preview(self, prompt_id: str) -> bool:
+        """Whether a running prompt's client asked for live sampler previews."""
+        listener = self._listeners.get(prompt_id)
+        return listener is not None and listener.previews
+
     def cancel_owner(self, owner: str) -> list[str]:
         """A learner removed from the class: their waiting prompts are cancelled and their running ones stopped;
         returns the ids of both."""
@@ -470,8 +506,13 @@ class PromptQueue:
             self._cond.notify_all()
         self.executor.interrupt()
         self.merged_stop.set()
+        end = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._cond:
+            runners = list(self._runners)
+        for runner in runners:
+            runner.join(max(0.0, end - time.monotonic()))
 
     def pause(self) -> None:
         """Start no more batches (the running one finishes)."""
@@ -485,17 +526,22 @@ class PromptQueue:
         self.broadcast_status()
 
     def _take(self) -> Batch | None:
-        """The next batch, its prompts marked running; None when the queue stops. Waits while nothing can start."""
+        """The next batch, its prompts marked running, once fewer than `worker.slots` batches run; None when the
+        queue stops. Waits while nothing can start."""
         with self._cond:
-            while not self._stopping and (batch := self.scheduler.take(self.worker.batch_images)) is None:
+            while not self._stopping:
+                if self._busy < self.worker.slots and (batch := self.scheduler.take(self.worker.batch_images)):
+                    break
                 self._cond.wait(0.5)  # (a resume from elsewhere is seen within half a second)
-            if self._stopping:
+            else:
                 return None
-            self._batch = batch
-            self.merged_stop.clear()
+            self._running[batch.number] = batch
+            self._busy += 1
+            if self.worker.slots == 1:
+                self.merged_stop.clear()
             for part in batch.parts:
                 if part.job_id not in self.active:
-                    self._start(part.job_id, listen=runs_merged(batch))
+                    self._start(part.job_id, listen=self.merged_if(batch))
             return batch
 
     def _start(self, prompt_id: str, listen: bool) -> None:
@@ -515,14 +561,26 @@ class PromptQueue:
             listener.execution_cached([])
 
     def _work(self) -> None:
+        """The dispatcher: each batch taken runs in a thread of its own (one at a time with one slot)."""
         while (batch := self._take()) is not None:
             if self.on_batch is not None:
                 self.on_batch(batch)
-            merged = runs_merged(batch)
+            runner = threading.Thread(target=self._run, args=(batch,), name=f"atelier-batch-{batch.number}",
+                                      daemon=True)  # fmt: skip
+            with self._cond:
+                self._runners.add(runner)
+            runner.start()
+
+    def _run(self, batch: Batch) -> None:
+        """Run one batch on the worker, then save and report its results; its slot is free once delivered."""
+        try:
+            merged = self.merged_if(batch)
             if merged:
                 for prompt_id in dict.fromkeys(p.job_id for p in batch.parts):
-                    found = txt2img(self.active[prompt_id].prompt)
-                    self._listeners[prompt_id].executing(found.sampler_node if found else "")
+                    rec, listener = self.active.get(prompt_id), self._listeners.get(prompt_id)
+                    if rec is not None and listener is not None:  # (not ended by another batch meanwhile)
+                        found = txt2img(rec.prompt)
+                        listener.executing(found.sampler_node if found else "")
             started = time.monotonic()
             try:
                 results: Sequence[Any] = self.worker.run(batch)
@@ -533,7 +591,15 @@ class PromptQueue:
             finally:
                 with self._cond:
                     self.scheduler.finish(batch)
-                    self._batch = None
+                    self._running.pop(batch.number, None)
+            with self._cond:  # what the instructor's page shows of the in-process worker
+                self._images_done += sum(part.images for part, result in zip(batch.parts, results, strict=True)
+                                         if getattr(result, "status", "success") == "success"
+                                         and not isinstance(result, BaseException))  # fmt: skip
+                rec = self.active.get(batch.parts[0].job_id)
+                found = txt2img(rec.prompt) if rec is not None else None
+                if found is not None:
+                    self._models_used.add(found.checkpoint)
             if merged:
                 prompts = len({p.job_id for p in batch.parts})
                 seconds = time.monotonic() - started
@@ -549,6 +615,26 @@ class PromptQueue:
                 for prompt_id in {p.job_id for p in batch.parts} & set(self.active):
                     self._end(prompt_id, "error", _bug())
             self.broadcast_status()
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._runners.discard(threading.current_thread())
+                self._cond.notify_all()
+
+    def _stop_merged_here(self, batch: Batch) -> bool:
+        """Stop the in-process worker's sampling call (batching.py looks at the event between steps)."""
+        self.merged_stop.set()
+        return True
+
+    @property
+    def _batch(self) -> Batch | None:
+        """The batch running now (the first one, when several run)."""
+        with self._cond:
+            return next(iter(self._running.values()), None)
+
+    def running_batches(self) -> list[Batch]:
+        with self._cond:
+            return list(self._running.values())
 
     def run_graph(self, prompt_id: str) -> Any:
         """Run a prompt alone with the graph executor (GraphWorker's job): the executor's result."""
@@ -581,11 +667,16 @@ class PromptQueue:
                 continue
             rec, listener = self.active[prompt_id], self._listeners[prompt_id]
             found = txt2img(rec.prompt)
-            refs = self._images.setdefault(prompt_id, [])
-            refs.append(self._save(rec, found, png, listener))
-            if part.payload.index == part.payload.of - 1:  # a prompt's parts run in order: this was its last
-                rec.outputs = {found.output: {"images": list(refs)}}
-                listener.executed(found.output, {"images": list(refs)})
+            ref = self._save(rec, found, png, listener)
+            with self._cond:  # parts of one prompt in two batches may end at once, on two workers
+                refs = self._images.setdefault(prompt_id, [])
+                refs.append({**ref, "_index": part.payload.index})
+                self._parts_in[prompt_id] = done = self._parts_in.get(prompt_id, 0) + 1
+            if done == part.payload.of:  # all its parts are in: its images in the prompt's order
+                ordered = sorted(refs, key=lambda r: r["_index"])
+                images = [{k: v for k, v in r.items() if k != "_index"} for r in ordered]
+                rec.outputs = {found.output: {"images": images}}
+                listener.executed(found.output, {"images": images})
                 self._end(prompt_id, "success")
 
     def _png(self, part: Part, result: Any) -> bytes | None:
@@ -618,6 +709,7 @@ class PromptQueue:
             rec = self.active.pop(prompt_id, None)
             listener = self._listeners.pop(prompt_id, None)
             refs = self._images.pop(prompt_id, [])
+            self._parts_in.pop(prompt_id, None)
             self._stopped.discard(prompt_id)
             self.scheduler.cancel(prompt_id)  # parts still waiting (an error or a stop mid-way)
         if rec is None or listener is None:
@@ -645,10 +737,13 @@ class PromptQueue:
 
     # ---- what the merged worker reports while it samples ----
 
-    def on_member_step(self, row: int, value: int, total: int, preview: Callable[[], Any]) -> None:
+    def on_member_step(
+        self, row: int, value: int, total: int, preview: Callable[[], Any], batch: Batch | None = None
+    ) -> None:
         """Step `value` of `total` of the batch's part at `row`: progress and the preview to its own prompt's
-        client (once per prompt: a split prompt's other rows in the same batch stay quiet)."""
-        batch = self._batch
+        client (once per prompt: a split prompt's other rows in the same batch stay quiet). batch: which one
+        (None: the one running, for the in-process worker, which runs one at a time)."""
+        batch = batch or self._batch
         if batch is None:
             return
         part = batch.parts[row]
@@ -661,6 +756,15 @@ class PromptQueue:
         listener.progress(found.sampler_node, value, total)
         if listener.previews and (image := preview()) is not None:  # drawn only for a prompt that wants it
             listener.preview(found.sampler_node, image)
+
+
+    def on_retry(self, batch: Batch, reason: str) -> None:
+        """A worker was lost mid-batch and the batch runs again on another one: each of its prompts' clients
+        reads it (`atelier_retry`; the lab's sentence is server.worker_retry in web/lab/i18n)."""
+        for prompt_id in dict.fromkeys(p.job_id for p in batch.parts):
+            listener = self._listeners.get(prompt_id)
+            if listener is not None:
+                listener.retry(reason)
 
 
 # Compresses a merged batch's PNGs side by side (a 512x512 PNG takes ~30 ms of zlib, a batch of 8 a quarter of a
@@ -686,7 +790,9 @@ def _error_info(error: BaseException | None, node: str | None) -> dict:
     """An execution_error body for an error of the merged worker: a user's sentence, or a bug's notice."""
     if not isinstance(error, AtelierError):
         return _bug()
+    translated = {"message_key": error.key, "params": error.params} if error.key else {}  # the lab's server.<key>
     return {
+        **translated,
         "exception_message": str(error),
         "exception_type": type(error).__name__,
         "node_id": node,

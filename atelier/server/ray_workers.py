@@ -5,11 +5,12 @@ A school outgrows one GPU. Rather than a home-made cluster, Atelier runs its wor
 chosen number of CPU workers), each holding the models it has loaded, on this machine or on any machine of a
 cluster. The server keeps everything else: the scheduler, the files, the history and the WebSockets.
 
-    scheduler.take() ──► RayPool (one dispatcher thread) ──► a free actor, preferably one with the batch's model
-                              ▲                                   │ run(batch): a stream of events, then results
-                              │ a worker lost mid-batch:          ▼
-                              └── the batch once more, elsewhere  events -> on_event (previews, progress);
-                                                                  results -> scheduler.finish + deliver
+    prompt queue: up to `slots` batches in flight ──► RayPool.run(batch), one thread each: a free actor,
+                                                      preferably one with the batch's model loaded
+          ▲                                               │ actor.run(batch): a stream of events, then results
+          │ results (the server writes files, history)    ▼
+          └──────────────────────────────────── events -> on_event (previews, progress); a worker lost
+                                                 mid-batch: the batch once more, elsewhere (on_retry)
 
 - What runs inside an actor is a *local worker*, built there by `make_worker(emit)` (a picklable function): the
   same kind of worker the server runs in-process. `emit(event)` streams an event back while the batch runs
@@ -21,9 +22,10 @@ cluster. The server keeps everything else: the scheduler, the files, the history
   the attempt that finished, so no learner receives an image twice.
 - Placement keeps models warm: a batch goes to a free actor that has its model loaded, else to the free actor with
   the fewest models loaded (it loads it and says so through `emit`).
-- `add_worker()` while the server runs: the new actor takes waiting work at once.
+- `add_worker()` while the server runs: the new actor takes waiting work at once (`slots` grows by one).
+- `serve(scheduler, deliver, stop)` is the same loop without a server (the tests of this module use it).
 
-Ray is an optional extra (`pip install atelier[cluster]`); nothing else in Atelier imports this module.
+Ray is an optional extra (`pip install atelier[cluster]`); only server/cluster.py imports this module.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import logging
 import os
 import queue
 import threading
-from collections import deque
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -68,12 +70,17 @@ class WorkerLost(AtelierError):
 
 # What the actor's stream carries: (kind, value). "event": something emit() sent; "result": the batch's results;
 # "error": the local worker raised (the batch's own fault, not the worker's: it is not re-run).
-_EVENT, _RESULT, _ERROR = "event", "result", "error"
+# "seconds": how long the local worker's run took inside the actor (sent just before the result).
+_EVENT, _RESULT, _ERROR, _SECONDS = "event", "result", "error", "seconds"
 _DONE = object()
 
 
-class _StreamEnded(Exception):
-    """The actor's stream stopped before its results: the worker went away."""
+class _Lost(Exception):
+    """The actor went away during a batch (process killed, node lost); `kind` says how it showed."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 class _Actor:
@@ -97,16 +104,20 @@ class _Actor:
         outcome: list[tuple[str, Any]] = []
 
         def work() -> None:
+            started = time.monotonic()
             try:
-                outcome.append((_RESULT, list(self.worker.run(batch))))
+                results = list(self.worker.run(batch))
+                outcome.extend([(_SECONDS, time.monotonic() - started), (_RESULT, results)])
             except Exception as error:
-                outcome.append((_ERROR, error))
+                outcome.extend([(_SECONDS, time.monotonic() - started), (_ERROR, error)])
             self._events.put(_DONE)
 
         threading.Thread(target=work, daemon=True).start()
         while (event := self._events.get()) is not _DONE:
             yield _EVENT, event
-        yield outcome[0]
+        seconds, result = outcome  # one by one, not `yield from`: Ray's generators are driven by send(),
+        yield seconds  # which a list's iterator lacks
+        yield result
 
 
 @dataclasses.dataclass
@@ -118,6 +129,7 @@ class _Slot:
     batch_images: int
     loaded: set[str] = dataclasses.field(default_factory=set)
     busy: bool = False
+    loading: str | None = None  # the model it is loading now (it said so with a ("loading", name) event)
     images_done: int = 0
     device: str = "cpu"
     pid: int | None = None
@@ -129,6 +141,7 @@ class RayPool:
     make_worker(emit) -> LocalWorker: built inside each actor (picklable: a module-level function or a partial).
     model_of(batch): the model a batch needs (None: any worker). on_event(batch, event): what an actor emitted.
     on_retry(batch, reason): a batch is run again on another worker after its worker was lost.
+    runtime_env: Ray's, for the actors (e.g. {"env_vars": {"PYTHONPATH": ...}}: where they import Atelier from).
     """
 
     def __init__(
@@ -140,15 +153,16 @@ class RayPool:
         on_event: Callable[[Batch, Any], None] = lambda batch, event: None,
         on_retry: Callable[[Batch, str], None] = lambda batch, reason: None,
         cpus_per_worker: int = 1,
+        runtime_env: dict | None = None,
     ) -> None:
         import ray
 
         self._ray = ray
         if not ray.is_initialized():
             if address is None:  # a local instance: this machine's CPUs and GPUs
-                ray.init(address="local", include_dashboard=False, log_to_driver=False)
+                ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
             else:  # an existing cluster: "auto" or "ray://host:10001"
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self._gpu = gpus > 0 and workers is None
         count = workers if workers is not None else max(gpus, 1)
@@ -158,7 +172,7 @@ class RayPool:
         self.cpus_per_worker = cpus_per_worker
         self._lock = threading.Condition()
         self._slots: list[_Slot] = []
-        self._retries: deque[tuple[Batch, str]] = deque()  # batches to run once more, before new work
+        self._closed = False
         for _ in range(count):
             self.add_worker()
 
@@ -181,101 +195,150 @@ class RayPool:
 
     @property
     def batch_images(self) -> int:
-        return min(slot.batch_images for slot in self._slots)
+        with self._lock:
+            return min(slot.batch_images for slot in self._slots)
+
+    @property
+    def slots(self) -> int:
+        """How many batches may run at once: one per actor (the prompt queue keeps that many in flight)."""
+        with self._lock:
+            return len(self._slots)
 
     def describe(self) -> list[dict]:
-        """Each worker: device, models loaded, busy or idle, images done (the instructor page's table)."""
+        """Each worker: device, models loaded (and the one it is loading), busy or idle, images done (the
+        instructor page's table)."""
         with self._lock:
             return [{"worker": s.number, "device": s.device, "pid": s.pid, "loaded": sorted(s.loaded),
-                     "busy": s.busy, "images_done": s.images_done} for s in self._slots]
+                     "loading": s.loading, "busy": s.busy, "images_done": s.images_done} for s in self._slots]
 
     def pids(self) -> list[int | None]:
         return [slot.pid for slot in self._slots]
+
+    # ---- one batch ----
+
+    def run(self, batch: Batch) -> Sequence[Any]:
+        """Run `batch` on a free actor and return one result per part (the scheduler's `Worker.run`), blocking.
+
+        The caller keeps at most `slots` batches in flight, so a free actor is there (or about to be: the one a
+        lost batch leaves is restarted by Ray). A batch whose worker is lost is run once more, on another actor
+        when one is free; lost twice, every part gets `WorkerLost`.
+        """
+        lost_on: int | None = None
+        reason = ""
+        for attempt in (1, 2):
+            slot = self._claim(batch, avoid=lost_on)
+            started = time.monotonic()
+            try:
+                results, inside = self._attempt(slot, batch)
+            except BaseException as error:
+                if not isinstance(error, _Lost):  # a bug, not a loss: the actor is free again, the caller hears it
+                    self._release(slot, images=0)
+                    raise
+                lost = error
+                reason = f"worker {slot.number} lost: {lost.kind}"
+                log.warning("Batch %d: %s (attempt %d).", batch.number, reason, attempt)
+                self._release(slot, images=0)
+                if attempt == 1:
+                    self.on_retry(batch, reason)
+                lost_on = slot.number
+                continue
+            self._release(slot, images=batch.images)
+            around = time.monotonic() - started - inside  # what Ray adds: pickling, the stream, the refresh
+            log.info("Ray batch %d on worker %d: %d images, %.2f s in the actor, %.3f s around it", batch.number,
+                     slot.number, batch.images, inside, around)  # fmt: skip
+            return results
+        return [WorkerLost(reason)] * len(batch.parts)
+
+    def _claim(self, batch: Batch, avoid: int | None) -> _Slot:
+        """Wait for a free actor and mark it busy: one with the batch's model loaded, else the one with the
+        fewest models (another than `avoid`, the one the batch was lost on, when there is a choice)."""
+        model = self.model_of(batch)
+        with self._lock:
+            self._lock.wait_for(lambda: self._closed or any(not s.busy for s in self._slots))
+            if self._closed:
+                raise WorkerLost("the server is stopping")
+            free = [s for s in self._slots if not s.busy]
+            candidates = [s for s in free if s.number != avoid] or free
+            warm = [s for s in candidates if model is not None and model in s.loaded]
+            slot = (warm or sorted(candidates, key=lambda s: len(s.loaded)))[0]
+            slot.busy = True
+            return slot
+
+    def _release(self, slot: _Slot, images: int) -> None:
+        self._refresh(slot)
+        with self._lock:
+            slot.busy, slot.loading = False, None
+            slot.images_done += images
+            self._lock.notify_all()
+
+    def _attempt(self, slot: _Slot, batch: Batch) -> tuple[Sequence[Any], float]:
+        """The actor's stream: events to `on_event` as they come, then the results and the seconds the local
+        worker took; `_Lost` if the actor went away."""
+        ray = self._ray
+        results: Sequence[Any] | None = None
+        inside = 0.0
+        try:
+            for ref in slot.actor.run.options(num_returns="streaming").remote(batch):
+                kind, value = ray.get(ref)
+                if kind == _EVENT:
+                    if isinstance(value, tuple) and value[:1] == ("loading",):  # ("loading", model name)
+                        slot.loading = value[1]
+                    self.on_event(batch, value)
+                elif kind == _SECONDS:
+                    inside = value
+                elif kind == _RESULT:
+                    results = value
+                else:  # the local worker raised: every part gets the error, as scheduler.serve does
+                    results = [value] * len(batch.parts)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as lost:
+            raise _Lost(type(lost).__name__) from lost
+        if results is None:
+            raise _Lost("its stream ended before its results")
+        return results, inside
 
     # ---- the loop ----
 
     def serve(self, scheduler: Scheduler, deliver: Callable[[Batch, Sequence[Any]], None],
               stop: threading.Event, poll: float = 0.2) -> None:
-        """Until `stop` is set: whenever an actor is free, give it a batch to re-run or the scheduler's next one."""
+        """Until `stop` is set: whenever fewer batches run than there are actors, take the scheduler's next batch
+        and run it in a thread of its own (`run`), then `scheduler.finish` and `deliver` it."""
+        in_flight = [0]
+
+        def one(batch: Batch) -> None:
+            try:
+                results = self.run(batch)
+            finally:
+                scheduler.finish(batch)
+                with self._lock:
+                    in_flight[0] -= 1
+                    self._lock.notify_all()
+            deliver(batch, results)
+
         while not stop.is_set():
             with self._lock:
-                self._lock.wait_for(lambda: any(not s.busy for s in self._slots), poll)
-                free = [s for s in self._slots if not s.busy]
-                retry = self._retries.popleft() if free and self._retries else None
-            if not free:
-                continue
-            if retry is not None:
-                batch, lost_on = retry
-                attempt = 2
-            else:
-                batch = scheduler.wait_take(poll, min(s.batch_images for s in free))
-                if batch is None:
+                if not self._lock.wait_for(lambda: in_flight[0] < len(self._slots), poll):
                     continue
-                attempt, lost_on = 1, None
-            with self._lock:  # the take may have waited: another actor may have become free meanwhile
-                free = [s for s in self._slots if not s.busy]
-            slot = self._place(batch, free, avoid=lost_on)
-            threading.Thread(
-                target=self._run, args=(slot, batch, attempt, scheduler, deliver), daemon=True,
-                name=f"ray-batch-{batch.number}",
-            ).start()
-
-    def _place(self, batch: Batch, free: list[_Slot], avoid: Any = None) -> _Slot:
-        """A free actor with the batch's model loaded; else the one with the fewest models (another than `avoid`,
-        the one the batch was lost on, when there is a choice)."""
-        model = self.model_of(batch)
-        candidates = [s for s in free if s.number != avoid] or free
-        warm = [s for s in candidates if model is not None and model in s.loaded]
-        slot = (warm or sorted(candidates, key=lambda s: len(s.loaded)))[0]
-        with self._lock:
-            slot.busy = True
-        return slot
-
-    def _run(self, slot: _Slot, batch: Batch, attempt: int, scheduler: Scheduler,
-             deliver: Callable[[Batch, Sequence[Any]], None]) -> None:
-        ray = self._ray
-        try:
-            results: Sequence[Any] | None = None
-            for ref in slot.actor.run.options(num_returns="streaming").remote(batch):
-                kind, value = ray.get(ref)
-                if kind == _EVENT:
-                    self.on_event(batch, value)
-                elif kind == _RESULT:
-                    results = value
-                else:  # the local worker raised: every part gets the error, as scheduler.serve does
-                    results = [value] * len(batch.parts)
-            if results is None:
-                raise _StreamEnded
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, _StreamEnded) as lost:
-            reason = f"worker {slot.number} lost: {type(lost).__name__}"
-            log.warning("Batch %d: %s (attempt %d).", batch.number, reason, attempt)
-            self._refresh(slot)
-            if attempt == 1:
-                self.on_retry(batch, reason)
-                with self._lock:
-                    self._retries.append((batch, slot.number))
-                    slot.busy = False
-                    self._lock.notify_all()
-                return
-            results = [WorkerLost(reason)] * len(batch.parts)
-        self._refresh(slot)
-        with self._lock:
-            slot.busy = False
-            slot.images_done += batch.images
-            self._lock.notify_all()
-        scheduler.finish(batch)
-        deliver(batch, results)
+            batch = scheduler.wait_take(poll, self.batch_images)
+            if batch is None:
+                continue
+            with self._lock:
+                in_flight[0] += 1
+            threading.Thread(target=one, args=(batch,), daemon=True, name=f"ray-batch-{batch.number}").start()
 
     def _refresh(self, slot: _Slot) -> None:
-        """What the actor holds now (after a restart: nothing yet); a dead actor answers later or never."""
+        """What the actor holds now (after a restart: nothing yet). After a loss this waits for Ray to restart the
+        actor (the slot stays busy meanwhile: a batch sent to a restarting actor would fail as lost)."""
         try:
-            info = self._ray.get(slot.actor.info.remote(), timeout=30)
+            info = self._ray.get(slot.actor.info.remote(), timeout=120)
         except Exception:
             slot.loaded = set()
             return
         slot.loaded, slot.pid = set(info["loaded"]), info["pid"]
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
         for slot in self._slots:
             self._ray.kill(slot.actor)
         self._slots.clear()

@@ -144,6 +144,7 @@ class Worker(Protocol):
     """Runs batches: on this machine (the graph executor, a batched sampler) or on another one."""
 
     batch_images: int  # the most images it takes in one batch, chosen for its device
+    slots: int  # how many batches it runs at once: 1 in this process, one per worker of a Ray pool
 
     def run(self, batch: Batch) -> Sequence[Any]:
         """One result per part of the batch, in the batch's order."""

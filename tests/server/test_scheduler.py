@@ -449,3 +449,43 @@ def test_the_cap_refuses_a_prompt_before_it_is_stored(tmp_path):
         queue.put(PromptRecord("p2", queue.next_number(), lab_prompt(batch=2), {"owner": "ana"}, ["9"]))
     assert [r.prompt_id for r in queue.pending] == ["p1"] and [r.prompt_id for r in store.recover()] == ["p1"]
     assert queue.cancel(["p1"]) == ["p1"] and queue.scheduler.jobs == {}
+
+
+class TwoAtOnce:
+    """A worker of two slots (a Ray pool of two, without Ray): each batch waits until the other one runs too."""
+
+    batch_images = 1
+    slots = 2
+
+    def __init__(self, run_graph) -> None:
+        self.run_graph = run_graph
+        self.both = threading.Barrier(2, timeout=10)
+
+    def run(self, batch):
+        self.both.wait()  # a BrokenBarrierError here: the queue never had two batches in flight
+        (part,) = batch.parts
+        return [self.run_graph(part.job_id)]
+
+
+def test_a_worker_of_two_slots_gets_two_batches_at_once_started_in_the_schedulers_turns(tmp_path):
+    scheduler = Scheduler()
+    scheduler.pause()
+    executor = RecordingExecutor()
+    queue = PromptQueue(executor, PromptStore(tmp_path / "queue.db"), Hub(), scheduler,
+                        owner_of=lambda rec: rec.extra_data["owner"])
+    queue.worker = TwoAtOnce(queue.run_graph)
+    started: list[str] = []
+    queue.on_batch = lambda batch: started.append(batch.parts[0].job_id.removeprefix("id-"))
+    done = threading.Semaphore(0)
+    queue.on_finished = lambda rec: done.release()
+    for owner, name in SUBMISSIONS[:4]:  # a1 a2 a3 b1: ana's three, bob's one
+        queue.put(PromptRecord(f"id-{name}", queue.next_number(), lab_prompt(), {"owner": owner, "name": name}, ["9"]))
+    queue.start()
+    queue.resume()
+    try:
+        assert all(done.acquire(timeout=20) for _ in range(4))
+    finally:
+        queue.stop()
+    assert started == ["a1", "b1", "a2", "a3"]  # the turns, as with one slot; two of them run at a time
+    assert sorted(executor.order) == ["a1", "a2", "a3", "b1"] and queue.running_batches() == []
+    assert [r.state for r in queue.store.select("1 = 1", ())] == ["success"] * 4

@@ -118,6 +118,18 @@ function drawQueue(queue) {
   }));
 }
 
+// Who runs the batches: each Ray worker (device, models it holds, busy or idle, images made), or this server alone.
+function drawWorkers(workers) {
+  $("workers-list").replaceChildren(...(workers || []).map((w) => {
+    const state = w.loading ? t("workers.loading", { model: w.loading }) : t(w.busy ? "workers.busy" : "workers.idle");
+    const pid = w.pid ? ` · pid ${w.pid}` : "";
+    return el("tr", { dataset: { busy: String(w.busy), worker: String(w.worker) } },
+      el("td", {}, `#${w.worker}${pid}`), el("td", {}, w.device),
+      el("td", {}, w.loaded.length ? w.loaded.join(", ") : t("workers.none")),
+      el("td", {}, state), el("td", {}, String(w.images_done)));
+  }));
+}
+
 function learnerCard(learner) {
   const latestImage = learner.latest;
   const remove = el("button.small.danger", {
@@ -172,6 +184,7 @@ function draw(state) {
   latest = state;
   drawJoin(state);
   drawQueue(state.queue);
+  drawWorkers(state.workers);
   drawWall(state);
   drawResults(state);
   document.body.dataset.learners = String(state.learners.length);

@@ -145,7 +145,10 @@ function onMessage({ type, data }) {
   else if (type === "progress") run.onProgress?.(data.value, data.max, data.node);
   else if (type === "executed") run.outputs[data.node] = data.output, run.onExecuted?.(data.node, data.output);
   else if (type === "execution_success") finish(data.prompt_id);
-  else if (type === "execution_error") run.fail(new ServerError(data.exception_message || data.exception_type));
+  else if (type === "execution_error") {
+    run.fail(new ServerError(data.exception_message || data.exception_type, data.message_key, data.params));
+  }
+  else if (type === "atelier_retry") run.onRetry?.(data.reason);  // its worker was lost: the batch runs again
   else if (type === "execution_interrupted") run.fail(new Interrupted("interrupted"));
 }
 
@@ -187,7 +190,7 @@ async function finish(promptId) {
 /**
  * Queue a prompt and wait for it. Resolves with {promptId, outputs: {node_id: ui}, cached: [node ids]}; rejects
  * with ServerError (rejected graph, node error) or Interrupted. `handlers`: onQueue(n), onWait({position,
- * starts_in, done_in}) while it waits, onStart(), onProgress(v,
+ * starts_in, done_in}) while it waits, onStart(), onRetry(reason) (its worker was lost: it runs again), onProgress(v,
  * max, node), onPreview(url, node), onExecuted(node, output).
  */
 export async function runPrompt(prompt, extraData = {}, handlers = {}) {

@@ -45,6 +45,7 @@ export async function runView(params, { view = "generate", init = null, words = 
         setProgress(0, 1, `${name}${t("run.position", { n: position })}${wait}`);
       },
       onStart: () => setProgress(0, 1, `${name}${t("run.started")}`),
+      onRetry: () => setProgress(0, 1, `${name}${t("server.worker_retry")}`),
       onProgress: (value, max) => !stopping && setProgress(value, max, `${name}${t("run.step", { value, max })}`),
       onStopping: () => {
         stopping = true;
