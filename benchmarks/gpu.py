@@ -15,7 +15,19 @@ Sections (--sections, comma-separated; default all but `first`):
     txt2img  20 steps, CFG 7.5, 512x512, prompt to PIL image in a warm process (generation.run); batch 8
     first    `atelier generate` in a fresh process, start to PNG, compilation included (fast and --no-fast)
     embedded the shipped model at its native size, readable and fast
-Results are printed as tables and, with --json, written after every section (a run cut short keeps what it did).
+  Round two (issue 19), each row also written to the JSON as it comes:
+    quality  fp8 vs bf16, bf16 vs fp32 (and fp8 vs fp32): per-image PSNR and largest pixel difference on 16 fixed
+             prompts and seeds, random-weight SD1.5 and the embedded model (--quality-steps, default 10)
+    sweep    images/s at batch 1, 2, 4, 8, 16 (20 steps, CFG 7.5, native size) and the batch that maximises it
+    start    `atelier generate` twice in fresh processes on one fresh compile cache: cold, then warm
+    profile  one UNet call under torch.profiler at batch 2 and 16, bf16 and fp8: kernels by device time, by kind
+The UNet rows fp8, fp8-row, fp8+graphs, fp8+full put the fp8 projections (atelier/models/fp8.py) beside bf16.
+Every section has a time budget (--budgets, and --budget for the whole run): it starts nothing it cannot finish
+and says so in a "stopped" row. Results are printed as tables and, with --json, written after every section and
+every row of the newer sections (a run cut short keeps what it did).
+
+    python3 benchmarks/gpu.py --sections unet,txt2img,quality,sweep,start,profile --budget 480 \
+        --variants readable,graphs,fp8+graphs,blocks+graphs,fp8,fp8-row --json $OUT/gpu-h200.json
 """
 
 from __future__ import annotations
@@ -62,6 +74,7 @@ VARIANTS: dict[str, FastOptions | None] = {
     "fp8": FastOptions(precision="fp8"),  # blocks+graphs with fp8 projections
     "fp8-row": FastOptions(precision="fp8-row"),
     "fp8+full": FastOptions(compile="full", precision="fp8"),
+    "fp8+fastaccum": FastOptions(precision="fp8", fp8_fast_accum=True),
     # A CPU's check of the fp8 rows: the same rounding in float32 (slower, never faster).
     "fp8-emulated": FastOptions(compile="none", cuda_graphs=False, precision="fp8", emulate_fp8=True),
 }
@@ -261,6 +274,11 @@ class Setup:
             return False
         self.emit({"stopped": f"budget: {what} needs about {needed_s:.0f} s, {max(self.time_left(), 0):.0f} s left"})
         return True
+
+    @property
+    def steps(self) -> int:
+        """Sampling steps of the txt2img, embedded and sweep sections (20 unless --steps says otherwise)."""
+        return self.args.steps if self.args is not None else 20
 
     @property
     def fp8_options(self) -> FastOptions:
@@ -465,14 +483,15 @@ def section_vae(s: Setup) -> list[dict]:
 
 def random_checkpoint(s: Setup, dtype: torch.dtype | None = None):
     """A Checkpoint of random SD1.5-sized (or tiny) modules with the SD1.x tokenizer; the same weights (seed 0,
-    drawn in fp32 on the CPU) in any `dtype` (default: the benchmark's)."""
+    drawn in fp32 on the device) in any `dtype` (default: the benchmark's)."""
     dtype = dtype or s.dtype
     from atelier.models.checkpoint import Checkpoint
     from atelier.models.clip import CLIPTextEncoder
     from atelier.models.tokenizer import CLIPTokenizer
 
     torch.manual_seed(0)
-    modules = [UNet(s.unet_config), VAE(s.vae_config), CLIPTextEncoder(s.text_config)]
+    with torch.device(s.device):  # drawn on the device (seconds on a CPU for SD1.5), then cast
+        modules = [UNet(s.unet_config), VAE(s.vae_config), CLIPTextEncoder(s.text_config)]
     unet, vae, text = (m.to(s.device, dtype).eval().requires_grad_(False) for m in modules)
     return Checkpoint(
         unet,
@@ -496,12 +515,12 @@ def _txt2img_rows(s: Setup, ckpt, label: str, size: int, batches: tuple[int, ...
     for batch in batches:
         if s.out_of_time(20 if s.device.type == "cuda" else 5, f"txt2img {label} batch {batch}"):
             break
-        params = GenerationParams(PROMPT, seed=1, steps=20, cfg=7.5, width=size, height=size, batch=batch)
+        params = GenerationParams(PROMPT, seed=1, steps=s.steps, cfg=7.5, width=size, height=size, batch=batch)
         reset_peak(s.device)
         first = wall_s(lambda p=params: run(ckpt, p), s.device)  # includes compilation and capture
         repeat = 3 if batch == 1 else 1
         seconds = statistics.median(wall_s(lambda p=params: run(ckpt, p), s.device) for _ in range(repeat))
-        row = {"what": f"txt2img {size}x{size}, 20 steps, CFG 7.5", "impl": label, "batch": batch}
+        row = {"what": f"txt2img {size}x{size}, {s.steps} steps, CFG 7.5", "impl": label, "batch": batch}
         row |= {"first_s": round(first, 2), "s": round(seconds, 3), "images_s": round(batch / seconds, 2)}
         rows.append(s.emit(row | {"peak_gb": peak_gb(s.device)}))
     return rows
@@ -612,7 +631,7 @@ def psnr_and_max(a, b) -> tuple[float, int]:
 
     diff = a.astype(np.float64) - b.astype(np.float64)
     mse = float((diff**2).mean())
-    return (float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)), int(np.abs(diff).max())
+    return (float("inf") if mse == 0 else round(float(10 * np.log10(255.0**2 / mse)), 2)), int(np.abs(diff).max())
 
 
 def _compare(label: str, model: str, images: list, reference: list) -> dict:
@@ -646,7 +665,7 @@ def section_quality(s: Setup) -> list[dict]:
             "steps": steps,
             "images": count,
             "cfg": 7.5,
-            "fast_options": "eager + CUDA graphs (no compile)",
+            "fast_options": "eager + CUDA graphs (no compile)" if s.device.type == "cuda" else "eager",
             "tf32": torch.backends.cuda.matmul.allow_tf32,
             "fp8_emulated": fp8_options.emulate_fp8,
         }
@@ -690,14 +709,16 @@ def section_sweep(s: Setup) -> list[dict]:
 
     batches = [int(b) for b in s.args.sweep_batches.split(",")]
     options = FastOptions(compile=s.args.sweep_compile) if s.device.type == "cuda" else FastOptions.eager()
-    s.emit({"batches": batches, "steps": 20, "options": f"compile={options.compile}, graphs={options.cuda_graphs}"})
+    s.emit(
+        {"batches": batches, "steps": s.steps, "options": f"compile={options.compile}, graphs={options.cuda_graphs}"}
+    )
     for model, load, size in _quality_models(s):
         ckpt = accelerate(load(s.dtype), enabled=True, options=options)
         best = None
         for batch in batches:
             if s.out_of_time(15 if s.device.type == "cuda" else 5, f"{model} batch {batch}"):
                 break
-            params = GenerationParams(PROMPT, seed=1, steps=20, cfg=7.5, width=size, height=size, batch=batch)
+            params = GenerationParams(PROMPT, seed=1, steps=s.steps, cfg=7.5, width=size, height=size, batch=batch)
             reset_peak(s.device)
             try:
                 once = lambda p=params, c=ckpt: run(c, p)  # noqa: E731
@@ -828,6 +849,11 @@ def profile_call(fn: Callable[[], object], device: torch.device, top: int) -> di
             us = event.self_cpu_time_total
         if us > 0:
             kernels.append({"kernel": event.key[:160], "us": round(us, 1), "calls": event.count})
+    if not kernels:  # a profiler that files kernels under their CPU ops: those ops' own device time
+        for event in prof.key_averages():
+            us = getattr(event, "self_device_time_total", 0)
+            if us > 0:
+                kernels.append({"kernel": event.key[:160], "us": round(us, 1), "calls": event.count})
     kernels.sort(key=lambda k: -k["us"])
     total = sum(k["us"] for k in kernels) or 1.0
     kinds: dict[str, float] = {}
@@ -844,7 +870,8 @@ def profile_call(fn: Callable[[], object], device: torch.device, top: int) -> di
 def section_profile(s: Setup) -> list[dict]:
     """Where one UNet call spends its time, kernel by kernel (torch.profiler), at batch 2 and 16, 64x64 latent,
     in bf16 and fp8: the fast path compiled per block, without CUDA graphs (the profiler sees each kernel)."""
-    readable = UNet(s.unet_config).to(s.device, s.dtype).eval().requires_grad_(False)
+    with torch.device(s.device):
+        readable = UNet(s.unet_config).to(s.dtype).eval().requires_grad_(False)
     cfg = s.unet_config
     for label, options in (("bf16", s.fast_options), ("fp8", s.fp8_options)):
         options = dataclasses.replace(options, cuda_graphs=False)
@@ -981,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
         + ",".join(f"{k}={v:g}" for k, v in BUDGETS.items())
         + ")",
     )
+    parser.add_argument("--steps", type=int, default=20, help="txt2img, embedded and sweep: sampling steps")
     parser.add_argument("--quality-steps", type=int, default=10, help="quality: sampling steps per image")
     parser.add_argument("--quality-images", type=int, default=16, help="quality: how many of the 16 prompts")
     parser.add_argument("--sweep-batches", help="sweep: batch sizes (default 1,2,4,8,16; 1,2,4 with --tiny)")

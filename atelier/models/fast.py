@@ -95,6 +95,7 @@ class FastOptions:
     cache_prompts: bool = True
     precision: str = "native"  # "native", "fp8" or "fp8-row": the UNet's projections (fp8.py); opt-in
     emulate_fp8: bool = False  # fp8's rounding computed in float32 (CPUs, tests): the same math, never faster
+    fp8_fast_accum: bool = False  # Hopper's fast fp8 accumulation (fewer bits in the running sums), fp8.py
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -309,7 +310,9 @@ class FastUNet(UNet):
             return None
         reason = None if self.options.emulate_fp8 else fp8.unavailable_reason(self.conv_in.weight.device, scaling)
         if reason is None:
-            self.fp8_layers = fp8.convert_to_fp8(self, scaling, emulate=self.options.emulate_fp8)
+            self.fp8_layers = fp8.convert_to_fp8(
+                self, scaling, emulate=self.options.emulate_fp8, fast_accum=self.options.fp8_fast_accum
+            )
         return reason
 
     @property

@@ -130,13 +130,15 @@ class FP8Linear(nn.Module):
     e4m3 and weight_scale (0-dim or (N, 1)) are the quantised copy, left out of state_dict.
     """
 
-    def __init__(self, layer: nn.Linear | nn.Conv2d, scaling: str = "tensor", emulate: bool = False):
+    def __init__(
+        self, layer: nn.Linear | nn.Conv2d, scaling: str = "tensor", emulate: bool = False, fast_accum: bool = False
+    ):
         super().__init__()
         if scaling not in SCALINGS:
             raise ValueError(f"FP8 scaling {scaling!r} is not known; expected one of {', '.join(SCALINGS)}.")
         self.conv = isinstance(layer, nn.Conv2d)
         self.weight, self.bias = layer.weight, layer.bias
-        self.scaling, self.emulate, self.fast_accum = scaling, emulate, False
+        self.scaling, self.emulate, self.fast_accum = scaling, emulate, fast_accum
         self.out_features, self.in_features = layer.weight.shape[:2]
         self.register_buffer("weight8", torch.empty(0), persistent=False)
         self.register_buffer("weight_scale", torch.empty(0), persistent=False)
@@ -222,15 +224,18 @@ def _fp8_candidates(unet: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     return found
 
 
-def convert_to_fp8(unet: nn.Module, scaling: str = "tensor", emulate: bool = False) -> list[FP8Linear]:
+def convert_to_fp8(
+    unet: nn.Module, scaling: str = "tensor", emulate: bool = False, fast_accum: bool = False
+) -> list[FP8Linear]:
     """Swap `unet`'s projections (see the module docstring) for FP8Linear layers in place; returns the new layers.
 
     Meant for the fast UNet (fast.py); its weight tensors stay where they are, so the readable UNet that shares
-    them computes exactly what it did.
+    them computes exactly what it did. `fast_accum`: Hopper's faster fp8 accumulation (cuBLASLt's FAST_ACCUM,
+    which keeps fewer bits in the running sums of long products): a speed option to measure, off by default.
     """
     layers = []
     for parent, name, layer in _fp8_candidates(unet):
-        fp8 = FP8Linear(layer, scaling, emulate)
+        fp8 = FP8Linear(layer, scaling, emulate, fast_accum)
         setattr(parent, name, fp8)
         layers.append(fp8)
     return layers
