@@ -361,6 +361,15 @@ def section_unet(s: Setup, variants: list[str]) -> list[dict]:
             del model
             continue
         precision = getattr(model, "precision", None)
+        check = {}
+        if precision not in (None, "native") and not options.emulate_fp8:
+            # The native kernels against the same rounding computed in float32: the math, not just the speed.
+            emulated = fast_unet(
+                readable, dataclasses.replace(options, compile="none", cuda_graphs=False, emulate_fp8=True)
+            )
+            with torch.no_grad():
+                check = {"rel_error_vs_emulated": round(relative_error(out, emulated(x, t, context)), 5)}
+            del emulated
         s.emit(
             {
                 "variant": name,
@@ -371,6 +380,7 @@ def section_unet(s: Setup, variants: list[str]) -> list[dict]:
                 "peak_gb": peak_gb(s.device),
                 **differences(out, expected, exact),
                 **({"precision": precision, "fp8_layers": len(model.fp8_layers)} if precision else {}),
+                **check,
             }
         )
         del model

@@ -172,3 +172,19 @@ def test_precision_options_and_the_cli_fallback_sentence():
     assert "compute capability" in _precision_fallback(args, "cpu")
     args.precision = "native"
     assert _precision_fallback(args, "cpu") is None
+
+
+@pytest.mark.gpu
+def test_native_fp8_kernels_compute_what_the_emulation_computes_on_an_fp8_gpu():
+    """By hand on an FP8 GPU: pytest -m gpu tests/models/test_fp8.py"""
+    if not torch.cuda.is_available() or fp8.unavailable_reason(torch.device("cuda")) is not None:
+        pytest.skip("needs a CUDA GPU of compute capability 8.9 or newer")
+    unet, inputs = _deep_unet()
+    unet = unet.to("cuda", torch.bfloat16)
+    inputs = tuple(t.to("cuda", torch.bfloat16 if t.is_floating_point() and t.ndim > 1 else None) for t in inputs)
+    with torch.no_grad():
+        for precision in ("fp8", "fp8-row"):
+            options = dataclasses.replace(FastOptions.eager(), precision=precision)
+            native = fast_unet(unet, options)(*inputs).float()
+            emulated = fast_unet(unet, dataclasses.replace(options, emulate_fp8=True))(*inputs).float()
+            assert ((native - emulated).norm() / emulated.norm()).item() < 2e-2  # bf16 outputs, other sum orders
