@@ -615,10 +615,15 @@ def _quality_models(s: Setup) -> list[tuple[str, Callable[[torch.dtype], object]
 
     path = embedded_model_path()
     embedded_size = native_size(path) if not s.tiny else 64
-    return [
-        ("sd15-random" if not s.tiny else "tiny-random", lambda dtype: random_checkpoint(s, dtype), s.latent * 8),
-        ("embedded", lambda dtype: load_checkpoint(path, device=s.device, dtype=dtype), embedded_size),
-    ]
+    models = {
+        "random": (
+            "sd15-random" if not s.tiny else "tiny-random",
+            lambda dtype: random_checkpoint(s, dtype),
+            s.latent * 8,
+        ),
+        "embedded": ("embedded", lambda dtype: load_checkpoint(path, device=s.device, dtype=dtype), embedded_size),
+    }
+    return [models[name] for name in s.args.models.split(",")]
 
 
 def _images(ckpt, size: int, steps: int, count: int) -> list:
@@ -1019,6 +1024,11 @@ def main(argv: list[str] | None = None) -> int:
         + ")",
     )
     parser.add_argument("--steps", type=int, default=20, help="txt2img, embedded and sweep: sampling steps")
+    parser.add_argument(
+        "--models",
+        default="random,embedded",
+        help="quality and sweep: random (SD1.5 sizes, random weights) and/or embedded",
+    )
     parser.add_argument("--quality-steps", type=int, default=10, help="quality: sampling steps per image")
     parser.add_argument("--quality-images", type=int, default=16, help="quality: how many of the 16 prompts")
     parser.add_argument("--sweep-batches", help="sweep: batch sizes (default 1,2,4,8,16; 1,2,4 with --tiny)")

@@ -8,15 +8,19 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/atelier-bench}
 mkdir -p "$OUT"
-wheels=$(ls .carry/wheels/*.whl | grep -v diffusers)
-[ "${ATELIER_BENCH_DIFFUSERS:-0}" = 1 ] && wheels=$(ls .carry/wheels/*.whl)
-python3 -m pip install -q --no-index --no-deps $wheels 2>&1 | tail -2
-export ATELIER_CLIP_VOCAB="$PWD/.carry/bpe_simple_vocab_16e6.txt.gz" PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+# ATELIER_BENCH_NO_INSTALL=1: a machine that has the packages already (a workstation's smoke run).
+if [ "${ATELIER_BENCH_NO_INSTALL:-0}" != 1 ]; then
+    wheels=$(ls .carry/wheels/*.whl | grep -v diffusers)
+    [ "${ATELIER_BENCH_DIFFUSERS:-0}" = 1 ] && wheels=$(ls .carry/wheels/*.whl)
+    python3 -m pip install -q --no-index --no-deps $wheels 2>&1 | tail -2
+fi
+[ -f .carry/bpe_simple_vocab_16e6.txt.gz ] && export ATELIER_CLIP_VOCAB="$PWD/.carry/bpe_simple_vocab_16e6.txt.gz"
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-timeout 525 python3 benchmarks/gpu.py --json "$OUT/gpu-h200.json" --budget 475 \
-    --sections unet,txt2img,quality,sweep,profile,start \
+timeout 540 python3 benchmarks/gpu.py --json "$OUT/gpu-h200.json" --budget 490 \
+    --sections unet,txt2img,quality,sweep,start,profile \
     --variants readable,graphs,fp8+graphs,blocks+graphs,fp8,fp8-row \
-    --budgets unet=180,txt2img=100,quality=60,sweep=40,profile=50,start=150 \
+    --budgets unet=180,txt2img=100,quality=60,sweep=40,start=100,profile=60 \
     "$@" 2>&1 | tee "$OUT/gpu-h200.log" | grep -v "^USDT"
 echo "exit: ${PIPESTATUS[0]}"
 ls -la "$OUT"
