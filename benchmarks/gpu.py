@@ -830,9 +830,10 @@ _KERNEL_KINDS = (  # first match wins; names as cuBLAS, cuDNN, CUTLASS, flash at
     ("attention", ("flash", "fmha", "attention", "sdpa")),
     ("fp8 gemm", ("e4m3", "f8f8", "fp8", "qgmma", "scaled_mm")),
     ("convolution", ("conv", "fprop", "dgrad", "implicit", "cudnn", "xmma_fprop")),
-    ("gemm", ("gemm", "gemv", "cutlass", "cublas", "sm90_xmma", "nvjet", "matmul", "mm_")),
-    ("norm (fused)", ("group_norm", "native_layer_norm", "layer_norm", "red_fused")),
-    ("elementwise (fused)", ("triton_poi", "triton_")),
+    ("gemm", ("gemm", "gemv", "cutlass", "cublas", "sm90_xmma", "nvjet", "matmul", "aten::mm", "addmm", "bmm")),
+    ("fp8 scales and casts", ("amax", "clamp")),  # Inductor names a kernel by the ops it fuses
+    ("norm", ("group_norm", "layer_norm", "red_fused", "per_fused")),
+    ("elementwise", ("triton_poi", "triton_", "silu", "gelu", "add", "mul")),
     ("copy / layout", ("copy", "transpose", "permute", "cat", "memcpy", "memset")),
 )
 
@@ -863,18 +864,19 @@ def profile_call(fn: Callable[[], object], device: torch.device, top: int) -> di
         else:
             us = event.self_cpu_time_total
         if us > 0:
-            kernels.append({"kernel": event.key[:160], "us": round(us, 1), "calls": event.count})
+            kernels.append({"kernel": event.key, "us": round(us, 1), "calls": event.count})
     if not kernels:  # a profiler that files kernels under their CPU ops: those ops' own device time
         for event in prof.key_averages():
             us = getattr(event, "self_device_time_total", 0)
             if us > 0:
-                kernels.append({"kernel": event.key[:160], "us": round(us, 1), "calls": event.count})
+                kernels.append({"kernel": event.key, "us": round(us, 1), "calls": event.count})
     kernels.sort(key=lambda k: -k["us"])
     total = sum(k["us"] for k in kernels) or 1.0
     kinds: dict[str, float] = {}
     for k in kernels:
-        k["share"] = round(k["us"] / total, 4)
-        kinds[_kernel_kind(k["kernel"])] = kinds.get(_kernel_kind(k["kernel"]), 0.0) + k["us"]
+        k["share"], k["kind"] = round(k["us"] / total, 4), _kernel_kind(k["kernel"])
+        kinds[k["kind"]] = kinds.get(k["kind"], 0.0) + k["us"]
+        k["kernel"] = k["kernel"][:200]  # template arguments make some names kilobytes long
     by_kind = {
         kind: {"us": round(us, 1), "share": round(us / total, 4)}
         for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1])
