@@ -188,3 +188,15 @@ def test_native_fp8_kernels_compute_what_the_emulation_computes_on_an_fp8_gpu():
             native = fast_unet(unet, options)(*inputs).float()
             emulated = fast_unet(unet, dataclasses.replace(options, emulate_fp8=True))(*inputs).float()
             assert ((native - emulated).norm() / emulated.norm()).item() < 2e-2  # bf16 outputs, other sum orders
+
+
+def test_serve_precision_fp8_on_a_machine_without_fp8_says_so_and_serves_native(monkeypatch, capsys):
+    import atelier.server.app as app_module
+    from atelier import cli
+
+    passed: dict = {}
+    monkeypatch.setattr(app_module, "run_server", lambda **kwargs: passed.update(kwargs) or 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["serve", "--precision", "fp8"]) == 0
+    assert passed["precision"] == "native"
+    assert "FP8 needs a CUDA GPU of compute capability 8.9" in capsys.readouterr().err
