@@ -21,6 +21,6 @@ timeout 540 python3 benchmarks/gpu.py --json "$OUT/gpu-h200.json" --budget 490 \
     --sections unet,txt2img,quality,sweep,start,profile \
     --variants readable,graphs,fp8+graphs,blocks+graphs,fp8,fp8-row \
     --budgets unet=180,txt2img=100,quality=60,sweep=40,start=100,profile=60 \
-    "$@" 2>&1 | tee "$OUT/gpu-h200.log" | grep -v "^USDT"
+    "$@" 2>&1 | tee "$OUT/gpu-h200.log" | grep --line-buffered -v "^USDT"
 echo "exit: ${PIPESTATUS[0]}"
 ls -la "$OUT"
