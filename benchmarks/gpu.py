@@ -963,7 +963,47 @@ def print_rows(rows: list[dict], header: bool) -> None:
             print("  ".join(f"{k:>14}" for k in keys))
             _header_shown[:] = keys
             header = False
-        print("  ".join(f"{row[k]!s:>14}" for k in keys), flush=True)
+        print("  ".join(f"{_cell(row[k]):>14}" for k in keys), flush=True)
+
+
+def _cell(value: object, width: int = 60) -> str:
+    """A table cell: long values (per-image lists, kernel tables) cut short; the JSON keeps them whole."""
+    text = str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def summary(result: dict) -> list[str]:
+    """The run's headline figures, one line each, printed last (the end of the output is what a device call
+    returns)."""
+    lines = []
+    for name, section in result["sections"].items():
+        for row in section["rows"]:
+            if "stopped" in row or "error" in row:
+                lines.append(f"{name}: {_cell(row.get('variant', ''), 20)} {row.get('stopped') or row.get('error')}")
+            elif name == "unet" and "it_s" in row:
+                extra = f" vs emulated {row['rel_error_vs_emulated']}" if "rel_error_vs_emulated" in row else ""
+                lines.append(
+                    f"unet b2 {row['variant']:>14}: {row['it_s']:>7} it/s, rel err {row['rel_error_fp32']}{extra}"
+                )
+            elif "images_s" in row and "best_batch" not in row:
+                what = f"{row.get('impl', row.get('model'))} b{row['batch']}"
+                lines.append(f"{name} {what:>24}: {row['images_s']:>7} images/s ({row['s']} s)")
+            elif "best_batch" in row:
+                lines.append(f"sweep {row['model']}: best batch {row['best_batch']}, {row['best_images_s']} images/s")
+            elif "pair" in row:
+                lines.append(
+                    f"quality {row['model']} {row['pair']:>18}: PSNR min {row['psnr_min']} mean "
+                    f"{row['psnr_mean']} dB, max diff {row['max_diff']}"
+                )
+            elif "run" in row and "s" in row:
+                lines.append(
+                    f"start {row['model']} {row['run']}: {row['s']} s (cache files {row['cache_files_before']}"
+                    f" -> {row['cache_files_after']})"
+                )
+            elif "by_kind" in row:
+                kinds = ", ".join(f"{k} {v['share']:.0%}" for k, v in list(row["by_kind"].items())[:6])
+                lines.append(f"profile {row['precision']} b{row['batch']}: {row['ms']} ms; {kinds}")
+    return lines
 
 
 def environment(s: Setup) -> dict:
@@ -1094,7 +1134,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print(f"\nwhole run: {time.perf_counter() - run_start:.0f} s")
+    print("\n== summary ==\n" + "\n".join(summary(result)))
+    print(f"whole run: {time.perf_counter() - run_start:.0f} s")
     return 0
 
 
