@@ -200,3 +200,23 @@ def test_serve_precision_fp8_on_a_machine_without_fp8_says_so_and_serves_native(
     assert cli.main(["serve", "--precision", "fp8"]) == 0
     assert passed["precision"] == "native"
     assert "FP8 needs a CUDA GPU of compute capability 8.9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scaling", fp8.SCALINGS)
+def test_compiled_blocks_trace_the_native_fp8_layers_and_match_the_emulation(scaling):
+    """torch.compile (blocks) through FP8Linear's torch._scaled_mm, on a torch that has CPU fp8 kernels (2.13 has);
+    minutes on a busy CPU (measured 2.5-7.5 min here, 2026-12-03)."""
+    unet, inputs = _deep_unet()
+    layer, x = _layers(True)["linear"]
+    try:
+        fp8.FP8Linear(layer, scaling)(x)
+    except (RuntimeError, NotImplementedError) as error:
+        pytest.skip(f"torch {torch.__version__} has no CPU torch._scaled_mm for {scaling} scales: {error}")
+    with torch.no_grad():
+        compiled = fast_unet(unet, FastOptions(cuda_graphs=False))  # native: a CPU falls back, so convert by hand
+        compiled.fp8_layers = fp8.convert_to_fp8(compiled, scaling)
+        precision = "fp8" if scaling == "tensor" else "fp8-row"
+        emulated = fast_unet(unet, dataclasses.replace(EMULATED, precision=precision))
+        out, ref = compiled(*inputs), emulated(*inputs)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-4
