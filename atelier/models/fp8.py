@@ -111,7 +111,7 @@ def fp8_matmul(
         w8.t(),
         scale_a=x_scale,
         scale_b=w_scale.t() if rowwise else w_scale,
-        bias=None if rowwise else bias,  # the row-wise kernels take no bias in every torch version: added below
+        bias=None if rowwise else bias,  # not every torch takes a bias with row-wise scales: added below
         out_dtype=out_dtype,
         use_fast_accum=fast_accum,
     )
