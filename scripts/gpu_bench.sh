@@ -17,7 +17,7 @@ fi
 [ -f .carry/bpe_simple_vocab_16e6.txt.gz ] && export ATELIER_CLIP_VOCAB="$PWD/.carry/bpe_simple_vocab_16e6.txt.gz"
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-timeout 540 python3 benchmarks/gpu.py --json "$OUT/gpu-h200.json" --budget 490 \
+timeout 510 python3 benchmarks/gpu.py --json "$OUT/gpu-h200.json" --budget 460 \
     --sections unet,txt2img,quality,sweep,start,profile \
     --variants readable,graphs,fp8+graphs,blocks+graphs,fp8,fp8-row \
     --budgets unet=180,txt2img=100,quality=60,sweep=40,start=100,profile=60 \
