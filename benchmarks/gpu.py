@@ -15,7 +15,19 @@ Sections (--sections, comma-separated; default all but `first`):
     txt2img  20 steps, CFG 7.5, 512x512, prompt to PIL image in a warm process (generation.run); batch 8
     first    `atelier generate` in a fresh process, start to PNG, compilation included (fast and --no-fast)
     embedded the shipped model at its native size, readable and fast
-Results are printed as tables and, with --json, written after every section (a run cut short keeps what it did).
+  Round two (issue 19), each row also written to the JSON as it comes:
+    quality  fp8 vs bf16, bf16 vs fp32 (and fp8 vs fp32): per-image PSNR and largest pixel difference on 16 fixed
+             prompts and seeds, random-weight SD1.5 and the embedded model (--quality-steps, default 10)
+    sweep    images/s at batch 1, 2, 4, 8, 16 (20 steps, CFG 7.5, native size) and the batch that maximises it
+    start    `atelier generate` twice in fresh processes on one fresh compile cache: cold, then warm
+    profile  one UNet call under torch.profiler at batch 2 and 16, bf16 and fp8: kernels by device time, by kind
+The UNet rows fp8, fp8-row, fp8+graphs, fp8+full put the fp8 projections (atelier/models/fp8.py) beside bf16.
+Every section has a time budget (--budgets, and --budget for the whole run): it starts nothing it cannot finish
+and says so in a "stopped" row. Results are printed as tables and, with --json, written after every section and
+every row of the newer sections (a run cut short keeps what it did).
+
+    python3 benchmarks/gpu.py --sections unet,txt2img,quality,sweep,start,profile --budget 480 \
+        --variants readable,graphs,fp8+graphs,blocks+graphs,fp8,fp8-row --json $OUT/gpu-h200.json
 """
 
 from __future__ import annotations
@@ -57,12 +69,39 @@ VARIANTS: dict[str, FastOptions | None] = {
     "blocks+graphs": FastOptions(),  # the default fast path
     "full+graphs": FastOptions(compile="full"),
     "autotune+graphs": FastOptions(compile="max-autotune"),
+    # FP8 (e4m3) projections, fp8.py: each beside the bf16 row of the same compile mode.
+    "fp8+graphs": FastOptions(compile="none", precision="fp8"),
+    "fp8": FastOptions(precision="fp8"),  # blocks+graphs with fp8 projections
+    "fp8-row": FastOptions(precision="fp8-row"),
+    "fp8+full": FastOptions(compile="full", precision="fp8"),
+    "fp8+fastaccum": FastOptions(precision="fp8", fp8_fast_accum=True),
+    # A CPU's check of the fp8 rows: the same rounding in float32 (slower, never faster).
+    "fp8-emulated": FastOptions(compile="none", cuda_graphs=False, precision="fp8", emulate_fp8=True),
 }
 DEFAULT_VARIANTS = (
     "diffusers,readable,fused,fused+cl,fused+cl+flash,fused+cl+cudnn,graphs,blocks,blocks+graphs,full+graphs"
 )
-CPU_VARIANTS = "diffusers,readable,fused,fused+cl"  # no graphs on a CPU, and compiling there takes minutes
+CPU_VARIANTS = "diffusers,readable,fused,fused+cl,fp8-emulated"  # no graphs on a CPU, and compiling there takes minutes
 PROMPT = "a red house under a yellow sun"
+# The image-quality section's fixed prompts, each with its own seed (the seed is the index + 1000).
+QUALITY_PROMPTS = (
+    "a red house under a yellow sun",
+    "a lighthouse on a cliff at dusk, oil painting",
+    "a bowl of oranges on a wooden table",
+    "a cat sleeping on a blue sofa",
+    "a snowy mountain above a green valley",
+    "a city street at night in the rain, neon signs",
+    "a watercolour of a sailing boat on a calm sea",
+    "a portrait of an old fisherman, charcoal drawing",
+    "a field of sunflowers under a stormy sky",
+    "a steam train crossing a stone bridge",
+    "a bright coral reef with small fish",
+    "a medieval castle in the fog",
+    "a cup of coffee beside an open book",
+    "an astronaut riding a horse on the moon",
+    "a forest path in autumn, golden light",
+    "a robot painting a landscape in a studio",
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,6 +253,43 @@ class Setup:
     dtype: torch.dtype
     tiny: bool
     repeat: int
+    args: argparse.Namespace | None = None  # the section-specific options (--quality-steps, --sweep-batches, ...)
+    deadline: float = float("inf")  # time.perf_counter() by which the current section must stop starting work
+    rows: list = dataclasses.field(default_factory=list)  # the current section's rows, saved as they come
+    save: Callable[[], None] = lambda: None  # writes the JSON (main sets it)
+
+    def time_left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def emit(self, row: dict) -> dict:
+        """Print one row, add it to the section's rows and write the JSON (a run killed later keeps it)."""
+        print_rows([row], header=not self.rows or list(row) != _header_shown)
+        self.rows.append(row)
+        self.save()
+        return row
+
+    def out_of_time(self, needed_s: float, what: str) -> bool:
+        """True (and a row saying so) when less than `needed_s` is left of the section's budget."""
+        if self.time_left() >= needed_s:
+            return False
+        self.emit({"stopped": f"budget: {what} needs about {needed_s:.0f} s, {max(self.time_left(), 0):.0f} s left"})
+        return True
+
+    @property
+    def steps(self) -> int:
+        """Sampling steps of the txt2img, embedded and sweep sections (20 unless --steps says otherwise)."""
+        return self.args.steps if self.args is not None else 20
+
+    @property
+    def fp8_options(self) -> FastOptions:
+        """The fp8 fast path for this device: native on an FP8 GPU, emulated (and eager) on a CPU."""
+        if self.device.type == "cuda":
+            return FastOptions(precision="fp8")
+        return VARIANTS["fp8-emulated"]
+
+    @property
+    def fast_options(self) -> FastOptions:
+        return FastOptions() if self.device.type == "cuda" else FastOptions.eager()
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -250,14 +326,18 @@ def section_unet(s: Setup, variants: list[str]) -> list[dict]:
         expected = readable(x, t, context)
         exact = exact_output(readable, lambda m: m(x.float(), t, context.float()))
         flops = count_flops(lambda: readable(x, t, context))
-    rows = []
+    s.emit({"flops_per_forward": flops})
     for name in variants:
         if name.startswith("diffusers") and reference is None:
-            rows.append({"variant": name, "skipped": "diffusers is not installed"})
+            s.emit({"variant": name, "skipped": "diffusers is not installed"})
             continue
-        if "graphs" in name and s.device.type != "cuda":
-            rows.append({"variant": name, "skipped": "CUDA graphs need a CUDA GPU"})
+        options = VARIANTS[name]
+        if s.device.type != "cuda" and options is not None and (options.cuda_graphs or options.compile != "none"):
+            s.emit({"variant": name, "skipped": "CUDA graphs need a CUDA GPU (and compiling on a CPU: minutes)"})
             continue
+        compiles = "compile" in name or (options is not None and options.compile != "none")
+        if s.out_of_time(60 if compiles else 5, f"variant {name}"):
+            break
         reset_peak(s.device)
         t0 = time.perf_counter()
         if name == "readable":
@@ -270,12 +350,27 @@ def section_unet(s: Setup, variants: list[str]) -> list[dict]:
             model = lambda x, t, c, f=compiled: f(x, t, encoder_hidden_states=c).sample  # noqa: E731
         else:
             model = fast_unet(readable, VARIANTS[name])
-        with torch.no_grad():
-            out = model(x, t, context)  # conversion, compilation and capture happen here
-            sync(s.device)
-            setup = time.perf_counter() - t0
-            ms = median_ms(lambda m=model: m(x, t, context), s.device, s.repeat)
-        rows.append(
+        try:
+            with torch.no_grad():
+                out = model(x, t, context)  # conversion, compilation and capture happen here
+                sync(s.device)
+                setup = time.perf_counter() - t0
+                ms = median_ms(lambda m=model: m(x, t, context), s.device, s.repeat)
+        except Exception as error:  # e.g. a torch without row-wise fp8 kernels: the row says so, the run goes on
+            s.emit({"variant": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"})
+            del model
+            continue
+        precision = getattr(model, "precision", None)
+        check = {}
+        if precision not in (None, "native") and not options.emulate_fp8:
+            # The native kernels against the same rounding computed in float32: the math, not just the speed.
+            emulated = fast_unet(
+                readable, dataclasses.replace(options, compile="none", cuda_graphs=False, emulate_fp8=True)
+            )
+            with torch.no_grad():
+                check = {"rel_error_vs_emulated": round(relative_error(out, emulated(x, t, context)), 5)}
+            del emulated
+        s.emit(
             {
                 "variant": name,
                 "ms": round(ms, 3),
@@ -284,11 +379,12 @@ def section_unet(s: Setup, variants: list[str]) -> list[dict]:
                 "setup_s": round(setup, 1),
                 "peak_gb": peak_gb(s.device),
                 **differences(out, expected, exact),
+                **({"precision": precision, "fp8_layers": len(model.fp8_layers)} if precision else {}),
+                **check,
             }
         )
-        print_rows(rows[-1:], header=len(rows) == 1)
         del model
-    return [{"flops_per_forward": flops}, *rows]
+    return s.rows
 
 
 def _sample_loop(s: Setup, unet: nn.Module, steps: int = 20) -> Callable[[], object]:
@@ -395,15 +491,18 @@ def section_vae(s: Setup) -> list[dict]:
     return rows
 
 
-def random_checkpoint(s: Setup):
-    """A Checkpoint of random SD1.5-sized (or tiny) modules with the SD1.x tokenizer."""
+def random_checkpoint(s: Setup, dtype: torch.dtype | None = None):
+    """A Checkpoint of random SD1.5-sized (or tiny) modules with the SD1.x tokenizer; the same weights (seed 0,
+    drawn in fp32 on the device) in any `dtype` (default: the benchmark's)."""
+    dtype = dtype or s.dtype
     from atelier.models.checkpoint import Checkpoint
     from atelier.models.clip import CLIPTextEncoder
     from atelier.models.tokenizer import CLIPTokenizer
 
     torch.manual_seed(0)
-    modules = [UNet(s.unet_config), VAE(s.vae_config), CLIPTextEncoder(s.text_config)]
-    unet, vae, text = (m.to(s.device, s.dtype).eval().requires_grad_(False) for m in modules)
+    with torch.device(s.device):  # drawn on the device (seconds on a CPU for SD1.5), then cast
+        modules = [UNet(s.unet_config), VAE(s.vae_config), CLIPTextEncoder(s.text_config)]
+    unet, vae, text = (m.to(s.device, dtype).eval().requires_grad_(False) for m in modules)
     return Checkpoint(
         unet,
         vae,
@@ -414,7 +513,7 @@ def random_checkpoint(s: Setup):
         s.text_config,
         "sd1",
         Path("random"),
-        s.dtype,
+        dtype,
         s.device,
     )
 
@@ -424,24 +523,29 @@ def _txt2img_rows(s: Setup, ckpt, label: str, size: int, batches: tuple[int, ...
 
     rows = []
     for batch in batches:
-        params = GenerationParams(PROMPT, seed=1, steps=20, cfg=7.5, width=size, height=size, batch=batch)
+        if s.out_of_time(20 if s.device.type == "cuda" else 5, f"txt2img {label} batch {batch}"):
+            break
+        params = GenerationParams(PROMPT, seed=1, steps=s.steps, cfg=7.5, width=size, height=size, batch=batch)
         reset_peak(s.device)
         first = wall_s(lambda p=params: run(ckpt, p), s.device)  # includes compilation and capture
         repeat = 3 if batch == 1 else 1
         seconds = statistics.median(wall_s(lambda p=params: run(ckpt, p), s.device) for _ in range(repeat))
-        row = {"what": f"txt2img {size}x{size}, 20 steps, CFG 7.5", "impl": label, "batch": batch}
-        rows.append(row | {"first_s": round(first, 2), "s": round(seconds, 3), "peak_gb": peak_gb(s.device)})
-        print_rows(rows[-1:], header=header and len(rows) == 1)
+        row = {"what": f"txt2img {size}x{size}, {s.steps} steps, CFG 7.5", "impl": label, "batch": batch}
+        row |= {"first_s": round(first, 2), "s": round(seconds, 3), "images_s": round(batch / seconds, 2)}
+        rows.append(s.emit(row | {"peak_gb": peak_gb(s.device)}))
     return rows
 
 
 def section_txt2img(s: Setup) -> list[dict]:
+    """Readable and fast at batch 1, fast bf16 and fast fp8 at batch 8 (fp8 emulated, hence slow, on a CPU)."""
     ckpt = random_checkpoint(s)
     size = s.latent * 8
-    rows = _txt2img_rows(s, ckpt, "readable", size, (1,), header=True)
-    fast_options = FastOptions() if s.device.type == "cuda" else FastOptions.eager()
-    rows += _txt2img_rows(s, accelerate(ckpt, enabled=True, options=fast_options), "fast", size, (1, 8), False)
-    return rows
+    _txt2img_rows(s, ckpt, "readable", size, (1,), header=True)
+    _txt2img_rows(s, accelerate(ckpt, enabled=True, options=s.fast_options), "fast", size, (1, 8), False)
+    fp8_ckpt = accelerate(ckpt, enabled=True, options=s.fp8_options)
+    label = f"fast {fp8_ckpt.unet.precision}" + (" (emulated)" if s.fp8_options.emulate_fp8 else "")
+    _txt2img_rows(s, fp8_ckpt, label, size, (8, 1), False)
+    return s.rows
 
 
 def section_embedded(s: Setup) -> list[dict]:
@@ -499,6 +603,323 @@ def section_first(s: Setup) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Round two (issue 19): image quality of fp8 and bf16, batch sweep, cold and warm start, where the time goes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _quality_models(s: Setup) -> list[tuple[str, Callable[[torch.dtype], object], int]]:
+    """(name, checkpoint in a dtype, image side) for random-weight SD1.5 (tiny with --tiny) and the embedded model."""
+    from atelier.models.checkpoint import load_checkpoint
+    from atelier.models.library import embedded_model_path, native_size
+
+    path = embedded_model_path()
+    embedded_size = native_size(path) if not s.tiny else 64
+    models = {
+        "random": (
+            "sd15-random" if not s.tiny else "tiny-random",
+            lambda dtype: random_checkpoint(s, dtype),
+            s.latent * 8,
+        ),
+        "embedded": ("embedded", lambda dtype: load_checkpoint(path, device=s.device, dtype=dtype), embedded_size),
+    }
+    return [models[name] for name in s.args.models.split(",")]
+
+
+def _images(ckpt, size: int, steps: int, count: int) -> list:
+    """The quality set's images from `ckpt`: prompt i with seed 1000 + i, one image per call, as uint8 arrays."""
+    import numpy as np
+
+    from atelier.generation import GenerationParams, run
+
+    out = []
+    for i, prompt in enumerate(QUALITY_PROMPTS[:count]):
+        params = GenerationParams(prompt, seed=1000 + i, steps=steps, cfg=7.5, width=size, height=size)
+        with torch.no_grad():
+            out.append(np.asarray(run(ckpt, params).images[0].convert("RGB"), dtype=np.uint8))
+    return out
+
+
+def psnr_and_max(a, b) -> tuple[float, int]:
+    """PSNR in dB (peak 255; inf for identical images) and the largest pixel difference (0..255) of two images."""
+    import numpy as np
+
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    mse = float((diff**2).mean())
+    return (float("inf") if mse == 0 else round(float(10 * np.log10(255.0**2 / mse)), 2)), int(np.abs(diff).max())
+
+
+def _compare(label: str, model: str, images: list, reference: list) -> dict:
+    pairs = [psnr_and_max(a, b) for a, b in zip(images, reference, strict=True)]
+    finite = [p for p, _ in pairs if p != float("inf")]
+    return {
+        "model": model,
+        "pair": label,
+        "psnr_min": min(finite) if finite else "inf",
+        "psnr_mean": round(sum(finite) / len(finite), 2) if finite else "inf",
+        "max_diff": max(m for _, m in pairs),
+        "identical": len(pairs) - len(finite),
+        "per_image_psnr": [p if p != float("inf") else "inf" for p, _ in pairs],
+        "per_image_max_diff": [m for _, m in pairs],
+    }
+
+
+def section_quality(s: Setup) -> list[dict]:
+    """fp8 against bf16 and bf16 against fp32, on 16 fixed prompts and seeds, for each model.
+
+    The four ways of computing one image set: readable fp32, readable bf16, fast bf16 and fast fp8 (the fast ones
+    eager with CUDA graphs: compiling changes only rounding, and would cost a minute per model here). The pairs:
+    "fp8 vs bf16" (fast fp8 against fast bf16: what fp8 alone changes), "bf16 vs fp32" (readable: what half
+    precision alone changes), and "fp8 vs fp32". Fewer steps than 20 (--quality-steps) to keep it cheap.
+    """
+    steps, count = s.args.quality_steps, s.args.quality_images
+    fast_bf16 = FastOptions(compile="none") if s.device.type == "cuda" else FastOptions.eager()
+    fp8_options = dataclasses.replace(s.fp8_options, compile="none")
+    s.emit(
+        {
+            "steps": steps,
+            "images": count,
+            "cfg": 7.5,
+            "fast_options": "eager + CUDA graphs (no compile)" if s.device.type == "cuda" else "eager",
+            "tf32": torch.backends.cuda.matmul.allow_tf32,
+            "fp8_emulated": fp8_options.emulate_fp8,
+        }
+    )
+    for model, load, size in _quality_models(s):
+        if s.out_of_time(30 if s.device.type == "cuda" else 10, f"quality of {model}"):
+            break
+        t0 = time.perf_counter()
+        sets = {}
+        ckpt32 = load(torch.float32)
+        sets["fp32"] = _images(ckpt32, size, steps, count)
+        del ckpt32
+        reset_peak(s.device)
+        ckpt16 = load(torch.bfloat16)
+        sets["bf16"] = _images(ckpt16, size, steps, count)
+        sets["fast bf16"] = _images(accelerate(ckpt16, enabled=True, options=fast_bf16), size, steps, count)
+        fp8_ckpt = accelerate(ckpt16, enabled=True, options=fp8_options)
+        sets["fast fp8"] = _images(fp8_ckpt, size, steps, count)
+        seconds = round(time.perf_counter() - t0, 1)
+        for label, a, b in (
+            ("fp8 vs bf16", "fast fp8", "fast bf16"),
+            ("bf16 vs fp32", "bf16", "fp32"),
+            ("fp8 vs fp32", "fast fp8", "fp32"),
+            ("fast bf16 vs bf16", "fast bf16", "bf16"),
+        ):
+            row = _compare(label, model, sets[a], sets[b]) | {"size": size, "s": seconds}
+            row["fp8_precision"] = fp8_ckpt.unet.precision
+            s.emit(row)
+        del ckpt16, fp8_ckpt, sets
+        gc.collect()
+    return s.rows
+
+
+def section_sweep(s: Setup) -> list[dict]:
+    """Images per second against batch size, 20 steps, CFG 7.5, native size: the batch the classroom should use.
+
+    The fast path here is eager with CUDA graphs (--sweep-compile none, the default) or the default compiled one
+    (--sweep-compile blocks: each batch size compiles once more, ~40 s on an H200 for SD1.5).
+    """
+    from atelier.generation import GenerationParams, run
+
+    batches = [int(b) for b in s.args.sweep_batches.split(",")]
+    options = FastOptions(compile=s.args.sweep_compile) if s.device.type == "cuda" else FastOptions.eager()
+    s.emit(
+        {"batches": batches, "steps": s.steps, "options": f"compile={options.compile}, graphs={options.cuda_graphs}"}
+    )
+    for model, load, size in _quality_models(s):
+        ckpt = accelerate(load(s.dtype), enabled=True, options=options)
+        best = None
+        for batch in batches:
+            if s.out_of_time(15 if s.device.type == "cuda" else 5, f"{model} batch {batch}"):
+                break
+            params = GenerationParams(PROMPT, seed=1, steps=s.steps, cfg=7.5, width=size, height=size, batch=batch)
+            reset_peak(s.device)
+            try:
+                once = lambda p=params, c=ckpt: run(c, p)  # noqa: E731
+                first = wall_s(once, s.device)  # graph capture (and compilation)
+                seconds = min(wall_s(once, s.device) for _ in range(2 if batch <= 4 else 1))
+            except torch.OutOfMemoryError:
+                s.emit({"model": model, "batch": batch, "error": "out of GPU memory"})
+                break
+            row = {"model": model, "size": size, "batch": batch, "first_s": round(first, 2), "s": round(seconds, 3)}
+            row |= {"images_s": round(batch / seconds, 2), "peak_gb": peak_gb(s.device)}
+            s.emit(row)
+            best = row if best is None or row["images_s"] > best["images_s"] else best
+        if best is not None:
+            s.emit({"model": model, "best_batch": best["batch"], "best_images_s": best["images_s"]})
+        del ckpt
+        gc.collect()
+    return s.rows
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def section_start(s: Setup) -> list[dict]:
+    """`atelier generate` twice in fresh processes on one fresh compile cache: cold (compiles, fills the cache),
+    then warm (must find every kernel on disk). Start of the process to the PNG on disk, for the embedded model
+    and (when the budget allows) a saved random SD1.5 checkpoint."""
+    from atelier.models.checkpoint import save_checkpoint
+    from atelier.models.library import embedded_model_path
+
+    with tempfile.TemporaryDirectory() as folder:
+        models = [("embedded", embedded_model_path(), 60)]
+        if not s.tiny or s.args.start_sd15:
+            models.append(("sd15-random", None, 120))
+        for model, path, needed in models:
+            if s.out_of_time(needed if s.device.type == "cuda" else 20, f"cold and warm start of {model}"):
+                break
+            if path is None:
+                ckpt = random_checkpoint(s)
+                path = save_checkpoint(Path(folder) / "random-sd15.safetensors", ckpt.unet, ckpt.vae, ckpt.text_encoder)
+                del ckpt
+                gc.collect()
+                reset_peak(s.device)
+            cache = Path(tempfile.mkdtemp(dir=folder))  # fresh: the first run is a machine's first run
+            # Our own cache root, and none of the parent's Inductor/Triton folders (use_compile_cache picks them).
+            env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+            env |= {"ATELIER_COMPILE_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+            for run_name in ("cold", "warm"):
+                command = [
+                    sys.executable,
+                    "-m",
+                    "atelier.cli",
+                    "generate",
+                    PROMPT,
+                    "--model",
+                    str(path),
+                    "--seed",
+                    "1",
+                    "--steps",
+                    str(s.args.start_steps),
+                    "--out",
+                    str(Path(folder) / "out.png"),
+                    "--device",
+                    str(s.device),
+                    *s.args.start_flags.split(),
+                ]
+                files_before = _count_files(cache)
+                t0 = time.perf_counter()
+                try:
+                    done = subprocess.run(
+                        command, capture_output=True, text=True, env=env, timeout=max(s.time_left(), 30)
+                    )
+                except subprocess.TimeoutExpired:
+                    s.emit({"model": model, "run": run_name, "error": "timed out (section budget)"})
+                    break
+                seconds = time.perf_counter() - t0
+                row = {
+                    "what": "atelier generate, process start to PNG",
+                    "model": model,
+                    "run": run_name,
+                    "s": round(seconds, 1),
+                    "steps": s.args.start_steps,
+                    "flags": s.args.start_flags,
+                    "cache_files_before": files_before,
+                    "cache_files_after": _count_files(cache),
+                }
+                if done.returncode != 0:
+                    row["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else str(done.returncode)
+                s.emit(row)
+    return s.rows
+
+
+_KERNEL_KINDS = (  # first match wins; names as cuBLAS, cuDNN, CUTLASS, flash attention and Inductor give them
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("fp8 gemm", ("e4m3", "f8f8", "fp8", "qgmma", "scaled_mm")),
+    ("convolution", ("conv", "fprop", "dgrad", "implicit", "cudnn", "xmma_fprop")),
+    ("gemm", ("gemm", "gemv", "cutlass", "cublas", "sm90_xmma", "nvjet", "matmul", "aten::mm", "addmm", "bmm")),
+    ("fp8 scales and casts", ("amax", "clamp")),  # Inductor names a kernel by the ops it fuses
+    ("norm", ("group_norm", "layer_norm", "red_fused", "per_fused")),
+    ("elementwise", ("triton_poi", "triton_", "silu", "gelu", "add", "mul")),
+    ("copy / layout", ("copy", "transpose", "permute", "cat", "memcpy", "memset")),
+)
+
+
+def _kernel_kind(name: str) -> str:
+    lower = name.lower()
+    for kind, needles in _KERNEL_KINDS:
+        if any(n in lower for n in needles):
+            return kind
+    return "other"
+
+
+def profile_call(fn: Callable[[], object], device: torch.device, top: int) -> dict:
+    """One call of `fn` under torch.profiler: its kernels by device time (CPU ops' own time on a CPU), top first,
+    and the totals per kind of kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    kernels = []
+    for event in prof.key_averages():
+        if device.type == "cuda":
+            if getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
+                continue
+            us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        else:
+            us = event.self_cpu_time_total
+        if us > 0:
+            kernels.append({"kernel": event.key, "us": round(us, 1), "calls": event.count})
+    if not kernels:  # a profiler that files kernels under their CPU ops: those ops' own device time
+        for event in prof.key_averages():
+            us = getattr(event, "self_device_time_total", 0)
+            if us > 0:
+                kernels.append({"kernel": event.key, "us": round(us, 1), "calls": event.count})
+    kernels.sort(key=lambda k: -k["us"])
+    total = sum(k["us"] for k in kernels) or 1.0
+    kinds: dict[str, float] = {}
+    for k in kernels:
+        k["share"], k["kind"] = round(k["us"] / total, 4), _kernel_kind(k["kernel"])
+        kinds[k["kind"]] = kinds.get(k["kind"], 0.0) + k["us"]
+        k["kernel"] = k["kernel"][:200]  # template arguments make some names kilobytes long
+    by_kind = {
+        kind: {"us": round(us, 1), "share": round(us / total, 4)}
+        for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1])
+    }
+    return {"total_us": round(total, 1), "kernels_counted": len(kernels), "by_kind": by_kind, "top": kernels[:top]}
+
+
+def section_profile(s: Setup) -> list[dict]:
+    """Where one UNet call spends its time, kernel by kernel (torch.profiler), at batch 2 and 16, 64x64 latent,
+    in bf16 and fp8: the fast path compiled per block, without CUDA graphs (the profiler sees each kernel)."""
+    with torch.device(s.device):
+        readable = UNet(s.unet_config).to(s.dtype).eval().requires_grad_(False)
+    cfg = s.unet_config
+    for label, options in (("bf16", s.fast_options), ("fp8", s.fp8_options)):
+        options = dataclasses.replace(options, cuda_graphs=False)
+        model = fast_unet(readable, options)
+        for batch in [int(b) for b in s.args.profile_batches.split(",")]:
+            if s.out_of_time(45 if s.device.type == "cuda" else 5, f"profile {label} batch {batch}"):
+                return s.rows
+            x = torch.randn(batch, cfg.in_channels, s.latent, s.latent, device=s.device, dtype=s.dtype)
+            t = torch.full((batch,), 500.0, device=s.device)
+            context = torch.randn(batch, 77, cfg.context_dim, device=s.device, dtype=s.dtype)
+            with torch.no_grad():
+                call = lambda m=model, a=(x, t, context): m(*a)  # noqa: E731
+                t0 = time.perf_counter()
+                call()  # compiles
+                setup = time.perf_counter() - t0
+                ms = median_ms(call, s.device, max(3, s.repeat // 5))
+                profiled = profile_call(call, s.device, s.args.profile_top)
+            row = {
+                "precision": model.precision,
+                "batch": batch,
+                "latent": s.latent,
+                "ms": round(ms, 3),
+                "setup_s": round(setup, 1),
+                "options": f"compile={options.compile}, no CUDA graphs",
+            }
+            s.emit(row | profiled)
+        del model
+        gc.collect()
+    return s.rows
+
+
 SECTIONS = {
     "unet": section_unet,
     "loop": section_loop,
@@ -506,6 +927,23 @@ SECTIONS = {
     "txt2img": section_txt2img,
     "first": section_first,
     "embedded": section_embedded,
+    "quality": section_quality,
+    "sweep": section_sweep,
+    "start": section_start,
+    "profile": section_profile,
+}
+# Seconds each section may take by default (--budgets overrides); a section starts nothing it cannot finish.
+BUDGETS = {
+    "unet": 240,
+    "loop": 60,
+    "vae": 60,
+    "txt2img": 150,
+    "first": 150,
+    "embedded": 60,
+    "quality": 90,
+    "sweep": 60,
+    "start": 150,
+    "profile": 90,
 }
 
 
@@ -525,7 +963,47 @@ def print_rows(rows: list[dict], header: bool) -> None:
             print("  ".join(f"{k:>14}" for k in keys))
             _header_shown[:] = keys
             header = False
-        print("  ".join(f"{row[k]!s:>14}" for k in keys), flush=True)
+        print("  ".join(f"{_cell(row[k]):>14}" for k in keys), flush=True)
+
+
+def _cell(value: object, width: int = 60) -> str:
+    """A table cell: long values (per-image lists, kernel tables) cut short; the JSON keeps them whole."""
+    text = str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def summary(result: dict) -> list[str]:
+    """The run's headline figures, one line each, printed last (the end of the output is what a device call
+    returns)."""
+    lines = []
+    for name, section in result["sections"].items():
+        for row in section["rows"]:
+            if "stopped" in row or "error" in row:
+                lines.append(f"{name}: {_cell(row.get('variant', ''), 20)} {row.get('stopped') or row.get('error')}")
+            elif name == "unet" and "it_s" in row:
+                extra = f" vs emulated {row['rel_error_vs_emulated']}" if "rel_error_vs_emulated" in row else ""
+                lines.append(
+                    f"unet b2 {row['variant']:>14}: {row['it_s']:>7} it/s, rel err {row['rel_error_fp32']}{extra}"
+                )
+            elif "images_s" in row and "best_batch" not in row:
+                what = f"{row.get('impl', row.get('model'))} b{row['batch']}"
+                lines.append(f"{name} {what:>24}: {row['images_s']:>7} images/s ({row['s']} s)")
+            elif "best_batch" in row:
+                lines.append(f"sweep {row['model']}: best batch {row['best_batch']}, {row['best_images_s']} images/s")
+            elif "pair" in row:
+                lines.append(
+                    f"quality {row['model']} {row['pair']:>18}: PSNR min {row['psnr_min']} mean "
+                    f"{row['psnr_mean']} dB, max diff {row['max_diff']}"
+                )
+            elif "run" in row and "s" in row:
+                lines.append(
+                    f"start {row['model']} {row['run']}: {row['s']} s (cache files {row['cache_files_before']}"
+                    f" -> {row['cache_files_after']})"
+                )
+            elif "by_kind" in row:
+                kinds = ", ".join(f"{k} {v['share']:.0%}" for k, v in list(row["by_kind"].items())[:6])
+                lines.append(f"profile {row['precision']} b{row['batch']}: {row['ms']} ms; {kinds}")
+    return lines
 
 
 def environment(s: Setup) -> dict:
@@ -555,6 +1033,15 @@ def environment(s: Setup) -> dict:
     return env
 
 
+def _budgets(text: str | None) -> dict[str, float]:
+    budgets = dict(BUDGETS)
+    for item in (text or "").split(","):
+        if item:
+            name, _, seconds = item.partition("=")
+            budgets[name] = float(seconds)
+    return budgets
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: the best available)")
@@ -563,29 +1050,92 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="unet,loop,vae,txt2img,embedded", help=f"from {','.join(SECTIONS)}")
     parser.add_argument("--variants", help=f"UNet rows, from {','.join(VARIANTS)}")
     parser.add_argument("--repeat", type=int, help="timed calls per measurement (default 50 on a GPU, 3 on a CPU)")
-    parser.add_argument("--json", type=Path, help="write the results here (after every section)")
+    parser.add_argument(
+        "--json", type=Path, help="write the results here (after every section, and every row of the newer sections)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=float("inf"),
+        help="seconds for the whole run: no section starts work it cannot finish in what is left",
+    )
+    parser.add_argument(
+        "--budgets",
+        help="seconds per section, e.g. unet=200,quality=60 (defaults: "
+        + ",".join(f"{k}={v:g}" for k, v in BUDGETS.items())
+        + ")",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="txt2img, embedded and sweep: sampling steps")
+    parser.add_argument(
+        "--models",
+        default="random,embedded",
+        help="quality and sweep: random (SD1.5 sizes, random weights) and/or embedded",
+    )
+    parser.add_argument("--quality-steps", type=int, default=10, help="quality: sampling steps per image")
+    parser.add_argument("--quality-images", type=int, default=16, help="quality: how many of the 16 prompts")
+    parser.add_argument("--sweep-batches", help="sweep: batch sizes (default 1,2,4,8,16; 1,2,4 with --tiny)")
+    parser.add_argument(
+        "--sweep-compile",
+        default="none",
+        choices=["none", "blocks"],
+        help="sweep: the fast path's compile mode (none: eager with CUDA graphs, no compile per batch)",
+    )
+    parser.add_argument("--start-steps", type=int, default=20, help="start: steps of the generated image")
+    parser.add_argument(
+        "--start-flags", default="", help="start: more `atelier generate` flags, e.g. '--precision fp8'"
+    )
+    parser.add_argument("--start-sd15", action="store_true", help="start: with --tiny, also the saved random model")
+    parser.add_argument("--profile-batches", default="2,16", help="profile: UNet batch sizes")
+    parser.add_argument("--profile-top", type=int, default=25, help="profile: kernels listed per call")
     args = parser.parse_args(argv)
+    if args.sweep_batches is None:
+        args.sweep_batches = "1,2,4" if args.tiny else "1,2,4,8,16"
     device = pick_device(args.device)
-    s = Setup(device, pick_dtype(device, args.dtype), args.tiny, args.repeat or (50 if device.type == "cuda" else 3))
+    repeat = args.repeat or (50 if device.type == "cuda" else 3)
+    s = Setup(device, pick_dtype(device, args.dtype), args.tiny, repeat, args=args)
     variants = (args.variants or (DEFAULT_VARIANTS if device.type == "cuda" else CPU_VARIANTS)).split(",")
     unknown = [v for v in variants if v not in VARIANTS] + [x for x in args.sections.split(",") if x not in SECTIONS]
     if unknown:
         parser.error(f"unknown section or variant: {', '.join(unknown)}")
+    budgets = _budgets(args.budgets)
+    if device.type == "cuda":
+        # One fresh compile cache for this run: a block compiled in one section is found on disk by the next
+        # (another module instance is traced again, but its kernels are not rebuilt).
+        from atelier.models.compile_cache import use_compile_cache
 
-    result = {"environment": environment(s), "sections": {}}
+        use_compile_cache(device, Path(tempfile.mkdtemp(prefix="atelier-bench-compile-")))
+
+    run_start = time.perf_counter()
+    result = {"environment": environment(s), "arguments": vars(args) | {"budget": args.budget}, "sections": {}}
+    result["arguments"] = {k: (str(v) if isinstance(v, Path | float) else v) for k, v in result["arguments"].items()}
     print(json.dumps(result["environment"]))
+    if args.json:
+        s.save = lambda: args.json.write_text(json.dumps(result, indent=1, default=str))
     if device.type != "cuda":
         print("No CUDA device: these are CPU figures; CUDA graphs are skipped and the GPU goals need a GPU.")
     for name in args.sections.split(","):
         print(f"\n== {name} ==", flush=True)
         t0 = time.perf_counter()
-        rows = SECTIONS[name](s, variants) if name == "unet" else SECTIONS[name](s)
-        result["sections"][name] = {"seconds": round(time.perf_counter() - t0, 1), "rows": rows}
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1))
+        s.deadline = min(run_start + args.budget, t0 + budgets.get(name, float("inf")))
+        s.rows = []
+        entry = result["sections"][name] = {"budget_s": round(s.deadline - t0, 1), "rows": s.rows, "done": False}
+        try:
+            rows = SECTIONS[name](s, variants) if name == "unet" else SECTIONS[name](s)
+        except Exception as error:  # one broken section must not lose the others' results
+            import traceback
+
+            traceback.print_exc()
+            rows = [
+                *s.rows,
+                {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"},
+            ]
+        entry |= {"seconds": round(time.perf_counter() - t0, 1), "rows": rows, "done": True}
+        s.save()
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    print("\n== summary ==\n" + "\n".join(summary(result)))
+    print(f"whole run: {time.perf_counter() - run_start:.0f} s")
     return 0
 
 

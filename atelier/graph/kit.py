@@ -40,13 +40,15 @@ MAX_RESOLUTION = 16384  # the largest width or height a node takes, in pixels (C
 @dataclasses.dataclass
 class NodeEnvironment:
     """What nodes reach outside the graph: model folders, the file API of the server, device, dtype, and whether
-    loaded checkpoints run the fast path (atelier/models/fast.py; None: on CUDA GPUs, off elsewhere)."""
+    loaded checkpoints run the fast path (atelier/models/fast.py; None: on CUDA GPUs, off elsewhere) and in which
+    precision (`--precision`)."""
 
     models: ModelPaths
     files: Any  # atelier.server.files.OutputFiles: save_image, input_path, input_images
     device: str | None = None
     dtype: str | None = None
     fast: bool | None = None
+    precision: str = "native"  # the fast UNet's projections: "native" or "fp8" (atelier/models/fp8.py)
 
     def checkpoint_names(self) -> list[str]:
         """The ckpt_name options: the embedded model first (always there, even with no file), then the files."""

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-_FAST_SOURCES = ("fast.py", "attention.py", "unet.py", "vae.py", "clip.py", "layers.py")  # what compiled code traces
+# What compiled code traces.
+_FAST_SOURCES = ("fast.py", "fp8.py", "attention.py", "unet.py", "vae.py", "clip.py", "layers.py")
 
 
 def default_root() -> Path:

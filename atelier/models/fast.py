@@ -20,6 +20,10 @@ changes only how it is computed, never what; each trick can be switched off on i
                         slower to compile), "max-autotune" also benchmarks GEMM kernels
     CUDA graphs         the whole UNet call replayed as one recorded graph, with no        cuda_graphs
                         per-kernel launch cost on the host (sampling/graphs.py)
+    FP8 (opt-in)        the transformer blocks' Linear layers and the 1x1 convolutions as  precision
+                        e4m3 matrix products with per-tensor or per-row scales, twice
+                        bf16's matmul rate on Hopper and Ada (fp8.py); changes results
+                        by more than rounding, so never a default
     prompt cache        the same token ids are encoded once                                cache_prompts
     compile cache       compiled kernels kept on disk, one folder per torch/GPU/fast-path  (with compile)
                         version, so a second start compiles nothing (compile_cache.py)
@@ -37,6 +41,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -45,6 +50,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from atelier.errors import InputError
+from atelier.models import fp8
 from atelier.models.attention import Attention, SpatialTransformer, TransformerBlock
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.compile_cache import use_compile_cache
@@ -56,6 +62,8 @@ from atelier.sampling.graphs import GraphedCall
 
 if TYPE_CHECKING:
     from atelier.models.checkpoint import Checkpoint
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------------------
 # Options
@@ -71,6 +79,8 @@ _ATTENTION = {
     "math": [SDPBackend.MATH],
 }
 COMPILE_MODES = ("none", "blocks", "full", "max-autotune")
+# The UNet's matmul precision: "native" (the checkpoint's dtype), or fp8 with one scale per tensor or per row.
+PRECISIONS = {"native": None, "fp8": "tensor", "fp8-row": "row"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +93,13 @@ class FastOptions:
     compile: str = "blocks"  # "none", "blocks", "full" or "max-autotune"
     cuda_graphs: bool = True  # UNet only: the VAE runs once per image, where capturing would not pay
     cache_prompts: bool = True
+    precision: str = "native"  # "native", "fp8" or "fp8-row": the UNet's projections (fp8.py); opt-in
+    emulate_fp8: bool = False  # fp8's rounding computed in float32 (CPUs, tests): the same math, never faster
+    fp8_fast_accum: bool = False  # Hopper's fast fp8 accumulation (fewer bits in the running sums), fp8.py
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"Precision {self.precision!r} is not known; expected one of {', '.join(PRECISIONS)}.")
         if self.attention not in _ATTENTION:
             raise InputError(
                 f"Attention kernel {self.attention!r} is not known; expected one of {', '.join(_ATTENTION)}."
@@ -284,7 +299,26 @@ class FastUNet(UNet):
         full = options.compile in ("full", "max-autotune")
         self._network = _compile(self._readable_forward, options) if full else self._readable_forward
         self.graphs = GraphedCall(self._network, max_graphs=2)
+        self.fp8_layers: list[fp8.FP8Linear] = []  # filled by use_fp8 (after the weights are loaded)
         _contiguous_on_save(self)
+
+    def use_fp8(self) -> str | None:
+        """Switch the projections to fp8 as `options.precision` asks; None when done (or not asked), else the
+        sentence that says why this device keeps the native dtype (fp8.unavailable_reason)."""
+        scaling = PRECISIONS[self.options.precision]
+        if scaling is None or self.fp8_layers:
+            return None
+        reason = None if self.options.emulate_fp8 else fp8.unavailable_reason(self.conv_in.weight.device, scaling)
+        if reason is None:
+            self.fp8_layers = fp8.convert_to_fp8(
+                self, scaling, emulate=self.options.emulate_fp8, fast_accum=self.options.fp8_fast_accum
+            )
+        return reason
+
+    @property
+    def precision(self) -> str:
+        """The precision the projections really run in: options.precision, or "native" after a fallback."""
+        return self.options.precision if self.fp8_layers else "native"
 
     def _readable_forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return UNet.forward(self, x, t, context)
@@ -303,6 +337,8 @@ class FastUNet(UNet):
         control: ControlResiduals | None = None,
     ) -> torch.Tensor:
         x = _channels_last(x, self.options)
+        if self.fp8_layers:
+            fp8.refresh(self.fp8_layers)  # a LoRA patched a weight in place: quantise it again
         if control is not None or y is not None:
             # ControlNet residuals or SDXL's vector: the readable forward (its blocks compiled, no CUDA graph)
             return UNet.forward(self, x, timestep, context, y, control=control).contiguous()
@@ -336,7 +372,11 @@ def fast_unet(unet: UNet, options: FastOptions | None = None) -> FastUNet:
     With channels_last, the readable module's convolution weights are first switched to that layout in place
     (same values, so it computes the same thing), so that both modules share them instead of holding two copies.
     """
-    return _sharing_weights(unet, FastUNet, options or FastOptions())
+    fast = _sharing_weights(unet, FastUNet, options or FastOptions())
+    reason = fast.use_fp8()
+    if reason is not None:
+        log.warning(reason)
+    return fast
 
 
 def _sharing_weights(readable: nn.Module, fast_class: type, options: FastOptions) -> nn.Module:

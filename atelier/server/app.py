@@ -315,6 +315,7 @@ def serve(
     registry: NodeRegistry | None = None,
     listen: bool = False,
     fast: bool | None = None,
+    precision: str = "native",
     allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
     preview_method: str = "none",
@@ -336,7 +337,7 @@ def serve(
         where = "all network interfaces" if wildcard else "the network"
         print(LISTEN_WARNING.format(where=where, host=",".join(network), port=port), file=sys.stderr)
     if registry is None:
-        registry = default_registry(DataDir(data_dir), fast=fast)
+        registry = default_registry(DataDir(data_dir), fast=fast, precision=precision)
     app = create_app(
         registry,
         data_dir,
@@ -363,9 +364,9 @@ def serve(
     web.run_app(app, host=bind, port=port, print=started)
 
 
-def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
-    """The real SD nodes (atelier/graph/catalog.py), writing their files through this data directory; `fast`: see
-    NodeEnvironment."""
+def default_registry(data: DataDir, fast: bool | None = None, precision: str = "native") -> NodeRegistry:
+    """The real SD nodes (atelier/graph/catalog.py), writing their files through this data directory; `fast` and
+    `precision`: see NodeEnvironment."""
     from atelier.graph.catalog import default_registry as build  # heavy (torch, models): imported only to serve
     from atelier.graph.unsupported import UNSUPPORTED_NODES
     from atelier.models.paths import ModelPaths
@@ -375,7 +376,7 @@ def default_registry(data: DataDir, fast: bool | None = None) -> NodeRegistry:
     if extra.is_file():
         models.add_extra_paths_yaml(extra)
     # UNSUPPORTED_NODES: ComfyUI loaders the editor expects to exist (LoRA, ControlNet, ...); they refuse to run.
-    return build(models, files=OutputFiles(data), extra_nodes=UNSUPPORTED_NODES, fast=fast)
+    return build(models, files=OutputFiles(data), extra_nodes=UNSUPPORTED_NODES, fast=fast, precision=precision)
 
 
 def run_server(
@@ -384,6 +385,7 @@ def run_server(
     data_dir: str | os.PathLike | None = None,
     host: str = "127.0.0.1",
     fast: bool | None = None,
+    precision: str = "native",
     allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
     preview_method: str = "none",
@@ -403,6 +405,7 @@ def run_server(
         port=port,
         data_dir=data_dir or DEFAULT_DATA_DIR,
         fast=fast,
+        precision=precision,
         allowed_hosts=allowed_hosts,
         classroom=classroom,
         preview_method=preview_method,

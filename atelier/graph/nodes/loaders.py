@@ -40,9 +40,9 @@ class CheckpointLoaderSimple(Node):
         path = self.env.checkpoint_path(ckpt_name)
         ckpt = load_checkpoint(path, device=self.env.device, dtype=self.env.dtype)
         if self.env.fast is not False and ckpt.device.type == "cuda":  # imported here: torch.compile costs ~1 s
-            from atelier.models.fast import accelerate
+            from atelier.models.fast import FastOptions, accelerate
 
-            ckpt = accelerate(ckpt, enabled=self.env.fast)
+            ckpt = accelerate(ckpt, enabled=self.env.fast, options=FastOptions(precision=self.env.precision))
             log.info("%s: fast path on; its first image compiles for a while (--no-fast: readable modules)", ckpt_name)
         stored = latent_rgb(path)
         preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
