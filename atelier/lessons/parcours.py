@@ -1,4 +1,12 @@
-"""Le parcours, module 2: does the graph a learner ran in the node editor have the structure the step asks for?
+"""Le parcours: its steps, a learner's progress through them, and (module 2) whether a graph has the expected wires.
+
+Steps. STEPS lists the parcours' step ids in the order the lab shows them (web/lab/parcours.js holds the same list
+with what each step opens; a test keeps the two equal). A learner's progress is {step id: {"done": bool, "opened":
+ms}}: the lab keeps it in the browser and, so that an instructor can follow the class, sends it to the server
+(server/lab.py, kept per learner in the store); `clean_progress` checks what arrives, `progress_summary` says how
+far a learner is: steps done out of STEPS, and the current step (the first one not done).
+
+Module 2: does the graph a learner ran in the node editor have the structure the step asks for?
 
 A graph is an API prompt, {node_id: {"class_type", "inputs"}}, where a linked input is [source_id, output_index].
 The checks read it as a workshop instructor would, wire by wire, and name each wire that is missing:
@@ -18,8 +26,44 @@ from __future__ import annotations
 
 from typing import Any
 
+from atelier.errors import InputError
+
+STEPS = (
+    "th-noise", "th-latent", "th-clip", "th-scheduler",  # theory
+    "m1-stability", "m1-variability", "m1-cfg", "m1-steps", "m1-xy", "m1-samplers",  # module 1, in the lab
+    "m2-rebuild", "m2-puzzle", "m2-img2img",  # module 2, in the node editor
+)  # fmt: skip
 CHECKS = ("txt2img", "img2img")
 CHECKPOINT_OUTPUTS = {"MODEL": 0, "CLIP": 1, "VAE": 2}  # CheckpointLoaderSimple's outputs, in order
+
+
+def clean_progress(raw: Any) -> dict[str, dict]:
+    """A learner's progress as the lab sends it, checked: {step id: {"done": bool, "opened": ms}} with known ids.
+
+    Raises InputError (one sentence) for anything else, so a hand-made request cannot store junk."""
+    if not isinstance(raw, dict):
+        raise InputError("steps must be an object {step id: {done, opened}}.")
+    progress: dict[str, dict] = {}
+    for step, record in raw.items():
+        if step not in STEPS:
+            raise InputError(f"step {step!r} is not a step of the parcours; expected one of {', '.join(STEPS)}.")
+        if not isinstance(record, dict) or set(record) - {"done", "opened"}:
+            raise InputError(f"step {step!r} must be {{done: true|false, opened: ms}}.")
+        done, opened = record.get("done", False), record.get("opened")
+        if not isinstance(done, bool):
+            raise InputError(f"done of step {step!r} must be true or false.")
+        if opened is not None and (isinstance(opened, bool) or not isinstance(opened, int) or not 0 <= opened < 2**53):
+            raise InputError(f"opened of step {step!r} must be a time in ms since the epoch.")
+        progress[step] = {"done": done} | ({"opened": opened} if opened is not None else {})
+    return progress
+
+
+def progress_summary(progress: dict[str, dict]) -> dict[str, Any]:
+    """How far a learner is: {"done": n, "total": len(STEPS), "steps": [done ids, in order], "current": the first
+    step not done (None when all are)}. Extra steps count like the others: the table shows them all."""
+    done = [step for step in STEPS if progress.get(step, {}).get("done")]
+    current = next((step for step in STEPS if step not in done), None)
+    return {"done": len(done), "total": len(STEPS), "steps": done, "current": current}
 
 
 def _source(prompt: dict[str, Any], value: Any) -> tuple[str | None, int | None]:

@@ -19,6 +19,8 @@ What a learner sees is theirs. The routes keep what `Who.sees` accepts:
   - uploads go under <type>/classroom/<learner id>/; an output or temp file is a learner's when one of their prompts
     names it in its outputs, or a lab route made it for them (`claim_file`); `may_open` decides /view;
   - saved workflows and editor settings live in user/classroom/<learner id>/ (`user_folder`, `settings_for`);
+  - their progress through the parcours is kept under their id (store.py's parcours table): lab.py's
+    /atelier/lab/parcours/progress reads and writes the asker's own, the instructor's page shows everyone's;
   - WebSocket: a socket id (sid) belongs to the first identity that uses it (Hub.claim), and a prompt's messages go
     to its client_id only when its owner holds that sid (`client_id_for`); nothing of a prompt is broadcast.
 

@@ -1,7 +1,8 @@
 """The instructor's page (/classroom/) and its routes, in classroom mode only (classroom.py).
 
     GET    /classroom/                    the page (atelier/web/classroom/): the instructor's; 403 to learners
-    GET    /atelier/classroom/state       the wall, the queue, the exercise and its results (the page polls it)
+    GET    /atelier/classroom/state       the wall, the queue, the exercise and its results, and how far each
+                                          learner is through the parcours (the page polls it)
     GET    /atelier/classroom/join.svg    the learners' join link as a QR code (segno, SVG)
     POST   /atelier/classroom/pause       start no more prompts (the running one finishes); /resume starts again
     POST   /atelier/classroom/exercise    {title?, settings, vary?: {param, values}}: pushed to every learner's lab
@@ -19,6 +20,10 @@ one exercise are found in the history by its id and shown side by side: one row 
 Removing a learner: their cookie names nobody from then on (Classroom.remove, kept in the store), their waiting
 prompts are cancelled, a running one is interrupted and their sockets are closed. Their history is kept: it is
 the session's record, and the export lists it under their name.
+
+Le parcours: each learner's lab sends their progress (PUT /atelier/lab/parcours/progress, kept in the store per
+learner); the state gives, per learner, {done, total, steps, current} (lessons/parcours.progress_summary) and the
+page shows them as a table, the current step named in the page's language.
 
 Parameters of an image: the lab's own record of what it ran (extra_data.atelier_lab.params), else what the graph
 says when it is the classic txt2img graph (merging.txt2img), else nothing: a node-editor graph can be anything.
@@ -39,6 +44,7 @@ from typing import Any
 
 from aiohttp import web
 
+from atelier.lessons.parcours import progress_summary
 from atelier.server.classroom import INSTRUCTOR, Classroom, who
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
@@ -266,8 +272,20 @@ def class_state(st: ServerState, room: Classroom, base_url: str) -> dict:
     def latest(owner: str | None) -> dict | None:
         return next((e for rec in recent.get(owner, []) if (e := image_entry(rec)) is not None), None)
 
+    progress = st.store.all_parcours()
+
+    def parcours(owner: str) -> dict:
+        steps, updated_at = progress.get(owner, ({}, None))
+        return {**progress_summary(steps), "updated_at": updated_at}
+
     learners = [
-        {"id": lid, "name": person.name, "latest": latest(lid), "queued": waiting.get(lid, 0)}
+        {
+            "id": lid,
+            "name": person.name,
+            "latest": latest(lid),
+            "queued": waiting.get(lid, 0),
+            "parcours": parcours(lid),
+        }
         for lid, person in list(room.learners.items())
     ]
     join, _ = room.links(room.public_url or base_url)

@@ -19,6 +19,10 @@ images are the same pixel for pixel.
     POST /atelier/lab/concepts          {words, images?} -> 2-D map (PCA) of text and image embeddings
     POST /atelier/lab/vae-roundtrip     {image: file ref} -> reconstruction, 4 latent channels, compression figures
     POST /atelier/lab/compare           {a, b: file refs} -> pixel difference of two images
+    GET  /atelier/lab/parcours/check?check=&since=   whether the newest editor graph has a parcours step's wires
+    GET  /atelier/lab/parcours/progress the asker's own progress through the parcours {steps: {id: {done, opened}},
+                                        owner: their learner id, or null}
+    PUT  /atelier/lab/parcours/progress {steps}: replace it (in classroom mode the instructor's page shows it)
 
 Each of these routes computes its lesson in atelier/lessons/ and renders it as JSON. The models they need (the
 embedded model's text encoder, VAE and image encoder, ~10 MB in all) are loaded on first use and kept in the app's
@@ -41,13 +45,14 @@ from PIL import Image, ImageOps
 from atelier.errors import AtelierError, InputError
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.validation import shape_problem
-from atelier.lessons.parcours import CHECKS, missing_wires
+from atelier.lessons.parcours import CHECKS, clean_progress, missing_wires
 from atelier.lessons.tokens import PromptTokens, read_tokens, word_positions
 from atelier.server.classroom import may_read, visible, who
 from atelier.server.files import UnsafePathError, safe_join
 from atelier.server.frontend import MIME_TYPES, NO_CACHE
 from atelier.server.security import page_policy
 from atelier.server.state import error_text, state
+from atelier.server.store import now_ms
 from atelier.server.strict_json import read_json
 
 if TYPE_CHECKING:  # these lessons import torch, loaded on their route's first call
@@ -589,6 +594,20 @@ async def parcours_check(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(newest))
 
 
+@_handler
+async def parcours_progress(request: web.Request) -> web.Response:
+    """GET: the asker's own progress; PUT {steps}: replace it. Kept in the store per learner (their id; the local
+    user and the instructor share one record), so a restart or another browser of the same learner keeps it, and
+    the instructor's page (server/instructor.py) shows how far each learner is. Nobody reads another's here."""
+    store, person = state(request).store, who(request)
+    if request.method == "PUT":
+        steps = clean_progress((await _body(request)).get("steps"))
+        await asyncio.to_thread(store.set_parcours, person.owner, steps, now_ms())
+        return web.json_response({"steps": steps})
+    steps = await asyncio.to_thread(store.parcours, person.owner)
+    return web.json_response({"steps": steps, "owner": person.owner})  # owner: names the lab's browser record
+
+
 def setup(app: web.Application) -> None:
     """Mount the page and its routes (before the editor's catch-all static route)."""
     app.router.add_get("/lab", lab_redirect)
@@ -605,3 +624,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{API}/vae-roundtrip", vae_roundtrip_route)
     app.router.add_post(f"{API}/compare", compare)
     app.router.add_get(f"{API}/parcours/check", parcours_check)
+    app.router.add_get(f"{API}/parcours/progress", parcours_progress)
+    app.router.add_put(f"{API}/parcours/progress", parcours_progress)

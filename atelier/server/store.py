@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS class_secrets ( -- classroom mode: the join code, the
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS parcours (      -- le parcours (lessons/parcours.py): the steps each person has done
+    owner TEXT PRIMARY KEY,                -- a learner's id; '' for the local user and the instructor
+    steps TEXT NOT NULL,                   -- {step id: {"done": bool, "opened": ms}} (JSON)
+    updated_at INTEGER NOT NULL            -- ms since the epoch
+);
 """
 # Added after the first release: the learner who queued the prompt (NULL: the local user or the instructor).
 _OWNER_COLUMN = "ALTER TABLE prompts ADD COLUMN owner TEXT"
@@ -264,6 +269,33 @@ class PromptStore:
         """The stored secret `name`, made with `make()` and stored the first time it is asked for."""
         self._run("INSERT OR IGNORE INTO class_secrets (name, value) VALUES (?, ?)", (name, make()))
         return self._run("SELECT value FROM class_secrets WHERE name = ?", (name,))[0]["value"]
+
+    # ---- le parcours (lessons/parcours.py, server/lab.py) ----
+
+    def set_parcours(self, owner: str | None, steps: dict, updated_at: int) -> None:
+        """Keep `owner`'s progress (a learner's id; None: the local user or the instructor), replacing the last."""
+        self._run(
+            "INSERT OR REPLACE INTO parcours (owner, steps, updated_at) VALUES (?, ?, ?)",
+            (owner or "", dumps(steps), updated_at),
+        )
+
+    def parcours(self, owner: str | None) -> dict:
+        """`owner`'s progress, {} when they have not started (or their row is unreadable)."""
+        rows = self._run("SELECT steps FROM parcours WHERE owner = ?", (owner or "",))
+        return _progress(rows[0]["steps"]) if rows else {}
+
+    def all_parcours(self) -> dict[str | None, tuple[dict, int]]:
+        """Everyone's progress and when it last changed: {owner (None: local/instructor): (steps, updated_at)}."""
+        rows = self._run("SELECT owner, steps, updated_at FROM parcours")
+        return {(row["owner"] or None): (_progress(row["steps"]), row["updated_at"]) for row in rows}
+
+
+def _progress(text: str) -> dict:
+    try:
+        value = loads_lenient(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _record(row: sqlite3.Row) -> PromptRecord:

@@ -104,9 +104,20 @@ def main() -> None:
                 workflow = with_links_of(workflow, solution)
             saved = run_prompt(ui_to_api(workflow, registry), registry, files)
             path = TEMPLATES_DIR / f"{entry['name']}-1.webp"
-            with Image.open(saved[-1]) as image:
-                image.convert("RGB").resize(SIZE, Image.Resampling.LANCZOS).save(path, quality=85)
+            thumbnail(saved).save(path, quality=85)
             print(f"wrote {path}")
+
+
+def thumbnail(saved: list[Path]) -> Image.Image:
+    """A SIZE thumbnail of what a template saved: its image, or its images side by side when it saves several
+    (the hires fix: its second pass beside a plain upscale), in the order they were saved."""
+    sheet = Image.new("RGB", SIZE, (32, 32, 32))
+    width = SIZE[0] // len(saved)
+    for i, file in enumerate(saved):
+        with Image.open(file) as image:
+            tile = image.convert("RGB").resize((width, width * SIZE[1] // SIZE[0]), Image.Resampling.LANCZOS)
+        sheet.paste(tile, (i * width, (SIZE[1] - tile.height) // 2))
+    return sheet
 
 
 if __name__ == "__main__":

@@ -506,6 +506,11 @@ def _classroom_family() -> list[Case]:
         Case("classroom", "page-secret-guess", "GET", "/classroom/?instructor=guess"),
         Case("lab", "parcours-check-unknown-step", "GET", "/atelier/lab/parcours/check?step=../../etc&since=-1e400"),
         Case("lab", "parcours-check-no-step", "GET", "/atelier/lab/parcours/check"),
+        Case("lab", "parcours-progress-unknown-step", "PUT", "/atelier/lab/parcours/progress",
+             '{"steps": {"../../etc": {"done": true}}}'),
+        Case("lab", "parcours-progress-junk", "PUT", "/atelier/lab/parcours/progress",
+             '{"steps": {"th-noise": {"done": 1, "opened": 1e400, "x": [NaN]}}}'),
+        Case("lab", "parcours-progress-list", "PUT", "/atelier/lab/parcours/progress", "[]"),
     ]
 
 

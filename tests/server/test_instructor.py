@@ -302,6 +302,7 @@ def test_contact_sheet_escapes_and_names():
 def test_both_languages_have_every_key_the_page_and_the_routes_use():
     import re
 
+    from atelier.lessons.parcours import STEPS
     from atelier.server import instructor as module
 
     root = module.PAGE_ROOT
@@ -313,7 +314,59 @@ def test_both_languages_have_every_key_the_page_and_the_routes_use():
     used |= set(re.findall(r'\bt\(\s*"([\w.]+)"', script))
     used |= {f"field.{name}" for name in (*module.TEXT_FIELDS, *module.NUMBER_FIELDS, *module.CHOICE_FIELDS)}
     used |= {"queue.from_lab", "queue.from_editor", "ex.vary_none"}  # keys the script builds
+    used |= set(re.findall(r'"(parcours\.\w+)"', script))  # the parcours table's headers, in a list
+    used |= {f"step.{step}" for step in STEPS}
     source = Path(module.__file__).read_text()
     used |= {f"server.{key}" for key in re.findall(r'"(err\.\w+)"', source)}  # every ExerciseError's key
     assert used - set(en) == set(), sorted(used - set(en))
     assert not [k for k in en if en[k] == fr[k] and len(en[k]) > 12 and "{" not in en[k]]
+
+
+@async_test
+async def test_the_instructor_follows_each_learners_parcours_and_a_restart_keeps_it(tmp_path):
+    from atelier.lessons.parcours import STEPS
+
+    progress = "/atelier/lab/parcours/progress"
+    async with server(tmp_path, classroom=True) as client, browser(client) as ana, browser(client) as ben:
+        room = classroom(client)
+        ana_id = await join(ana, room.join_code, "Ana")
+        ben_id = await join(ben, room.join_code, "Ben")
+        assert await (await ana.get(progress)).json() == {"steps": {}, "owner": ana_id}  # nothing done yet
+        ana_steps = {"th-noise": {"done": True}, "th-latent": {"done": True}, "th-clip": {"done": False, "opened": 5}}
+        resp = await ana.put(progress, json={"steps": ana_steps})
+        assert resp.status == 200 and (await resp.json())["steps"] == ana_steps
+        await ben.put(progress, json={"steps": {s: {"done": True} for s in STEPS}})
+        # A learner reads their own record only, whatever they send along.
+        assert (await (await ana.get(progress)).json())["steps"] == ana_steps
+        assert len((await (await ben.get(f"{progress}?owner={ana_id}")).json())["steps"]) == len(STEPS)
+        # What the lab cannot send is refused with one sentence, and nothing is stored.
+        for bad in [{"steps": {"th-nope": {"done": True}}}, {"steps": {"th-noise": {"done": "yes"}}}, {"steps": []}]:
+            resp = await ana.put(progress, json=bad)
+            assert resp.status == 400 and (await resp.json())["error"].endswith("."), bad
+        assert (await (await ana.get(progress)).json())["steps"] == ana_steps
+        async with browser(client) as teacher:
+            await instructor(teacher, room.instructor_secret)
+            state = await (await teacher.get(f"{API}/state")).json()
+    walls = {learner["id"]: learner["parcours"] for learner in state["learners"]}
+    assert walls[ana_id]["done"] == 2 and walls[ana_id]["total"] == len(STEPS) == 13
+    assert walls[ana_id]["current"] == "th-clip" and walls[ana_id]["steps"] == ["th-noise", "th-latent"]
+    assert walls[ben_id]["done"] == 13 and walls[ben_id]["current"] is None
+
+    async with server(tmp_path, classroom=True) as client, browser(client) as teacher:
+        room = classroom(client)
+        await instructor(teacher, room.instructor_secret)
+        state = await (await teacher.get(f"{API}/state")).json()
+    assert {learner["id"]: learner["parcours"]["done"] for learner in state["learners"]} == {ana_id: 2, ben_id: 13}
+
+
+def test_the_servers_steps_are_the_labs_steps_and_the_instructors_page_names_each_in_both_languages():
+    import re
+
+    from atelier.lessons.parcours import STEPS
+    from atelier.server import instructor as module
+
+    script = (module.PAGE_ROOT.parent / "lab" / "parcours.js").read_text()
+    assert tuple(re.findall(r'\{ id: "([\w-]+)", part:', script)) == STEPS
+    for lang in ("en", "fr"):
+        strings = json.loads((module.PAGE_ROOT / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
+        assert all(strings.get(f"step.{step}") for step in STEPS), lang

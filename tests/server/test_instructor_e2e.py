@@ -2,9 +2,10 @@
 third, against a real classroom server (embedded model, 128x128, 2-3 steps) on 127.0.0.1.
 
 Each learner generates and sees only their own history, and cannot open the other's image by its URL; the
-instructor's wall shows both images with their parameters; an exercise the instructor sends ("seed 42, CFG 1 / 7")
-appears in both labs, runs there, and its results line up on the instructor's page. Screenshots are kept under
-$ATELIER_ARTIFACTS (or a temp folder, printed at the end). Skipped when Chromium or Playwright is missing.
+instructor's wall shows both images with their parameters, and the parcours table how far each learner is; an
+exercise the instructor sends ("seed 42, CFG 1 / 7") appears in both labs, runs there, and its results line up on
+the instructor's page. Screenshots are kept under $ATELIER_ARTIFACTS (or a temp folder, printed at the end).
+Skipped when Chromium or Playwright is missing.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def test_the_instructor_watches_the_class_and_sends_an_exercise(browser, server)
     teacher.wait_for_selector("body[data-ready=true]")
     assert teacher.url == f"{url}/classroom/"
     assert teacher.inner_text("h1") == "Atelier Classe"  # French, as the browser asks
+    assert teacher.is_hidden("#message")  # no empty message bar (its display: flex hid the hidden attribute)
     wall = sorted(loaded(teacher, "#wall", 2))
     assert wall == sorted([ana_src, ben_src])
     cards = {c.get_attribute("data-name"): c.inner_text() for c in teacher.locator("#wall .learner").all()}
@@ -78,6 +80,22 @@ def test_the_instructor_watches_the_class_and_sends_an_exercise(browser, server)
     assert f"join={code}" in teacher.inner_text("#join-url")
     teacher.wait_for_function("() => document.getElementById('join-qr').naturalWidth > 0")  # the QR code
     shot(teacher, "instructor-wall")
+
+    # Le parcours: Ana reads the first theory screen in her lab; the instructor's table shows where each one is,
+    # in French, then in English.
+    ana.click("#tab-parcours")
+    ana.click("#pc-th-noise .read")
+    ana.wait_for_selector("#pc-th-noise[data-done=true]")
+    teacher.wait_for_selector('#parcours tr[data-name="Ana"][data-done="1"]', timeout=10_000)
+    rows = {r.get_attribute("data-name"): r.inner_text() for r in teacher.locator("#parcours tbody tr").all()}
+    assert "1 / 13" in rows["Ana"] and "2. L'espace latent et le VAE" in rows["Ana"]
+    assert "0 / 13" in rows["Ben"] and "1. Du bruit à l'image" in rows["Ben"]
+    shot(teacher, "instructor-parcours-fr")
+    teacher.click("#lang")
+    teacher.wait_for_function("() => document.getElementById('parcours').innerText.includes('Latent space and')")
+    assert "Current step" in teacher.inner_text("#parcours thead")
+    teacher.click("#lang")
+    teacher.wait_for_function("() => document.querySelector('h1').innerText === 'Atelier Classe'")
 
     # An exercise for everyone: seed 42, 2 steps, CFG 1 / 7.
     teacher.fill("#ex-title", "CFG")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from atelier.lessons.parcours import STEPS as PARCOURS_STEPS
 from atelier.lessons.parcours import missing_wires
 from atelier.server.frontend import TEMPLATES_DIR
 from tests.browser import CHROMIUM, VIEWPORT, atelier_server, chromium
@@ -141,6 +142,8 @@ def test_the_whole_parcours(browser, server, registry, lang):
     assert pg.inner_text("#tab-parcours") == words["tab"]
     assert pg.inner_text("#parcours-steps .part h3 >> nth=0") == words["part"]
     assert pg.locator("#parcours-steps .step").count() == STEPS
+    pg.click("#parcours-reset")  # the server keeps the progress: the other language's walk may have left it done
+    pg.wait_for_function("() => !document.querySelector('#parcours-steps .step[data-done=true]')")
     shot(pg, f"{lang}-0-start")
 
     def step(sid: str) -> str:
@@ -222,3 +225,13 @@ def test_the_whole_parcours(browser, server, registry, lang):
     shot(pg, f"{lang}-3-all-done")
     context.close()
     assert errors == []
+    # ...and on the server (the instructor's page reads it there): a browser that never saw it finds every step done.
+    other = browser.new_context(viewport=VIEWPORT, locale="fr-FR" if lang == "fr" else "en-GB")
+    pg = other.new_page()
+    pg.goto(f"{server}/lab/")
+    pg.wait_for_selector("body[data-ready=true]")
+    pg.click("#tab-parcours")
+    assert pg.inner_text("#parcours-count") == words["count"]
+    kept = pg.request.get(f"{server}/atelier/lab/parcours/progress").json()["steps"]
+    assert sorted(step for step, record in kept.items() if record["done"]) == sorted(PARCOURS_STEPS)
+    other.close()

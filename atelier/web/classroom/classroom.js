@@ -157,6 +157,17 @@ function drawWall(state) {
   $("removed").textContent = t("wall.removed", { names: state.removed.map((r) => r.name).join(", ") });
 }
 
+/** Le parcours: one row per learner, steps done out of all and the step they are on (the first not done). */
+function drawParcours(state) {
+  const head = el("tr", {}, ["parcours.learner", "parcours.done", "parcours.current"].map((k) => el("th", { scope: "col" }, t(k))));
+  const rows = state.learners.map(({ name, parcours: p }) => el("tr", { dataset: { name, done: String(p.done) } },
+    el("th", { scope: "row" }, name),
+    el("td", {}, el("progress", { max: p.total, value: p.done }), " ", el("span.count", {}, t("parcours.count", p))),
+    el("td.current", { dataset: { step: p.current || "" } }, p.current ? t(`step.${p.current}`) : t("parcours.finished"))));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 3 }, t("parcours.none"))));
+  $("parcours").replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
+}
+
 function drawResults(state) {
   const exercise = state.exercise;
   $("results-section").hidden = !exercise;
@@ -186,6 +197,7 @@ function draw(state) {
   drawQueue(state.queue);
   drawWorkers(state.workers);
   drawWall(state);
+  drawParcours(state);
   drawResults(state);
   document.body.dataset.learners = String(state.learners.length);
 }

@@ -49,16 +49,21 @@ export async function getJSON(url) {
   return resp.json();
 }
 
-export async function postJSON(url, body) {
+export async function postJSON(url, body, method = "POST") {
   let resp;
   try {
-    resp = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    resp = await fetch(url, { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   } catch {
     throw new ServerError("offline");
   }
   if (!resp.ok) throw await readError(resp);
   const text = await resp.text();
   return text ? JSON.parse(text) : {};
+}
+
+/** PUT a JSON body (replace what the server keeps at `url`); returns the answer's JSON. */
+export function putJSON(url, body) {
+  return postJSON(url, body, "PUT");
 }
 
 /** Upload an image file into input/ (POST /api/upload/image); returns its file reference. */

@@ -209,7 +209,7 @@ async function main() {
   inside.setup(options);
   await world.setup().catch((error) => showMessage(errorText(error)));
   exercises.setup(options);
-  parcours.setup({ openInEditor, selectTab });
+  await parcours.setup({ openInEditor, selectTab });  // reads the progress the server keeps
   figures.setup(() => { try { return form.read(); } catch { return {}; } });  // a half-typed field: no parameters
   await classroom.setup(() => selectTab($("tab-exercises")));  // classroom mode: the instructor's exercise
   apply(document);

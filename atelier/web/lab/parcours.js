@@ -4,15 +4,20 @@
 //   - theory: the learner says they have read it (and may open the view that shows it);
 //   - module 1: the exercise or view ran to the end (exercises.js and inside.js send "atelier:ran");
 //   - module 2: the newest graph the learner ran in the editor has the expected wires (GET /atelier/lab/parcours/check).
-// Progress is kept in this browser (localStorage), one record per learner's browser.
+// Progress is kept in this browser (localStorage) and on the server (PUT /atelier/lab/parcours/progress, one record
+// per learner in classroom mode), so that the instructor's page can show how far each learner is, and a learner
+// who changes browser or comes back after a restart finds their steps. On start the two are merged (a step done in
+// either is done). The server answers with `owner`, the learner's id, which names this browser's record: two
+// learners who share a browser keep their own.
 
-import { getJSON } from "./api.js";
+import { getJSON, putJSON } from "./api.js";
 import { t } from "./i18n.js";
 import * as inside from "./inside.js";
 import { el, errorText } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const STORE = "atelier.parcours";
+const SERVER = "/atelier/lab/parcours/progress";
+let store = "atelier.parcours";  // + "." + the learner's id in classroom mode (sync)
 
 // kind: theory | lab (an exercise card or a look-inside view) | editor (a template, checked on the server)
 const STEPS = [
@@ -37,18 +42,49 @@ const EMPTY_WORKFLOW = { last_node_id: 0, last_link_id: 0, nodes: [], links: [],
 
 function load() {
   try {
-    return JSON.parse(localStorage.getItem(STORE)) || {};
+    return JSON.parse(localStorage.getItem(store)) || {};
   } catch {
     return {};
   }
 }
 
-let progress = load();  // {step id: {done: true} | {opened: ms}}
+let progress = {};  // {step id: {done: true} | {opened: ms}}, read on setup
 let openEditor = null;
 let selectTab = null;
 
+/** Keep the progress here and on the server; the server's copy is the instructor's view, so a failure is said. */
 function save() {
-  localStorage.setItem(STORE, JSON.stringify(progress));
+  localStorage.setItem(store, JSON.stringify(progress));
+  putJSON(SERVER, { steps: progress }).then(
+    () => { delete $("parcours-count").dataset.unsaved; },
+    () => { $("parcours-count").dataset.unsaved = "true"; $("parcours-count").title = t("pc.unsaved"); });
+}
+
+/** Union of two progress records: a step done in either is done, the latest opening is kept. */
+function merge(a, b) {
+  const out = {};
+  for (const id of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    if (!STEPS.some((s) => s.id === id)) continue;  // a step of an older parcours
+    const done = Boolean(a[id]?.done || b[id]?.done);
+    const opened = Math.max(a[id]?.opened || 0, b[id]?.opened || 0);
+    out[id] = opened ? { done, opened } : { done };
+  }
+  return out;
+}
+
+/** Read the server's record (and this learner's browser record), merge them, and send back what the server lacks. */
+async function sync() {
+  let server;
+  try {
+    server = await getJSON(SERVER);
+  } catch {
+    progress = load();  // the server is away: this browser's record only
+    return;
+  }
+  if (server.owner) store = `atelier.parcours.${server.owner}`;
+  progress = merge(load(), server.steps);
+  if (JSON.stringify(progress) !== JSON.stringify(server.steps)) save();
+  else localStorage.setItem(store, JSON.stringify(progress));
 }
 
 function mark(id, done = true) {
@@ -127,7 +163,7 @@ export function render() {
 }
 
 /** `openInEditor(workflow)` and `selectTab(tab)` come from lab.js, which owns the editor link and the tabs. */
-export function setup(hooks) {
+export async function setup(hooks) {
   openEditor = hooks.openInEditor;
   selectTab = hooks.selectTab;
   document.addEventListener("atelier:ran", (event) => {
@@ -136,7 +172,7 @@ export function setup(hooks) {
   });
   // The editor runs in another tab: coming back to this one re-reads the progress another tab may have saved.
   window.addEventListener("storage", (event) => {
-    if (event.key === STORE) {
+    if (event.key === store) {
       progress = load();
       render();
     }
@@ -146,5 +182,6 @@ export function setup(hooks) {
     save();
     render();
   });
+  await sync();
   render();
 }
