@@ -25,7 +25,9 @@ class CheckpointLoaderSimple(Node):
         name="CheckpointLoaderSimple",
         display_name="Load Checkpoint",
         category="loaders",
-        description="Loads a diffusion model checkpoint: the UNet (MODEL), the text encoder (CLIP) and the VAE.",
+        description="Loads a diffusion model checkpoint: the UNet (MODEL), the text encoder (CLIP) and the VAE. "
+        "Stable Diffusion 1.x, 2.x (768-v models predict velocity) and SDXL base and refiner are read from the "
+        "file itself; SD 2.x and SDXL prompts are read at the text encoder's penultimate layer, as ComfyUI does.",
         inputs=[Input("ckpt_name", "COMBO", options=(), tooltip="The checkpoint to load.")],
         outputs=[
             Output("MODEL", tooltip="The denoising UNet."),
@@ -47,8 +49,11 @@ class CheckpointLoaderSimple(Node):
         stored = latent_rgb(path)
         preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
         model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor, preview=preview)
-        embeddings = EmbeddingFolder(self.env.models, ckpt.text_encoder_config.width)
-        return model, ClipModel(ckpt.text_encoder, ckpt.tokenizer, embeddings=embeddings), ckpt.vae
+        # Textual inversions are read for one-tower families; SDXL's (one vector set per tower) are not yet.
+        sdxl = ckpt.family == "sdxl"
+        embeddings = None if sdxl else EmbeddingFolder(self.env.models, ckpt.text_encoder_config.width)
+        clip = ClipModel(ckpt.text_encoder, ckpt.tokenizer, clip_skip=ckpt.clip_skip, embeddings=embeddings)
+        return model, clip, ckpt.vae
 
 
 class VAELoader(Node):
