@@ -240,6 +240,22 @@ def checkpoint_family(path: Path) -> str:
     return detect_family(file.index.shapes, file.index.metadata)[0]
 
 
+def predicts_velocity(path: Path) -> bool:
+    """Whether an SD 2.x file or folder is a v-prediction model (the 768-v family): the folder's scheduler config,
+    or the single file's signs (single_file.sd2_prediction)."""
+    if path.is_dir():
+        scheduler = path / "scheduler" / "scheduler_config.json"
+        try:
+            return json.loads(scheduler.read_text(encoding="utf-8")).get("prediction_type") == "v_prediction"
+        except (OSError, ValueError, AttributeError):
+            return False
+    from atelier.models.single_file import sd2_prediction
+    from atelier.models.weights import WeightsFile
+
+    file = WeightsFile(path)
+    return sd2_prediction(file, file.index.shapes) == "v"
+
+
 def load_family_checkpoint(
     path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> Checkpoint:
