@@ -606,10 +606,33 @@ def _vae_chunks(batch: Tensor, pixels_per_image: int) -> tuple[Tensor, ...]:
     return batch.split(max(1, VAE_BATCH_PIXELS // pixels_per_image))
 
 
+def _float32_copy(vae: VAE) -> VAE:
+    """A readable float32 VAE with `vae`'s weights (the fast VAE keeps the readable state_dict layout)."""
+    from atelier.models.vae import VAE
+
+    with torch.device("meta"):
+        wide = VAE(vae.config)
+    state = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
+    wide.load_state_dict(state, strict=True, assign=True)
+    return wide.eval()
+
+
+def _decode_chunk(vae: VAE, z: Tensor, tile: int | None, interrupt: threading.Event | None) -> Tensor:
+    if tile is None:
+        return vae.decode(z)
+    return vae.decode_tiled(z, tile, before_tile=lambda: check_interrupt(interrupt))
+
+
 @torch.no_grad()
 def decode(vae: VAE, latent: Tensor, tile: int | None = None, interrupt: threading.Event | None = None) -> Tensor:
     """RAW latents (B, 4, h, w) -> images (B, 3, 8h, 8w) clamped to [-1, 1]. Large images decode tile by tile,
-    large batches a few images at a time; `interrupt` is checked before each tile and each chunk."""
+    large batches a few images at a time; `interrupt` is checked before each tile and each chunk.
+
+    fp16: SDXL's own VAE overflows in half precision (activations of its decoder pass 65504, fp16's largest
+    number, and become inf, then NaN: a black image), which is why "sdxl-vae-fp16-fix" (the same network
+    fine-tuned to keep its activations small, same key layout, loaded with VAELoader) exists. A chunk that comes
+    out non-finite in fp16 is decoded again in fp32 on a float32 copy of the VAE, and the log says so. bf16, the
+    default on GPUs that have it, has fp32's range and never overflows there."""
     f = vae.config.downscale
     height, width = latent.shape[-2] * f, latent.shape[-1] * f
     check_image_batch(latent.shape[0], height, width)
@@ -620,10 +643,11 @@ def decode(vae: VAE, latent: Tensor, tile: int | None = None, interrupt: threadi
     for chunk in _vae_chunks(latent, height * width):
         check_interrupt(interrupt)
         z = chunk.to(p.device, p.dtype)
-        if tile is None:
-            out = vae.decode(z)
-        else:
-            out = vae.decode_tiled(z, tile, before_tile=lambda: check_interrupt(interrupt))
+        out = _decode_chunk(vae, z, tile, interrupt)
+        if p.dtype == torch.float16 and not bool(torch.isfinite(out).all()):
+            log.warning("The VAE overflowed in fp16 (non-finite pixels); decoding again in fp32. An fp16-safe VAE "
+                        "(e.g. sdxl-vae-fp16-fix, with VAELoader) avoids the second pass.")  # fmt: skip
+            out = _decode_chunk(_float32_copy(vae), chunk.to(p.device, torch.float32), tile, interrupt)
         images.append(out.float().clamp(-1, 1).cpu())
     return torch.cat(images)
 
