@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from atelier.cli import main
@@ -60,3 +61,39 @@ def test_generate_on_a_family_file_reruns_identically_through_the_graph(files, t
     assert main(["run", str(out), "--data-dir", str(data)]) == 0
     rerun = next((data / "output").glob("*.png"))
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(rerun)))
+
+
+def test_the_checkpoint_node_gives_each_family_its_settings(files):
+    """MODEL, CLIP and VAE of each family as ComfyUI's CheckpointLoaderSimple gives them: SDXL's latent scale
+    0.13025, SD 2.x 768-v's v-prediction (from the .yaml beside the file), the penultimate text layer."""
+    from atelier.graph.catalog import default_registry
+    from atelier.graph.executor import Executor
+
+    root = files["sdxl"].parents[2]
+    executor = Executor(default_registry(root, files=None))
+    graph = {n: {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": files[n].name}} for n in files}
+    result = executor.execute(graph, list(graph))
+    got = {n: result.outputs[n] for n in files}
+    settings = {n: (m[0].latent_scale, m[0].denoiser().prediction, c[0].clip_skip, c[0].is_sdxl)
+                for n, (m, c, _) in got.items()}  # fmt: skip
+    assert settings == {
+        "sdxl": (0.13025, "eps", 2, True),
+        "refiner": (0.13025, "eps", 2, True),
+        "sd2-v": (0.18215, "v", 2, False),
+        "sd2-base": (0.18215, "eps", 2, False),
+    }
+    assert got["refiner"][1][0].text_encoder.clip_l is None  # the refiner reads bigG alone
+
+
+def test_a_lora_on_an_sdxl_model_is_refused_in_one_sentence(files, tmp_path):
+    from safetensors.torch import save_file
+
+    from atelier.errors import CheckpointError
+    from atelier.models.lora import load_lora
+    from tests.models.tiny_families import TINY_SDXL
+
+    lora = tmp_path / "style.safetensors"
+    save_file({"lora_unet_x.lora_up.weight": torch.zeros(4, 1), "lora_unet_x.lora_down.weight": torch.zeros(1, 4)},
+              str(lora))  # fmt: skip
+    with pytest.raises(CheckpointError, match="does not apply LoRAs to SDXL models yet"):
+        load_lora(lora, TINY_SDXL, None)

@@ -247,8 +247,8 @@ STRENGTH_MODEL_INPUT = Input(
 
 def _with_lora(model: DiffusionModel, clip: ClipModel | None, path, strength_model: float, strength_clip: float):
     """`model` and `clip` with the LoRA at `path` appended to their patch lists (a strength of 0 adds nothing)."""
-    text_config = clip.text_encoder.config if clip is not None else None
-    lora = load_lora(path, model.unet.config, text_config)
+    text_config = clip.text_encoder.config if clip is not None and not clip.is_sdxl else None
+    lora = load_lora(path, model.unet.config, text_config)  # refuses SDXL models in one sentence
     if lora.unmatched:
         log.warning("%s", lora.summary())
     if strength_model != 0.0:
