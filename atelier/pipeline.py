@@ -311,7 +311,8 @@ def with_vectors(
                 f"{adm}-wide vector y; expected a prompt encoded with the CLIP of the same checkpoint."
             )
         numbers = torch.tensor([size_numbers(cond.sizes, tuple(latent_shape[-2:]), count, negative)])
-        y = sdxl_vector(cond.pooled.float().cpu(), numbers, unet_config.size_embed_dim)  # (1, adm)
+        pooled = cond.pooled.float()  # the sizes' embedding is computed in fp32, on the pooled vector's device
+        y = sdxl_vector(pooled, numbers.to(pooled.device), unet_config.size_embed_dim)  # (1, adm)
         out.append(dataclasses.replace(cond, y=y))
     return out
 

@@ -1,4 +1,5 @@
-"""Loading and saving Stable Diffusion 1.x models: files in, ready-to-run Atelier modules out.
+"""Loading and saving Stable Diffusion models (1.x; 2.x and SDXL base and refiner through
+`load_family_checkpoint`, which `load_checkpoint` hands them to): files in, ready-to-run Atelier modules out.
 
 Three ways a model arrives:
     single file      `.safetensors` (or a legacy pickle `.ckpt/.pt/.pth/.bin`) in the original SD layout, the

@@ -57,12 +57,12 @@ class CFGDenoiser:
         b = x.shape[0]  # x: (B, C, h, w)
         sigma = sigma.expand(b) if sigma.ndim == 0 else sigma  # (B,)
         cond = self.cond.expand(b, -1, -1) if self.cond.shape[0] == 1 else self.cond  # (B, T, D)
-        y_cond = _per_image(self.cond_y, b)  # (B, adm) or {}
+        y_cond = _per_image(self.cond_y, x)  # (B, adm) or {}
         if self.trace.skipped_uncond:
             self.trace.calls += 1
             return self.denoise(x, sigma, context=cond, **y_cond, **extra_args)
         uncond = self.uncond.expand(b, -1, -1) if self.uncond.shape[0] == 1 else self.uncond  # (B, T', D)
-        y_uncond = _per_image(self.uncond_y, b)
+        y_uncond = _per_image(self.uncond_y, x)
         pair = _same_token_length(cond, uncond)
         if pair is None:  # lengths too different to batch: two calls
             self.trace.calls += 2
@@ -78,11 +78,12 @@ class CFGDenoiser:
         return x0_uncond + (x0_cond - x0_uncond) * self.scale
 
 
-def _per_image(y: Tensor | None, b: int) -> dict[str, Tensor]:
-    """{"y": y expanded to (B, adm)} for the denoiser's keyword arguments, or {} when there is no vector."""
+def _per_image(y: Tensor | None, x: Tensor) -> dict[str, Tensor]:
+    """{"y": y expanded to (B, adm) on x's device} for the denoiser's keyword arguments, or {} without a vector."""
     if y is None:
         return {}
-    return {"y": y.expand(b, -1) if y.shape[0] == 1 else y}
+    y = y.to(x.device)
+    return {"y": y.expand(x.shape[0], -1) if y.shape[0] == 1 else y}
 
 
 def cfg_denoiser(
