@@ -220,3 +220,20 @@ def test_sdxl_nodes_refuse_other_clips_with_a_sentence():
     sd1 = ClipModel(CLIPTextEncoder(TextEncoderConfig.tiny()), None)
     with pytest.raises(InputError, match="not an SDXL text encoder"):
         CLIPTextEncodeSDXL().run(None, sd1, 1024, 1024, 0, 0, 1024, 1024, "a", "b")
+
+
+def test_the_custom_sampling_graph_runs_on_sdxl_and_equals_the_ksampler(env):
+    """CFGGuider builds SDXL's vector y for the latent SamplerCustomAdvanced samples: the same image as KSampler
+    with the same seed, steps and guidance."""
+    prompt = load("custom_sampling.api.json")
+    prompt["4"]["inputs"]["ckpt_name"] = BASE
+    prompt["5"]["inputs"].update(width=64, height=64)
+    prompt["13"]["inputs"]["steps"] = 3
+    _, custom = run(env, prompt)
+    plain = {k: v for k, v in prompt.items() if k not in ("10", "11", "12", "13", "14")}
+    plain["3"] = {"class_type": "KSampler", "inputs": {
+        "seed": 42, "steps": 3, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+        "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}}  # fmt: skip
+    plain["8"]["inputs"]["samples"] = ["3", 0]
+    _, ksampler = run(env, plain)
+    assert custom["9"].tobytes() == ksampler["9"].tobytes()
