@@ -550,7 +550,9 @@ def paired_sdxl_unets(s: Setup) -> tuple[UNet, nn.Module | None]:
 
 def diffusers_best(reference: nn.Module, s: Setup) -> Callable[..., torch.Tensor]:
     """diffusers' recipe for a fast SDXL UNet (its "Speed up inference" guide): fused QKV projections,
-    channels_last, and torch.compile of the whole UNet (fullgraph, with the guide's inductor settings)."""
+    channels_last, and torch.compile of the whole UNet (fullgraph, with the guide's inductor settings). Those
+    settings are global and compilation is lazy, so they stay on for the rest of the process: sections after this
+    one compile with them too (ours fast in sdxl_txt2img included)."""
     import torch._inductor.config as inductor
 
     inductor.conv_1x1_as_mm = True
