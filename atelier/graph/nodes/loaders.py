@@ -119,9 +119,15 @@ def _refuse_family(node: str, kind: str, family: str) -> str | bool:
     """True when `family` is one Atelier runs, else the sentence validation reports."""
     if family in SUPPORTED_FAMILIES:
         return True
+    if family in ("sd2", "sdxl"):
+        return (
+            f"{node}'s type {kind!r} builds the text encoder of {FAMILY_NAMES[family]}; Atelier reads those from "
+            "the whole checkpoint for now (CheckpointLoaderSimple), split files for Stable Diffusion 1.x only "
+            "(type 'stable_diffusion')."
+        )
     return (
         f"{node}'s type {kind!r} builds the text encoder of {FAMILY_NAMES.get(family, family)}; Atelier runs "
-        "Stable Diffusion 1.x only for now (type 'stable_diffusion')."
+        "Stable Diffusion 1.x, 2.x and SDXL, split files for 1.x only (type 'stable_diffusion')."
     )
 
 
@@ -194,7 +200,7 @@ class DualCLIPLoader(Node):
         display_name="DualCLIPLoader",
         category="advanced/loaders",
         description="Loads the two text encoders of a family that has two (SDXL: CLIP ViT-L and OpenCLIP ViT-bigG; "
-        "SD3, Flux: CLIP and T5). Atelier's families have one text encoder, so every type is refused for now.",
+        "SD3, Flux: CLIP and T5). SDXL's pair is read from its whole checkpoint for now, so every type is refused.",
         inputs=[
             Input("clip_name1", "COMBO", options=(), tooltip="The first text encoder file."),
             Input("clip_name2", "COMBO", options=(), tooltip="The second text encoder file."),
