@@ -561,8 +561,9 @@ def diffusers_best(reference: nn.Module, s: Setup) -> Callable[..., torch.Tensor
     inductor.coordinate_descent_check_all_directions = True
     reference.fuse_qkv_projections()
     reference.to(memory_format=torch.channels_last)
-    mode = s.diffusers_compile_mode if s.device.type == "cuda" else "default"
-    return torch.compile(reference, mode=mode, fullgraph=True)
+    if s.device.type != "cuda":
+        return reference  # no compilation on a CPU (minutes of C++ builds); the rows say so
+    return torch.compile(reference, mode=s.diffusers_compile_mode, fullgraph=True)
 
 
 def section_sdxl_unet(s: Setup) -> list[dict]:
@@ -602,8 +603,9 @@ def section_sdxl_unet(s: Setup) -> list[dict]:
         measure("diffusers eager", lambda: diffusers_call(reference))
     measure("ours readable", lambda: ours_call(readable))
     measure("ours fast", lambda: ours_call(fast_unet(readable, options)))  # readable's weights go channels_last
+    best = "diffusers best" if s.device.type == "cuda" else "diffusers fused+cl (no compile on a CPU)"
     if reference is not None:  # last: fusing the projections changes diffusers' module in place
-        measure("diffusers best", lambda: diffusers_call(diffusers_best(reference, s)))
+        measure(best, lambda: diffusers_call(diffusers_best(reference, s)))
     return [{"flops_per_forward": flops}, *rows]
 
 
@@ -650,7 +652,8 @@ def section_sdxl_txt2img(s: Setup) -> list[dict]:
 
     from atelier.generation import GenerationParams, run
 
-    steps, size = 30, sdxl_latent(s) * 8
+    steps, size = (3 if s.tiny else 30), sdxl_latent(s) * 8  # --tiny only checks that the section runs
+    repeat = 1 if s.tiny else 3
     readable, reference = paired_sdxl_unets(s)
     vae_config = dataclasses.replace(s.vae_config, scaling_factor=0.13025)
     readable_vae, reference_vae = _paired(s, lambda: VAE(vae_config), lambda: _reference_vae(vae_config))
@@ -659,7 +662,7 @@ def section_sdxl_txt2img(s: Setup) -> list[dict]:
     def measure(impl: str, fn: Callable[[], object]) -> None:
         reset_peak(s.device)
         first = wall_s(fn, s.device)  # includes compilation and capture
-        seconds = statistics.median(wall_s(fn, s.device) for _ in range(3))
+        seconds = statistics.median(wall_s(fn, s.device) for _ in range(repeat))
         rows.append({"what": f"SDXL txt2img {size}x{size}, {steps} steps, CFG 7.5", "impl": impl,
                      "first_s": round(first, 2), "s": round(seconds, 3), "it_s": round(steps / seconds, 2),
                      "peak_gb": peak_gb(s.device)})  # fmt: skip
@@ -684,7 +687,8 @@ def section_sdxl_txt2img(s: Setup) -> list[dict]:
         with torch.no_grad():
             measure("diffusers eager (from embeddings)", diffusers_run)
             pipe.unet = diffusers_best(reference, s)
-            measure("diffusers best (from embeddings)", diffusers_run)
+            best = "diffusers best" if s.device.type == "cuda" else "diffusers fused+cl (no compile on a CPU)"
+            measure(f"{best} (from embeddings)", diffusers_run)
         del pipe
 
     ckpt = random_sdxl_checkpoint(s, readable, readable_vae)
