@@ -76,6 +76,9 @@ class Member:
     seed: int  # its job's seed (already resolved: not -1)
     index: int = 0  # which image of its job this is ...
     of: int = 1  # ... out of how many: the job's batch size, whose noise comes from the one seed
+    # SDXL: each side's vector y (1, adm), pooled text + size embeddings (pipeline.with_vectors); None otherwise
+    positive_y: Tensor | None = None
+    negative_y: Tensor | None = None
 
 
 def member_noise(seed: int, index: int, of: int, shape: Sequence[int]) -> Tensor:
@@ -118,8 +121,10 @@ class LoneShapedGuidance:
         self.members = list(members)
         # One guidance wrapper per member, with its own contexts (1, T, D) and (1, T', D), as its lone job builds.
         self.guided = [
-            cfg_denoiser(denoise, m.positive.to(model.device), m.negative.to(model.device), cfg) for m in members
-        ]
+            cfg_denoiser(denoise, m.positive.to(model.device), m.negative.to(model.device), cfg,
+                         *_vectors([m], model.device))
+            for m in members
+        ]  # fmt: skip
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma  # (B,)
@@ -188,7 +193,7 @@ def _sample_group(
         # (B, T, D) and (B, T', D): the guidance wrapper runs [cond; uncond] as one batch of 2B, as for a lone job.
         positive = torch.cat([m.positive for m in members]).to(device)
         negative = torch.cat([m.negative for m in members]).to(device)
-        guided = cfg_denoiser(model.denoiser(), positive, negative, settings.cfg)
+        guided = cfg_denoiser(model.denoiser(), positive, negative, settings.cfg, *_vectors(members, device))
     total = len(sigmas) - 1
 
     def callback(info: dict) -> None:
@@ -200,6 +205,16 @@ def _sample_group(
         check_interrupt(interrupt)
         x = SAMPLERS[settings.sampler](guided, x, sigmas, callback=callback, noise_sampler=MemberNoise(members, x))
     return x / model.latent_scale
+
+
+def _vectors(members: Sequence[Member], device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """The members' SDXL vectors y stacked per side, (B, adm) each, or (None, None) for SD1.x and SD 2.x."""
+    if members[0].positive_y is None or members[0].negative_y is None:
+        return None, None
+    return (
+        torch.cat([m.positive_y for m in members]).to(device),  # type: ignore[misc]
+        torch.cat([m.negative_y for m in members]).to(device),  # type: ignore[misc]
+    )
 
 
 def lone_decode_batch(index: int, of: int, pixels: int) -> int:

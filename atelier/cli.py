@@ -25,10 +25,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (1 = no guidance)")
     p.add_argument("--sampler", default="euler", help="sampler name, as in ComfyUI (euler, euler_ancestral, ...)")
     p.add_argument("--scheduler", default="normal", help="sigma schedule, as in ComfyUI (normal, karras, ...)")
-    p.add_argument("--width", type=int, help="image width, a multiple of 8 (default: the model's native size)")
+    p.add_argument("--width", type=int,
+                   help="image width, a multiple of 8 (default: the model's native size: SDXL 1024, SD 2.x 768-v "
+                        "768, SD1.x 512, embedded 128)")
     p.add_argument("--height", type=int, help="image height, a multiple of 8 (default: the model's native size)")
     p.add_argument("--batch", type=int, default=1, help="images made at once, each with its own noise")
-    p.add_argument("--clip-skip", type=int, default=1, help="use the text encoder's N-th layer from the end")
+    p.add_argument("--clip-skip", type=int, default=1,
+                   help="use the text encoder's N-th layer from the end (1: the family's own, the penultimate for "
+                        "SD 2.x and SDXL; above 1, as CLIPSetLastLayer -N)")
     p.add_argument("--model", help="checkpoint file, diffusers folder or name in the models folder (default: embedded)")
     p.add_argument("--vae", help="a standalone VAE file that replaces the checkpoint's")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",

@@ -27,7 +27,7 @@ from atelier.pipeline import (
     decode,
     empty_latent,
     encode,
-    encode_prompt,
+    encode_conditioning,
     sample,
 )
 
@@ -49,7 +49,7 @@ class GenerationParams:
     height: int = 512
     batch: int = 1
     denoise: float = 1.0  # < 1 with an init image: img2img
-    clip_skip: int = 1
+    clip_skip: int = 1  # 1: the layer the family reads (SD1.x the last; SD 2.x, SDXL the penultimate)
     model: str = "embedded"  # the checkpoint's name, as the node editor lists it
 
     def sampler_settings(self, seed: int | None = None) -> SamplerSettings:
@@ -101,9 +101,14 @@ def run(
     start = time.perf_counter()
     unet_patches = tuple(WeightPatch(lora.unet, strength, lora.name) for lora, strength in loras)
     text_patches = tuple(WeightPatch(lora.text_encoder, strength, lora.name) for lora, strength in loras)
+    # Clip skip 1 is the family's own layer (SD 2.x and SDXL: the penultimate), as the graph without
+    # CLIPSetLastLayer reads it; more counts back from the end, as CLIPSetLastLayer(-n) does.
+    clip_skip = ckpt.clip_skip if params.clip_skip == 1 else params.clip_skip
+    if ckpt.family == "sdxl":
+        embeddings = None  # SDXL's textual inversions (one vector set per tower) are not read yet
     with patched(ckpt.text_encoder, text_patches):
         positive, negative = (
-            encode_prompt(ckpt.text_encoder, ckpt.tokenizer, text, params.clip_skip, embeddings)
+            [encode_conditioning(ckpt.text_encoder, ckpt.tokenizer, text, clip_skip, embeddings)]
             for text in (params.prompt, params.negative)
         )
     noise_mask = None

@@ -39,6 +39,7 @@ from atelier.sampling.schedules import SCHEDULERS, sigmas_for
 
 if TYPE_CHECKING:
     from atelier.models.clip import CLIPTextEncoder, SDXLTextEncoder
+    from atelier.models.config import UNetConfig
     from atelier.models.tokenizer import CLIPTokenizer, EmbeddingLookup
     from atelier.models.unet import UNet
     from atelier.models.vae import VAE
@@ -146,6 +147,36 @@ def encode_prompt_sdxl(
     return torch.cat([z_l, z_g], dim=-1), pooled  # (1, 77 * chunks, 2048), (1, 1280)
 
 
+def is_sdxl_text_encoder(text_encoder: object) -> bool:
+    """True for SDXL's pair of towers (models/clip.SDXLTextEncoder, or its refiner's bigG alone)."""
+    return hasattr(text_encoder, "clip_g")
+
+
+def encode_conditioning(
+    text_encoder: CLIPTextEncoder | SDXLTextEncoder,
+    tokenizer: CLIPTokenizer | tuple[CLIPTokenizer, CLIPTokenizer],
+    text: str,
+    clip_skip: int = 1,
+    embeddings: EmbeddingLookup | None = None,
+    unknown: list[str] | None = None,
+    text_l: str | None = None,
+) -> Cond:
+    """A prompt -> one conditioning entry, for every family: ComfyUI's CLIPTextEncode.
+
+    SD1.x and SD 2.x: the context of `encode_prompt`. SDXL (`text_encoder` an SDXLTextEncoder, `tokenizer` the pair
+    (CLIP-L's, bigG's)): both towers read `text` (CLIP-L reads `text_l` instead when given, as CLIPTextEncodeSDXL's
+    text_l), and the entry carries bigG's pooled vector; its sizes are left to sampling (`with_vectors`).
+    Textual-inversion embeddings are read for SD1.x and SD 2.x only.
+    """
+    if not is_sdxl_text_encoder(text_encoder):
+        return Cond(encode_prompt(text_encoder, tokenizer, text, clip_skip, embeddings, unknown))  # type: ignore[arg-type]
+    tokenizer_l, tokenizer_g = tokenizer  # type: ignore[misc]
+    context, pooled = encode_prompt_sdxl(
+        text_encoder, tokenizer_l, tokenizer_g, text if text_l is None else text_l, text, clip_skip  # type: ignore[arg-type]
+    )
+    return Cond(context, pooled=pooled)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The denoising model as the samplers see it
 # --------------------------------------------------------------------------------------------------------------
@@ -178,6 +209,22 @@ class DiffusionModel:
         return Denoiser(self.unet, self.schedule, prediction, dtype=self.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class SizeConditioning:
+    """SDXL's micro-conditioning (Podell et al. 2023, section 2.2), as ComfyUI's CLIPTextEncodeSDXL and
+    CLIPTextEncodeSDXLRefiner set it, in pixels. None means "as ComfyUI fills it when sampling": width and height
+    from the latent being sampled (8 pixels per latent pixel), the target from the width and height, and the
+    refiner's aesthetic score 6 on the positive side, 2.5 on the negative (comfy/model_base.py, encode_adm)."""
+
+    width: int | None = None  # the "original size" the model is told the image had
+    height: int | None = None
+    crop_w: int = 0  # the top-left corner of the crop taken from it (0, 0: uncropped)
+    crop_h: int = 0
+    target_width: int | None = None  # base only
+    target_height: int | None = None
+    aesthetic_score: float | None = None  # refiner only
+
+
 @dataclasses.dataclass
 class Cond:
     """One entry of a conditioning (ComfyUI's CONDITIONING is a list of them).
@@ -195,18 +242,18 @@ class Cond:
     start_percent: float = 0.0
     end_percent: float = 1.0
     # SDXL: the vector y (1, adm) = pooled text + size embeddings (models/unet.sdxl_vector); None for SD1.x/2.x.
+    # Usually left None and built when sampling from `pooled` and `sizes` (`with_vectors`), since its default
+    # sizes are the latent's; given, it is used as it is.
     y: Tensor | None = None
+    pooled: Tensor | None = None  # SDXL: bigG's projected pooled text vector (1, 1280), ComfyUI's pooled_output
+    sizes: SizeConditioning = SizeConditioning()
     # ControlNets steering the UNet while it reads this entry (ControlNetApply appends; models/controlnet.py)
     control: tuple[AppliedControlNet, ...] = ()
 
     @property
     def everywhere_always(self) -> bool:
-        """True for a plain entry: the whole image, full strength, every step, no SDXL vector (conds with y take
-        the general path: cond and uncond as two calls, not one batch)."""
-        return (
-            self.area is None and self.strength == 1.0 and self.start_percent <= 0.0 and self.end_percent >= 1.0
-            and self.y is None
-        )
+        """True for a plain entry: the whole image, full strength, every step."""
+        return self.area is None and self.strength == 1.0 and self.start_percent <= 0.0 and self.end_percent >= 1.0
 
     def active_at(self, sigma: float, schedule: DiscreteSchedule) -> bool:
         """Whether this entry takes part in the step at noise level `sigma` (ComfyUI's rule: the step's sigma lies
@@ -214,6 +261,60 @@ class Cond:
         if self.start_percent <= 0.0 and self.end_percent >= 1.0:
             return True
         return schedule.percent_to_sigma(self.end_percent) <= sigma <= schedule.percent_to_sigma(self.start_percent)
+
+
+def size_numbers(sizes: SizeConditioning, latent_hw: tuple[int, int], count: int, negative: bool) -> list[float]:
+    """The numbers SDXL embeds in its vector y, ComfyUI's order and defaults (comfy/model_base.py, encode_adm):
+    base (count 6): [height, width, crop_h, crop_w, target_height, target_width];
+    refiner (count 5): [height, width, crop_h, crop_w, aesthetic_score]. `latent_hw` (h, w) in latent pixels
+    gives the defaults: 8 image pixels per latent pixel."""
+    height = sizes.height if sizes.height is not None else latent_hw[0] * 8
+    width = sizes.width if sizes.width is not None else latent_hw[1] * 8
+    if count == 5:
+        score = sizes.aesthetic_score if sizes.aesthetic_score is not None else (2.5 if negative else 6.0)
+        return [height, width, sizes.crop_h, sizes.crop_w, score]
+    target_h = sizes.target_height if sizes.target_height is not None else height
+    target_w = sizes.target_width if sizes.target_width is not None else width
+    return [height, width, sizes.crop_h, sizes.crop_w, target_h, target_w]
+
+
+def with_vectors(
+    conds: Sequence[Cond], unet_config: UNetConfig, latent_shape: Sequence[int], negative: bool = False
+) -> list[Cond]:
+    """The conditioning with SDXL's vector y built for each entry that has none, for sampling a latent of
+    `latent_shape` (B, C, h, w) with a UNet of `unet_config`; `negative`: the negative side (the refiner's
+    default aesthetic score is lower there). A UNet without a vector input (SD1.x, SD 2.x) gets `conds` back.
+
+    y = [pooled (1, P), one 256-wide sinusoidal embedding per size number]: the UNet's width of y (2816 for the
+    base, 2560 for the refiner) tells how many numbers it reads, (2816 - 1280) / 256 = 6 or (2560 - 1280) / 256 = 5.
+    """
+    conds = list(conds)
+    adm = unet_config.adm_in_channels
+    if adm is None:
+        return conds
+    from atelier.models.unet import sdxl_vector  # the UNet's own embedding of the numbers
+
+    out = []
+    for cond in conds:
+        if cond.y is not None:
+            out.append(cond)
+            continue
+        if cond.pooled is None:
+            raise InputError(
+                "This conditioning has no pooled text vector, which SDXL models need; expected a prompt encoded "
+                "with an SDXL checkpoint's CLIP (CLIPTextEncode or CLIPTextEncodeSDXL)."
+            )
+        count, rest = divmod(adm - cond.pooled.shape[-1], unet_config.size_embed_dim)
+        if rest or count not in (5, 6):
+            raise InputError(
+                f"The pooled text vector is {cond.pooled.shape[-1]} wide, which does not fit this model's "
+                f"{adm}-wide vector y; expected a prompt encoded with the CLIP of the same checkpoint."
+            )
+        numbers = torch.tensor([size_numbers(cond.sizes, tuple(latent_shape[-2:]), count, negative)])
+        pooled = cond.pooled.float()  # the sizes' embedding is computed in fp32, on the pooled vector's device
+        y = sdxl_vector(pooled, numbers.to(pooled.device), unet_config.size_embed_dim)  # (1, adm)
+        out.append(dataclasses.replace(cond, y=y))
+    return out
 
 
 def _area_weight(cond: Cond, x: Tensor) -> tuple[tuple[slice, slice], Tensor]:
@@ -286,8 +387,8 @@ def guide(
     ControlNets combine their entries first (`composed_denoiser`; with ControlNets each side then runs on its own,
     with its own ControlNets: two UNet passes per step instead of one batch of two)."""
     simple = all(len(c) == 1 and c[0].everywhere_always and not c[0].control for c in (positive, negative))
-    if simple:
-        return cfg_denoiser(denoise, positive[0].context, negative[0].context, scale)
+    if simple and (positive[0].y is None) == (negative[0].y is None):
+        return cfg_denoiser(denoise, positive[0].context, negative[0].context, scale, positive[0].y, negative[0].y)
     cond_fn = composed_denoiser(denoise, positive, schedule)
     uncond_fn = composed_denoiser(denoise, negative, schedule)
     trace = GuidanceTrace(scale=float(scale), skipped_uncond=math.isclose(scale, 1.0))
@@ -417,7 +518,10 @@ def sample(
     check_sampling_cost(latent.shape, len(sigmas) - 1)  # the steps that will run, after denoise and the cuts
 
     noise = initial_noise(seed, latent.shape, batch_index) if add_noise else torch.zeros(latent.shape)
-    guided = guide(model.denoiser(), _as_conds(positive), _as_conds(negative), settings.cfg, model.schedule)
+    config = model.unet.config
+    positive = with_vectors(_as_conds(positive), config, latent.shape)  # SDXL's y; SD1.x/2.x: unchanged
+    negative = with_vectors(_as_conds(negative), config, latent.shape, negative=True)
+    guided = guide(model.denoiser(), positive, negative, settings.cfg, model.schedule)
     out = sample_sigmas(
         model, latent, sigmas, guided, settings.sampler, noise, seed,
         noise_mask=noise_mask, on_step=on_step, interrupt=interrupt,
@@ -503,10 +607,33 @@ def _vae_chunks(batch: Tensor, pixels_per_image: int) -> tuple[Tensor, ...]:
     return batch.split(max(1, VAE_BATCH_PIXELS // pixels_per_image))
 
 
+def _float32_copy(vae: VAE) -> VAE:
+    """A readable float32 VAE with `vae`'s weights (the fast VAE keeps the readable state_dict layout)."""
+    from atelier.models.vae import VAE
+
+    with torch.device("meta"):
+        wide = VAE(vae.config)
+    state = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
+    wide.load_state_dict(state, strict=True, assign=True)
+    return wide.eval()
+
+
+def _decode_chunk(vae: VAE, z: Tensor, tile: int | None, interrupt: threading.Event | None) -> Tensor:
+    if tile is None:
+        return vae.decode(z)
+    return vae.decode_tiled(z, tile, before_tile=lambda: check_interrupt(interrupt))
+
+
 @torch.no_grad()
 def decode(vae: VAE, latent: Tensor, tile: int | None = None, interrupt: threading.Event | None = None) -> Tensor:
     """RAW latents (B, 4, h, w) -> images (B, 3, 8h, 8w) clamped to [-1, 1]. Large images decode tile by tile,
-    large batches a few images at a time; `interrupt` is checked before each tile and each chunk."""
+    large batches a few images at a time; `interrupt` is checked before each tile and each chunk.
+
+    fp16: SDXL's own VAE overflows in half precision (activations of its decoder pass 65504, fp16's largest
+    number, and become inf, then NaN: a black image), which is why "sdxl-vae-fp16-fix" (the same network
+    fine-tuned to keep its activations small, same key layout, loaded with VAELoader) exists. A chunk that comes
+    out non-finite in fp16 is decoded again in fp32 on a float32 copy of the VAE, and the log says so. bf16, the
+    default on GPUs that have it, has fp32's range and never overflows there."""
     f = vae.config.downscale
     height, width = latent.shape[-2] * f, latent.shape[-1] * f
     check_image_batch(latent.shape[0], height, width)
@@ -517,10 +644,11 @@ def decode(vae: VAE, latent: Tensor, tile: int | None = None, interrupt: threadi
     for chunk in _vae_chunks(latent, height * width):
         check_interrupt(interrupt)
         z = chunk.to(p.device, p.dtype)
-        if tile is None:
-            out = vae.decode(z)
-        else:
-            out = vae.decode_tiled(z, tile, before_tile=lambda: check_interrupt(interrupt))
+        out = _decode_chunk(vae, z, tile, interrupt)
+        if p.dtype == torch.float16 and not bool(torch.isfinite(out).all()):
+            log.warning("The VAE overflowed in fp16 (non-finite pixels); decoding again in fp32. An fp16-safe VAE "
+                        "(e.g. sdxl-vae-fp16-fix, with VAELoader) avoids the second pass.")  # fmt: skip
+            out = _decode_chunk(_float32_copy(vae), chunk.to(p.device, torch.float32), tile, interrupt)
         images.append(out.float().clamp(-1, 1).cpu())
     return torch.cat(images)
 

@@ -28,6 +28,14 @@ every row of the newer sections (a run cut short keeps what it did).
 
     python3 benchmarks/gpu.py --sections unet,txt2img,quality,sweep,start,profile --budget 480 \
         --variants readable,graphs,fp8+graphs,blocks+graphs,fp8,fp8-row --json $OUT/gpu-h200.json
+    sdxl_unet     SDXL base UNet forward, batch 2, 128x128 latent (a 1024x1024 image), 77 tokens, vector y 2816:
+                  diffusers eager, diffusers at its best recipe (fused QKV, channels_last, torch.compile), ours
+                  readable and ours fast (the default fast path: fused, channels_last, compiled blocks, CUDA graphs)
+    sdxl_txt2img  30 steps, Euler, CFG 7.5, 1024x1024 to a PIL image, the same three: ours from the prompt
+                  (generation.run, both text towers), diffusers' StableDiffusionXLPipeline from precomputed prompt
+                  embeddings (its random weights need no tokenizer files), the VAE in the model's dtype for both
+SDXL sections are not in the default list: `--sections sdxl_unet,sdxl_txt2img`.
+Results are printed as tables and, with --json, written after every section (a run cut short keeps what it did).
 """
 
 from __future__ import annotations
@@ -290,6 +298,7 @@ class Setup:
     @property
     def fast_options(self) -> FastOptions:
         return FastOptions() if self.device.type == "cuda" else FastOptions.eager()
+    diffusers_compile_mode: str = "max-autotune"  # the "diffusers best" SDXL rows' (its speed-up guide's mode)
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -918,6 +927,196 @@ def section_profile(s: Setup) -> list[dict]:
         del model
         gc.collect()
     return s.rows
+# SDXL: the same random weights in our modules and diffusers'
+# --------------------------------------------------------------------------------------------------------------
+
+# A small SDXL shape for --tiny (three levels, depths 0/2/3, linear projections, a vector y).
+TINY_SDXL = UNetConfig(
+    block_channels=(32, 64, 64), layers_per_block=1, cross_attention_levels=(False, True, True),
+    attention_head_dim=16, transformer_depth=(0, 2, 3), linear_projection=True, context_dim=40,
+    adm_in_channels=16 + 6 * 8, size_embed_dim=8, norm_groups=8,
+)  # fmt: skip
+
+
+def sdxl_config(s: Setup) -> UNetConfig:
+    return TINY_SDXL if s.tiny else UNetConfig.sdxl()
+
+
+def sdxl_latent(s: Setup) -> int:
+    return 8 if s.tiny else 128  # latent side: 128 = a 1024x1024 image
+
+
+def sdxl_inputs(s: Setup) -> tuple[torch.Tensor, ...]:
+    """x (2, 4, h, w), t (2,), context (2, 77, 2048), y (2, 2816), and diffusers' pooled and time ids for that y."""
+    from atelier.models.unet import sdxl_vector
+
+    cfg, d, n = sdxl_config(s), s.device, sdxl_latent(s)
+    pooled_width = cfg.adm_in_channels - 6 * cfg.size_embed_dim
+    x = torch.randn(2, 4, n, n, device=d, dtype=s.dtype)
+    context = torch.randn(2, 77, cfg.context_dim, device=d, dtype=s.dtype)
+    pooled = torch.randn(2, pooled_width, device=d, dtype=s.dtype)
+    sizes = torch.tensor([[8.0 * n, 8.0 * n, 0, 0, 8.0 * n, 8.0 * n]] * 2, device=d)
+    y = sdxl_vector(pooled, sizes, cfg.size_embed_dim)
+    return x, torch.tensor([999.0, 500.0], device=d), context, y, pooled, sizes.to(s.dtype)
+
+
+def paired_sdxl_unets(s: Setup) -> tuple[UNet, nn.Module | None]:
+    from models import _reference_family_unet
+
+    cfg = sdxl_config(s)
+    return _paired(s, lambda: UNet(cfg), lambda: _reference_family_unet(cfg))
+
+
+def diffusers_best(reference: nn.Module, s: Setup) -> Callable[..., torch.Tensor]:
+    """diffusers' recipe for a fast SDXL UNet (its "Speed up inference" guide): fused QKV projections,
+    channels_last, and torch.compile of the whole UNet (fullgraph, with the guide's inductor settings). Those
+    settings are global and compilation is lazy, so they stay on for the rest of the process: sections after this
+    one compile with them too (ours fast in sdxl_txt2img included)."""
+    import torch._inductor.config as inductor
+
+    inductor.conv_1x1_as_mm = True
+    inductor.coordinate_descent_tuning = True
+    inductor.epilogue_fusion = False
+    inductor.coordinate_descent_check_all_directions = True
+    reference.fuse_qkv_projections()
+    reference.to(memory_format=torch.channels_last)
+    if s.device.type != "cuda":
+        return reference  # no compilation on a CPU (minutes of C++ builds); the rows say so
+    return torch.compile(reference, mode=s.diffusers_compile_mode, fullgraph=True)
+
+
+def section_sdxl_unet(s: Setup) -> list[dict]:
+    readable, reference = paired_sdxl_unets(s)
+    x, t, context, y, pooled, sizes = sdxl_inputs(s)
+    added = {"text_embeds": pooled, "time_ids": sizes}
+    with torch.no_grad():
+        expected = readable(x, t, context, y)
+        exact = exact_output(readable, lambda m: m(x.float(), t, context.float(), y.float()))
+        flops = count_flops(lambda: readable(x, t, context, y))
+    n = sdxl_latent(s)
+    rows = []
+
+    def measure(impl: str, make: Callable[[], Callable[[], torch.Tensor]]) -> None:
+        """make() builds the call (conversion, compilation: timed as setup with the first call)."""
+        reset_peak(s.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            call = make()
+            out = call()
+            sync(s.device)
+            setup = time.perf_counter() - t0
+            ms = median_ms(call, s.device, s.repeat)
+        rows.append({"what": f"SDXL UNet, batch 2, {n}x{n} latent", "impl": impl, "ms": round(ms, 3),
+                     "it_s": round(1000 / ms, 2), "tflop_s": round(flops / ms / 1e9, 2), "setup_s": round(setup, 1),
+                     "peak_gb": peak_gb(s.device), **differences(out, expected, exact)})  # fmt: skip
+        print_rows(rows[-1:], header=len(rows) == 1)
+
+    def diffusers_call(unet: Callable[..., object]) -> Callable[[], torch.Tensor]:
+        return lambda: unet(x, t, context, added_cond_kwargs=added).sample
+
+    def ours_call(unet: Callable[..., torch.Tensor]) -> Callable[[], torch.Tensor]:
+        return lambda: unet(x, t, context, y)
+
+    options = FastOptions() if s.device.type == "cuda" else FastOptions.eager()
+    if reference is not None:
+        measure("diffusers eager", lambda: diffusers_call(reference))
+    measure("ours readable", lambda: ours_call(readable))
+    measure("ours fast", lambda: ours_call(fast_unet(readable, options)))  # readable's weights go channels_last
+    best = "diffusers best" if s.device.type == "cuda" else "diffusers fused+cl (no compile on a CPU)"
+    if reference is not None:  # last: fusing the projections changes diffusers' module in place
+        measure(best, lambda: diffusers_call(diffusers_best(reference, s)))
+    return [{"flops_per_forward": flops}, *rows]
+
+
+def random_sdxl_checkpoint(s: Setup, unet: UNet, vae: VAE):
+    """A Checkpoint of SDXL base shape around `unet` and `vae`: random CLIP-L and bigG towers, both tokenizers."""
+    from atelier.models.checkpoint import Checkpoint
+    from atelier.models.clip import SDXLTextEncoder
+    from atelier.models.tokenizer import CLIPTokenizer
+
+    cfg = sdxl_config(s)
+    g_width = cfg.adm_in_channels - 6 * cfg.size_embed_dim
+    clip_l = TextEncoderConfig.tiny() if s.tiny else TextEncoderConfig()
+    clip_g = (
+        TextEncoderConfig(width=8, layers=2, heads=1, mlp_width=16, activation="gelu", projection_dim=g_width)
+        if s.tiny
+        else TextEncoderConfig.open_clip_bigg()
+    )
+    if s.tiny:
+        clip_l = dataclasses.replace(clip_l, width=cfg.context_dim - clip_g.width, heads=4)
+    torch.manual_seed(1)
+    with torch.device(s.device):  # random init on the device: bigG alone is 695 M parameters
+        text = SDXLTextEncoder(clip_l, clip_g).to(s.dtype).eval().requires_grad_(False)
+    tokenizers = (CLIPTokenizer.from_default(), CLIPTokenizer.from_default(pad_with_end=False))
+    return Checkpoint(unet, vae, text, tokenizers, cfg, vae.config, clip_g, "sdxl", Path("random-sdxl"), s.dtype,
+                      s.device, variant="SDXL base", clip_skip=2)  # fmt: skip
+
+
+def diffusers_sdxl_pipeline(s: Setup, reference_unet: nn.Module, reference_vae: nn.Module):
+    """StableDiffusionXLPipeline on the same random UNet and VAE, without text encoders (embeddings are given)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)  # SDXL's scheduler_config
+    pipe = StableDiffusionXLPipeline(
+        vae=reference_vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
+        unet=reference_unet, scheduler=scheduler, add_watermarker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def section_sdxl_txt2img(s: Setup) -> list[dict]:
+    from models import _reference_vae
+
+    from atelier.generation import GenerationParams, run
+
+    steps, size = (3 if s.tiny else 30), sdxl_latent(s) * 8  # --tiny only checks that the section runs
+    repeat = 1 if s.tiny else 3
+    readable, reference = paired_sdxl_unets(s)
+    vae_config = dataclasses.replace(s.vae_config, scaling_factor=0.13025)
+    readable_vae, reference_vae = _paired(s, lambda: VAE(vae_config), lambda: _reference_vae(vae_config))
+    rows = []
+
+    def measure(impl: str, fn: Callable[[], object]) -> None:
+        reset_peak(s.device)
+        first = wall_s(fn, s.device)  # includes compilation and capture
+        seconds = statistics.median(wall_s(fn, s.device) for _ in range(repeat))
+        rows.append({"what": f"SDXL txt2img {size}x{size}, {steps} steps, CFG 7.5", "impl": impl,
+                     "first_s": round(first, 2), "s": round(seconds, 3), "it_s": round(steps / seconds, 2),
+                     "peak_gb": peak_gb(s.device)})  # fmt: skip
+        print_rows(rows[-1:], header=len(rows) == 1)
+
+    if reference is not None:
+        reference_vae.config.force_upcast = False  # the VAE in bf16/fp16 as ours (an fp16-safe VAE's setting)
+        pipe = diffusers_sdxl_pipeline(s, reference, reference_vae)
+        cfg = sdxl_config(s)
+        g = torch.Generator(s.device).manual_seed(0)
+        width = cfg.adm_in_channels - 6 * cfg.size_embed_dim
+        embeds = {
+            "prompt_embeds": torch.randn(1, 77, cfg.context_dim, device=s.device, dtype=s.dtype, generator=g),
+            "negative_prompt_embeds": torch.zeros(1, 77, cfg.context_dim, device=s.device, dtype=s.dtype),
+            "pooled_prompt_embeds": torch.randn(1, width, device=s.device, dtype=s.dtype, generator=g),
+            "negative_pooled_prompt_embeds": torch.zeros(1, width, device=s.device, dtype=s.dtype),
+        }
+
+        def diffusers_run() -> object:
+            return pipe(num_inference_steps=steps, guidance_scale=7.5, height=size, width=size, **embeds).images
+
+        with torch.no_grad():
+            measure("diffusers eager (from embeddings)", diffusers_run)
+            pipe.unet = diffusers_best(reference, s)
+            best = "diffusers best" if s.device.type == "cuda" else "diffusers fused+cl (no compile on a CPU)"
+            measure(f"{best} (from embeddings)", diffusers_run)
+        del pipe
+
+    ckpt = random_sdxl_checkpoint(s, readable, readable_vae)
+    params = GenerationParams(PROMPT, seed=1, steps=steps, cfg=7.5, width=size, height=size)
+    measure("ours readable (from the prompt)", lambda: run(ckpt, params))
+    fast_options = FastOptions() if s.device.type == "cuda" else FastOptions.eager()
+    fast = accelerate(ckpt, enabled=True, options=fast_options)
+    measure("ours fast (from the prompt)", lambda: run(fast, params))
+    return rows
 
 
 SECTIONS = {
@@ -931,6 +1130,8 @@ SECTIONS = {
     "sweep": section_sweep,
     "start": section_start,
     "profile": section_profile,
+    "sdxl_unet": section_sdxl_unet,
+    "sdxl_txt2img": section_sdxl_txt2img,
 }
 # Seconds each section may take by default (--budgets overrides); a section starts nothing it cannot finish.
 BUDGETS = {
@@ -944,6 +1145,8 @@ BUDGETS = {
     "sweep": 60,
     "start": 150,
     "profile": 90,
+    "sdxl_unet": 300,
+    "sdxl_txt2img": 300,
 }
 
 
@@ -1087,12 +1290,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-sd15", action="store_true", help="start: with --tiny, also the saved random model")
     parser.add_argument("--profile-batches", default="2,16", help="profile: UNet batch sizes")
     parser.add_argument("--profile-top", type=int, default=25, help="profile: kernels listed per call")
+    parser.add_argument("--diffusers-compile-mode", default="max-autotune",
+                        help="torch.compile mode of the 'diffusers best' SDXL rows (default: max-autotune, as "
+                             "diffusers' guide; reduce-overhead or default compile faster)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.sweep_batches is None:
         args.sweep_batches = "1,2,4" if args.tiny else "1,2,4,8,16"
     device = pick_device(args.device)
     repeat = args.repeat or (50 if device.type == "cuda" else 3)
-    s = Setup(device, pick_dtype(device, args.dtype), args.tiny, repeat, args=args)
+    s = Setup(device, pick_dtype(device, args.dtype), args.tiny, repeat, args=args,
+              diffusers_compile_mode=args.diffusers_compile_mode)
     variants = (args.variants or (DEFAULT_VARIANTS if device.type == "cuda" else CPU_VARIANTS)).split(",")
     unknown = [v for v in variants if v not in VARIANTS] + [x for x in args.sections.split(",") if x not in SECTIONS]
     if unknown:

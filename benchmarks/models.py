@@ -36,6 +36,31 @@ def _reference_unet(config: UNetConfig):
     )
 
 
+def _reference_family_unet(config: UNetConfig):
+    """diffusers' UNet2DConditionModel with an SD 2.x / SDXL checkpoint's settings (64-wide heads, linear
+    projections, transformer depths per level, SDXL's text_time embedding of the vector y), from our config."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(config.block_channels)
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.cross_attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.cross_attention_levels))
+    depths = [config.depth_at(level) for level in range(levels)]
+    extra = {}
+    if config.adm_in_channels is not None:
+        extra = dict(addition_embed_type="text_time", addition_time_embed_dim=config.size_embed_dim,
+                     projection_class_embeddings_input_dim=config.adm_in_channels)  # fmt: skip
+    return UNet2DConditionModel(
+        sample_size=128, in_channels=config.in_channels, out_channels=config.out_channels,
+        block_out_channels=config.block_channels, layers_per_block=config.layers_per_block,
+        down_block_types=down, up_block_types=up, cross_attention_dim=config.context_dim,
+        # diffusers' quirk: attention_head_dim holds the number of heads per level
+        attention_head_dim=tuple(config.heads_at(c) for c in config.block_channels),
+        norm_num_groups=config.norm_groups, norm_eps=config.norm_eps,
+        transformer_layers_per_block=depths if config.mid_transformer_depth is None else config.mid_transformer_depth,
+        use_linear_projection=config.linear_projection, flip_sin_to_cos=True, freq_shift=0, **extra,
+    )  # fmt: skip
+
+
 def _reference_vae(config: VAEConfig):
     from diffusers import AutoencoderKL
 

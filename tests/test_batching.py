@@ -236,3 +236,33 @@ def test_the_merged_worker_refuses_a_prompt_that_does_not_belong(tiny):
     worker = MergedTxt2ImgWorker(lambda name: tiny, prompts.__getitem__, 4)
     with pytest.raises(InputError, match="Prompt 'b' cannot run in this merged batch"):
         worker.run(batch)
+
+
+def test_merged_sdxl_prompts_carry_their_vector_y_and_equal_their_lone_images(tmp_path):
+    """SDXL in a merged batch: each member brings its own pooled/size vector y (the sizes from the image's size),
+    and gets the image its prompt makes alone."""
+    from atelier.generation import api_graph
+    from atelier.server.batch_worker import MergedTxt2ImgWorker
+    from atelier.server.merging import parts
+    from atelier.server.scheduler import Scheduler
+    from tests.models.tiny_families import write_tiny_sdxl
+
+    sdxl = load_checkpoint(write_tiny_sdxl(tmp_path / "tiny_sdxl.safetensors", seed=9), device="cpu", dtype="fp32")
+    common = {"steps": 2, "cfg": 5.0, "width": 64, "height": 64, "model": "tiny_sdxl.safetensors"}
+    asked = {"ana": GenerationParams("a red bottle", seed=1, **common),
+             "bob": GenerationParams("a blue boat", "blurry", seed=2, batch=2, **common)}  # fmt: skip
+    prompts = {owner: api_graph(p) for owner, p in asked.items()}
+    scheduler = Scheduler(batch_images=4)
+    for owner, prompt in prompts.items():
+        scheduler.submit(owner, owner, parts(owner, prompt))
+    worker = MergedTxt2ImgWorker(lambda name: sdxl, prompts.__getitem__, scheduler.batch_images)
+    batch = scheduler.take()
+    assert len(batch.parts) == 3 and scheduler.take() is None  # one merged call
+    made = {}
+    for result in worker.run(batch):
+        buffer = io.BytesIO()
+        result.image.save(buffer, format="PNG")
+        made[result.prompt_id, result.index] = buffer.getvalue()
+    for owner, params in asked.items():
+        for i, expected in enumerate(lone_png(run(sdxl, params))):
+            assert made[owner, i] == expected, (owner, i)

@@ -22,6 +22,8 @@ from atelier.graph.nodes.compose import COMPOSE_NODES
 from atelier.graph.nodes.conditioning import (
     CLIPSetLastLayer,
     CLIPTextEncode,
+    CLIPTextEncodeSDXL,
+    CLIPTextEncodeSDXLRefiner,
     ConditioningAverage,
     ConditioningCombine,
     ConditioningConcat,
@@ -87,6 +89,8 @@ CORE_NODES: tuple[type[Node], ...] = (
     DiffControlNetLoader,
     CLIPTextEncode,
     CLIPSetLastLayer,
+    CLIPTextEncodeSDXL,
+    CLIPTextEncodeSDXLRefiner,
     ConditioningCombine,
     ConditioningSetArea,
     ControlNetApply,

@@ -29,7 +29,16 @@ from atelier.imaging import bchw_signed_to_bhwc_unit, bhwc_unit_to_bchw_signed, 
 from atelier.models.library import EMBEDDED_NAME, embedded_model_path
 from atelier.models.lora import WeightPatch, patched
 from atelier.models.paths import ModelPaths
-from atelier.pipeline import Cond, DiffusionModel, OnStep, SamplerSettings, Step, encode_prompt, sample
+from atelier.pipeline import (
+    Cond,
+    DiffusionModel,
+    OnStep,
+    SamplerSettings,
+    Step,
+    encode_conditioning,
+    is_sdxl_text_encoder,
+    sample,
+)
 from atelier.sampling.noise import SEED_MAX
 from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import SCHEDULERS
@@ -73,8 +82,10 @@ class Node:
 
 @dataclasses.dataclass
 class ClipModel:
-    """What ComfyUI calls CLIP: the text encoder, its tokenizer, the layer to stop at (1 = last), the LoRAs
-    applied to the shared text encoder while a prompt is encoded (models/lora.py), and the embeddings folder."""
+    """What ComfyUI calls CLIP: the text encoder, its tokenizer, the layer to stop at (1 = last; SD 2.x and SDXL
+    checkpoints read the penultimate, 2, unless CLIPSetLastLayer says otherwise), the LoRAs applied to the shared
+    text encoder while a prompt is encoded (models/lora.py), and the embeddings folder. SDXL: `text_encoder` is the
+    pair of towers (models/clip.SDXLTextEncoder) and `tokenizer` the pair (CLIP-L's, bigG's)."""
 
     text_encoder: Any
     tokenizer: Any
@@ -83,10 +94,30 @@ class ClipModel:
     embeddings: Any = None  # "embedding:name" -> vectors (models.embeddings.EmbeddingFolder), or None: plain text
 
     def encode(self, text: str, unknown: list[str] | None = None) -> torch.Tensor:
-        """The prompt's conditioning (1, 77 x chunks, width), with this CLIP's LoRAs, clip skip and embeddings;
-        embedding names that match no file are appended to `unknown`."""
+        """The prompt's context (1, 77 x chunks, width), with this CLIP's LoRAs, clip skip and embeddings;
+        embedding names that match no file are appended to `unknown`. SDXL: the context alone (see `conditioning`
+        for the pooled vector too)."""
+        return self.conditioning(text, unknown).context
+
+    def conditioning(self, text: str, unknown: list[str] | None = None, text_l: str | None = None) -> Cond:
+        """The prompt as one conditioning entry (pipeline.encode_conditioning): SDXL's carries its pooled vector;
+        `text_l`, SDXL only, is what CLIP-L reads instead of `text`."""
         with patched(self.text_encoder, self.patches):
-            return encode_prompt(self.text_encoder, self.tokenizer, text, self.clip_skip, self.embeddings, unknown)
+            return encode_conditioning(
+                self.text_encoder, self.tokenizer, text, self.clip_skip, self.embeddings, unknown, text_l
+            )
+
+    @property
+    def is_sdxl(self) -> bool:
+        return is_sdxl_text_encoder(self.text_encoder)
+
+    @property
+    def layers(self) -> int:
+        """How many layers clip skip can count back through: the shallowest tower's (SDXL: CLIP-L's 12)."""
+        if self.is_sdxl:
+            towers = [t for t in (self.text_encoder.clip_l, self.text_encoder.clip_g) if t is not None]
+            return min(t.config.layers for t in towers)
+        return self.text_encoder.config.layers
 
 
 def out_of_range(schema: NodeSchema, **values: Any) -> str | None:

@@ -1,4 +1,5 @@
-"""Loading and saving Stable Diffusion 1.x models: files in, ready-to-run Atelier modules out.
+"""Loading and saving Stable Diffusion models (1.x; 2.x and SDXL base and refiner through
+`load_family_checkpoint`, which `load_checkpoint` hands them to): files in, ready-to-run Atelier modules out.
 
 Three ways a model arrives:
     single file      `.safetensors` (or a legacy pickle `.ckpt/.pt/.pth/.bin`) in the original SD layout, the
@@ -20,6 +21,8 @@ Pickles: `.ckpt` files are Python pickles, which can run arbitrary code when ope
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,6 +70,9 @@ class Checkpoint:
     dtype: torch.dtype
     device: torch.device
     variant: str = ""  # detect.family_variant's name, e.g. "SDXL base" (set by load_family_checkpoint)
+    # The text encoder layer the family reads, counted from the end (1: the last; SD 2.x and SDXL: 2, the
+    # penultimate; an SD 2.x diffusers folder stores ViT-H without its last layer, so 1 there).
+    clip_skip: int = 1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -159,10 +165,12 @@ def load_checkpoint(
     dtype: str | torch.dtype | None = None,
     vae_path: str | Path | None = None,
 ) -> Checkpoint:
-    """Load a Stable Diffusion 1.x model from a single file or a diffusers folder, ready to run.
+    """Load a Stable Diffusion model (1.x, 2.x or SDXL base or refiner) from a single file or a diffusers folder,
+    ready to run; SD 2.x and SDXL go through `load_family_checkpoint`.
 
     `device`/`dtype`: names ("cuda", "fp16") or torch objects; by default the best device and its dtype (fp32 on
-    the CPU), see atelier/device.py. `vae_path` replaces the checkpoint's VAE with a standalone one.
+    the CPU), see atelier/device.py. `vae_path` replaces the checkpoint's VAE with a standalone one (which keeps
+    the family's latent scale: a VAE file does not say it).
     Pickled files (.ckpt/.pt/.pth/.bin) are opened with torch.load(weights_only=True) only, never running code.
     Raises CheckpointError (one sentence naming the file) on any problem; nothing is returned half-loaded.
     """
@@ -170,6 +178,14 @@ def load_checkpoint(
     device, dtype = _pick(device, dtype)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; expected a .safetensors file or a diffusers model folder.")
+    if checkpoint_family(path) in ("sd2", "sdxl"):
+        ckpt = load_family_checkpoint(path, device, dtype)
+        if vae_path is None:
+            return ckpt
+        vae_config, vae_state = read_vae(vae_path, dtype)
+        vae_config = dataclasses.replace(vae_config, scaling_factor=ckpt.vae_config.scaling_factor)
+        vae = build_module(_new_vae(vae_config), vae_state, device, "the VAE", Path(vae_path).name)
+        return dataclasses.replace(ckpt, vae=vae, vae_config=vae_config)
     need_vae = vae_path is None
     read = read_diffusers_folder if path.is_dir() else read_single_file
     parts = read(path, dtype, need_vae)
@@ -199,6 +215,46 @@ def load_checkpoint(
         dtype=dtype,
         device=device,
     )
+
+
+def checkpoint_family(path: Path) -> str:
+    """The family of a model file or diffusers folder, from its header or config files alone: "sd1",
+    "sd1-inpaint", "sd2", "sdxl", or what detect.detect_family names (the readers refuse those with a sentence).
+
+    A diffusers folder is SD 2.x or SDXL when its pipeline class says XL, its UNet reads a vector y
+    (addition_embed_type) or projects into its transformers with Linear layers (use_linear_projection), as every
+    SD 2.x and SDXL UNet does and no SD1.x one."""
+    if path.is_dir():
+        index, unet = path / "model_index.json", path / "unet" / "config.json"
+        try:
+            pipeline = str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
+            config = json.loads(unet.read_text(encoding="utf-8"))
+        except (OSError, ValueError, AttributeError):
+            return "sd1"  # the SD1.x reader explains what is missing or unreadable
+        if "XL" in pipeline or config.get("addition_embed_type"):
+            return "sdxl"
+        return "sd2" if config.get("use_linear_projection") else "sd1"
+    from atelier.models.detect import detect_family
+    from atelier.models.weights import WeightsFile
+
+    file = WeightsFile(path)
+    return detect_family(file.index.shapes, file.index.metadata)[0]
+
+
+def predicts_velocity(path: Path) -> bool:
+    """Whether an SD 2.x file or folder is a v-prediction model (the 768-v family): the folder's scheduler config,
+    or the single file's signs (single_file.sd2_prediction)."""
+    if path.is_dir():
+        scheduler = path / "scheduler" / "scheduler_config.json"
+        try:
+            return json.loads(scheduler.read_text(encoding="utf-8")).get("prediction_type") == "v_prediction"
+        except (OSError, ValueError, AttributeError):
+            return False
+    from atelier.models.single_file import sd2_prediction
+    from atelier.models.weights import WeightsFile
+
+    file = WeightsFile(path)
+    return sd2_prediction(file, file.index.shapes) == "v"
 
 
 def load_family_checkpoint(
@@ -250,6 +306,7 @@ def load_family_checkpoint(
         dtype=dtype,
         device=device,
         variant=parts.variant,
+        clip_skip=1 if parts.family == "sd2" and path.is_dir() else 2,
     )
 
 

@@ -281,7 +281,8 @@ def _channels_last(x: torch.Tensor, options: FastOptions) -> torch.Tensor:
 
 
 class FastUNet(UNet):
-    """The SD1.x UNet computed the fast way; same config, call, state_dict and outputs (to rounding) as `UNet`.
+    """The UNet (SD1.x, SD 2.x, SDXL) computed the fast way; same config, call, state_dict and outputs (to
+    rounding) as `UNet`.
 
     forward(x, timestep, context) runs, in order of preference: a replayed CUDA graph (CUDA, no autograd, well-
     formed inputs), the compiled network, the eager network. While `capture_cross_attention` is recording, it
@@ -320,8 +321,10 @@ class FastUNet(UNet):
         """The precision the projections really run in: options.precision, or "native" after a fallback."""
         return self.options.precision if self.fp8_layers else "native"
 
-    def _readable_forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return UNet.forward(self, x, t, context)
+    def _readable_forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return UNet.forward(self, x, t, context, y)
 
     @property
     def recording(self) -> bool:
@@ -336,23 +339,25 @@ class FastUNet(UNet):
         y: torch.Tensor | None = None,
         control: ControlResiduals | None = None,
     ) -> torch.Tensor:
+        """As UNet.forward. SDXL's vector y (B or 1, adm) is one more input of the graphed or compiled call."""
         x = _channels_last(x, self.options)
         if self.fp8_layers:
             fp8.refresh(self.fp8_layers)  # a LoRA patched a weight in place: quantise it again
-        if control is not None or y is not None:
-            # ControlNet residuals or SDXL's vector: the readable forward (its blocks compiled, no CUDA graph)
+        if control is not None:
+            # ControlNet residuals: the readable forward (its blocks compiled, no CUDA graph)
             return UNet.forward(self, x, timestep, context, y, control=control).contiguous()
         if self.recording:
             with torch.compiler.set_stance("force_eager"):
-                return UNet.forward(self, x, timestep, context).contiguous()
+                return UNet.forward(self, x, timestep, context, y).contiguous()
+        vector = () if y is None else (y,)
         with kernel_choices(self.options):
-            t = self._graphable_timesteps(x, timestep, context)
+            t = self._graphable_timesteps(x, timestep, context, y)
             if t is not None:
-                return self.graphs(x, t, context).contiguous()
-            return self._network(x, timestep, context).contiguous()
+                return self.graphs(x, t, context, *vector).contiguous()
+            return self._network(x, timestep, context, *vector).contiguous()
 
     def _graphable_timesteps(
-        self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor
+        self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor | None:
         """The timesteps as a (B,) tensor on x's device when a CUDA graph may run this call, else None.
 
@@ -363,6 +368,11 @@ class FastUNet(UNet):
         t = torch.as_tensor(timestep, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         ok = t.shape == (x.shape[0],) and context.ndim == 3 and context.shape[-1] == self.config.context_dim
+        adm = self.config.adm_in_channels
+        if (y is None) != (adm is None):
+            return None
+        if y is not None:
+            ok = ok and y.ndim == 2 and y.shape[-1] == adm and y.shape[0] in (1, x.shape[0]) and y.device == x.device
         return t.float() if ok and context.device == x.device else None
 
 
@@ -498,5 +508,10 @@ def accelerate(ckpt: Checkpoint, enabled: bool | None = None, options: FastOptio
         ckpt,
         unet=fast_unet(ckpt.unet, options),
         vae=fast_vae(ckpt.vae, options),
-        text_encoder=fast_text_encoder(ckpt.text_encoder, options),
+        # SDXL's pair of towers stays readable: one prompt encoding per image costs little next to 30 UNet steps.
+        text_encoder=(
+            fast_text_encoder(ckpt.text_encoder, options)
+            if isinstance(ckpt.text_encoder, CLIPTextEncoder)
+            else ckpt.text_encoder
+        ),
     )

@@ -57,10 +57,27 @@ def file_metadata(path: Path) -> dict[str, str]:
         return {}
 
 
+# The image side each family was trained at (its last, longest stage): SD1.x 512 (Rombach et al. 2022), SD 2.x
+# 768 for the 768-v model and 512 for 512-base, SDXL 1024 (Podell et al. 2023: about a megapixel, many aspect ratios).
+NATIVE_SIZES = {"sd1": 512, "sd1-inpaint": 512, "sd2-v": 768, "sd2": 512, "sdxl": 1024}
+
+
 def native_size(path: Path) -> int:
-    """The image side the model was trained at: from our metadata, else SD1.x's 512."""
+    """The image side the model was trained at: from our metadata (the embedded model: 128), else its family's
+    (SDXL 1024, SD 2.x 768-v 768, SD1.x and SD 2.x base 512), read from the file's header (and, for SD 2.x, the
+    sign that tells v-prediction). 512 for what the loader will refuse anyway."""
     value = file_metadata(path).get("atelier.native_size")
-    return int(value) if value and value.isdigit() else 512
+    if value and value.isdigit():
+        return int(value)
+    from atelier.models.checkpoint import checkpoint_family, predicts_velocity
+
+    try:
+        family = checkpoint_family(path)
+        if family == "sd2" and predicts_velocity(path):
+            family = "sd2-v"
+    except (CheckpointError, OSError):
+        return 512
+    return NATIVE_SIZES.get(family, 512)
 
 
 def latent_rgb(path: Path) -> list[list[float]] | None:

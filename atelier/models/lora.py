@@ -267,6 +267,8 @@ def load_lora(path: str | Path, unet_config: UNetConfig, text_config: TextEncode
     path = Path(path)
     file = WeightsFile(path)
     name = file.name
+    if unet_config.adm_in_channels is not None:  # SDXL: two text towers and other UNet names; not mapped yet
+        raise CheckpointError(f"{name}: Atelier does not apply LoRAs to SDXL models yet; run this model without it.")
     keys = list(file.index.shapes)
     if any(key.startswith(_SDXL_MARKS) for key in keys):
         raise CheckpointError(f"{name} is a LoRA for SDXL (it names a second text encoder); this model is SD1.x.")

@@ -159,7 +159,9 @@ def _require_split(family: str, evidence: str, name: str, what: str) -> None:
     """The one-sentence refusal of a split file whose family Atelier cannot run (or that is another kind)."""
     if family in SUPPORTED_FAMILIES:
         return
-    detail = _SPLIT_DETAILS.get(family, "Atelier runs the Stable Diffusion 1.x family only for now")
+    whole = "Atelier loads SD 2.x and SDXL from whole checkpoints for now, split files for Stable Diffusion 1.x only"
+    detail = _SPLIT_DETAILS.get(family, whole if family in ("sd2", "sdxl") else
+                                "Atelier loads split files for Stable Diffusion 1.x only")  # fmt: skip
     raise CheckpointError(
         f"{name} is not {what} Atelier can load: it looks like {FAMILY_NAMES[family]} (found {evidence}); {detail}."
     )

@@ -40,34 +40,66 @@ def _same_token_length(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor] | None:
 class CFGDenoiser:
     """The guided denoiser made by `cfg_denoiser`; `trace` tells what it did."""
 
-    def __init__(self, denoise: Denoise, cond: Tensor, uncond: Tensor, scale: float) -> None:
+    def __init__(
+        self,
+        denoise: Denoise,
+        cond: Tensor,
+        uncond: Tensor,
+        scale: float,
+        cond_y: Tensor | None = None,
+        uncond_y: Tensor | None = None,
+    ) -> None:
         self.denoise, self.cond, self.uncond, self.scale = denoise, cond, uncond, float(scale)
+        self.cond_y, self.uncond_y = cond_y, uncond_y  # SDXL's vector y of each side, (1 or B, adm), or None
         self.trace = GuidanceTrace(scale=self.scale, skipped_uncond=math.isclose(self.scale, 1.0))
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
         b = x.shape[0]  # x: (B, C, h, w)
         sigma = sigma.expand(b) if sigma.ndim == 0 else sigma  # (B,)
         cond = self.cond.expand(b, -1, -1) if self.cond.shape[0] == 1 else self.cond  # (B, T, D)
+        y_cond = _per_image(self.cond_y, x)  # (B, adm) or {}
         if self.trace.skipped_uncond:
             self.trace.calls += 1
-            return self.denoise(x, sigma, context=cond, **extra_args)
+            return self.denoise(x, sigma, context=cond, **y_cond, **extra_args)
         uncond = self.uncond.expand(b, -1, -1) if self.uncond.shape[0] == 1 else self.uncond  # (B, T', D)
+        y_uncond = _per_image(self.uncond_y, x)
         pair = _same_token_length(cond, uncond)
         if pair is None:  # lengths too different to batch: two calls
             self.trace.calls += 2
-            x0_cond = self.denoise(x, sigma, context=cond, **extra_args)
-            x0_uncond = self.denoise(x, sigma, context=uncond, **extra_args)
-        else:  # one call on a batch of 2B: [cond images; uncond images]
+            x0_cond = self.denoise(x, sigma, context=cond, **y_cond, **extra_args)
+            x0_uncond = self.denoise(x, sigma, context=uncond, **y_uncond, **extra_args)
+        else:  # one call on a batch of 2B: [cond images; uncond images], each with its own y (SDXL)
             self.trace.calls += 1
-            both = self.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat(pair), **extra_args)
+            both_y = {"y": torch.cat([y_cond["y"], y_uncond["y"]])} if y_cond else {}
+            both = self.denoise(
+                torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat(pair), **both_y, **extra_args
+            )
             x0_cond, x0_uncond = both.chunk(2)
         return x0_uncond + (x0_cond - x0_uncond) * self.scale
 
 
-def cfg_denoiser(denoise: Denoise, cond: Tensor, uncond: Tensor, scale: float) -> CFGDenoiser:
+def _per_image(y: Tensor | None, x: Tensor) -> dict[str, Tensor]:
+    """{"y": y expanded to (B, adm) on x's device} for the denoiser's keyword arguments, or {} without a vector."""
+    if y is None:
+        return {}
+    y = y.to(x.device)
+    return {"y": y.expand(x.shape[0], -1) if y.shape[0] == 1 else y}
+
+
+def cfg_denoiser(
+    denoise: Denoise,
+    cond: Tensor,
+    uncond: Tensor,
+    scale: float,
+    cond_y: Tensor | None = None,
+    uncond_y: Tensor | None = None,
+) -> CFGDenoiser:
     """Wrap `denoise(x, sigma, context=...)` with classifier-free guidance of strength `scale`.
 
     cond, uncond: text-encoder contexts of shape (1 or B, T, D). scale = 1 skips the unconditional pass and says so
-    in `guided.trace.skipped_uncond`.
+    in `guided.trace.skipped_uncond`. SDXL: `cond_y`, `uncond_y` (1 or B, adm), each side's vector y (pooled text
+    + size embeddings), go to the network with their side's context; both or neither.
     """
-    return CFGDenoiser(denoise, cond, uncond, scale)
+    if (cond_y is None) != (uncond_y is None):
+        raise ValueError("cfg_denoiser takes both sides' vectors y or neither")
+    return CFGDenoiser(denoise, cond, uncond, scale, cond_y, uncond_y)

@@ -22,7 +22,7 @@ from atelier.batching import Member, OnMemberStep, decode_members, sample_member
 from atelier.errors import InputError
 from atelier.graph.kit import ClipModel, preview_map, step_preview
 from atelier.imaging import bchw_signed_to_pil
-from atelier.pipeline import DiffusionModel, SamplerSettings, Step
+from atelier.pipeline import Cond, DiffusionModel, SamplerSettings, Step, with_vectors
 from atelier.server.merging import ImageOf, Txt2Img, runs_merged, txt2img
 from atelier.server.scheduler import Batch
 
@@ -44,7 +44,7 @@ class Models:
     def of(cls, ckpt: Checkpoint) -> Models:
         """A loaded Checkpoint as MODEL, CLIP and VAE (without preview map, LoRAs or embeddings)."""
         model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor)
-        return cls(model, ClipModel(ckpt.text_encoder, ckpt.tokenizer), ckpt.vae)
+        return cls(model, ClipModel(ckpt.text_encoder, ckpt.tokenizer, clip_skip=ckpt.clip_skip), ckpt.vae)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +89,22 @@ class MergedTxt2ImgWorker:
         first = wanted[0][1]
         models = self.models(first.checkpoint)
 
-        def encode(text: str, clip_skip: int):  # (1, 77 * chunks, D), as CLIPTextEncode (embeddings included)
-            return dataclasses.replace(models.clip, clip_skip=clip_skip).encode(text)
+        config = models.model.unet.config
 
-        members = [
-            Member(encode(t.prompt, t.clip_skip), encode(t.negative, t.clip_skip), t.seed, part.index, part.of)
-            for part, t in wanted
-        ]
+        def encode(t: Txt2Img, negative: bool) -> Cond:
+            """As CLIPTextEncode (embeddings included) then the sampler (SDXL's vector y for this size)."""
+            clip = models.clip  # no CLIPSetLastLayer: the family's layer; else CLIPSetLastLayer's rule
+            if t.clip_skip:
+                clip = dataclasses.replace(clip, clip_skip=min(t.clip_skip, clip.layers))
+            cond = clip.conditioning(t.negative if negative else t.prompt)
+            shape = (1, 4, t.height // 8, t.width // 8)
+            return with_vectors([cond], config, shape, negative)[0]
+
+        members = []
+        for part, t in wanted:
+            positive, negative = encode(t, False), encode(t, True)
+            members.append(Member(positive.context, negative.context, t.seed, part.index, part.of,
+                                  positive.y, negative.y))  # fmt: skip
         settings = SamplerSettings(0, first.steps, first.cfg, first.sampler, first.scheduler, first.denoise)
         model = models.model
         latents = sample_members(model, members, settings, first.width, first.height, self.on_step, self.interrupt)

@@ -48,7 +48,7 @@ class Txt2Img:
     width: int
     height: int
     batch: int
-    clip_skip: int  # 1: the last layer (no CLIPSetLastLayer); n: CLIPSetLastLayer(stop_at_clip_layer=-n)
+    clip_skip: int  # 0: no CLIPSetLastLayer (the family's own layer); n: CLIPSetLastLayer(stop_at_clip_layer=-n)
     output: str  # the id of the SaveImage or PreviewImage node
     filename_prefix: str | None  # SaveImage's; None for PreviewImage
     sampler_node: str = ""  # the id of the KSampler (its progress and previews are reported under this id)
@@ -144,7 +144,7 @@ def _read(prompt: dict[str, Any]) -> Txt2Img:
         _link(ks["negative"])[0],
     }
     if clip_link == (loader_link[0], 1):
-        clip_skip = 1
+        clip_skip = 0
     else:
         skip = _node(prompt, clip_link, "CLIPSetLastLayer")
         if _link(skip.get("clip")) != (loader_link[0], 1):

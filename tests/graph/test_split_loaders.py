@@ -134,7 +134,8 @@ def test_other_families_are_refused_in_one_sentence(tmp_path, env):
         load_text_encoder(tmp_path / "clip_g.safetensors", device="cpu")
     assert str(error.value) == (
         "clip_g.safetensors is not a text encoder Atelier can load: it looks like an SDXL checkpoint (found an "
-        "OpenCLIP ViT-bigG/14 text encoder (1280 wide)); Atelier runs the Stable Diffusion 1.x family only for now."
+        "OpenCLIP ViT-bigG/14 text encoder (1280 wide)); Atelier loads SD 2.x and SDXL from whole checkpoints for "
+        "now, split files for Stable Diffusion 1.x only."
     )
     save_file({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(4, 4)}, tmp_path / "t5.safetensors")
     with pytest.raises(CheckpointError, match=r"it looks like a T5 text encoder \(Stable Diffusion 3, Flux\)"):
@@ -154,11 +155,12 @@ def test_other_families_are_refused_in_one_sentence(tmp_path, env):
         checked = validate_prompt(full, registry)
         errors[node_id] = checked.node_errors[node_id]["errors"][0]["details"].removeprefix("type - ")
     assert errors["c"] == (
-        "CLIPLoader's type 'lumina2' builds the text encoder of lumina2; Atelier runs Stable Diffusion 1.x only "
-        "for now (type 'stable_diffusion')."
+        "CLIPLoader's type 'lumina2' builds the text encoder of lumina2; Atelier runs Stable Diffusion 1.x, 2.x "
+        "and SDXL, split files for 1.x only (type 'stable_diffusion')."
     )
     assert errors["d"] == (
-        "DualCLIPLoader's type 'sdxl' builds the text encoder of an SDXL checkpoint; Atelier runs Stable Diffusion "
-        "1.x only for now (type 'stable_diffusion')."
+        "DualCLIPLoader's type 'sdxl' builds the text encoder of an SDXL checkpoint; Atelier reads those from the "
+        "whole checkpoint for now (CheckpointLoaderSimple), split files for Stable Diffusion 1.x only (type "
+        "'stable_diffusion')."
     )
     assert json.dumps(errors)  # plain sentences, as the editor shows them

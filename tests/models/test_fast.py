@@ -91,6 +91,46 @@ def test_fast_unet_matches_readable(name, options):
     assert max_diff(fast(x9, t9, c9), readable(x9, t9, c9)) <= TOL
 
 
+# SD 2.x and SDXL shapes, small: 16-wide heads, linear projections, SDXL's depths per level and its vector y
+# (pooled 16 + 6 size numbers x 8), the refiner's y (pooled 16 + 5 numbers x 8).
+SMALL_SD2 = dataclasses.replace(UNetConfig.tiny(), attention_head_dim=16, linear_projection=True, prediction="v")
+SMALL_SDXL = dataclasses.replace(
+    UNetConfig.tiny(),
+    block_channels=(32, 64, 64),
+    cross_attention_levels=(False, True, True),
+    attention_head_dim=16,
+    transformer_depth=(0, 2, 3),
+    linear_projection=True,
+    context_dim=40,
+    adm_in_channels=16 + 6 * 8,
+    size_embed_dim=8,
+)
+SMALL_REFINER = dataclasses.replace(
+    SMALL_SDXL, block_channels=(32, 64, 64, 64), cross_attention_levels=(False, True, True, False),
+    transformer_depth=2, context_dim=16, adm_in_channels=16 + 5 * 8,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("options", EAGER_OPTIONS.values(), ids=EAGER_OPTIONS.keys())
+@pytest.mark.parametrize("cfg", [SMALL_SD2, SMALL_SDXL, SMALL_REFINER], ids=["sd2", "sdxl", "refiner"])
+@torch.no_grad()
+def test_fast_unet_matches_readable_on_sd2_and_sdxl_shapes(cfg, options):
+    """SDXL's vector y goes through the fast path (fused projections, channels_last) instead of falling back."""
+    torch.manual_seed(0)
+    readable = UNet(cfg).eval()
+    for p in readable.parameters():  # off the init: LayerNorms at exactly 1 and 0 would hide a misplaced weight
+        p.add_(0.05 * torch.randn_like(p))
+    x, t, context = unet_inputs(cfg)
+    y = torch.randn(2, cfg.adm_in_channels) if cfg.adm_in_channels is not None else None
+    expected = readable(x, t, context, y)
+    fast = fast_unet(readable, options)
+    out = fast(x, t, context, y)
+    assert out.is_contiguous() and max_diff(out, expected) <= TOL
+    if y is not None:  # one vector for the whole batch broadcasts, as in the readable UNet
+        assert max_diff(fast(x, t, context, y[:1]), readable(x, t, context, y[:1])) <= TOL
+        assert max_diff(fast(x, t, context, y), fast(x, t, context, y.flip(0))) > 1e-3  # y reaches the network
+
+
 @torch.no_grad()
 def test_fused_projections_replace_every_attention_and_keep_the_readable_state_dict():
     readable = UNet(DEEP).eval()
@@ -305,6 +345,17 @@ def test_compiled_fast_unet_matches_readable_on_the_cpu():
     assert len(maps) == 7
 
 
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_fast_unet_with_y_matches_readable_on_the_cpu():
+    torch.manual_seed(1)
+    readable = UNet(SMALL_SDXL).eval()
+    x, t, context = unet_inputs(SMALL_SDXL)
+    y = torch.randn(2, SMALL_SDXL.adm_in_channels)
+    fast = fast_unet(readable, FastOptions(compile="full", cuda_graphs=False))
+    assert max_diff(fast(x, t, context, y), readable(x, t, context, y)) <= TOL
+
+
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -328,6 +379,21 @@ def test_full_size_fast_path_matches_readable_on_cuda():
     assert fast.graphs.captured == 1
     x2 = torch.randn_like(x)  # a replay with new inputs computes the new answer
     assert _relative(fast(x2, t, context), readable(x2, t, context)) < 1e-2
+
+    # SDXL base at 1024x1024's latent: the vector y is an input of the captured graph.
+    readable = UNet(UNetConfig.sdxl()).to(device, dtype).eval()
+    x = torch.randn(2, 4, 128, 128, device=device, dtype=dtype)
+    context = torch.randn(2, 77, 2048, device=device, dtype=dtype)
+    y = torch.randn(2, 2816, device=device, dtype=dtype)
+    expected = readable(x, t, context, y).float()
+    fast = fast_unet(readable)
+    for _ in range(3):
+        out = fast(x, t, context, y)
+        assert _relative(out, expected) < 1e-2 and torch.isfinite(out).all()
+    assert fast.graphs.captured == 1
+    y2 = torch.randn_like(y)  # a replay reads the new vector
+    assert _relative(fast(x, t, context, y2), readable(x, t, context, y2)) < 1e-2
+    del readable, fast
 
     vae = VAE(VAEConfig()).to(device, dtype).eval()
     z = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)

@@ -1,7 +1,8 @@
 """The core Stable Diffusion nodes, with ComfyUI's class names, input names, defaults and ranges, by theme:
 
     loaders.py       CheckpointLoaderSimple, VAELoader
-    conditioning.py  CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea
+    conditioning.py  CLIPTextEncode, CLIPTextEncodeSDXL(Refiner), CLIPSetLastLayer, ConditioningCombine,
+                     ConditioningSetArea
     latent.py        EmptyLatentImage, RepeatLatentBatch, LatentUpscale, LatentUpscaleBy, VAEDecode, VAEEncode
     sampling.py      KSampler, KSamplerAdvanced
     inpaint.py       SetLatentNoiseMask, VAEEncodeForInpaint, ImagePadForOutpaint

@@ -10,7 +10,7 @@ import torch
 from atelier.errors import InputError
 from atelier.graph.kit import MAX_RESOLUTION, ClipModel, Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
-from atelier.pipeline import Cond
+from atelier.pipeline import Cond, SizeConditioning
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,96 @@ class CLIPTextEncode(Node):
 
     def run(self, ctx: NodeContext, text: str, clip: ClipModel) -> tuple:
         unknown: list[str] = []
-        context = clip.encode(text, unknown)
+        cond = clip.conditioning(text, unknown)  # SDXL: both towers read the text; sizes come from the latent
         if unknown:  # shown with the node's output, as well as logged: a missing embedding is not silent
             names = ", ".join(f"embedding:{name}" for name in unknown)
             return {"ui": {"warnings": [f"{names} matched no file in models/embeddings and was left out."]},
-                    "result": ([Cond(context)],)}  # fmt: skip
-        return ([Cond(context)],)
+                    "result": ([cond],)}  # fmt: skip
+        return ([cond],)
+
+
+def _size_input(name: str, default: int, tooltip: str) -> Input:
+    return Input(name, "INT", default=default, min=0, max=MAX_RESOLUTION, tooltip=tooltip)
+
+
+def _require_sdxl(clip: ClipModel, node: str, base: bool = False) -> None:
+    if not clip.is_sdxl:
+        raise InputError(f"{node}'s clip is not an SDXL text encoder; expected the CLIP of an SDXL checkpoint.")
+    if base and clip.text_encoder.clip_l is None:
+        raise InputError(f"{node}'s clip is the SDXL refiner's, which reads one text; use CLIPTextEncodeSDXLRefiner.")
+
+
+class CLIPTextEncodeSDXL(Node):
+    SCHEMA = NodeSchema(
+        name="CLIPTextEncodeSDXL",
+        display_name="CLIP Text Encode (SDXL)",
+        category="advanced/conditioning",
+        description="Encodes a prompt for SDXL with each of its two text encoders reading its own text (text_g: "
+        "OpenCLIP bigG, text_l: CLIP-L), and sets the sizes SDXL is conditioned on (Podell et al. 2023, "
+        "micro-conditioning): the image's original size, the crop's corner and the target size.",
+        inputs=[
+            Input("clip", "CLIP", tooltip="The SDXL text encoders (the base checkpoint's CLIP)."),
+            _size_input("width", 1024, "The original width the model is told the image had, in pixels."),
+            _size_input("height", 1024, "The original height the model is told the image had, in pixels."),
+            _size_input("crop_w", 0, "Left edge of the crop taken from the original, in pixels (0: uncropped)."),
+            _size_input("crop_h", 0, "Top edge of the crop taken from the original, in pixels (0: uncropped)."),
+            _size_input("target_width", 1024, "The width of the image being made, in pixels."),
+            _size_input("target_height", 1024, "The height of the image being made, in pixels."),
+            Input("text_g", "STRING", multiline=True, dynamic_prompts=True,
+                  tooltip="The text for OpenCLIP ViT-bigG, the larger encoder (and the pooled vector)."),
+            Input("text_l", "STRING", multiline=True, dynamic_prompts=True,
+                  tooltip="The text for CLIP ViT-L, the smaller encoder."),
+        ],
+        outputs=[
+            Output("CONDITIONING", tooltip="The prompt's token vectors (1, 77 x chunks, 2048), its pooled vector, "
+                   "the sizes.")
+        ],
+    )
+
+    def run(
+        self,
+        ctx: NodeContext,
+        clip: ClipModel,
+        width: int,
+        height: int,
+        crop_w: int,
+        crop_h: int,
+        target_width: int,
+        target_height: int,
+        text_g: str,
+        text_l: str,
+    ) -> tuple:
+        _require_sdxl(clip, "CLIPTextEncodeSDXL", base=True)
+        cond = clip.conditioning(text_g, text_l=text_l)  # the shorter text is padded with empty chunks
+        sizes = SizeConditioning(width, height, crop_w, crop_h, target_width, target_height)
+        return ([dataclasses.replace(cond, sizes=sizes)],)
+
+
+class CLIPTextEncodeSDXLRefiner(Node):
+    SCHEMA = NodeSchema(
+        name="CLIPTextEncodeSDXLRefiner",
+        display_name="CLIP Text Encode (SDXL Refiner)",
+        category="advanced/conditioning",
+        description="Encodes a prompt for the SDXL refiner (OpenCLIP bigG alone) with the aesthetic score and the "
+        "original size it is conditioned on: the refiner learned to make images that score higher when told so.",
+        inputs=[
+            Input("ascore", "FLOAT", default=6.0, min=0.0, max=1000.0, step=0.01,
+                  tooltip="The aesthetic score the image should have (LAION's aesthetic predictor, 0 to 10): about 6 "
+                  "for the positive prompt, 2.5 for the negative."),
+            _size_input("width", 1024, "The original width the model is told the image had, in pixels."),
+            _size_input("height", 1024, "The original height the model is told the image had, in pixels."),
+            Input("text", "STRING", multiline=True, dynamic_prompts=True, tooltip="The text to be encoded."),
+            Input("clip", "CLIP", tooltip="The SDXL refiner's text encoder."),
+        ],
+        outputs=[
+            Output("CONDITIONING", tooltip="The prompt's token vectors, its pooled vector, the score, the size.")
+        ],
+    )
+
+    def run(self, ctx: NodeContext, ascore: float, width: int, height: int, text: str, clip: ClipModel) -> tuple:
+        _require_sdxl(clip, "CLIPTextEncodeSDXLRefiner")
+        cond = clip.conditioning(text)
+        return ([dataclasses.replace(cond, sizes=SizeConditioning(width, height, aesthetic_score=ascore))],)
 
 
 class CLIPSetLastLayer(Node):
@@ -64,7 +148,7 @@ class CLIPSetLastLayer(Node):
     )
 
     def run(self, ctx: NodeContext, clip: ClipModel, stop_at_clip_layer: int) -> tuple:
-        layers = clip.text_encoder.config.layers
+        layers = clip.layers
         skip = min(-stop_at_clip_layer, layers)  # -1 = the last layer = clip skip 1
         return (dataclasses.replace(clip, clip_skip=skip),)
 
@@ -177,6 +261,7 @@ class ConditioningAverage(Node):
         conditioning_to_strength: float,
     ) -> tuple:
         source = _first_context(conditioning_from, "ConditioningAverage")  # (1, T', D)
+        pooled_from = conditioning_from[0].pooled
         out = []
         for cond in conditioning_to:
             t = cond.context.shape[1]
@@ -184,7 +269,10 @@ class ConditioningAverage(Node):
             if other.shape[1] < t:  # pad the shorter prompt with zero vectors
                 other = torch.cat([other, other.new_zeros(1, t - other.shape[1], other.shape[2])], dim=1)
             mixed = cond.context * conditioning_to_strength + other * (1.0 - conditioning_to_strength)
-            out.append(dataclasses.replace(cond, context=mixed))
+            pooled = cond.pooled
+            if pooled is not None and pooled_from is not None:  # SDXL: the pooled vectors mix the same way
+                pooled = pooled * conditioning_to_strength + pooled_from.to(pooled) * (1.0 - conditioning_to_strength)
+            out.append(dataclasses.replace(cond, context=mixed, pooled=pooled))
         return (out,)
 
 
@@ -249,11 +337,14 @@ class ConditioningZeroOut(Node):
         name="ConditioningZeroOut",
         display_name="ConditioningZeroOut",
         category="advanced/conditioning",
-        description="Sets every token vector to zero: a negative that is not even the empty prompt, which some "
-        "models were trained with.",
+        description="Sets every token vector (and SDXL's pooled vector) to zero: a negative that is not even the "
+        "empty prompt, which some models were trained with.",
         inputs=[Input("conditioning", "CONDITIONING", tooltip="The conditioning to zero.")],
         outputs=[Output("CONDITIONING", tooltip="The same entries with all-zero vectors.")],
     )
 
     def run(self, ctx: NodeContext, conditioning: list[Cond]) -> tuple:
-        return ([dataclasses.replace(c, context=torch.zeros_like(c.context)) for c in conditioning],)
+        # SDXL's pooled vector is zeroed too, as ComfyUI does; the sizes stay.
+        return ([dataclasses.replace(c, context=torch.zeros_like(c.context),
+                                     pooled=None if c.pooled is None else torch.zeros_like(c.pooled))
+                 for c in conditioning],)  # fmt: skip

@@ -34,7 +34,7 @@ from atelier.errors import InputError
 from atelier.graph.kit import CFG_INPUT, SEED_INPUT, InterruptFlag, Node, progress_and_previews
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.limits import check_sampling_cost
-from atelier.pipeline import Cond, DiffusionModel, Step, composed_denoiser, guide, sample_sigmas
+from atelier.pipeline import Cond, DiffusionModel, Step, composed_denoiser, guide, sample_sigmas, with_vectors
 from atelier.sampling.noise import check_seed, initial_noise
 from atelier.sampling.samplers import SAMPLERS
 from atelier.sampling.schedules import SCHEDULERS, exponential, karras, sigmas_for
@@ -73,10 +73,18 @@ class Guider:
     """GUIDER: a model and what steers it. `guided()` is the denoiser the sampler calls, x0 = guided(x, sigma)."""
 
     model: DiffusionModel
-    build: Callable[[DiffusionModel], Callable[..., Tensor]]
+    # build(model, vectors) -> the guided denoiser; vectors(conds, negative) gives the conditionings SDXL's vector y
+    # for the latent being sampled (pipeline.with_vectors), the same conditionings for SD1.x and SD 2.x.
+    build: Callable[[DiffusionModel, Callable[[list[Cond], bool], list[Cond]]], Callable[..., Tensor]]
 
-    def guided(self) -> Callable[..., Tensor]:
-        return self.build(self.model)
+    def guided(self, latent_shape: tuple[int, ...] | None = None) -> Callable[..., Tensor]:
+        """The denoiser for sampling a latent of `latent_shape` (B, C, h, w): SDXL's default sizes are its own."""
+        config = self.model.unet.config
+
+        def vectors(conds: list[Cond], negative: bool) -> list[Cond]:
+            return conds if latent_shape is None else with_vectors(conds, config, latent_shape, negative)
+
+        return self.build(self.model, vectors)
 
 
 def dual_cfg(
@@ -242,7 +250,8 @@ class SamplerCustomAdvanced(Node):
         latent_image: dict,
     ) -> tuple:
         start = noise.generate(latent_image)
-        return run_custom(ctx, guider.model, guider.guided(), sampler, sigmas, latent_image, start, noise.seed)
+        guided = guider.guided(tuple(latent_image["samples"].shape))
+        return run_custom(ctx, guider.model, guided, sampler, sigmas, latent_image, start, noise.seed)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -302,7 +311,10 @@ class CFGGuider(Node):
     def run(
         self, ctx: NodeContext, model: DiffusionModel, positive: list[Cond], negative: list[Cond], cfg: float
     ) -> tuple:
-        return (Guider(model, lambda m: guide(m.denoiser(), positive, negative, cfg, m.schedule)),)
+        def build(m: DiffusionModel, v: Callable) -> Callable[..., Tensor]:
+            return guide(m.denoiser(), v(positive, False), v(negative, True), cfg, m.schedule)
+
+        return (Guider(model, build),)
 
 
 class BasicGuider(Node):
@@ -318,7 +330,10 @@ class BasicGuider(Node):
 
     def run(self, ctx: NodeContext, model: DiffusionModel, conditioning: list[Cond]) -> tuple:
         # CFG at scale 1 is the conditional prediction alone; the unconditional pass is skipped (guidance.py).
-        return (Guider(model, lambda m: guide(m.denoiser(), conditioning, conditioning, 1.0, m.schedule)),)
+        def build(m: DiffusionModel, v: Callable) -> Callable[..., Tensor]:
+            return guide(m.denoiser(), v(conditioning, False), v(conditioning, True), 1.0, m.schedule)
+
+        return (Guider(model, build),)
 
 
 class DualCFGGuider(Node):
@@ -359,7 +374,12 @@ class DualCFGGuider(Node):
         style: str,
     ) -> tuple:
         nested = style == "nested"
-        return (Guider(model, lambda m: dual_cfg(m, cond1, cond2, negative, cfg_conds, cfg_cond2_negative, nested)),)
+
+        def build(m: DiffusionModel, v: Callable) -> Callable[..., Tensor]:
+            conds = v(cond1, False), v(cond2, False), v(negative, True)
+            return dual_cfg(m, *conds, cfg_conds, cfg_cond2_negative, nested)
+
+        return (Guider(model, build),)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ class CheckpointLoaderSimple(Node):
         name="CheckpointLoaderSimple",
         display_name="Load Checkpoint",
         category="loaders",
-        description="Loads a diffusion model checkpoint: the UNet (MODEL), the text encoder (CLIP) and the VAE.",
+        description="Loads a diffusion model checkpoint: the UNet (MODEL), the text encoder (CLIP) and the VAE. "
+        "Stable Diffusion 1.x, 2.x (768-v models predict velocity) and SDXL base and refiner are read from the "
+        "file itself; SD 2.x and SDXL prompts are read at the text encoder's penultimate layer, as ComfyUI does.",
         inputs=[Input("ckpt_name", "COMBO", options=(), tooltip="The checkpoint to load.")],
         outputs=[
             Output("MODEL", tooltip="The denoising UNet."),
@@ -47,8 +49,11 @@ class CheckpointLoaderSimple(Node):
         stored = latent_rgb(path)
         preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
         model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor, preview=preview)
-        embeddings = EmbeddingFolder(self.env.models, ckpt.text_encoder_config.width)
-        return model, ClipModel(ckpt.text_encoder, ckpt.tokenizer, embeddings=embeddings), ckpt.vae
+        # Textual inversions are read for one-tower families; SDXL's (one vector set per tower) are not yet.
+        sdxl = ckpt.family == "sdxl"
+        embeddings = None if sdxl else EmbeddingFolder(self.env.models, ckpt.text_encoder_config.width)
+        clip = ClipModel(ckpt.text_encoder, ckpt.tokenizer, clip_skip=ckpt.clip_skip, embeddings=embeddings)
+        return model, clip, ckpt.vae
 
 
 class VAELoader(Node):
@@ -114,9 +119,15 @@ def _refuse_family(node: str, kind: str, family: str) -> str | bool:
     """True when `family` is one Atelier runs, else the sentence validation reports."""
     if family in SUPPORTED_FAMILIES:
         return True
+    if family in ("sd2", "sdxl"):
+        return (
+            f"{node}'s type {kind!r} builds the text encoder of {FAMILY_NAMES[family]}; Atelier reads those from "
+            "the whole checkpoint for now (CheckpointLoaderSimple), split files for Stable Diffusion 1.x only "
+            "(type 'stable_diffusion')."
+        )
     return (
         f"{node}'s type {kind!r} builds the text encoder of {FAMILY_NAMES.get(family, family)}; Atelier runs "
-        "Stable Diffusion 1.x only for now (type 'stable_diffusion')."
+        "Stable Diffusion 1.x, 2.x and SDXL, split files for 1.x only (type 'stable_diffusion')."
     )
 
 
@@ -189,7 +200,7 @@ class DualCLIPLoader(Node):
         display_name="DualCLIPLoader",
         category="advanced/loaders",
         description="Loads the two text encoders of a family that has two (SDXL: CLIP ViT-L and OpenCLIP ViT-bigG; "
-        "SD3, Flux: CLIP and T5). Atelier's families have one text encoder, so every type is refused for now.",
+        "SD3, Flux: CLIP and T5). SDXL's pair is read from its whole checkpoint for now, so every type is refused.",
         inputs=[
             Input("clip_name1", "COMBO", options=(), tooltip="The first text encoder file."),
             Input("clip_name2", "COMBO", options=(), tooltip="The second text encoder file."),
@@ -242,8 +253,8 @@ STRENGTH_MODEL_INPUT = Input(
 
 def _with_lora(model: DiffusionModel, clip: ClipModel | None, path, strength_model: float, strength_clip: float):
     """`model` and `clip` with the LoRA at `path` appended to their patch lists (a strength of 0 adds nothing)."""
-    text_config = clip.text_encoder.config if clip is not None else None
-    lora = load_lora(path, model.unet.config, text_config)
+    text_config = clip.text_encoder.config if clip is not None and not clip.is_sdxl else None
+    lora = load_lora(path, model.unet.config, text_config)  # refuses SDXL models in one sentence
     if lora.unmatched:
         log.warning("%s", lora.summary())
     if strength_model != 0.0:

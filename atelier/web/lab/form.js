@@ -34,7 +34,7 @@ export function setup(options, onChange) {
   state.nativeSizes = options.native_sizes || {};
   write(state.defaults);
   for (const id of ["f-model", "f-width", "f-height", "f-batch", "f-steps"]) $(id).addEventListener("input", showSize);
-  $("f-model").addEventListener("change", showSize);
+  $("f-model").addEventListener("change", useNativeSize);
   $("f-denoise").addEventListener("input", showDenoise);
   $("seed-random").addEventListener("click", () => setSeed(-1));
   $("seed-last").addEventListener("click", () => state.lastSeed !== null && setSeed(state.lastSeed));
@@ -128,6 +128,16 @@ export function read() {
   }
   if (!state.init) p.denoise = 1;
   return p;
+}
+
+/**
+ * A model just chosen: the size becomes the one it was trained at (SDXL 1024, SD 2.x 768-v 768, SD1.x 512, the
+ * embedded model 128), the size its family's defaults assume; SDXL's size conditioning follows the image's size.
+ */
+function useNativeSize() {
+  const native = state.nativeSizes[$("f-model").value];
+  if (native) $("f-width").value = $("f-height").value = String(native);
+  showSize();
 }
 
 /**
