@@ -177,6 +177,11 @@ class ClusterWorker:
     def describe(self) -> list[dict]:
         return self.pool.describe()
 
+    def add_worker(self) -> None:
+        """One more actor (a GPU of a machine that joined the cluster with `ray start --address=...`, or another
+        CPU worker): the queue's next turn sees one more slot and sends it waiting work."""
+        self.pool.add_worker()
+
     def close(self) -> None:
         self.pool.shutdown()
 

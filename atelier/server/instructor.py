@@ -35,6 +35,7 @@ import asyncio
 import html
 import io
 import json
+import logging
 import re
 import secrets
 import unicodedata
@@ -53,6 +54,8 @@ from atelier.server.security import page_policy
 from atelier.server.state import ServerState, error_text, state
 from atelier.server.store import PromptRecord, now_ms
 from atelier.server.strict_json import BadJSON, dumps, dumps_finite, read_json
+
+log = logging.getLogger(__name__)
 
 PAGE_ROOT = Path(__file__).resolve().parent.parent / "web" / "classroom"
 API = "/atelier/classroom"
@@ -297,6 +300,7 @@ def class_state(st: ServerState, room: Classroom, base_url: str) -> dict:
         "removed": [{"id": lid, "name": name} for lid, name in list(room.removed.items())],
         "queue": queue,
         "workers": st.queue.workers(),  # who runs the batches: Ray's actors, or this process (PromptQueue.workers)
+        "can_add_worker": st.queue.can_add_worker,
         "exercise": exercise,
         "results": exercise_results(st, room, exercise) if exercise is not None else [],
     }
@@ -338,6 +342,23 @@ async def resume(request: web.Request) -> web.Response:
     st.queue.resume()
     st.queue.broadcast_status()
     return web.json_response({"paused": bool(getattr(st.queue.scheduler, "paused", False))})
+
+
+@instructor_only
+async def add_worker(request: web.Request) -> web.Response:
+    """One more Ray worker while the class runs (after `ray start --address=...` on another machine, say)."""
+    st = state(request)
+    if not st.queue.can_add_worker:
+        error = ExerciseError("This server runs without Ray: start it with --ray to add workers.", "err.no_ray")
+        return web.json_response({"error": str(error), "message_key": error.key, "params": {}}, status=409)
+    try:
+        await asyncio.to_thread(st.queue.add_worker)
+    except Exception as failure:  # Ray could not place it (no free GPU or CPU in the cluster): said, not raised
+        log.warning("Could not add a Ray worker: %s", failure)
+        error = ExerciseError(f"Ray could not start another worker: {str(failure)[:200]}", "err.worker_not_added")
+        return web.json_response({"error": str(error), "message_key": error.key, "params": {}}, status=503)
+    st.queue.broadcast_status()
+    return web.json_response({"workers": st.queue.workers()})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -653,6 +674,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get(f"{API}/join.svg", join_svg)
     app.router.add_post(f"{API}/pause", pause)
     app.router.add_post(f"{API}/resume", resume)
+    app.router.add_post(f"{API}/workers", add_worker)
     app.router.add_get(f"{API}/exercise", get_exercise)
     app.router.add_post(f"{API}/exercise", post_exercise)
     app.router.add_delete(f"{API}/exercise", delete_exercise)

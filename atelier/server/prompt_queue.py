@@ -477,6 +477,17 @@ class PromptQueue:
         return [{"worker": 0, "device": self.device, "pid": os.getpid(), "loaded": models, "loading": None,
                  "busy": busy, "images_done": done}]  # fmt: skip
 
+    @property
+    def can_add_worker(self) -> bool:
+        """Whether workers can be added while the server runs (a Ray pool); the in-process worker is one."""
+        return hasattr(self.worker, "add_worker")
+
+    def add_worker(self) -> None:
+        """Start one more worker (Ray) and wake the queue, so that waiting batches start on it."""
+        self.worker.add_worker()
+        with self._cond:
+            self._cond.notify_all()
+
     def wants_preview(self, prompt_id: str) -> bool:
         """Whether a running prompt's client asked for live sampler previews."""
         listener = self._listeners.get(prompt_id)

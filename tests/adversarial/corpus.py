@@ -496,6 +496,7 @@ def _classroom_family() -> list[Case]:
         Case("classroom", "join-svg-query", "GET", f"{api}/join.svg?size=100000"),
         Case("classroom", "pause-body", "POST", f"{api}/pause", '{"x": NaN}'),
         Case("classroom", "resume-list", "POST", f"{api}/resume", "[]"),
+        Case("classroom", "workers-add-body", "POST", f"{api}/workers", '{"workers": 1e400}'),
         Case("classroom", "exercise-get", "GET", f"{api}/exercise"),
         Case("classroom", "exercise-nan", "POST", f"{api}/exercise", '{"seed": NaN, "cfg": [1, 7, 1e400]}'),
         Case("classroom", "exercise-delete", "DELETE", f"{api}/exercise"),

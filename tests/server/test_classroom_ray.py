@@ -61,11 +61,11 @@ def alone(data_dir: Path, prompt: dict) -> list[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def ray_class(data_dir: Path) -> AsyncIterator[TestClient]:
-    """A classroom server whose txt2img batches run on 2 Ray CPU workers, one image per batch (so that several
-    batches are in flight at once)."""
+async def ray_class(data_dir: Path, workers: int = 2) -> AsyncIterator[TestClient]:
+    """A classroom server whose txt2img batches run on `workers` Ray CPU workers, one image per batch (so that
+    several batches are in flight at once)."""
     app = create_app(default_registry(DataDir(data_dir)), data_dir, static_root=None, classroom=True,
-                     batch_images=1, ray="local", workers=2)  # fmt: skip
+                     batch_images=1, ray="local", workers=workers)  # fmt: skip
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 
@@ -169,3 +169,28 @@ async def test_a_prompt_whose_worker_is_killed_twice_fails_with_the_reason(tmp_p
         assert "lost twice" in error["exception_message"] and error["message_key"] == "worker_lost"
         assert "lost" in error["params"]["reason"]
         assert list((data / "output").glob("ana_*.png")) == []
+
+
+@async_test
+async def test_a_worker_added_while_the_class_runs_takes_waiting_work(tmp_path, model_file):
+    data = data_dir_with_model(tmp_path / "class", model_file)
+    async with ray_class(data, workers=1) as client, browser(client) as ana, browser(client) as boss:
+        st = client.server.app[STATE]
+        await join(ana, st.classroom.join_code, "Ana")
+        await instructor(boss, st.classroom.instructor_secret)
+        in_flight: list[int] = []
+        st.queue.on_batch = lambda batch: in_flight.append(len(st.queue.running_batches()))
+        st.queue.pause()
+        prompts = [prompt_of(f"a red circle {i}", i, "ana", steps=6) for i in range(4)]
+        ids = [(await post_prompt(ana, p))["prompt_id"] for p in prompts]
+        state = await (await boss.get("/atelier/classroom/state")).json()
+        assert state["can_add_worker"] is True and len(state["workers"]) == 1
+        added = await boss.post("/atelier/classroom/workers")
+        assert added.status == 200, await added.text()
+        assert len((await added.json())["workers"]) == 2
+        st.queue.resume()
+        for prompt_id in ids:
+            assert (await wait_history(ana, prompt_id, timeout=240))["status"]["completed"]
+        workers = (await (await boss.get("/atelier/classroom/state")).json())["workers"]
+        assert len({w["pid"] for w in workers}) == 2 and all(w["images_done"] >= 1 for w in workers), workers
+        assert max(in_flight) == 2, f"the added worker ran a batch beside the first ({in_flight})"

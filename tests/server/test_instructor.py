@@ -27,6 +27,7 @@ INSTRUCTOR_ROUTES = [
     ("GET", f"{API}/join.svg"),
     ("POST", f"{API}/pause"),
     ("POST", f"{API}/resume"),
+    ("POST", f"{API}/workers"),
     ("POST", f"{API}/exercise"),
     ("DELETE", f"{API}/exercise"),
     ("POST", f"{API}/remove"),
@@ -122,6 +123,19 @@ async def test_the_queue_lists_who_waits_for_what(tmp_path):
         assert {learner["id"]: learner["queued"] for learner in state["learners"]} == {ana_id: 2}
         await teacher.post("/api/interrupt", json={})
         await teacher.post("/api/queue", json={"clear": True})
+
+
+@async_test
+async def test_without_ray_adding_a_worker_is_refused_in_one_sentence(tmp_path):
+    async with server(tmp_path, classroom=True) as client, browser(client) as teacher:
+        await instructor(teacher, classroom(client).instructor_secret)
+        assert (await (await teacher.get(f"{API}/state")).json())["can_add_worker"] is False
+        resp = await teacher.post(f"{API}/workers")
+        body = await resp.json()
+        assert resp.status == 409 and body["message_key"] == "err.no_ray" and "--ray" in body["error"]
+        for lang in ("en", "fr"):
+            strings = await (await teacher.get(f"/classroom/i18n/{lang}.json")).json()
+            assert "--ray" in strings["server.err.no_ray"] and strings["workers.add"]
 
 
 @async_test

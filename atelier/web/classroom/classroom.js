@@ -196,6 +196,7 @@ function draw(state) {
   drawJoin(state);
   drawQueue(state.queue);
   drawWorkers(state.workers);
+  $("add-worker").hidden = !state.can_add_worker;
   drawWall(state);
   drawParcours(state);
   drawResults(state);
@@ -225,6 +226,17 @@ async function togglePause() {
   } catch (error) {
     showMessage(error.message);
   }
+  await refresh();
+}
+
+async function addWorker() {
+  $("add-worker").disabled = true;  // starting an actor takes a few seconds
+  try {
+    await send("POST", `${API}/workers`);
+  } catch (error) {
+    showMessage(error.message);
+  }
+  $("add-worker").disabled = false;
   await refresh();
 }
 
@@ -338,6 +350,7 @@ async function main() {
   });
   $("message-close").addEventListener("click", () => { $("message").hidden = true; });
   $("pause").addEventListener("click", togglePause);
+  $("add-worker").addEventListener("click", addWorker);
   $("exercise-form").addEventListener("submit", pushExercise);
   $("ex-clear").addEventListener("click", clearExercise);
   await fillChoices();
