@@ -128,14 +128,17 @@ def detect_diffusion_model(
     shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None
 ) -> tuple[str, str]:
     """(family, evidence) of a file that holds a diffusion model alone (UNETLoader), its names in the SD layout
-    with or without `model.diffusion_model.`. The family rules are detect_family's, the UNet's signs being enough:
-    its cross-attention context width (768 for SD1.x), its input channels (9: inpainting), label_emb (SDXL); a
+    with or without `model.diffusion_model.`, or diffusers' names. The family rules are detect_family's, the
+    UNet's signs being enough: its cross-attention context width (768 for SD1.x), its input channels (9:
+    inpainting), label_emb (SDXL), Linear projections into its transformers (SD 2.x, whatever its widths); a
     file written by Atelier (its UNet config in `metadata`) is SD1.x-shaped whatever its widths."""
     names = list(shapes)
     if any(n.startswith("down_blocks.") for n in names) and "conv_in.weight" in shapes:
         return _diffusers_unet_family(shapes)
     prefixed = {n if n.startswith(keymap.UNET_PREFIX) else keymap.UNET_PREFIX + n: s for n, s in shapes.items()}
     family, evidence = detect_family(prefixed, metadata)
+    if family == "unet" and _linear_projections(shapes) and not (metadata and META_UNET in metadata):
+        return "sd2", "a UNet with linear projections into its transformers (SD1.x's are 1x1 convolutions)"
     if family == "unet":  # what detect_family says of an SD1.x-shaped UNet with no text encoder beside it
         conv_in = prefixed.get(keymap.UNET_PREFIX + "input_blocks.0.0.weight")
         if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
@@ -146,13 +149,18 @@ def detect_diffusion_model(
 
 def _diffusers_unet_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str]:
     """(family, evidence) of a diffusers-layout UNet file (diffusion_pytorch_model.safetensors): SDXL has the
-    vector y's MLP (add_embedding.*), SD 2.x reads a 1024-wide context; SD1.x ones are still refused."""
+    vector y's MLP (add_embedding.*), SD 2.x linear projections; SD1.x ones are still refused."""
     if "add_embedding.linear_1.weight" in shapes:
         return "sdxl", "a diffusers UNet with add_embedding.* (SDXL's vector y)"
-    context = next((s[1] for n, s in shapes.items() if n.endswith("attn2.to_k.weight") and len(s) == 2), None)
-    if context == 1024:
-        return "sd2", "a diffusers UNet with 1024-wide cross-attention"
+    if _linear_projections(shapes):
+        return "sd2", "a diffusers UNet with linear projections into its transformers, as SD 2.x's"
     return "unet-diffusers", "a diffusers UNet (down_blocks.*, conv_in.weight)"
+
+
+def _linear_projections(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether the UNet's transformers project in with Linear layers (C, C), as every SD 2.x and SDXL UNet does,
+    rather than SD1.x's 1x1 convolutions (C, C, 1, 1): the SD 2.x sign that does not depend on the widths."""
+    return any(n.endswith("proj_in.weight") and len(s) == 2 for n, s in shapes.items())
 
 
 # The VAE scaling factor each family's latents use, for a diffusion model loaded without its VAE (ComfyUI keeps
@@ -311,8 +319,7 @@ def infer_diffusers_unet_config(
     channels = tuple(_shape(shapes, f"down_blocks.{i}.resnets.0.conv2.weight", what)[0] for i in range(levels))
     attention = tuple(f"down_blocks.{i}.attentions.0.proj_in.weight" in shapes for i in range(levels))
     depths = tuple(
-        _count(shapes, f"down_blocks.{i}.attentions.0.transformer_blocks.{{}}.attn1.to_q.weight")
-        for i in range(levels)
+        _count(shapes, f"down_blocks.{i}.attentions.0.transformer_blocks.{{}}.attn1.to_q.weight") for i in range(levels)
     )
     mid = _count(shapes, "mid_block.attentions.0.transformer_blocks.{}.attn1.to_q.weight")
     first = next((i for i, a in enumerate(attention) if a), None)
