@@ -25,7 +25,14 @@ from atelier.models import keymap
 from atelier.models.checkpoint import load_diffusion_model, load_family_text_encoder
 from atelier.models.config import TextEncoderConfig
 from atelier.server.files import DataDir, OutputFiles
-from tests.models.tiny_families import TINY_SD2, TINY_SDXL, write_tiny_sd2, write_tiny_sdxl
+from tests.models.tiny_families import (
+    TINY_REFINER,
+    TINY_SD2,
+    TINY_SDXL,
+    write_tiny_refiner,
+    write_tiny_sd2,
+    write_tiny_sdxl,
+)
 
 # The last transformer of the tiny SD 2.x UNet's up path, where ComfyUI's v-prediction guess looks (the real
 # model's output_blocks.11.1): its LayerNorm bias is spread wide in the 768-v model.
@@ -53,6 +60,12 @@ def env(tmp_path_factory):
     save_file(big_g, clips / "clip_g_open_clip.safetensors")
     save_file(keymap.text_encoder_from_open_clip(big_g, projection=True), clips / "clip_g.safetensors")
     save_file(_prefixed(whole, keymap.VAE_PREFIX), data.models / "vae" / "xl_vae.safetensors")
+
+    # The SDXL refiner: its UNet, and bigG alone in open_clip's names (CLIPLoader's stable_diffusion reads it).
+    refiner = load_file(write_tiny_refiner(ckpts / "refiner.safetensors", seed=6))
+    save_file(_prefixed(refiner, keymap.UNET_PREFIX), unets / "refiner_unet.safetensors")
+    save_file(_prefixed(refiner, keymap.REFINER_CLIP_G_PREFIX), clips / "refiner_g.safetensors")
+    save_file(_prefixed(refiner, keymap.VAE_PREFIX), data.models / "vae" / "refiner_vae.safetensors")
 
     # SD 2.x 768-v with no .yaml: its last transformer's norm bias spread wide, as the real v model's is.
     sd2 = load_file(write_tiny_sd2(ckpts / "sd2_tmp.safetensors", seed=5, v_prediction=False))
@@ -160,6 +173,16 @@ def test_sd2_split_files_make_the_image_the_whole_checkpoint_makes(env):
     for clip_name in ("vit_h.safetensors", "vit_h_open_clip.safetensors"):
         clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": clip_name, "type": "sd2"}}
         assert image(env, split("sd2_unet.safetensors", clip, "sd2_vae.safetensors", sdxl=False)) == reference
+
+
+def test_the_refiner_split_files_make_the_image_the_whole_checkpoint_makes(env):
+    """CLIPLoader's stable_diffusion type reads bigG alone as the refiner's CLIP, as ComfyUI's does."""
+    reference = image(env, whole("refiner.safetensors", sdxl=False))
+    clip = {"class_type": "CLIPLoader", "inputs": {"clip_name": "refiner_g.safetensors", "type": "stable_diffusion"}}
+    assert image(env, split("refiner_unet.safetensors", clip, "refiner_vae.safetensors", sdxl=False)) == reference
+    _, _, data = env
+    _, config, family = load_diffusion_model(data.models / "diffusion_models" / "refiner_unet.safetensors")
+    assert family == "sdxl" and config == TINY_REFINER
 
 
 def test_sd2_unet_prediction_follows_comfyuis_guess(env, tmp_path):
