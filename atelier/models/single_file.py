@@ -286,6 +286,15 @@ def is_big_g(shapes: Mapping[str, tuple[int, ...]]) -> bool | None:
     return False if width == 768 else None
 
 
+def is_vit_h(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether a tower is SD 2.x's OpenCLIP ViT-H/14: 1024 wide, or 24 layers deep (ComfyUI: a 23rd layer and no
+    31st, comfy/sd.py detect_te_model)."""
+    names = keymap.text_encoder_names(shapes)
+    width = next((s[1] for n, s in shapes.items() if n.endswith("token_embedding.weight") and len(s) == 2), None)
+    deep = "text_model.encoder.layers.22.mlp.fc1.weight" in names
+    return width == 1024 or (deep and "text_model.encoder.layers.30.mlp.fc1.weight" not in names)
+
+
 def read_text_tower(
     path: str | Path, tower: str, dtype: torch.dtype | None = None
 ) -> tuple[TextEncoderConfig, dict[str, torch.Tensor]]:

@@ -258,8 +258,7 @@ def test_the_tower_configs_match_the_whole_checkpoint(env):
 def test_towers_are_told_apart_as_comfyui_tells_them():
     """The published towers by their shapes alone (no weights): ComfyUI's detect_te_model reads a 23rd layer as
     ViT-H and a 31st as bigG; widths 768, 1024 and 1280 and open_clip's names say the same."""
-    from atelier.graph.nodes.loaders import _is_vit_h
-    from atelier.models.single_file import is_big_g
+    from atelier.models.single_file import is_big_g, is_vit_h
 
     def hf(width: int, layers: int) -> dict[str, tuple[int, ...]]:
         shapes = {"text_model.embeddings.token_embedding.weight": (49408, width)}
@@ -268,6 +267,6 @@ def test_towers_are_told_apart_as_comfyui_tells_them():
 
     clip_l, vit_h, big_g = hf(768, 12), hf(1024, 24), hf(1280, 32)
     assert [is_big_g(s) for s in (clip_l, vit_h, big_g)] == [False, None, True]
-    assert [_is_vit_h(s) for s in (clip_l, vit_h, big_g)] == [False, True, False]
+    assert [is_vit_h(s) for s in (clip_l, vit_h, big_g)] == [False, True, False]
     assert is_big_g({"transformer.resblocks.0.attn.in_proj_weight": (24, 8)}) is True
     assert is_big_g(hf(32, 3)) is None  # a test-sized tower: DualCLIPLoader falls back on ComfyUI's order

@@ -196,26 +196,19 @@ class CLIPLoader(Node):
     )
 
     def run(self, ctx: NodeContext, clip_name: str, type: str, device: str = "default") -> tuple:
-        from atelier.models.single_file import is_big_g, text_tower_shapes
+        from atelier.models.single_file import is_big_g, is_vit_h, text_tower_shapes
 
         path = self.env.models.resolve("text_encoders", clip_name)
-        if type == "sd2" or _is_vit_h(text_tower_shapes(path)):
+        shapes = text_tower_shapes(path)
+        if type == "sd2" or is_vit_h(shapes):
             return (_load_family_clip(self.env, {"clip_h": path}, device),)
-        if is_big_g(text_tower_shapes(path)):
+        if is_big_g(shapes):
             return (_load_family_clip(self.env, {"clip_g": path}, device),)  # the SDXL refiner's tower
         return (_load_clip(self.env, clip_name, device),)
 
     @classmethod
     def validate_inputs(cls, type: str) -> bool | str:
         return _refuse_family("CLIPLoader", type, CLIP_TYPES.get(type, type), ("sd1", "sd2"))
-
-
-def _is_vit_h(shapes: dict[str, tuple[int, ...]]) -> bool:
-    """SD 2.x's OpenCLIP ViT-H/14: 1024 wide, 24 layers (ComfyUI: a 23rd layer and no 31st, detect_te_model)."""
-    names = {n.removeprefix("text_model.") for n in shapes}
-    width = next((s[1] for n, s in shapes.items() if n.endswith("token_embedding.weight") and len(s) == 2), None)
-    deep = "encoder.layers.22.mlp.fc1.weight" in names and "encoder.layers.30.mlp.fc1.weight" not in names
-    return width == 1024 or deep
 
 
 class DualCLIPLoader(Node):
@@ -242,13 +235,10 @@ class DualCLIPLoader(Node):
         from atelier.models.single_file import is_big_g, text_tower_shapes
 
         paths = [self.env.models.resolve("text_encoders", name) for name in (clip_name1, clip_name2)]
-        big_g = [is_big_g(text_tower_shapes(p)) for p in paths]
-        if big_g[0] is None and big_g[1] is not None:
-            big_g[0] = not big_g[1]
-        if big_g[1] is None and big_g[0] is not None:
-            big_g[1] = not big_g[0]
-        if big_g[0] is None and big_g[1] is None:
-            big_g = [False, True]  # shapes of no published tower (test sizes): ComfyUI's order, clip_l then clip_g
+        first, second = (is_big_g(text_tower_shapes(p)) for p in paths)
+        if first is None and second is None:
+            first, second = False, True  # shapes of no published tower (test sizes): clip_l first, as ComfyUI lists
+        big_g = [not second if first is None else first, not first if second is None else second]
         if big_g[0] == big_g[1]:
             which = "OpenCLIP ViT-bigG" if big_g[0] else "CLIP ViT-L"
             raise AtelierError(
