@@ -413,3 +413,29 @@ def load_text_encoder(
     config, state, _ = read_text_encoder(path, dtype)
     module = build_module(_new_text_encoder(config), state, device, "the text encoder", Path(path).name)
     return module, _tokenizer(None), config
+
+
+def load_family_text_encoder(
+    paths: Mapping[str, str | Path], device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[nn.Module, Any, TextEncoderConfig]:
+    """SD 2.x's or SDXL's text side from split files: `paths` {"clip_h": file} (SD 2.x), {"clip_l": file,
+    "clip_g": file} (SDXL base) or {"clip_g": file} (the refiner's bigG alone). Returns (module, tokenizer,
+    config of the widest tower): the very modules and tokenizers `load_family_checkpoint` builds from a whole
+    file (see single_file.read_text_tower for the layouts read)."""
+    from atelier.models.clip import SDXLTextEncoder
+    from atelier.models.single_file import read_text_tower
+    from atelier.models.tokenizer import CLIPTokenizer
+
+    device, dtype = _pick(device, dtype)
+    read = {tower: read_text_tower(path, tower, dtype) for tower, path in paths.items()}
+    name = " + ".join(Path(p).name for p in paths.values())
+    if set(read) == {"clip_h"}:
+        config, state = read["clip_h"]
+        module = build_module(_new_text_encoder(config), state, device, "the text encoder", name)
+        return module, CLIPTokenizer.from_default(pad_with_end=False), config
+    if set(read) not in ({"clip_l", "clip_g"}, {"clip_g"}):
+        raise ValueError(f"load_family_text_encoder takes clip_h, clip_g or clip_l and clip_g; got {sorted(read)}")
+    (l_config, l_state), (g_config, g_state) = read.get("clip_l", (None, {})), read["clip_g"]
+    state = {**{f"clip_l.{k}": v for k, v in l_state.items()}, **{f"clip_g.{k}": v for k, v in g_state.items()}}
+    module = build_module(lambda: SDXLTextEncoder(l_config, g_config), state, device, "the text encoders", name)
+    return module, (CLIPTokenizer.from_default(), CLIPTokenizer.from_default(pad_with_end=False)), g_config

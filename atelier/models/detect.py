@@ -128,20 +128,39 @@ def detect_diffusion_model(
     shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None
 ) -> tuple[str, str]:
     """(family, evidence) of a file that holds a diffusion model alone (UNETLoader), its names in the SD layout
-    with or without `model.diffusion_model.`. The family rules are detect_family's, the UNet's signs being enough:
-    its cross-attention context width (768 for SD1.x), its input channels (9: inpainting), label_emb (SDXL); a
+    with or without `model.diffusion_model.`, or diffusers' names. The family rules are detect_family's, the
+    UNet's signs being enough: its cross-attention context width (768 for SD1.x), its input channels (9:
+    inpainting), label_emb (SDXL), Linear projections into its transformers (SD 2.x, whatever its widths); a
     file written by Atelier (its UNet config in `metadata`) is SD1.x-shaped whatever its widths."""
     names = list(shapes)
     if any(n.startswith("down_blocks.") for n in names) and "conv_in.weight" in shapes:
-        return "unet-diffusers", "a diffusers UNet (down_blocks.*, conv_in.weight)"
+        return _diffusers_unet_family(shapes)
     prefixed = {n if n.startswith(keymap.UNET_PREFIX) else keymap.UNET_PREFIX + n: s for n, s in shapes.items()}
     family, evidence = detect_family(prefixed, metadata)
+    if family == "unet" and _linear_projections(shapes) and not (metadata and META_UNET in metadata):
+        return "sd2", "a UNet with linear projections into its transformers (SD1.x's are 1x1 convolutions)"
     if family == "unet":  # what detect_family says of an SD1.x-shaped UNet with no text encoder beside it
         conv_in = prefixed.get(keymap.UNET_PREFIX + "input_blocks.0.0.weight")
         if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
             return "sd1-inpaint", "a UNet with 9 input channels and 768-wide cross-attention"
         return "sd1", "a UNet with 768-wide cross-attention"
     return family, evidence
+
+
+def _diffusers_unet_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str]:
+    """(family, evidence) of a diffusers-layout UNet file (diffusion_pytorch_model.safetensors): SDXL has the
+    vector y's MLP (add_embedding.*), SD 2.x linear projections; SD1.x ones are still refused."""
+    if "add_embedding.linear_1.weight" in shapes:
+        return "sdxl", "a diffusers UNet with add_embedding.* (SDXL's vector y)"
+    if _linear_projections(shapes):
+        return "sd2", "a diffusers UNet with linear projections into its transformers, as SD 2.x's"
+    return "unet-diffusers", "a diffusers UNet (down_blocks.*, conv_in.weight)"
+
+
+def _linear_projections(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether the UNet's transformers project in with Linear layers (C, C), as every SD 2.x and SDXL UNet does,
+    rather than SD1.x's 1x1 convolutions (C, C, 1, 1): the SD 2.x sign that does not depend on the widths."""
+    return any(n.endswith("proj_in.weight") and len(s) == 2 for n, s in shapes.items())
 
 
 # The VAE scaling factor each family's latents use, for a diffusion model loaded without its VAE (ComfyUI keeps
@@ -252,16 +271,7 @@ def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "
         context_dim = _shape(shapes, f"{first_attention}.transformer_blocks.0.attn2.to_k.weight", what)[1]
         linear = len(_shape(shapes, f"{first_attention}.proj_in.weight", what)) == 2  # (C, C) not (C, C, 1, 1)
     mid = _count(shapes, "middle_block.1.transformer_blocks.{}.attn1.to_q.weight")
-    used = {d for d, a in zip(depths, attention, strict=True) if a}  # depths of the levels with transformers
-    uniform = next(iter(used)) if len(used) == 1 else None
-    depth: int | tuple[int, ...]
-    if uniform is not None and mid == uniform:
-        depth, mid_depth = uniform, None  # SD1.x, SD 2.x: 1 everywhere; SDXL refiner: 4 everywhere
-    elif not used:
-        depth, mid_depth = mid or 1, None  # transformers in the middle only
-    else:
-        depth = depths  # SDXL base: 0, 2, 10 per level, and 10 in the middle (the last level's)
-        mid_depth = None if mid == depths[-1] else mid
+    depth, mid_depth = _transformer_depths(depths, attention, mid)
     label = shapes.get("label_emb.0.0.weight")  # (4 * C0, adm_in_channels)
     head_dim = 64 if linear else None  # every SD 2.x and SDXL config: use_linear_in_transformer, num_head_channels 64
     return UNetConfig(
@@ -272,6 +282,61 @@ def infer_unet_config(shapes: Mapping[str, tuple[int, ...]], prediction: str = "
         cross_attention_levels=attention,
         attention_heads=8,
         attention_head_dim=head_dim,
+        transformer_depth=depth,
+        mid_transformer_depth=mid_depth,
+        linear_projection=linear,
+        context_dim=context_dim,
+        adm_in_channels=label[1] if label is not None else None,
+        prediction=prediction,
+    )
+
+
+def _transformer_depths(
+    depths: tuple[int, ...], attention: tuple[bool, ...], mid: int
+) -> tuple[int | tuple[int, ...], int | None]:
+    """(transformer_depth, mid_transformer_depth) from the blocks counted per level and in the middle."""
+    used = {d for d, a in zip(depths, attention, strict=True) if a}  # depths of the levels with transformers
+    uniform = next(iter(used)) if len(used) == 1 else None
+    if uniform is not None and mid == uniform:
+        return uniform, None  # SD1.x, SD 2.x: 1 everywhere; SDXL refiner: 4 everywhere
+    if not used:
+        return mid or 1, None  # transformers in the middle only
+    return depths, None if mid == depths[-1] else mid  # SDXL base: 0, 2, 10 per level, and 10 in the middle
+
+
+def infer_diffusers_unet_config(
+    shapes: Mapping[str, tuple[int, ...]], prediction: str = "eps", what: str = ""
+) -> UNetConfig:
+    """A UNet config from the shapes of a diffusers-layout SD 2.x or SDXL UNet file (down_blocks.*, no config.json
+    beside it): the same reading as `infer_unet_config`, on diffusers' names (which are Atelier's). 64-wide heads
+    and 256 values per size number in SDXL's y are assumed, as every SD 2.x and SDXL config has them."""
+    what = what or "The UNet"
+    conv_in = _shape(shapes, "conv_in.weight", what)  # (C0, in, 3, 3)
+    levels = _count(shapes, "down_blocks.{}.resnets.0.conv1.weight")
+    n = _count(shapes, "down_blocks.0.resnets.{}.conv1.weight")
+    if levels < 1 or n < 1:
+        raise CheckpointError(f"{what} has no down_blocks.N.resnets.M, which is not a diffusers UNet layout.")
+    channels = tuple(_shape(shapes, f"down_blocks.{i}.resnets.0.conv2.weight", what)[0] for i in range(levels))
+    attention = tuple(f"down_blocks.{i}.attentions.0.proj_in.weight" in shapes for i in range(levels))
+    depths = tuple(
+        _count(shapes, f"down_blocks.{i}.attentions.0.transformer_blocks.{{}}.attn1.to_q.weight") for i in range(levels)
+    )
+    mid = _count(shapes, "mid_block.attentions.0.transformer_blocks.{}.attn1.to_q.weight")
+    first = next((i for i, a in enumerate(attention) if a), None)
+    context_dim, linear = 768, False
+    if first is not None:
+        block = f"down_blocks.{first}.attentions.0"
+        context_dim = _shape(shapes, f"{block}.transformer_blocks.0.attn2.to_k.weight", what)[1]
+        linear = len(_shape(shapes, f"{block}.proj_in.weight", what)) == 2
+    depth, mid_depth = _transformer_depths(depths, attention, mid)
+    label = shapes.get("add_embedding.linear_1.weight")  # (4 * C0, adm_in_channels)
+    return UNetConfig(
+        in_channels=conv_in[1],
+        out_channels=_shape(shapes, "conv_out.weight", what)[0],
+        block_channels=channels,
+        layers_per_block=n,
+        cross_attention_levels=attention,
+        attention_head_dim=64 if linear else None,
         transformer_depth=depth,
         mid_transformer_depth=mid_depth,
         linear_projection=linear,

@@ -42,6 +42,7 @@ from atelier.models.detect import (
     detect_family,
     detect_text_encoder,
     family_variant,
+    infer_diffusers_unet_config,
     infer_diffusers_vae_config,
     infer_open_clip_config,
     infer_text_encoder_config,
@@ -148,6 +149,8 @@ def read_vae(path: str | Path, dtype: torch.dtype | None = None) -> tuple[VAECon
 # Split files: a diffusion model or a text encoder alone (UNETLoader, CLIPLoader)
 # --------------------------------------------------------------------------------------------------------------
 
+# The families whose networks Atelier loads from split files (UNETLoader, CLIPLoader, DualCLIPLoader).
+SPLIT_FAMILIES = (*SUPPORTED_FAMILIES, "sd2", "sdxl")
 _SPLIT_DETAILS = {
     "unet-diffusers": "re-save it in the original SD layout (input_blocks.*), or load the diffusers folder whole",
     "vae": "load it with VAELoader",
@@ -157,11 +160,9 @@ _SPLIT_DETAILS = {
 
 def _require_split(family: str, evidence: str, name: str, what: str) -> None:
     """The one-sentence refusal of a split file whose family Atelier cannot run (or that is another kind)."""
-    if family in SUPPORTED_FAMILIES:
+    if family in SPLIT_FAMILIES:
         return
-    whole = "Atelier loads SD 2.x and SDXL from whole checkpoints for now, split files for Stable Diffusion 1.x only"
-    detail = _SPLIT_DETAILS.get(family, whole if family in ("sd2", "sdxl") else
-                                "Atelier loads split files for Stable Diffusion 1.x only")  # fmt: skip
+    detail = _SPLIT_DETAILS.get(family, "Atelier loads split files of Stable Diffusion 1.x, 2.x and SDXL")
     raise CheckpointError(
         f"{name} is not {what} Atelier can load: it looks like {FAMILY_NAMES[family]} (found {evidence}); {detail}."
     )
@@ -174,18 +175,43 @@ def _part(names: list[str], prefix: str) -> list[str]:
 
 
 def read_diffusion_model(path: str | Path, dtype: torch.dtype | None = None) -> tuple[UNetConfig, dict, str]:
-    """(config, weights in our names, family) of a diffusion model file (models/diffusion_models): the UNet's
-    names in the SD layout, with or without `model.diffusion_model.` (a whole checkpoint gives its UNet)."""
+    """(config, weights in our names, family) of a diffusion model file (models/diffusion_models) of SD1.x, SD 2.x
+    or SDXL (base or refiner), in the layouts people have: the UNet's SD names with or without
+    `model.diffusion_model.` (ComfyUI's files; a whole checkpoint gives its UNet), or diffusers' names (a
+    `diffusion_pytorch_model.safetensors` taken out of a diffusers folder, its config.json left behind).
+
+    The prediction target is not in the weights. As ComfyUI does for a UNet-only file (comfy/sd.py
+    load_diffusion_model -> model_detection -> supported_models.SD20.model_type): SD 2.x predicts velocity when a
+    `v_pred` marker or a sibling .yaml says so, or when its last transformer's LayerNorm bias is spread wide
+    (`sd2_velocity_by_norm`); otherwise noise. ModelSamplingDiscrete (v_prediction) overrides the guess."""
     file = WeightsFile(path)
     names = _part(list(file.index.shapes), keymap.UNET_PREFIX)
     shapes = {n.removeprefix(keymap.UNET_PREFIX): file.index.shapes[n] for n in names}
     family, evidence = detect_diffusion_model(shapes, file.index.metadata)
     _require_split(family, evidence, file.name, "a diffusion model")
-    config = metadata_config(UNetConfig, file.index.metadata, META_UNET, file.name) or infer_unet_config(
-        shapes, prediction_type(file.path, file.index.shapes), f"{file.name}: the UNet"
-    )
+    prediction = prediction_type(file.path, file.index.shapes)
     state = {n.removeprefix(keymap.UNET_PREFIX): t for n, t in file.read(names, dtype).items()}
-    return config, _renamed(file.name, keymap.unet_from_sd, state, config), family
+    state.pop("v_pred", None)
+    diffusers = "conv_in.weight" in shapes
+    if diffusers:  # diffusers' names are Atelier's: only the config has to be read off the shapes
+        config = infer_diffusers_unet_config(shapes, prediction, f"{file.name}: the UNet")
+    else:
+        config = metadata_config(UNetConfig, file.index.metadata, META_UNET, file.name) or infer_unet_config(
+            shapes, prediction, f"{file.name}: the UNet"
+        )
+        state = _renamed(file.name, keymap.unet_from_sd, state, config)
+    if family == "sd2" and prediction == "eps" and sd2_velocity_by_norm(state, config):
+        config = dataclasses.replace(config, prediction="v")
+    return config, state, family
+
+
+def sd2_velocity_by_norm(state: Mapping[str, torch.Tensor], config: UNetConfig) -> bool:
+    """ComfyUI's test for SD 2.x 768-v (comfy/supported_models.py, SD20.model_type): the LayerNorm bias of the
+    last transformer of the up path (LDM's output_blocks.11.1.transformer_blocks.0.norm1.bias, ours
+    up_blocks.3.attentions.2...) has a spread (population std) above 0.09 in the v model, below in the base."""
+    levels, n = len(config.block_channels), config.layers_per_block
+    bias = state.get(f"up_blocks.{levels - 1}.attentions.{n}.transformer_blocks.0.norm1.bias")
+    return bias is not None and torch.std(bias.float(), unbiased=False).item() > 0.09
 
 
 # Tensors a CLIP file may carry that the text encoder does not use: CLIP's contrastive temperature.
@@ -199,12 +225,110 @@ def read_text_encoder(path: str | Path, dtype: torch.dtype | None = None) -> tup
     names = [n for n in _part(list(file.index.shapes), keymap.TEXT_PREFIX) if n not in _TEXT_EXTRAS]
     shapes = {n.removeprefix(keymap.TEXT_PREFIX): file.index.shapes[n] for n in names}
     family, evidence = detect_text_encoder(shapes, file.index.metadata)
+    if family in ("sd2", "sdxl"):
+        raise CheckpointError(
+            f"{file.name} is not a Stable Diffusion 1.x text encoder: it looks like {FAMILY_NAMES[family]} (found "
+            f"{evidence}); load it with CLIPLoader's type sd2 (ViT-H) or DualCLIPLoader's type sdxl (bigG)."
+        )
     _require_split(family, evidence, file.name, "a text encoder")
     config = metadata_config(TextEncoderConfig, file.index.metadata, META_TEXT, file.name) or (
         infer_text_encoder_config(shapes, f"{file.name}: the text encoder")
     )
     state = {n.removeprefix(keymap.TEXT_PREFIX): t for n, t in file.read(names, dtype).items()}
     return config, _renamed(file.name, keymap.text_encoder_from_sd, state, config), family
+
+
+# The text towers of SD 2.x and SDXL as split files (CLIPLoader type sd2, DualCLIPLoader type sdxl). ComfyUI ships
+# them in transformers' names (clip_l.safetensors: CLIPTextModel; clip_g.safetensors: CLIPTextModelWithProjection,
+# `text_projection.weight`); a tower cut out of a checkpoint keeps open_clip's names (transformer.resblocks.*).
+# The prefixes a whole checkpoint puts in front of a tower, removed when present.
+_TOWER_PREFIXES = (
+    keymap.SD2_TEXT_PREFIX,
+    keymap.SDXL_CLIP_G_PREFIX,
+    keymap.REFINER_CLIP_G_PREFIX,
+    keymap.SDXL_CLIP_L_PREFIX,
+    keymap.TEXT_PREFIX,
+)
+_OPEN_CLIP_SIGN = "transformer.resblocks.0.attn.in_proj_weight"
+# Each tower: the family detect_text_encoder names for its width, and what it is called in an error.
+_TOWER_FAMILIES = {
+    "clip_h": ("sd2", "the OpenCLIP ViT-H/14 text encoder of SD 2.x"),
+    "clip_g": ("sdxl", "the OpenCLIP ViT-bigG/14 text encoder of SDXL"),
+    "clip_l": ("sd1", "the CLIP ViT-L/14 text encoder of SDXL"),
+}
+
+
+def _tower_names(names: list[str]) -> dict[str, str]:
+    """{name in the file: name without the tower's prefix} for the one tower a text encoder file holds."""
+    for prefix in _TOWER_PREFIXES:
+        under = [n for n in names if n.startswith(prefix)]
+        if under:
+            return {n: n.removeprefix(prefix) for n in under if n.removeprefix(prefix) not in _TEXT_EXTRAS}
+    return {n: n for n in names if n not in _TEXT_EXTRAS}
+
+
+def text_tower_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of the tower a text encoder file holds, its prefix removed (for telling CLIP-L from bigG)."""
+    file = WeightsFile(path)
+    return {short: file.index.shapes[n] for n, short in _tower_names(list(file.index.shapes)).items()}
+
+
+def is_big_g(shapes: Mapping[str, tuple[int, ...]]) -> bool | None:
+    """Whether a tower is SDXL's OpenCLIP bigG (True), OpenAI's CLIP-L (False), or its shapes do not say (None).
+    ComfyUI tells them by depth (a 31st layer says bigG's 32: comfy/sdxl_clip.py, SDXLClipModel.load_sd); widths
+    1280 and 768, and open_clip's names (only bigG ships in them), say it too."""
+    if _OPEN_CLIP_SIGN in shapes:
+        return True
+    shapes = keymap.text_encoder_names(shapes)
+    width = next((s[1] for n, s in shapes.items() if n.endswith("token_embedding.weight") and len(s) == 2), None)
+    if width == 1280 or "text_model.encoder.layers.30.mlp.fc1.weight" in shapes:
+        return True
+    return False if width == 768 else None
+
+
+def is_vit_h(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether a tower is SD 2.x's OpenCLIP ViT-H/14: 1024 wide, or 24 layers deep (ComfyUI: a 23rd layer and no
+    31st, comfy/sd.py detect_te_model)."""
+    names = keymap.text_encoder_names(shapes)
+    width = next((s[1] for n, s in shapes.items() if n.endswith("token_embedding.weight") and len(s) == 2), None)
+    deep = "text_model.encoder.layers.22.mlp.fc1.weight" in names
+    return width == 1024 or (deep and "text_model.encoder.layers.30.mlp.fc1.weight" not in names)
+
+
+def read_text_tower(
+    path: str | Path, tower: str, dtype: torch.dtype | None = None
+) -> tuple[TextEncoderConfig, dict[str, torch.Tensor]]:
+    """(config, weights in our names) of one text tower file of SD 2.x or SDXL: "clip_h" (SD 2.x's OpenCLIP
+    ViT-H), "clip_g" (SDXL's bigG, with the projection of its pooled vector) or "clip_l" (SDXL's CLIP-L), in
+    open_clip's names or transformers', with or without a whole checkpoint's prefix. ViT-H and bigG use exact
+    GELU, CLIP-L quick GELU; ViT-H's projection is dropped, as the whole checkpoint's is (SD 2.x never reads the
+    pooled vector)."""
+    file = WeightsFile(path)
+    renames = _tower_names(list(file.index.shapes))
+    shapes = {short: file.index.shapes[n] for n, short in renames.items()}
+    family, evidence = detect_text_encoder(shapes)
+    if family not in ("sd1", "sd2", "sdxl", "unknown"):  # "unknown": a width no published tower has (test sizes)
+        _require_split(family, evidence, file.name, "a text encoder")
+    expected = _TOWER_FAMILIES[tower]
+    if family in ("sd1", "sd2", "sdxl") and family != expected[0]:
+        raise CheckpointError(f"{file.name} is not {expected[1]}: it looks like {evidence}.")
+    state = {renames[n]: t for n, t in file.read(list(renames), dtype).items()}
+    what = f"{file.name}: the text encoder {tower}"
+    projection = tower == "clip_g"
+    if _OPEN_CLIP_SIGN in shapes:
+        config = infer_open_clip_config(shapes, projection, what)
+        return config, _renamed(file.name, keymap.text_encoder_from_open_clip, state, projection)
+    state = keymap.text_encoder_names(state)
+    if not projection:
+        state.pop("text_projection.weight", None)  # CLIP-L's and ViT-H's: the UNet never reads their pooled vector
+    activation = "quick_gelu" if tower == "clip_l" else "gelu"
+    config = infer_text_encoder_config({k: tuple(v.shape) for k, v in state.items()}, what, activation)
+    if projection and config.projection_dim is None:
+        raise CheckpointError(f"{what} has no text_projection; SDXL's bigG needs it for its pooled vector.")
+    return config, _renamed(file.name, keymap.text_encoder_from_sd, state, config)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # SD 2.x and SDXL single files
 # --------------------------------------------------------------------------------------------------------------
 
@@ -231,11 +355,14 @@ def family_prefixes(family: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[
 def sd2_prediction(file: WeightsFile, shapes: Mapping[str, tuple[int, ...]]) -> str:
     """SD 2.x 768-v vs 512-base: a .yaml or a v_pred marker when there is one; else ComfyUI's test
     (comfy/supported_models.py, SD20.model_type): the 768-v model's last transformer has a LayerNorm bias of
-    spread > 0.09 (output_blocks.11.1.transformer_blocks.0.norm1.bias), the base model's is tighter."""
+    spread > 0.09 (output_blocks.11.1.transformer_blocks.0.norm1.bias), the base model's is tighter. The last
+    output block with a transformer is probed (11 in every real SD 2.x; smaller test models have fewer)."""
     if prediction_type(file.path, shapes) == "v":
         return "v"
-    probe = keymap.UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
-    if probe in shapes:
+    template = keymap.UNET_PREFIX + "output_blocks.{}.1.transformer_blocks.0.norm1.bias"
+    last = max((i for i in range(64) if template.format(i) in shapes), default=None)
+    if last is not None:
+        probe = template.format(last)
         bias = file.read([probe], torch.float32)[probe]
         if torch.std(bias, unbiased=False).item() > 0.09:
             return "v"

@@ -132,10 +132,10 @@ def test_other_families_are_refused_in_one_sentence(tmp_path, env):
     save_file(sdxl_clip, tmp_path / "clip_g.safetensors")
     with pytest.raises(CheckpointError) as error:
         load_text_encoder(tmp_path / "clip_g.safetensors", device="cpu")
-    assert str(error.value) == (
-        "clip_g.safetensors is not a text encoder Atelier can load: it looks like an SDXL checkpoint (found an "
-        "OpenCLIP ViT-bigG/14 text encoder (1280 wide)); Atelier loads SD 2.x and SDXL from whole checkpoints for "
-        "now, split files for Stable Diffusion 1.x only."
+    assert str(error.value) == (  # SD 2.x and SDXL towers: tests/graph/test_split_families.py
+        "clip_g.safetensors is not a Stable Diffusion 1.x text encoder: it looks like an SDXL checkpoint (found an "
+        "OpenCLIP ViT-bigG/14 text encoder (1280 wide)); load it with CLIPLoader's type sd2 (ViT-H) or "
+        "DualCLIPLoader's type sdxl (bigG)."
     )
     save_file({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(4, 4)}, tmp_path / "t5.safetensors")
     with pytest.raises(CheckpointError, match=r"it looks like a T5 text encoder \(Stable Diffusion 3, Flux\)"):
@@ -145,7 +145,7 @@ def test_other_families_are_refused_in_one_sentence(tmp_path, env):
         "c": {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip_l.safetensors", "type": "lumina2"}},
         "d": {
             "class_type": "DualCLIPLoader",
-            "inputs": {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_l.safetensors", "type": "sdxl"},
+            "inputs": {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_l.safetensors", "type": "flux"},
         },
     }
     errors = {}
@@ -154,13 +154,10 @@ def test_other_families_are_refused_in_one_sentence(tmp_path, env):
         full["6"]["inputs"]["clip"] = [node_id, 0]
         checked = validate_prompt(full, registry)
         errors[node_id] = checked.node_errors[node_id]["errors"][0]["details"].removeprefix("type - ")
-    assert errors["c"] == (
-        "CLIPLoader's type 'lumina2' builds the text encoder of lumina2; Atelier runs Stable Diffusion 1.x, 2.x "
-        "and SDXL, split files for 1.x only (type 'stable_diffusion')."
+    supported = (
+        "Atelier runs Stable Diffusion 1.x, 2.x and SDXL (CLIPLoader's types 'stable_diffusion' and 'sd2', "
+        "DualCLIPLoader's type 'sdxl')."
     )
-    assert errors["d"] == (
-        "DualCLIPLoader's type 'sdxl' builds the text encoder of an SDXL checkpoint; Atelier reads those from the "
-        "whole checkpoint for now (CheckpointLoaderSimple), split files for Stable Diffusion 1.x only (type "
-        "'stable_diffusion')."
-    )
+    assert errors["c"] == f"CLIPLoader's type 'lumina2' builds the text encoder of lumina2; {supported}"
+    assert errors["d"] == f"DualCLIPLoader's type 'flux' builds the text encoder of a Flux checkpoint; {supported}"
     assert json.dumps(errors)  # plain sentences, as the editor shows them

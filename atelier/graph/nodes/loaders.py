@@ -11,7 +11,7 @@ import torch
 from atelier.errors import AtelierError
 from atelier.graph.kit import ClipModel, Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
-from atelier.models.detect import FAMILY_NAMES, SUPPORTED_FAMILIES
+from atelier.models.detect import FAMILY_NAMES
 from atelier.models.embeddings import EmbeddingFolder
 from atelier.models.library import latent_rgb
 from atelier.models.lora import WeightPatch, load_lora
@@ -79,9 +79,12 @@ class VAELoader(Node):
 # Split files: the UNet and the text encoder each in a file of its own, as ComfyUI's newer templates ship models
 # --------------------------------------------------------------------------------------------------------------
 
-# ComfyUI's CLIPLoader types, each the family whose text side it builds; Atelier runs those of SUPPORTED_FAMILIES.
+# ComfyUI's CLIPLoader types, each the family whose text side it builds; Atelier runs those of SPLIT_FAMILIES.
+# ComfyUI's stable_diffusion type covers SD 1.x, 2.x and the SDXL refiner: the tower in the file decides (CLIP-L,
+# ViT-H or bigG: comfy/sd.py detect_te_model). "sd2" is Atelier's own, for a ViT-H whose shapes do not say so.
 CLIP_TYPES = {
     "stable_diffusion": "sd1",
+    "sd2": "sd2",
     "stable_cascade": "stable_cascade",
     "sd3": "sd3",
     "stable_audio": "stable_audio",
@@ -115,19 +118,14 @@ DEVICE_INPUT = Input(
 )
 
 
-def _refuse_family(node: str, kind: str, family: str) -> str | bool:
-    """True when `family` is one Atelier runs, else the sentence validation reports."""
-    if family in SUPPORTED_FAMILIES:
+def _refuse_family(node: str, kind: str, family: str, runs: tuple[str, ...]) -> str | bool:
+    """True when `family` is one of those `runs` (what this node builds), else the sentence validation reports."""
+    if family in runs:
         return True
-    if family in ("sd2", "sdxl"):
-        return (
-            f"{node}'s type {kind!r} builds the text encoder of {FAMILY_NAMES[family]}; Atelier reads those from "
-            "the whole checkpoint for now (CheckpointLoaderSimple), split files for Stable Diffusion 1.x only "
-            "(type 'stable_diffusion')."
-        )
     return (
         f"{node}'s type {kind!r} builds the text encoder of {FAMILY_NAMES.get(family, family)}; Atelier runs "
-        "Stable Diffusion 1.x, 2.x and SDXL, split files for 1.x only (type 'stable_diffusion')."
+        "Stable Diffusion 1.x, 2.x and SDXL (CLIPLoader's types 'stable_diffusion' and 'sd2', DualCLIPLoader's "
+        "type 'sdxl')."
     )
 
 
@@ -136,8 +134,11 @@ class UNETLoader(Node):
         name="UNETLoader",
         display_name="Load Diffusion Model",
         category="advanced/loaders",
-        description="Loads a diffusion model (the UNet) alone, from models/diffusion_models (or models/unet); its "
-        "family is read off its weights. Pair it with CLIPLoader and VAELoader.",
+        description="Loads a diffusion model (the UNet) alone, from models/diffusion_models (or models/unet): "
+        "Stable Diffusion 1.x, 2.x or SDXL base or refiner, in ComfyUI's layout or diffusers'. Its family is read "
+        "off its weights; an SD 2.x file predicts velocity when a .yaml beside it says so or its weights look like "
+        "the 768-v model's, as ComfyUI guesses (ModelSamplingDiscrete overrides it). Pair it with CLIPLoader and "
+        "VAELoader.",
         inputs=[
             Input("unet_name", "COMBO", options=(), tooltip="The diffusion model file, from models/diffusion_models."),
             Input(
@@ -177,21 +178,37 @@ class CLIPLoader(Node):
         display_name="Load CLIP",
         category="advanced/loaders",
         description="Loads a text encoder alone, from models/text_encoders (or models/clip). Type stable_diffusion "
-        "is the CLIP ViT-L/14 of Stable Diffusion 1.x.",
+        "reads the tower in the file, as ComfyUI does: CLIP ViT-L/14 (SD 1.x), OpenCLIP ViT-H/14 (SD 2.x) or "
+        "ViT-bigG/14 (the SDXL refiner's); type sd2 says ViT-H outright. SD 2.x and SDXL prompts are read at the "
+        "penultimate layer, as from their whole checkpoints.",
         inputs=[
             Input("clip_name", "COMBO", options=(), tooltip="The text encoder file, from models/text_encoders."),
-            Input("type", "COMBO", options=list(CLIP_TYPES), tooltip="Which model family's text encoder it is."),
+            Input(
+                "type",
+                "COMBO",
+                options=list(CLIP_TYPES),
+                tooltip="Which model family's text encoder it is (stable_diffusion: SD 1.x, 2.x or the SDXL refiner, "
+                "told by the file; sd2: the OpenCLIP ViT-H of SD 2.x).",
+            ),
             DEVICE_INPUT,
         ],
         outputs=[Output("CLIP", tooltip="The text encoder that turns prompts into conditioning.")],
     )
 
     def run(self, ctx: NodeContext, clip_name: str, type: str, device: str = "default") -> tuple:
+        from atelier.models.single_file import is_big_g, is_vit_h, text_tower_shapes
+
+        path = self.env.models.resolve("text_encoders", clip_name)
+        shapes = text_tower_shapes(path)
+        if type == "sd2" or is_vit_h(shapes):
+            return (_load_family_clip(self.env, {"clip_h": path}, device),)
+        if is_big_g(shapes):
+            return (_load_family_clip(self.env, {"clip_g": path}, device),)  # the SDXL refiner's tower
         return (_load_clip(self.env, clip_name, device),)
 
     @classmethod
     def validate_inputs(cls, type: str) -> bool | str:
-        return _refuse_family("CLIPLoader", type, CLIP_TYPES.get(type, type))
+        return _refuse_family("CLIPLoader", type, CLIP_TYPES.get(type, type), ("sd1", "sd2"))
 
 
 class DualCLIPLoader(Node):
@@ -199,8 +216,9 @@ class DualCLIPLoader(Node):
         name="DualCLIPLoader",
         display_name="DualCLIPLoader",
         category="advanced/loaders",
-        description="Loads the two text encoders of a family that has two (SDXL: CLIP ViT-L and OpenCLIP ViT-bigG; "
-        "SD3, Flux: CLIP and T5). SDXL's pair is read from its whole checkpoint for now, so every type is refused.",
+        description="Loads the two text encoders of a family that has two. Type sdxl: CLIP ViT-L (clip_l) and "
+        "OpenCLIP ViT-bigG (clip_g), in either order (each is told by its shapes, as ComfyUI does), giving the "
+        "CLIP an SDXL checkpoint gives. SD3 and Flux (CLIP and T5) are not run by Atelier.",
         inputs=[
             Input("clip_name1", "COMBO", options=(), tooltip="The first text encoder file."),
             Input("clip_name2", "COMBO", options=(), tooltip="The second text encoder file."),
@@ -211,18 +229,29 @@ class DualCLIPLoader(Node):
     )
 
     def run(self, ctx: NodeContext, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple:
-        raise AtelierError(str(self.validate_inputs(type)))  # validation refuses it first; a direct call, here
+        refusal = self.validate_inputs(type)
+        if refusal is not True:
+            raise AtelierError(str(refusal))  # validation refuses it first; a direct call, here
+        from atelier.models.single_file import is_big_g, text_tower_shapes
+
+        paths = [self.env.models.resolve("text_encoders", name) for name in (clip_name1, clip_name2)]
+        first, second = (is_big_g(text_tower_shapes(p)) for p in paths)
+        if first is None and second is None:
+            first, second = False, True  # shapes of no published tower (test sizes): clip_l first, as ComfyUI lists
+        big_g = [not second if first is None else first, not first if second is None else second]
+        if big_g[0] == big_g[1]:
+            which = "OpenCLIP ViT-bigG" if big_g[0] else "CLIP ViT-L"
+            raise AtelierError(
+                f"DualCLIPLoader got two {which} text encoders ({clip_name1}, {clip_name2}); type sdxl needs one "
+                "CLIP ViT-L (clip_l) and one OpenCLIP ViT-bigG (clip_g)."
+            )
+        towers = {"clip_g" if g else "clip_l": p for g, p in zip(big_g, paths, strict=True)}
+        return (_load_family_clip(self.env, towers, device),)
 
     @classmethod
     def validate_inputs(cls, type: str) -> bool | str:
         family = DUAL_CLIP_TYPES.get(type, type)
-        refusal = _refuse_family("DualCLIPLoader", type, family)
-        # A family Atelier runs with one text encoder has no use for two (none today; the check stays honest).
-        return (
-            refusal
-            if refusal is not True
-            else f"DualCLIPLoader's type {type!r} has one text encoder in Atelier; use CLIPLoader."
-        )
+        return _refuse_family("DualCLIPLoader", type, family, ("sdxl",))
 
 
 def _load_clip(env, clip_name: str, device: str) -> ClipModel:
@@ -233,6 +262,18 @@ def _load_clip(env, clip_name: str, device: str) -> ClipModel:
     dtype = None if device == "cpu" else env.dtype  # the CPU's own precision (fp32) when moved there
     text_encoder, tokenizer, config = load_text_encoder(path, device=where, dtype=dtype)
     return ClipModel(text_encoder, tokenizer, embeddings=EmbeddingFolder(env.models, config.width))
+
+
+def _load_family_clip(env, towers: dict, device: str) -> ClipModel:
+    """SD 2.x's or SDXL's CLIP from split tower files: what CheckpointLoaderSimple gives for the whole file (the
+    penultimate layer; SD 2.x's textual inversions are read, SDXL's, one vector set per tower, not yet)."""
+    from atelier.models.checkpoint import load_family_text_encoder
+
+    where = "cpu" if device == "cpu" else env.device
+    dtype = None if device == "cpu" else env.dtype
+    text_encoder, tokenizer, config = load_family_text_encoder(towers, device=where, dtype=dtype)
+    embeddings = EmbeddingFolder(env.models, config.width) if "clip_h" in towers else None
+    return ClipModel(text_encoder, tokenizer, clip_skip=2, embeddings=embeddings)
 
 
 # --------------------------------------------------------------------------------------------------------------
