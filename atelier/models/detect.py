@@ -222,8 +222,8 @@ def require_supported(family: str, evidence: str, name: str) -> None:
             "(vae_path / --vae)."
         )
     raise CheckpointError(
-        f"{name} looks like {FAMILY_NAMES[family]} (found {evidence}); Atelier supports Stable Diffusion 1.x "
-        "checkpoints only for now."
+        f"{name} looks like {FAMILY_NAMES[family]} (found {evidence}); Atelier reads Stable Diffusion 1.x, "
+        "2.x and SDXL checkpoints."
     )
 
 
@@ -234,7 +234,9 @@ def require_supported(family: str, evidence: str, name: str) -> None:
 
 def _shape(shapes: Mapping[str, tuple[int, ...]], name: str, what: str) -> tuple[int, ...]:
     if name not in shapes:
-        raise CheckpointError(f"{what} is missing the weight {name}; the file is incomplete or not SD 1.x.")
+        raise CheckpointError(
+            f"{what} is missing the weight {name}; the file is incomplete or of a family Atelier does not read."
+        )
     return shapes[name]
 
 

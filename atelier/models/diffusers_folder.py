@@ -151,7 +151,8 @@ def diffusers_folder_configs(folder: Path) -> Configs:
     pipeline = str(index.get("_class_name", ""))
     if "XL" in pipeline or "StableDiffusion3" in pipeline or "Flux" in pipeline:
         raise CheckpointError(
-            f"{folder.name} is a {pipeline} folder; Atelier supports Stable Diffusion 1.x only for now."
+            f"{folder.name} is a {pipeline} folder that this reader cannot take; Atelier reads Stable Diffusion "
+            "1.x, 2.x and SDXL folders."
         )
     prediction = "eps"
     if (folder / "scheduler" / "scheduler_config.json").is_file():

@@ -64,6 +64,10 @@ def _describe_file(path: Path) -> list[str]:
         return lines[:1] + _describe_controlnet(file) + lines[1:]
     if family not in detect.SUPPORTED_FAMILIES:
         lines.insert(1, _row("kind", f"{_family_label(family)} (found {evidence})"))
+        if family in ("sd2", "sdxl"):  # read by Atelier, but this file lacks the UNet (tested just above)
+            missing = keymap.UNET_PREFIX + "input_blocks.0.0.weight"
+            lines.append(_row("note", f"{path.name} has no UNet weights ({missing}); the file is incomplete."))
+            return lines
         try:
             detect.require_supported(family, evidence, path.name)
         except CheckpointError as error:

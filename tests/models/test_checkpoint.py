@@ -352,11 +352,14 @@ def test_checkpoint_without_vae_needs_one(sd_file, tmp_path):
         load_checkpoint(path, device="cpu")
 
 
+# SD 2.x and SDXL are read (tests/models/test_single_file_families.py): a file of theirs that lacks its weights is
+# refused as incomplete (test_an_incomplete_family_file_names_the_missing_weight).
+INCOMPLETE = {
+    "sdxl": {"conditioner.embedders.0.transformer.text_model.final_layer_norm.bias": (768,),
+             "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)},
+    "sd2": {"cond_stage_model.model.ln_final.bias": (1024,), "model.diffusion_model.out.2.bias": (4,)},
+}  # fmt: skip
 UNSUPPORTED = {
-    "sdxl": ({"conditioner.embedders.0.transformer.text_model.final_layer_norm.bias": (768,),
-              "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)}, "an SDXL checkpoint (found conditioner"),
-    "sd2": ({"cond_stage_model.model.ln_final.bias": (1024,), "model.diffusion_model.out.2.bias": (4,)},
-            "a Stable Diffusion 2.x checkpoint (found an OpenCLIP"),
     "sd3": ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (4, 4)}, "a Stable Diffusion 3"),
     "flux": ({"double_blocks.0.img_attn.qkv.weight": (4, 4)}, "a Flux checkpoint"),
     "lora": ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 4)}, "a LoRA"),
@@ -377,6 +380,17 @@ def test_unsupported_families_get_one_sentence(family, tmp_path):
     with pytest.raises(CheckpointError, match="^" + re.escape(f"model.safetensors looks like {message}")) as error:
         load_checkpoint(path, device="cpu")
     assert str(error.value).count(". ") == 0  # one sentence
+
+
+@pytest.mark.parametrize("family", list(INCOMPLETE))
+def test_an_incomplete_family_file_names_the_missing_weight(family, tmp_path):
+    shapes = INCOMPLETE[family]
+    assert detect_family(shapes)[0] == family
+    path = tmp_path / "model.safetensors"
+    save_file({k: torch.zeros(s) for k, s in shapes.items()}, path)
+    incomplete = r"^model\.safetensors: .* is missing the weight .*; the file is incomplete"
+    with pytest.raises(CheckpointError, match=incomplete):
+        load_checkpoint(path, device="cpu")
 
 
 def test_sd2_by_context_width():
@@ -455,8 +469,8 @@ def test_describe_unsupported_and_folder(models, tmp_path):
     assert describe_model(tmp_path / "xl.safetensors").splitlines()[1:] == [
         "  kind          SDXL checkpoint (found conditioner.embedders.*)",
         f"  file          {(tmp_path / 'xl.safetensors').stat().st_size} B, safetensors, 1 tensor: 1 float16",
-        "  note          xl.safetensors looks like an SDXL checkpoint (found conditioner.embedders.*); Atelier "
-        "supports Stable Diffusion 1.x checkpoints only for now.",
+        "  note          xl.safetensors has no UNet weights (model.diffusion_model.input_blocks.0.0.weight); the "
+        "file is incomplete.",
     ]
     folder = write_diffusers_folder(tmp_path / "sdfolder", models)
     text = describe_model(folder)
@@ -522,6 +536,6 @@ def test_diffusers_folder_problems(models, tmp_path):
     (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"^sd2ish/vae has no weights file"):
         load_checkpoint(folder, device="cpu")
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    with pytest.raises(CheckpointError, match=r"^sd2ish is a StableDiffusionXLPipeline folder"):
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    with pytest.raises(CheckpointError, match=r"^sd2ish is a StableDiffusion3Pipeline folder"):
         load_checkpoint(folder, device="cpu")
