@@ -36,7 +36,7 @@ STOP_WITHIN_S = 1.0
 
 
 class SleepingUNet(nn.Module):
-    config = SimpleNamespace(prediction="eps")
+    config = SimpleNamespace(prediction="eps", adm_in_channels=None)  # an SD1.x-like UNet: no vector y
 
     def __init__(self) -> None:
         super().__init__()
