@@ -570,6 +570,13 @@ def section_embedded(s: Setup) -> list[dict]:
     return [r | {"model": "embedded"} for r in rows]
 
 
+def generate_command(model: Path, steps: int, out: Path | str, device: torch.device, extra: list[str]) -> list[str]:
+    """`atelier generate` of the benchmark's prompt, seed 1, in a fresh Python process (the `first` and `start`
+    sections time it from process start to PNG)."""
+    return [sys.executable, "-m", "atelier.cli", "generate", PROMPT, "--model", str(model), "--seed", "1",
+            "--steps", str(steps), "--out", str(out), "--device", str(device), *extra]  # fmt: skip
+
+
 def section_first(s: Setup) -> list[dict]:
     """`atelier generate` in a fresh process on a saved random checkpoint: start-up to PNG on disk."""
     from atelier.models.checkpoint import save_checkpoint
@@ -581,24 +588,7 @@ def section_first(s: Setup) -> list[dict]:
         del ckpt
         reset_peak(s.device)
         for label, extra in (("fast", []), ("readable (--no-fast)", ["--no-fast"])):
-            command = [
-                sys.executable,
-                "-m",
-                "atelier.cli",
-                "generate",
-                PROMPT,
-                "--model",
-                str(path),
-                "--seed",
-                "1",
-                "--steps",
-                "20",
-                "--out",
-                folder,
-                "--device",
-                str(s.device),
-                *extra,
-            ]
+            command = generate_command(path, 20, folder, s.device, extra)
             # A fresh compiler cache, so that "fast" pays its whole compilation as a first run on a machine does.
             env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(dir=folder), "PYTHONUNBUFFERED": "1"}
             t0 = time.perf_counter()
@@ -791,24 +781,8 @@ def section_start(s: Setup) -> list[dict]:
             env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
             env |= {"ATELIER_COMPILE_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
             for run_name in ("cold", "warm"):
-                command = [
-                    sys.executable,
-                    "-m",
-                    "atelier.cli",
-                    "generate",
-                    PROMPT,
-                    "--model",
-                    str(path),
-                    "--seed",
-                    "1",
-                    "--steps",
-                    str(s.args.start_steps),
-                    "--out",
-                    str(Path(folder) / "out.png"),
-                    "--device",
-                    str(s.device),
-                    *s.args.start_flags.split(),
-                ]
+                out = Path(folder) / "out.png"
+                command = generate_command(path, s.args.start_steps, out, s.device, s.args.start_flags.split())
                 files_before = _count_files(cache)
                 t0 = time.perf_counter()
                 try:
