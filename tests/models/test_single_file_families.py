@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from atelier.errors import CheckpointError
 from atelier.models import keymap
 from atelier.models.checkpoint import load_family_checkpoint
-from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
+from atelier.models.config import TextEncoderConfig, VAEConfig
 from atelier.models.detect import detect_family, family_variant, infer_unet_config
 from atelier.models.unet import sdxl_vector
 from atelier.models.vae import VAE
@@ -28,43 +28,12 @@ from diffusers.loaders import single_file_utils as sfu  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 from tests.models.test_unet_families import reference_unet  # noqa: E402
+from tests.models.tiny_families import TINY_G, TINY_H, TINY_L, TINY_REFINER, TINY_SD2, TINY_SDXL  # noqa: E402
 
 START, END = 49406, 49407
-# Tower widths chosen so that the SDXL context is 32 + 8 = 40 wide, as TINY_SDXL reads; heads are 64 wide in
-# real towers, so these small ones have 1 head (width < 64), which our shape reader assumes too.
-TINY_L = TextEncoderConfig(width=32, layers=3, heads=1, mlp_width=64)
-TINY_G = TextEncoderConfig(width=8, layers=3, heads=1, mlp_width=32, activation="gelu", projection_dim=16)
-TINY_H = TextEncoderConfig(width=24, layers=3, heads=1, mlp_width=48, activation="gelu")
+# The tiny towers and UNets (what a file cannot say fixed at the real models' values: 64-wide heads, 32 GroupNorm
+# groups, 256 values per size number in y) are shared with the graph tests; this file's VAE is its own.
 TINY_VAE = VAEConfig(block_channels=(32, 32), layers_per_block=1)
-# UNets with what a file cannot say fixed at the real models' values, since the loader assumes them: 64-wide heads,
-# 32 GroupNorm groups, 256 values per size number in y. Small otherwise (8x8 latents in the tests).
-TINY_SDXL = UNetConfig(
-    block_channels=(64, 128, 128),
-    cross_attention_levels=(False, True, True),
-    attention_head_dim=64,
-    transformer_depth=(0, 2, 3),
-    linear_projection=True,
-    context_dim=40,
-    adm_in_channels=16 + 6 * 256,
-)
-TINY_REFINER = UNetConfig(
-    block_channels=(64, 128, 128, 128),
-    cross_attention_levels=(False, True, True, False),
-    attention_head_dim=64,
-    transformer_depth=2,
-    linear_projection=True,
-    context_dim=16,
-    adm_in_channels=16 + 5 * 256,
-)
-TINY_SD2 = UNetConfig(
-    block_channels=(64, 128),
-    layers_per_block=1,
-    cross_attention_levels=(True, True),
-    attention_head_dim=64,
-    linear_projection=True,
-    context_dim=24,
-    prediction="v",
-)
 
 
 def hf_tower(config: TextEncoderConfig, seed: int) -> torch.nn.Module:
