@@ -164,11 +164,27 @@ def sample_members(
     latents: list[Tensor | None] = [None] * len(members)
     for rows in groups.values():
         group = [members[i] for i in rows]
+        if model.device.type != "cpu":  # see padded_size: a few batch shapes, each compiled and graphed once
+            group += [group[-1]] * (padded_size(len(group)) - len(group))
         report = None if on_step is None else (lambda step, rows=rows: on_step(rows, step))
-        sampled = _sample_group(model, group, settings, shape, report, interrupt)  # (len(rows), 4, h, w)
-        for i, latent in zip(rows, sampled.split(1), strict=True):
+        sampled = _sample_group(model, group, settings, shape, report, interrupt)  # (len(group), 4, h, w)
+        for i, latent in zip(rows, sampled.split(1), strict=False):  # the padding rows are dropped
             latents[i] = latent
     return latents  # type: ignore[return-value]
+
+
+def padded_size(n: int) -> int:
+    """The batch a GPU samples or decodes for n members: the next power of two (1, 2, 4, 8, 16...).
+
+    A compiled network is specialised to its input shapes and a CUDA graph is recorded for one shape
+    (sampling/graphs.py), so every new batch size costs a compile (a minute for the SD1.5 UNet) and a capture.
+    Merged batches come in every size from 1 to the server's --batch-size; rounded up to powers of two they come
+    in log2(size) + 1 shapes. The extra rows repeat the last member and are dropped: on a GPU, where a batch is
+    not bit for bit its lone jobs anyway, a few rows of wasted work buy a bounded set of shapes.
+    """
+    if n < 1:
+        raise InputError(f"A batch needs at least one member; got {n}.")
+    return 1 << (n - 1).bit_length()
 
 
 def _sample_group(
@@ -228,10 +244,12 @@ def lone_decode_batch(index: int, of: int, pixels: int) -> int:
 def decode_members(vae: VAE, latents: Sequence[Tensor], places: Sequence[tuple[int, int]]) -> list[Tensor]:
     """Each member's RAW latent (1, 4, h, w) -> its image (1, 3, 8h, 8w) in [-1, 1]. `places`: (index, of) of
     each member in its job. On the CPU each is decoded as its lone job decodes it (`decode_member`); elsewhere
-    (a GPU, where images are equal within a tolerance, not bit for bit) all of them in one VAE call."""
+    (a GPU, where images are equal within a tolerance, not bit for bit) all of them in one VAE call, padded as
+    sample_members pads its batches (padded_size)."""
     if next(vae.parameters()).device.type == "cpu":
         return [decode_member(vae, z, index, of) for z, (index, of) in zip(latents, places, strict=True)]
-    return list(decode(vae, torch.cat(list(latents))).split(1))  # pipeline.decode keeps its memory chunks
+    stacked = torch.cat([*latents, *[latents[-1]] * (padded_size(len(latents)) - len(latents))])
+    return list(decode(vae, stacked).split(1))[: len(latents)]  # pipeline.decode keeps its memory chunks
 
 
 @torch.no_grad()

@@ -61,6 +61,10 @@ def _add_no_fast(p: argparse.ArgumentParser) -> None:
                         "e4m3 matrix products with one scale per tensor (fp8) or per row (fp8-row), on GPUs of "
                         "compute capability 8.9+ (9.0+ for fp8-row); close to, not equal to, native "
                         "(atelier/models/fp8.py)")
+    p.add_argument("--compile", choices=["none", "blocks", "full", "max-autotune"], default="blocks",
+                   help="how the fast path compiles (atelier/models/fast.py): each block (default), the whole "
+                        "forward, also autotuned GEMMs, or not at all (CUDA graphs only: no compile wait, for small "
+                        "models such as the embedded one, which are bound by kernel launches)")
 
 
 def _precision_fallback(args: argparse.Namespace, device: str | None) -> str | None:
@@ -132,7 +136,7 @@ def _generate(args: argparse.Namespace) -> int:
         from atelier.models.fast import FastOptions, accelerate
 
         precision = args.precision if fallback is None else "native"
-        ckpt = accelerate(ckpt, enabled=True, options=FastOptions(precision=precision))
+        ckpt = accelerate(ckpt, enabled=True, options=FastOptions(compile=args.compile, precision=precision))
         shown = "" if precision == "native" else f", {precision} projections"
         print(f"fast path on{shown}: the first run compiles for a while (--no-fast: the readable modules)",
               file=sys.stderr)
@@ -239,7 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(fallback, file=sys.stderr)
     return run_server(port=args.port, listen=args.listen, data_dir=args.data_dir,
                       fast=False if args.no_fast else None, precision="native" if fallback else args.precision,
-                      allowed_hosts=args.allowed_host, classroom=args.classroom,
+                      compile=args.compile, allowed_hosts=args.allowed_host, classroom=args.classroom,
                       preview_method=args.preview_method, batch_images=args.batch_size,
                       max_waiting_images=args.max_waiting, ray=args.ray, workers=args.workers)
 
@@ -287,7 +291,7 @@ def _run(args: argparse.Namespace) -> int:
     if fallback is not None:
         print(fallback, file=sys.stderr)
     registry = default_registry(data.root, OutputFiles(data), device=args.device, fast=False if args.no_fast else None,
-                                precision="native" if fallback else args.precision)
+                                precision="native" if fallback else args.precision, compile=args.compile)
     loaded = load_workflow(args.workflow, registry)
     prompt = loaded.prompt
     for assignment in args.set:

@@ -49,6 +49,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,7 @@ def start_server(
     threads: int | None = None,
     timeout: float = 300.0,
     ray_workers: int | None = None,
+    compile: str | None = None,
 ) -> Server:
     """`python -m atelier.cli serve --classroom` on 127.0.0.1 (with `--ray --workers N` when ray_workers); waits for
     its join code, printed once the server (and its Ray workers) are up."""
@@ -142,6 +144,8 @@ def start_server(
         command += ["--batch-size", str(batch_size)]
     if ray_workers is not None:
         command += ["--ray", "--workers", str(ray_workers)]
+    if compile is not None:
+        command += ["--compile", compile]
     log = data / "server.log"
     out = log.open("w")
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # carried packages too
@@ -393,6 +397,26 @@ def make_sd15(folder: Path) -> str:
     return name
 
 
+def start_profile(server: Server, args: argparse.Namespace, mode: str) -> threading.Thread | None:
+    """py-spy on the server process for --profile seconds, 10 s into the measured run (None: not asked or no py-spy):
+    where a server's time goes when the GPU is not the limit."""
+    spy = shutil.which("py-spy")
+    if args.profile <= 0 or args.logs is None or spy is None:
+        return None
+    args.logs.mkdir(parents=True, exist_ok=True)
+    out = args.logs / f"profile-{mode}.txt"
+    command = [spy, "record", "--pid", str(server.process.pid), "--duration", str(int(args.profile)), "--format",
+               "raw", "--threads", "--nonblocking", "-o", str(out)]  # fmt: skip
+
+    def record() -> None:
+        time.sleep(10.0)
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=args.profile + 60)
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--learners", type=int, default=30)
@@ -414,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="seconds of uncounted class before each measured run (a GPU compiles each new batch shape once)",
     )
+    parser.add_argument("--compile", default=None, help="the server's --compile (default: its own, blocks)")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="with --logs and py-spy on PATH: record the server's stacks for this long, 10 s into "
+                             "each measured run (py-spy's raw format, one file per run)")
     parser.add_argument("--rss-every", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads in the server (OMP_NUM_THREADS)")
     parser.add_argument("--json", type=Path, default=None)
@@ -454,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             data.mkdir()
             if models.exists():
                 shutil.copytree(models, data / "models")
-            server = start_server(data, batch_size, args.max_waiting, args.threads, ray_workers=workers)
+            server = start_server(data, batch_size, args.max_waiting, args.threads, ray_workers=workers,
+                                  compile=args.compile)
             try:
                 print(f"{mode}: server on port {server.port}, {args.learners} learners, {args.duration} s", flush=True)
                 warmup, warm_log = None, 0
@@ -468,7 +497,10 @@ def main(argv: list[str] | None = None) -> int:
                     keep += ("wrong_deliveries",)
                     warmup = {k: warm[k] for k in keep}
                     warm_log = len(server.log.read_text(errors="replace"))
+                profiler = start_profile(server, args, mode)
                 result = asyncio.run(run_class(server, args))
+                if profiler is not None:
+                    profiler.join()
                 result["warmup"] = warmup
                 log = server.log.read_text(errors="replace")[warm_log:]  # the measured run's part
                 sizes = [int(n) for n in re.findall(r"Batch \d+: (\d+) images of \d+ prompts", log)]

@@ -4,6 +4,8 @@
 # Needs .carry/small (ignored by git): ftfy, wcwidth, regex, segno wheels and the CLIP vocabulary; and
 # .carry/stub: an empty comfyui_frontend_package (the editor's 29 MB bundle is not needed to serve prompts).
 #   WHICH=sd15 bash scripts/gpu_classroom.sh          (writes $OUT/classroom-gpu-sd15.json and the servers' logs)
+#   WHICH="embedded sd15" runs both in turn; COMPILE=none serves with --compile none (CUDA graphs, no compile
+#   wait); PROFILE=20 records the servers' stacks with py-spy when .carry/small/py-spy is there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/small/*.whl || exit 1
@@ -12,13 +14,18 @@ export PYTHONUNBUFFERED=1 ATELIER_COMPILE_CACHE="${ATELIER_COMPILE_CACHE:-/tmp/a
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
-case "${WHICH:-sd15}" in
+export PATH="$PWD/.carry/small:$PATH"  # py-spy, if carried
+extra=(--profile "${PROFILE:-0}")
+[ -n "${COMPILE:-}" ] && extra+=(--compile "$COMPILE")
+for which in ${WHICH:-sd15}; do
+case "$which" in
   sd15) python3 benchmarks/classroom.py --sd15 --size 512 --steps 20 --learners "${LEARNERS:-24}" \
           --duration "${DURATION:-75}" --warmup "${WARMUP:-30}" --drain 60 --batching "${BATCHING:-both}" \
           --note "one H200, random SD1.5-size weights, bf16 fast path" \
-          --json "$out/classroom-gpu-sd15.json" --logs "$out/logs-sd15" ;;
+          --json "$out/classroom-gpu-sd15.json" --logs "$out/logs-sd15" "${extra[@]}" ;;
   embedded) python3 benchmarks/classroom.py --size 128 --steps 20 --learners "${LEARNERS:-30}" \
           --duration "${DURATION:-45}" --warmup "${WARMUP:-20}" --drain 40 --batching "${BATCHING:-both}" \
           --note "one H200, the embedded model, bf16 fast path" \
-          --json "$out/classroom-gpu-embedded.json" --logs "$out/logs-embedded" ;;
+          --json "$out/classroom-gpu-embedded.json" --logs "$out/logs-embedded" "${extra[@]}" ;;
 esac
+done

@@ -266,3 +266,13 @@ def test_merged_sdxl_prompts_carry_their_vector_y_and_equal_their_lone_images(tm
     for owner, params in asked.items():
         for i, expected in enumerate(lone_png(run(sdxl, params))):
             assert made[owner, i] == expected, (owner, i)
+
+
+def test_gpu_batches_are_padded_to_powers_of_two():
+    """A GPU compiles and graphs each batch shape once: merged batches of 1..16 members come in 5 shapes."""
+    from atelier.batching import padded_size
+
+    assert [padded_size(n) for n in range(1, 10)] == [1, 2, 4, 4, 8, 8, 8, 8, 16]
+    assert len({padded_size(n) for n in range(1, 17)}) == 5
+    with pytest.raises(InputError, match="at least one member"):
+        padded_size(0)

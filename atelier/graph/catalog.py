@@ -172,11 +172,12 @@ def default_registry(
     extra_nodes: tuple[type, ...] = (),
     fast: bool | None = None,
     precision: str = "native",
+    compile: str = "blocks",
 ) -> NodeRegistry:
     """Every core node, the teaching nodes (graph/teaching.py) and `extra_nodes`, bound to one set of model
     folders and one file API."""
     paths = models if isinstance(models, ModelPaths) else ModelPaths(Path(models))
-    env = NodeEnvironment(paths, files, device, dtype, fast, precision)
+    env = NodeEnvironment(paths, files, device, dtype, fast, precision, compile)
     registry = NodeRegistry()
     for node_cls in (*CORE_NODES, *TEACHING_NODES, *extra_nodes):
         registry.add(bind(node_cls, env))

@@ -50,7 +50,7 @@ MAX_RESOLUTION = 16384  # the largest width or height a node takes, in pixels (C
 class NodeEnvironment:
     """What nodes reach outside the graph: model folders, the file API of the server, device, dtype, and whether
     loaded checkpoints run the fast path (atelier/models/fast.py; None: on CUDA GPUs, off elsewhere) and in which
-    precision (`--precision`)."""
+    precision (`--precision`) and compile mode (`--compile`)."""
 
     models: ModelPaths
     files: Any  # atelier.server.files.OutputFiles: save_image, input_path, input_images
@@ -58,6 +58,7 @@ class NodeEnvironment:
     dtype: str | None = None
     fast: bool | None = None
     precision: str = "native"  # the fast UNet's projections: "native" or "fp8" (atelier/models/fp8.py)
+    compile: str = "blocks"  # the fast path's torch.compile mode (`--compile`, FastOptions.compile)
 
     def checkpoint_names(self) -> list[str]:
         """The ckpt_name options: the embedded model first (always there, even with no file), then the files."""

@@ -316,6 +316,7 @@ def serve(
     listen: bool = False,
     fast: bool | None = None,
     precision: str = "native",
+    compile: str = "blocks",
     allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
     preview_method: str = "none",
@@ -337,7 +338,7 @@ def serve(
         where = "all network interfaces" if wildcard else "the network"
         print(LISTEN_WARNING.format(where=where, host=",".join(network), port=port), file=sys.stderr)
     if registry is None:
-        registry = default_registry(DataDir(data_dir), fast=fast, precision=precision)
+        registry = default_registry(DataDir(data_dir), fast=fast, precision=precision, compile=compile)
     app = create_app(
         registry,
         data_dir,
@@ -364,9 +365,11 @@ def serve(
     web.run_app(app, host=bind, port=port, print=started)
 
 
-def default_registry(data: DataDir, fast: bool | None = None, precision: str = "native") -> NodeRegistry:
-    """The real SD nodes (atelier/graph/catalog.py), writing their files through this data directory; `fast` and
-    `precision`: see NodeEnvironment."""
+def default_registry(
+    data: DataDir, fast: bool | None = None, precision: str = "native", compile: str = "blocks"
+) -> NodeRegistry:
+    """The real SD nodes (atelier/graph/catalog.py), writing their files through this data directory; `fast`,
+    `precision` and `compile`: see NodeEnvironment."""
     from atelier.graph.catalog import default_registry as build  # heavy (torch, models): imported only to serve
     from atelier.graph.unsupported import UNSUPPORTED_NODES
     from atelier.models.paths import ModelPaths
@@ -376,7 +379,9 @@ def default_registry(data: DataDir, fast: bool | None = None, precision: str = "
     if extra.is_file():
         models.add_extra_paths_yaml(extra)
     # UNSUPPORTED_NODES: ComfyUI loaders the editor expects to exist (LoRA, ControlNet, ...); they refuse to run.
-    return build(models, files=OutputFiles(data), extra_nodes=UNSUPPORTED_NODES, fast=fast, precision=precision)
+    return build(
+        models, files=OutputFiles(data), extra_nodes=UNSUPPORTED_NODES, fast=fast, precision=precision, compile=compile
+    )
 
 
 def run_server(
@@ -386,6 +391,7 @@ def run_server(
     host: str = "127.0.0.1",
     fast: bool | None = None,
     precision: str = "native",
+    compile: str = "blocks",
     allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
     preview_method: str = "none",
@@ -406,6 +412,7 @@ def run_server(
         data_dir=data_dir or DEFAULT_DATA_DIR,
         fast=fast,
         precision=precision,
+        compile=compile,
         allowed_hosts=allowed_hosts,
         classroom=classroom,
         preview_method=preview_method,

@@ -44,7 +44,9 @@ class CheckpointLoaderSimple(Node):
         if self.env.fast is not False and ckpt.device.type == "cuda":  # imported here: torch.compile costs ~1 s
             from atelier.models.fast import FastOptions, accelerate
 
-            ckpt = accelerate(ckpt, enabled=self.env.fast, options=FastOptions(precision=self.env.precision))
+            ckpt = accelerate(
+                ckpt, enabled=self.env.fast, options=FastOptions(compile=self.env.compile, precision=self.env.precision)
+            )
             log.info("%s: fast path on; its first image compiles for a while (--no-fast: readable modules)", ckpt_name)
         stored = latent_rgb(path)
         preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
