@@ -5,7 +5,7 @@
 # .carry/stub: an empty comfyui_frontend_package (the editor's 29 MB bundle is not needed to serve prompts).
 #   WHICH=sd15 bash scripts/gpu_classroom.sh          (writes $OUT/classroom-gpu-sd15.json and the servers' logs)
 #   WHICH="embedded sd15" runs both in turn; COMPILE=none serves with --compile none (CUDA graphs, no compile
-#   wait); PROFILE=20 records the servers' stacks with py-spy when .carry/small/py-spy is there.
+#   wait); PROFILE=20 records the servers' stacks with py-spy when .carry/small/py-spy.gz is there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/small/*.whl || exit 1
@@ -14,7 +14,10 @@ export PYTHONUNBUFFERED=1 ATELIER_COMPILE_CACHE="${ATELIER_COMPILE_CACHE:-/tmp/a
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
-export PATH="$PWD/.carry/small:$PATH"  # py-spy, if carried
+if [ -f .carry/small/py-spy.gz ]; then  # py-spy, if carried (gzipped: the carry limit is 64 MiB)
+  mkdir -p /tmp/bin && gunzip -c .carry/small/py-spy.gz > /tmp/bin/py-spy && chmod +x /tmp/bin/py-spy
+  export PATH="/tmp/bin:$PATH"
+fi
 extra=(--profile "${PROFILE:-0}")
 [ -n "${COMPILE:-}" ] && extra+=(--compile "$COMPILE")
 for which in ${WHICH:-sd15}; do
