@@ -1026,16 +1026,54 @@ def random_sdxl_checkpoint(s: Setup, unet: UNet, vae: VAE):
                       s.device, variant="SDXL base", clip_skip=2)  # fmt: skip
 
 
+class DiffusersSDXLLoop:
+    """StableDiffusionXLPipeline's denoising loop written out with diffusers' own UNet, scheduler and VAE, for a
+    machine without `transformers` (which the pipeline class imports): the same calls, in the same order, as the
+    pipeline's __call__ from precomputed embeddings (CFG as one batch of 2, add_time_ids from the size)."""
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, scheduler) -> None:
+        self.unet, self.vae, self.scheduler = unet, vae, scheduler
+
+    @torch.no_grad()
+    def __call__(self, num_inference_steps: int, guidance_scale: float, height: int, width: int, prompt_embeds,
+                 negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds):  # fmt: skip
+        device, dtype = prompt_embeds.device, prompt_embeds.dtype
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = (1, 4, height // 8, width // 8)
+        latents = torch.randn(shape, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        context = torch.cat([negative_prompt_embeds, prompt_embeds])  # (2, 77, 2048): [uncond; cond]
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * 2, device=device, dtype=dtype)
+        added = {"text_embeds": torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds]), "time_ids": time_ids}
+        for t in self.scheduler.timesteps:
+            model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            noise = self.unet(model_in, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+            uncond, cond = noise.chunk(2)
+            latents = self.scheduler.step(uncond + guidance_scale * (cond - uncond), t, latents).prev_sample
+        image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        pixels = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        from PIL import Image
+
+        return dataclasses.make_dataclass("Output", ["images"])([Image.fromarray(a) for a in pixels])
+
+
 def diffusers_sdxl_pipeline(s: Setup, reference_unet: nn.Module, reference_vae: nn.Module):
-    """StableDiffusionXLPipeline on the same random UNet and VAE, without text encoders (embeddings are given)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    """StableDiffusionXLPipeline on the same random UNet and VAE, without text encoders (embeddings are given);
+    its loop written out (DiffusersSDXLLoop) where `transformers` is missing."""
+    from diffusers import EulerDiscreteScheduler
 
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="leading", steps_offset=1)  # SDXL's scheduler_config
-    pipe = StableDiffusionXLPipeline(
-        vae=reference_vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
-        unet=reference_unet, scheduler=scheduler, add_watermarker=False,
-    )  # fmt: skip
+    try:  # without transformers, diffusers gives a placeholder class that raises ImportError when built
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(
+            vae=reference_vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
+            unet=reference_unet, scheduler=scheduler, add_watermarker=False,
+        )  # fmt: skip
+    except ImportError:
+        print(f"transformers is missing: diffusers' SDXL rows run {DiffusersSDXLLoop.__name__}, the pipeline's loop",
+              file=sys.stderr)  # fmt: skip
+        return DiffusersSDXLLoop(reference_unet, reference_vae, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
