@@ -217,7 +217,7 @@ def test_at_sdxl_size_every_kohya_name_means_what_diffusers_converter_says():
     theirs = {split_key(k)[0] for k in converted}
     prefixes = {"clip_l.": "text_encoder.", "clip_g.": "text_encoder_2."}
     ours = set()
-    for component, module in (names[n] for n in kohya):
+    for _, module in (names[n] for n in kohya):
         tower = next((t for t in prefixes if module.startswith(t)), None)
         ours.add(prefixes[tower] + module.removeprefix(tower) if tower else f"unet.{module}")
     assert theirs == ours
@@ -254,5 +254,5 @@ def test_files_for_other_families_are_refused_on_sdxl_in_one_sentence(tmp_path, 
 
 def test_an_sdxl_lora_on_an_sd1_model_is_still_refused(tmp_path):
     kohya_file(tmp_path / "xl.safetensors", dict(list(random_lora(3).items())[-2:]))  # two bigG layers
-    with pytest.raises(CheckpointError, match="is a LoRA for SDXL .*; this model is SD1.x"):
+    with pytest.raises(CheckpointError, match=r"is a LoRA for SDXL .*; this model is SD1.x"):
         load_lora(tmp_path / "xl.safetensors", UNetConfig.tiny(), TextEncoderConfig.tiny())
