@@ -144,10 +144,11 @@ def _generate(args: argparse.Namespace) -> int:
     params.width, params.height, params.model = args.width or native, args.height or native, path.name
     params.check()
     from atelier.models.embeddings import EmbeddingFolder
-    from atelier.models.lora import load_lora
+    from atelier.models.lora import load_lora, text_configs
     from atelier.models.paths import ModelPaths
 
-    loras = [(load_lora(file, ckpt.unet_config, ckpt.text_encoder_config), strength) for file, strength in lora_files]
+    text_config = text_configs(ckpt.text_encoder)  # SDXL: both towers'
+    loras = [(load_lora(file, ckpt.unet_config, text_config), strength) for file, strength in lora_files]
     for lora, _ in loras:
         print(lora.summary(), file=sys.stderr)
     folders = ModelPaths(Path.cwd())

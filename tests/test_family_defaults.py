@@ -85,7 +85,7 @@ def test_the_checkpoint_node_gives_each_family_its_settings(files):
     assert got["refiner"][1][0].text_encoder.clip_l is None  # the refiner reads bigG alone
 
 
-def test_a_lora_on_an_sdxl_model_is_refused_in_one_sentence(files, tmp_path):
+def test_a_lora_naming_no_sdxl_layer_is_refused_in_one_sentence(files, tmp_path):
     from safetensors.torch import save_file
 
     from atelier.errors import CheckpointError
@@ -95,5 +95,5 @@ def test_a_lora_on_an_sdxl_model_is_refused_in_one_sentence(files, tmp_path):
     lora = tmp_path / "style.safetensors"
     save_file({"lora_unet_x.lora_up.weight": torch.zeros(4, 1), "lora_unet_x.lora_down.weight": torch.zeros(1, 4)},
               str(lora))  # fmt: skip
-    with pytest.raises(CheckpointError, match="does not apply LoRAs to SDXL models yet"):
+    with pytest.raises(CheckpointError, match="names no layer of this SDXL model"):
         load_lora(lora, TINY_SDXL, None)

@@ -486,6 +486,14 @@ def join_checkpoint(
 
 UNET = "unet"
 TEXT_ENCODER = "text_encoder"
+# The kohya and diffusers prefixes of each text tower. SD1.x (and SD 2.x) has one tower, its names bare; SDXL's
+# SDXLTextEncoder holds two, `clip_l.` (OpenAI's CLIP ViT-L, kohya's te1) and `clip_g.` (OpenCLIP bigG, kohya's te2,
+# which kohya and diffusers both name as transformers' CLIPTextModelWithProjection does, like ours).
+LORA_TEXT_PREFIXES = {
+    "": ("lora_te_", "lora_te1_", "text_encoder."),
+    "clip_l.": ("lora_te1_", "text_encoder."),
+    "clip_g.": ("lora_te2_", "text_encoder_2."),
+}
 
 
 def lora_module_names(
@@ -494,15 +502,21 @@ def lora_module_names(
     """LoRA module name, as files spell it -> (component, our module name), for every weight of the two networks.
 
     A LoRA names the layer it changes, not the weight: `<module>.lora_up.weight` patches `<module>.weight`. The
-    spellings, as ComfyUI's comfy/lora.py accepts them for SD1.x (`unet_weights` and `text_weights` are our weight
-    names, ending in `.weight` or `.bias`):
+    spellings, as ComfyUI's comfy/lora.py accepts them (`unet_weights` and `text_weights` are our weight names,
+    ending in `.weight` or `.bias`; SDXL's text weights start with their tower, `clip_l.` or `clip_g.`):
 
         kohya, diffusers path   lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q
         kohya, LDM path         lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q
+                                (SDXL: lora_unet_input_blocks_4_1_..., its first level has no transformer)
         diffusers / PEFT        unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q
         LyCORIS                 lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q
         text encoder, kohya     lora_te_text_model_encoder_layers_0_self_attn_q_proj   (lora_te1_: the same)
         text encoder, diffusers text_encoder.text_model.encoder.layers.0.self_attn.q_proj
+        SDXL's CLIP-L           lora_te1_text_model_..., text_encoder.text_model...     -> clip_l.text_model...
+        SDXL's bigG             lora_te2_text_model_..., text_encoder_2.text_model...   -> clip_g.text_model...
+
+    The UNet's LDM path comes from the same table that loads single files (`unet_table`), so it follows the
+    config: SDXL's three levels, transformer depths 0/2/10 and 10-deep middle need nothing of their own.
     """
     names: dict[str, tuple[str, str]] = {}
     modules = sorted({key.rsplit(".", 1)[0] for key in unet_weights})
@@ -514,7 +528,9 @@ def lora_module_names(
         for spelling in (f"lora_unet_{underscored}", f"lycoris_{underscored}", f"unet.{module}", module):
             names[spelling] = (UNET, module)
     for module in sorted({key.rsplit(".", 1)[0] for key in text_weights}):
-        underscored = module.replace(".", "_")
-        for spelling in (f"lora_te_{underscored}", f"lora_te1_{underscored}", f"text_encoder.{module}"):
+        tower = next((t for t in ("clip_l.", "clip_g.") if module.startswith(t)), "")
+        inner = module.removeprefix(tower)  # text_model.encoder.layers.0.self_attn.q_proj
+        kohya, diffusers = LORA_TEXT_PREFIXES[tower][:-1], LORA_TEXT_PREFIXES[tower][-1]
+        for spelling in (*(p + inner.replace(".", "_") for p in kohya), diffusers + inner):
             names[spelling] = (TEXT_ENCODER, module)
     return names

@@ -186,6 +186,16 @@ _BY_LENGTH = sorted(_PARTS, key=len, reverse=True)
 _OLD_TEXT_ATTENTION = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 # Names that say a file is for SDXL (two text encoders, 2048-wide context), not SD1.x.
 _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_4_1_transformer_blocks_1_")
+# Names that say a file is for SD1.x or SD 2.x, not SDXL: kohya's one text encoder (`lora_te_`; SDXL's are te1 and
+# te2), or a transformer in the UNet's first level, which SDXL (base and refiner) does not have.
+_SD1_MARKS = (
+    "lora_te_",
+    "lora_unet_down_blocks_0_attentions_",
+    "lora_unet_input_blocks_1_1_",
+    "lycoris_down_blocks_0_attentions_",
+    "unet.down_blocks.0.attentions.",
+    "down_blocks.0.attentions.",
+)
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -257,21 +267,52 @@ def _change(parts: dict[str, Tensor], module: str) -> Change:
     raise CheckpointError(f"the LoRA module {module} has only the parts {', '.join(sorted(parts))}; incomplete file.")
 
 
-def load_lora(path: str | Path, unet_config: UNetConfig, text_config: TextEncoderConfig | None) -> LoRA:
-    """Read a LoRA / LyCORIS file for a model of these configs (`text_config` None: the UNet only).
+TextConfigs = TextEncoderConfig | Mapping[str, TextEncoderConfig | None]
+
+
+def text_configs(text_encoder: nn.Module) -> TextConfigs:
+    """What `load_lora` needs to know of a text encoder: its config, or SDXL's towers' ({"clip_l", "clip_g"},
+    clip_l None for the refiner), as SDXLTextEncoder holds them."""
+    from atelier.models.clip import SDXLTextEncoder
+
+    if isinstance(text_encoder, SDXLTextEncoder):
+        clip_l = text_encoder.clip_l.config if text_encoder.clip_l is not None else None
+        return {"clip_l": clip_l, "clip_g": text_encoder.clip_g.config}
+    return text_encoder.config
+
+
+def _text_shapes(text_config: TextConfigs | None) -> dict[str, tuple[int, ...]]:
+    """Our text-encoder weight names and shapes; SDXL's under their tower (`clip_l.text_model...`), the names
+    `patched` finds in an SDXLTextEncoder."""
+    if text_config is None:
+        return {}
+    if isinstance(text_config, TextEncoderConfig):
+        return _weight_shapes(text_config)
+    return {f"{tower}.{k}": v for tower, c in text_config.items() if c is not None
+            for k, v in _weight_shapes(c).items()}  # fmt: skip
+
+
+def load_lora(path: str | Path, unet_config: UNetConfig, text_config: TextConfigs | None) -> LoRA:
+    """Read a LoRA / LyCORIS file for a model of these configs (`text_config` None: the UNet only; SDXL: its two
+    towers' configs, see `text_configs`).
 
     Every change is checked against the weight it patches (rebuilt to that weight's shape). A file for another
-    family (SDXL), an unknown format or a broken file raises CheckpointError in one sentence; keys that fit no
-    weight are returned in `unmatched` (and logged), never dropped silently.
+    family (SDXL on SD1.x, SD1.x on SDXL), an unknown format or a broken file raises CheckpointError in one
+    sentence; keys that fit no weight are returned in `unmatched` (and logged), never dropped silently.
     """
     path = Path(path)
     file = WeightsFile(path)
     name = file.name
-    if unet_config.adm_in_channels is not None:  # SDXL: two text towers and other UNet names; not mapped yet
-        raise CheckpointError(f"{name}: Atelier does not apply LoRAs to SDXL models yet; run this model without it.")
+    sdxl = unet_config.adm_in_channels is not None  # SDXL's UNet reads the vector y; SD1.x's does not
+    family = "SDXL" if sdxl else "Stable Diffusion 1.x"
     keys = list(file.index.shapes)
-    if any(key.startswith(_SDXL_MARKS) for key in keys):
+    if not sdxl and any(key.startswith(_SDXL_MARKS) for key in keys):
         raise CheckpointError(f"{name} is a LoRA for SDXL (it names a second text encoder); this model is SD1.x.")
+    if sdxl and (marked := [key for key in keys if key.startswith(_SD1_MARKS)]):
+        raise CheckpointError(
+            f"{name} is a LoRA for SD1.x or SD 2.x (it names {keymap.first_names(marked, 1)}); this model is SDXL, "
+            "whose LoRAs name two text encoders (lora_te1_, lora_te2_) and no transformer in the UNet's first level."
+        )
     split = {key: split_key(key) for key in keys}
     if not any(split.values()):
         raise CheckpointError(
@@ -279,7 +320,7 @@ def load_lora(path: str | Path, unet_config: UNetConfig, text_config: TextEncode
             "like a LoRA, LoHa or LoKr part (.lora_up.weight, .lora_A.weight, .hada_w1_a, .lokr_w1, ...)."
         )
     unet_shapes = _weight_shapes(unet_config)
-    text_shapes = _weight_shapes(text_config) if text_config is not None else {}
+    text_shapes = _text_shapes(text_config)
     names = keymap.lora_module_names(unet_shapes, unet_config, text_shapes)
     tensors = file.read(keys, torch.float32)
 
@@ -293,7 +334,7 @@ def load_lora(path: str | Path, unet_config: UNetConfig, text_config: TextEncode
             grouped.setdefault(target, {})[found[1]] = tensors[key]
     if not grouped:
         raise CheckpointError(
-            f"{name} names no layer of this Stable Diffusion 1.x model (e.g. {keymap.first_names(unmatched, 2)}); "
+            f"{name} names no layer of this {family} model (e.g. {keymap.first_names(unmatched, 2)}); "
             "it is a LoRA for another model family."
         )
 
@@ -302,19 +343,21 @@ def load_lora(path: str | Path, unet_config: UNetConfig, text_config: TextEncode
         shapes = unet_shapes if component == keymap.UNET else text_shapes
         if "diff_b" in parts:
             patches[component][module + ".bias"] = _checked(FullDiff(parts.pop("diff_b")), shapes, module + ".bias",
-                                                            name)  # fmt: skip
+                                                            name, sdxl)  # fmt: skip
             if not parts:
                 continue
         weight = module + ".weight"
         adapter = Adapter(_change(parts, module), parts.get("dora_scale"))
-        patches[component][weight] = _checked(adapter, shapes, weight, name)
+        patches[component][weight] = _checked(adapter, shapes, weight, name, sdxl)
     lora = LoRA(name, patches[keymap.UNET], patches[keymap.TEXT_ENCODER], tuple(sorted(unmatched)))
     if unmatched:
         log.warning("%s", lora.summary())
     return lora
 
 
-def _checked(adapter: Adapter | FullDiff, shapes: Mapping[str, tuple[int, ...]], weight: str, name: str) -> Adapter:
+def _checked(
+    adapter: Adapter | FullDiff, shapes: Mapping[str, tuple[int, ...]], weight: str, name: str, sdxl: bool
+) -> Adapter:
     """`adapter` (a bare FullDiff wrapped) after rebuilding its change once at the shape of `weight`."""
     if isinstance(adapter, FullDiff):
         adapter = Adapter(adapter)
@@ -327,7 +370,7 @@ def _checked(adapter: Adapter | FullDiff, shapes: Mapping[str, tuple[int, ...]],
     if delta is None or delta.shape != shape:
         raise CheckpointError(
             f"{name} does not fit this model: its change to {weight} cannot take the weight's shape {tuple(shape)}; "
-            "it is a LoRA for another model family (SDXL, SD2?)."
+            f"it is a LoRA for another model family ({'SD1.x, SD2?' if sdxl else 'SDXL, SD2?'})."
         )
     if adapter.dora_scale is not None and adapter.dora_scale.numel() not in (shape[0], shape[1]):
         raise CheckpointError(f"{name} has a dora_scale for {weight} of {adapter.dora_scale.numel()} values; "

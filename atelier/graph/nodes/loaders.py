@@ -14,7 +14,7 @@ from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
 from atelier.models.detect import FAMILY_NAMES
 from atelier.models.embeddings import EmbeddingFolder
 from atelier.models.library import latent_rgb
-from atelier.models.lora import WeightPatch, load_lora
+from atelier.models.lora import WeightPatch, load_lora, text_configs
 from atelier.pipeline import DiffusionModel, fit_latent_to_rgb
 
 log = logging.getLogger(__name__)
@@ -296,8 +296,8 @@ STRENGTH_MODEL_INPUT = Input(
 
 def _with_lora(model: DiffusionModel, clip: ClipModel | None, path, strength_model: float, strength_clip: float):
     """`model` and `clip` with the LoRA at `path` appended to their patch lists (a strength of 0 adds nothing)."""
-    text_config = clip.text_encoder.config if clip is not None and not clip.is_sdxl else None
-    lora = load_lora(path, model.unet.config, text_config)  # refuses SDXL models in one sentence
+    text_config = text_configs(clip.text_encoder) if clip is not None else None  # SDXL: both towers'
+    lora = load_lora(path, model.unet.config, text_config)  # refuses a file of another family in one sentence
     if lora.unmatched:
         log.warning("%s", lora.summary())
     if strength_model != 0.0:
