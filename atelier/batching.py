@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor
@@ -65,6 +65,8 @@ from atelier.sampling.schedules import sigmas_for
 
 if TYPE_CHECKING:
     from atelier.models.vae import VAE
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +167,7 @@ def sample_members(
     for rows in groups.values():
         group = [members[i] for i in rows]
         if model.device.type != "cpu":  # see padded_size: a few batch shapes, each compiled and graphed once
-            group += [group[-1]] * (padded_size(len(group)) - len(group))
+            group = padded(group)
         report = None if on_step is None else (lambda step, rows=rows: on_step(rows, step))
         sampled = _sample_group(model, group, settings, shape, report, interrupt)  # (len(group), 4, h, w)
         for i, latent in zip(rows, sampled.split(1), strict=False):  # the padding rows are dropped
@@ -185,6 +187,11 @@ def padded_size(n: int) -> int:
     if n < 1:
         raise InputError(f"A batch needs at least one member; got {n}.")
     return 1 << (n - 1).bit_length()
+
+
+def padded(items: Sequence[T]) -> list[T]:
+    """`items` with its last one repeated up to padded_size(len(items)) (a GPU batch's padding rows)."""
+    return [*items, *[items[-1]] * (padded_size(len(items)) - len(items))]
 
 
 def _sample_group(
@@ -248,8 +255,8 @@ def decode_members(vae: VAE, latents: Sequence[Tensor], places: Sequence[tuple[i
     sample_members pads its batches (padded_size)."""
     if next(vae.parameters()).device.type == "cpu":
         return [decode_member(vae, z, index, of) for z, (index, of) in zip(latents, places, strict=True)]
-    stacked = torch.cat([*latents, *[latents[-1]] * (padded_size(len(latents)) - len(latents))])
-    return list(decode(vae, stacked).split(1))[: len(latents)]  # pipeline.decode keeps its memory chunks
+    images = decode(vae, torch.cat(padded(latents)))  # pipeline.decode keeps its memory chunks
+    return list(images.split(1))[: len(latents)]
 
 
 @torch.no_grad()
