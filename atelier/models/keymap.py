@@ -528,7 +528,7 @@ def lora_module_names(
         for spelling in (f"lora_unet_{underscored}", f"lycoris_{underscored}", f"unet.{module}", module):
             names[spelling] = (UNET, module)
     for module in sorted({key.rsplit(".", 1)[0] for key in text_weights}):
-        tower = next((t for t in ("clip_l.", "clip_g.") if module.startswith(t)), "")
+        tower = next((t for t in LORA_TEXT_PREFIXES if t and module.startswith(t)), "")
         inner = module.removeprefix(tower)  # text_model.encoder.layers.0.self_attn.q_proj
         kohya, diffusers = LORA_TEXT_PREFIXES[tower][:-1], LORA_TEXT_PREFIXES[tower][-1]
         for spelling in (*(p + inner.replace(".", "_") for p in kohya), diffusers + inner):
