@@ -43,6 +43,7 @@ from atelier.graph.executor import ExecutionListener, Executor, normalize_prompt
 from atelier.server.files import encode_png
 from atelier.server.hub import Hub
 from atelier.server.merging import Txt2Img, runs_merged, txt2img, whole
+from atelier.server.runners import Runners
 from atelier.server.scheduler import LOCAL_OWNER, Batch, Part, Position, Scheduler, Worker
 from atelier.server.store import PromptRecord, PromptStore, now_ms
 
@@ -265,9 +266,9 @@ class PromptQueue:
     or a cluster.ClusterWorker (Ray), whose `slots` batches run at once, one per worker process.
 
     Several batches in flight: the dispatcher thread takes the scheduler's next batch whenever fewer than
-    `worker.slots` run, and runs each in a thread of its own. The scheduler's order is the order batches *start*
-    in (turns, caps and merging are unchanged); a split prompt's parts may then finish out of order, so a prompt
-    ends when all its parts are in (`_parts_in`), its images listed in its own order.
+    `worker.slots` run, and runs each on a runner thread (`Runners`: kept and reused). The scheduler's order is
+    the order batches *start* in (turns, caps and merging are unchanged); a split prompt's parts may then finish
+    out of order, so a prompt ends when all its parts are in (`_parts_in`), its images listed in its own order.
     """
 
     def __init__(
@@ -298,7 +299,7 @@ class PromptQueue:
         self._parts_in: dict[str, int] = {}  # prompt id -> its merged parts delivered so far
         self._running: dict[int, Batch] = {}  # batch number -> the batches the worker runs now
         self._busy = 0  # batches taken and not yet delivered (at most worker.slots)
-        self._runners: set[threading.Thread] = set()
+        self._runners = Runners("atelier-batch")
         self.device = "cpu"  # where the in-process worker runs (create_app says), for the instructor's page
         self._images_done = 0  # images the in-process worker made
         self._models_used: set[str] = set()  # checkpoints its txt2img batches sampled with (the node cache holds them)
@@ -520,10 +521,7 @@ class PromptQueue:
         end = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._cond:
-            runners = list(self._runners)
-        for runner in runners:
-            runner.join(max(0.0, end - time.monotonic()))
+        self._runners.join(max(0.0, end - time.monotonic()))
 
     def pause(self) -> None:
         """Start no more batches (the running one finishes)."""
@@ -572,15 +570,11 @@ class PromptQueue:
             listener.execution_cached([])
 
     def _work(self) -> None:
-        """The dispatcher: each batch taken runs in a thread of its own (one at a time with one slot)."""
+        """The dispatcher: each batch taken runs on a runner thread (one at a time with one slot)."""
         while (batch := self._take()) is not None:
             if self.on_batch is not None:
                 self.on_batch(batch)
-            runner = threading.Thread(target=self._run, args=(batch,), name=f"atelier-batch-{batch.number}",
-                                      daemon=True)  # fmt: skip
-            with self._cond:
-                self._runners.add(runner)
-            runner.start()
+            self._runners.submit(self._run, batch)
 
     def _run(self, batch: Batch) -> None:
         """Run one batch on the worker, then save and report its results; its slot is free once delivered."""
@@ -629,7 +623,6 @@ class PromptQueue:
         finally:
             with self._cond:
                 self._busy -= 1
-                self._runners.discard(threading.current_thread())
                 self._cond.notify_all()
 
     def _stop_merged_here(self, batch: Batch) -> bool:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from atelier.errors import AtelierError, InputError
+from atelier.server.runners import Runners
 from atelier.server.scheduler import Batch, Scheduler
 
 log = logging.getLogger("atelier.server")
@@ -94,6 +95,7 @@ class _Actor:
         self.device = device
         self._events: queue.Queue = queue.Queue()
         self.worker = make_worker(self._events.put)
+        self._runner = Runners("atelier-actor")  # one kept thread: CUDA's per-thread caches stay warm (runners.py)
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "device": self.device, "batch_images": self.worker.batch_images,
@@ -112,7 +114,7 @@ class _Actor:
                 outcome.extend([(_SECONDS, time.monotonic() - started), (_ERROR, error)])
             self._events.put(_DONE)
 
-        threading.Thread(target=work, daemon=True).start()
+        self._runner.submit(work)
         while (event := self._events.get()) is not _DONE:
             yield _EVENT, event
         seconds, result = outcome  # one by one, not `yield from`: Ray's generators are driven by send(),

@@ -13,6 +13,7 @@ from atelier.errors import InputError
 from atelier.server.hub import Hub
 from atelier.server.merging import ImageOf, merge_key, parts
 from atelier.server.prompt_queue import PromptQueue
+from atelier.server.runners import Runners
 from atelier.server.scheduler import LOCAL_OWNER, Part, QueueFull, Scheduler, serve
 from atelier.server.store import PromptRecord, PromptStore
 
@@ -489,3 +490,51 @@ def test_a_worker_of_two_slots_gets_two_batches_at_once_started_in_the_scheduler
     assert started == ["a1", "b1", "a2", "a3"]  # the turns, as with one slot; two of them run at a time
     assert sorted(executor.order) == ["a1", "a2", "a3", "b1"] and queue.running_batches() == []
     assert [r.state for r in queue.store.select("1 = 1", ())] == ["success"] * 4
+
+
+class ThreadNames:
+    """A one-slot worker that notes the thread each batch runs on."""
+
+    batch_images = 1
+    slots = 1
+
+    def __init__(self, run_graph) -> None:
+        self.run_graph = run_graph
+        self.threads: list[str] = []
+
+    def run(self, batch):
+        self.threads.append(threading.current_thread().name)
+        (part,) = batch.parts
+        return [self.run_graph(part.job_id)]
+
+
+def test_one_slot_runs_every_batch_on_the_same_runner_thread(tmp_path):
+    # cuDNN's autotuning cache is per thread: a new thread per batch re-timed every VAE convolution on a GPU.
+    queue = PromptQueue(RecordingExecutor(), PromptStore(tmp_path / "queue.db"), Hub(),
+                        owner_of=lambda rec: rec.extra_data["owner"])
+    queue.worker = ThreadNames(queue.run_graph)
+    done = threading.Semaphore(0)
+    queue.on_finished = lambda rec: done.release()
+    queue.start()
+    try:
+        for owner, name in SUBMISSIONS[:4]:
+            queue.put(PromptRecord(f"id-{name}", queue.next_number(), lab_prompt(), {"owner": owner}, ["9"]))
+            assert done.acquire(timeout=20)
+    finally:
+        queue.stop()
+    assert len(queue.worker.threads) == 4 and len(set(queue.worker.threads)) == 1
+
+
+def test_runners_reuse_an_idle_thread_and_start_one_only_when_all_are_busy():
+    runners, names = Runners("t"), []
+    release = threading.Event()
+    runners.submit(lambda: names.append(threading.current_thread().name))
+    assert runners.join(5)
+    runners.submit(lambda: (names.append(threading.current_thread().name), release.wait(5)))
+    runners.submit(lambda: (names.append(threading.current_thread().name), release.set()))  # must not wait for it
+    assert runners.join(5) and release.is_set()
+    assert names[0] == names[1] or names[0] == names[2]  # the idle thread took the next task
+    assert len(set(names)) == 2  # a second thread only while the first was busy
+    runners.submit(lambda: 1 / 0)  # a failing task is logged; the runner takes the next one
+    runners.submit(lambda: names.append("after"))
+    assert runners.join(5) and names[-1] == "after"
