@@ -952,10 +952,12 @@ DIFFUSERS_INDUCTOR = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
                       "coordinate_descent_check_all_directions": True}  # fmt: skip
 
 
-def diffusers_inductor() -> contextlib.AbstractContextManager:
+def diffusers_inductor(s: Setup) -> contextlib.AbstractContextManager:
+    """The guide's inductor flags (--diffusers-inductor guide, the default) or none (default)."""
     import torch._inductor.config as inductor
 
-    return inductor.patch(DIFFUSERS_INDUCTOR)
+    guide = s.args is None or s.args.diffusers_inductor == "guide"
+    return inductor.patch(DIFFUSERS_INDUCTOR) if guide else contextlib.nullcontext()
 
 
 def diffusers_best(s: Setup) -> nn.Module:
@@ -974,7 +976,16 @@ def diffusers_best(s: Setup) -> nn.Module:
 
 
 def diffusers_best_label(s: Setup) -> str:
-    return "diffusers best" if s.device.type == "cuda" else "diffusers fused+cl (no compile on a CPU)"
+    if s.device.type != "cuda":
+        return "diffusers fused+cl (no compile on a CPU)"
+    if s.args is not None and s.args.diffusers_inductor == "default":
+        return f"diffusers compiled ({s.diffusers_compile_mode}, default inductor flags)"
+    return "diffusers best"
+
+
+def diffusers_best_needs(s: Setup) -> float:
+    """Seconds of budget the 'diffusers best' compile needs (--diffusers-best-s)."""
+    return s.args.diffusers_best_s if s.args is not None else DIFFUSERS_BEST_COMPILE_S
 
 
 # diffusers' best recipe compiles its whole SDXL UNet with coordinate-descent tuning: more than 7 minutes on an
@@ -1020,8 +1031,9 @@ def section_sdxl_unet(s: Setup) -> list[dict]:
     if reference is not None:
         measure("diffusers eager", lambda: diffusers_call(reference))
         # last: fusing the projections changes diffusers' module in place
-        if s.device.type != "cuda" or not s.out_of_time(DIFFUSERS_BEST_COMPILE_S, "diffusers best's compile"):
-            measure(diffusers_best_label(s), lambda: diffusers_call(diffusers_best(s)), first=diffusers_inductor)
+        if s.device.type != "cuda" or not s.out_of_time(diffusers_best_needs(s), "diffusers best's compile"):
+            measure(diffusers_best_label(s), lambda: diffusers_call(diffusers_best(s)),
+                    first=lambda: diffusers_inductor(s))  # fmt: skip
     return s.rows
 
 
@@ -1152,10 +1164,11 @@ def section_sdxl_txt2img(s: Setup) -> list[dict]:
         with torch.no_grad():
             measure("diffusers eager (from embeddings)", diffusers_run)
             del eager
-            needed = 0 if "sdxl_best" in s.memo or s.device.type != "cuda" else DIFFUSERS_BEST_COMPILE_S
+            needed = 0 if "sdxl_best" in s.memo or s.device.type != "cuda" else diffusers_best_needs(s)
             if not s.out_of_time(needed, "diffusers best's compile"):
                 pipe.unet = diffusers_best(s)
-                measure(f"{diffusers_best_label(s)} (from embeddings)", diffusers_run, first=diffusers_inductor)
+                measure(f"{diffusers_best_label(s)} (from embeddings)", diffusers_run,
+                        first=lambda: diffusers_inductor(s))  # fmt: skip
         del pipe
     return s.rows
 
@@ -1336,6 +1349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diffusers-compile-mode", default="max-autotune",
                         help="torch.compile mode of the 'diffusers best' SDXL rows (default: max-autotune, as "
                              "diffusers' guide; reduce-overhead or default compile faster)")  # fmt: skip
+    parser.add_argument("--diffusers-inductor", choices=["guide", "default"], default="guide",
+                        help="inductor flags of the 'diffusers best' rows: its guide's (coordinate-descent tuning: "
+                             "minutes more of compile) or torch's defaults; the rows' names say which")  # fmt: skip
+    parser.add_argument("--diffusers-best-s", type=float, default=DIFFUSERS_BEST_COMPILE_S,
+                        help="seconds of budget a section needs left to start the 'diffusers best' compile "
+                             f"(default {DIFFUSERS_BEST_COMPILE_S}; less with a warm --compile-cache)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.sweep_batches is None:
         args.sweep_batches = "1,2,4" if args.tiny else "1,2,4,8,16"
