@@ -138,7 +138,7 @@ def _describe_folder(folder: Path) -> list[str]:
 
 def _describe_lora(file: WeightsFile) -> list[str]:
     """LoRA / LyCORIS: the spelling of its names, the kinds of change, ranks, alphas and what it targets."""
-    from atelier.models.lora import split_key
+    from atelier.models.lora import lora_family, split_key
 
     modules: dict[str, set[str]] = {}
     unknown = []
@@ -149,9 +149,8 @@ def _describe_lora(file: WeightsFile) -> list[str]:
         else:
             modules.setdefault(found[0], set()).add(found[1])
     names = list(modules)
-    target = "SDXL (not loadable here)" if any(n.startswith(("lora_te2_", "text_encoder_2.")) for n in names) \
-        else "Stable Diffusion 1.x"  # fmt: skip
-    text = sum(n.startswith(("lora_te", "text_encoder.")) for n in names)
+    target = lora_family(file.index.shapes)
+    text = sum(n.startswith(("lora_te", "text_encoder.", "text_encoder_2.")) for n in names)
     kinds = Counter(_change_kind(parts) for parts in modules.values())
     downs = (".lora_down.weight", ".lora_A.weight")
     ranks = sorted({shape[0] for key, shape in file.index.shapes.items() if key.endswith(downs)})
@@ -167,7 +166,7 @@ def _describe_lora(file: WeightsFile) -> list[str]:
     lines = [
         _row("kind", f"a LoRA for {target}: {changes} change(s)"),
         _row("layout", spelling),
-        _row("layers", f"{len(names) - text} in the UNet, {text} in the text encoder"),
+        _row("layers", f"{len(names) - text} in the UNet, {text} in the text encoder{'s' if 'SDXL' in target else ''}"),
     ]
     if ranks:
         lines.append(_row("rank", ", ".join(map(str, ranks))))

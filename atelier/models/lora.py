@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -196,6 +197,22 @@ _SD1_MARKS = (
     "unet.down_blocks.0.attentions.",
     "down_blocks.0.attentions.",
 )
+
+
+# The width a UNet's cross-attention reads (its text encoder's output): the surest sign of a LoRA's family, from
+# the input width of a `to_k`/`to_v` down (A) matrix of an `attn2` layer, shape (rank, context width).
+_CONTEXT_FAMILIES = {768: "Stable Diffusion 1.x", 1024: "Stable Diffusion 2.x", 2048: "SDXL", 1280: "the SDXL refiner"}
+
+
+def lora_family(shapes: dict[str, tuple[int, ...]]) -> str:
+    """The model family a LoRA file was trained for, from its tensor names and shapes (`atelier info`)."""
+    for key, shape in shapes.items():
+        cross = re.search(r"attn2[._]to_[kv]\.(lora_down|lora_A)\.weight$", key) and len(shape) == 2
+        if cross and (family := _CONTEXT_FAMILIES.get(shape[1])) is not None:
+            return family
+    if any(key.startswith(_SDXL_MARKS) for key in shapes):
+        return "SDXL"
+    return "Stable Diffusion 1.x or 2.x"
 
 
 def split_key(key: str) -> tuple[str, str] | None:

@@ -237,3 +237,40 @@ def test_the_custom_sampling_graph_runs_on_sdxl_and_equals_the_ksampler(env):
     plain["8"]["inputs"]["samples"] = ["3", 0]
     _, ksampler = run(env, plain)
     assert custom["9"].tobytes() == ksampler["9"].tobytes()
+
+
+def test_lora_loader_on_an_sdxl_checkpoint_patches_and_restores(env):
+    """LoraLoader between an SDXL checkpoint and its sampler (a kohya file naming the UNet and both text towers,
+    lora_te1_ / lora_te2_): the image changes, and strength 0 afterwards gives the image without it, pixel for
+    pixel (the cached checkpoint was restored). Strength on the text towers alone changes the image too."""
+    from atelier.models.checkpoint import load_checkpoint
+    from tests.models.test_lora_sdxl import kohya_file, random_lora
+
+    registry, _, _ = env
+    models = registry.get("LoraLoader").env.models
+    folder = models.folders_for("loras")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(models.folders_for("checkpoints")[0] / BASE, device="cpu")
+    kohya_file(folder / "xl_style.safetensors", random_lora(5, ckpt.unet, ckpt.text_encoder))
+    prompt = ui_to_api(load("default_graph.json"), registry)
+    prompt["4"]["inputs"]["ckpt_name"] = BASE
+    prompt["3"]["inputs"]["steps"] = 2
+    prompt["5"]["inputs"].update(width=64, height=64)
+
+    def with_lora(strength_model: float, strength_clip: float) -> dict:
+        graph = json.loads(json.dumps(prompt))
+        graph["10"] = {"class_type": "LoraLoader", "inputs": {
+            "model": ["4", 0], "clip": ["4", 1], "lora_name": "xl_style.safetensors",
+            "strength_model": strength_model, "strength_clip": strength_clip}}  # fmt: skip
+        graph["3"]["inputs"]["model"] = ["10", 0]
+        graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["10", 1]
+        return graph
+
+    def pixels(graph: dict) -> bytes:
+        return run(env, graph)[1]["9"].tobytes()
+
+    before = pixels(prompt)
+    assert pixels(with_lora(1.0, 1.0)) != before
+    assert pixels(with_lora(0.0, 1.0)) != before  # the text towers' part alone
+    assert pixels(with_lora(0.0, 0.0)) == before
+    assert pixels(prompt) == before

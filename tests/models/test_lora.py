@@ -330,7 +330,7 @@ def test_info_names_lora_files_and_embeddings(tmp_path):
 
     kohya_file(tmp_path / "k.safetensors", random_lora(9))
     shown = describe_model(tmp_path / "k.safetensors")
-    assert "a LoRA for Stable Diffusion 1.x: 88 LoRA change(s)" in shown
+    assert "a LoRA for Stable Diffusion 1.x or 2.x: 88 LoRA change(s)" in shown  # (tiny widths: no family's)
     assert "kohya (lora_unet_*, lora_te_*)" in shown and "70 in the UNet, 18 in the text encoder" in shown
     assert "rank          4" in shown and "alpha         2 (scale = alpha / rank)" in shown
     peft_file(tmp_path / "p.safetensors", random_lora(9))

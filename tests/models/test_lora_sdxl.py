@@ -50,9 +50,11 @@ def models():
     return unet, ref_unet, text, ref_l, ref_g
 
 
-def random_lora(seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """{our module name: {"up", "down", "alpha"}}; text modules start with their tower (clip_l., clip_g.)."""
-    unet, _, text, _, _ = models()
+def random_lora(seed: int, unet=None, text=None) -> dict[str, dict[str, torch.Tensor]]:
+    """{our module name: {"up", "down", "alpha"}} for `unet` and `text` (default: this file's `models()`); text
+    modules start with their tower (clip_l., clip_g.)."""
+    if unet is None:
+        unet, _, text, _, _ = models()
     g = torch.Generator().manual_seed(seed)
     modules = {
         k.removesuffix(".weight"): tuple(v.shape)
@@ -256,3 +258,23 @@ def test_an_sdxl_lora_on_an_sd1_model_is_still_refused(tmp_path):
     kohya_file(tmp_path / "xl.safetensors", dict(list(random_lora(3).items())[-2:]))  # two bigG layers
     with pytest.raises(CheckpointError, match=r"is a LoRA for SDXL .*; this model is SD1.x"):
         load_lora(tmp_path / "xl.safetensors", UNetConfig.tiny(), TextEncoderConfig.tiny())
+
+
+@pytest.mark.parametrize(("width", "family"), [(768, "Stable Diffusion 1.x"), (1024, "Stable Diffusion 2.x"),
+                                               (2048, "SDXL"), (1280, "the SDXL refiner")])  # fmt: skip
+def test_a_loras_family_is_read_from_its_cross_attention_width(width, family):
+    from atelier.models.lora import lora_family
+
+    key = "lora_unet_output_blocks_1_1_transformer_blocks_0_attn2_to_k.lora_down.weight"
+    assert lora_family({key: (8, width), key.replace("down", "up"): (640, 8)}) == family
+    peft = "unet.up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v.lora_A.weight"
+    assert lora_family({peft: (8, width)}) == family
+
+
+def test_info_describes_an_sdxl_lora_as_sdxl_with_two_text_encoders(tmp_path):
+    from atelier.models.info import describe_model
+
+    kohya_file(tmp_path / "xl.safetensors", random_lora(3))
+    shown = describe_model(tmp_path / "xl.safetensors")
+    assert "a LoRA for SDXL:" in shown and "not loadable" not in shown
+    assert "in the text encoders" in shown
