@@ -299,7 +299,7 @@ class FastUNet(UNet):
         _compile_blocks(self, (ResBlock, SpatialTransformer), options)
         full = options.compile in ("full", "max-autotune")
         self._network = _compile(self._readable_forward, options) if full else self._readable_forward
-        self.graphs = GraphedCall(self._network, max_graphs=2)
+        self.graphs = GraphedCall(self._network)  # a few batch signatures, one memory pool (graphs.py)
         self.fp8_layers: list[fp8.FP8Linear] = []  # filled by use_fp8 (after the weights are loaded)
         _contiguous_on_save(self)
 

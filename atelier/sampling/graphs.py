@@ -43,13 +43,20 @@ class GraphedCall:
     `fn` must be a pure function of its tensor arguments and of state that does not change between calls (the
     weights); it must not synchronise with the host. The first call with a new signature runs `fn` `warmup` times
     on a side stream (letting cuDNN pick algorithms and torch.compile compile) and then records it; later calls
-    copy their inputs in, replay, and return a copy of the output. At most `max_graphs` signatures are kept (each
-    holds the memory of its activations); the least recently used is dropped first.
+    copy their inputs in, replay, and return a copy of the output. At most `max_graphs` signatures are kept; the
+    least recently used is dropped first.
+
+    Memory: all the graphs of one GraphedCall draw their activations from one shared pool, so keeping several
+    signatures (a classroom's padded batch sizes 1, 2, 4, 8, and the lone prompt's) costs about the largest one's
+    activations, not their sum. Sharing is safe here because replays never overlap (one call at a time) and each
+    replay's output is copied out before any other graph runs; a graph's intermediates may be overwritten by
+    another's replay, which is fine, since they matter only during their own.
     """
 
-    def __init__(self, fn: Callable[..., Tensor], max_graphs: int = 2, warmup: int = 2) -> None:
+    def __init__(self, fn: Callable[..., Tensor], max_graphs: int = 6, warmup: int = 2) -> None:
         self.fn, self.max_graphs, self.warmup = fn, max_graphs, warmup
         self._graphs: collections.OrderedDict[Signature, _Captured] = collections.OrderedDict()
+        self._pool: tuple | None = None  # torch.cuda.graph_pool_handle(), made at the first capture
 
     def __call__(self, *args: Tensor) -> Tensor:
         key = signature(args)
@@ -73,6 +80,7 @@ class GraphedCall:
     def clear(self) -> None:
         """Drop every graph and the memory it holds (after the weights change, for instance)."""
         self._graphs.clear()
+        self._pool = None
 
     def _capture(self, args: tuple[Tensor, ...]) -> _Captured:
         if not all(a.is_cuda for a in args):
@@ -87,6 +95,8 @@ class GraphedCall:
                 self.fn(*inputs)
         torch.cuda.current_stream(inputs[0].device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
             output = self.fn(*inputs)  # recorded, not run; `output` is where every replay will write
         return _Captured(graph, inputs, output)

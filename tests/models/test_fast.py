@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
 from atelier.cli import main as cli_main
 from atelier.errors import InputError
@@ -427,3 +428,19 @@ def test_a_lora_patches_the_fused_projections_and_the_prompt_cache_follows(tiny_
     assert max_diff(got, expected) <= TOL
     assert max_diff(got, plain_fast) > 1e-3
     assert torch.equal(run(fast, params).latent, plain_fast)  # restored exactly, on the fused weights too
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphs_of_several_batch_sizes_share_a_pool_and_replay_in_any_order():
+    """A classroom's padded batches come in any order: each replay (from one shared memory pool) still gives the
+    eager result, and the least recently used signature is dropped beyond max_graphs."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.SiLU(), nn.Conv2d(32, 4, 3, padding=1))
+    net = net.cuda().eval()
+    call = GraphedCall(net, max_graphs=3)
+    with torch.no_grad():
+        for batch in (2, 8, 4, 2, 16, 8, 4, 2, 8):
+            x = torch.randn(batch, 4, 32, 32, device="cuda")
+            torch.testing.assert_close(call(x), net(x), rtol=1e-4, atol=1e-4)
+    assert call.captured == 3
