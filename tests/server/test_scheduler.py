@@ -541,55 +541,18 @@ def test_runners_reuse_an_idle_thread_and_start_one_only_when_all_are_busy():
     assert runners.join(5) and names[-1] == "after"
 
 
-def test_a_merged_batch_gives_its_slot_back_before_its_images_are_delivered(tmp_path):
-    """While batch 1's images are still being saved (its delivery held here), batch 2 already runs on the worker:
-    the GPU does not wait for PNG compression. Both prompts still end, each once, successfully."""
+def run_merged_pair(tmp_path, overlap: bool, ran, delivered) -> PromptQueue:
+    """Two one-image prompts (a1, then b1) through a queue whose batches all count as merged; ran(job id) is called
+    as each batch starts on the worker, delivered(job id) before each is delivered. Both must end successfully."""
     queue = PromptQueue(RecordingExecutor(), PromptStore(tmp_path / "queue.db"), Hub(),
                         owner_of=lambda rec: rec.extra_data["owner"])
+    queue.overlap_delivery = overlap
     queue.worker = ThreadNames(queue.run_graph)
     queue.merged_if = lambda batch: True
-    hold, second_ran = threading.Event(), threading.Event()
-    deliver = queue._deliver_alone  # a RecordingExecutor result: delivered as a lone prompt's would be
-
-    def held_delivery(batch, results):
-        if batch.parts[0].job_id == "id-a1":
-            assert second_ran.wait(10), "batch 2 did not run while batch 1 was being delivered"
-            hold.set()
-        deliver(batch.parts[0].job_id, results[0])
-
-    queue._deliver_merged = held_delivery
-    run = queue.worker.run
-    queue.worker.run = lambda batch: (second_ran.set() if batch.parts[0].job_id == "id-b1" else None, run(batch))[1]
-    done = threading.Semaphore(0)
-    queue.on_finished = lambda rec: done.release()
-    for name in ("a1", "b1"):
-        queue.put(PromptRecord(f"id-{name}", queue.next_number(), lab_prompt(), {"owner": name[0], "name": name},
-                               ["9"]))  # fmt: skip
-    queue.start()
-    try:
-        assert all(done.acquire(timeout=20) for _ in range(2)) and hold.is_set()
-    finally:
-        queue.stop()
-    assert [r.state for r in queue.store.select("1 = 1", ())] == ["success"] * 2
-
-
-def test_without_overlap_the_next_batch_waits_for_the_delivery(tmp_path):
-    queue = PromptQueue(RecordingExecutor(), PromptStore(tmp_path / "queue.db"), Hub(),
-                        owner_of=lambda rec: rec.extra_data["owner"])
-    queue.overlap_delivery = False
-    queue.worker = ThreadNames(queue.run_graph)
-    queue.merged_if = lambda batch: True
-    events: list[str] = []
-    deliver = queue._deliver_alone
-
-    def delivery(batch, results):
-        time.sleep(0.2)
-        events.append("delivered " + batch.parts[0].job_id)
-        deliver(batch.parts[0].job_id, results[0])
-
-    queue._deliver_merged = delivery
-    run = queue.worker.run
-    queue.worker.run = lambda batch: (events.append("ran " + batch.parts[0].job_id), run(batch))[1]
+    run, deliver = queue.worker.run, queue._deliver_alone  # (a RecordingExecutor result is delivered as a lone one)
+    queue.worker.run = lambda batch: (ran(batch.parts[0].job_id), run(batch))[1]
+    queue._deliver_merged = lambda batch, results: (delivered(batch.parts[0].job_id),
+                                                    deliver(batch.parts[0].job_id, results[0]))  # fmt: skip
     done = threading.Semaphore(0)
     queue.on_finished = lambda rec: done.release()
     for name in ("a1", "b1"):
@@ -600,5 +563,29 @@ def test_without_overlap_the_next_batch_waits_for_the_delivery(tmp_path):
         assert all(done.acquire(timeout=20) for _ in range(2))
     finally:
         queue.stop()
-    assert events == ["ran id-a1", "delivered id-a1", "ran id-b1", "delivered id-b1"]
     assert [r.state for r in queue.store.select("1 = 1", ())] == ["success"] * 2
+    return queue
+
+
+def test_a_merged_batch_gives_its_slot_back_before_its_images_are_delivered(tmp_path):
+    """While batch 1's images are still being saved (its delivery held here), batch 2 already runs on the worker:
+    the GPU does not wait for PNG compression."""
+    second_ran, held = threading.Event(), []
+
+    def delivered(job_id: str) -> None:
+        if job_id == "id-a1":
+            held.append(second_ran.wait(10))  # False: batch 2 never ran while batch 1 was being delivered
+
+    run_merged_pair(tmp_path, True, lambda job_id: job_id == "id-b1" and second_ran.set(), delivered)
+    assert held == [True]
+
+
+def test_without_overlap_the_next_batch_waits_for_the_delivery(tmp_path):
+    events: list[str] = []
+
+    def delivered(job_id: str) -> None:
+        time.sleep(0.2)
+        events.append("delivered " + job_id)
+
+    run_merged_pair(tmp_path, False, lambda job_id: events.append("ran " + job_id), delivered)
+    assert events == ["ran id-a1", "delivered id-a1", "ran id-b1", "delivered id-b1"]
