@@ -5,7 +5,8 @@
 # .carry/stub: an empty comfyui_frontend_package (the editor's 29 MB bundle is not needed to serve prompts).
 #   WHICH=sd15 bash scripts/gpu_classroom.sh          (writes $OUT/classroom-gpu-sd15.json and the servers' logs)
 #   WHICH="embedded sd15" runs both in turn; COMPILE=none serves with --compile none (CUDA graphs, no compile
-#   wait); PROFILE=20 records the servers' stacks with py-spy when .carry/small/py-spy.gz is there.
+#   wait); PROFILE=20 records the servers' stacks with py-spy when .carry/small/py-spy.gz is there; BATCH_SIZE=16
+#   merges up to 16 images per sampling call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/small/*.whl || exit 1
@@ -20,6 +21,7 @@ if [ -f .carry/small/py-spy.gz ]; then  # py-spy, if carried (gzipped: the carry
 fi
 extra=(--profile "${PROFILE:-0}")
 [ -n "${COMPILE:-}" ] && extra+=(--compile "$COMPILE")
+[ -n "${BATCH_SIZE:-}" ] && extra+=(--batch-size "$BATCH_SIZE")  # the server's --batch-size (default 8 on a GPU)
 for which in ${WHICH:-sd15}; do
 case "$which" in
   sd15) python3 benchmarks/classroom.py --sd15 --size 512 --steps 20 --learners "${LEARNERS:-24}" \
