@@ -93,7 +93,7 @@ def tower_vectors(tensors: Mapping[str, Tensor], widths: Mapping[str, int], name
         )
     counts = {len(v) for v in found.values()}
     if len(counts) > 1:
-        told = ", ".join(f"{len(v)} for {TOWER_NAMES.get(tower, tower)}" for tower, v in found.items())
+        told = ", ".join(f"{TOWER_NAMES.get(tower, tower)} {len(v)}" for tower, v in found.items())
         raise CheckpointError(
             f"{name} holds a different number of vectors per tower ({told}); the towers must read the same count.",
             key="embedding_tower_counts", name=name, counts=told,
