@@ -154,7 +154,7 @@ def _generate(args: argparse.Namespace) -> int:
     folders = ModelPaths(Path.cwd())
     if args.embeddings is not None:
         folders.add_folder("embeddings", args.embeddings, first=True)
-    embeddings = EmbeddingFolder(folders, ckpt.text_encoder_config.width)
+    embeddings = EmbeddingFolder.for_text_encoder(folders, ckpt.text_encoder)  # SDXL: one vector set per tower
 
     from tqdm import tqdm
 

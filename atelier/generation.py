@@ -96,7 +96,8 @@ def run(
     """txt2img, or img2img with `init_image` (denoise < 1), or inpainting with `init_image` + `mask` (white = redo).
 
     `loras`: (LoRA read by models.lora.load_lora, strength) pairs, applied to both networks, in order, while they
-    run; `embeddings`: what `embedding:name` in the prompts reads (models.embeddings.EmbeddingFolder)."""
+    run; `embeddings`: what `embedding:name` in the prompts reads (models.embeddings.EmbeddingFolder.for_text_encoder:
+    SDXL's gives each tower its own vectors)."""
     params.check()
     start = time.perf_counter()
     unet_patches = tuple(WeightPatch(lora.unet, strength, lora.name) for lora, strength in loras)
@@ -104,8 +105,6 @@ def run(
     # Clip skip 1 is the family's own layer (SD 2.x and SDXL: the penultimate), as the graph without
     # CLIPSetLastLayer reads it; more counts back from the end, as CLIPSetLastLayer(-n) does.
     clip_skip = ckpt.clip_skip if params.clip_skip == 1 else params.clip_skip
-    if ckpt.family == "sdxl":
-        embeddings = None  # SDXL's textual inversions (one vector set per tower) are not read yet
     with patched(ckpt.text_encoder, text_patches):
         positive, negative = (
             [encode_conditioning(ckpt.text_encoder, ckpt.tokenizer, text, clip_skip, embeddings)]

@@ -40,7 +40,8 @@ from atelier.sampling.schedules import SCHEDULERS, sigmas_for
 if TYPE_CHECKING:
     from atelier.models.clip import CLIPTextEncoder, SDXLTextEncoder
     from atelier.models.config import UNetConfig
-    from atelier.models.tokenizer import CLIPTokenizer, EmbeddingLookup
+    from atelier.models.embeddings import EmbeddingFolder
+    from atelier.models.tokenizer import CLIPTokenizer, EmbeddingLookup, TokenizedPrompt
     from atelier.models.unet import UNet
     from atelier.models.vae import VAE
 
@@ -110,6 +111,8 @@ def encode_prompt_sdxl(
     text_l: str,
     text_g: str | None = None,
     clip_skip: int = 2,
+    embeddings: EmbeddingFolder | None = None,
+    unknown: list[str] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """SDXL prompts -> (context (1, 77 * chunks, 2048), pooled (1, 1280)), as ComfyUI's CLIPTextEncodeSDXL does.
 
@@ -117,33 +120,46 @@ def encode_prompt_sdxl(
     75-token chunks as SD1.x, with the same weighting rule applied per tower against that tower's empty prompt:
     z = z_empty + weight * (z - z_empty). If one text has more chunks, the other is padded with empty chunks.
     The pooled vector is bigG's for the first chunk (ComfyUI keeps the first chunk's). The refiner
-    (`text_encoder.clip_l` None) reads `text_g` alone: context (1, 77 * chunks, 1280). Textual-inversion
-    embeddings are not read here yet.
+    (`text_encoder.clip_l` None) reads `text_g` alone: context (1, 77 * chunks, 1280).
+
+    With `embeddings` (an SDXL models.embeddings.EmbeddingFolder, `for_text_encoder`), "embedding:name" puts a
+    textual inversion's vectors in both towers at the same positions: CLIP-L reads the file's `clip_l` vectors and
+    bigG its `clip_g` (a one-tower file: the tower it fits; zeros in the other). Names no file matches are left
+    out, logged, and appended to `unknown` when it is given (once per name, though both towers look them up).
     """
     text_g = text_l if text_g is None else text_g
     check_prompt_text(text_l)
     check_prompt_text(text_g)
     device = next(text_encoder.parameters()).device
-    windows_g = tokenizer_g.tokenize_prompt(text_g).windows
-    windows_l = tokenizer_l.tokenize_prompt(text_l).windows if text_encoder.clip_l is not None else []
-    chunks = max(len(windows_g), len(windows_l))
+    lookup_g = embeddings.tower("clip_g") if embeddings is not None else None
+    lookup_l = embeddings.tower("clip_l") if embeddings is not None and text_encoder.clip_l is not None else None
+    tokens_g = tokenizer_g.tokenize_prompt(text_g, lookup_g)
+    tokens_l = tokenizer_l.tokenize_prompt(text_l, lookup_l) if text_encoder.clip_l is not None else None
+    missing = list(dict.fromkeys(tokens_g.unknown + (tokens_l.unknown if tokens_l is not None else [])))
+    for name in missing:
+        log.warning("embedding:%s names no file in the embeddings folder; it was left out of the prompt", name)
+    if unknown is not None:
+        unknown.extend(missing)
+    chunks = max(len(tokens_g.windows), len(tokens_l.windows) if tokens_l is not None else 0)
 
-    def weighted(tower: CLIPTextEncoder, tokenizer: CLIPTokenizer, windows: list) -> tuple[Tensor, Tensor]:
+    def weighted(tower: CLIPTextEncoder, tokenizer: CLIPTokenizer, tokens: TokenizedPrompt) -> tuple[Tensor, Tensor]:
         empty_window = tokenizer.tokenize_weighted("")[0]
-        windows = windows + [empty_window] * (chunks - len(windows))
+        windows = tokens.windows + [empty_window] * (chunks - len(tokens.windows))
         ids = torch.tensor([[i for i, _ in w] for w in windows], device=device)  # (chunks, 77)
         weights = torch.tensor([[x for _, x in w] for w in windows], device=device)  # (chunks, 77)
-        z, pooled = tower.encode_with_pooled(ids, clip_skip)  # (chunks, 77, width), (chunks, P)
+        # (E, width): this tower's rows for the ids below 0 (the embeddings' vectors, in prompt order), or None
+        vectors = torch.cat(tokens.vectors) if tokens.vectors else None
+        z, pooled = tower.encode_with_pooled(ids, clip_skip, vectors=vectors)  # (chunks, 77, width), (chunks, P)
         if not torch.all(weights == 1.0):
             empty = torch.tensor([[i for i, _ in empty_window]], device=device)  # (1, 77)
             z_empty, _ = tower.encode_with_pooled(empty, clip_skip)
             z = z_empty + weights[..., None].to(z.dtype) * (z - z_empty)
         return z.reshape(1, -1, z.shape[-1]), pooled[:1]  # (1, 77 * chunks, width), (1, P)
 
-    z_g, pooled = weighted(text_encoder.clip_g, tokenizer_g, windows_g)
-    if text_encoder.clip_l is None:
+    z_g, pooled = weighted(text_encoder.clip_g, tokenizer_g, tokens_g)
+    if text_encoder.clip_l is None or tokens_l is None:
         return z_g, pooled
-    z_l, _ = weighted(text_encoder.clip_l, tokenizer_l, windows_l)
+    z_l, _ = weighted(text_encoder.clip_l, tokenizer_l, tokens_l)
     return torch.cat([z_l, z_g], dim=-1), pooled  # (1, 77 * chunks, 2048), (1, 1280)
 
 
@@ -166,13 +182,15 @@ def encode_conditioning(
     SD1.x and SD 2.x: the context of `encode_prompt`. SDXL (`text_encoder` an SDXLTextEncoder, `tokenizer` the pair
     (CLIP-L's, bigG's)): both towers read `text` (CLIP-L reads `text_l` instead when given, as CLIPTextEncodeSDXL's
     text_l), and the entry carries bigG's pooled vector; its sizes are left to sampling (`with_vectors`).
-    Textual-inversion embeddings are read for SD1.x and SD 2.x only.
+    `embeddings`: a models.embeddings.EmbeddingFolder made for this text encoder (`for_text_encoder`; SDXL's reads
+    one vector set per tower).
     """
     if not is_sdxl_text_encoder(text_encoder):
         return Cond(encode_prompt(text_encoder, tokenizer, text, clip_skip, embeddings, unknown))  # type: ignore[arg-type]
     tokenizer_l, tokenizer_g = tokenizer  # type: ignore[misc]
     context, pooled = encode_prompt_sdxl(
-        text_encoder, tokenizer_l, tokenizer_g, text if text_l is None else text_l, text, clip_skip  # type: ignore[arg-type]
+        text_encoder, tokenizer_l, tokenizer_g, text if text_l is None else text_l, text, clip_skip,  # type: ignore[arg-type]
+        embeddings, unknown,  # type: ignore[arg-type]
     )
     return Cond(context, pooled=pooled)
 

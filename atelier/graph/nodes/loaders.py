@@ -51,9 +51,8 @@ class CheckpointLoaderSimple(Node):
         stored = latent_rgb(path)
         preview = torch.tensor(stored) if stored is not None else fit_latent_to_rgb(ckpt.vae, size=32)
         model = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor, preview=preview)
-        # Textual inversions are read for one-tower families; SDXL's (one vector set per tower) are not yet.
-        sdxl = ckpt.family == "sdxl"
-        embeddings = None if sdxl else EmbeddingFolder(self.env.models, ckpt.text_encoder_config.width)
+        # Textual inversions: one vector set for one-tower families, one per tower for SDXL (models/embeddings.py).
+        embeddings = EmbeddingFolder.for_text_encoder(self.env.models, ckpt.text_encoder)
         clip = ClipModel(ckpt.text_encoder, ckpt.tokenizer, clip_skip=ckpt.clip_skip, embeddings=embeddings)
         return model, clip, ckpt.vae
 
@@ -268,13 +267,13 @@ def _load_clip(env, clip_name: str, device: str) -> ClipModel:
 
 def _load_family_clip(env, towers: dict, device: str) -> ClipModel:
     """SD 2.x's or SDXL's CLIP from split tower files: what CheckpointLoaderSimple gives for the whole file (the
-    penultimate layer; SD 2.x's textual inversions are read, SDXL's, one vector set per tower, not yet)."""
+    penultimate layer; textual inversions are read, SDXL's with one vector set per tower)."""
     from atelier.models.checkpoint import load_family_text_encoder
 
     where = "cpu" if device == "cpu" else env.device
     dtype = None if device == "cpu" else env.dtype
-    text_encoder, tokenizer, config = load_family_text_encoder(towers, device=where, dtype=dtype)
-    embeddings = EmbeddingFolder(env.models, config.width) if "clip_h" in towers else None
+    text_encoder, tokenizer, _ = load_family_text_encoder(towers, device=where, dtype=dtype)
+    embeddings = EmbeddingFolder.for_text_encoder(env.models, text_encoder)
     return ClipModel(text_encoder, tokenizer, clip_skip=2, embeddings=embeddings)
 
 
