@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from atelier.errors import AtelierError, InputError
+from atelier.models.fast_choices import COMPILE_MODES, PRECISIONS
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -56,12 +57,12 @@ def _add_no_fast(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fast", action="store_true",
                    help="run the readable modules as written (default on CUDA: the fast path, atelier/models/fast.py, "
                         "same result to rounding, compiled on first use)")
-    p.add_argument("--precision", choices=["native", "fp8", "fp8-row"], default="native",
+    p.add_argument("--precision", choices=list(PRECISIONS), default="native",
                    help="the fast UNet's linear layers and 1x1 convolutions: native (the --dtype, default) or FP8 "
                         "e4m3 matrix products with one scale per tensor (fp8) or per row (fp8-row), on GPUs of "
                         "compute capability 8.9+ (9.0+ for fp8-row); close to, not equal to, native "
                         "(atelier/models/fp8.py)")
-    p.add_argument("--compile", choices=["none", "blocks", "full", "max-autotune"], default="blocks",
+    p.add_argument("--compile", choices=COMPILE_MODES, default="blocks",
                    help="how the fast path compiles (atelier/models/fast.py): each block (default), the whole "
                         "forward, also autotuned GEMMs, or not at all (CUDA graphs only: no compile wait, for small "
                         "models such as the embedded one, which are bound by kernel launches)")

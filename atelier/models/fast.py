@@ -55,6 +55,7 @@ from atelier.models.attention import Attention, SpatialTransformer, TransformerB
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.compile_cache import use_compile_cache
 from atelier.models.config import TextEncoderConfig, UNetConfig, VAEConfig
+from atelier.models.fast_choices import COMPILE_MODES, PRECISIONS
 from atelier.models.layers import multi_head_attention
 from atelier.models.unet import ControlResiduals, ResBlock, UNet
 from atelier.models.vae import VAE, ResnetBlock, SpatialSelfAttention
@@ -78,9 +79,6 @@ _ATTENTION = {
     "efficient": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
     "math": [SDPBackend.MATH],
 }
-COMPILE_MODES = ("none", "blocks", "full", "max-autotune")
-# The UNet's matmul precision: "native" (the checkpoint's dtype), or fp8 with one scale per tensor or per row.
-PRECISIONS = {"native": None, "fp8": "tensor", "fp8-row": "row"}
 
 
 @dataclasses.dataclass(frozen=True)
