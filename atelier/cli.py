@@ -222,7 +222,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "ComfyUI: none by default; the lab and the node editor ask for them themselves")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="the most images one shared sampling call makes for several people's txt2img prompts "
-                        "(default: 8 on a GPU, 4 on a CPU; 1: no merging)")
+                        "(default on a GPU: 16, and no more pixels than 8 images of 512x512; on a CPU: 4; "
+                        "1: no merging)")
     p.add_argument("--max-waiting", type=int, default=None, metavar="N",
                    help="classroom mode: the most images one learner may have waiting (default 32)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",

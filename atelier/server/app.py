@@ -91,7 +91,7 @@ def create_app(
     - settings_defaults: replaces settings.PRIVATE_DEFAULTS (what the editor sees before the user changes it).
     - on_free: called by POST /free with (unload_models, free_memory), e.g. to drop loaded checkpoints.
     - classroom: classroom mode (classroom.py): join code, learners, each seeing only their own work, fair turns.
-    - batch_images: the most images one merged sampling call takes (None: `default_batch_images` for the device);
+    - batch_images: the most images one merged sampling call takes (None: `default_batch_limits` for the device);
       1 turns merging off. max_waiting_images: each learner's cap (None: CLASSROOM_MAX_WAITING in classroom
       mode, no cap otherwise).
     - preview_method: live sampler previews for prompts whose extra_data does not choose (--preview-method):
@@ -177,10 +177,15 @@ def create_app(
 CLASSROOM_MAX_WAITING = 32  # images one learner may have waiting: a 5 x 5 XY grid and a few more
 
 
-def default_batch_images(registry: NodeRegistry) -> int:
-    """How many images one merged sampling call takes on the nodes' device: 8 on a GPU (measured on an H200 with
-    SD1.5 at 512 x 512: batch 8 gives 1.6x the images per second of one at a time), 4 on a CPU (little to gain,
-    a batch mostly shares the waiting)."""
+# On a GPU a merged batch holds at most 8 images of 512 x 512 (the pixels of that many), and 16 images of any size.
+# Measured on an H200 (docs/benchmarks/): SD1.5 at 512 x 512, batch 8 gives 1.66x the images per second of one at
+# a time through the server; the embedded model at 128 x 128 gives 3.97x with batches of 8 and 4.45x with 16.
+GPU_BATCH_IMAGES, GPU_BATCH_PIXELS = 16, 8 * 512 * 512
+CPU_BATCH_IMAGES = 4  # little to gain on a CPU: a batch mostly shares the waiting
+
+
+def default_batch_limits(registry: NodeRegistry) -> tuple[int, int | None]:
+    """(most images, most pixels or None) of one merged sampling call on the nodes' device."""
     loader = registry.get("CheckpointLoaderSimple")
     env = getattr(loader, "env", None)
     device = str(getattr(env, "device", None) or "")
@@ -188,7 +193,7 @@ def default_batch_images(registry: NodeRegistry) -> int:
         from atelier.device import pick_device  # torch: only for a registry of the real nodes
 
         device = str(pick_device())
-    return 8 if device.startswith("cuda") else 4
+    return (GPU_BATCH_IMAGES, GPU_BATCH_PIXELS) if device.startswith("cuda") else (CPU_BATCH_IMAGES, None)
 
 
 def make_queue(
@@ -213,9 +218,11 @@ def make_queue(
 
     executor = Executor(registry)
     mergeable = getattr(registry.get("CheckpointLoaderSimple"), "env", None) is not None
-    size = batch_images if batch_images is not None else (default_batch_images(registry) if mergeable else 1)
+    size, pixels = (batch_images, None) if batch_images is not None else (1, None)
+    if batch_images is None and mergeable:
+        size, pixels = default_batch_limits(registry)
     cap = max_waiting_images if max_waiting_images is not None else (CLASSROOM_MAX_WAITING if classroom else None)
-    scheduler = Scheduler(batch_images=size, max_waiting_images=cap)
+    scheduler = Scheduler(batch_images=size, max_waiting_images=cap, batch_pixels=pixels)
     owner_of = owner_of_record if classroom else (lambda rec: LOCAL_OWNER)
     queue = PromptQueue(
         executor, store, hub, scheduler, owner_of, parts if mergeable else whole_parts, preview_method=preview_method

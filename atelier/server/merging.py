@@ -201,7 +201,13 @@ def parts(prompt_id: str, prompt: dict[str, Any]) -> list[Part]:
     if found is None or found.merge_key is None:
         return [whole(prompt_id, prompt)]
     return [
-        Part(prompt_id, i, merge_key=found.merge_key, payload=ImageOf(prompt_id, i, found.batch))
+        Part(
+            prompt_id,
+            i,
+            merge_key=found.merge_key,
+            pixels=found.width * found.height,
+            payload=ImageOf(prompt_id, i, found.batch),
+        )
         for i in range(max(1, found.batch))
     ]
 

@@ -85,6 +85,7 @@ class Part:
 
     merge_key: parts with equal keys may share one sampling call (None: always alone). cost: what the part weighs
     in the expected waits, in "images" (1.0 for one image; a part that cannot be split counts its images).
+    pixels: the pixels of one of its images (width x height; 0: not known), for a scheduler's `batch_pixels`.
     payload: what the worker needs to run it (the scheduler never looks).
     """
 
@@ -93,6 +94,7 @@ class Part:
     images: int = 1
     merge_key: Hashable | None = None
     cost: float = 1.0
+    pixels: int = 0
     payload: Any = None
 
 
@@ -155,17 +157,22 @@ class Worker(Protocol):
 _Entry = tuple[tuple[float, int, int], Part]  # ((job order, job arrival, part index), part)
 
 
-def _plan_batch(waiting: dict[str, list[_Entry]], rotation: Sequence[str], batch_images: int) -> list[tuple[str, int]]:
+def _plan_batch(
+    waiting: dict[str, list[_Entry]], rotation: Sequence[str], batch_images: int, batch_pixels: int | None = None
+) -> list[tuple[str, int]]:
     """The parts the next batch takes, as (owner, position in that owner's waiting list), in the order taken.
 
     The first owner of the rotation leads with their next part. If it has a merge key, rounds go over the owners
     in rotation order; each round every owner may add their next part not taken yet, if it has the same key and
-    the batch still has room. Nobody's parts are taken out of their order.
+    the batch still has room: at most `batch_images` images, and at most `batch_pixels` pixels when both it and
+    the leader's image size are known (at least one image). Nobody's parts are taken out of their order.
     """
     leader = rotation[0]
     first = waiting[leader][0][1]
     if first.merge_key is None:
         return [(leader, 0)]
+    if batch_pixels and first.pixels:
+        batch_images = min(batch_images, max(1, batch_pixels // first.pixels))
     taken: list[tuple[str, int]] = []
     count = dict.fromkeys(rotation, 0)  # parts taken so far from each owner
     images, added = 0, True
@@ -205,13 +212,19 @@ class Scheduler:
         batch_images: int = 1,
         max_waiting_images: int | None = None,
         window: int = 20,
+        batch_pixels: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(batch_images, bool) or not isinstance(batch_images, int) or batch_images < 1:
             raise InputError(f"The batch size must be a whole number of at least 1, got {batch_images!r}.")
         if max_waiting_images is not None and (not isinstance(max_waiting_images, int) or max_waiting_images < 1):
             raise InputError(f"The per-learner cap must be a whole number of at least 1, got {max_waiting_images!r}.")
+        if batch_pixels is not None and (
+            isinstance(batch_pixels, bool) or not isinstance(batch_pixels, int) or batch_pixels < 1
+        ):
+            raise InputError(f"The batch's pixel budget must be a whole number of at least 1, got {batch_pixels!r}.")
         self.batch_images = batch_images
+        self.batch_pixels = batch_pixels  # None: only batch_images limits a batch
         self.max_waiting_images = max_waiting_images
         self.clock = clock
         self.jobs: dict[str, Job] = {}
@@ -302,7 +315,7 @@ class Scheduler:
         with self._cond:
             if self._paused or not self._rotation:
                 return None
-            taken = _plan_batch(self._waiting, self._rotation, batch_images or self.batch_images)
+            taken = _plan_batch(self._waiting, self._rotation, batch_images or self.batch_images, self.batch_pixels)
             owners = tuple(owner for owner, _ in taken)
             parts = _apply(self._waiting, self._rotation, taken)
             batch = Batch(next(self._numbers), tuple(parts), owners)
@@ -365,7 +378,7 @@ class Scheduler:
         rotation = list(self._rotation)
         plan = []
         while rotation:
-            taken = _plan_batch(waiting, rotation, self.batch_images)
+            taken = _plan_batch(waiting, rotation, self.batch_images, self.batch_pixels)
             owners = tuple(owner for owner, _ in taken)
             plan.append(Batch(0, tuple(_apply(waiting, rotation, taken)), owners))
         return plan

@@ -180,6 +180,35 @@ def test_a_part_larger_than_the_batch_size_runs_alone():
     assert drain(s) == [["big/0"], ["b1/0"]]
 
 
+def test_a_pixel_budget_makes_batches_of_large_images_smaller():
+    """16 images at most, and no more pixels than 8 images of 512 x 512: 16 small ones, 8 at 512, 2 at 1024."""
+    s = Scheduler(batch_images=16, batch_pixels=8 * 512 * 512)
+    for size, key in ((128, "small"), (512, "sd"), (1024, "xl"), (4096, "huge")):
+        for learner in range(20):
+            s.submit(f"l{learner}", f"{key}{learner}", [Part(f"{key}{learner}", 0, merge_key=key, pixels=size * size)])
+    sizes = []
+    while (batch := s.take()) is not None:
+        sizes.append((batch.merge_key, batch.images))
+        s.finish(batch)
+    assert sizes[:3] == [("small", 16), ("small", 4), ("sd", 8)]
+    assert [n for key, n in sizes if key == "xl"] == [2] * 10
+    assert [n for key, n in sizes if key == "huge"] == [1] * 20  # larger than the budget: one at a time, still
+    assert s.positions() == {}
+
+
+def test_parts_of_unknown_size_and_an_explicit_batch_size_ignore_the_pixel_budget():
+    s = Scheduler(batch_images=4, batch_pixels=512 * 512)
+    for learner in range(4):
+        s.submit(f"l{learner}", f"j{learner}", pieces(f"j{learner}", key="k"))  # pixels 0: not known
+    assert [len(b) for b in drain(s)] == [4]
+    with pytest.raises(InputError, match="pixel budget"):
+        Scheduler(batch_images=4, batch_pixels=0)
+
+
+def test_merged_parts_carry_their_image_size():
+    assert [p.pixels for p in parts("p1", lab_prompt(width=192, height=128, batch=3))] == [192 * 128] * 3
+
+
 # ---- pause, cancel --------------------------------------------------------------------------------------------
 
 
@@ -412,8 +441,9 @@ class RecordingExecutor:
 def run_queue(tmp_path, submissions, scheduler=None):
     """Queue (owner, name) prompts while the worker waits, then let it run them all; the names in run order."""
     executor = RecordingExecutor()
-    queue = PromptQueue(executor, PromptStore(tmp_path / "queue.db"), Hub(), scheduler,
-                        owner_of=lambda rec: rec.extra_data["owner"])
+    queue = PromptQueue(
+        executor, PromptStore(tmp_path / "queue.db"), Hub(), scheduler, owner_of=lambda rec: rec.extra_data["owner"]
+    )
     done = threading.Semaphore(0)
     queue.on_finished = lambda rec: done.release()
     for owner, name in submissions:
@@ -444,8 +474,9 @@ def test_with_a_scheduler_the_queue_takes_learners_in_turn(tmp_path):
 
 def test_the_cap_refuses_a_prompt_before_it_is_stored(tmp_path):
     store = PromptStore(tmp_path / "queue.db")
-    queue = PromptQueue(RecordingExecutor(), store, Hub(), Scheduler(max_waiting_images=1),
-                        owner_of=lambda rec: rec.extra_data["owner"])
+    queue = PromptQueue(
+        RecordingExecutor(), store, Hub(), Scheduler(max_waiting_images=1), owner_of=lambda rec: rec.extra_data["owner"]
+    )
     queue.put(PromptRecord("p1", queue.next_number(), lab_prompt(), {"owner": "ana"}, ["9"]))
     with pytest.raises(QueueFull):
         queue.put(PromptRecord("p2", queue.next_number(), lab_prompt(batch=2), {"owner": "ana"}, ["9"]))
@@ -473,8 +504,9 @@ def test_a_worker_of_two_slots_gets_two_batches_at_once_started_in_the_scheduler
     scheduler = Scheduler()
     scheduler.pause()
     executor = RecordingExecutor()
-    queue = PromptQueue(executor, PromptStore(tmp_path / "queue.db"), Hub(), scheduler,
-                        owner_of=lambda rec: rec.extra_data["owner"])
+    queue = PromptQueue(
+        executor, PromptStore(tmp_path / "queue.db"), Hub(), scheduler, owner_of=lambda rec: rec.extra_data["owner"]
+    )
     queue.worker = TwoAtOnce(queue.run_graph)
     started: list[str] = []
     queue.on_batch = lambda batch: started.append(batch.parts[0].job_id.removeprefix("id-"))
@@ -511,8 +543,9 @@ class ThreadNames:
 
 def test_one_slot_runs_every_batch_on_the_same_runner_thread(tmp_path):
     # cuDNN's autotuning cache is per thread: a new thread per batch re-timed every VAE convolution on a GPU.
-    queue = PromptQueue(RecordingExecutor(), PromptStore(tmp_path / "queue.db"), Hub(),
-                        owner_of=lambda rec: rec.extra_data["owner"])
+    queue = PromptQueue(
+        RecordingExecutor(), PromptStore(tmp_path / "queue.db"), Hub(), owner_of=lambda rec: rec.extra_data["owner"]
+    )
     queue.worker = ThreadNames(queue.run_graph)
     done = threading.Semaphore(0)
     queue.on_finished = lambda rec: done.release()
@@ -544,8 +577,9 @@ def test_runners_reuse_an_idle_thread_and_start_one_only_when_all_are_busy():
 def run_merged_pair(tmp_path, overlap: bool, ran, delivered) -> PromptQueue:
     """Two one-image prompts (a1, then b1) through a queue whose batches all count as merged; ran(job id) is called
     as each batch starts on the worker, delivered(job id) before each is delivered. Both must end successfully."""
-    queue = PromptQueue(RecordingExecutor(), PromptStore(tmp_path / "queue.db"), Hub(),
-                        owner_of=lambda rec: rec.extra_data["owner"])
+    queue = PromptQueue(
+        RecordingExecutor(), PromptStore(tmp_path / "queue.db"), Hub(), owner_of=lambda rec: rec.extra_data["owner"]
+    )
     queue.overlap_delivery = overlap
     queue.worker = ThreadNames(queue.run_graph)
     queue.merged_if = lambda batch: True
@@ -589,3 +623,12 @@ def test_without_overlap_the_next_batch_waits_for_the_delivery(tmp_path):
 
     run_merged_pair(tmp_path, False, lambda job_id: events.append("ran " + job_id), delivered)
     assert events == ["ran id-a1", "delivered id-a1", "ran id-b1", "delivered id-b1"]
+
+
+@pytest.mark.parametrize(("device", "limits"), [("cuda:0", (16, 8 * 512 * 512)), ("cpu", (4, None))])
+def test_the_servers_default_batch_limits_follow_the_device(device, limits):
+    from atelier.server.app import default_batch_limits
+
+    loader = types.SimpleNamespace(env=types.SimpleNamespace(device=device))
+    registry = types.SimpleNamespace(get=lambda name: loader)
+    assert default_batch_limits(registry) == limits
