@@ -62,10 +62,10 @@ def _add_no_fast(p: argparse.ArgumentParser) -> None:
                         "e4m3 matrix products with one scale per tensor (fp8) or per row (fp8-row), on GPUs of "
                         "compute capability 8.9+ (9.0+ for fp8-row); close to, not equal to, native "
                         "(atelier/models/fp8.py)")
-    p.add_argument("--compile", choices=COMPILE_MODES, default="blocks",
-                   help="how the fast path compiles (atelier/models/fast.py): each block (default), the whole "
-                        "forward, also autotuned GEMMs, or not at all (CUDA graphs only: no compile wait, for small "
-                        "models such as the embedded one, which are bound by kernel launches)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+                   help="how the fast path compiles (atelier/models/fast.py): auto (default: not at all for a small "
+                        "UNet such as the embedded one, bound by kernel launches; each block otherwise), none (CUDA "
+                        "graphs only: no compile wait), each block, the whole forward, or also autotuned GEMMs")
 
 
 def _precision_fallback(args: argparse.Namespace, device: str | None) -> str | None:
@@ -139,8 +139,8 @@ def _generate(args: argparse.Namespace) -> int:
         precision = args.precision if fallback is None else "native"
         ckpt = accelerate(ckpt, enabled=True, options=FastOptions(compile=args.compile, precision=precision))
         shown = "" if precision == "native" else f", {precision} projections"
-        print(f"fast path on{shown}: the first run compiles for a while (--no-fast: the readable modules)",
-              file=sys.stderr)
+        wait = "CUDA graphs, no compile" if ckpt.unet.options.compile == "none" else "the first run compiles a while"
+        print(f"fast path on{shown}: {wait} (--no-fast: the readable modules)", file=sys.stderr)
     native = native_size(path)
     params.width, params.height, params.model = args.width or native, args.height or native, path.name
     params.check()

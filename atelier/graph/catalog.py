@@ -172,7 +172,7 @@ def default_registry(
     extra_nodes: tuple[type, ...] = (),
     fast: bool | None = None,
     precision: str = "native",
-    compile: str = "blocks",
+    compile: str = "auto",
 ) -> NodeRegistry:
     """Every core node, the teaching nodes (graph/teaching.py) and `extra_nodes`, bound to one set of model
     folders and one file API."""

@@ -58,7 +58,7 @@ class NodeEnvironment:
     dtype: str | None = None
     fast: bool | None = None
     precision: str = "native"  # the fast UNet's projections: "native" or "fp8" (atelier/models/fp8.py)
-    compile: str = "blocks"  # the fast path's torch.compile mode (`--compile`, FastOptions.compile)
+    compile: str = "auto"  # the fast path's torch.compile mode (`--compile`, FastOptions.compile)
 
     def checkpoint_names(self) -> list[str]:
         """The ckpt_name options: the embedded model first (always there, even with no file), then the files."""

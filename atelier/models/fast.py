@@ -17,7 +17,9 @@ changes only how it is computed, never what; each trick can be switched off on i
                         fused into generated kernels (Ansel et al. 2024, "PyTorch 2");
                         "blocks" compiles each ResBlock and transformer separately
                         (quick to compile), "full" the whole forward (more fusion,
-                        slower to compile), "max-autotune" also benchmarks GEMM kernels
+                        slower to compile), "max-autotune" also benchmarks GEMM kernels;
+                        "auto" (the commands' default) none for a small, launch-bound
+                        UNet (the embedded model), "blocks" otherwise
     CUDA graphs         the whole UNet call replayed as one recorded graph, with no        cuda_graphs
                         per-kernel launch cost on the host (sampling/graphs.py)
     FP8 (opt-in)        the transformer blocks' Linear layers and the 1x1 convolutions as  precision
@@ -88,7 +90,7 @@ class FastOptions:
     fuse_projections: bool = True
     channels_last: bool = True
     attention: str = "auto"  # "auto", "flash", "cudnn", "efficient" or "math"
-    compile: str = "blocks"  # "none", "blocks", "full" or "max-autotune"
+    compile: str = "blocks"  # "none", "blocks", "full", "max-autotune", or "auto" (resolve_compile picks)
     cuda_graphs: bool = True  # UNet only: the VAE runs once per image, where capturing would not pay
     cache_prompts: bool = True
     precision: str = "native"  # "native", "fp8" or "fp8-row": the UNet's projections (fp8.py); opt-in
@@ -105,10 +107,30 @@ class FastOptions:
         if self.compile not in COMPILE_MODES:
             raise InputError(f"Compile mode {self.compile!r} is not known; expected one of {', '.join(COMPILE_MODES)}.")
 
+    def for_unet(self, unet: nn.Module) -> FastOptions:
+        """These options with compile "auto" made concrete for `unet` (`resolve_compile`); others unchanged."""
+        if self.compile != "auto":
+            return self
+        return dataclasses.replace(self, compile=resolve_compile(unet))
+
     @classmethod
     def eager(cls) -> FastOptions:
         """Only the module-level changes (fused projections, channels_last): no compiler, no graphs."""
         return cls(compile="none", cuda_graphs=False)
+
+
+# Below this many UNet parameters a model is bound by kernel launches, not by arithmetic: CUDA graphs alone remove
+# the launches, and compiling saves little while its first call waits a minute. On an H200 the embedded model's
+# UNet (13.8 M parameters) made 26.1 images/s at batch 1 with CUDA graphs and no compile (benchmarks/gpu.py sweep,
+# docs/benchmarks/gpu-h200.json), as fast as compiled per block on an H100 (27); SD1.5's UNet (860 M) gains 1.5x
+# from compiling (101.8 -> 149.6 it/s at batch 2), SDXL's (2.6 G) more.
+SMALL_UNET_PARAMETERS = 100_000_000
+
+
+def resolve_compile(unet: nn.Module) -> str:
+    """What compile "auto" means for `unet`: "none" (CUDA graphs only) for a small one, "blocks" otherwise."""
+    parameters = sum(p.numel() for p in unet.parameters())
+    return "none" if parameters < SMALL_UNET_PARAMETERS else "blocks"
 
 
 # Dynamo keeps at most 8 compiled versions of one function by default; the SD1.5 UNet has ~14 differently shaped
@@ -380,7 +402,7 @@ def fast_unet(unet: UNet, options: FastOptions | None = None) -> FastUNet:
     With channels_last, the readable module's convolution weights are first switched to that layout in place
     (same values, so it computes the same thing), so that both modules share them instead of holding two copies.
     """
-    fast = _sharing_weights(unet, FastUNet, options or FastOptions())
+    fast = _sharing_weights(unet, FastUNet, (options or FastOptions()).for_unet(unet))
     reason = fast.use_fp8()
     if reason is not None:
         log.warning(reason)
@@ -437,8 +459,12 @@ class FastVAE(VAE):
 
 
 def fast_vae(vae: VAE, options: FastOptions | None = None) -> FastVAE:
-    """The readable `vae` as a FastVAE sharing its weights (see `fast_unet`)."""
-    return _sharing_weights(vae, FastVAE, options or FastOptions())
+    """The readable `vae` as a FastVAE sharing its weights (see `fast_unet`). Alone, without a UNet to judge the
+    model by, compile "auto" compiles per block; `accelerate` resolves it from the checkpoint's UNet first."""
+    options = options or FastOptions()
+    if options.compile == "auto":
+        options = dataclasses.replace(options, compile="blocks")
+    return _sharing_weights(vae, FastVAE, options)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -500,7 +526,8 @@ def accelerate(ckpt: Checkpoint, enabled: bool | None = None, options: FastOptio
         enabled = fast_path_default(ckpt.device)
     if not enabled:
         return ckpt
-    if (options or FastOptions()).compile != "none":
+    options = (options or FastOptions()).for_unet(ckpt.unet)  # one compile mode for all three modules
+    if options.compile != "none":
         use_compile_cache(ckpt.device)  # the second start finds its kernels on disk (compile_cache.py)
     return dataclasses.replace(
         ckpt,

@@ -323,7 +323,7 @@ def serve(
     listen: bool = False,
     fast: bool | None = None,
     precision: str = "native",
-    compile: str = "blocks",
+    compile: str = "auto",
     allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
     preview_method: str = "none",
@@ -373,7 +373,7 @@ def serve(
 
 
 def default_registry(
-    data: DataDir, fast: bool | None = None, precision: str = "native", compile: str = "blocks"
+    data: DataDir, fast: bool | None = None, precision: str = "native", compile: str = "auto"
 ) -> NodeRegistry:
     """The real SD nodes (atelier/graph/catalog.py), writing their files through this data directory; `fast`,
     `precision` and `compile`: see NodeEnvironment."""
@@ -398,7 +398,7 @@ def run_server(
     host: str = "127.0.0.1",
     fast: bool | None = None,
     precision: str = "native",
-    compile: str = "blocks",
+    compile: str = "auto",
     allowed_hosts: Iterable[str] = (),
     classroom: bool = False,
     preview_method: str = "none",

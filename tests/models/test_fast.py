@@ -30,6 +30,7 @@ from atelier.models.fast import (
     fast_text_encoder,
     fast_unet,
     fast_vae,
+    resolve_compile,
 )
 from atelier.models.unet import UNet
 from atelier.models.vae import VAE
@@ -255,7 +256,7 @@ def test_fast_text_encoder_caches_prompts_and_returns_copies():
 def test_options_reject_unknown_values_in_one_sentence():
     with pytest.raises(InputError, match=r"Attention kernel 'fast' is not known; expected one of auto, flash"):
         FastOptions(attention="fast")
-    with pytest.raises(InputError, match=r"Compile mode 'turbo' is not known; expected one of none, blocks"):
+    with pytest.raises(InputError, match=r"Compile mode 'turbo' is not known; expected one of auto, none, blocks"):
         FastOptions(compile="turbo")
 
 
@@ -291,6 +292,20 @@ def test_a_generation_on_the_fast_path_equals_the_readable_one(tiny_ckpt):
     expected = run(tiny_ckpt, params)
     got = run(accelerate(tiny_ckpt, enabled=True, options=FastOptions.eager()), params)
     assert max_diff(got.latent, expected.latent) <= TOL
+
+
+def test_compile_auto_skips_the_compiler_for_a_small_unet_only(tiny_ckpt):
+    """The embedded model's size is launch-bound (CUDA graphs suffice); SD1.5's size compiles per block."""
+    from atelier.models.library import embedded_model_path
+
+    assert resolve_compile(load_checkpoint(embedded_model_path(), device="cpu").unet) == "none"
+    with torch.device("meta"):  # SD1.5's 860 M parameters, counted without allocating them
+        assert resolve_compile(UNet(UNetConfig())) == "blocks"
+    eager_auto = dataclasses.replace(FastOptions.eager(), compile="auto")
+    fast = accelerate(tiny_ckpt, enabled=True, options=eager_auto)
+    assert fast.unet.options.compile == fast.vae.options.compile == "none"  # one mode, the UNet's, for all
+    assert FastOptions(compile="full").for_unet(tiny_ckpt.unet).compile == "full"  # an explicit mode stays
+    assert fast_vae(tiny_ckpt.vae, eager_auto).options.compile == "blocks"  # alone: no UNet to judge by
 
 
 def test_cli_accepts_no_fast(capsys):
