@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from atelier.errors import AtelierError, InputError
@@ -129,7 +130,9 @@ def _generate(args: argparse.Namespace) -> int:
     lora_files = [_lora_argument(value) for value in args.lora]
 
     path = resolve_model(args.model)
+    started = time.perf_counter()
     ckpt = load_checkpoint(path, device=args.device, dtype=args.dtype, vae_path=args.vae)
+    print(f"{path.name} loaded in {time.perf_counter() - started:.2f} s ({ckpt.device})", file=sys.stderr)
     fallback = _precision_fallback(args, args.device)
     if fallback is not None:
         print(fallback, file=sys.stderr)

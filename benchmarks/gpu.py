@@ -47,6 +47,7 @@ import gc
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -808,10 +809,23 @@ def section_start(s: Setup) -> list[dict]:
                     "cache_files_before": files_before,
                     "cache_files_after": _count_files(cache),
                 }
+                row |= _start_phases(done.stderr, seconds)
                 if done.returncode != 0:
                     row["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else str(done.returncode)
                 s.emit(row)
     return s.rows
+
+
+def _start_phases(stderr: str, total: float) -> dict:
+    """Where a start's seconds went, from what `atelier generate` prints: the checkpoint's loading, the sampling
+    call (its first UNet call compiles or reads the compile cache), and the rest (Python and torch imports, CUDA's
+    start, building the fast path, the PNG)."""
+    loaded = re.search(r"loaded in ([0-9.]+) s", stderr)
+    sampled = re.search(r"^seed -?\d+, ([0-9.]+) s", stderr, re.M)
+    if not (loaded and sampled):
+        return {}
+    load_s, sample_s = float(loaded.group(1)), float(sampled.group(1))
+    return {"load_s": load_s, "sample_s": sample_s, "other_s": round(total - load_s - sample_s, 1)}
 
 
 _KERNEL_KINDS = (  # first match wins; names as cuBLAS, cuDNN, CUTLASS, flash attention and Inductor give them
