@@ -66,7 +66,9 @@ def _add_no_fast(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", choices=COMPILE_MODES, default="auto",
                    help="how the fast path compiles (atelier/models/fast.py): auto (default: not at all for a small "
                         "UNet such as the embedded one, bound by kernel launches; each block otherwise), none (CUDA "
-                        "graphs only: no compile wait), each block, the whole forward, or also autotuned GEMMs")
+                        "graphs only: no compile wait), each block, the whole forward, also autotuned GEMMs, or aot: "
+                        "the UNet compiled ahead of time into a package in the compile cache, which later starts "
+                        "load at once (atelier/models/aot.py)")
 
 
 def _precision_fallback(args: argparse.Namespace, device: str | None) -> str | None:

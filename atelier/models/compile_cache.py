@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 # What compiled code traces.
-_FAST_SOURCES = ("fast.py", "fp8.py", "attention.py", "unet.py", "vae.py", "clip.py", "layers.py")
+_FAST_SOURCES = ("fast.py", "aot.py", "fp8.py", "attention.py", "unet.py", "vae.py", "clip.py", "layers.py")
 
 
 def default_root() -> Path:

@@ -19,7 +19,9 @@ changes only how it is computed, never what; each trick can be switched off on i
                         (quick to compile), "full" the whole forward (more fusion,
                         slower to compile), "max-autotune" also benchmarks GEMM kernels;
                         "auto" (the commands' default) none for a small, launch-bound
-                        UNet (the embedded model), "blocks" otherwise
+                        UNet (the embedded model), "blocks" otherwise; "aot" compiles
+                        the UNet ahead of time into a package on disk that the next
+                        start loads at once (aot.py; the VAE then stays eager)
     CUDA graphs         the whole UNet call replayed as one recorded graph, with no        cuda_graphs
                         per-kernel launch cost on the host (sampling/graphs.py)
     FP8 (opt-in)        the transformer blocks' Linear layers and the 1x1 convolutions as  precision
@@ -53,6 +55,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from atelier.errors import InputError
 from atelier.models import fp8
+from atelier.models.aot import AOTNetwork
 from atelier.models.attention import Attention, SpatialTransformer, TransformerBlock
 from atelier.models.clip import CLIPTextEncoder
 from atelier.models.compile_cache import use_compile_cache
@@ -90,7 +93,7 @@ class FastOptions:
     fuse_projections: bool = True
     channels_last: bool = True
     attention: str = "auto"  # "auto", "flash", "cudnn", "efficient" or "math"
-    compile: str = "blocks"  # "none", "blocks", "full", "max-autotune", or "auto" (resolve_compile picks)
+    compile: str = "blocks"  # "none", "blocks", "full", "max-autotune", "aot", or "auto" (resolve_compile picks)
     cuda_graphs: bool = True  # UNet only: the VAE runs once per image, where capturing would not pay
     cache_prompts: bool = True
     precision: str = "native"  # "native", "fp8" or "fp8-row": the UNet's projections (fp8.py); opt-in
@@ -166,8 +169,9 @@ def _compile(fn: Callable, options: FastOptions) -> Callable:
 
 def _compile_blocks(model: nn.Module, kinds: tuple[type, ...], options: FastOptions) -> None:
     """Regional compilation: each block of the given kinds gets its own compiled forward (blocks of the same
-    shape share one compilation); the glue between blocks stays eager."""
-    if options.compile == "none":
+    shape share one compilation); the glue between blocks stays eager. Not with "aot", which compiles the UNet's
+    whole forward ahead of time (and leaves the VAE eager)."""
+    if options.compile in ("none", "aot"):
         return
     for module in model.modules():
         if isinstance(module, kinds):
@@ -319,6 +323,8 @@ class FastUNet(UNet):
         _compile_blocks(self, (ResBlock, SpatialTransformer), options)
         full = options.compile in ("full", "max-autotune")
         self._network = _compile(self._readable_forward, options) if full else self._readable_forward
+        if options.compile == "aot":
+            self._network = AOTNetwork(self)  # compiled at the first call of each input signature, or read
         self.graphs = GraphedCall(self._network)  # a few batch signatures, one memory pool (graphs.py)
         self.fp8_layers: list[fp8.FP8Linear] = []  # filled by use_fp8 (after the weights are loaded)
         _contiguous_on_save(self)
@@ -334,6 +340,8 @@ class FastUNet(UNet):
             self.fp8_layers = fp8.convert_to_fp8(
                 self, scaling, emulate=self.options.emulate_fp8, fast_accum=self.options.fp8_fast_accum
             )
+            if isinstance(self._network, AOTNetwork):
+                self._network.forget()  # new modules: a package of the old ones must not run
         return reason
 
     @property
