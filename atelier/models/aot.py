@@ -104,9 +104,11 @@ class AOTNetwork:
                 self._model = model_description(self._forward.unet)
             self._loaded[signature] = (self._open(package_key(self._model, inputs), inputs), 0)
         model, bound = self._loaded[signature]
-        anchor = self._forward.unet.conv_in.weight.data_ptr()
-        if bound != anchor:  # first call, or the weights moved (a .to()): point the kernels at them again
-            constants = self._constants()
+        if model is None:  # this signature could not be compiled ahead of time: the readable forward
+            return self._forward(*inputs)
+        constants = self._constants()
+        anchor = hash(tuple(c.data_ptr() for c in constants.values()))
+        if bound != anchor:  # first call, or tensors replaced (a .to(), a new state dict): point the kernels there
             model.load_constants({name: constants[name] for name in model.get_constant_fqns()},
                                  check_full_update=True, user_managed=True)  # fmt: skip
             self._loaded[signature] = (model, anchor)
@@ -116,14 +118,29 @@ class AOTNetwork:
         return dict(self._forward.named_parameters()) | dict(self._forward.named_buffers())
 
     def _open(self, key: str, inputs: tuple[torch.Tensor, ...]) -> Any:
+        """The loaded package for `key`, compiled first when it is not on disk; None when it cannot be made (the
+        reason is logged once and the readable forward serves that signature)."""
         device = inputs[0].device
         path = self.folder(device) / f"{key}.pt2"
-        if not path.is_file():
-            self._compile(path, inputs)
-        index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda"
-                                                                  else -1)  # fmt: skip
-        # run_single_threaded: no locking around the call, so that a CUDA graph can capture it (graphs.py).
-        return torch._inductor.aoti_load_package(str(path), run_single_threaded=True, device_index=index)
+        index = device.index if device.index is not None else -1
+        if device.type == "cuda" and index < 0:
+            index = torch.cuda.current_device()
+        for attempt in (1, 2):
+            found = path.is_file()
+            try:
+                if not found:
+                    self._compile(path, inputs)
+                # run_single_threaded: no locking around the call, so that a CUDA graph can capture it (graphs.py).
+                return torch._inductor.aoti_load_package(str(path), run_single_threaded=True, device_index=index)
+            except Exception as error:  # an export the graph does not allow, a package that does not load
+                path.unlink(missing_ok=True)  # never read again
+                if attempt == 1 and found:
+                    log.warning("the package %s does not load (%s); compiling it again", path, error)
+                    continue
+                log.warning("the UNet cannot be compiled ahead of time for %s (%s: %s); it runs eagerly",
+                            [tuple(x.shape) for x in inputs], type(error).__name__, error)  # fmt: skip
+                return None
+        return None
 
     def _compile(self, path: Path, inputs: tuple[torch.Tensor, ...]) -> None:
         log.info("compiling the UNet ahead of time for %s (once; later starts read %s)",

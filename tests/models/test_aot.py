@@ -51,6 +51,53 @@ def test_an_unknown_compile_mode_names_aot_among_the_choices():
         FastOptions(compile="ahead")
 
 
+@torch.no_grad()
+def test_a_unet_that_cannot_be_exported_runs_eagerly_and_says_why(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ATELIER_COMPILE_CACHE", str(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("data-dependent branch")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    torch.manual_seed(3)
+    readable = UNet(UNetConfig.tiny()).eval()
+    x, t, context = inputs()
+    fast = fast_unet(readable, AOT)
+    with caplog.at_level("WARNING", logger="atelier.models.aot"):
+        assert (fast(x, t, context) - readable(x, t, context)).abs().max().item() < 1e-5
+        fast(x, t, context)  # the signature is remembered: one warning, not one a step
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "atelier.models.aot"]
+    assert "runs eagerly" in warning and "data-dependent branch" in warning
+    assert list(tmp_path.rglob("*.pt2")) == []
+
+
+@torch.no_grad()
+def test_a_package_that_does_not_load_is_compiled_again_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ATELIER_COMPILE_CACHE", str(tmp_path))
+    torch.manual_seed(3)
+    readable = UNet(UNetConfig.tiny()).eval()
+    x, t, context = inputs()
+    fast = fast_unet(readable, AOT)
+    network = fast._network
+    as_called = (x.to(memory_format=torch.channels_last), t, context)  # the fast path's layout
+    path = network.folder(x.device) / f"{package_key(model_description(fast), as_called)}.pt2"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a package")  # e.g. copied from a broken disk
+    compiles = []
+
+    def compile_garbage(target, _inputs):
+        compiles.append(target)
+        target.write_bytes(b"still not a package")
+
+    monkeypatch.setattr(network, "_compile", compile_garbage)
+    with caplog.at_level("WARNING", logger="atelier.models.aot"):
+        assert (fast(x, t, context) - readable(x, t, context)).abs().max().item() < 1e-5
+    assert compiles == [path]
+    messages = [r.getMessage() for r in caplog.records if r.name == "atelier.models.aot"]
+    assert "does not load" in messages[0] and "runs eagerly" in messages[-1]
+    assert not path.exists()  # a package that does not load is not kept
+
+
 @pytest.mark.slow
 @torch.no_grad()
 def test_the_package_matches_the_readable_unet_is_read_back_and_follows_the_weights(tmp_path, monkeypatch):
