@@ -20,6 +20,7 @@ Sections (--sections, comma-separated; default all but `first`):
              prompts and seeds, random-weight SD1.5 and the embedded model (--quality-steps, default 10)
     sweep    images/s at batch 1, 2, 4, 8, 16 (20 steps, CFG 7.5, native size) and the batch that maximises it
     start    `atelier generate` twice in fresh processes on one fresh compile cache: cold, then warm
+    batching the classroom's GPU tolerance: 16 fixed jobs merged in batches of 8 vs each alone, per-image PSNR
     profile  one UNet call under torch.profiler at batch 2 and 16, bf16 and fp8: kernels by device time, by kind
 The UNet rows fp8, fp8-row, fp8+graphs, fp8+full put the fp8 projections (atelier/models/fp8.py) beside bf16.
 Every section has a time budget (--budgets, and --budget for the whole run): it starts nothing it cannot finish
@@ -719,6 +720,44 @@ def section_quality(s: Setup) -> list[dict]:
     return s.rows
 
 
+def section_batching(s: Setup) -> list[dict]:
+    """The classroom's tolerance on a GPU: each of 16 fixed jobs (prompt i, seed 1000 + i, 20 steps, CFG 7.5) made
+    alone, then as a member of merged batches of 8 (batching.py: one sampling call, one VAE call), the way
+    `serve` runs them. Per-image PSNR and largest pixel difference of merged vs alone. On a CPU in fp32 they are
+    identical (tests/test_batching.py); on a GPU cuBLAS and cuDNN pick kernels by batch size, so they differ by
+    rounding, and a chaotic model (the embedded one) may end a trajectory in another drawing."""
+    import numpy as np
+
+    from atelier.batching import Member, decode_members, sample_members
+    from atelier.imaging import bchw_signed_to_pil
+    from atelier.pipeline import DiffusionModel, SamplerSettings, encode_prompt
+
+    steps, count, group = s.steps, s.args.quality_images, 8
+    options = FastOptions(compile="none") if s.device.type == "cuda" else FastOptions.eager()
+    for model, load, size in _quality_models(s):
+        if s.out_of_time(30 if s.device.type == "cuda" else 10, f"batching tolerance of {model}"):
+            break
+        t0 = time.perf_counter()
+        ckpt = accelerate(load(s.dtype), enabled=True, options=options)
+        alone = _images(ckpt, size, steps, count)
+        encode = lambda text, c=ckpt: encode_prompt(c.text_encoder, c.tokenizer, text)  # noqa: E731
+        members = [Member(encode(p), encode(""), 1000 + i, 0, 1) for i, p in enumerate(QUALITY_PROMPTS[:count])]
+        settings = SamplerSettings(0, steps, 7.5, "euler", "normal", 1.0)
+        diffusion = DiffusionModel(ckpt.unet, ckpt.vae.config.scaling_factor)
+        merged = []
+        with torch.no_grad():
+            for start in range(0, count, group):
+                chunk = members[start : start + group]
+                latents = sample_members(diffusion, chunk, settings, size, size)
+                for image in decode_members(ckpt.vae, latents, [(0, 1)] * len(chunk)):
+                    merged.append(np.asarray(bchw_signed_to_pil(image.float())[0].convert("RGB"), dtype=np.uint8))
+        row = _compare(f"merged (batches of {group}) vs alone", model, merged, alone)
+        s.emit(row | {"size": size, "steps": steps, "dtype": str(s.dtype), "s": round(time.perf_counter() - t0, 1)})
+        del ckpt
+        gc.collect()
+    return s.rows
+
+
 def section_sweep(s: Setup) -> list[dict]:
     """Images per second against batch size, 20 steps, CFG 7.5, native size: the batch the classroom should use.
 
@@ -1204,6 +1243,7 @@ SECTIONS = {
     "quality": section_quality,
     "sweep": section_sweep,
     "start": section_start,
+    "batching": section_batching,
     "profile": section_profile,
     "sdxl_unet": section_sdxl_unet,
     "sdxl_txt2img": section_sdxl_txt2img,
@@ -1219,6 +1259,7 @@ BUDGETS = {
     "quality": 90,
     "sweep": 60,
     "start": 150,
+    "batching": 90,
     "profile": 90,
     "sdxl_unet": 300,
     "sdxl_txt2img": 300,
