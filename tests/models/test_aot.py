@@ -139,3 +139,24 @@ def test_the_package_runs_under_cuda_graphs_in_bf16(tmp_path, monkeypatch):
         got = fast(x, t, context).float()
         assert (got - expected).abs().max().item() < 0.05
     assert fast._network.compiled == 1 and len(fast.graphs._graphs) == 1
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_an_sdxl_shaped_package_takes_the_vector_y(tmp_path, monkeypatch):
+    """SDXL's vector y (pooled text + sizes) is one more input of the package; y of one row broadcasts as in the
+    readable UNet, in a package of its own (another signature)."""
+    monkeypatch.setenv("ATELIER_COMPILE_CACHE", str(tmp_path))
+    cfg = dataclasses.replace(
+        UNetConfig.tiny(), block_channels=(32, 64), cross_attention_levels=(False, True), attention_head_dim=16,
+        transformer_depth=(0, 2), linear_projection=True, context_dim=40, adm_in_channels=16 + 6 * 8,
+        size_embed_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    readable = UNet(cfg).eval()
+    x, t = inputs()[:2]
+    context, y = torch.randn(2, 7, cfg.context_dim), torch.randn(2, cfg.adm_in_channels)
+    fast = fast_unet(readable, AOT)
+    assert (fast(x, t, context, y) - readable(x, t, context, y)).abs().max().item() < 1e-5
+    assert (fast(x, t, context, y[:1]) - readable(x, t, context, y[:1])).abs().max().item() < 1e-5
+    assert fast._network.compiled == 2 and len(list(tmp_path.rglob("*.pt2"))) == 2
