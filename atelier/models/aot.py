@@ -36,6 +36,10 @@ from atelier.models.compile_cache import default_root, environment_key
 
 log = logging.getLogger(__name__)
 
+# Weights stay out of the package, and none is written into the code either: Inductor would otherwise inline a
+# 1-D tensor of at most 8 numbers (a small bias) as literals, which the next checkpoint could not replace.
+_INDUCTOR = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
+
 # The fast options that change the exported graph (the others act outside it: compile mode, graphs, caches).
 _GRAPH_OPTIONS = ("fuse_projections", "channels_last", "attention", "precision", "emulate_fp8", "fp8_fast_accum")
 
@@ -131,7 +135,11 @@ class AOTNetwork:
                 if not found:
                     self._compile(path, inputs)
                 # run_single_threaded: no locking around the call, so that a CUDA graph can capture it (graphs.py).
-                return torch._inductor.aoti_load_package(str(path), run_single_threaded=True, device_index=index)
+                model = torch._inductor.aoti_load_package(str(path), run_single_threaded=True, device_index=index)
+                baked = set(self._constants()) - set(model.get_constant_fqns())
+                if baked:  # values written into the code would be another checkpoint's
+                    raise RuntimeError(f"the package holds {len(baked)} tensors as code, e.g. {sorted(baked)[0]}")
+                return model
             except Exception as error:  # an export the graph does not allow, a package that does not load
                 path.unlink(missing_ok=True)  # never read again
                 if attempt == 1 and found:
@@ -151,9 +159,7 @@ class AOTNetwork:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt2")
         os.close(handle)
         try:
-            torch._inductor.aoti_compile_and_package(
-                program, package_path=temporary, inductor_configs={"aot_inductor.package_constants_in_so": False}
-            )
+            torch._inductor.aoti_compile_and_package(program, package_path=temporary, inductor_configs=_INDUCTOR)
             os.replace(temporary, path)  # whole or not at all
         finally:
             Path(temporary).unlink(missing_ok=True)

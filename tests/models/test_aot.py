@@ -119,8 +119,15 @@ def test_the_package_matches_the_readable_unet_is_read_back_and_follows_the_weig
     assert second._network.compiled == 0
 
     readable.conv_in.weight.mul_(1.5)  # a LoRA merges into the weights in place: the package reads them
+    readable.conv_out.bias.add_(0.25)  # 4 numbers: small tensors too are read, none is written into the code
     assert (second(x, t, context) - readable(x, t, context)).abs().max().item() < 1e-5
     assert (second(x, t, context) - expected).abs().max().item() > 1e-3
+
+    torch.manual_seed(4)
+    other = UNet(UNetConfig.tiny()).eval()  # another checkpoint of the same architecture: the same package
+    third = fast_unet(other, AOT)
+    assert (third(x, t, context) - other(x, t, context)).abs().max().item() < 1e-5
+    assert third._network.compiled == 0
 
 
 @pytest.mark.gpu
