@@ -721,7 +721,7 @@ def section_quality(s: Setup) -> list[dict]:
 
 
 def section_batching(s: Setup) -> list[dict]:
-    """The classroom's tolerance on a GPU: each of 16 fixed jobs (prompt i, seed 1000 + i, 20 steps, CFG 7.5) made
+    """The classroom's tolerance on a GPU: each of 16 fixed jobs (prompt i, seed 1000 + i, --steps, CFG 7.5) made
     alone, then as a member of merged batches of 8 (batching.py: one sampling call, one VAE call), the way
     `serve` runs them. Per-image PSNR and largest pixel difference of merged vs alone. On a CPU in fp32 they are
     identical (tests/test_batching.py); on a GPU cuBLAS and cuDNN pick kernels by batch size, so they differ by
@@ -838,7 +838,8 @@ def section_start(s: Setup) -> list[dict]:
                             command, capture_output=True, text=True, env=env, timeout=max(s.time_left(), 30)
                         )
                     except subprocess.TimeoutExpired:
-                        s.emit({"model": model, "run": run_name, "error": "timed out (section budget)"})
+                        s.emit({"model": model, "run": run_name, "flags": " ".join(flags),
+                                "error": "timed out (section budget)"})  # fmt: skip
                         break
                     seconds = time.perf_counter() - t0
                     row = {

@@ -89,7 +89,6 @@ class AOTNetwork:
         self._forward = _Forward(unet)
         self.root = root
         self._loaded: dict[tuple, tuple[Any, int]] = {}  # input signature -> (package, data_ptr of the bound weights)
-        self._model: str | None = None  # model_description, once
         self.compiled = 0  # packages this object compiled (the others came from disk)
 
     def folder(self, device: torch.device) -> Path:
@@ -98,21 +97,21 @@ class AOTNetwork:
     def forget(self) -> None:
         """Drop the loaded packages (after the UNet's modules were replaced, e.g. by fp8's conversion)."""
         self._loaded.clear()
-        self._model = None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         inputs = (x, t, context, *y)
         signature = (*(_tensor_signature(a) for a in inputs), x.device.index)
-        if signature not in self._loaded:
-            if self._model is None:
-                self._model = model_description(self._forward.unet)
-            self._loaded[signature] = (self._open(package_key(self._model, inputs), inputs), 0)
+        if signature not in self._loaded:  # described again: a dtype or layout may have changed since
+            described = model_description(self._forward.unet)
+            self._loaded[signature] = (self._open(package_key(described, inputs), inputs), 0)
         model, bound = self._loaded[signature]
         if model is None:  # this signature could not be compiled ahead of time: the readable forward
             return self._forward(*inputs)
         constants = self._constants()
         anchor = hash(tuple(c.data_ptr() for c in constants.values()))
-        if bound != anchor:  # first call, or tensors replaced (a .to(), a new state dict): point the kernels there
+        # First call, or tensors replaced (a .to(), a new state dict): point the kernels there. Only calls that reach
+        # here see it: a CUDA graph replays the addresses it captured, with or without aot (graphs.py).
+        if bound != anchor:
             model.load_constants({name: constants[name] for name in model.get_constant_fqns()},
                                  check_full_update=True, user_managed=True)  # fmt: skip
             self._loaded[signature] = (model, anchor)
