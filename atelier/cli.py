@@ -144,8 +144,8 @@ def _generate(args: argparse.Namespace) -> int:
         precision = args.precision if fallback is None else "native"
         ckpt = accelerate(ckpt, enabled=True, options=FastOptions(compile=args.compile, precision=precision))
         shown = "" if precision == "native" else f", {precision} projections"
-        wait = {"none": "CUDA graphs, no compile", "aot": "the UNet's package is compiled once, then read from disk"}
-        wait = wait.get(ckpt.unet.options.compile, "the first run compiles a while")
+        waits = {"none": "CUDA graphs, no compile", "aot": "the UNet's package is compiled once, then read from disk"}
+        wait = waits.get(ckpt.unet.options.compile, "the first run compiles a while")
         print(f"fast path on{shown}: {wait} (--no-fast: the readable modules)", file=sys.stderr)
     native = native_size(path)
     params.width, params.height, params.model = args.width or native, args.height or native, path.name

@@ -821,8 +821,9 @@ def section_start(s: Setup) -> list[dict]:
                 del ckpt
                 gc.collect()
                 reset_peak(s.device)
-            for n, flags in enumerate([f.split() for f in s.args.start_flags.split(";")]):  # each: its own cold start
-                if n and s.out_of_time(needed if s.device.type == "cuda" else 20, f"starts of {model} {flags}"):
+            for n, flag_set in enumerate(s.args.start_flags.split(";")):  # each set: its own cold start
+                flags, shown = flag_set.split(), " ".join(flag_set.split())
+                if n and s.out_of_time(needed if s.device.type == "cuda" else 20, f"starts of {model} [{shown}]"):
                     break
                 cache = Path(tempfile.mkdtemp(dir=folder))  # fresh: the first run is a machine's first run
                 # Our own cache root, and none of the parent's Inductor/Triton folders (use_compile_cache picks them).
@@ -838,8 +839,7 @@ def section_start(s: Setup) -> list[dict]:
                             command, capture_output=True, text=True, env=env, timeout=max(s.time_left(), 30)
                         )
                     except subprocess.TimeoutExpired:
-                        s.emit({"model": model, "run": run_name, "flags": " ".join(flags),
-                                "error": "timed out (section budget)"})  # fmt: skip
+                        s.emit({"model": model, "run": run_name, "flags": shown, "error": "timed out (section budget)"})
                         break
                     seconds = time.perf_counter() - t0
                     row = {
@@ -848,7 +848,7 @@ def section_start(s: Setup) -> list[dict]:
                         "run": run_name,
                         "s": round(seconds, 1),
                         "steps": s.args.start_steps,
-                        "flags": " ".join(flags),
+                        "flags": shown,
                         "cache_files_before": files_before,
                         "cache_files_after": _count_files(cache),
                     }

@@ -218,9 +218,12 @@ def make_queue(
 
     executor = Executor(registry)
     mergeable = getattr(registry.get("CheckpointLoaderSimple"), "env", None) is not None
-    size, pixels = (batch_images, None) if batch_images is not None else (1, None)
-    if batch_images is None and mergeable:
+    if batch_images is not None:  # asked for: a plain limit on images
+        size, pixels = batch_images, None
+    elif mergeable:
         size, pixels = default_batch_limits(registry)
+    else:
+        size, pixels = 1, None
     cap = max_waiting_images if max_waiting_images is not None else (CLASSROOM_MAX_WAITING if classroom else None)
     scheduler = Scheduler(batch_images=size, max_waiting_images=cap, batch_pixels=pixels)
     owner_of = owner_of_record if classroom else (lambda rec: LOCAL_OWNER)
