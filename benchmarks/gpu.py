@@ -603,7 +603,7 @@ def section_first(s: Setup) -> list[dict]:
             seconds = time.perf_counter() - t0
             row = {"what": "atelier generate, start to PNG", "impl": label, "s": round(seconds, 1)}
             if done.returncode != 0:
-                row["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else str(done.returncode)
+                row["error"] = _failure(done)
             rows.append(row)
             print_rows(rows[-1:], header=len(rows) == 1)
     return rows
@@ -854,10 +854,18 @@ def section_start(s: Setup) -> list[dict]:
                     }
                     row |= _start_phases(done.stderr, seconds)
                     if done.returncode != 0:
-                        said = done.stderr.strip()
-                        row["error"] = said.splitlines()[-1] if said else str(done.returncode)
+                        row["error"] = _failure(done)
                     s.emit(row)
     return s.rows
+
+
+def _failure(done: subprocess.CompletedProcess) -> str:
+    """A failed start in one line: its exit status and the last line that names an error (a progress bar or a
+    warning's source line may come last); the last 20 lines of its stderr go to the log."""
+    lines = [line for line in (done.stderr or "").strip().splitlines() if line.strip()]
+    print("\n".join(["failed start, last lines of its stderr:", *lines[-20:]]), file=sys.stderr)
+    named = [line for line in lines if "Error" in line or "error:" in line.lower()]
+    return f"exit {done.returncode}: {(named or lines or [''])[-1].strip()[:300]}"
 
 
 def _start_phases(stderr: str, total: float) -> dict:
@@ -1072,7 +1080,7 @@ def section_sdxl_unet(s: Setup) -> list[dict]:
         with torch.no_grad():
             with first():
                 call = make()
-                out = call()
+                out = call().clone()  # a CUDA-graph replay would overwrite the output in place
                 sync(s.device)
             setup = time.perf_counter() - t0
             ms = median_ms(call, s.device, s.repeat)
@@ -1166,8 +1174,8 @@ def diffusers_sdxl_pipeline(s: Setup, reference_unet: nn.Module, reference_vae: 
             vae=reference_vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
             unet=reference_unet, scheduler=scheduler, add_watermarker=False,
         )  # fmt: skip
-    except ImportError:
-        print(f"transformers is missing: diffusers' SDXL rows run {DiffusersSDXLLoop.__name__}, the pipeline's loop",
+    except (ImportError, RuntimeError):  # RuntimeError: diffusers' lazy import of a pipeline the wheel lacks
+        print(f"transformers or the pipeline is missing: diffusers' SDXL rows run {DiffusersSDXLLoop.__name__}",
               file=sys.stderr)  # fmt: skip
         return DiffusersSDXLLoop(reference_unet, reference_vae, scheduler)
     pipe.set_progress_bar_config(disable=True)

@@ -12,15 +12,16 @@ mkdir -p .carry/wheels
 pip=(.venv/bin/python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .carry/wheels)
 "${pip[@]}" ftfy wcwidth regex tqdm importlib_metadata zipp
 "${pip[@]}" diffusers==0.42.1
-# Drop diffusers' pipeline subpackages (models, schedulers and loaders stay): ~3 MB instead of ~5 MB.
+# Drop diffusers' pipeline subpackages but SDXL's (models, schedulers and loaders stay): ~3 MB instead of ~5 MB.
 .venv/bin/python - <<'PY'
 import glob, zipfile, os
+KEEP = {"stable_diffusion_xl"}  # benchmarks/gpu.py's SDXL txt2img row runs StableDiffusionXLPipeline
 src = glob.glob(".carry/wheels/diffusers-0.42.1-*.whl")[0]
 tmp = src + ".tmp"
 with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
     for item in zin.infolist():
         parts = item.filename.split("/")
-        if parts[:2] == ["diffusers", "pipelines"] and len(parts) > 3:
+        if parts[:2] == ["diffusers", "pipelines"] and len(parts) > 3 and parts[2] not in KEEP:
             continue
         zout.writestr(item, zin.read(item.filename))
 os.replace(tmp, src)

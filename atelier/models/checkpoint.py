@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -149,9 +150,30 @@ def _new_text_encoder(config: TextEncoderConfig) -> Callable[[], nn.Module]:
     return lambda: CLIPTextEncoder(config)
 
 
-def _pick(device: str | torch.device | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+def _pick(
+    device: str | torch.device | None, dtype: str | torch.dtype | None, path: Path | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype to load in; the default dtype on a GPU depends on the model's size (device.py)."""
     dev = device if isinstance(device, torch.device) else devices.pick_device(device)
-    return dev, dtype if isinstance(dtype, torch.dtype) else devices.pick_dtype(dev, dtype)
+    if isinstance(dtype, torch.dtype):
+        return dev, dtype
+    by_size = path is not None and dev.type == "cuda" and dtype in (None, "auto")
+    parameters = stored_parameters(path) if by_size else None
+    return dev, devices.pick_dtype(dev, dtype, parameters)
+
+
+def stored_parameters(path: Path) -> int | None:
+    """How many numbers a model file (or a diffusers folder's .safetensors files) holds, from the headers only;
+    None when that cannot be told without reading the weights (a pickle) or the path is not a model yet."""
+    from atelier.models.weights import WeightsFile
+
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+    if not files or any(f.suffix.lower() != ".safetensors" or not f.is_file() for f in files):
+        return None
+    try:
+        return sum(math.prod(shape) for f in files for shape in WeightsFile(f).index.shapes.values())
+    except CheckpointError:
+        return None  # the load that follows names what is wrong with the file
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,9 +197,9 @@ def load_checkpoint(
     Raises CheckpointError (one sentence naming the file) on any problem; nothing is returned half-loaded.
     """
     path = Path(path)
-    device, dtype = _pick(device, dtype)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; expected a .safetensors file or a diffusers model folder.")
+    device, dtype = _pick(device, dtype, path)
     if checkpoint_family(path) in ("sd2", "sdxl"):
         ckpt = load_family_checkpoint(path, device, dtype)
         if vae_path is None:
@@ -271,9 +293,9 @@ def load_family_checkpoint(
     from atelier.models.tokenizer import CLIPTokenizer
 
     path = Path(path)
-    device, dtype = _pick(device, dtype)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; expected an SD 2.x or SDXL .safetensors file or folder.")
+    device, dtype = _pick(device, dtype, path)
     parts = read_family_diffusers_folder(path, dtype) if path.is_dir() else read_family_single_file(path, dtype)
     assert parts.vae is not None and parts.vae_config is not None
     name, configs = path.name, parts.text_encoder_configs
