@@ -406,7 +406,12 @@ class ControlStack:
             )
             if not end <= now <= start:
                 continue
-            out = control.network(x, t, context, self._hint(control, index, x))
-            out = ControlResiduals([r * control.strength for r in out.down], out.mid * control.strength)
+            # The ControlNet may hold another dtype than the UNet (a small model's UNet stays in fp32 on a GPU,
+            # device.py): it reads its inputs in its own and gives its residuals back in the UNet's.
+            dtype = next(control.network.parameters()).dtype
+            x_in, ctx = x.to(dtype), context.to(dtype) if context is not None else None
+            out = control.network(x_in, t, ctx, self._hint(control, index, x_in))
+            strength = control.strength
+            out = ControlResiduals([(r * strength).to(x.dtype) for r in out.down], (out.mid * strength).to(x.dtype))
             total = out if total is None else total + out
         return total

@@ -3,6 +3,7 @@ output with the residuals equal to diffusers' UNet2DConditionModel given them, b
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 
@@ -166,6 +167,19 @@ def test_stack_sums_strengths_and_keeps_to_its_step_window():
     # ComfyUI's percent -> sigma: 0 above everything, 1 zero, 0.5 the sigma of timestep 499.5
     assert percent_to_sigma(schedule, 0.0) == float("inf") and percent_to_sigma(schedule, 1.0) == 0.0
     assert percent_to_sigma(schedule, 0.5) == pytest.approx(float(schedule.t_to_sigma(torch.tensor(499.5))))
+
+
+def test_a_controlnet_in_another_dtype_than_the_unet_reads_and_answers_in_the_unets():
+    """A small model's UNet stays in fp32 on a GPU (device.py) while a ControlNet may be bf16: the stack casts."""
+    ours, _ = paired(TINY)
+    x, t, context, hint = inputs(TINY, batch=1)
+    schedule = DiscreteSchedule.scaled_linear()
+    early = torch.tensor([schedule.sigma_max])
+    exact = ControlStack((AppliedControlNet(ours, hint.movedim(1, -1), 1.0),))(x, t, context, early, schedule)
+    half = copy.deepcopy(ours).to(torch.bfloat16)
+    got = ControlStack((AppliedControlNet(half, hint.movedim(1, -1), 1.0),))(x, t, context, early, schedule)
+    assert got.mid.dtype == torch.float32 and all(r.dtype == torch.float32 for r in got.down)
+    torch.testing.assert_close(got.mid, exact.mid, atol=0.05, rtol=0.05)  # bf16 rounding, not another result
 
 
 def test_bad_files_get_one_sentence(tmp_path):
