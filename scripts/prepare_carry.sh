@@ -5,6 +5,10 @@
 #                                       the travelling working tree over its 64 MiB limit)
 #   .carry/bpe_simple_vocab_16e6.txt.gz the CLIP vocabulary (from the open-clip-torch package)
 #   .carry/DejaVuSans.ttf               a font with accents for the French captions of `atelier eval`'s sample sheet
+#   .carry/small/                       scripts/gpu_classroom.sh's carry: ftfy, wcwidth, regex, tqdm, segno wheels
+#                                       and the vocabulary (1.9 MB: it fits beside the tree, whose 57.6 MiB leave 6)
+#   .carry/stub/                        an empty comfyui_frontend_package: a server needs no 29 MB editor bundle to
+#                                       serve prompts (the benchmark's learners are HTTP + WebSocket clients)
 # Then name ".carry" in the device call's `carry` and read it as scripts/gpu_train.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,4 +32,8 @@ os.replace(tmp, src)
 PY
 cp .venv/lib/python3.11/site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz .carry/
 cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf .carry/
-ls -la .carry .carry/wheels
+mkdir -p .carry/small .carry/stub/comfyui_frontend_package/static
+cp .carry/wheels/{ftfy,wcwidth,regex,tqdm}-*.whl .carry/bpe_simple_vocab_16e6.txt.gz .carry/small/
+.venv/bin/python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .carry/small segno
+touch .carry/stub/comfyui_frontend_package/__init__.py
+ls -la .carry .carry/wheels .carry/small
