@@ -12,7 +12,12 @@ the default and the shipped model's, or "v2"); the second world's labels and poi
 
 Image quality is a Fréchet distance (Heusel et al. 2017) between
 generated and rendered images, computed on the classifier's pooled features instead of Inception's, reported
-next to the same distance between two independent sets of rendered images (the floor it can reach).
+next to the same distance between two independent sets of rendered images (the floor it can reach). How saturated
+and hard an image looks is two numbers of its pixels alone: the colourfulness M of Hasler and Süsstrunk (2003) and
+the RMS contrast of its luma.
+
+Per image, two yes-or-no figures: does it draw every kind its prompt names (`kinds_drawn`: all its kind points
+scored), and does it show a kind the prompt does not name (`unnamed_kind_seen`: something unrelated).
 """
 
 from __future__ import annotations
@@ -303,6 +308,58 @@ def adherence_by_point(
     return {name: (s / p if p else None) for name, (s, p) in totals.items()}
 
 
+def named_kinds(spec) -> set[str]:
+    """The kinds a prompt's spec names: its objects' (first world) or its groups' (second)."""
+    return {part.kind for part in (spec.groups if hasattr(spec, "groups") else spec.objects)}
+
+
+def kinds_drawn(readings: Sequence, specs: Sequence, world: str = "v1") -> list[bool]:
+    """Per image: does it draw every kind its prompt names? True when all its kind points are scored: in the first
+    world each named object is found (two circles asked, two seen), in the second each named group has at least one
+    object of its kind (its count is a point apart)."""
+    score_fn = points_of(world)[1]
+    out = []
+    for reading, spec in zip(readings, specs, strict=True):
+        scored, possible = score_fn(reading, spec)["kind"]
+        out.append(scored == possible)
+    return out
+
+
+def unnamed_kind_seen(readings: Sequence, specs: Sequence) -> list[bool]:
+    """Per image: does it show a kind its prompt does not name? (a dog for "a cat": something unrelated drawn)."""
+    return [bool({o.kind for o in r.objects} - named_kinds(spec)) for r, spec in zip(readings, specs, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Colour and contrast: numbers of the pixels alone, no judge
+# --------------------------------------------------------------------------------------------------------------
+
+
+def colourfulness(images: np.ndarray) -> np.ndarray:
+    """The colourfulness M of each uint8 image (N, H, W, 3), Hasler and Süsstrunk 2003 ("Measuring colourfulness
+    in natural images"), on 0-255 values: (N,) float64.
+
+        rg = R - G,   yb = (R + G) / 2 - B                       two opponent colour axes, per pixel
+        M  = sqrt(std(rg)^2 + std(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2)
+
+    0 for any grey image. Their readers' scale: 15 slightly, 33 moderately, 45 averagely, 59 quite, 82 highly and
+    109 extremely colourful. A uniform pure red image scores 0.3 * sqrt(255^2 + 127.5^2) = 85.5.
+    """
+    rgb = np.asarray(images, np.float64)  # (N, H, W, 3)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    rg, yb = r - g, (r + g) / 2 - b  # (N, H, W) each
+    spread = np.sqrt(rg.std(axis=(1, 2)) ** 2 + yb.std(axis=(1, 2)) ** 2)
+    offset = np.sqrt(rg.mean(axis=(1, 2)) ** 2 + yb.mean(axis=(1, 2)) ** 2)
+    return spread + 0.3 * offset
+
+
+def rms_contrast(images: np.ndarray) -> np.ndarray:
+    """The RMS contrast of each uint8 image (N, H, W, 3): the standard deviation of its luma (Rec. 601 weights) on
+    a 0-1 scale, (N,) float64. 0 for a uniform image, 0.5 for one half black and half white."""
+    luma = np.asarray(images, np.float64) @ np.array([0.299, 0.587, 0.114]) / 255  # (N, H, W)
+    return luma.std(axis=(1, 2))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Fréchet distance on classifier features
 # --------------------------------------------------------------------------------------------------------------
@@ -391,16 +448,26 @@ def render_labelled(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def prompt_pairs(n: int, seed: int, held_out: bool = False, world: str = "v1") -> list[tuple[str, str, SceneSpec]]:
-    """n (English, French, spec) triples of `world`: the same scene said the same way in both languages."""
+def prompt_pairs(
+    n: int, seed: int, held_out: bool = False, world: str = "v1", *, unknown_word: bool = False
+) -> list[tuple[str, str, SceneSpec]]:
+    """n (English, French, spec) triples of `world`: the same scene said the same way in both languages.
+
+    With `unknown_word=True` (second world only) each prompt carries one word that no training caption holds
+    (v2.vocab.DISTRACTOR_WORDS["held_out"]: "un chat astronaute"), which states nothing; scene k is the one the
+    same `seed` gives without it, so both sets name the same kinds (the rest of the wording differs).
+    """
+    if unknown_word and world == "v1":
+        raise InputError("The first world (v1) has no unknown-word prompts; expected world 'v2' for unknown_word.")
     w = get_world(world)
+    extra = {"distractors": "held_out", "p_distractor": 1.0} if unknown_word else {}
     out = []
     for k in range(n):
         rng = random.Random(seed * 1_000_003 + k)
         scene = w.sample_scene(rng, train=not held_out, held_out_only=held_out)
         wording = rng.randrange(2**31)
-        en, spec = w.describe(scene, "en", random.Random(wording))
-        fr, spec_fr = w.describe(scene, "fr", random.Random(wording))
+        en, spec = w.describe(scene, "en", random.Random(wording), **extra)
+        fr, spec_fr = w.describe(scene, "fr", random.Random(wording), **extra)
         assert spec == spec_fr, "describe must make the same choices in both languages"
         out.append((en, fr, spec))
     return out

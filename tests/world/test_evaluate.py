@@ -18,13 +18,18 @@ from atelier.world.evaluate import (
     adherence,
     adherence_by_point,
     classifier_accuracy,
+    colourfulness,
     frechet_distance,
+    kinds_drawn,
     new_classifier,
+    prompt_pairs,
     read_images,
     render_labelled,
+    rms_contrast,
     scene_labels,
     score,
     score_points,
+    unnamed_kind_seen,
     vae_round_trip,
 )
 from atelier.world.scene import ObjectSpec, RelationSpec, Scene, SceneObject, SceneSpec, sample_scene
@@ -113,6 +118,87 @@ def test_adherence_pools_points_and_splits_them_by_kind():
     by = adherence_by_point(readings, [SPEC, SPEC])
     assert by == {"kind": 5 / 6, "colour": 5 / 6, "size": 0.5, "cell": 0.5, "background": 0.5, "relation": 1.0}
     assert adherence_by_point([Reading([SUN], "white")], [SceneSpec((ObjectSpec("sun", "yellow"),))])["size"] is None
+
+
+def test_every_named_kind_drawn_and_an_unnamed_kind_seen_per_image():
+    fish = SceneObject("fish", "blue", "small", (2, 0))
+    readings = [
+        Reading([HOUSE, SUN, TREE], "grass"),  # all there
+        Reading([SceneObject("house", "green", "small", (2, 1)), SUN, TREE], "snow"),  # wrong colour, cell: kinds right
+        Reading([HOUSE, TREE], "grass"),  # the sun is missing
+        Reading([HOUSE, SUN, TREE, fish], "grass"),  # all there, and a fish nobody asked for
+        Reading([HOUSE, SceneObject("sun", "yellow", "small", (1, 1)), fish], "grass"),  # the fish instead of the tree
+    ]
+    assert kinds_drawn(readings, [SPEC] * 5) == [True, True, False, True, False]
+    assert unnamed_kind_seen(readings, [SPEC] * 5) == [False, False, False, True, True]
+    # The first world counts objects: two circles asked and one seen is not every named kind drawn.
+    two = SceneSpec((ObjectSpec("circle", "red"), ObjectSpec("circle", "red")))
+    one = Reading([SceneObject("circle", "red", "small", (0, 0))], "white")
+    assert kinds_drawn([one], [two]) == [False]
+
+    # The second world's kind point wants one object of the group's kind at least; the count is a point apart.
+    from atelier.world.v2.scene import GroupSpec, Scene
+    from atelier.world.v2.scene import SceneObject as Object2
+    from atelier.world.v2.scene import SceneSpec as Spec2
+
+    two_cats = Spec2((GroupSpec("cat", 2, "orange"),))
+    cat, dog = Object2("cat", "orange", "small", (0, 0)), Object2("dog", "orange", "small", (0, 1))
+    seen = [Scene((cat,), "sky"), Scene((dog,), "sky"), Scene((cat, dog), "sky")]
+    assert kinds_drawn(seen, [two_cats] * 3, "v2") == [True, False, True]
+    assert unnamed_kind_seen(seen, [two_cats] * 3) == [False, True, True]
+
+
+def test_unknown_word_prompts_name_the_scenes_of_the_normal_set_with_a_word_never_trained():
+    from atelier.world.evaluate import named_kinds
+    from atelier.world.v2.parse import parse_prompt
+    from atelier.world.v2.vocab import DISTRACTOR_WORDS
+
+    normal = prompt_pairs(30, seed=7, world="v2")
+    unknown = prompt_pairs(30, seed=7, world="v2", unknown_word=True)
+    never = set(DISTRACTOR_WORDS["held_out"].en) | {
+        form
+        for a in DISTRACTOR_WORDS["held_out"].fr
+        for form in (a.masculine, a.feminine, a.masculine_plural, a.feminine_plural)
+    }
+    for (en, fr, spec), (_, _, normal_spec) in zip(unknown, normal, strict=True):
+        assert named_kinds(spec) == named_kinds(normal_spec)  # the same scene: the same kinds named
+        for prompt in (en, fr):
+            assert set(parse_prompt(prompt).unknown) & never, prompt
+    assert [en for en, _, _ in unknown] != [en for en, _, _ in normal]
+    with pytest.raises(InputError, match=r"first world \(v1\) has no unknown-word prompts"):
+        prompt_pairs(3, seed=7, unknown_word=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Colourfulness and contrast
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _halves(left: tuple[int, int, int], right: tuple[int, int, int]) -> np.ndarray:
+    image = np.empty((8, 8, 3), np.uint8)
+    image[:, :4], image[:, 4:] = left, right
+    return image
+
+
+def test_colourfulness_is_zero_for_grey_and_grows_with_saturation():
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (3, 16, 16, 1), dtype=np.uint8), 3, axis=-1)  # noisy greys
+    assert np.allclose(colourfulness(grey), 0.0, atol=1e-12)
+    red = np.full((1, 8, 8, 3), (255, 0, 0), np.uint8)
+    # rg = 255, yb = 127.5 everywhere: no spread, M = 0.3 * |mean|
+    assert colourfulness(red)[0] == pytest.approx(0.3 * np.hypot(255, 127.5))
+    # Half red, half green: rg = +-255 (std 255, mean 0), yb = 127.5 on both halves (std 0).
+    assert colourfulness(_halves((255, 0, 0), (0, 255, 0))[None])[0] == pytest.approx(255 + 0.3 * 127.5)
+    pale = np.full((1, 8, 8, 3), (200, 150, 150), np.uint8)
+    m = colourfulness(np.concatenate([grey[:1, :8, :8], pale, red]))
+    assert m[0] < m[1] < m[2]  # grey, pale red, pure red
+
+
+def test_rms_contrast_is_the_spread_of_luma():
+    assert rms_contrast(np.full((2, 8, 8, 3), 128, np.uint8)) == pytest.approx([0.0, 0.0])
+    assert rms_contrast(_halves((0, 0, 0), (255, 255, 255))[None])[0] == pytest.approx(0.5)
+    # Pure red on black: luma 0.299 on half the pixels, so half of 0.299.
+    assert rms_contrast(_halves((0, 0, 0), (255, 0, 0))[None])[0] == pytest.approx(0.299 / 2)
 
 
 # --------------------------------------------------------------------------------------------------------------
