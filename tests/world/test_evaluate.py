@@ -202,6 +202,68 @@ def test_rms_contrast_is_the_spread_of_luma():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Figures of `atelier eval` from judged results
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_seed_reliability_counts_images_and_lists_the_worst_prompts_first():
+    from atelier.world.eval_run import seed_reliability
+
+    drawn = [True, True, True, True] + [True, False, True, False] + [False, False, False, True] + [False, True] * 2
+    got = seed_reliability(["a", "b", "c", "d"], drawn, 4, worst=3)
+    assert got["images"] == 16 and got["prompts"] == 4 and got["seeds_per_prompt"] == 4
+    assert got["all_kinds"] == pytest.approx(9 / 16)
+    assert got["always"] == pytest.approx(1 / 4)  # only "a" on every seed
+    assert got["per_prompt"] == [["a", 1.0], ["b", 0.5], ["c", 0.25], ["d", 0.5]]
+    assert got["worst"] == [["c", 0.25], ["b", 0.5], ["d", 0.5]]  # lowest first; b before d, as prompted
+    with pytest.raises(InputError, match="7 judged images given; expected 4 prompts x 2"):
+        seed_reliability(["a", "b", "c", "d"], drawn[:7], 2)
+
+
+def _fake_report(world: str, unknown: dict | None, reliability: dict | None) -> dict:
+    adherence = {key: {"adherence": 0.9} for key in ("english", "french", "held_out")}
+    return {
+        "world": world,
+        "classifier": {"accuracy": {"kind": 0.99}},
+        "adherence": adherence,
+        "cfg_sweep": [{"cfg": 1.0, "adherence": 0.5}, {"cfg": 7.5, "adherence": 0.9}],
+        "unknown_word": unknown,
+        "reliability": reliability,
+    }
+
+
+def test_bars_compare_unknown_words_with_the_same_prompts_without_and_say_na_for_the_first_world():
+    from atelier.world.eval_run import bars
+
+    def figures(all_kinds: float, unnamed: float) -> dict:
+        return {"all_kinds": all_kinds, "kind": 0.9, "unnamed_kind": unnamed, "adherence": 0.8}
+
+    unknown = {
+        "prompts": 10,
+        "english": figures(0.80, 0.10),
+        "french": figures(0.95, 0.06),
+        "without_word": {"english": figures(0.82, 0.05), "french": figures(0.90, 0.05)},
+    }
+    got = {
+        b["name"].split(" (")[0]: b
+        for b in bars(_fake_report("v2", unknown, {"all_kinds": 0.92, "prompts": 5, "seeds_per_prompt": 4}), 7.5)
+    }
+    kinds = got["unknown word minus without, every named kind drawn"]
+    assert kinds["value"] == pytest.approx(-0.02) and kinds["passed"]  # the worse language, English: 2 points down
+    unrelated = got["unknown word minus without, an unnamed kind drawn"]
+    assert unrelated["value"] == pytest.approx(0.05) and not unrelated["passed"]  # English draws 5 points more
+    per_seed = got["every named kind drawn, per seed"]
+    assert per_seed["value"] == 0.92 and per_seed["passed"]
+
+    first = bars(_fake_report("v1", None, None), 7.5)
+    na = [b for b in first if b["name"].startswith("unknown word")]
+    assert len(na) == 2 and all(b["value"] is None and b["passed"] is None for b in na)
+    assert all(b["note"].startswith("n/a") for b in na)
+    skipped = bars(_fake_report("v2", None, None), 7.5)  # --unknown-prompts 0 --seed-prompts 0: not measured
+    assert all("note" not in b for b in skipped) and [b["passed"] for b in skipped[-3:]] == [None] * 3
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Fréchet distance
 # --------------------------------------------------------------------------------------------------------------
 
@@ -362,7 +424,11 @@ def test_eval_run_writes_the_report(tiny_model, tmp_path):
         "--steps",
         "2",
         "--renders",
-        "50",
+        "20",
+        "--seed-prompts",
+        "2",
+        "--seeds-per-prompt",
+        "3",
         "--workers",
         "1",
         "--batch",
@@ -388,25 +454,46 @@ def test_eval_run_writes_the_report(tiny_model, tmp_path):
         assert part["prompts"] == 4 and 0.0 <= part["adherence"] <= 1.0 and len(part["per_prompt"]) == 4
         scored = sum(row[2] for row in part["per_prompt"]) / sum(row[3] for row in part["per_prompt"])
         assert part["adherence"] == pytest.approx(scored)
+        assert part["all_kinds"] == pytest.approx(sum(row[4] for row in part["per_prompt"]) / 4)  # every kind drawn
+        assert all(row[4] for row in part["per_prompt"] if row[2] == row[3])  # every point: every kind
     assert [row[1] for row in report["adherence"]["english"]["per_prompt"]] == [0, 1, 2, 3]
     # The sweep reuses the main images at CFG 7.5: same prompts, same seeds, same score.
     first_two = report["adherence"]["english"]["per_prompt"][:2]
     assert report["cfg_sweep"][1]["adherence"] == pytest.approx(
         sum(r[2] for r in first_two) / sum(r[3] for r in first_two)
     )
+    # The sweep's colourfulness and contrast: means over its images, within their ranges; the renders' beside them.
+    for row in report["cfg_sweep"]:
+        assert row["colourfulness"] >= 0 and 0 <= row["contrast"] <= 0.5
+    assert report["rendered_colour"]["images"] == 4 and report["rendered_colour"]["colourfulness"] > 0
     assert report["frechet"]["generated_vs_rendered"] > 0 and report["frechet"]["rendered_vs_rendered"] > 0
     assert report["speed"]["seconds_per_image"] > 0 and report["speed"]["device"] == "cpu (float32)"
+    # Reliability: 2 prompts x 3 seeds, each prompt's share a count of 3, the worst first.
+    reliable = report["reliability"]
+    assert reliable["images"] == 6 and len(reliable["per_prompt"]) == 2
+    shares = [share for _, share in reliable["per_prompt"]]
+    assert all(round(3 * share) == pytest.approx(3 * share) for share in shares)
+    assert reliable["all_kinds"] == pytest.approx(sum(shares) / 2)
+    assert [share for _, share in reliable["worst"]] == sorted(shares)
+    assert report["unknown_word"] is None  # the first world has no unknown words: n/a, not a crash
     assert [b["name"] for b in report["bars"]] == [
         "classifier accuracy, lowest attribute",
         "adherence, English, CFG 7.5",
         "adherence, held-out pairs",
         "French minus English",
         "CFG 7.5 minus CFG 1",
+        "unknown word minus without, every named kind drawn (worse of EN, FR)",
+        "unknown word minus without, an unnamed kind drawn (worse of EN, FR)",
+        "every named kind drawn, per seed (2 prompts x 3 seeds)",
     ]
-    assert all(b["passed"] in (True, False) for b in report["bars"])
+    assert all(b["passed"] in (True, False) for b in report["bars"] if not b["name"].startswith("unknown word"))
+    assert [b["note"] for b in report["bars"][5:7]] == ["n/a: the first world has no unknown words"] * 2
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| figure | measured | bar | result |" in md and "![samples](samples.png)" in md
-    assert Image.open(out / "cfg_sweep.png").size == (720, 440)
+    assert "| colourfulness M |" in md and "| RMS contrast |" in md
+    assert "## 8. Prompts with a word the model never saw in training\n\nn/a: the first world" in md
+    assert "## 9. Reliability per seed" in md and "The 2 least reliable prompts:" in md
+    assert Image.open(out / "cfg_sweep.png").size == (720, 2 * 440)  # adherence above, colour and contrast below
     assert Image.open(out / "samples.png").size[0] == 8 + 4 * (192 + 8)  # 4 images per row
 
 
@@ -419,6 +506,14 @@ def test_eval_arguments_are_checked(tiny_model, tmp_path):
         parse_args(["--prompts", "10", "--sweep-prompts", "20"])
     with pytest.raises(InputError, match="--prompts must be at least 2"):
         parse_args(["--prompts", "1", "--sweep-prompts", "1"])
+    with pytest.raises(InputError, match=r"--unknown-prompts must be from 0 to --prompts \(10\), got 11"):
+        parse_args(["--prompts", "10", "--sweep-prompts", "5", "--unknown-prompts", "11"])
+    with pytest.raises(InputError, match="--seeds-per-prompt must be at least 1, got 0"):
+        parse_args(["--seeds-per-prompt", "0"])
+    with pytest.raises(InputError, match="--seed-prompts must be 0"):
+        parse_args(["--seed-prompts", "-1"])
+    defaults = parse_args(["--prompts", "300", "--sweep-prompts", "10"])
+    assert (defaults.unknown_prompts, defaults.seed_prompts, defaults.seeds_per_prompt) == (300, 50, 16)
     assert parse_args(["--cfg-sweep", "7.5, 1,3"]).cfg_sweep == [1.0, 3.0, 7.5]
     with pytest.raises(CheckpointError, match="does not exist; expected the model's extras file"):
         load_classifier(tmp_path / "none.safetensors", torch.device("cpu"))

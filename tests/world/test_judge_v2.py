@@ -146,6 +146,7 @@ def test_atelier_eval_takes_the_world_the_model_records(tmp_path):
     from atelier.world.eval_run import checkpoint_world
     from atelier.world.eval_run import main as eval_main
     from atelier.world.train import EmbeddedShapes
+    from atelier.world.v2.parse import parse_prompt
     from atelier.world.v2.points import POINTS
 
     torch.manual_seed(0)
@@ -165,9 +166,28 @@ def test_atelier_eval_takes_the_world_the_model_records(tmp_path):
 
     out = tmp_path / "eval"
     small = ["--prompts", "3", "--sweep-prompts", "2", "--cfg-sweep", "1,7.5", "--steps", "1", "--renders", "20"]
+    small += ["--unknown-prompts", "2", "--seed-prompts", "1", "--seeds-per-prompt", "2"]
     assert eval_main(["--model", str(model), *small, "--workers", "1", "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["world"] == "v2"
     assert set(report["classifier"]["accuracy"]) == {"kind", "colour", "size", "background", "time", "weather", "count"}
     assert list(report["adherence"]["english"]["by_point"]) == list(POINTS)
-    assert "| prompt set | prompts | adherence | kind | count |" in (out / "report.md").read_text(encoding="utf-8")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "| prompt set | prompts | adherence | every named kind drawn | kind | count |" in md
+
+    # Prompts with a word never seen in training, on the English and French sets' first 2 scenes and seeds: the
+    # baseline "without" is those 2 images of each set, judged again.
+    unknown = report["unknown_word"]
+    assert unknown["prompts"] == 2 and report["settings"]["unknown_prompts"] == 2
+    for lang in ("english", "french"):
+        rows = unknown[lang]["per_prompt"]
+        assert [row[1] for row in rows] == [0, 1] and all(parse_prompt(row[0]).unknown for row in rows)
+        assert unknown[lang]["all_kinds"] == pytest.approx(sum(row[4] for row in rows) / 2)
+        assert 0 <= unknown[lang]["kind"] <= 1 and 0 <= unknown[lang]["unnamed_kind"] <= 1
+        first_two = report["adherence"][lang]["per_prompt"][:2]
+        assert unknown["without_word"][lang]["all_kinds"] == pytest.approx(sum(row[4] for row in first_two) / 2)
+    gaps = {b["name"].split(" (")[0]: b for b in report["bars"]}
+    assert gaps["unknown word minus without, every named kind drawn"]["passed"] in (True, False)
+    assert gaps["unknown word minus without, an unnamed kind drawn"]["passed"] in (True, False)
+    assert report["reliability"]["images"] == 2
+    assert "| English, with an unknown word |" in md and "| French, without the word |" in md
