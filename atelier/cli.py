@@ -50,6 +50,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default="atelier", help="file name prefix")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU, half on GPU)")
+    p.add_argument("--timings", action="store_true",
+                   help="print where the command's seconds went: start-up, loading, fast path, sampling, PNG")
     _add_no_fast(p)
     p.set_defaults(func=_generate)
 
@@ -111,11 +113,43 @@ def _out_path(out: Path, out_file: Path | None, prefix: str, index: int) -> Path
     return out_file if index == 0 else out_file.with_name(f"{out_file.stem}_{index + 1}{out_file.suffix}")
 
 
+def _seconds_since_process_start() -> float | None:
+    """How long ago this process started (Linux: /proc), so that Python's own start and imports are counted."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"), 0.0)  # field 22: start, in clock ticks
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Phases:
+    """`--timings`: seconds per phase of a command, printed as one line at its end."""
+
+    def __init__(self) -> None:
+        before = _seconds_since_process_start()
+        self.rows: list[tuple[str, float]] = [] if before is None else [("Python start and imports", before)]
+        self.last = time.perf_counter()
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        """The phase `name` ended now (or at the perf_counter time `at`)."""
+        now = time.perf_counter() if at is None else at
+        self.rows.append((name, now - self.last))
+        self.last = now
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.rows)
+        return f"timings: {parts}; in all {sum(seconds for _, seconds in self.rows):.2f} s"
+
+
 def _generate(args: argparse.Namespace) -> int:
+    phases = _Phases()
     from atelier.generation import GenerationParams, a1111_parameters, api_graph, run
     from atelier.images import load_image, save_png
     from atelier.models.checkpoint import load_checkpoint
     from atelier.models.library import native_size, resolve_model
+
+    phases.mark("atelier's imports (torch)")
 
     if args.mask is not None and args.init_image is None:
         raise InputError("--mask needs --init-image: a mask tells which part of that image to repaint.")
@@ -135,6 +169,7 @@ def _generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     ckpt = load_checkpoint(path, device=args.device, dtype=args.dtype, vae_path=args.vae)
     print(f"{path.name} loaded in {time.perf_counter() - started:.2f} s ({ckpt.device})", file=sys.stderr)
+    phases.mark("inputs and loading")
     fallback = _precision_fallback(args, args.device)
     if fallback is not None:
         print(fallback, file=sys.stderr)
@@ -165,10 +200,26 @@ def _generate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    phases.mark("fast path and add-ons")
     bar = tqdm(total=params.steps, unit="step", desc="sampling", file=sys.stderr, leave=False)
-    result = run(ckpt, params, init, mask, on_step=lambda s: bar.update(1), interrupt=threading.Event(),
-                 loras=loras, embeddings=embeddings)
+    steps_done: list[float] = []  # when each step ended (with --timings on a GPU: once its kernels have run)
+
+    def on_step(_step: object) -> None:
+        bar.update(1)
+        if args.timings:
+            if ckpt.device.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize(ckpt.device)
+            steps_done.append(time.perf_counter())
+
+    result = run(ckpt, params, init, mask, on_step=on_step, interrupt=threading.Event(), loras=loras,
+                 embeddings=embeddings)
     bar.close()
+    if steps_done:
+        phases.mark("prompt and first step (compile or capture)", steps_done[0])
+        phases.mark(f"{len(steps_done) - 1} more steps", steps_done[-1])
+        phases.mark("decode")
 
     named = [(file.name, strength) for file, strength in lora_files]  # as the graph's LoraLoader lists models/loras
     graph = api_graph(params if args.seed != -1 else result.params,
@@ -185,6 +236,9 @@ def _generate(args: argparse.Namespace) -> int:
         if i == 0:
             extra = " (CFG 1: the unconditional pass was skipped)" if result.skipped_uncond else ""
             print(f"seed {result.params.seed}, {result.seconds:.2f} s{extra}", file=sys.stderr)
+    if args.timings:
+        phases.mark("PNG")
+        print(phases.line(), file=sys.stderr)
     return 0
 
 

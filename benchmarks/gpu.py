@@ -831,7 +831,7 @@ def section_start(s: Setup) -> list[dict]:
                 env |= {"ATELIER_COMPILE_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
                 for run_name in ("cold", "warm"):
                     out = Path(folder) / "out.png"
-                    command = generate_command(path, s.args.start_steps, out, s.device, flags)
+                    command = generate_command(path, s.args.start_steps, out, s.device, [*flags, "--timings"])
                     files_before = _count_files(cache)
                     t0 = time.perf_counter()
                     try:
@@ -871,13 +871,17 @@ def _failure(done: subprocess.CompletedProcess) -> str:
 def _start_phases(stderr: str, total: float) -> dict:
     """Where a start's seconds went, from what `atelier generate` prints: the checkpoint's loading, the sampling
     call (its first UNet call compiles or reads the compile cache), and the rest (Python and torch imports, CUDA's
-    start, building the fast path, the PNG)."""
+    start, building the fast path, the PNG); with --timings' line, each of those phases."""
     loaded = re.search(r"loaded in ([0-9.]+) s", stderr)
     sampled = re.search(r"^seed -?\d+, ([0-9.]+) s", stderr, re.M)
     if not (loaded and sampled):
         return {}
     load_s, sample_s = float(loaded.group(1)), float(sampled.group(1))
-    return {"load_s": load_s, "sample_s": sample_s, "other_s": round(total - load_s - sample_s, 1)}
+    phases = {"load_s": load_s, "sample_s": sample_s, "other_s": round(total - load_s - sample_s, 1)}
+    timings = re.search(r"^timings: (.*)$", stderr, re.M)  # `generate --timings`: every phase, in the JSON only
+    if timings:
+        phases["timings"] = timings.group(1)
+    return phases
 
 
 _KERNEL_KINDS = (  # first match wins; names as cuBLAS, cuDNN, CUTLASS, flash attention and Inductor give them

@@ -58,6 +58,21 @@ def test_out_ending_in_png_is_the_file_written(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["batch.PNG", "batch_2.PNG"]
 
 
+@needs_model
+def test_timings_name_every_phase_of_a_generate_and_add_up(tmp_path, capsys):
+    """`--timings`: one line at the end, each phase with its seconds, and their sum as "in all"."""
+    assert main(["generate", "un soleil jaune", "--seed", "1", "--steps", "3", "--width", "32", "--height", "32",
+                 "-o", str(tmp_path / "x.png"), "--timings"]) == 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("timings: ")
+    body, _, total = line.removeprefix("timings: ").rpartition("; in all ")
+    phases = dict(part.rsplit(" ", 2)[:2] for part in body.split(", "))
+    assert {"inputs and loading", "prompt and first step (compile or capture)", "2 more steps", "decode", "PNG"} <= set(
+        phases
+    ), phases
+    assert sum(map(float, phases.values())) == pytest.approx(float(total.removesuffix(" s")), abs=0.02)
+
+
 def test_out_naming_another_image_format_is_refused_before_anything_runs(tmp_path, capsys):
     assert main(["generate", "x", "--steps", "1", "-o", str(tmp_path / "x.jpg")]) == 2
     err = capsys.readouterr().err.strip()
