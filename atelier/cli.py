@@ -49,7 +49,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                         "(a batch adds _2, _3, ...)")
     p.add_argument("--prefix", default="atelier", help="file name prefix")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
-    p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU, half on GPU)")
+    p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU and for models under 100 M parameters, "
+                                   "else half precision on a GPU)")
     p.add_argument("--timings", action="store_true",
                    help="print where the command's seconds went: start-up, loading, fast path, sampling, PNG")
     _add_no_fast(p)
@@ -168,7 +169,8 @@ def _generate(args: argparse.Namespace) -> int:
     path = resolve_model(args.model)
     started = time.perf_counter()
     ckpt = load_checkpoint(path, device=args.device, dtype=args.dtype, vae_path=args.vae)
-    print(f"{path.name} loaded in {time.perf_counter() - started:.2f} s ({ckpt.device})", file=sys.stderr)
+    dtype = str(next(ckpt.unet.parameters()).dtype).removeprefix("torch.")
+    print(f"{path.name} loaded in {time.perf_counter() - started:.2f} s ({ckpt.device}, {dtype})", file=sys.stderr)
     phases.mark("inputs and loading")
     fallback = _precision_fallback(args, args.device)
     if fallback is not None:
@@ -178,7 +180,7 @@ def _generate(args: argparse.Namespace) -> int:
 
         precision = args.precision if fallback is None else "native"
         ckpt = accelerate(ckpt, enabled=True, options=FastOptions(compile=args.compile, precision=precision))
-        shown = "" if precision == "native" else f", {precision} projections"
+        shown = "" if ckpt.unet.precision == "native" else f", {ckpt.unet.precision} projections"  # after fallbacks
         waits = {"none": "CUDA graphs, no compile", "aot": "the UNet's package is compiled once, then read from disk"}
         wait = waits.get(ckpt.unet.options.compile, "the first run compiles a while")
         print(f"fast path on{shown}: {wait} (--no-fast: the readable modules)", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Device and dtype choice: cuda, then mps, then cpu; fp32 on the CPU and for small models, half precision on GPUs."""
+"""Device and dtype choice: cuda, then mps, then cpu; fp32 on the CPU and for small models on CUDA, else half."""
 
 from __future__ import annotations
 
@@ -29,23 +29,23 @@ def pick_device(name: str | None = None) -> torch.device:
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-# A model this small (the embedded one: 24.8 M parameters in all) is launch-bound on a GPU, so half precision buys
+# A UNet this small (the embedded one: 13.8 M parameters) is launch-bound on a GPU, so half precision buys
 # no speed there, and it is chaotic under rounding: in bf16 a seed's image merged into a classroom batch ended as
 # another drawing (PSNR 14.1 dB against the same job alone, one H200, 2026-12-04), where fp32 (with PyTorch's
 # default TF32 convolutions) kept every one within 5/255 (>= 58.5 dB). docs/benchmarks/gpu-h200-embedded-*.json.
-SMALL_MODEL_PARAMETERS = 100_000_000
+SMALL_UNET_PARAMETERS = 100_000_000  # fast.py's compile choice uses the same line
 
 
-def pick_dtype(device: torch.device, name: str | None = None, parameters: int | None = None) -> torch.dtype:
+def pick_dtype(device: torch.device, name: str | None = None, unet_parameters: int | None = None) -> torch.dtype:
     """fp32 on the CPU (half precision is slow there), half precision on CUDA and MPS, unless the user names one.
 
-    `parameters`, the model's size when known: under SMALL_MODEL_PARAMETERS a CUDA model stays in fp32 (above).
+    `unet_parameters`, the model's UNet size when known: under SMALL_UNET_PARAMETERS a CUDA model stays in fp32.
     """
     if name is not None and name != "auto":
         if name not in _DTYPES:
             raise InputError(f"Dtype {name!r} is not supported; expected one of {', '.join(_DTYPES)}.")
         return _DTYPES[name]
-    if device.type == "cuda" and parameters is not None and parameters < SMALL_MODEL_PARAMETERS:
+    if device.type == "cuda" and unet_parameters is not None and unet_parameters < SMALL_UNET_PARAMETERS:
         return torch.float32
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

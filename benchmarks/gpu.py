@@ -1178,7 +1178,9 @@ def diffusers_sdxl_pipeline(s: Setup, reference_unet: nn.Module, reference_vae: 
             vae=reference_vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
             unet=reference_unet, scheduler=scheduler, add_watermarker=False,
         )  # fmt: skip
-    except (ImportError, RuntimeError):  # RuntimeError: diffusers' lazy import of a pipeline the wheel lacks
+    except (ImportError, RuntimeError) as error:  # RuntimeError: diffusers' lazy import of a missing pipeline
+        if isinstance(error, RuntimeError) and "Failed to import" not in str(error):
+            raise  # a CUDA error or out of memory, not a missing package
         print(f"transformers or the pipeline is missing: diffusers' SDXL rows run {DiffusersSDXLLoop.__name__}",
               file=sys.stderr)  # fmt: skip
         return DiffusersSDXLLoop(reference_unet, reference_vae, scheduler)

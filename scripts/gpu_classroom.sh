@@ -30,7 +30,7 @@ case "$which" in
           --json "$out/classroom-gpu-sd15.json" --logs "$out/logs-sd15" "${extra[@]}" ;;
   embedded) python3 benchmarks/classroom.py --size 128 --steps 20 --learners "${LEARNERS:-30}" \
           --duration "${DURATION:-45}" --warmup "${WARMUP:-20}" --drain 40 --batching "${BATCHING:-both}" \
-          --note "one H200, the embedded model, bf16 fast path" \
+          --note "one H200, the embedded model, fp32 fast path (its default on a GPU)" \
           --json "$out/classroom-gpu-embedded.json" --logs "$out/logs-embedded" "${extra[@]}" ;;
 esac
 done

@@ -12,7 +12,7 @@
 # Then name ".carry" in the device call's `carry` and read it as scripts/gpu_train.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .carry/wheels
+rm -rf .carry/wheels && mkdir -p .carry/wheels  # two versions of a wheel would make pip refuse both
 pip=(.venv/bin/python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .carry/wheels)
 "${pip[@]}" ftfy wcwidth regex tqdm importlib_metadata zipp
 "${pip[@]}" diffusers==0.42.1
@@ -32,7 +32,7 @@ os.replace(tmp, src)
 PY
 cp .venv/lib/python3.11/site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz .carry/
 cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf .carry/
-mkdir -p .carry/small .carry/stub/comfyui_frontend_package/static
+rm -rf .carry/small && mkdir -p .carry/small .carry/stub/comfyui_frontend_package/static  # one version of each
 cp .carry/wheels/{ftfy,wcwidth,regex,tqdm}-*.whl .carry/bpe_simple_vocab_16e6.txt.gz .carry/small/
 .venv/bin/python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .carry/small segno
 touch .carry/stub/comfyui_frontend_package/__init__.py

@@ -70,7 +70,8 @@ def test_timings_name_every_phase_of_a_generate_and_add_up(tmp_path, capsys):
     assert {"inputs and loading", "prompt and first step (compile or capture)", "2 more steps", "decode", "PNG"} <= set(
         phases
     ), phases
-    assert sum(map(float, phases.values())) == pytest.approx(float(total.removesuffix(" s")), abs=0.02)
+    rounding = 0.005 * (len(phases) + 1)  # each phase and the total are rounded to 0.01 s on their own
+    assert sum(map(float, phases.values())) == pytest.approx(float(total.removesuffix(" s")), abs=rounding)
 
 
 def test_out_naming_another_image_format_is_refused_before_anything_runs(tmp_path, capsys):

@@ -153,27 +153,34 @@ def _new_text_encoder(config: TextEncoderConfig) -> Callable[[], nn.Module]:
 def _pick(
     device: str | torch.device | None, dtype: str | torch.dtype | None, path: Path | None = None
 ) -> tuple[torch.device, torch.dtype]:
-    """The device and dtype to load in; the default dtype on a GPU depends on the model's size (device.py)."""
+    """The device and dtype to load in; on a GPU the default dtype depends on the size of `path`'s UNet (device.py)."""
     dev = device if isinstance(device, torch.device) else devices.pick_device(device)
     if isinstance(dtype, torch.dtype):
         return dev, dtype
     by_size = path is not None and dev.type == "cuda" and dtype in (None, "auto")
-    parameters = stored_parameters(path) if by_size else None
+    parameters = unet_parameters(path) if by_size else None
     return dev, devices.pick_dtype(dev, dtype, parameters)
 
 
-def stored_parameters(path: Path) -> int | None:
-    """How many numbers a model file (or a diffusers folder's .safetensors files) holds, from the headers only;
-    None when that cannot be told without reading the weights (a pickle) or the path is not a model yet."""
-    from atelier.models.weights import WeightsFile
+_UNET_PREFIX = "model.diffusion_model."  # a whole checkpoint's UNet, in the original (and ComfyUI's) layout
 
-    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
-    if not files or any(f.suffix.lower() != ".safetensors" or not f.is_file() for f in files):
-        return None
+
+def unet_parameters(path: Path) -> int | None:
+    """How many numbers the UNet of a checkpoint, a UNet-only file or a diffusers folder holds, from the safetensors
+    headers the loader will read; None when that cannot be told without reading weights (a pickle, a .bin) or the
+    path is no model."""
+    from atelier.models.diffusers_folder import diffusers_weights_file
+    from atelier.models.weights import SAFETENSORS_SUFFIXES, WeightsFile
+
     try:
-        return sum(math.prod(shape) for f in files for shape in WeightsFile(f).index.shapes.values())
+        file = diffusers_weights_file(path, "unet") if path.is_dir() else path
+        if file.suffix.lower() not in SAFETENSORS_SUFFIXES:
+            return None
+        shapes = WeightsFile(file).index.shapes
     except CheckpointError:
-        return None  # the load that follows names what is wrong with the file
+        return None  # the load that follows names what is wrong with the path
+    unet = {k: v for k, v in shapes.items() if k.startswith(_UNET_PREFIX)} or shapes  # or a UNet-only file
+    return sum(math.prod(shape) for shape in unet.values())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -421,7 +428,7 @@ def load_diffusion_model(
     path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> tuple[nn.Module, UNetConfig, str]:
     """A diffusion model file alone (models/diffusion_models) as an Atelier UNet: (module, config, family)."""
-    device, dtype = _pick(device, dtype)
+    device, dtype = _pick(device, dtype, Path(path))
     config, state, family = read_diffusion_model(path, dtype)
     return build_module(_new_unet(config), state, device, "the UNet", Path(path).name), config, family
 

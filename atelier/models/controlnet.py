@@ -259,7 +259,8 @@ def add_base_weights(state: dict[str, Tensor], base: nn.Module | None, name: str
     added = [k for k, v in state.items() if k in unet and tuple(unet[k].shape) == tuple(v.shape)]
     if not added:
         raise CheckpointError(f"{name} is a difference ControlNet, but no weight of it matches the model's UNet.")
-    return {k: v + unet[k].to(v.dtype) if k in added else v for k, v in state.items()}
+    # In fp32 and where the file's tensors are (the UNet may live on a GPU, in half precision).
+    return {k: v.float() + unet[k].to(v.device, torch.float32) if k in added else v for k, v in state.items()}
 
 
 def load_controlnet(

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from atelier import device as devices
 from atelier.errors import InputError
 from atelier.models import fp8
 from atelier.models.aot import AOTNetwork
@@ -126,8 +127,9 @@ class FastOptions:
 # the launches, and compiling saves little while its first call waits a minute. On an H200 the embedded model's
 # UNet (13.8 M parameters) made 26.1 images/s at batch 1 with CUDA graphs and no compile (benchmarks/gpu.py sweep,
 # docs/benchmarks/gpu-h200.json), as fast as compiled per block on an H100 (27); SD1.5's UNet (860 M) gains 1.5x
-# from compiling (101.8 -> 149.6 it/s at batch 2), SDXL's (2.6 G) more.
-SMALL_UNET_PARAMETERS = 100_000_000
+# from compiling (101.8 -> 149.6 it/s at batch 2), SDXL's (2.6 G) more. The same line keeps a small UNet in fp32
+# on a GPU (device.py).
+SMALL_UNET_PARAMETERS = devices.SMALL_UNET_PARAMETERS
 
 
 def resolve_compile(unet: nn.Module) -> str:
@@ -335,7 +337,8 @@ class FastUNet(UNet):
         scaling = PRECISIONS[self.options.precision]
         if scaling is None or self.fp8_layers:
             return None
-        reason = None if self.options.emulate_fp8 else fp8.unavailable_reason(self.conv_in.weight.device, scaling)
+        weight = self.conv_in.weight
+        reason = None if self.options.emulate_fp8 else fp8.unavailable_reason(weight.device, scaling, weight.dtype)
         if reason is None:
             self.fp8_layers = fp8.convert_to_fp8(
                 self, scaling, emulate=self.options.emulate_fp8, fast_accum=self.options.fp8_fast_accum

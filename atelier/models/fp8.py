@@ -50,9 +50,18 @@ SCALINGS = ("tensor", "row")
 _TINY = 1e-12  # an all-zero tensor gets scale 1e-12 / 448 instead of a division by zero
 
 
-def unavailable_reason(device: torch.device | str, scaling: str = "tensor") -> str | None:
-    """None when `device` multiplies fp8 matrices natively; else one sentence saying why not (the fallback's)."""
+def unavailable_reason(
+    device: torch.device | str, scaling: str = "tensor", dtype: torch.dtype | None = None
+) -> str | None:
+    """None when `device` multiplies fp8 matrices natively for a model in `dtype`; else one sentence saying why
+    not (the fallback's). The products answer in the model's dtype: _scaled_mm adds a bias only to a half-precision
+    output, so an fp32 model (a small one on a GPU, atelier/device.py) keeps fp32."""
     device = torch.device(device)
+    if device.type == "cuda" and dtype == torch.float32:
+        return (
+            "FP8 projections need a model in half precision; this one runs in fp32 (a model under 100 M parameters "
+            "does on a GPU), so it keeps fp32. Name --dtype bf16 to use FP8."
+        )
     if device.type != "cuda":
         return f"FP8 needs a CUDA GPU of compute capability 8.9 or newer; on {device.type} the model keeps its dtype."
     if not hasattr(torch, "_scaled_mm"):

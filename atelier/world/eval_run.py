@@ -694,7 +694,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=100, help="prompts per sampler call")
     p.add_argument("--seed", type=int, default=0, help="image k of a set uses seed + k; the prompt sets follow it")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
-    p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU, half on GPU)")
+    p.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp32 on CPU and for the embedded model, else half)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="render processes")
     p.add_argument("--samples", type=int, default=8, help="images per row of samples.png")
     p.add_argument("--out", type=Path, default=Path("docs/eval"), help="folder for the report files")

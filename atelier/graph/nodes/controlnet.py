@@ -14,7 +14,7 @@ import torch
 from atelier import device as devices
 from atelier.graph.kit import Node
 from atelier.graph.schema import Input, NodeContext, NodeSchema, Output
-from atelier.models.checkpoint import stored_parameters
+from atelier.models.checkpoint import unet_parameters
 from atelier.models.controlnet import AppliedControlNet, ControlNet, load_controlnet
 from atelier.pipeline import Cond, DiffusionModel
 
@@ -48,7 +48,8 @@ class ControlNetLoader(Node):
     def run(self, ctx: NodeContext, control_net_name: str) -> tuple:
         path = self.env.models.resolve("controlnet", control_net_name)
         device = devices.pick_device(self.env.device)
-        dtype = devices.pick_dtype(device, self.env.dtype, stored_parameters(path))  # a small model's: fp32
+        # A ControlNet copies its UNet's encoder: a small model's is small, and stays in fp32 as its UNet does.
+        dtype = devices.pick_dtype(device, self.env.dtype, unet_parameters(path))
         return (load_controlnet(path, device=device, dtype=dtype),)
 
 
@@ -72,7 +73,7 @@ class DiffControlNetLoader(Node):
         # (ComfyUI adds the patched weights).
         path = self.env.models.resolve("controlnet", control_net_name)
         device = devices.pick_device(self.env.device)
-        dtype = devices.pick_dtype(device, self.env.dtype, stored_parameters(path))
+        dtype = model.dtype if self.env.dtype in (None, "auto") else devices.pick_dtype(device, self.env.dtype)
         return (load_controlnet(path, device=device, dtype=dtype, base=model.unet),)
 
 
