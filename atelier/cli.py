@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
 import sys
@@ -455,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.enable()  # a crash in native code (a GPU kernel, a compiled package) still says where it was
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command not in ("train", "eval") and rest:
