@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    faulthandler.enable()  # a crash in native code (a GPU kernel, a compiled package) still says where it was
+    with contextlib.suppress(ValueError, OSError):  # a stderr without a file descriptor (a test's capture)
+        faulthandler.enable()  # a crash in native code (a GPU kernel, a compiled package) still says where it was
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command not in ("train", "eval") and rest:
