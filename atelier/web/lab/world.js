@@ -12,6 +12,7 @@ const PARAM = { objects: "kind", colours: "colour", sizes: "size", places: "cell
 
 let world = null;  // {known, categories, choices, words: Set} for the model and language shown
 let chosen = {};  // category -> the world name picked
+let picks = 0;  // the number of the latest pick: an earlier pick's answer arriving after it must not write the prompt
 
 /** The words of a text as the text encoder tells them apart (lessons/vocabulary.py words_of). */
 export function wordsOf(text) {
@@ -55,7 +56,9 @@ async function pick(category, name) {
   if (!REQUIRED.every((c) => chosen[c])) return;
   const q = new URLSearchParams({ lang: language() });
   for (const [category, param] of Object.entries(PARAM)) if (chosen[category]) q.set(param, chosen[category]);
+  const mine = ++picks;
   const { prompt } = await getJSON(`/atelier/lab/compose?${q}`);
+  if (mine !== picks) return;  // quick clicks: answers may come back out of order
   $("f-prompt").value = prompt;
   $("f-prompt").dispatchEvent(new Event("input", { bubbles: true }));
   $("params").dispatchEvent(new Event("change"));
