@@ -113,7 +113,7 @@ TEMPLATE_OUTPUTS = {
     "atelier_txt2img": {"9": (128, 128)},
     "atelier_img2img": {"9": (128, 128)},
     "atelier_inpaint": {"9": (128, 128)},
-    "atelier_hires_fix": {"12": (256, 256), "16": (256, 256)},
+    "atelier_hires_fix": {"12": (128, 128), "16": (128, 128)},
     "atelier_custom_sampling": {"9": (128, 128)},
 }
 
