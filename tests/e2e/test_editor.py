@@ -10,6 +10,7 @@ About 1-2 minutes on a 2-core machine (the editor boots in ~5-10 s per tab; each
 from __future__ import annotations
 
 import json
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -315,39 +316,51 @@ def test_a_missing_model_with_a_download_url_is_named_without_reaching_out(edito
     assert_clean(editor)  # no console error (no CSP refusal), no request to another site
 
 
+def run_french_template(ed, title: str, name: str, outputs: tuple[int, ...]) -> dict[str, object]:
+    """Open the French template `title`, queue it as it opens and return the PNG each of `outputs` saved, as the
+    server wrote it: {node id: PIL image}."""
+    import io
+
+    from PIL import Image
+
+    ed.open()
+    nodes = json.loads((TEMPLATES_DIR / f"{name}.json").read_text())["nodes"]
+    open_template(ed, title, len(nodes))
+    ed.command("Comfy.QueuePrompt")  # the Run button's command, whatever its French label
+    wait_for_prompt(ed, 300_000)
+    ed.command("Comfy.Canvas.FitView")  # outputs load when their node is drawn
+    saved = {}
+    for node in outputs:
+        ed.page.wait_for_function(SAVE_IMAGE_SHOWN, arg=node, timeout=30_000)
+        src = ed.page.evaluate(SAVE_IMAGE_SHOWN, node)[0]
+        with urllib.request.urlopen(urllib.parse.urljoin(ed.url + "/", src)) as answer:
+            saved[str(node)] = Image.open(io.BytesIO(answer.read())).convert("RGB")
+    return saved
+
+
+def test_inpaint_template_runs_in_french_and_paints_the_red_circle_into_the_hole(editor_fr, artifacts):
+    """Defect 7's first half, in the learner's editor: the French inpainting template's image has its red circle."""
+    from tests.server.test_template_effects import HOLE_RED, SUN_CHANGE, inpaint_effect
+
+    saved = run_french_template(editor_fr, "Inpainting (repeindre une zone)", "atelier_inpaint", (9,))
+    editor_fr.page.screenshot(path=artifacts / "10-inpaint-fr.png")
+    red, sun_change = inpaint_effect(saved["9"])
+    assert red > HOLE_RED and sun_change < SUN_CHANGE, (red, sun_change)
+    assert_clean(editor_fr)
+
+
 def test_hires_fix_template_runs_in_french_and_its_second_pass_sharpens_in_place(editor_fr, artifacts):
     """Defect 7's second half, in the learner's editor: the French hires fix template runs as it opens, and of its
     two saved images the second pass is the sharper one with every object where the plain upscale has it."""
-    import io
-    import urllib.request
-
-    import numpy as np
     import torch
-    from PIL import Image
 
     from atelier.models.library import EMBEDDED_EXTRAS_PATH
     from atelier.world.eval_run import load_classifier
     from tests.server.test_template_effects import finishes_in_place, hires_effect
 
-    ed = editor_fr
-    ed.open()
-    nodes = json.loads((TEMPLATES_DIR / "atelier_hires_fix.json").read_text())["nodes"]
-    open_template(ed, "Hires fix (deux passes)", len(nodes))
-    ed.command("Comfy.QueuePrompt")  # the Run button's command, whatever its French label
-    wait_for_prompt(ed, 300_000)
-    ed.command("Comfy.Canvas.FitView")  # outputs load when their node is drawn
-    shown = {}
-    for node in (12, 16):
-        ed.page.wait_for_function(SAVE_IMAGE_SHOWN, arg=node, timeout=30_000)
-        shown[node] = ed.page.evaluate(SAVE_IMAGE_SHOWN, node)
-    (second, width, height), plain = shown[12], shown[16][0]
-    ed.page.screenshot(path=artifacts / "10-hires-fix-fr.png")
-    assert (width, height) == (128, 128)
-    saved = {}
-    for node, src in (("12", second), ("16", plain)):
-        with urllib.request.urlopen(urllib.parse.urljoin(ed.url + "/", src)) as answer:  # the server's own PNG
-            saved[node] = Image.open(io.BytesIO(answer.read())).convert("RGB")
+    saved = run_french_template(editor_fr, "Hires fix (deux passes)", "atelier_hires_fix", (12, 16))
+    editor_fr.page.screenshot(path=artifacts / "11-hires-fix-fr.png")
+    assert saved["12"].size == saved["16"].size == (128, 128)
     effect = hires_effect(load_classifier(EMBEDDED_EXTRAS_PATH, torch.device("cpu")), saved)
     assert finishes_in_place(effect), effect
-    assert np.asarray(saved["12"]).shape == (128, 128, 3)
-    assert_clean(ed)
+    assert_clean(editor_fr)
