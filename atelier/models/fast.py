@@ -123,19 +123,16 @@ class FastOptions:
         return cls(compile="none", cuda_graphs=False)
 
 
-# Below this many UNet parameters a model is bound by kernel launches, not by arithmetic: CUDA graphs alone remove
+# Below devices.SMALL_UNET_PARAMETERS a model is bound by kernel launches, not by arithmetic: CUDA graphs alone remove
 # the launches, and compiling saves little while its first call waits a minute. On an H200 the embedded model's
 # UNet (13.8 M parameters) made 26.1 images/s at batch 1 with CUDA graphs and no compile (benchmarks/gpu.py sweep,
 # docs/benchmarks/gpu-h200.json), as fast as compiled per block on an H100 (27); SD1.5's UNet (860 M) gains 1.5x
 # from compiling (101.8 -> 149.6 it/s at batch 2), SDXL's (2.6 G) more. The same line keeps a small UNet in fp32
 # on a GPU (device.py).
-SMALL_UNET_PARAMETERS = devices.SMALL_UNET_PARAMETERS
-
-
 def resolve_compile(unet: nn.Module) -> str:
     """What compile "auto" means for `unet`: "none" (CUDA graphs only) for a small one, "blocks" otherwise."""
     parameters = sum(p.numel() for p in unet.parameters())
-    return "none" if parameters < SMALL_UNET_PARAMETERS else "blocks"
+    return "none" if parameters < devices.SMALL_UNET_PARAMETERS else "blocks"
 
 
 # Dynamo keeps at most 8 compiled versions of one function by default; the SD1.5 UNet has ~14 differently shaped
