@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from atelier import device as devices
 from atelier.errors import AtelierError, InputError
 from atelier.imaging import signed_to_uint8
 from atelier.limits import check_image_batch, check_prompt_text, check_sampling_cost
@@ -629,7 +630,7 @@ def _float32_copy(vae: VAE) -> VAE:
     """A readable float32 VAE with `vae`'s weights (the fast VAE keeps the readable state_dict layout)."""
     from atelier.models.vae import VAE
 
-    with torch.device("meta"):
+    with devices.building(sum(p.numel() for p in vae.parameters())):
         wide = VAE(vae.config)
     state = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
     wide.load_state_dict(state, strict=True, assign=True)

@@ -20,7 +20,6 @@ Pickles: `.ckpt` files are Python pickles, which can run arbitrary code when ope
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -102,22 +101,16 @@ def check_state(
         )
 
 
-META_DEVICE_ABOVE = 50_000_000  # parameters
-
-
 def build_module(
     make: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], device: torch.device, what: str, name: str
 ) -> nn.Module:
     """`make()` built, checked against `state`, then given the tensors of `state` (already in the target dtype)
     moved to `device`. Returns the module in eval mode.
 
-    Large networks are built on the meta device (no memory, no random init: an SD1.5 UNet would spend ~8 s drawing
-    random weights it throws away). Small ones are built normally: their random init takes milliseconds, while the
-    meta device's first use imports parts of torch that cost ~1.5 s, a third of a CLI run on the embedded model.
+    Large networks are built on the meta device, small ones normally (`devices.building` says why).
     """
-    large = sum(t.numel() for t in state.values()) > META_DEVICE_ABOVE
     try:
-        with torch.device("meta") if large else contextlib.nullcontext():
+        with devices.building(sum(t.numel() for t in state.values())):
             module = make()
     except (ValueError, AssertionError, RuntimeError) as error:  # e.g. channels that GroupNorm cannot divide
         raise CheckpointError(f"{name}: {what} cannot be built from its config ({error}).") from None

@@ -137,7 +137,14 @@ def resolve_compile(unet: nn.Module) -> str:
 
 # Dynamo keeps at most 8 compiled versions of one function by default; the SD1.5 UNet has ~14 differently shaped
 # ResBlocks, each needing its own when compiled per block.
-_RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+def _room_for_block_compiles() -> contextlib.AbstractContextManager:
+    """Dynamo's per-function recompile limit raised to 128 (its name changed in torch 2.6). Imported here, not at
+    the top: torch._dynamo takes about a second to import, which a start that compiles nothing should not pay."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: 128})
 
 
 @contextlib.contextmanager
@@ -151,7 +158,7 @@ def kernel_choices(options: FastOptions) -> Iterator[None]:
         if backends is not None:
             stack.enter_context(sdpa_kernel(backends, set_priority=True))
         if options.compile != "none":
-            stack.enter_context(torch._dynamo.config.patch(**{_RECOMPILE_LIMIT: 128}))
+            stack.enter_context(_room_for_block_compiles())
         autotune = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = True  # time a few convolution algorithms per shape, keep the fastest
         try:
@@ -418,10 +425,11 @@ def fast_unet(unet: UNet, options: FastOptions | None = None) -> FastUNet:
 
 
 def _sharing_weights(readable: nn.Module, fast_class: type, options: FastOptions) -> nn.Module:
-    """A `fast_class` built on the meta device (no memory) that takes over `readable`'s weight tensors."""
+    """A `fast_class` that takes over `readable`'s weight tensors (built on the meta device when large:
+    `devices.building`)."""
     if options.channels_last:
         readable.to(memory_format=torch.channels_last)
-    with torch.device("meta"):
+    with devices.building(sum(p.numel() for p in readable.parameters())):
         fast = fast_class(readable.config, options)
     fast.load_state_dict(readable.state_dict(), assign=True)
     return fast.eval().requires_grad_(False)

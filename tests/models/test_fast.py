@@ -8,6 +8,8 @@ minute here, so that check is marked slow; the full-size CUDA comparison is mark
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -306,6 +308,27 @@ def test_compile_auto_skips_the_compiler_for_a_small_unet_only(tiny_ckpt):
     assert fast.unet.options.compile == fast.vae.options.compile == "none"  # one mode, the UNet's, for all
     assert FastOptions(compile="full").for_unet(tiny_ckpt.unet).compile == "full"  # an explicit mode stays
     assert fast_vae(tiny_ckpt.vae, eager_auto).options.compile == "blocks"  # alone: no UNet to judge by
+
+
+def test_the_embedded_fast_path_without_compilation_never_imports_the_compiler():
+    """A start that compiles nothing must not pay for torch._dynamo's import (about a second): the fast modules
+    of a small model are built off the meta device, and Dynamo's config is read only when compiling. In a fresh
+    process, since this one has imported the compiler already."""
+    script = """
+import sys, torch
+from atelier.models.checkpoint import load_checkpoint
+from atelier.models.fast import FastOptions, accelerate, kernel_choices
+from atelier.models.library import embedded_model_path
+ckpt = accelerate(load_checkpoint(embedded_model_path()), enabled=True, options=FastOptions(compile="none"))
+x = torch.randn(1, ckpt.unet.config.in_channels, 16, 16)
+with torch.no_grad(), kernel_choices(ckpt.unet.options):
+    ckpt.unet(x, torch.tensor([500.0]), torch.randn(1, 77, ckpt.unet.config.context_dim))
+    ckpt.vae.decode(torch.randn(1, ckpt.vae.config.latent_channels, 8, 8))
+print(sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor"))))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_cli_accepts_no_fast(capsys):
