@@ -108,6 +108,24 @@ def test_every_listed_template_has_a_thumbnail():
             assert thumb.format == "WEBP" and thumb.size == (512, 512)
 
 
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its `pos`
+
+
+@pytest.mark.parametrize("path", sorted(TEMPLATES_DIR.glob("atelier_*.json")), ids=lambda p: p.stem)
+def test_no_two_nodes_of_a_template_overlap(path):
+    """A learner opening a template sees every node whole: no box (title bar included) covers another."""
+    boxes = {}  # "KSampler 3" -> (left, top, right, bottom)
+    for n in json.loads(path.read_text())["nodes"]:
+        (x, y), (width, height) = n["pos"], n["size"]
+        boxes[f"{n['type']} {n['id']}"] = (x, y - TITLE_HEIGHT, x + width, y + height)
+
+    def overlap(a, b):
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    names = list(boxes)
+    assert [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if overlap(boxes[a], boxes[b])] == []
+
+
 # name -> the size of the image each SaveImage node writes
 TEMPLATE_OUTPUTS = {
     "atelier_txt2img": {"9": (128, 128)},
