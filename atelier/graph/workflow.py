@@ -12,7 +12,8 @@ UI -> API (what the editor does when you press Queue):
 - `widgets_values` is positional: it is matched to input names by the schema's widget order (`widget_slots`),
   which includes UI-only entries: after a seed comes its control_after_generate mode, after an image_upload
   combo the upload button.
-- Links into nodes that are not part of the prompt are dropped, as the editor does.
+- Links into nodes that are not part of the prompt are dropped, as the editor does; so is an input for a widget
+  the node no longer has (renamed in ComfyUI since the file was saved), which the editor removes on load.
 
 API -> UI (`api_to_ui`) lays nodes out left to right by depth (a node sits one column right of its deepest input)
 so a prompt made outside the editor (CLI, script, lab) can be opened and edited there.
@@ -289,12 +290,22 @@ def _group_definitions(workflow: dict, registry: NodeRegistry) -> dict[str, dict
     return found
 
 
+def _indices(entry: Any, count: int, first_may_be_none: bool = False) -> bool:
+    """Whether `entry` is a list starting with `count` integers (node indices and slots); the first may be None
+    (a group link from outside the group)."""
+    if not isinstance(entry, list) or len(entry) < count:
+        return False
+    head = entry[1:count] if first_may_be_none and entry[0] is None else entry[:count]
+    return all(isinstance(x, int) and not isinstance(x, bool) for x in head)
+
+
 def _group_definition(group: dict, registry: NodeRegistry) -> dict:
     nodes = [dict(node, id=index) for index, node in enumerate(group["nodes"]) if isinstance(node, dict)]
-    inner = [link for link in group.get("links") or [] if isinstance(link, list) and len(link) >= 4]
+    inner = [link for link in group.get("links") or [] if _indices(link, 4, first_may_be_none=True)]
     fed = {(link[2], link[3]) for link in inner if link[0] is not None}  # (node index, input slot) fed inside
     used_inside = {(link[0], link[1]) for link in inner if link[0] is not None}
-    external = {(e[0], e[1]) for e in group.get("external") or [] if isinstance(e, list) and len(e) >= 2}
+    # Some saved files hold node objects instead of [index, slot, type] here: such entries are left out.
+    external = {(e[0], e[1]) for e in group.get("external") or [] if _indices(e, 2)}
     links = [
         {"id": n, "origin_id": l[0], "origin_slot": l[1], "target_id": l[2], "target_slot": l[3], "type": l[-1]}
         for n, l in enumerate(inner, start=1)
@@ -375,6 +386,8 @@ def _add_level(graph: _UIGraph, registry: NodeRegistry, prompt: dict[str, dict])
         for slot in node.get("inputs") or []:
             if slot.get("link") is None:
                 continue
+            if schema is not None and "widget" in slot and not any(i.name == slot.get("name") for i in schema.inputs):
+                continue  # a widget the node no longer has (renamed in ComfyUI since): the editor drops its input
             found = graph.resolve(slot["link"], slot.get("type"))
             if found is not None:
                 inputs[slot["name"]] = found[1]

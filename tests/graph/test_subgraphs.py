@@ -309,3 +309,15 @@ def test_a_legacy_group_node_expands_into_index_ids_and_runs(env):
     result = Executor(registry).execute(prompt, ["9"], EventLog())
     assert result.status == "success", result.error
     assert Image.open(files.path(result.ui["9"]["images"][0])).size == (64, 64)
+
+
+def test_a_group_whose_external_list_holds_node_objects_still_expands(env):
+    """ComfyUI's template hidream_e1_full.json (comfyui-workflow-templates 0.1.30) saved node objects in a group's
+    `external` list instead of [index, slot, type]: such entries are left out, not a TypeError."""
+    registry, _ = env
+    workflow = group_workflow()
+    group = workflow["extra"]["groupNodes"]["Sampling"]
+    group["external"] = [[{"type": "VAEDecode", "inputs": []}], *group["external"]]
+    group["links"].append([{"type": "Reroute"}, 0, 4, 0, 9, "LATENT"])
+    prompt = ui_to_api(workflow, registry)
+    assert prompt == ui_to_api(group_workflow(), registry)

@@ -180,6 +180,16 @@ def test_bypass_without_matching_input_drops_the_link(registry):
     assert "latent" not in ui_to_api(workflow, registry)["4"]["inputs"]
 
 
+def test_an_input_for_a_widget_the_node_no_longer_has_is_dropped(registry):
+    """A converted widget whose name the node's schema lacks (renamed in ComfyUI since the file was saved; the
+    frontend's browser_tests/assets/inputs/renamed_converted_widget.json): the editor drops the input on load, so
+    the link from the PrimitiveNode is not queued."""
+    workflow = ui_workflow()
+    workflow["nodes"][3]["inputs"][3]["name"] = workflow["nodes"][3]["inputs"][3]["widget"]["name"] = "noise_seed"
+    inputs = ui_to_api(workflow, registry)["4"]["inputs"]
+    assert "noise_seed" not in inputs and inputs["seed"] == 0  # the widget's own value, not the primitive's 42
+
+
 def test_old_files_without_control_values(registry):
     workflow = ui_workflow()
     workflow["nodes"][3]["widgets_values"] = [7, 2, 8.0, "heun", 0.5]  # no "randomize" entry
