@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from atelier.errors import InputError
+from atelier.graph.filename_patterns import server_variables
 from atelier.graph.kit import (
     CFG_INPUT,
     KSAMPLER_INPUTS,
@@ -529,7 +531,8 @@ class SaveAnimatedWEBP(Node):
             exif[tag] = f"{key}:{json.dumps(value)}"
         frames = bhwc_unit_to_pil(images)
         data = animated_webp(frames, fps, lossless, quality, method, exif)
-        ref = self.env.files.write(data, filename_prefix, "webp", "output")
+        prefix = server_variables(filename_prefix, images.shape[2], images.shape[1], datetime.now())  # as ComfyUI
+        ref = self.env.files.write(data, prefix, "webp", "output")
         return NodeOutput(result=(), ui={"images": [ref], "animated": [len(frames) != 1]})
 
 

@@ -29,10 +29,12 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from atelier.errors import InputError
+from atelier.graph.filename_patterns import SAVE_NODE_TYPES, editor_replacements
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Input, NodeSchema, as_link, unwrap
 from atelier.graph.topology import post_order, sources_within
@@ -352,9 +354,10 @@ def _group_definition(group: dict, registry: NodeRegistry) -> dict:
     return {"nodes": nodes, "links": links, GROUP_WIDGETS: widgets}
 
 
-def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
+def ui_to_api(workflow: dict, registry: NodeRegistry, now: datetime | None = None) -> dict:
     """An editor workflow (UI format) -> an API prompt, as the editor builds it when you queue (subgraph
-    instances expanded into their nodes, with "instance:inner" ids)."""
+    instances expanded into their nodes, with "instance:inner" ids; %date:...% and %Name.widget% filled in the
+    save nodes' filename_prefix, at `now` or the present time)."""
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
         raise InputError("The workflow must be a UI-format object with a 'nodes' list.")
     prompt: dict[str, dict] = {}
@@ -365,7 +368,45 @@ def ui_to_api(workflow: dict, registry: NodeRegistry) -> dict:
             link = as_link(value)
             if link is not None and link.node_id not in prompt:
                 del node["inputs"][name]
+    _fill_filename_patterns(prompt, [workflow, *definitions.values()], registry, now or datetime.now())
     return prompt
+
+
+def _fill_filename_patterns(prompt: dict, levels: list[dict], registry: NodeRegistry, now: datetime) -> None:
+    """The editor's text replacements in the save nodes' filename_prefix (graph/filename_patterns.py), looking
+    widgets up on every node of the workflow, inside subgraphs too."""
+    saving = [
+        node
+        for node in prompt.values()
+        if node["class_type"] in SAVE_NODE_TYPES and "%" in str(node["inputs"].get("filename_prefix", ""))
+    ]
+    if not saving:
+        return
+    ui_nodes = [n for level in levels for n in level.get("nodes") or [] if isinstance(n, dict)]
+
+    def search_name(node: dict) -> Any:
+        """Its "Node name for S&R": the editor gives every node but the save nodes one, its type, on load."""
+        default = None if node.get("type") in SAVE_NODE_TYPES else node.get("type")
+        return (node.get("properties") or {}).get("Node name for S&R", default)
+
+    def title(node: dict) -> Any:
+        schema = registry.schema(node.get("type"))
+        return node.get("title") or (schema.display_name if schema is not None else None) or node.get("type")
+
+    def widget_value(name: str, widget: str) -> Any:
+        found = [n for n in ui_nodes if search_name(n) == name] or [n for n in ui_nodes if title(n) == name]
+        if not found:
+            return None
+        node = found[0]  # the editor, too, takes the first match
+        if node.get("type") == "PrimitiveNode":  # its one widget is named after the widget it feeds
+            outputs = node.get("outputs") or [{}]
+            values = node.get("widgets_values") or [None]
+            return values[0] if (outputs[0].get("widget") or {}).get("name") == widget else None
+        schema = registry.schema(node.get("type"))
+        return _widget_values(node, schema).get(widget) if schema is not None else None
+
+    for node in saving:
+        node["inputs"]["filename_prefix"] = editor_replacements(node["inputs"]["filename_prefix"], widget_value, now)
 
 
 def _add_level(graph: _UIGraph, registry: NodeRegistry, prompt: dict[str, dict]) -> None:

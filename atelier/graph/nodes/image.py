@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from PIL import Image, ImageOps
 
 from atelier.errors import AtelierError
+from atelier.graph.filename_patterns import server_variables
 from atelier.graph.kit import Node, target_size_inputs
 from atelier.graph.resize import CROP, CROP_TOOLTIP, IMAGE_METHOD_TOOLTIP, UPSCALE_IMAGE, resize_image, target_size
 from atelier.graph.schema import Input, NodeContext, NodeOutput, NodeSchema, Output
@@ -187,7 +189,10 @@ class SaveImage(Node):
                 "filename_prefix",
                 "STRING",
                 default="ComfyUI",
-                tooltip="The prefix for the file to save; may hold a subfolder (e.g. 'atelier/cat').",
+                tooltip=(
+                    "The prefix for the file to save; may hold a subfolder (e.g. 'atelier/cat') and ComfyUI's "
+                    "%width%, %height%, %year%, %month%, %day%, %hour%, %minute%, %second%."
+                ),
             ),
             Input("prompt", "PROMPT", hidden=True),
             Input("extra_pnginfo", "EXTRA_PNGINFO", hidden=True),
@@ -210,6 +215,8 @@ class SaveImage(Node):
         for key, value in (extra_pnginfo or {}).items():
             text[key] = json.dumps(value)
         refs: list[dict] = []
+        # As ComfyUI: %width% and %height% are those of the first image, the date is read once for the batch.
+        filename_prefix = server_variables(filename_prefix, images.shape[2], images.shape[1], datetime.now())
         try:
             for pil in bhwc_unit_to_pil(images):
                 ctx.check_interrupt()
