@@ -68,6 +68,7 @@ from atelier.graph.nodes.loaders import (
 )
 from atelier.graph.nodes.model_merging import MODEL_MERGING_NODES
 from atelier.graph.nodes.preprocessors import Canny, ScribbleFromEdges
+from atelier.graph.nodes.primitives import PRIMITIVE_NODES
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced, ModelSamplingDiscrete
 from atelier.graph.nodes.upscale import ImageUpscaleWithModel, UpscaleModelLoader
 from atelier.graph.registry import NodeRegistry
@@ -126,6 +127,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     *COMPOSE_NODES,  # latent and image tools (nodes/compose.py)
     *MODEL_MERGING_NODES,  # ModelMergeSimple, CheckpointSave (nodes/model_merging.py)
     *CUSTOM_SAMPLING_NODES,  # the custom-sampling graph (nodes/custom_sampling.py)
+    *PRIMITIVE_NODES,  # String, Int, Float, Boolean constants (nodes/primitives.py)
 )
 
 
