@@ -66,6 +66,7 @@ from atelier.graph.nodes.loaders import (
     UNETLoader,
     VAELoader,
 )
+from atelier.graph.nodes.masks import MASK_NODES
 from atelier.graph.nodes.model_merging import MODEL_MERGING_NODES
 from atelier.graph.nodes.preprocessors import Canny, ScribbleFromEdges
 from atelier.graph.nodes.primitives import PRIMITIVE_NODES
@@ -125,6 +126,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     ConditioningSetTimestepRange,
     ConditioningZeroOut,
     *COMPOSE_NODES,  # latent and image tools (nodes/compose.py)
+    *MASK_NODES,  # masks made, inverted, combined, feathered, grown (nodes/masks.py)
     *MODEL_MERGING_NODES,  # ModelMergeSimple, CheckpointSave (nodes/model_merging.py)
     *CUSTOM_SAMPLING_NODES,  # the custom-sampling graph (nodes/custom_sampling.py)
     *PRIMITIVE_NODES,  # String, Int, Float, Boolean constants (nodes/primitives.py)
