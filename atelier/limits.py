@@ -33,6 +33,16 @@ MAX_BATCH_PIXELS = 2**27  # 134 Mpx per latent or image batch (2048x2048 x 32, 5
 MAX_IMAGE_PIXELS = 4096 * 4096  # per image the UNet denoises: self-attention's cost grows with its square
 MAX_PIXEL_STEPS = 2 * 10**10  # batch x pixels x steps of one sampling run
 MAX_PROMPT_CHARACTERS = 20_000  # a 1,500-word prompt has about 9,000; each 75 tokens cost one text-encoder pass
+MAX_TEXT_CHARACTERS = 1_000_000  # what a text node may make: 20 Concatenates of one prompt would double it 20 times
+REGEX_SECONDS = 1.0  # a regular expression that backtracks for longer (e.g. "(x+x+)+y") is stopped
+
+
+def check_text_length(characters: int, node: str) -> None:
+    """Refuse a text node's result of more than MAX_TEXT_CHARACTERS characters (checked before it is built)."""
+    if characters > MAX_TEXT_CHARACTERS:
+        raise InputError(
+            f"{node}: the text it makes would have {characters:,} characters; the most is {MAX_TEXT_CHARACTERS:,}."
+        )
 
 
 def check_image_batch(batch: int, height: int, width: int) -> None:

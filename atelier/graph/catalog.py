@@ -71,6 +71,7 @@ from atelier.graph.nodes.model_merging import MODEL_MERGING_NODES
 from atelier.graph.nodes.preprocessors import Canny, ScribbleFromEdges
 from atelier.graph.nodes.primitives import PRIMITIVE_NODES
 from atelier.graph.nodes.sampling import KSampler, KSamplerAdvanced, ModelSamplingDiscrete
+from atelier.graph.nodes.strings import STRING_NODES
 from atelier.graph.nodes.upscale import ImageUpscaleWithModel, UpscaleModelLoader
 from atelier.graph.registry import NodeRegistry
 from atelier.graph.schema import Options
@@ -130,6 +131,7 @@ CORE_NODES: tuple[type[Node], ...] = (
     *MODEL_MERGING_NODES,  # ModelMergeSimple, CheckpointSave (nodes/model_merging.py)
     *CUSTOM_SAMPLING_NODES,  # the custom-sampling graph (nodes/custom_sampling.py)
     *PRIMITIVE_NODES,  # String, Int, Float, Boolean constants (nodes/primitives.py)
+    *STRING_NODES,  # join, cut, replace, compare and search texts (nodes/strings.py)
 )
 
 
