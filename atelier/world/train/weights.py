@@ -27,9 +27,13 @@ def load_weights(path: Path, module: nn.Module) -> None:
 def load_trained_vae(out: Path) -> VAE:
     """The autoencoder the vae (or decoder) stage wrote in `out`, built from the config stored with it (its
     scaling factor was measured at the end of that stage), on the CPU."""
-    config = config_from_json(VAEConfig, _metadata(out / "vae.safetensors")["config"])
-    vae = VAE(config)
-    load_weights(out / "vae.safetensors", vae)
+    return load_vae_file(out / "vae.safetensors")
+
+
+def load_vae_file(path: Path) -> VAE:
+    """An autoencoder saved by `save_weights` with its config (any file name: one taken out of git history)."""
+    vae = VAE(config_from_json(VAEConfig, _metadata(path)["config"]))
+    load_weights(path, vae)
     return vae
 
 
