@@ -146,6 +146,14 @@ def accuracy_by(readings: Sequence, scenes: Sequence, group: Callable) -> dict[s
     return out
 
 
+def pooled_psnr(object_se: Sequence[tuple], group: Callable) -> dict[str, float]:
+    """{group: PSNR of the mean of its objects' squared errors}, from (scene, object, squared error) triples."""
+    pooled: dict[str, list[float]] = {}
+    for scene, obj, se in object_se:
+        pooled.setdefault(group(scene, obj), []).append(se)
+    return {name: psnr_of_mse(float(np.mean(v))) for name, v in pooled.items()}
+
+
 def misreadings_of(readings: Sequence, scenes: Sequence, kind: str, top: int = 3) -> list[tuple[str, int]]:
     """The `top` most frequent readings of `kind`'s objects that are not `kind` ("empty": nothing seen)."""
     kept = keep_objects(scenes, lambda s, o: o.kind == kind)
@@ -157,7 +165,7 @@ def misreadings_of(readings: Sequence, scenes: Sequence, kind: str, top: int = 3
 # --------------------------------------------------------------------------------------------------------------
 
 
-def object_crop(image: np.ndarray, obj, side: int = 48) -> np.ndarray:
+def object_crop(image: np.ndarray, obj, side: int = 56) -> np.ndarray:
     """The `side` x `side` pixels around `obj`'s centre (its cell and jitter), inside the image: (side, side, 3)."""
     from atelier.world.scene import CELL_CENTRES
 
@@ -246,15 +254,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for name, images in conditions.items():
         readings = readings_of[name] = read_images(classifier, images, world="v2")
         errors = squared_errors(images, clean)  # (N, H, W)
-        per_kind_se: dict[str, list[float]] = {}
-        for n, scene in enumerate(scenes):
-            for obj, mask in zip(scene.objects, masks[n], strict=True):
-                per_kind_se.setdefault(obj.kind, []).append(float(errors[n][torch.from_numpy(mask)].mean()))
+        object_se = [  # per object, the mean squared error of its own pixels, with the object's scene
+            (scene, obj, float(errors[n][torch.from_numpy(mask)].mean()))
+            for n, scene in enumerate(scenes)
+            for obj, mask in zip(scene.objects, masks[n], strict=True)
+        ]
         report["conditions"][name] = {
             "object_kind": object_kind_accuracy(readings, scenes),
             "psnr": psnr_of_mse(float(errors.mean())),
-            "object_psnr": psnr_of_mse(float(np.mean([e for v in per_kind_se.values() for e in v]))),
-            "object_psnr_by_kind": {k: psnr_of_mse(float(np.mean(v))) for k, v in per_kind_se.items()},
+            "object_psnr": psnr_of_mse(float(np.mean([se for _, _, se in object_se]))),
+            **{f"object_psnr_by_{g}": pooled_psnr(object_se, fn) for g, fn in GROUPINGS.items()},
             **{f"by_{g}": accuracy_by(readings, scenes, fn) for g, fn in GROUPINGS.items()},
             "misreadings": {k: misreadings_of(readings, scenes, k) for k in world.kinds},
         }
@@ -296,27 +305,34 @@ def worst_sheet(scenes, conditions, readings_of, report, trip: str, blur: str, w
     return sheet(rows, ["render", "round trip", blur])
 
 
+def nearest_in_psnr(report: dict, name: str, prefix: str = "blur") -> str | None:
+    """The condition starting with `prefix` whose whole-image PSNR is nearest to condition `name`'s."""
+    conds = report["conditions"]
+    others = [n for n in conds if n.startswith(prefix)]
+    return min(others, key=lambda n: abs(conds[n]["psnr"] - conds[name]["psnr"])) if others else None
+
+
 def markdown(report: dict) -> str:
-    """report.json as tables: the conditions, then per kind (worst round trip first), size, time, weather, place."""
+    """report.json as tables: the conditions, then per kind (worst round trip first), size, time, weather, place,
+    each with the objects' PSNR through the first round trip and through the blur nearest to it in PSNR."""
     conds = report["conditions"]
     names = list(conds)
     lines = ["| condition | kind of drawn objects | PSNR (dB) | PSNR of the objects' pixels |", "|---|---|---|---|"]
     lines += [f"| {n} | {c['object_kind']:.1%} | {c['psnr']:.1f} | {c['object_psnr']:.1f} |" for n, c in conds.items()]
     trip = next((n for n in names if n.startswith("round trip")), names[0])
+    matched = nearest_in_psnr(report, trip) or trip
     for group in GROUPINGS:
         rows = conds["clean"][f"by_{group}"]
         order = sorted(rows, key=lambda k: conds[trip][f"by_{group}"][k][0])
-        columns = [group, "objects", *names] + (
-            ["objects' PSNR, trip (dB)", "trip reads it as"] if group == "kind" else []
-        )
+        columns = [group, "objects", *names, f"objects' PSNR (dB), {trip}", f"objects' PSNR, {matched}"]
+        columns += ["the trip reads it as"] if group == "kind" else []
         lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for key in order:
             cells = [f"{conds[n][f'by_{group}'][key][0]:.0%}" for n in names]
-            extra = ""
+            cells += [f"{conds[n][f'object_psnr_by_{group}'][key]:.1f}" for n in (trip, matched)]
             if group == "kind":
-                wrong = ", ".join(f"{got} {k}" for got, k in conds[trip]["misreadings"][key])
-                extra = f" | {conds[trip]['object_psnr_by_kind'][key]:.1f} | {wrong}"
-            lines.append(f"| {key} | {rows[key][1]} | " + " | ".join(cells) + extra + " |")
+                cells.append(", ".join(f"{got} {k}" for got, k in conds[trip]["misreadings"][key]))
+            lines.append(f"| {key} | {rows[key][1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

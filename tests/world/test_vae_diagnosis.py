@@ -17,9 +17,11 @@ from atelier.world.vae_diagnosis import (
     jpeg,
     keep_objects,
     misreadings_of,
+    nearest_in_psnr,
     object_crop,
     object_masks,
     on_8_bits,
+    pooled_psnr,
     psnr_of_mse,
     sheet,
     squared_errors,
@@ -107,3 +109,13 @@ def test_the_sheet_has_a_cell_per_crop():
     assert crop.shape == (16, 16, 3)
     image = sheet([("cat", [crop, crop]), ("star", [crop, crop])], ["a", "b"], zoom=2)
     assert image.size == (150 + 2 * 32, 16 + 2 * 32)
+
+
+def test_psnr_is_pooled_over_a_groups_objects_and_the_nearest_blur_is_found():
+    scene = _scene()
+    triples = [(scene, scene.objects[0], 1.0), (scene, scene.objects[1], 4.0), (scene, scene.objects[2], 2.0)]
+    pooled = pooled_psnr(triples, lambda s, o: o.kind)
+    assert abs(pooled["cat"] - psnr_of_mse(1.0)) < 1e-9 and abs(pooled["star"] - psnr_of_mse(3.0)) < 1e-9
+    report = {"conditions": {"round trip": {"psnr": 27.5}, "blur 1 px": {"psnr": 28.6}, "blur 1.25 px": {"psnr": 27.2}}}
+    assert nearest_in_psnr(report, "round trip") == "blur 1.25 px"
+    assert nearest_in_psnr(report, "round trip", prefix="jpeg") is None
