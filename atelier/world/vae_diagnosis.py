@@ -161,6 +161,38 @@ def misreadings_of(readings: Sequence, scenes: Sequence, kind: str, top: int = 3
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The decoder's ceiling: the best latent it can be given
+# --------------------------------------------------------------------------------------------------------------
+
+
+def optimised_latents(vae, images: torch.Tensor, steps: int, lr: float = 0.1, edge_weight: float = 0.5):
+    """Latents fitted to `images` for the VAE's frozen decoder, from the encoder's means, by Adam on the vae
+    stage's loss (L1 + edge_weight x L1 of the edges): (N, C, h, w), and the loss at each step.
+
+    What the decoder draws from these is the most it can draw from any latent near the encoder's: if the judge
+    reads many more kinds through them, the encoder is the limit (an amortisation gap); if not, the decoder and
+    the latent's size are."""
+    from atelier.world.train.vae import reconstruction_errors
+
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        z = vae.encode(images).mean.clone()
+    z.requires_grad_(True)
+    opt, losses = torch.optim.Adam([z], lr=lr), []
+    for _ in range(steps):
+        l1, edge = reconstruction_errors(vae.decode(z), images)
+        loss = l1 + edge_weight * edge
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    for p in vae.parameters():
+        p.requires_grad_(True)
+    return z.detach(), losses
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The sheet for docs/: the worst kinds, one object each, clean / round trip / blurred
 # --------------------------------------------------------------------------------------------------------------
 
@@ -219,6 +251,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--blur", type=float, nargs="*", default=[0.5, 1.0, 1.5], help="Gaussian blur sigmas, pixels")
     p.add_argument("--jpeg", type=int, nargs="*", default=[75], help="JPEG qualities")
     p.add_argument("--noise", type=float, nargs="*", default=[4.0], help="noise standard deviations, of 255")
+    p.add_argument(
+        "--optimise-latents",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fit latents for the first VAE's decoder on N renders that its round trip misreads (slow: ~0.2 s "
+        "per image and step on one CPU core)",
+    )
+    p.add_argument("--optimise-steps", type=int, default=60, help="Adam steps of --optimise-latents")
     p.add_argument("--worst", type=int, default=8, help="kinds on the sheet, worst round trip first")
     p.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md and sheet.png")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -269,6 +310,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         }
         row = report["conditions"][name]
         print(f"[diagnose] {name}: kind {row['object_kind']:.1%}, PSNR {row['psnr']:.1f} dB", flush=True)
+    if args.optimise_latents and args.vae:
+        report["optimised_latents"] = decoder_ceiling(
+            load_vae_file(args.vae[0]).eval(), classifier, clean, scenes, readings_of, args
+        )
+        print(f"[diagnose] optimised latents: {report['optimised_latents']}", flush=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     (args.out / "report.md").write_text(markdown(report))
     if args.vae:
@@ -277,6 +323,37 @@ def main(argv: Sequence[str] | None = None) -> dict:
         worst_sheet(scenes, conditions, readings_of, report, trip, blur, args.worst).save(args.out / "sheet.png")
     print(f"[diagnose] {args.out}/report.md in {time.time() - clock:.0f} s", flush=True)
     return report
+
+
+def decoder_ceiling(vae, classifier, clean, scenes, readings_of, args) -> dict:
+    """The judge through the round trip and through `optimised_latents` on the first renders holding an object the
+    round trip misreads and the clean render does not (a sample of the hard cases, not of all)."""
+    from atelier.world.evaluate import read_images
+
+    trip = next(n for n in readings_of if n.startswith("round trip"))
+    hard = [
+        n
+        for n, scene in enumerate(scenes)
+        if any(
+            {o.cell: o.kind for o in readings_of[trip][n].objects}.get(o.cell) != o.kind
+            and {o.cell: o.kind for o in readings_of["clean"][n].objects}.get(o.cell) == o.kind
+            for o in scene.objects
+        )
+    ][: args.optimise_latents]
+    images, hard_scenes = clean[hard], [scenes[n] for n in hard]
+    z, losses = optimised_latents(vae, images, args.optimise_steps)
+    with torch.no_grad():
+        fitted = on_8_bits(vae.decode(z))
+        encoded = on_8_bits(vae.decode(vae.encode(images).mean))
+    return {
+        "images": len(hard),
+        "steps": args.optimise_steps,
+        "loss": [losses[0], losses[-1]],
+        "object_kind_encoded": object_kind_accuracy(read_images(classifier, encoded, world="v2"), hard_scenes),
+        "object_kind_optimised": object_kind_accuracy(read_images(classifier, fitted, world="v2"), hard_scenes),
+        "psnr_encoded": psnr_of_mse(float(squared_errors(encoded, images).mean())),
+        "psnr_optimised": psnr_of_mse(float(squared_errors(fitted, images).mean())),
+    }
 
 
 def worst_sheet(scenes, conditions, readings_of, report, trip: str, blur: str, worst: int) -> Image.Image:

@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 
 from atelier.models.checkpoint import load_checkpoint
 from atelier.models.library import native_size
+from atelier.models.vae import VAE
 from atelier.world.train import main
 from atelier.world.train.decoder import DecoderOptions
+from atelier.world.train.shapes import EmbeddedShapes
 from atelier.world.train.unet import UNetOptions, pick_captions
-from atelier.world.train.vae import VAEOptions, round_trip_judge
+from atelier.world.train.vae import VAEOptions, round_trip_judge, widen_latent_channels
 from atelier.world.train.weights import load_trained_vae
 
 
@@ -127,6 +129,7 @@ def test_training_flags_out_of_range_are_refused_with_one_sentence(flag, value, 
         (UNetOptions, {"caption_noise": 2.0}, "--caption-noise is a share of the captions, from 0 to 1; got 2.0"),
         (DecoderOptions, {"latent_noise": -1.0}, "latent_noise is a standard deviation, 0 or more; got -1.0"),
         (VAEOptions, {"edge_weight": -2.0}, "--edge-weight is a loss weight, 0 or more; got -2.0"),
+        (VAEOptions, {"latent_channels": 0}, "--latent-channels is a number of channels, 1 or more; got 0"),
     ],
 )
 def test_stage_options_refuse_values_out_of_range_with_one_sentence(options, values, sentence):
@@ -135,3 +138,36 @@ def test_stage_options_refuse_values_out_of_range_with_one_sentence(options, val
     (name, value), defaults = next(iter(values.items())), options()  # the defaults are in range
     with pytest.raises(dataclasses.FrozenInstanceError):  # a stage cannot change its options half-way
         setattr(defaults, name, value)
+
+
+def test_a_widened_latent_draws_the_same_images_and_its_new_channels_learn():
+    torch.manual_seed(0)
+    config = EmbeddedShapes.tiny().vae
+    narrow = VAE(config).eval()
+    wide = VAE(dataclasses.replace(config, latent_channels=8)).eval()
+    wide.load_state_dict(widen_latent_channels(narrow.state_dict(), 8))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    a, b = narrow.encode(images), wide.encode(images)
+    torch.testing.assert_close(b.mean[:, :4], a.mean)
+    torch.testing.assert_close(b.logvar[:, 4:], a.logvar)  # the new channels' noise is the old channels'
+    assert b.mean[:, 4:].std() > 0  # they carry something of the image from the start
+    torch.testing.assert_close(wide.decode(b.mean), narrow.decode(a.mean))  # ... which the decoder does not read yet
+    # both sides of a new channel get a gradient on the first step
+    (wide.decode(wide.encode(images).mean) - images).abs().mean().backward()
+    assert wide.decoder.conv_in.weight.grad[:, 4:].abs().sum() > 0
+    with pytest.raises(ValueError, match="widen a VAE, not narrow it: it has 8, asked for 4"):
+        widen_latent_channels(wide.state_dict(), 4)
+
+
+def test_the_vae_stage_widens_an_existing_vae_and_the_unet_stage_says_it_does_not_fit(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    common = ["--tiny", "--images", "16", "--workers", "1", "--batch", "4", "--device", "cpu", "--out", str(out)]
+    main(["--stage", "vae", "--steps", "1", *common])
+    (out / "vae.state.pt").unlink()
+    readings = iter([0.5, 0.6])  # the judge reads more through the widened one: it is kept
+    monkeypatch.setattr("atelier.world.train.vae.round_trip_judge", lambda *args, **kw: lambda vae: next(readings))
+    main(["--stage", "vae", "--steps", "2", "--latent-channels", "8", *common])
+    assert load_trained_vae(out).config.latent_channels == 8
+    assert load_file(str(out / "vae.safetensors"))["decoder.conv_in.weight"].shape[1] == 8
+    with pytest.raises(ValueError, match="has 8 latent channels and the UNet's shapes expect 4"):
+        main(["--stage", "unet", "--steps", "1", *common])

@@ -21,6 +21,7 @@ from atelier.world.vae_diagnosis import (
     object_crop,
     object_masks,
     on_8_bits,
+    optimised_latents,
     pooled_psnr,
     psnr_of_mse,
     sheet,
@@ -119,3 +120,17 @@ def test_psnr_is_pooled_over_a_groups_objects_and_the_nearest_blur_is_found():
     report = {"conditions": {"round trip": {"psnr": 27.5}, "blur 1 px": {"psnr": 28.6}, "blur 1.25 px": {"psnr": 27.2}}}
     assert nearest_in_psnr(report, "round trip") == "blur 1.25 px"
     assert nearest_in_psnr(report, "round trip", prefix="jpeg") is None
+
+
+def test_optimised_latents_lower_the_vae_loss_and_leave_the_decoder_alone():
+    from atelier.models.vae import VAE
+    from atelier.world.train.shapes import EmbeddedShapes
+
+    torch.manual_seed(0)
+    vae = VAE(EmbeddedShapes.tiny().vae).eval()
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    z, losses = optimised_latents(vae, images, steps=5)
+    assert z.shape == (2, 4, 4, 4) and losses[-1] < losses[0]
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
+    assert all(p.requires_grad for p in vae.parameters())

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--caption-noise", type=float, default=0.0, help="unet stage: share of captions taken from another image"
     )
     parser.add_argument("--edge-weight", type=float, default=0.5, help="vae stage: weight of the edge L1 term")
+    parser.add_argument(
+        "--latent-channels", type=int, help="vae stage: latent channels (more than the existing VAE's: widened)"
+    )
     return parser
 
 
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:  # each stage's own options check their ranges, whichever stages run
-        vae_options = VAEOptions(edge_weight=args.edge_weight)
+        vae_options = VAEOptions(edge_weight=args.edge_weight, latent_channels=args.latent_channels)
         unet_options = UNetOptions(compile_model=args.compile, caption_noise=args.caption_noise)
         classifier_options = ClassifierOptions(images_per_rank=args.images)
     except ValueError as error:
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             notes["caption_noise"] = unet_options.caption_noise
         if "vae" in args.stage:
             notes["edge_weight"] = vae_options.edge_weight
+            if vae_options.latent_channels is not None:
+                notes["latent_channels"] = vae_options.latent_channels
         for path in pack(args.out, args.pack, shapes, notes, world=args.world):
             print(f"[pack] wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
     if ranks.world > 1:

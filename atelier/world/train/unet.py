@@ -86,6 +86,11 @@ class UNetOptions:
 
 def train_unet(job: StageJob, options: UNetOptions = UNetOptions()) -> None:
     vae = load_trained_vae(job.out).to(job.ranks.device).eval()
+    if vae.config.latent_channels != job.shapes.unet.in_channels:
+        raise ValueError(
+            f"The VAE in {job.out} has {vae.config.latent_channels} latent channels and the UNet's shapes expect "
+            f"{job.shapes.unet.in_channels}; a widened VAE (--latent-channels) needs a UNet of as many channels."
+        )
     text = CLIPTextEncoder(job.shapes.text).to(job.ranks.device).eval()
     load_weights(job.out / "text_encoder.safetensors", text)
     start = time.time()

@@ -2,7 +2,9 @@
 1/std so that the UNet sees unit-variance latents, as SD's 0.18215 (latent diffusion, Rombach et al. 2022).
 
 Continued from existing weights, it keeps the new ones only if the judge (the classifier stage's network) reads at
-least as many object kinds through them (`round_trip_judge`).
+least as many object kinds through them (`round_trip_judge`). `--latent-channels 8` continues a 4-channel VAE with
+a wider latent (`widen_latent_channels`): the new channels start unread by the decoder, so training begins from
+the very images the old VAE drew and the judge's "before" reading is the old VAE's.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from atelier.imaging import bhwc_uint8_to_bchw_signed
 from atelier.models.vae import VAE
 from atelier.world.train.loop import Stage, StageJob
 from atelier.world.train.ranks import autocast, wrap_ddp
-from atelier.world.train.weights import load_weights, save_weights
+from atelier.world.train.weights import load_vae_file, load_weights, save_weights
 
 
 def _sobel(x: torch.Tensor) -> torch.Tensor:
@@ -51,10 +53,75 @@ class VAEOptions:
     """The vae stage's own options. A sentence about a bad value names the option by its command-line flag."""
 
     edge_weight: float = 0.5  # --edge-weight: the L1 of the edges (`_sobel`) next to the L1 of the pixels
+    latent_channels: int | None = None  # --latent-channels: None keeps the existing VAE's (or the shapes') count
 
     def __post_init__(self) -> None:
         if self.edge_weight < 0:
             raise ValueError(f"--edge-weight is a loss weight, 0 or more; got {self.edge_weight}")
+        if self.latent_channels is not None and self.latent_channels < 1:
+            raise ValueError(f"--latent-channels is a number of channels, 1 or more; got {self.latent_channels}")
+
+
+def widen_latent_channels(state: dict[str, torch.Tensor], channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A VAE's weights with `channels` latent channels instead of its C, drawing the same images.
+
+    Four tensors touch the latent; each keeps its old block and gets new rows or columns (C' - C new channels):
+        encoder.conv_out   (2C, c, 3, 3) -> (2C', c, 3, 3)   moments = [mean (C), logvar (C)]: new mean rows drawn
+                                                            at the old rows' scale; new logvar rows 0 (unused)
+        quant_conv         (2C, 2C) -> (2C', 2C')           old block kept; a new mean passes straight through; a
+                                                            new logvar is an old one (so the posterior noise stays
+                                                            the trained VAE's, exp(logvar / 2) ~ 0.002, not 1)
+        post_quant_conv    (C, C) -> (C', C')               old block kept; the new channels pass straight through
+        decoder.conv_in    (c, C, 3, 3) -> (c, C', 3, 3)    new input columns 0: the decoder does not read them yet
+    Only the decoder's side starts at zero, so both sides get gradients (zero on both would stay zero)."""
+    old = state["post_quant_conv.weight"].shape[0]
+    if channels < old:
+        raise ValueError(f"--latent-channels can widen a VAE, not narrow it: it has {old}, asked for {channels}")
+    if channels == old:
+        return dict(state)
+    new, gen = channels - old, torch.Generator().manual_seed(seed)
+    out = dict(state)
+
+    w, b = state["encoder.conv_out.weight"], state["encoder.conv_out.bias"]  # (2C, c, 3, 3), (2C,)
+    fresh = torch.randn((new, *w.shape[1:]), generator=gen) * w[:old].std()
+    unused = torch.zeros((new, *w.shape[1:]))
+    out["encoder.conv_out.weight"] = torch.cat([w[:old], fresh, w[old:], unused])
+    out["encoder.conv_out.bias"] = torch.cat([b[:old], torch.zeros(new), b[old:], torch.zeros(new)])
+
+    w, b = state["quant_conv.weight"], state["quant_conv.bias"]  # (2C, 2C, 1, 1), (2C,)
+    at = torch.tensor([*range(old), *range(channels, channels + old)])  # the old moments in the wider layout
+    q, qb = torch.zeros(2 * channels, 2 * channels, 1, 1), torch.zeros(2 * channels)
+    q[at[:, None], at[None, :]], qb[at] = w, b
+    for j in range(old, channels):
+        q[j, j] = 1.0  # a new mean passes through
+        q[channels + j, at] = w[old + j % old]  # a new logvar is old logvar j % C, read from the old moments
+        qb[channels + j] = b[old + j % old]
+    out["quant_conv.weight"], out["quant_conv.bias"] = q, qb
+
+    w, b = state["post_quant_conv.weight"], state["post_quant_conv.bias"]  # (C, C, 1, 1), (C,)
+    pq = torch.zeros(channels, channels, 1, 1)
+    pq[:old, :old] = w
+    pq[range(old, channels), range(old, channels)] = 1.0
+    out["post_quant_conv.weight"], out["post_quant_conv.bias"] = pq, torch.cat([b, torch.zeros(new)])
+
+    w = state["decoder.conv_in.weight"]  # (c, C, 3, 3)
+    out["decoder.conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], new, *w.shape[2:])], dim=1)
+    return out
+
+
+def starting_vae(job: StageJob, options: VAEOptions) -> tuple[VAE, bool]:
+    """The VAE the stage trains, and whether it continues existing weights: `job.out`'s vae.safetensors (widened
+    to --latent-channels when asked), else a new one of the job's shapes."""
+    path, channels = job.out / "vae.safetensors", options.latent_channels
+    if not path.exists():
+        config = job.shapes.vae if channels is None else dataclasses.replace(job.shapes.vae, latent_channels=channels)
+        return VAE(config), False
+    vae = load_vae_file(path)
+    if channels is None or channels == vae.config.latent_channels:
+        return vae, True
+    wide = VAE(dataclasses.replace(vae.config, latent_channels=channels))
+    wide.load_state_dict(widen_latent_channels(vae.state_dict(), channels, job.seed))
+    return wide, True
 
 
 def train_vae(job: StageJob, options: VAEOptions = VAEOptions()) -> None:
@@ -65,16 +132,15 @@ def train_vae(job: StageJob, options: VAEOptions = VAEOptions()) -> None:
     only if it reads at least as many. During training only vae.state.pt is written, so a stage resumed after a
     time budget still compares with the weights it first started from."""
     torch.manual_seed(job.seed)
-    vae = VAE(job.shapes.vae).to(job.ranks.device)
+    vae, existing = starting_vae(job, options)
+    vae = vae.to(job.ranks.device)
     judge = (
         round_trip_judge(job.out, job.shapes.image_size, job.workers, world=job.world) if job.ranks.main else None
     )  # None: no classifier yet
     before = None  # the judge's reading through the VAE we start from, when there is one
-    existing = (job.out / "vae.safetensors").exists()
     if existing:
         # Continue from existing weights: the latents move little, so the UNet can follow by fine-tuning. A resumed
         # stage loads its own state over them below.
-        load_weights(job.out / "vae.safetensors", vae)
         before = judge(vae) if judge is not None else None
     opt = torch.optim.AdamW(vae.parameters(), lr=job.settings.lr, weight_decay=0.0, betas=(0.9, 0.99))
     stage = Stage("vae", job)  # its clock starts after the judge
@@ -101,7 +167,7 @@ def train_vae(job: StageJob, options: VAEOptions = VAEOptions()) -> None:
         images, _ = job.data.batch(min(512, job.data.images.shape[0]), torch.Generator().manual_seed(job.seed))
         latents = torch.cat([vae.encode(chunk).mean.float() for chunk in images.split(64)])
     std = job.ranks.all_mean(latents.std().item())
-    config = dataclasses.replace(job.shapes.vae, scaling_factor=round(1.0 / std, 5))
+    config = dataclasses.replace(vae.config, scaling_factor=round(1.0 / std, 5))
     if not job.ranks.main:
         return
     after = judge(vae) if judge is not None else None
